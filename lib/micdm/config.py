@@ -1,0 +1,238 @@
+"""Typed settings: conf/*.yml layered over the defaults, then ``key=value`` overrides.
+
+Every key has a home in a frozen dataclass below, so an unknown key or a value of the wrong type
+fails at load time with a message naming the key, instead of deep inside a Spark job.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from micdm.errors import ConfigError
+
+__all__ = [
+    "ExtractSettings",
+    "FeatureSettings",
+    "OccurrenceSettings",
+    "Settings",
+    "SourceSettings",
+    "SparkSettings",
+    "StorageSettings",
+    "SynthSettings",
+    "load_settings",
+    "parse_override",
+]
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    catalog: str | None = None
+    schema: str = "micdm"
+    warehouse: str = ".micdm/warehouse"
+    cdm_schema: str | None = None
+
+    def __post_init__(self) -> None:
+        for key in ("catalog", "schema", "cdm_schema"):
+            value = getattr(self, key)
+            if value is not None and not _IDENTIFIER.fullmatch(value):
+                raise ConfigError(
+                    f"storage.{key}: {value!r} is not a plain identifier (letters, digits, underscore)"
+                )
+
+
+@dataclass(frozen=True)
+class SourceSettings:
+    roots: tuple[str, ...] = ("demo/dicom",)
+    include: tuple[str, ...] = ("**",)
+    exclude: tuple[str, ...] = ()
+    storage_options: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ExtractSettings:
+    block_size: int = 65536
+    threads_per_task: int = 8
+    files_per_partition: int = 256
+    max_retries: int = 3
+    header_json_max_bytes: int = 262144
+    full_refresh: bool = False
+
+    def __post_init__(self) -> None:
+        for key in ("block_size", "threads_per_task", "files_per_partition", "header_json_max_bytes"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"extract.{key}: must be at least 1, got {getattr(self, key)!r}")
+
+
+_DATE_SOURCES = ("series_date", "study_date", "acquisition_date", "content_date")
+
+
+@dataclass(frozen=True)
+class OccurrenceSettings:
+    date_order: tuple[str, ...] = _DATE_SOURCES
+    wadors_root: str | None = None
+    missing_procedure: Literal["create", "exception"] = "create"
+    procedure_type_concept_id: int = 32817
+
+    def __post_init__(self) -> None:
+        unknown = [d for d in self.date_order if d not in _DATE_SOURCES]
+        if unknown or not self.date_order:
+            raise ConfigError(
+                f"occurrence.date_order: {list(self.date_order)!r} must list some of {list(_DATE_SOURCES)}"
+            )
+
+
+@dataclass(frozen=True)
+class FeatureSettings:
+    acquisition_attributes: tuple[str, ...] = (
+        "SliceThickness",
+        "KVP",
+        "ExposureTime",
+        "XRayTubeCurrent",
+        "Exposure",
+        "SpacingBetweenSlices",
+        "MagneticFieldStrength",
+        "RepetitionTime",
+        "EchoTime",
+        "InversionTime",
+        "FlipAngle",
+    )
+    measurement_type_concept_id: int = 32817
+    feature_type_concept_id: int = 32817
+
+
+@dataclass(frozen=True)
+class SynthSettings:
+    out: str = "demo"
+    patients: int = 24
+    seed: int = 7
+    pixels: Literal["realistic", "small", "none"] = "small"
+
+    def __post_init__(self) -> None:
+        if self.patients < 1:
+            raise ConfigError(f"synth.patients: must be at least 1, got {self.patients!r}")
+
+
+@dataclass(frozen=True)
+class SparkSettings:
+    master: str = "local[*]"
+    conf: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Settings:
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    sources: SourceSettings = field(default_factory=SourceSettings)
+    extract: ExtractSettings = field(default_factory=ExtractSettings)
+    occurrence: OccurrenceSettings = field(default_factory=OccurrenceSettings)
+    features: FeatureSettings = field(default_factory=FeatureSettings)
+    synth: SynthSettings = field(default_factory=SynthSettings)
+    spark: SparkSettings = field(default_factory=SparkSettings)
+    validation: Literal["ignore", "warn", "raise"] = "warn"
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def _coerce(key: str, hint: Any, value: Any) -> Any:
+    """Check ``value`` against a type hint, converting lists to tuples; raise ConfigError naming ``key``."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(key, inner, value)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: {value!r} is not one of {list(args)}")
+        return value
+    if origin is tuple:
+        if isinstance(value, str) or not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return tuple(_coerce(f"{key}[{i}]", args[0], v) for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return {str(k): _coerce(f"{key}.{k}", args[1], v) for k, v in value.items()}
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise ConfigError(f"{key}: expected {_type_name(hint)}, got {value!r}")
+    return value
+
+
+def _build(cls: Any, values: Any, prefix: str) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in values:
+        if key not in known:
+            where = f"{prefix}.{key}" if prefix else str(key)
+            raise ConfigError(f"{where}: unknown setting; known keys here: {sorted(known)}")
+    kwargs = {
+        key: _coerce(f"{prefix}.{key}" if prefix else key, hints[key], value) for key, value in values.items()
+    }
+    return cls(**kwargs)
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """Turn ``a.b=value`` into ``{"a": {"b": value}}``; the value is read as YAML (``[1, 2]``, ``true``)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected key=value, e.g. extract.block_size=131072")
+    dotted, raw = text.split("=", 1)
+    value: Any = yaml.safe_load(raw) if raw else None
+    for part in reversed(dotted.strip().split(".")):
+        value = {part: value}
+    return value
+
+
+def load_settings(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Settings:
+    """Load settings from a YAML file (``extends:`` names a base file beside it) plus overrides."""
+    values: dict[str, Any] = _read_yaml(Path(path)) if path else {}
+    for override in overrides:
+        values = _merge(values, parse_override(override))
+    return _build(Settings, values, "")
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    with path.open(encoding="utf-8") as handle:
+        values = yaml.safe_load(handle) or {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    base = values.pop("extends", None)
+    if base:
+        values = _merge(_read_yaml(path.parent / base), values)
+    return values
+
+
+def settings_as_dict(settings: Settings) -> dict[str, Any]:
+    """Plain-data form of the settings, for --dry-run output and run reports."""
+    return dataclasses.asdict(settings)

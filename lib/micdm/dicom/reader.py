@@ -1,0 +1,293 @@
+"""Header-only reads from any fsspec filesystem, and the verdict on each file.
+
+A file is fetched in byte ranges: the first block (64 KiB by default), then further ranges only
+while pydicom's parse asks for more, which with ``stop_before_pixels`` ends at the pixel data element.
+Deflated files are inflated by pydicom from the rest of the stream, so they are read whole. Every
+file ends as an instance or with a quarantine reason; one bad file never raises out of here.
+"""
+
+from __future__ import annotations
+
+import enum
+import io
+import logging
+import struct
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pydicom import config as pydicom_config
+from pydicom import dcmread
+from pydicom.datadict import dictionary_has_tag
+from pydicom.errors import InvalidDicomError
+
+from micdm.dicom.header import header_json, header_record, missing_uids
+
+__all__ = ["Outcome", "QuarantineReason", "RangeReader", "ReadOptions", "extract_file"]
+
+_DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
+
+
+class Outcome(str, enum.Enum):
+    INSTANCE = "instance"
+    QUARANTINE = "quarantine"
+
+
+class QuarantineReason(str, enum.Enum):
+    """Why a file is not an instance; stored in dicom_quarantine.reason."""
+
+    NOT_DICOM = "not_dicom"
+    """No DICOM structure found, even with a forced read."""
+    ZERO_BYTES = "zero_bytes"
+    TRUNCATED = "truncated"
+    """The data set ends in the middle of an element."""
+    UNREADABLE = "unreadable"
+    """Permission denied, or the file vanished between listing and reading."""
+    STORAGE_ERROR = "storage_error"
+    """The storage kept failing after the retries; re-read on the next run."""
+    PARSE_ERROR = "parse_error"
+    MISSING_UID = "missing_uid"
+    """SOPInstanceUID, SeriesInstanceUID or StudyInstanceUID absent or empty (PS3.3 C.12.1, C.7.3.1)."""
+    DICOMDIR = "dicomdir"
+    """A Media Storage Directory (PS3.10 8.6), an index, not an image."""
+    DUPLICATE_SOP_INSTANCE = "duplicate_sop_instance"
+    """Another file holds the same SOPInstanceUID with different content."""
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    block_size: int = 65536
+    max_retries: int = 3
+    header_json_max_bytes: int = 262144
+    retry_base_seconds: float = 0.2
+
+
+_PERMANENT_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+
+
+class RangeReader(io.RawIOBase):
+    """A seekable, read-only view of a file that fetches only the byte ranges asked for.
+
+    ``fetch(start, end)`` returns bytes [start, end). Reads are served from one growing buffer that
+    starts at offset 0: pydicom reads a header front to back, so the buffer is exactly the prefix
+    parsed so far, rounded up to the next block.
+    """
+
+    def __init__(self, fetch: Callable[[int, int], bytes], size: int, block_size: int, retries: int,
+                 retry_base_seconds: float = 0.2) -> None:
+        super().__init__()
+        self._fetch = fetch
+        self._size = size
+        self._block = block_size
+        self._retries = retries
+        self._retry_base = retry_base_seconds
+        self._buffer = bytearray()
+        self._position = 0
+        self.requests = 0
+        self.short_read = False
+
+    @property
+    def bytes_read(self) -> int:
+        return len(self._buffer)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._size}[whence]
+        self._position = max(0, base + offset)
+        return self._position
+
+    def _fetch_with_retries(self, start: int, end: int) -> bytes:
+        for attempt in range(self._retries + 1):
+            try:
+                return self._fetch(start, end)
+            except _PERMANENT_ERRORS:
+                raise
+            except OSError:
+                if attempt == self._retries:
+                    raise
+                time.sleep(self._retry_base * 2**attempt)
+        raise AssertionError("unreachable")
+
+    def _ensure(self, end: int) -> None:
+        end = min(end, self._size)
+        have = len(self._buffer)
+        if end <= have:
+            return
+        # Grow by one block at a time at first, then doubling, so large headers need few requests.
+        growth = self._block * 2 ** max(0, self.requests - 3)
+        target = min(self._size, max(end, have + growth))
+        chunk = self._fetch_with_retries(have, target)
+        self.requests += 1
+        self._buffer.extend(chunk)
+        if len(chunk) < target - have:  # the file shrank under us
+            self._size = len(self._buffer)
+
+    def read(self, size: int = -1) -> bytes:
+        end = self._size if size is None or size < 0 else self._position + size
+        self._ensure(end)
+        data = bytes(self._buffer[self._position:end])
+        self._position += len(data)
+        asked = end - (self._position - len(data))
+        # pydicom ends a clean parse with an 8-byte tag read that finds nothing; any other read that
+        # comes back short means the data set stops inside an element.
+        if len(data) < asked and (data or asked != 8):
+            self.short_read = True
+        return data
+
+    def readinto(self, target: Any) -> int:
+        data = self.read(len(target))
+        target[: len(data)] = data
+        return len(data)
+
+
+def quiet_pydicom() -> None:
+    """Keep pydicom's value warnings out of the logs: they quote header values, which may be PHI."""
+    pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
+
+
+def _signature(reader: RangeReader) -> str | None:
+    """Hex of the first 8 bytes and whether 'DICM' sits at offset 128: enough to tell a file's kind."""
+    if reader.bytes_read == 0:
+        return None
+    head = bytes(reader._buffer[:8]).hex()
+    magic = bytes(reader._buffer[128:132]) == b"DICM"
+    return f"{head}{' DICM@128' if magic else ''}"
+
+
+def _quarantine(base: dict[str, Any], reason: QuarantineReason, message: str,
+                reader: RangeReader | None = None) -> dict[str, Any]:
+    base.update(
+        outcome=Outcome.QUARANTINE.value,
+        reason=reason.value,
+        message=message[:1000],
+        bytes_read=reader.bytes_read if reader else 0,
+        signature=_signature(reader) if reader else None,
+    )
+    return base
+
+
+def _parse(reader: RangeReader) -> tuple[Any, bool]:
+    """Parse the header; fall back to a forced read for files without the Part-10 preamble."""
+    try:
+        return dcmread(reader, stop_before_pixels=True), False
+    except InvalidDicomError:
+        reader.seek(0)
+        return dcmread(reader, stop_before_pixels=True, force=True), True
+
+
+def _is_truncated(error: Exception) -> bool:
+    return isinstance(error, EOFError)
+
+
+def _looks_like_dicom(dataset: Any) -> bool:
+    """A forced read of arbitrary bytes yields a few elements with random tags; DICOM yields known ones."""
+    known = sum(1 for tag in dataset.keys() if dictionary_has_tag(tag))
+    return known >= 3
+
+
+def _pixel_data_overrun(reader: RangeReader) -> str | None:
+    """Warn when the pixel data element declares more bytes than the file holds (a cut-off transfer)."""
+    start = reader.tell()
+    reader.seek(start)
+    head = reader.read(12)
+    if len(head) < 8:
+        return None
+    if head[4:6].isalpha() and len(head) == 12:
+        length = struct.unpack("<I", head[8:12])[0] if head[4:6] in (b"OB", b"OW", b"OF", b"OD", b"UN") else None
+        value_start = start + 12
+    else:
+        length = struct.unpack("<I", head[4:8])[0]
+        value_start = start + 8
+    if length is None or length == 0xFFFFFFFF or value_start + length <= reader._size:
+        return None
+    return f"PixelData declares {length} bytes, the file holds {reader._size - value_start}"
+
+
+def extract_file(
+    fetch: Callable[[int, int], bytes],
+    path: str,
+    size: int,
+    options: ReadOptions,
+    modification_time: Any = None,
+    etag: str | None = None,
+) -> dict[str, Any]:
+    """Read one file's header and return its extract_result row (instance or quarantine)."""
+    base: dict[str, Any] = {
+        "path": path,
+        "file_size": size,
+        "modification_time": modification_time,
+        "etag": etag,
+    }
+    if size == 0:
+        return _quarantine(base, QuarantineReason.ZERO_BYTES, "file is empty")
+    quiet_pydicom()
+    reader = RangeReader(fetch, size, options.block_size, options.max_retries, options.retry_base_seconds)
+    try:
+        dataset, forced = _parse(reader)
+    except _PERMANENT_ERRORS as error:
+        return _quarantine(base, QuarantineReason.UNREADABLE, f"{type(error).__name__}: {error}", reader)
+    except RecursionError:
+        return _quarantine(base, QuarantineReason.PARSE_ERROR, "RecursionError: sequences nested too deeply", reader)
+    except OSError as error:
+        if "tag" not in str(error).lower() and not isinstance(error, EOFError):
+            return _quarantine(base, QuarantineReason.STORAGE_ERROR, f"{type(error).__name__}: {error}", reader)
+        reason = QuarantineReason.TRUNCATED if _is_truncated(error) else QuarantineReason.PARSE_ERROR
+        return _quarantine(base, reason, f"{type(error).__name__}: {error}", reader)
+    except InvalidDicomError as error:
+        return _quarantine(base, QuarantineReason.NOT_DICOM, str(error), reader)
+    except Exception as error:  # pydicom raises many kinds on malformed input
+        reason = QuarantineReason.TRUNCATED if _is_truncated(error) else QuarantineReason.PARSE_ERROR
+        return _quarantine(base, reason, f"{type(error).__name__}: {error}", reader)
+    return _verdict(base, dataset, forced, reader, options)
+
+
+def _verdict(base: dict[str, Any], dataset: Any, forced: bool, reader: RangeReader,
+             options: ReadOptions) -> dict[str, Any]:
+    meta = getattr(dataset, "file_meta", None)
+    sop_class = meta.get("MediaStorageSOPClassUID") if meta else None
+    if str(sop_class) == _DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in dataset:
+        return _quarantine(base, QuarantineReason.DICOMDIR, "Media Storage Directory (DICOMDIR)", reader)
+    if forced and not _looks_like_dicom(dataset):
+        return _quarantine(base, QuarantineReason.NOT_DICOM, "no DICOM structure found, even with a forced read",
+                           reader)
+    try:
+        record = header_record(dataset)
+    except RecursionError:
+        return _quarantine(base, QuarantineReason.PARSE_ERROR, "RecursionError: sequences nested too deeply", reader)
+    absent = missing_uids(record)
+    if absent:
+        # A header cut short before its UIDs is a truncated file; a complete one without them is not an instance.
+        reason = QuarantineReason.TRUNCATED if reader.short_read else QuarantineReason.MISSING_UID
+        return _quarantine(base, reason, f"missing {', '.join(absent)}", reader)
+    if reader.short_read:
+        record["parse_warnings"] = [*(record["parse_warnings"] or []),
+                                    f"truncated: data set ends inside an element at byte {reader.tell()}"]
+    header_end = reader.tell()
+    overrun = _pixel_data_overrun(reader)
+    if overrun:
+        record["parse_warnings"] = [*(record["parse_warnings"] or []), overrun]
+    try:
+        record["header_json"], record["header_json_truncated"] = header_json(dataset, options.header_json_max_bytes)
+    except Exception as error:
+        record["header_json"], record["header_json_truncated"] = None, True
+        record["parse_warnings"] = [*(record["parse_warnings"] or []), f"header_json: {type(error).__name__}"]
+    base.update(record)
+    base.update(
+        outcome=Outcome.INSTANCE.value,
+        forced_read=forced,
+        bytes_read=reader.bytes_read,
+        header_bytes=header_end,
+    )
+    return base

@@ -1,0 +1,25 @@
+"""micdm's exceptions: one base class, a subclass per kind of failure a user can act on."""
+
+from __future__ import annotations
+
+__all__ = ["ConfigError", "EnvironmentProblem", "IdOverflowError", "MicdmError", "SchemaMismatchError"]
+
+
+class MicdmError(Exception):
+    """Base of every error micdm raises on purpose."""
+
+
+class ConfigError(MicdmError):
+    """A setting is unknown, of the wrong type, or out of range; the message names the key."""
+
+
+class EnvironmentProblem(MicdmError):
+    """The machine lacks something micdm needs (Java, the Delta jars); the message says what to install."""
+
+
+class SchemaMismatchError(MicdmError):
+    """An existing table does not have the schema micdm expects."""
+
+
+class IdOverflowError(MicdmError):
+    """Allocating more ids would pass the spec's 32-bit integer range."""

@@ -1,0 +1,436 @@
+"""Every table micdm reads or writes, as Spark schemas: the single source of truth.
+
+The spec tables (image_occurrence, image_feature) and the OMOP CDM 5.4 tables are transcribed from
+their field-level definitions. Types follow the OHDSI Spark DDL: integer -> IntegerType,
+varchar(n) -> StringType with the length kept in the field metadata (and enforced by a Delta CHECK
+constraint), date -> DateType, datetime -> TimestampType. The CDM's ``float`` is SQL Server's 8-byte
+float, so it becomes DoubleType, not Spark's 4-byte FLOAT.
+
+The pipeline's own bronze and silver tables are declared with the same notation, so that one
+function turns any table into DDL, constraints or an empty DataFrame.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from pyspark.sql.types import (
+    ArrayType,
+    BooleanType,
+    DataType,
+    DateType,
+    DoubleType,
+    IntegerType,
+    LongType,
+    StringType,
+    StructField,
+    StructType,
+    TimestampType,
+)
+
+__all__ = [
+    "CDM_TABLES",
+    "MAX_LENGTH_KEY",
+    "PIPELINE_TABLES",
+    "SPEC_TABLES",
+    "TABLES",
+    "TableDef",
+    "max_length",
+    "table",
+]
+
+#: Field-metadata key holding a varchar's declared length.
+MAX_LENGTH_KEY = "max_length"
+
+_SCALAR_TYPES: dict[str, DataType] = {
+    "integer": IntegerType(),
+    "bigint": LongType(),
+    "float": DoubleType(),
+    "double": DoubleType(),
+    "boolean": BooleanType(),
+    "date": DateType(),
+    "datetime": TimestampType(),
+    "string": StringType(),
+}
+_VARCHAR = re.compile(r"varchar\((\d+|max)\)")
+_ARRAY = re.compile(r"array<(\w+)>")
+
+
+def _parse_type(declared: str) -> tuple[DataType, int | None]:
+    """Turn a declared type (``integer``, ``varchar(250)``, ``array<string>``) into a Spark type."""
+    varchar = _VARCHAR.fullmatch(declared)
+    if varchar:
+        length = varchar.group(1)
+        return StringType(), None if length == "max" else int(length)
+    array = _ARRAY.fullmatch(declared)
+    if array:
+        return ArrayType(_SCALAR_TYPES[array.group(1)], containsNull=True), None
+    return _SCALAR_TYPES[declared], None
+
+
+@dataclass(frozen=True)
+class TableDef:
+    """A table's name, layer and schema; the DDL and constraints derive from the schema."""
+
+    name: str
+    layer: str
+    schema: StructType
+
+    @property
+    def required_columns(self) -> list[str]:
+        return [f.name for f in self.schema.fields if not f.nullable]
+
+    @property
+    def length_limits(self) -> dict[str, int]:
+        return {f.name: f.metadata[MAX_LENGTH_KEY] for f in self.schema.fields if MAX_LENGTH_KEY in f.metadata}
+
+    def ddl_columns(self) -> str:
+        """Column list for CREATE TABLE, NOT NULL where the definition requires a value."""
+        return ", ".join(
+            f"`{f.name}` {f.dataType.simpleString()}{'' if f.nullable else ' NOT NULL'}" for f in self.schema.fields
+        )
+
+
+def table(name: str, layer: str, columns: str) -> TableDef:
+    """Declare a table from lines of ``name  type  [required]``."""
+    fields = []
+    for line in columns.strip().splitlines():
+        parts = line.split()
+        column, declared = parts[0], parts[1]
+        required = parts[2:] == ["required"]
+        if parts[2:] and not required:
+            raise ValueError(f"table {name!r}: cannot read column line {line!r}")
+        spark_type, length = _parse_type(declared)
+        metadata = {MAX_LENGTH_KEY: length} if length is not None else {}
+        fields.append(StructField(column, spark_type, nullable=not required, metadata=metadata))
+    return TableDef(name, layer, StructType(fields))
+
+
+def max_length(field: StructField) -> int | None:
+    """The declared varchar length of a field, None when unbounded."""
+    return field.metadata.get(MAX_LENGTH_KEY)
+
+
+# --- the specification's tables (gold) ------------------------------------------------------------
+
+IMAGE_OCCURRENCE = table("image_occurrence", "gold", """
+    image_occurrence_id        integer       required
+    person_id                  integer       required
+    procedure_occurrence_id    integer       required
+    visit_occurrence_id        integer
+    anatomic_site_concept_id   integer
+    wadors_uri                 varchar(max)
+    local_path                 varchar(max)  required
+    image_occurrence_date      date          required
+    image_study_uid            varchar(250)  required
+    image_series_uid           varchar(250)  required
+    modality                   varchar(250)  required
+""")
+
+IMAGE_FEATURE = table("image_feature", "gold", """
+    image_feature_id                integer       required
+    person_id                       integer       required
+    image_occurrence_id             integer       required
+    table_concept_id                integer       required
+    table_row_id                    integer       required
+    image_feature_concept_id        integer       required
+    image_feature_type_concept_id   integer       required
+    image_finding_concept_id        integer
+    image_finding_id                integer
+    anatomic_site_concept_id        integer
+    alg_system                      varchar(max)
+    alg_datetime                    datetime
+""")
+
+SPEC_TABLES = (IMAGE_OCCURRENCE, IMAGE_FEATURE)
+
+# --- OMOP CDM 5.4 tables the pipeline reads or writes --------------------------------------------
+
+PERSON = table("person", "cdm", """
+    person_id                    integer      required
+    gender_concept_id            integer      required
+    year_of_birth                integer      required
+    month_of_birth               integer
+    day_of_birth                 integer
+    birth_datetime               datetime
+    race_concept_id              integer      required
+    ethnicity_concept_id         integer      required
+    location_id                  integer
+    provider_id                  integer
+    care_site_id                 integer
+    person_source_value          varchar(50)
+    gender_source_value          varchar(50)
+    gender_source_concept_id     integer
+    race_source_value            varchar(50)
+    race_source_concept_id       integer
+    ethnicity_source_value       varchar(50)
+    ethnicity_source_concept_id  integer
+""")
+
+VISIT_OCCURRENCE = table("visit_occurrence", "cdm", """
+    visit_occurrence_id            integer      required
+    person_id                      integer      required
+    visit_concept_id               integer      required
+    visit_start_date               date         required
+    visit_start_datetime           datetime
+    visit_end_date                 date         required
+    visit_end_datetime             datetime
+    visit_type_concept_id          integer      required
+    provider_id                    integer
+    care_site_id                   integer
+    visit_source_value             varchar(50)
+    visit_source_concept_id        integer
+    admitted_from_concept_id       integer
+    admitted_from_source_value     varchar(50)
+    discharged_to_concept_id       integer
+    discharged_to_source_value     varchar(50)
+    preceding_visit_occurrence_id  integer
+""")
+
+PROCEDURE_OCCURRENCE = table("procedure_occurrence", "cdm", """
+    procedure_occurrence_id      integer      required
+    person_id                    integer      required
+    procedure_concept_id         integer      required
+    procedure_date               date         required
+    procedure_datetime           datetime
+    procedure_end_date           date
+    procedure_end_datetime       datetime
+    procedure_type_concept_id    integer      required
+    modifier_concept_id          integer
+    quantity                     integer
+    provider_id                  integer
+    visit_occurrence_id          integer
+    visit_detail_id              integer
+    procedure_source_value       varchar(50)
+    procedure_source_concept_id  integer
+    modifier_source_value        varchar(50)
+""")
+
+MEASUREMENT = table("measurement", "cdm", """
+    measurement_id                 integer      required
+    person_id                      integer      required
+    measurement_concept_id         integer      required
+    measurement_date               date         required
+    measurement_datetime           datetime
+    measurement_time               varchar(10)
+    measurement_type_concept_id    integer      required
+    operator_concept_id            integer
+    value_as_number                float
+    value_as_concept_id            integer
+    unit_concept_id                integer
+    range_low                      float
+    range_high                     float
+    provider_id                    integer
+    visit_occurrence_id            integer
+    visit_detail_id                integer
+    measurement_source_value       varchar(50)
+    measurement_source_concept_id  integer
+    unit_source_value              varchar(50)
+    unit_source_concept_id         integer
+    value_source_value             varchar(50)
+    measurement_event_id           integer
+    meas_event_field_concept_id    integer
+""")
+
+OBSERVATION = table("observation", "cdm", """
+    observation_id                 integer      required
+    person_id                      integer      required
+    observation_concept_id         integer      required
+    observation_date               date         required
+    observation_datetime           datetime
+    observation_type_concept_id    integer      required
+    value_as_number                float
+    value_as_string                varchar(60)
+    value_as_concept_id            integer
+    qualifier_concept_id           integer
+    unit_concept_id                integer
+    provider_id                    integer
+    visit_occurrence_id            integer
+    visit_detail_id                integer
+    observation_source_value       varchar(50)
+    observation_source_concept_id  integer
+    unit_source_value              varchar(50)
+    qualifier_source_value         varchar(50)
+    value_source_value             varchar(50)
+    observation_event_id           integer
+    obs_event_field_concept_id     integer
+""")
+
+CONCEPT = table("concept", "cdm", """
+    concept_id        integer       required
+    concept_name      varchar(255)  required
+    domain_id         varchar(20)   required
+    vocabulary_id     varchar(20)   required
+    concept_class_id  varchar(20)   required
+    standard_concept  varchar(1)
+    concept_code      varchar(50)   required
+    valid_start_date  date          required
+    valid_end_date    date          required
+    invalid_reason    varchar(1)
+""")
+
+CONCEPT_RELATIONSHIP = table("concept_relationship", "cdm", """
+    concept_id_1      integer      required
+    concept_id_2      integer      required
+    relationship_id   varchar(20)  required
+    valid_start_date  date         required
+    valid_end_date    date         required
+    invalid_reason    varchar(1)
+""")
+
+CDM_TABLES = (
+    PERSON,
+    VISIT_OCCURRENCE,
+    PROCEDURE_OCCURRENCE,
+    MEASUREMENT,
+    OBSERVATION,
+    CONCEPT,
+    CONCEPT_RELATIONSHIP,
+)
+
+# --- the pipeline's own tables (bronze, silver, bookkeeping) ---------------------------------------
+
+_HEADER_COLUMNS = """
+    sop_class_uid               string
+    sop_instance_uid            string
+    study_instance_uid          string
+    series_instance_uid         string
+    patient_id                  string
+    issuer_of_patient_id        string
+    accession_number            string
+    modality                    string
+    study_date                  date
+    study_time                  string
+    series_date                 date
+    series_time                 string
+    acquisition_date            date
+    acquisition_time            string
+    content_date                date
+    content_time                string
+    body_part_examined          string
+    anatomic_region_code        string
+    study_description           string
+    series_description          string
+    manufacturer                string
+    manufacturer_model_name     string
+    series_number               integer
+    instance_number             integer
+    image_type                  array<string>
+    rows                        integer
+    columns                     integer
+    number_of_frames            integer
+    transfer_syntax_uid         string
+    slice_thickness             double
+    kvp                         double
+    exposure_time               double
+    xray_tube_current           double
+    exposure                    double
+    pixel_spacing               array<double>
+    spacing_between_slices      double
+    magnetic_field_strength     double
+    repetition_time             double
+    echo_time                   double
+    inversion_time              double
+    flip_angle                  double
+    convolution_kernel          string
+    contrast_bolus_agent        string
+    forced_read                 boolean
+    parse_warnings              array<string>
+    header_json                 string
+    header_json_truncated       boolean
+"""
+
+_FILE_COLUMNS = """
+    path                 string     required
+    file_size            bigint
+    modification_time    datetime
+    etag                 string
+"""
+
+#: What the extract step returns for every file it was given: an instance or a quarantine reason.
+EXTRACT_RESULT = table("extract_result", "internal", _FILE_COLUMNS + """
+    bytes_read           bigint
+    header_bytes         bigint
+    outcome              string     required
+    reason               string
+    message              string
+    signature            string
+""" + _HEADER_COLUMNS)
+
+FILE_INVENTORY = table("file_inventory", "bronze", _FILE_COLUMNS + """
+    first_seen           datetime   required
+    last_seen            datetime   required
+    missing_since        datetime
+    run_id               string     required
+""")
+
+DICOM_INSTANCE = table("dicom_instance", "bronze", _FILE_COLUMNS + """
+    bytes_read           bigint
+    header_bytes         bigint
+""" + _HEADER_COLUMNS + """
+    extracted_at         datetime   required
+    run_id               string     required
+""")
+
+DICOM_QUARANTINE = table("dicom_quarantine", "bronze", _FILE_COLUMNS + """
+    bytes_read           bigint
+    reason               string     required
+    message              string
+    signature            string
+    quarantined_at       datetime   required
+    run_id               string     required
+""")
+
+DICOM_SERIES = table("dicom_series", "silver", """
+    series_instance_uid        string         required
+    study_instance_uid         string
+    patient_id                 string
+    issuer_of_patient_id       string
+    accession_number           string
+    modality                   string
+    modalities                 array<string>
+    instance_count             integer        required
+    total_bytes                bigint
+    image_date                 date
+    image_date_source          string
+    study_date                 date
+    series_date                date
+    body_part_examined         string
+    anatomic_region_code       string
+    study_description          string
+    series_description         string
+    manufacturer               string
+    manufacturer_model_name    string
+    local_path                 string
+    updated_at                 datetime       required
+""")
+
+SERIES_LINK = table("series_link", "silver", """
+    image_series_uid           string     required
+    person_id                  integer
+    procedure_occurrence_id    integer
+    visit_occurrence_id        integer
+    link_rule                  string
+    exception_reason           string
+    updated_at                 datetime   required
+""")
+
+ID_MAP = table("id_map", "bookkeeping", """
+    namespace     string     required
+    natural_key   string     required
+    id            integer    required
+    assigned_at   datetime   required
+""")
+
+PIPELINE_TABLES = (
+    FILE_INVENTORY,
+    DICOM_INSTANCE,
+    DICOM_QUARANTINE,
+    DICOM_SERIES,
+    SERIES_LINK,
+    ID_MAP,
+)
+
+#: Every persistent table by name.
+TABLES: dict[str, TableDef] = {t.name: t for t in (*SPEC_TABLES, *CDM_TABLES, *PIPELINE_TABLES)}

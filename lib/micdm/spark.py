@@ -1,0 +1,161 @@
+"""The one place micdm makes a SparkSession.
+
+On Databricks (or under spark-submit, or in a notebook that already has one) the running session is
+used as it is. Locally, a session with Delta Lake is built; the Delta jars are resolved once, through
+Spark's own resolver or, where that cannot reach the repository, through Maven, and the resolved files
+are reused from then on without the network.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from pyspark.sql import SparkSession
+
+from micdm.config import SparkSettings
+from micdm.errors import EnvironmentProblem
+
+__all__ = ["DELTA_PACKAGES", "cache_dir", "check_java", "get_spark", "resolve_delta_jars"]
+
+log = logging.getLogger(__name__)
+
+DELTA_VERSION = "4.0.1"
+SCALA_BINARY = "2.13"
+#: The Maven coordinates of Delta Lake for this Spark line.
+DELTA_PACKAGES = (f"io.delta:delta-spark_{SCALA_BINARY}:{DELTA_VERSION}",)
+MIN_JAVA = 17
+_JARS_MANIFEST = "delta-jars.txt"
+
+
+def cache_dir() -> Path:
+    """Where resolved jars live: $MICDM_CACHE, else ~/.cache/micdm."""
+    return Path(os.environ.get("MICDM_CACHE") or Path.home() / ".cache" / "micdm").expanduser().resolve()
+
+
+def is_databricks() -> bool:
+    return "DATABRICKS_RUNTIME_VERSION" in os.environ
+
+
+def _java_binary() -> str | None:
+    java_home = os.environ.get("JAVA_HOME")
+    if java_home and (Path(java_home) / "bin" / "java").exists():
+        return str(Path(java_home) / "bin" / "java")
+    return shutil.which("java")
+
+
+def check_java() -> int:
+    """Return Java's major version; raise EnvironmentProblem with what to install when it is missing or old."""
+    java = _java_binary()
+    advice = f"install a Java {MIN_JAVA}+ runtime (e.g. apt-get install openjdk-17-jre-headless) or set JAVA_HOME"
+    if java is None:
+        raise EnvironmentProblem(f"Java not found: {advice}")
+    result = subprocess.run([java, "-version"], capture_output=True, text=True, check=False)
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', result.stderr + result.stdout)
+    if not match:
+        raise EnvironmentProblem(f"could not read the version of {java}: {advice}")
+    major = int(match.group(1))
+    if major == 1 and match.group(2):
+        major = int(match.group(2))
+    if major < MIN_JAVA:
+        raise EnvironmentProblem(f"Java {major} found at {java}, Spark 4 needs Java {MIN_JAVA}+: {advice}")
+    return major
+
+
+def _cached_jars(cache: Path) -> list[str] | None:
+    manifest = cache / _JARS_MANIFEST
+    if not manifest.is_file():
+        return None
+    lines = manifest.read_text(encoding="utf-8").splitlines()
+    if not lines or lines[0] != " ".join(DELTA_PACKAGES):
+        return None
+    jars = lines[1:]
+    return jars if jars and all(Path(j).is_file() for j in jars) else None
+
+
+def _write_manifest(cache: Path, jars: list[Path]) -> list[str]:
+    paths = sorted(str(j) for j in jars)
+    (cache / _JARS_MANIFEST).write_text("\n".join([" ".join(DELTA_PACKAGES), *paths]) + "\n", encoding="utf-8")
+    return paths
+
+
+def _resolve_with_maven(cache: Path) -> list[str]:
+    """Fallback route: let Maven fetch the coordinates and their runtime dependencies into the cache."""
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise EnvironmentProblem("Spark could not resolve the Delta jars and Maven (mvn) is not installed")
+    target = cache / "maven-jars"
+    dependencies = "".join(
+        f"<dependency><groupId>{g}</groupId><artifactId>{a}</artifactId><version>{v}</version></dependency>"
+        for g, a, v in (coordinate.split(":") for coordinate in DELTA_PACKAGES)
+    )
+    pom = (
+        '<project xmlns="http://maven.apache.org/POM/4.0.0"><modelVersion>4.0.0</modelVersion>'
+        "<groupId>micdm</groupId><artifactId>delta-jars</artifactId><version>1</version>"
+        f"<dependencies>{dependencies}</dependencies></project>"
+    )
+    with tempfile.TemporaryDirectory() as work:
+        Path(work, "pom.xml").write_text(pom, encoding="utf-8")
+        result = subprocess.run(
+            [mvn, "-q", "-B", "dependency:copy-dependencies", f"-DoutputDirectory={target}",
+             "-DincludeScope=runtime", "-DexcludeGroupIds=org.apache.spark,org.scala-lang"],
+            cwd=work, capture_output=True, text=True, check=False,
+        )
+    if result.returncode != 0:
+        raise EnvironmentProblem(f"Maven could not resolve {DELTA_PACKAGES}: {result.stdout[-2000:]}")
+    return _write_manifest(cache, list(target.glob("*.jar")))
+
+
+def resolve_delta_jars(cache: Path | None = None) -> list[str]:
+    """Return local paths of the Delta jars, resolving them once (Spark's resolver first, then Maven)."""
+    cache = cache or cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    cached = _cached_jars(cache)
+    if cached:
+        return cached
+    ivy = cache / "ivy"
+    probe = (
+        SparkSession.builder.master("local[1]")
+        .appName("micdm-resolve-jars")
+        .config("spark.ui.enabled", "false")
+        .config("spark.jars.packages", ",".join(DELTA_PACKAGES))
+        .config("spark.jars.ivy", str(ivy))
+    )
+    try:
+        probe.getOrCreate().stop()
+    except Exception as error:  # the JVM refuses to start when Ivy cannot resolve: try Maven instead
+        log.warning("Spark's resolver failed (%s); resolving the Delta jars with Maven", type(error).__name__)
+        return _resolve_with_maven(cache)
+    return _write_manifest(cache, list((ivy / "jars").glob("*.jar")))
+
+
+def get_spark(settings: SparkSettings | None = None, app_name: str = "micdm") -> SparkSession:
+    """The running session if there is one (Databricks, spark-submit, notebooks), else a local Delta session."""
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        return active
+    if is_databricks():
+        return SparkSession.builder.getOrCreate()
+    settings = settings or SparkSettings()
+    check_java()
+    jars = resolve_delta_jars()
+    builder = (
+        SparkSession.builder.master(settings.master)
+        .appName(app_name)
+        .config("spark.jars", ",".join(jars))
+        .config("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension")
+        .config("spark.sql.catalog.spark_catalog", "org.apache.spark.sql.delta.catalog.DeltaCatalog")
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.databricks.delta.snapshotPartitions", "2")
+    )
+    for key, value in settings.conf.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark

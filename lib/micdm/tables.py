@@ -1,0 +1,138 @@
+"""Table naming, creation and writes: the only module that knows where tables live.
+
+With a Unity Catalog catalog configured, tables are ``catalog.schema.table``. Without one, each table
+is a Delta folder under the local warehouse (``<warehouse>/<schema>/<table>``), addressed by path, so
+the tables persist across sessions without a metastore.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from delta.tables import DeltaTable
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from micdm.config import StorageSettings
+from micdm.errors import SchemaMismatchError
+from micdm.schema import CDM_TABLES, TABLES, TableDef
+
+__all__ = ["TableLocator", "conform", "create_table", "init_tables", "merge_into", "overwrite", "read_table"]
+
+_CDM_NAMES = frozenset(t.name for t in CDM_TABLES)
+
+
+@dataclass(frozen=True)
+class TableLocator:
+    """Maps a table name to its SQL reference, from the storage settings."""
+
+    storage: StorageSettings
+
+    def schema_of(self, name: str) -> str:
+        if name in _CDM_NAMES and self.storage.cdm_schema:
+            return self.storage.cdm_schema
+        return self.storage.schema
+
+    def path(self, name: str) -> str | None:
+        """The table's folder in the local warehouse, None when tables live in a catalog."""
+        if self.storage.catalog:
+            return None
+        return str(Path(self.storage.warehouse).expanduser().resolve() / self.schema_of(name) / name)
+
+    def ref(self, name: str) -> str:
+        """What SQL statements use to name the table."""
+        path = self.path(name)
+        if path is not None:
+            return f"delta.`{path}`"
+        return f"`{self.storage.catalog}`.`{self.schema_of(name)}`.`{name}`"
+
+    def where(self, name: str) -> str:
+        """Human-readable location for summaries."""
+        return self.path(name) or f"{self.storage.catalog}.{self.schema_of(name)}.{name}"
+
+
+def _exists(spark: SparkSession, locator: TableLocator, name: str) -> bool:
+    path = locator.path(name)
+    if path is not None:
+        return DeltaTable.isDeltaTable(spark, path)
+    return spark.catalog.tableExists(locator.where(name))
+
+
+def _delta_table(spark: SparkSession, locator: TableLocator, name: str) -> DeltaTable:
+    path = locator.path(name)
+    return DeltaTable.forPath(spark, path) if path is not None else DeltaTable.forName(spark, locator.where(name))
+
+
+def create_table(spark: SparkSession, locator: TableLocator, table: TableDef) -> bool:
+    """Create ``table`` if absent, with NOT NULL columns and varchar length CHECK constraints.
+
+    Returns True when the table was created. An existing table with other columns raises
+    SchemaMismatchError rather than being altered behind the user's back.
+    """
+    ref = locator.ref(table.name)
+    created = not _exists(spark, locator, table.name)
+    if created:
+        if locator.storage.catalog:
+            spark.sql(f"CREATE SCHEMA IF NOT EXISTS `{locator.storage.catalog}`.`{locator.schema_of(table.name)}`")
+        spark.sql(f"CREATE TABLE IF NOT EXISTS {ref} ({table.ddl_columns()}) USING DELTA")
+    else:
+        actual = [(f.name, f.dataType.simpleString()) for f in spark.table(ref).schema.fields]
+        expected = [(f.name, f.dataType.simpleString()) for f in table.schema.fields]
+        if actual != expected:
+            raise SchemaMismatchError(
+                f"{locator.where(table.name)} exists with columns {actual}, micdm expects {expected}; "
+                "drop it or point storage.schema elsewhere"
+            )
+    properties = _delta_table(spark, locator, table.name).detail().select("properties").first()[0] or {}
+    for column, limit in table.length_limits.items():
+        constraint = f"{column}_max_length"
+        if f"delta.constraints.{constraint}" not in properties:
+            spark.sql(f"ALTER TABLE {ref} ADD CONSTRAINT {constraint} CHECK (length(`{column}`) <= {limit})")
+    return created
+
+
+def init_tables(spark: SparkSession, locator: TableLocator, names: Iterable[str] | None = None) -> dict[str, bool]:
+    """Create every table (or the named ones) idempotently; returns name -> created now."""
+    return {name: create_table(spark, locator, TABLES[name]) for name in (names or TABLES)}
+
+
+def read_table(spark: SparkSession, locator: TableLocator, name: str) -> DataFrame:
+    return spark.table(locator.ref(name))
+
+
+def conform(df: DataFrame, table: TableDef) -> DataFrame:
+    """Select and cast ``df`` to the table's columns, in order; missing nullable columns become NULL."""
+    columns: list[Column] = []
+    for field in table.schema.fields:
+        source = F.col(f"`{field.name}`") if field.name in df.columns else F.lit(None)
+        columns.append(source.cast(field.dataType).alias(field.name))
+    return df.select(*columns)
+
+
+def merge_into(
+    spark: SparkSession,
+    locator: TableLocator,
+    name: str,
+    updates: DataFrame,
+    keys: Sequence[str],
+    update_existing: bool = True,
+) -> None:
+    """MERGE ``updates`` into a table on natural ``keys``: re-running with the same input changes nothing."""
+    target = _delta_table(spark, locator, name)
+    condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
+    builder = target.alias("t").merge(conform(updates, TABLES[name]).alias("s"), condition)
+    if update_existing:
+        builder = builder.whenMatchedUpdateAll()
+    builder.whenNotMatchedInsertAll().execute()
+
+
+def overwrite(locator: TableLocator, name: str, rows: DataFrame) -> None:
+    """Replace a table's rows in one Delta commit (for tables rebuilt whole from their inputs)."""
+    writer = conform(rows, TABLES[name]).write.format("delta").mode("overwrite")
+    path = locator.path(name)
+    if path is not None:
+        writer.save(path)
+    else:
+        writer.saveAsTable(locator.where(name))
