@@ -80,6 +80,7 @@ _DATE_SOURCES = ("series_date", "study_date", "acquisition_date", "content_date"
 class OccurrenceSettings:
     date_order: tuple[str, ...] = _DATE_SOURCES
     wadors_root: str | None = None
+    link_window_days: int = 0
     missing_procedure: Literal["create", "exception"] = "create"
     procedure_type_concept_id: int = 32817
 

@@ -86,10 +86,15 @@ class TableDef:
         return {f.name: f.metadata[MAX_LENGTH_KEY] for f in self.schema.fields if MAX_LENGTH_KEY in f.metadata}
 
     def ddl_columns(self) -> str:
-        """Column list for CREATE TABLE, NOT NULL where the definition requires a value."""
-        return ", ".join(
-            f"`{f.name}` {f.dataType.simpleString()}{'' if f.nullable else ' NOT NULL'}" for f in self.schema.fields
-        )
+        """Column list for CREATE TABLE: NOT NULL where required, VARCHAR(n) where a length is declared.
+
+        Delta enforces both on every write (append, overwrite, MERGE); a VARCHAR reads back as a string.
+        """
+        def ddl_type(f: StructField) -> str:
+            length = max_length(f)
+            return f"varchar({length})" if length is not None else f.dataType.simpleString()
+
+        return ", ".join(f"`{f.name}` {ddl_type(f)}{'' if f.nullable else ' NOT NULL'}" for f in self.schema.fields)
 
 
 def table(name: str, layer: str, columns: str) -> TableDef:
@@ -97,6 +102,8 @@ def table(name: str, layer: str, columns: str) -> TableDef:
     fields = []
     for line in columns.strip().splitlines():
         parts = line.split()
+        if not parts:
+            continue
         column, declared = parts[0], parts[1]
         required = parts[2:] == ["required"]
         if parts[2:] and not required:

@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -144,6 +145,8 @@ def get_spark(settings: SparkSettings | None = None, app_name: str = "micdm") ->
     settings = settings or SparkSettings()
     check_java()
     jars = resolve_delta_jars()
+    # Python workers must run the interpreter that has micdm and its dependencies.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = (
         SparkSession.builder.master(settings.master)
         .appName(app_name)

@@ -19,7 +19,7 @@ from micdm.config import StorageSettings
 from micdm.errors import SchemaMismatchError
 from micdm.schema import CDM_TABLES, TABLES, TableDef
 
-__all__ = ["TableLocator", "conform", "create_table", "init_tables", "merge_into", "overwrite", "read_table"]
+__all__ = ["TableLocator", "conform", "create_table", "delta_table", "init_tables", "load_csv", "merge_into", "overwrite", "read_table"]
 
 _CDM_NAMES = frozenset(t.name for t in CDM_TABLES)
 
@@ -60,13 +60,13 @@ def _exists(spark: SparkSession, locator: TableLocator, name: str) -> bool:
     return spark.catalog.tableExists(locator.where(name))
 
 
-def _delta_table(spark: SparkSession, locator: TableLocator, name: str) -> DeltaTable:
+def delta_table(spark: SparkSession, locator: TableLocator, name: str) -> DeltaTable:
     path = locator.path(name)
     return DeltaTable.forPath(spark, path) if path is not None else DeltaTable.forName(spark, locator.where(name))
 
 
 def create_table(spark: SparkSession, locator: TableLocator, table: TableDef) -> bool:
-    """Create ``table`` if absent, with NOT NULL columns and varchar length CHECK constraints.
+    """Create ``table`` if absent, with its NOT NULL columns and VARCHAR lengths enforced by Delta.
 
     Returns True when the table was created. An existing table with other columns raises
     SchemaMismatchError rather than being altered behind the user's back.
@@ -85,11 +85,6 @@ def create_table(spark: SparkSession, locator: TableLocator, table: TableDef) ->
                 f"{locator.where(table.name)} exists with columns {actual}, micdm expects {expected}; "
                 "drop it or point storage.schema elsewhere"
             )
-    properties = _delta_table(spark, locator, table.name).detail().select("properties").first()[0] or {}
-    for column, limit in table.length_limits.items():
-        constraint = f"{column}_max_length"
-        if f"delta.constraints.{constraint}" not in properties:
-            spark.sql(f"ALTER TABLE {ref} ADD CONSTRAINT {constraint} CHECK (length(`{column}`) <= {limit})")
     return created
 
 
@@ -120,7 +115,7 @@ def merge_into(
     update_existing: bool = True,
 ) -> None:
     """MERGE ``updates`` into a table on natural ``keys``: re-running with the same input changes nothing."""
-    target = _delta_table(spark, locator, name)
+    target = delta_table(spark, locator, name)
     condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
     builder = target.alias("t").merge(conform(updates, TABLES[name]).alias("s"), condition)
     if update_existing:
@@ -136,3 +131,10 @@ def overwrite(locator: TableLocator, name: str, rows: DataFrame) -> None:
         writer.save(path)
     else:
         writer.saveAsTable(locator.where(name))
+
+
+def load_csv(spark: SparkSession, locator: TableLocator, name: str, path: str) -> int:
+    """Replace a CDM table's rows with a CSV export of it (header row, CDM column names)."""
+    raw = spark.read.option("header", True).option("inferSchema", False).csv(path)
+    overwrite(locator, name, raw)
+    return read_table(spark, locator, name).count()

@@ -1,0 +1,111 @@
+"""``micdm``: the command line. Every stage, the whole pipeline, table creation and the demo data."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from micdm.config import Settings, load_settings
+from micdm.errors import MicdmError
+
+__all__ = ["main"]
+
+log = logging.getLogger("micdm")
+
+_SUMMARY_TABLES = ("dicom_instance", "dicom_quarantine", "dicom_series", "image_occurrence", "image_feature",
+                   "measurement", "procedure_occurrence")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="micdm", description="DICOM archives to OMOP CDM imaging tables.")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", "-c", help="YAML settings file (see conf/default.yml)")
+    common.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="setting overrides, e.g. extract.block_size=131072")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="command")
+    commands.add_parser("init", parents=[common], help="create every table (idempotent)")
+    synth = commands.add_parser("synth", parents=[common], help="write the synthetic PACS export and CDM")
+    synth.add_argument("--no-load", action="store_true", help="write files only; do not load the CDM tables")
+    for stage, text in (
+        ("extract", "read DICOM headers into dicom_instance / dicom_quarantine"),
+        ("series", "group instances into dicom_series"),
+        ("link", "link series to person, procedure and visit"),
+        ("occurrence", "write image_occurrence"),
+        ("features", "write measurement + image_feature rows"),
+    ):
+        commands.add_parser(stage, parents=[common], help=text)
+    commands.add_parser("run", parents=[common], help="run every stage in order")
+    commands.add_parser("demo", parents=[common], help="synth + run, then print where the tables are")
+    return parser
+
+
+def _print_table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> None:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, tuple("-" * w for w in widths), *rows]:
+        print("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
+
+
+def _summary(spark: object, settings: Settings) -> None:
+    from micdm.pipeline import table_counts
+
+    counts = table_counts(spark, settings, _SUMMARY_TABLES)  # type: ignore[arg-type]
+    print()
+    _print_table([(name, str(n), where) for name, (n, where) in counts.items()], ("table", "rows", "location"))
+
+
+def _synth(spark: object, settings: Settings, load: bool) -> None:
+    from micdm.synth import generate
+    from micdm.tables import TableLocator, init_tables, load_csv
+
+    cfg = settings.synth
+    summary = generate(cfg.out, cfg.patients, cfg.seed, cfg.pixels)
+    print(f"synth: {summary.patients} patients, {summary.studies} studies, {summary.series} series, "
+          f"{summary.instances} instances ({summary.bytes_written / 1e6:.1f} MB) in {summary.out}/dicom")
+    if load:
+        locator = TableLocator(settings.storage)
+        init_tables(spark, locator)  # type: ignore[arg-type]
+        for name in ("person", "visit_occurrence", "procedure_occurrence"):
+            rows = load_csv(spark, locator, name, str(Path(cfg.out, "cdm", f"{name}.csv").resolve()))  # type: ignore[arg-type]
+            print(f"synth: loaded {rows} rows into {locator.where(name)}")
+
+
+def _run(args: argparse.Namespace) -> None:
+    settings = load_settings(args.config, args.overrides)
+    from micdm.pipeline import run_pipeline, run_stage
+    from micdm.spark import get_spark
+    from micdm.tables import TableLocator, init_tables
+
+    spark = get_spark(settings.spark)
+    if args.command == "init":
+        created = init_tables(spark, TableLocator(settings.storage))
+        print(f"init: {sum(created.values())} created, {len(created) - sum(created.values())} already there")
+        return
+    if args.command in ("synth", "demo"):
+        _synth(spark, settings, load=args.command == "demo" or not args.no_load)
+        if args.command == "synth":
+            return
+    results = run_pipeline(spark, settings) if args.command in ("run", "demo") else [
+        run_stage(spark, settings, args.command)]
+    _print_table([(r.stage, f"{r.seconds:.1f}s", ", ".join(f"{k}={v}" for k, v in r.counts.items()))
+                  for r in results], ("stage", "time", "counts"))
+    _summary(spark, settings)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``micdm`` console script; returns the process exit code."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("py4j").setLevel(logging.WARNING)
+    try:
+        _run(args)
+    except MicdmError as error:
+        print(f"micdm: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

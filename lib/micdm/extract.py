@@ -1,0 +1,181 @@
+"""Extract stage: discovered files -> dicom_instance (bronze) + dicom_quarantine, on Spark.
+
+Each Spark task takes a batch of paths and reads their headers with a thread pool (object-storage
+latency hides behind the threads; parsing is pure Python in dicom/). Every file given to a task comes
+back as one row, an instance or a quarantine reason, so nothing can fall through the cracks. The
+inventory of seen files is updated last: a crash before that point makes the next run read the
+same files again, and the MERGEs keyed on path make that harmless.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.pandas.types import to_arrow_schema
+from pyspark.sql.types import StructType
+
+from micdm.config import Settings
+from micdm.dicom.reader import Outcome, QuarantineReason, ReadOptions, extract_file
+from micdm.schema import EXTRACT_RESULT, FILE_INVENTORY
+from micdm.sources import list_files, opener, root_prefix
+from micdm.tables import TableLocator, delta_table, merge_into, read_table
+
+__all__ = ["ExtractSummary", "extract", "read_headers"]
+
+log = logging.getLogger(__name__)
+
+_FILE_FIELDS = ("path", "file_size", "modification_time", "etag")
+#: Quarantine reasons worth another try on the next run, file unchanged or not.
+_RETRIED_REASONS = (QuarantineReason.STORAGE_ERROR.value, QuarantineReason.UNREADABLE.value)
+
+
+@dataclass(frozen=True)
+class ExtractSummary:
+    run_id: str
+    discovered: int
+    to_read: int
+    instances: int
+    quarantined: int
+    missing: int
+    seconds: float
+
+    @property
+    def files_per_second(self) -> float:
+        return self.to_read / self.seconds if self.seconds else 0.0
+
+
+def _batch_reader(options: ReadOptions, storage_options: dict[str, Any], threads: int
+                  ) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    arrow_schema = to_arrow_schema(EXTRACT_RESULT.schema)
+
+    def read_one(row: dict[str, Any]) -> dict[str, Any]:
+        try:
+            fetch = opener(row["path"], storage_options)
+            return extract_file(fetch, row["path"], row["file_size"], options,
+                                modification_time=row["modification_time"], etag=row["etag"])
+        except Exception as error:  # the last line of defence: the file is still accounted for
+            return {**row, "outcome": Outcome.QUARANTINE.value, "reason": QuarantineReason.PARSE_ERROR.value,
+                    "message": f"{type(error).__name__}: {error}"[:1000], "bytes_read": 0}
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            for batch in batches:
+                rows = pool.map(read_one, batch.to_pylist())
+                yield pa.RecordBatch.from_pylist(list(rows), schema=arrow_schema)
+
+    return run
+
+
+def read_headers(files: DataFrame, settings: Settings) -> DataFrame:
+    """Lazily map a DataFrame of files (path, file_size, modification_time, etag) to extract results."""
+    cfg = settings.extract
+    options = ReadOptions(block_size=cfg.block_size, max_retries=cfg.max_retries,
+                          header_json_max_bytes=cfg.header_json_max_bytes)
+    reader = _batch_reader(options, dict(settings.sources.storage_options), cfg.threads_per_task)
+    return files.select(*_FILE_FIELDS).mapInArrow(reader, EXTRACT_RESULT.schema)
+
+
+def _listing(spark: SparkSession, settings: Settings) -> DataFrame:
+    rows = [(f.path, f.file_size, f.modification_time, f.etag) for f in list_files(settings.sources)]
+    return spark.createDataFrame(rows, schema=StructType([FILE_INVENTORY.schema[c] for c in _FILE_FIELDS]))
+
+
+def _to_read(spark: SparkSession, locator: TableLocator, listing: DataFrame, full_refresh: bool) -> DataFrame:
+    if full_refresh:
+        return listing
+    inventory = read_table(spark, locator, "file_inventory").where(F.col("missing_since").isNull())
+    unchanged = listing.alias("l").join(
+        inventory.alias("i"),
+        (F.col("l.path") == F.col("i.path"))
+        & (F.col("l.file_size") == F.col("i.file_size"))
+        & F.col("l.modification_time").eqNullSafe(F.col("i.modification_time"))
+        & F.col("l.etag").eqNullSafe(F.col("i.etag")),
+        "left_semi",
+    )
+    retry = read_table(spark, locator, "dicom_quarantine").where(F.col("reason").isin(*_RETRIED_REASONS))
+    return listing.join(unchanged, "path", "left_anti").unionByName(
+        listing.join(retry.select("path"), "path", "left_semi")
+    ).dropDuplicates(["path"])
+
+
+def _merge_results(spark: SparkSession, locator: TableLocator, results: DataFrame, run_id: str) -> None:
+    now = F.current_timestamp()
+    instances = results.where(F.col("outcome") == Outcome.INSTANCE.value).withColumns(
+        {"extracted_at": now, "run_id": F.lit(run_id)})
+    quarantined = results.where(F.col("outcome") == Outcome.QUARANTINE.value).withColumns(
+        {"quarantined_at": now, "run_id": F.lit(run_id)})
+    merge_into(spark, locator, "dicom_instance", instances, ["path"])
+    merge_into(spark, locator, "dicom_quarantine", quarantined, ["path"])
+    # A file that changed from good to bad (or back) must leave the table it was in.
+    _delete_paths(spark, locator, "dicom_quarantine", instances.select("path"))
+    _delete_paths(spark, locator, "dicom_instance", quarantined.select("path"))
+
+
+def _delete_paths(spark: SparkSession, locator: TableLocator, name: str, paths: DataFrame) -> None:
+    delta_table(spark, locator, name).alias("t").merge(paths.alias("s"), "t.path = s.path").whenMatchedDelete().execute()
+
+
+def _update_inventory(spark: SparkSession, locator: TableLocator, listing: DataFrame, run_id: str,
+                      roots: tuple[str, ...], storage_options: dict[str, Any]) -> int:
+    """Record the listing; files under these roots that were not listed are marked missing, not deleted."""
+    target = delta_table(spark, locator, "file_inventory")
+    now = dt.datetime.now(dt.timezone.utc)
+    seen = listing.withColumns({"first_seen": F.lit(now), "last_seen": F.lit(now), "missing_since": F.lit(None),
+                                "run_id": F.lit(run_id)})
+    under_roots = " OR ".join(f"startswith(t.path, '{_sql_string(root_prefix(r, storage_options))}')" for r in roots) or "false"
+    (
+        target.alias("t").merge(seen.alias("s"), "t.path = s.path")
+        .whenMatchedUpdate(set={c: f"s.{c}" for c in ("file_size", "modification_time", "etag", "last_seen",
+                                                       "missing_since", "run_id")})
+        .whenNotMatchedInsertAll()
+        .whenNotMatchedBySourceUpdate(condition=f"t.missing_since IS NULL AND ({under_roots})",
+                                      set={"missing_since": F.lit(now), "run_id": F.lit(run_id)})
+        .execute()
+    )
+    return read_table(spark, locator, "file_inventory").where(F.col("missing_since") == F.lit(now)).count()
+
+
+def _sql_string(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("'", "\\'")
+
+
+def extract(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: str | None = None
+            ) -> ExtractSummary:
+    """Run the extract stage: list, read what is new or changed, MERGE results, update the inventory."""
+    run_id = run_id or uuid.uuid4().hex
+    started = time.monotonic()
+    listing = _listing(spark, settings).persist()
+    discovered = listing.count()
+    to_read = _to_read(spark, locator, listing, settings.extract.full_refresh).persist()
+    count = to_read.count()
+    partitions = max(1, math.ceil(count / settings.extract.files_per_partition))
+    log.info("extract: %d files listed, %d to read in %d tasks", discovered, count, partitions)
+    instances = quarantined = 0
+    if count:
+        results = read_headers(to_read.repartition(partitions, "path"), settings).persist()
+        outcome_counts = dict(results.groupBy("outcome").count().collect())
+        instances = outcome_counts.get(Outcome.INSTANCE.value, 0)
+        quarantined = outcome_counts.get(Outcome.QUARANTINE.value, 0)
+        _merge_results(spark, locator, results, run_id)
+        results.unpersist()
+    missing = _update_inventory(spark, locator, listing, run_id, settings.sources.roots,
+                                dict(settings.sources.storage_options))
+    listing.unpersist()
+    to_read.unpersist()
+    seconds = time.monotonic() - started
+    summary = ExtractSummary(run_id, discovered, count, instances, quarantined, missing, seconds)
+    log.info("extract: %d instances, %d quarantined, %d missing, %.1f files/s", instances, quarantined,
+             missing, summary.files_per_second)
+    return summary
+

@@ -1,0 +1,76 @@
+"""Series stage: dicom_instance (one row per file) -> dicom_series (one row per SeriesInstanceUID)."""
+
+from __future__ import annotations
+
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from micdm.config import Settings
+from micdm.tables import TableLocator, overwrite, read_table
+
+__all__ = ["build_series", "image_date", "run_series"]
+
+
+def image_date(date_order: tuple[str, ...]) -> tuple[Column, Column]:
+    """The first non-NULL date in the configured order, and the name of the column it came from."""
+    value = F.coalesce(*[F.col(c) for c in date_order])
+    source = F.coalesce(*[F.when(F.col(c).isNotNull(), F.lit(c)) for c in date_order])
+    return value, source
+
+
+def _parent(path: Column) -> Column:
+    return F.regexp_replace(path, r"/[^/]*$", "")
+
+
+def build_series(instances: DataFrame, settings: Settings) -> DataFrame:
+    """Group instances by series; the representative values are the most common non-NULL ones."""
+    def mode(name: str) -> Column:
+        return F.mode(F.col(name)).alias(name)
+
+    grouped = instances.groupBy("series_instance_uid").agg(
+        mode("study_instance_uid"),
+        mode("patient_id"),
+        mode("issuer_of_patient_id"),
+        mode("accession_number"),
+        mode("modality"),
+        F.array_sort(F.collect_set("modality")).alias("modalities"),
+        F.count(F.lit(1)).cast("int").alias("instance_count"),
+        F.sum("file_size").alias("total_bytes"),
+        F.min("study_date").alias("study_date"),
+        F.min("series_date").alias("series_date"),
+        F.min("acquisition_date").alias("acquisition_date"),
+        F.min("content_date").alias("content_date"),
+        mode("body_part_examined"),
+        mode("anatomic_region_code"),
+        mode("study_description"),
+        mode("series_description"),
+        mode("manufacturer"),
+        mode("manufacturer_model_name"),
+        F.array_sort(F.collect_set(_parent(F.col("path")))).alias("_folders"),
+    )
+    date, source = image_date(settings.occurrence.date_order)
+    return grouped.withColumns({
+        "image_date": date,
+        "image_date_source": source,
+        # The folder holding the series; when it is spread over folders, their common parent.
+        "local_path": F.when(F.size("_folders") == 1, F.col("_folders")[0]).otherwise(F.expr(_COMMON_FOLDER_SQL)),
+        "updated_at": F.current_timestamp(),
+    }).drop("_folders")
+
+
+# Longest common leading run of folders over the series' folders (whole path components only).
+_COMMON_FOLDER_SQL = """
+    aggregate(_folders, _folders[0], (acc, p) -> array_join(slice(split(acc, '/'), 1,
+        aggregate(sequence(1, least(size(split(acc, '/')), size(split(p, '/')))),
+                  named_struct('n', 0, 'ok', true),
+                  (s, i) -> IF(s.ok AND split(acc, '/')[i - 1] = split(p, '/')[i - 1],
+                               named_struct('n', s.n + 1, 'ok', true), named_struct('n', s.n, 'ok', false))).n),
+        '/'))
+"""
+
+
+def run_series(spark: SparkSession, locator: TableLocator, settings: Settings) -> int:
+    """Rebuild dicom_series from dicom_instance in one commit; returns the number of series."""
+    series = build_series(read_table(spark, locator, "dicom_instance"), settings)
+    overwrite(locator, "dicom_series", series)
+    return read_table(spark, locator, "dicom_series").count()
