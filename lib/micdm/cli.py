@@ -26,6 +26,7 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("overrides", nargs="*", metavar="key=value",
                         help="setting overrides, e.g. extract.block_size=131072")
     commands = parser.add_subparsers(dest="command", required=True, metavar="command")
+    commands.add_parser("setup", parents=[common], help="check Java and resolve the Delta jars once (cached)")
     commands.add_parser("init", parents=[common], help="create every table (idempotent)")
     synth = commands.add_parser("synth", parents=[common], help="write the synthetic PACS export and CDM")
     synth.add_argument("--no-load", action="store_true", help="write files only; do not load the CDM tables")
@@ -45,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
 def _print_table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> None:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, tuple("-" * w for w in widths), *rows]:
-        print("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
+        print("  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
 
 
 def _summary(spark: object, settings: Settings) -> None:
@@ -75,9 +76,12 @@ def _synth(spark: object, settings: Settings, load: bool) -> None:
 def _run(args: argparse.Namespace) -> None:
     settings = load_settings(args.config, args.overrides)
     from micdm.pipeline import run_pipeline, run_stage
-    from micdm.spark import get_spark
+    from micdm.spark import check_java, get_spark, resolve_delta_jars
     from micdm.tables import TableLocator, init_tables
 
+    if args.command == "setup":
+        print(f"setup: Java {check_java()}; Delta jars: {', '.join(resolve_delta_jars())}")
+        return
     spark = get_spark(settings.spark)
     if args.command == "init":
         created = init_tables(spark, TableLocator(settings.storage))

@@ -168,10 +168,12 @@ def _coerce(key: str, hint: Any, value: Any) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
         return {str(k): _coerce(f"{key}.{k}", args[1], v) for k, v in value.items()}
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return str(value)
+    return _scalar(key, hint, value)
+
+
+def _scalar(key: str, hint: Any, value: Any) -> Any:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and hint in (float, str):
+        return hint(value)  # 1 where a float is expected, 4 where a string is: take them as meant
     if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
         raise ConfigError(f"{key}: expected {_type_name(hint)}, got {value!r}")
     return value

@@ -123,7 +123,8 @@ def _merge_results(spark: SparkSession, locator: TableLocator, results: DataFram
 
 
 def _delete_paths(spark: SparkSession, locator: TableLocator, name: str, paths: DataFrame) -> None:
-    delta_table(spark, locator, name).alias("t").merge(paths.alias("s"), "t.path = s.path").whenMatchedDelete().execute()
+    target = delta_table(spark, locator, name).alias("t")
+    target.merge(paths.alias("s"), "t.path = s.path").whenMatchedDelete().execute()
 
 
 def _update_inventory(spark: SparkSession, locator: TableLocator, listing: DataFrame, run_id: str,
@@ -133,7 +134,8 @@ def _update_inventory(spark: SparkSession, locator: TableLocator, listing: DataF
     now = dt.datetime.now(dt.timezone.utc)
     seen = listing.withColumns({"first_seen": F.lit(now), "last_seen": F.lit(now), "missing_since": F.lit(None),
                                 "run_id": F.lit(run_id)})
-    under_roots = " OR ".join(f"startswith(t.path, '{_sql_string(root_prefix(r, storage_options))}')" for r in roots) or "false"
+    prefixes = [_sql_string(root_prefix(r, storage_options)) for r in roots]
+    under_roots = " OR ".join(f"startswith(t.path, '{p}')" for p in prefixes) or "false"
     (
         target.alias("t").merge(seen.alias("s"), "t.path = s.path")
         .whenMatchedUpdate(set={c: f"s.{c}" for c in ("file_size", "modification_time", "etag", "last_seen",

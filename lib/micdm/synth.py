@@ -126,7 +126,7 @@ def plan_patients(patients: int, seed: int) -> list[PatientPlan]:
         for number in range(study_count):
             modality = ("CT", "MR")[number] if case == "two_procedures_same_day" else rng.choice(list(_SHAPES))
             date = base_date if case == "two_procedures_same_day" else base_date + dt.timedelta(days=40 * number)
-            study_case = case if number == 0 or case == "two_procedures_same_day" else "accession"
+            study_case = case if number == 0 or case in ("two_procedures_same_day", "person_missing") else "accession"
             accession = f"ACC{index:06d}{number:02d}"
             count, _side, parts = _SHAPES[modality]
             series = [

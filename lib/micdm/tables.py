@@ -19,7 +19,17 @@ from micdm.config import StorageSettings
 from micdm.errors import SchemaMismatchError
 from micdm.schema import CDM_TABLES, TABLES, TableDef
 
-__all__ = ["TableLocator", "conform", "create_table", "delta_table", "init_tables", "load_csv", "merge_into", "overwrite", "read_table"]
+__all__ = [
+    "TableLocator",
+    "conform",
+    "create_table",
+    "delta_table",
+    "init_tables",
+    "load_csv",
+    "merge_into",
+    "overwrite",
+    "read_table",
+]
 
 _CDM_NAMES = frozenset(t.name for t in CDM_TABLES)
 

@@ -193,7 +193,7 @@ def _is_truncated(error: Exception) -> bool:
 
 def _looks_like_dicom(dataset: Any) -> bool:
     """A forced read of arbitrary bytes yields a few elements with random tags; DICOM yields known ones."""
-    known = sum(1 for tag in dataset.keys() if dictionary_has_tag(tag))
+    known = sum(1 for tag in dataset.keys() if dictionary_has_tag(tag))  # noqa: SIM118 (iterating yields elements)
     return known >= 3
 
 

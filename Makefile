@@ -1,0 +1,30 @@
+# Every target bootstraps what it needs: a fresh machine with Python 3.10+ and Java 17+ runs `make demo`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+CONFIG ?= conf/local.yml
+
+.PHONY: demo test lint bench setup clean
+
+$(INSTALLED): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "micdm needs Python 3.10 or newer, found " + sys.version.split()[0])'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[spark,s3,dev]"
+	touch $(INSTALLED)
+
+setup: $(INSTALLED)
+	$(BIN)/micdm setup -c $(CONFIG)
+
+demo: setup
+	$(BIN)/micdm demo -c $(CONFIG)
+
+test: setup
+	$(BIN)/python -m pytest
+
+lint: $(INSTALLED)
+	$(BIN)/ruff check lib jobs tests bench
+
+clean:
+	rm -rf .micdm demo spark-warehouse

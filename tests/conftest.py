@@ -1,0 +1,49 @@
+"""Shared fixtures: one local Spark session for the whole run, temporary warehouses, ../shared."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from micdm.config import Settings, load_settings
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_dir() -> Path | None:
+    """The read-only project material, from $MICDM_SHARED (set by .ci/run) or ../shared beside the repo."""
+    configured = os.environ.get("MICDM_SHARED")
+    candidate = Path(configured) if configured else REPO.parent / "shared"
+    return candidate if candidate.is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    found = shared_dir()
+    if found is None:
+        pytest.skip("project material not found: set MICDM_SHARED to the shared/ folder (spec CSVs, DICOM corpus)")
+    return found
+
+
+@pytest.fixture(scope="session")
+def spark() -> Iterator[object]:
+    from micdm.config import SparkSettings
+    from micdm.spark import get_spark
+
+    session = get_spark(SparkSettings(master="local[2]", conf={
+        "spark.sql.shuffle.partitions": "2",
+        "spark.default.parallelism": "2",
+        "spark.ui.enabled": "false",
+        "spark.driver.memory": "2g",
+    }), app_name="micdm-tests")
+    yield session
+    session.stop()
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """Settings with a private warehouse, so tests never see each other's tables."""
+    return load_settings(REPO / "conf" / "local.yml", [f"storage.warehouse={tmp_path / 'warehouse'}"])

@@ -1,0 +1,52 @@
+"""Table creation: exact schemas, idempotence, and Delta enforcing NOT NULL and VARCHAR lengths."""
+
+from __future__ import annotations
+
+import pytest
+from pyspark.sql import Row
+
+from micdm.schema import TABLES
+from micdm.tables import TableLocator, init_tables, read_table
+
+
+def _occurrence_row(**changes: object) -> Row:
+    import datetime as dt
+
+    values = dict(image_occurrence_id=1, person_id=2, procedure_occurrence_id=3, visit_occurrence_id=None,
+                  anatomic_site_concept_id=0, wadors_uri=None, local_path="/data/s1",
+                  image_occurrence_date=dt.date(2024, 1, 2), image_study_uid="1.2.3", image_series_uid="1.2.3.4",
+                  modality="CT")
+    values.update(changes)
+    return Row(**values)
+
+
+def test_init_creates_every_table_with_its_schema(spark, settings) -> None:
+    locator = TableLocator(settings.storage)
+    created = init_tables(spark, locator)
+    assert set(created) == set(TABLES) and all(created.values())
+    for name, table in TABLES.items():
+        actual = read_table(spark, locator, name).schema
+        assert [(f.name, f.dataType, f.nullable) for f in actual] == [
+            (f.name, f.dataType, f.nullable) for f in table.schema.fields], name
+    again = init_tables(spark, locator)
+    assert not any(again.values()), "a second init must create nothing"
+
+
+def test_delta_rejects_null_in_required_column_and_overlong_uid(spark, settings) -> None:
+    locator = TableLocator(settings.storage)
+    init_tables(spark, locator, ["image_occurrence"])
+    schema = TABLES["image_occurrence"].schema
+    target = locator.path("image_occurrence")
+
+    def append(row: Row) -> None:
+        spark.createDataFrame([row], schema=schema.fromJson({**schema.jsonValue(), "fields": [
+            {**f, "nullable": True} for f in schema.jsonValue()["fields"]]})).write.format("delta").mode(
+            "append").save(target)
+
+    append(_occurrence_row())
+    with pytest.raises(Exception, match="NOT NULL constraint violated for column: person_id"):
+        append(_occurrence_row(person_id=None))
+    with pytest.raises(Exception, match="exceeds char/varchar type length limitation"):
+        append(_occurrence_row(image_series_uid="1." + "2" * 249))
+    append(_occurrence_row(image_series_uid="1." + "2" * 248))  # exactly 250 is allowed
+    assert read_table(spark, locator, "image_occurrence").count() == 2

@@ -1,0 +1,68 @@
+"""Header parsing without Spark: dates, typed values, warnings instead of crashes."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from pydicom import dcmread
+from pydicom.data import get_testdata_file
+
+from micdm.dicom.header import header_json, header_record, missing_uids, parse_dicom_date
+
+
+@pytest.mark.parametrize(("value", "expected", "warned"), [
+    ("20240131", dt.date(2024, 1, 31), False),
+    ("1994.11.05", dt.date(1994, 11, 5), False),
+    (" 20240131 ", dt.date(2024, 1, 31), False),
+    ("", None, False),
+    (None, None, False),
+    ("20241345", None, True),
+    ("yesterday", None, True),
+])
+def test_parse_dicom_date(value: object, expected: dt.date | None, warned: bool) -> None:
+    date, warning = parse_dicom_date(value)
+    assert date == expected
+    assert (warning is not None) == warned
+
+
+def test_header_record_of_ct_small() -> None:
+    ds = dcmread(get_testdata_file("CT_small.dcm"), stop_before_pixels=True)
+    record = header_record(ds)
+    assert record["modality"] == "CT"
+    assert record["sop_instance_uid"] == ds.SOPInstanceUID
+    assert record["study_date"] == dt.date(2004, 1, 19)
+    assert record["slice_thickness"] == pytest.approx(5.0)
+    assert record["kvp"] == pytest.approx(120.0)
+    assert record["pixel_spacing"] == pytest.approx([0.661468, 0.661468])
+    assert record["rows"] == 128 and record["columns"] == 128
+    assert record["image_type"] == ["ORIGINAL", "PRIMARY", "AXIAL"]
+    assert missing_uids(record) == []
+
+
+def test_bad_value_becomes_null_with_warning() -> None:
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
+
+    ds = dcmread(get_testdata_file("CT_small.dcm"), stop_before_pixels=True)
+    # Values as a file would carry them: decoded only when read, as pydicom does lazily.
+    for keyword, vr, raw in (("SeriesDate", "DA", b"20041345"), ("SliceThickness", "DS", b"thick ")):
+        tag = Tag(keyword)
+        ds._dict[tag] = RawDataElement(tag, vr, len(raw), raw, 0, False, True)
+    record = header_record(ds)
+    assert record["series_date"] is None
+    assert record["slice_thickness"] is None
+    assert any(w.startswith("SeriesDate") for w in record["parse_warnings"])
+    assert any(w.startswith("SliceThickness") for w in record["parse_warnings"])
+
+
+def test_header_json_leaves_out_private_elements_over_the_cap() -> None:
+    ds = dcmread(get_testdata_file("MR_small.dcm"), stop_before_pixels=True)
+    block = ds.private_block(0x0029, "TEST", create=True)
+    block.add_new(0x10, "LO", "x" * 60)
+    full, cut = header_json(ds, max_bytes=10**6)
+    assert not cut and '"00291010"' in full
+    public, cut = header_json(ds, max_bytes=len(full.encode()) - 1)
+    assert cut and '"00291010"' not in public and '"00080060"' in public
+    nothing, cut = header_json(ds, max_bytes=10)
+    assert nothing is None and cut

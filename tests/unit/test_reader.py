@@ -1,0 +1,133 @@
+"""Header-only reads of the real DICOM corpus in shared/ (MANIFEST.tsv says what each file holds)."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import os
+from pathlib import Path
+
+import pytest
+from pydicom.data import get_testdata_file
+
+from micdm.dicom.reader import Outcome, QuarantineReason, ReadOptions, extract_file
+from micdm.sources import opener
+
+ABSENT = ("", "<absent>")
+
+
+def read(path: Path, **options: int) -> dict:
+    return extract_file(opener(str(path), {}), str(path), os.path.getsize(path), ReadOptions(**options))
+
+
+@pytest.fixture(scope="module")
+def manifest(shared: Path) -> list[dict[str, str]]:
+    with (shared / "data" / "dicom" / "MANIFEST.tsv").open(encoding="utf-8", newline="") as handle:
+        return list(csv.DictReader(handle, delimiter="\t"))
+
+
+@pytest.fixture(scope="module")
+def results(shared: Path, manifest: list[dict[str, str]]) -> dict[str, dict]:
+    return {row["file"]: read(shared / "data" / "dicom" / row["file"]) for row in manifest}
+
+
+def _manifest_date(value: str) -> dt.date | None:
+    if value in ABSENT:
+        return None
+    digits = value.replace(".", "")  # the manifest keeps legacy ACR-NEMA dates as written: 1994.11.05
+    return dt.date(int(digits[:4]), int(digits[4:6]), int(digits[6:8]))
+
+
+def test_every_file_is_accounted_for(manifest, results) -> None:
+    assert len(results) == len(manifest) == 151
+    assert all(r["outcome"] in (Outcome.INSTANCE.value, Outcome.QUARANTINE.value) for r in results.values())
+
+
+def test_parsed_files_yield_the_manifest_values(manifest, results) -> None:
+    checked = 0
+    for row in manifest:
+        result = results[row["file"]]
+        if result["outcome"] != Outcome.INSTANCE.value:
+            continue
+        for keyword, column in (("SOPInstanceUID", "sop_instance_uid"), ("SeriesInstanceUID", "series_instance_uid"),
+                                ("StudyInstanceUID", "study_instance_uid"), ("Modality", "modality"),
+                                ("AccessionNumber", "accession_number")):
+            expected = None if row[keyword] in ABSENT else row[keyword]
+            assert result[column] == expected, (row["file"], keyword)
+        for keyword in ("StudyDate", "SeriesDate"):
+            assert result[keyword.replace("Date", "_date").lower()] == _manifest_date(row[keyword]), row["file"]
+        checked += 1
+    assert checked >= 135
+
+
+def test_instances_are_exactly_the_files_with_their_uids(manifest, results) -> None:
+    for row in manifest:
+        has_uids = all(row[k] not in ABSENT for k in ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID"))
+        parsed = row["parse_status"].startswith("ok")
+        assert (results[row["file"]]["outcome"] == Outcome.INSTANCE.value) == (has_uids and parsed), row["file"]
+
+
+def test_known_failures_land_in_quarantine_with_their_reason(manifest, results) -> None:
+    reasons = {row["file"]: results[row["file"]]["reason"] for row in manifest
+               if results[row["file"]]["outcome"] == Outcome.QUARANTINE.value}
+    dicomdirs = [f for f in reasons if f.endswith("DICOMDIR")]
+    assert len(dicomdirs) == 2 and {reasons[f] for f in dicomdirs} == {QuarantineReason.DICOMDIR.value}
+    failed = [row["file"] for row in manifest if row["parse_status"].startswith("fail")]
+    assert failed and {reasons[f] for f in failed} == {QuarantineReason.PARSE_ERROR.value}
+    assert reasons["fo-dicom/Tests/FO-DICOM.Tests/Test Data/FreezePattern.dcm"] == QuarantineReason.MISSING_UID.value
+
+
+def test_forced_reads_are_flagged(manifest, results) -> None:
+    forced = [row["file"] for row in manifest
+              if row["parse_status"] == "ok_force" and results[row["file"]]["outcome"] == Outcome.INSTANCE.value]
+    assert forced and all(results[f]["forced_read"] for f in forced)
+
+
+def test_header_only_reads_stay_within_one_block_of_the_header(manifest, results) -> None:
+    over = []
+    for row in manifest:
+        result = results[row["file"]]
+        needed = int(row["header_bytes_needed"] or 0)
+        deflated = "deflate" in row["quirks"].lower() and "frame" not in row["quirks"].lower()
+        if result["outcome"] == Outcome.INSTANCE.value and not deflated and result["bytes_read"] > needed + 65536:
+            over.append((row["file"], result["bytes_read"], needed))
+    assert over == []
+
+
+def test_large_pixel_data_is_not_read(tmp_path: Path) -> None:
+    source = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    big = tmp_path / "big.dcm"
+    from pydicom import dcmread
+
+    ds = dcmread(get_testdata_file("CT_small.dcm"))
+    ds.Rows = ds.Columns = 2048
+    ds.PixelData = b"\0" * (2048 * 2048 * 2)
+    ds.save_as(big)
+    result = read(big)
+    assert result["outcome"] == Outcome.INSTANCE.value
+    assert result["bytes_read"] <= 65536 < big.stat().st_size
+    assert len(source) < big.stat().st_size
+
+
+@pytest.mark.parametrize(("content", "reason"), [
+    (b"", QuarantineReason.ZERO_BYTES),
+    (b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8, QuarantineReason.NOT_DICOM),
+])
+def test_bad_files_are_quarantined(tmp_path: Path, content: bytes, reason: QuarantineReason) -> None:
+    path = tmp_path / "bad.dcm"
+    path.write_bytes(content)
+    result = read(path)
+    assert (result["outcome"], result["reason"]) == (Outcome.QUARANTINE.value, reason.value)
+
+
+def test_header_cut_before_its_uids_is_truncated(tmp_path: Path) -> None:
+    path = tmp_path / "cut.dcm"
+    path.write_bytes(Path(get_testdata_file("CT_small.dcm")).read_bytes()[:900])
+    result = read(path)
+    assert (result["outcome"], result["reason"]) == (Outcome.QUARANTINE.value, QuarantineReason.TRUNCATED.value)
+
+
+def test_vanished_file_is_unreadable(tmp_path: Path) -> None:
+    path = tmp_path / "gone.dcm"
+    result = extract_file(opener(str(path), {}), str(path), 1000, ReadOptions())
+    assert (result["outcome"], result["reason"]) == (Outcome.QUARANTINE.value, QuarantineReason.UNREADABLE.value)
