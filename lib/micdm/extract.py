@@ -20,13 +20,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import to_arrow_schema
 from pyspark.sql.types import StructType
 
 from micdm.config import Settings
-from micdm.dicom.reader import Outcome, QuarantineReason, ReadOptions, extract_file
+from micdm.dicom.reader import Outcome, QuarantineReason, ReadOptions, extract_file, quiet_pydicom
 from micdm.schema import EXTRACT_RESULT, FILE_INVENTORY
 from micdm.sources import list_files, opener, root_prefix
 from micdm.tables import TableLocator, delta_table, merge_into, read_table
@@ -69,6 +69,7 @@ def _batch_reader(options: ReadOptions, storage_options: dict[str, Any], threads
                     "message": f"{type(error).__name__}: {error}"[:1000], "bytes_read": 0}
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        quiet_pydicom()  # before the threads start: it changes process-wide settings
         with ThreadPoolExecutor(max_workers=threads) as pool:
             for batch in batches:
                 rows = pool.map(read_one, batch.to_pylist())
@@ -122,6 +123,32 @@ def _merge_results(spark: SparkSession, locator: TableLocator, results: DataFram
     _delete_paths(spark, locator, "dicom_instance", quarantined.select("path"))
 
 
+def _quarantine_duplicates(spark: SparkSession, locator: TableLocator, run_id: str) -> int:
+    """Keep one file per SOPInstanceUID (the first path); the others move to quarantine, saying why."""
+    instances = read_table(spark, locator, "dicom_instance")
+    by_uid = Window.partitionBy("sop_instance_uid").orderBy("path")
+    kept = F.first("path").over(by_uid)
+    same = (F.first("file_size").over(by_uid) == F.col("file_size")) & F.first("header_json").over(by_uid).eqNullSafe(
+        F.col("header_json"))
+    duplicates = (
+        instances.withColumns({"_rank": F.row_number().over(by_uid), "_kept": kept, "_same": same})
+        .where(F.col("_rank") > 1)
+        .select(
+            *_FILE_FIELDS, "bytes_read",
+            F.lit(QuarantineReason.DUPLICATE_SOP_INSTANCE.value).alias("reason"),
+            F.concat(F.lit("SOPInstanceUID also in "), F.col("_kept"),
+                     F.when(F.col("_same"), F.lit(" (identical copy)")).otherwise(F.lit(" (different content)")))
+            .alias("message"),
+            F.current_timestamp().alias("quarantined_at"), F.lit(run_id).alias("run_id"),
+        )
+    ).localCheckpoint(eager=True)
+    count = duplicates.count()
+    if count:
+        merge_into(spark, locator, "dicom_quarantine", duplicates, ["path"])
+        _delete_paths(spark, locator, "dicom_instance", duplicates.select("path"))
+    return count
+
+
 def _delete_paths(spark: SparkSession, locator: TableLocator, name: str, paths: DataFrame) -> None:
     target = delta_table(spark, locator, name).alias("t")
     target.merge(paths.alias("s"), "t.path = s.path").whenMatchedDelete().execute()
@@ -165,12 +192,14 @@ def extract(spark: SparkSession, locator: TableLocator, settings: Settings, run_
     log.info("extract: %d files listed, %d to read in %d tasks", discovered, count, partitions)
     instances = quarantined = 0
     if count:
-        results = read_headers(to_read.repartition(partitions, "path"), settings).persist()
+        # Materialised once: every MERGE below must see the same verdict for each file.
+        results = read_headers(to_read.repartition(partitions, "path"), settings).localCheckpoint(eager=True)
         outcome_counts = dict(results.groupBy("outcome").count().collect())
         instances = outcome_counts.get(Outcome.INSTANCE.value, 0)
         quarantined = outcome_counts.get(Outcome.QUARANTINE.value, 0)
         _merge_results(spark, locator, results, run_id)
-        results.unpersist()
+        duplicates = _quarantine_duplicates(spark, locator, run_id)
+        instances, quarantined = instances - duplicates, quarantined + duplicates
     missing = _update_inventory(spark, locator, listing, run_id, settings.sources.roots,
                                 dict(settings.sources.storage_options))
     listing.unpersist()

@@ -192,6 +192,23 @@ def _drop_bulk(element: DataElement) -> str:
     return ""
 
 
+def _json_elements(dataset: Dataset) -> dict[str, Any]:
+    """DICOM JSON of each element that can be encoded; the others are left out.
+
+    pydicom's own ``suppress_invalid_tags`` flips a process-wide setting while it runs, which is not
+    safe with the reader's threads, so invalid elements are skipped here instead.
+    """
+    encoded: dict[str, Any] = {}
+    for tag in dataset.keys():  # noqa: SIM118 (iterating a Dataset yields elements, not tags)
+        try:
+            element = dataset[tag]
+            encoded[f"{int(tag):08X}"] = element.to_json_dict(bulk_data_element_handler=_drop_bulk,
+                                                               bulk_data_threshold=1024)
+        except Exception:  # an element pydicom cannot encode is skipped, not the whole header
+            continue
+    return encoded
+
+
 def header_json(dataset: Dataset, max_bytes: int) -> tuple[str | None, bool]:
     """The header as DICOM JSON (PS3.18 F.2) without bulk data, within ``max_bytes``.
 
@@ -199,12 +216,7 @@ def header_json(dataset: Dataset, max_bytes: int) -> tuple[str | None, bool]:
     fit, None is returned. The flag says whether anything was left out.
     """
     def encode(source: Dataset) -> str:
-        return json.dumps(
-            source.to_json_dict(bulk_data_threshold=1024, bulk_data_element_handler=_drop_bulk,
-                                suppress_invalid_tags=True),
-            separators=(",", ":"),
-            ensure_ascii=False,
-        )
+        return json.dumps(_json_elements(source), separators=(",", ":"), ensure_ascii=False)
 
     text = encode(dataset)
     if len(text.encode("utf-8")) <= max_bytes:

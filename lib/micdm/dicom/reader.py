@@ -12,6 +12,7 @@ import enum
 import io
 import logging
 import struct
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -150,8 +151,21 @@ class RangeReader(io.RawIOBase):
         return len(data)
 
 
+_quiet_lock = threading.Lock()
+_quieted = False
+
+
 def quiet_pydicom() -> None:
-    """Keep pydicom's value warnings out of the logs: they quote header values, which may be PHI."""
+    """Keep pydicom's value warnings out of the logs: they quote header values, which may be PHI.
+
+    Done once per process: changing the warning filters while other threads warn makes their
+    warnings machinery fail, which would turn good values into NULLs.
+    """
+    global _quieted
+    with _quiet_lock:
+        if _quieted:
+            return
+        _quieted = True
     pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
     logging.getLogger("pydicom").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")

@@ -1,0 +1,107 @@
+"""The extract stage on Spark: every discovered file accounted for, duplicates, incremental re-runs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.data import get_testdata_file
+from pyspark.sql import functions as F
+
+from micdm.config import load_settings
+from micdm.dicom.reader import ReadOptions, extract_file
+from micdm.extract import extract
+from micdm.sources import opener
+from micdm.tables import TableLocator, init_tables, read_table
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _settings(tmp_path: Path, root: Path, *extra: str):
+    return load_settings(REPO / "conf" / "local.yml", [
+        f"storage.warehouse={tmp_path / 'warehouse'}", f"sources.roots=[{root}]", "extract.files_per_partition=64",
+        *extra])
+
+
+def _outcomes(spark, locator) -> dict[str, str]:
+    instances = read_table(spark, locator, "dicom_instance").select("path", F.lit("instance").alias("outcome"))
+    quarantine = read_table(spark, locator, "dicom_quarantine").select("path", F.col("reason").alias("outcome"))
+    rows = instances.unionByName(quarantine).collect()
+    outcomes = {r.path: r.outcome for r in rows}
+    assert len(outcomes) == len(rows), "a file is in both tables"
+    return outcomes
+
+
+def test_corpus_on_spark_matches_the_pure_reader(spark, shared: Path, tmp_path: Path) -> None:
+    root = shared / "data" / "dicom"
+    settings = _settings(tmp_path, root, "sources.exclude=[MANIFEST.tsv]")
+    locator = TableLocator(settings.storage)
+    init_tables(spark, locator)
+    summary = extract(spark, locator, settings)
+    assert summary.discovered == 151
+    assert summary.instances + summary.quarantined == 151
+    outcomes = _outcomes(spark, locator)
+    assert len(outcomes) == 151
+    expected = {path: extract_file(opener(path, {}), path, os.path.getsize(path), ReadOptions()) for path in outcomes}
+    first_path_of_uid: dict[str, str] = {}
+    for path in sorted(expected):
+        if expected[path]["outcome"] == "instance":
+            first_path_of_uid.setdefault(expected[path]["sop_instance_uid"], path)
+    for path, outcome in outcomes.items():
+        result = expected[path]
+        if result["outcome"] == "quarantine":
+            assert outcome == result["reason"], path
+        elif first_path_of_uid[result["sop_instance_uid"]] == path:
+            assert outcome == "instance", path
+        else:  # the same SOPInstanceUID already came from an earlier path
+            assert outcome == "duplicate_sop_instance", path
+    assert sum(o == "duplicate_sop_instance" for o in outcomes.values()) > 0
+
+
+def test_duplicates_and_incremental_runs(spark, tmp_path: Path) -> None:
+    root = tmp_path / "export"
+    root.mkdir()
+    source = Path(get_testdata_file("CT_small.dcm"))
+    shutil.copy(source, root / "a.dcm")
+    shutil.copy(source, root / "b_copy.dcm")
+    changed = dcmread(source)
+    changed.SeriesDescription = "edited elsewhere"
+    changed.save_as(root / "c_changed.dcm")
+    shutil.copy(get_testdata_file("MR_small.dcm"), root / "mr.dcm")
+    (root / "empty.dcm").write_bytes(b"")
+    settings = _settings(tmp_path, root)
+    locator = TableLocator(settings.storage)
+    init_tables(spark, locator)
+
+    first = extract(spark, locator, settings)
+    assert (first.discovered, first.instances, first.quarantined) == (5, 2, 3)
+    quarantine = {r.path: (r.reason, r.message) for r in read_table(spark, locator, "dicom_quarantine").collect()}
+    assert quarantine[str(root / "empty.dcm")][0] == "zero_bytes"
+    assert quarantine[str(root / "b_copy.dcm")] == (
+        "duplicate_sop_instance", f"SOPInstanceUID also in {root / 'a.dcm'} (identical copy)")
+    assert quarantine[str(root / "c_changed.dcm")][1].endswith("(different content)")
+
+    again = extract(spark, locator, settings)
+    assert (again.discovered, again.to_read, again.missing) == (5, 0, 0)
+
+    (root / "mr.dcm").unlink()
+    (root / "empty.dcm").write_bytes(source.read_bytes()[:900])
+    third = extract(spark, locator, settings)
+    assert (third.to_read, third.missing) == (1, 1)
+    inventory = {r.path: r.missing_since for r in read_table(spark, locator, "file_inventory").collect()}
+    assert inventory[str(root / "mr.dcm")] is not None and inventory[str(root / "a.dcm")] is None
+    assert _outcomes(spark, locator)[str(root / "empty.dcm")] == "truncated"
+
+
+def test_full_refresh_reads_everything_again(spark, tmp_path: Path) -> None:
+    root = tmp_path / "export"
+    root.mkdir()
+    shutil.copy(get_testdata_file("CT_small.dcm"), root / "a.dcm")
+    settings = _settings(tmp_path, root)
+    locator = TableLocator(settings.storage)
+    init_tables(spark, locator)
+    extract(spark, locator, settings)
+    refreshed = extract(spark, locator, _settings(tmp_path, root, "extract.full_refresh=true"))
+    assert refreshed.to_read == 1 and read_table(spark, locator, "dicom_instance").count() == 1
