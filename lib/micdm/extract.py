@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
+from pyspark import Accumulator
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import to_arrow_schema
@@ -55,7 +57,35 @@ class ExtractSummary:
         return self.to_read / self.seconds if self.seconds else 0.0
 
 
-def _batch_reader(options: ReadOptions, storage_options: dict[str, Any], threads: int
+class _Progress:
+    """Logs files done / total and the rate every few seconds while the read runs (driver side)."""
+
+    def __init__(self, files_done: Accumulator[int], total: int, interval: float = 10.0) -> None:
+        self._done = files_done
+        self._total = total
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._report, name="micdm-extract-progress", daemon=True)
+        self._started = time.monotonic()
+
+    def _report(self) -> None:
+        while not self._stop.wait(self._interval):
+            elapsed = time.monotonic() - self._started
+            done = self._done.value
+            log.info("extract: %d/%d files (%.0f%%), %.1f files/s, %.0fs elapsed", done, self._total,
+                     100 * done / max(self._total, 1), done / elapsed, elapsed)
+
+    def __enter__(self) -> _Progress:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _batch_reader(options: ReadOptions, storage_options: dict[str, Any], threads: int,
+                  files_done: Accumulator[int] | None = None,
                   ) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     arrow_schema = to_arrow_schema(EXTRACT_RESULT.schema)
 
@@ -72,18 +102,23 @@ def _batch_reader(options: ReadOptions, storage_options: dict[str, Any], threads
         quiet_pydicom()  # before the threads start: it changes process-wide settings
         with ThreadPoolExecutor(max_workers=threads) as pool:
             for batch in batches:
-                rows = pool.map(read_one, batch.to_pylist())
-                yield pa.RecordBatch.from_pylist(list(rows), schema=arrow_schema)
+                rows = list(pool.map(read_one, batch.to_pylist()))
+                if files_done is not None:
+                    files_done.add(len(rows))
+                yield pa.RecordBatch.from_pylist(rows, schema=arrow_schema)
 
     return run
 
 
-def read_headers(files: DataFrame, settings: Settings) -> DataFrame:
-    """Lazily map a DataFrame of files (path, file_size, modification_time, etag) to extract results."""
+def read_headers(files: DataFrame, settings: Settings, files_done: Accumulator[int] | None = None) -> DataFrame:
+    """Lazily map a DataFrame of files (path, file_size, modification_time, etag) to extract results.
+
+    ``files_done``, when given, counts the files read, for progress reports.
+    """
     cfg = settings.extract
     options = ReadOptions(block_size=cfg.block_size, max_retries=cfg.max_retries,
                           header_json_max_bytes=cfg.header_json_max_bytes)
-    reader = _batch_reader(options, dict(settings.sources.storage_options), cfg.threads_per_task)
+    reader = _batch_reader(options, dict(settings.sources.storage_options), cfg.threads_per_task, files_done)
     return files.select(*_FILE_FIELDS).mapInArrow(reader, EXTRACT_RESULT.schema)
 
 
@@ -192,8 +227,11 @@ def extract(spark: SparkSession, locator: TableLocator, settings: Settings, run_
     log.info("extract: %d files listed, %d to read in %d tasks", discovered, count, partitions)
     instances = quarantined = 0
     if count:
-        # Materialised once: every MERGE below must see the same verdict for each file.
-        results = read_headers(to_read.repartition(partitions, "path"), settings).localCheckpoint(eager=True)
+        files_done = spark.sparkContext.accumulator(0)
+        with _Progress(files_done, count):
+            # Materialised once: every MERGE below must see the same verdict for each file.
+            results = read_headers(to_read.repartition(partitions, "path"), settings, files_done).localCheckpoint(
+                eager=True)
         outcome_counts = dict(results.groupBy("outcome").count().collect())
         instances = outcome_counts.get(Outcome.INSTANCE.value, 0)
         quarantined = outcome_counts.get(Outcome.QUARANTINE.value, 0)
