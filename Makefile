@@ -28,3 +28,6 @@ lint: $(INSTALLED)
 
 clean:
 	rm -rf .micdm demo spark-warehouse
+
+bench: setup
+	$(BIN)/python bench/extract_bench.py --instances 20000

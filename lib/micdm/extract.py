@@ -31,7 +31,7 @@ from micdm.config import Settings
 from micdm.dicom.reader import Outcome, QuarantineReason, ReadOptions, extract_file, quiet_pydicom
 from micdm.schema import EXTRACT_RESULT, FILE_INVENTORY
 from micdm.sources import list_files, opener, root_prefix
-from micdm.tables import TableLocator, delta_table, merge_into, read_table
+from micdm.tables import TableLocator, delta_table, merge_or_delete, read_table
 
 __all__ = ["ExtractSummary", "extract", "read_headers"]
 
@@ -51,6 +51,9 @@ class ExtractSummary:
     quarantined: int
     missing: int
     seconds: float
+    read_seconds: float = 0.0
+    bytes_read: int = 0
+    file_bytes: int = 0
 
     @property
     def files_per_second(self) -> float:
@@ -145,48 +148,49 @@ def _to_read(spark: SparkSession, locator: TableLocator, listing: DataFrame, ful
     ).dropDuplicates(["path"])
 
 
-def _merge_results(spark: SparkSession, locator: TableLocator, results: DataFrame, run_id: str) -> None:
-    now = F.current_timestamp()
-    instances = results.where(F.col("outcome") == Outcome.INSTANCE.value).withColumns(
-        {"extracted_at": now, "run_id": F.lit(run_id)})
-    quarantined = results.where(F.col("outcome") == Outcome.QUARANTINE.value).withColumns(
-        {"quarantined_at": now, "run_id": F.lit(run_id)})
-    merge_into(spark, locator, "dicom_instance", instances, ["path"])
-    merge_into(spark, locator, "dicom_quarantine", quarantined, ["path"])
-    # A file that changed from good to bad (or back) must leave the table it was in.
-    _delete_paths(spark, locator, "dicom_quarantine", instances.select("path"))
-    _delete_paths(spark, locator, "dicom_instance", quarantined.select("path"))
+def _with_duplicates(spark: SparkSession, locator: TableLocator, results: DataFrame) -> DataFrame:
+    """The results, plus stored instances, with every SOPInstanceUID held by one file only.
 
-
-def _quarantine_duplicates(spark: SparkSession, locator: TableLocator, run_id: str) -> int:
-    """Keep one file per SOPInstanceUID (the first path); the others move to quarantine, saying why."""
-    instances = read_table(spark, locator, "dicom_instance")
+    The first path (in sort order) of a UID stays an instance; the other files become quarantine rows
+    with reason duplicate_sop_instance, whether they were read now or stored by an earlier run.
+    """
+    fresh = results.where(F.col("outcome") == Outcome.INSTANCE.value)
+    stored = (
+        read_table(spark, locator, "dicom_instance")
+        .join(fresh.select("sop_instance_uid").distinct(), "sop_instance_uid", "left_semi")
+        .join(results.select("path"), "path", "left_anti")
+        .withColumn("outcome", F.lit(Outcome.INSTANCE.value))
+    )
+    candidates = fresh.unionByName(stored, allowMissingColumns=True)
     by_uid = Window.partitionBy("sop_instance_uid").orderBy("path")
-    kept = F.first("path").over(by_uid)
-    same = (F.first("file_size").over(by_uid) == F.col("file_size")) & F.first("header_json").over(by_uid).eqNullSafe(
-        F.col("header_json"))
+    first_of_uid = Window.partitionBy("sop_instance_uid").orderBy("path").rowsBetween(
+        Window.unboundedPreceding, Window.unboundedFollowing)
+    same = (F.first("file_size").over(first_of_uid) == F.col("file_size")) & F.first("header_json").over(
+        first_of_uid).eqNullSafe(F.col("header_json"))
     duplicates = (
-        instances.withColumns({"_rank": F.row_number().over(by_uid), "_kept": kept, "_same": same})
+        candidates.withColumns({"_rank": F.row_number().over(by_uid), "_kept": F.first("path").over(first_of_uid),
+                                "_same": same})
         .where(F.col("_rank") > 1)
         .select(
             *_FILE_FIELDS, "bytes_read",
+            F.lit(Outcome.QUARANTINE.value).alias("outcome"),
             F.lit(QuarantineReason.DUPLICATE_SOP_INSTANCE.value).alias("reason"),
             F.concat(F.lit("SOPInstanceUID also in "), F.col("_kept"),
                      F.when(F.col("_same"), F.lit(" (identical copy)")).otherwise(F.lit(" (different content)")))
             .alias("message"),
-            F.current_timestamp().alias("quarantined_at"), F.lit(run_id).alias("run_id"),
         )
-    ).localCheckpoint(eager=True)
-    count = duplicates.count()
-    if count:
-        merge_into(spark, locator, "dicom_quarantine", duplicates, ["path"])
-        _delete_paths(spark, locator, "dicom_instance", duplicates.select("path"))
-    return count
+    )
+    return results.join(duplicates.select("path"), "path", "left_anti").unionByName(
+        duplicates, allowMissingColumns=True)
 
 
-def _delete_paths(spark: SparkSession, locator: TableLocator, name: str, paths: DataFrame) -> None:
-    target = delta_table(spark, locator, name).alias("t")
-    target.merge(paths.alias("s"), "t.path = s.path").whenMatchedDelete().execute()
+def _merge_results(spark: SparkSession, locator: TableLocator, verdicts: DataFrame, run_id: str) -> None:
+    """Each file's row goes to the table of its outcome and leaves the other one: one MERGE per table."""
+    now = F.current_timestamp()
+    rows = verdicts.withColumns({"extracted_at": now, "quarantined_at": now, "run_id": F.lit(run_id)})
+    is_instance = F.col("outcome") == Outcome.INSTANCE.value
+    merge_or_delete(spark, locator, "dicom_instance", rows, ["path"], keep=is_instance)
+    merge_or_delete(spark, locator, "dicom_quarantine", rows, ["path"], keep=~is_instance)
 
 
 def _update_inventory(spark: SparkSession, locator: TableLocator, listing: DataFrame, run_id: str,
@@ -194,14 +198,16 @@ def _update_inventory(spark: SparkSession, locator: TableLocator, listing: DataF
     """Record the listing; files under these roots that were not listed are marked missing, not deleted."""
     target = delta_table(spark, locator, "file_inventory")
     now = dt.datetime.now(dt.timezone.utc)
-    seen = listing.withColumns({"first_seen": F.lit(now), "last_seen": F.lit(now), "missing_since": F.lit(None),
+    seen = listing.withColumns({"first_seen": F.lit(now), "changed_at": F.lit(now), "missing_since": F.lit(None),
                                 "run_id": F.lit(run_id)})
+    changed = ("t.missing_since IS NOT NULL OR NOT (t.file_size <=> s.file_size AND "
+               "t.modification_time <=> s.modification_time AND t.etag <=> s.etag)")
     prefixes = [_sql_string(root_prefix(r, storage_options)) for r in roots]
     under_roots = " OR ".join(f"startswith(t.path, '{p}')" for p in prefixes) or "false"
     (
         target.alias("t").merge(seen.alias("s"), "t.path = s.path")
-        .whenMatchedUpdate(set={c: f"s.{c}" for c in ("file_size", "modification_time", "etag", "last_seen",
-                                                       "missing_since", "run_id")})
+        .whenMatchedUpdate(condition=changed, set={c: f"s.{c}" for c in (
+            "file_size", "modification_time", "etag", "changed_at", "missing_since", "run_id")})
         .whenNotMatchedInsertAll()
         .whenNotMatchedBySourceUpdate(condition=f"t.missing_since IS NULL AND ({under_roots})",
                                       set={"missing_since": F.lit(now), "run_id": F.lit(run_id)})
@@ -225,25 +231,29 @@ def extract(spark: SparkSession, locator: TableLocator, settings: Settings, run_
     count = to_read.count()
     partitions = max(1, math.ceil(count / settings.extract.files_per_partition))
     log.info("extract: %d files listed, %d to read in %d tasks", discovered, count, partitions)
-    instances = quarantined = 0
+    instances = quarantined = bytes_read = file_bytes = 0
+    read_seconds = 0.0
     if count:
         files_done = spark.sparkContext.accumulator(0)
+        read_started = time.monotonic()
         with _Progress(files_done, count):
             # Materialised once: every MERGE below must see the same verdict for each file.
             results = read_headers(to_read.repartition(partitions, "path"), settings, files_done).localCheckpoint(
                 eager=True)
-        outcome_counts = dict(results.groupBy("outcome").count().collect())
-        instances = outcome_counts.get(Outcome.INSTANCE.value, 0)
-        quarantined = outcome_counts.get(Outcome.QUARANTINE.value, 0)
-        _merge_results(spark, locator, results, run_id)
-        duplicates = _quarantine_duplicates(spark, locator, run_id)
-        instances, quarantined = instances - duplicates, quarantined + duplicates
+        read_seconds = time.monotonic() - read_started
+        bytes_read, file_bytes = results.agg(F.sum("bytes_read"), F.sum("file_size")).first()
+        verdicts = _with_duplicates(spark, locator, results).localCheckpoint(eager=True)
+        read_now = dict(verdicts.join(results.select("path"), "path", "left_semi").groupBy("outcome").count().collect())
+        instances = read_now.get(Outcome.INSTANCE.value, 0)
+        quarantined = read_now.get(Outcome.QUARANTINE.value, 0)
+        _merge_results(spark, locator, verdicts, run_id)
     missing = _update_inventory(spark, locator, listing, run_id, settings.sources.roots,
                                 dict(settings.sources.storage_options))
     listing.unpersist()
     to_read.unpersist()
     seconds = time.monotonic() - started
-    summary = ExtractSummary(run_id, discovered, count, instances, quarantined, missing, seconds)
+    summary = ExtractSummary(run_id, discovered, count, instances, quarantined, missing, seconds, read_seconds,
+                             bytes_read, file_bytes)
     log.info("extract: %d instances, %d quarantined, %d missing, %.1f files/s", instances, quarantined,
              missing, summary.files_per_second)
     return summary

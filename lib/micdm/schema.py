@@ -367,7 +367,7 @@ EXTRACT_RESULT = table("extract_result", "internal", _FILE_COLUMNS + """
 
 FILE_INVENTORY = table("file_inventory", "bronze", _FILE_COLUMNS + """
     first_seen           datetime   required
-    last_seen            datetime   required
+    changed_at           datetime   required
     missing_since        datetime
     run_id               string     required
 """)

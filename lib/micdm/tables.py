@@ -27,6 +27,7 @@ __all__ = [
     "init_tables",
     "load_csv",
     "merge_into",
+    "merge_or_delete",
     "overwrite",
     "read_table",
 ]
@@ -107,13 +108,16 @@ def read_table(spark: SparkSession, locator: TableLocator, name: str) -> DataFra
     return spark.table(locator.ref(name))
 
 
-def conform(df: DataFrame, table: TableDef) -> DataFrame:
-    """Select and cast ``df`` to the table's columns, in order; missing nullable columns become NULL."""
+def conform(df: DataFrame, table: TableDef, carry: Sequence[str] = ()) -> DataFrame:
+    """Select and cast ``df`` to the table's columns, in order; missing nullable columns become NULL.
+
+    ``carry`` names extra columns kept after the table's (e.g. a flag a MERGE condition reads).
+    """
     columns: list[Column] = []
     for field in table.schema.fields:
         source = F.col(f"`{field.name}`") if field.name in df.columns else F.lit(None)
         columns.append(source.cast(field.dataType).alias(field.name))
-    return df.select(*columns)
+    return df.select(*columns, *carry)
 
 
 def merge_into(
@@ -131,6 +135,26 @@ def merge_into(
     if update_existing:
         builder = builder.whenMatchedUpdateAll()
     builder.whenNotMatchedInsertAll().execute()
+
+
+def merge_or_delete(spark: SparkSession, locator: TableLocator, name: str, rows: DataFrame, keys: Sequence[str],
+                    keep: Column) -> None:
+    """One MERGE that upserts the rows where ``keep`` holds and deletes the matching rows where it does not.
+
+    Used where each input decides which of two tables a key belongs in, so that moving a key from one
+    table to the other is one commit per table.
+    """
+    table = TABLES[name]
+    source = conform(rows.withColumn("_keep", keep), table, carry=["_keep"])
+    condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
+    values = {f"`{f.name}`": f"s.`{f.name}`" for f in table.schema.fields}
+    (
+        delta_table(spark, locator, name).alias("t").merge(source.alias("s"), condition)
+        .whenMatchedUpdate(condition="s._keep", set=values)
+        .whenMatchedDelete(condition="NOT s._keep")
+        .whenNotMatchedInsert(condition="s._keep", values=values)
+        .execute()
+    )
 
 
 def overwrite(locator: TableLocator, name: str, rows: DataFrame) -> None:
