@@ -161,7 +161,13 @@ def _with_duplicates(spark: SparkSession, locator: TableLocator, results: DataFr
         .join(results.select("path"), "path", "left_anti")
         .withColumn("outcome", F.lit(Outcome.INSTANCE.value))
     )
-    candidates = fresh.unionByName(stored, allowMissingColumns=True)
+    keys = fresh.select("sop_instance_uid", "path").unionByName(stored.select("sop_instance_uid", "path"))
+    shared_uids = keys.groupBy("sop_instance_uid").count().where(F.col("count") > 1).select("sop_instance_uid")
+    if not shared_uids.take(1):  # the usual case: nothing to resolve, no window over the headers
+        return results
+    shared_uids = shared_uids.localCheckpoint(eager=True)
+    candidates = fresh.join(shared_uids, "sop_instance_uid", "left_semi").unionByName(
+        stored.join(shared_uids, "sop_instance_uid", "left_semi"), allowMissingColumns=True)
     by_uid = Window.partitionBy("sop_instance_uid").orderBy("path")
     first_of_uid = Window.partitionBy("sop_instance_uid").orderBy("path").rowsBetween(
         Window.unboundedPreceding, Window.unboundedFollowing)
@@ -180,8 +186,9 @@ def _with_duplicates(spark: SparkSession, locator: TableLocator, results: DataFr
             .alias("message"),
         )
     )
+    # Materialised: the MERGEs that follow change dicom_instance, which `stored` reads.
     return results.join(duplicates.select("path"), "path", "left_anti").unionByName(
-        duplicates, allowMissingColumns=True)
+        duplicates, allowMissingColumns=True).localCheckpoint(eager=True)
 
 
 def _merge_results(spark: SparkSession, locator: TableLocator, verdicts: DataFrame, run_id: str) -> None:
@@ -242,7 +249,7 @@ def extract(spark: SparkSession, locator: TableLocator, settings: Settings, run_
                 eager=True)
         read_seconds = time.monotonic() - read_started
         bytes_read, file_bytes = results.agg(F.sum("bytes_read"), F.sum("file_size")).first()
-        verdicts = _with_duplicates(spark, locator, results).localCheckpoint(eager=True)
+        verdicts = _with_duplicates(spark, locator, results)
         read_now = dict(verdicts.join(results.select("path"), "path", "left_semi").groupBy("outcome").count().collect())
         instances = read_now.get(Outcome.INSTANCE.value, 0)
         quarantined = read_now.get(Outcome.QUARANTINE.value, 0)

@@ -131,3 +131,24 @@ def test_vanished_file_is_unreadable(tmp_path: Path) -> None:
     path = tmp_path / "gone.dcm"
     result = extract_file(opener(str(path), {}), str(path), 1000, ReadOptions())
     assert (result["outcome"], result["reason"]) == (Outcome.QUARANTINE.value, QuarantineReason.UNREADABLE.value)
+
+
+def test_pydicom_bundled_files_all_end_somewhere() -> None:
+    """pydicom's own test files: every one is an instance or a named quarantine reason, never an error."""
+    import pydicom
+
+    # The files shipped inside the package (get_testdata_files would also try to download more).
+    bundled = Path(pydicom.__file__).parent / "data" / "test_files"
+    paths = sorted(p for p in bundled.rglob("*") if p.is_file() and p.suffix not in (".py", ".json", ".txt"))
+    assert len(paths) > 50
+    reasons = {r.value for r in QuarantineReason}
+    outcomes = {}
+    for path in paths:
+        result = read(path)
+        assert result["outcome"] in (Outcome.INSTANCE.value, Outcome.QUARANTINE.value), path
+        if result["outcome"] == Outcome.QUARANTINE.value:
+            assert result["reason"] in reasons and result["message"], path
+        outcomes[path.name] = result
+    ct = outcomes["CT_small.dcm"]
+    assert (ct["outcome"], ct["modality"], ct["rows"]) == ("instance", "CT", 128)
+    assert outcomes["DICOMDIR"]["reason"] == QuarantineReason.DICOMDIR.value
