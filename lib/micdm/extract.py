@@ -169,8 +169,7 @@ def _with_duplicates(spark: SparkSession, locator: TableLocator, results: DataFr
     candidates = fresh.join(shared_uids, "sop_instance_uid", "left_semi").unionByName(
         stored.join(shared_uids, "sop_instance_uid", "left_semi"), allowMissingColumns=True)
     by_uid = Window.partitionBy("sop_instance_uid").orderBy("path")
-    first_of_uid = Window.partitionBy("sop_instance_uid").orderBy("path").rowsBetween(
-        Window.unboundedPreceding, Window.unboundedFollowing)
+    first_of_uid = by_uid.rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
     same = (F.first("file_size").over(first_of_uid) == F.col("file_size")) & F.first("header_json").over(
         first_of_uid).eqNullSafe(F.col("header_json"))
     duplicates = (

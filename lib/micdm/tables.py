@@ -120,6 +120,11 @@ def conform(df: DataFrame, table: TableDef, carry: Sequence[str] = ()) -> DataFr
     return df.select(*columns, *carry)
 
 
+def _key_condition(keys: Sequence[str]) -> str:
+    """MERGE condition matching target ``t`` and source ``s`` on natural keys (NULL-safe)."""
+    return " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
+
+
 def merge_into(
     spark: SparkSession,
     locator: TableLocator,
@@ -130,7 +135,7 @@ def merge_into(
 ) -> None:
     """MERGE ``updates`` into a table on natural ``keys``: re-running with the same input changes nothing."""
     target = delta_table(spark, locator, name)
-    condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
+    condition = _key_condition(keys)
     builder = target.alias("t").merge(conform(updates, TABLES[name]).alias("s"), condition)
     if update_existing:
         builder = builder.whenMatchedUpdateAll()
@@ -146,7 +151,7 @@ def merge_or_delete(spark: SparkSession, locator: TableLocator, name: str, rows:
     """
     table = TABLES[name]
     source = conform(rows.withColumn("_keep", keep), table, carry=["_keep"])
-    condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
+    condition = _key_condition(keys)
     values = {f"`{f.name}`": f"s.`{f.name}`" for f in table.schema.fields}
     (
         delta_table(spark, locator, name).alias("t").merge(source.alias("s"), condition)
