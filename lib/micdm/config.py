@@ -62,7 +62,7 @@ class SourceSettings:
 class ExtractSettings:
     block_size: int = 65536
     threads_per_task: int = 8
-    files_per_partition: int = 256
+    files_per_partition: int = 4096
     max_retries: int = 3
     header_json_max_bytes: int = 262144
     full_refresh: bool = False

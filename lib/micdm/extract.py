@@ -30,7 +30,7 @@ from pyspark.sql.types import StructType
 from micdm.config import Settings
 from micdm.dicom.reader import Outcome, QuarantineReason, ReadOptions, extract_file, quiet_pydicom
 from micdm.schema import EXTRACT_RESULT, FILE_INVENTORY
-from micdm.sources import list_files, opener, root_prefix
+from micdm.sources import is_local, list_files, opener, root_prefix
 from micdm.tables import TableLocator, delta_table, merge_or_delete, read_table
 
 __all__ = ["ExtractSummary", "extract", "read_headers"]
@@ -87,6 +87,10 @@ class _Progress:
         self._thread.join()
 
 
+#: Rows per Arrow batch handed back to Spark: a task's memory stays flat however many files it reads.
+_OUTPUT_ROWS = 512
+
+
 def _batch_reader(options: ReadOptions, storage_options: dict[str, Any], threads: int,
                   files_done: Accumulator[int] | None = None,
                   ) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
@@ -101,16 +105,36 @@ def _batch_reader(options: ReadOptions, storage_options: dict[str, Any], threads
             return {**row, "outcome": Outcome.QUARANTINE.value, "reason": QuarantineReason.PARSE_ERROR.value,
                     "message": f"{type(error).__name__}: {error}"[:1000], "bytes_read": 0}
 
+    def to_batch(rows: list[dict[str, Any]]) -> pa.RecordBatch:
+        # Column by column: pyarrow's row-wise from_pylist costs as much as parsing the header.
+        columns = {name: [row.get(name) for row in rows] for name in arrow_schema.names}
+        return pa.RecordBatch.from_pydict(columns, schema=arrow_schema)
+
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         quiet_pydicom()  # before the threads start: it changes process-wide settings
         with ThreadPoolExecutor(max_workers=threads) as pool:
             for batch in batches:
-                rows = list(pool.map(read_one, batch.to_pylist()))
-                if files_done is not None:
-                    files_done.add(len(rows))
-                yield pa.RecordBatch.from_pylist(rows, schema=arrow_schema)
+                files = batch.to_pylist()
+                # Threads hide object-storage latency; on local disks they would only contend for the GIL.
+                local = bool(files) and is_local(files[0]["path"], storage_options)
+                for start in range(0, len(files), _OUTPUT_ROWS):
+                    chunk = files[start:start + _OUTPUT_ROWS]
+                    rows = [read_one(f) for f in chunk] if local else list(pool.map(read_one, chunk))
+                    if files_done is not None:
+                        files_done.add(len(rows))
+                    yield to_batch(rows)
 
     return run
+
+
+def _partitions(spark: SparkSession, files: int, files_per_partition: int) -> int:
+    """A multiple of the cluster's cores, so the last wave of tasks keeps every core busy.
+
+    Each Python task costs a fixed fraction of a second to start, so tasks are large; a task's memory
+    does not grow with its size (results leave it in chunks of _OUTPUT_ROWS).
+    """
+    cores = max(1, spark.sparkContext.defaultParallelism)
+    return cores * max(1, math.ceil(files / (cores * files_per_partition)))
 
 
 def read_headers(files: DataFrame, settings: Settings, files_done: Accumulator[int] | None = None) -> DataFrame:
@@ -235,7 +259,7 @@ def extract(spark: SparkSession, locator: TableLocator, settings: Settings, run_
     discovered = listing.count()
     to_read = _to_read(spark, locator, listing, settings.extract.full_refresh).persist()
     count = to_read.count()
-    partitions = max(1, math.ceil(count / settings.extract.files_per_partition))
+    partitions = _partitions(spark, count, settings.extract.files_per_partition)
     log.info("extract: %d files listed, %d to read in %d tasks", discovered, count, partitions)
     instances = quarantined = bytes_read = file_bytes = 0
     read_seconds = 0.0

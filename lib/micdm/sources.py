@@ -18,7 +18,7 @@ from fsspec.core import url_to_fs
 
 from micdm.config import SourceSettings
 
-__all__ = ["DiscoveredFile", "list_files", "opener", "root_prefix"]
+__all__ = ["DiscoveredFile", "is_local", "list_files", "opener", "root_prefix"]
 
 _LOCAL_PROTOCOLS = {"file", "local"}
 
@@ -88,6 +88,11 @@ def list_files(settings: SourceSettings) -> Iterator[DiscoveredFile]:
                 modification_time=_mtime(info),
                 etag=_etag(info),
             )
+
+
+def is_local(path: str, storage_options: dict[str, Any]) -> bool:
+    """Whether ``path`` is on a local (or mounted, like /Volumes) filesystem rather than object storage."""
+    return _is_local(url_to_fs(path, **storage_options)[0])
 
 
 def opener(path: str, storage_options: dict[str, Any]) -> Any:

@@ -9,21 +9,24 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import functools
 import json
 import re
 import struct
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.multival import MultiValue
+
+from micdm.dicom.walker import dictionary_vr
 
 __all__ = [
     "HEADER_ATTRIBUTES",
     "REQUIRED_UIDS",
+    "EncodedHeader",
+    "encode_header",
     "header_json",
     "header_record",
     "missing_uids",
@@ -59,14 +62,14 @@ def parse_dicom_date(value: object) -> tuple[dt.date | None, str | None]:
 
 
 def _text(value: Any) -> str | None:
-    if isinstance(value, (MultiValue, list, tuple)):
+    if isinstance(value, (list, tuple)):
         value = "\\".join(str(v) for v in value)
     text = str(value).strip() if value is not None else ""
     return text.replace("\x00", "") or None
 
 
 def _first_number(value: Any) -> float | None:
-    if isinstance(value, (MultiValue, list, tuple)):
+    if isinstance(value, (list, tuple)):
         value = value[0] if len(value) else None
     if value is None or value == "":
         return None
@@ -81,14 +84,14 @@ def _integer(value: Any) -> int | None:
 def _numbers(value: Any) -> list[float] | None:
     if value is None or value == "":
         return None
-    values = value if isinstance(value, (MultiValue, list, tuple)) else [value]
+    values = value if isinstance(value, (list, tuple)) else [value]
     return [float(v) for v in values]
 
 
 def _strings(value: Any) -> list[str] | None:
     if value is None or value == "":
         return None
-    values = value if isinstance(value, (MultiValue, list, tuple)) else [value]
+    values = value if isinstance(value, (list, tuple)) else [value]
     return [str(v).strip() for v in values]
 
 
@@ -142,66 +145,102 @@ _DATE_ATTRIBUTES = {
     "ContentDate": "content_date",
 }
 
-_ATTRIBUTE_TAGS = {keyword: tag_for_keyword(keyword) for keyword in (*HEADER_ATTRIBUTES, *_DATE_ATTRIBUTES)}
+#: DICOM JSON key ("GGGGEEEE") of each attribute read into a typed column.
+_ATTRIBUTE_KEYS = {keyword: f"{tag_for_keyword(keyword):08X}"
+                   for keyword in (*HEADER_ATTRIBUTES, *_DATE_ATTRIBUTES, "AnatomicRegionSequence")}
+_CODE_VALUE, _CODING_SCHEME = "00080100", "00080102"
+_CHARSET_TAG = 0x00080005
 
 
-def _value(dataset: Dataset, keyword: str, charset: str | None = "latin-1") -> Any:
-    """An attribute's value: decoded straight from the raw bytes for common VRs, else by pydicom."""
-    tag = _ATTRIBUTE_TAGS.get(keyword)
-    raw = dataset._dict.get(tag) if tag is not None else None
-    if isinstance(raw, RawDataElement):
-        fast = _fast_json(raw, charset)
-        if fast is not None:
-            values = fast.get("Value")
-            if not values:
-                return None
-            return values[0] if len(values) == 1 else values
-    element = dataset.get(keyword)
-    return element.value if isinstance(element, DataElement) else element
+@dataclass(frozen=True)
+class EncodedHeader:
+    """Every element of one header as DICOM JSON, encoded once for both the typed columns and header_json."""
 
-
-def _anatomic_region_code(dataset: Dataset) -> str | None:
-    """``scheme:code`` of the first AnatomicRegionSequence item, for anatomy mapping downstream."""
-    items = _value(dataset, "AnatomicRegionSequence")
-    if not items:
-        return None
-    item = items[0]
-    code = _text(item.get("CodeValue"))
-    scheme = _text(item.get("CodingSchemeDesignator"))
-    return f"{scheme}:{code}" if code else None
+    elements: dict[str, dict[str, Any]]
+    """DICOM JSON key -> element, in the data set's order; elements that could not be encoded are absent."""
+    failures: dict[str, str]
+    """DICOM JSON key -> the error that kept the element out."""
 
 
 def _charset(dataset: Dataset) -> str | None:
     """The Python codec of a single-byte or UTF-8 SpecificCharacterSet; None for anything else."""
-    declared = dataset.get("SpecificCharacterSet")
-    return _SIMPLE_CHARSETS.get(declared if isinstance(declared, str) or declared is None else "complex")
+    element = dataset._dict.get(_CHARSET_TAG)
+    if element is None:
+        return _SIMPLE_CHARSETS[None]
+    if isinstance(element, RawDataElement):
+        declared = element.value.decode("latin-1").strip("\x00 ") if element.value else ""
+        return None if "\\" in declared else _SIMPLE_CHARSETS.get(declared)
+    value = element.value
+    return _SIMPLE_CHARSETS.get(value if isinstance(value, str) or value is None else "complex")
 
 
-def header_record(dataset: Dataset) -> dict[str, Any]:
+def encode_header(dataset: Dataset) -> EncodedHeader:
+    """DICOM JSON of each element: common VRs straight from the raw bytes, the others through pydicom.
+
+    pydicom's own ``suppress_invalid_tags`` flips a process-wide setting while it runs, which is not
+    safe with the reader's threads, so elements that fail are recorded here instead.
+    """
+    elements: dict[str, dict[str, Any]] = {}
+    failures: dict[str, str] = {}
+    charset = _charset(dataset)
+    for tag, raw in dataset._dict.items():
+        key = f"{int(tag):08X}"
+        try:
+            fast = _fast_json(raw, charset) if isinstance(raw, RawDataElement) else None
+            elements[key] = fast if fast is not None else dataset[tag].to_json_dict(
+                bulk_data_element_handler=_drop_bulk, bulk_data_threshold=_BULK_THRESHOLD)
+        except Exception as error:  # an element that cannot be encoded is left out, not the whole header
+            failures[key] = type(error).__name__
+    return EncodedHeader(elements, failures)
+
+
+def _first_or_all(element: dict[str, Any] | None) -> Any:
+    values = element.get("Value") if element else None
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else values
+
+
+def _anatomic_region_code(encoded: EncodedHeader) -> str | None:
+    """``scheme:code`` of the first AnatomicRegionSequence item, for anatomy mapping downstream."""
+    items = (encoded.elements.get(_ATTRIBUTE_KEYS["AnatomicRegionSequence"]) or {}).get("Value")
+    if not items:
+        return None
+    code = _text(_first_or_all(items[0].get(_CODE_VALUE)))
+    scheme = _text(_first_or_all(items[0].get(_CODING_SCHEME)))
+    return f"{scheme}:{code}" if code else None
+
+
+def _encoded(header: Dataset | EncodedHeader) -> EncodedHeader:
+    return header if isinstance(header, EncodedHeader) else encode_header(header)
+
+
+def header_record(header: Dataset | EncodedHeader) -> dict[str, Any]:
     """Typed columns of one header; unreadable values become None and are noted in parse_warnings."""
+    encoded = _encoded(header)
     record: dict[str, Any] = {}
     warnings: list[str] = []
-    charset = _charset(dataset)
-    for keyword, (column, convert) in HEADER_ATTRIBUTES.items():
-        try:
-            record[column] = convert(_value(dataset, keyword, charset))
-        except Exception as error:  # one bad value must not lose the file
-            record[column] = None
-            warnings.append(f"{keyword}: {type(error).__name__}")
-    for keyword, column in _DATE_ATTRIBUTES.items():
-        try:
-            record[column], warning = parse_dicom_date(_text(_value(dataset, keyword, charset)))
-        except Exception as error:
-            record[column], warning = None, type(error).__name__
+    columns = [(keyword, column, convert) for keyword, (column, convert) in HEADER_ATTRIBUTES.items()]
+    columns += [(keyword, column, None) for keyword, column in _DATE_ATTRIBUTES.items()]
+    for keyword, column, convert in columns:
+        key = _ATTRIBUTE_KEYS[keyword]
+        record[column], warning = None, encoded.failures.get(key)
+        if warning is None:
+            value = _first_or_all(encoded.elements.get(key))
+            try:
+                if convert is None:
+                    record[column], warning = parse_dicom_date(_text(value))
+                else:
+                    record[column] = convert(value)
+            except Exception as error:  # one bad value must not lose the file
+                warning = type(error).__name__
         if warning:
             warnings.append(f"{keyword}: {warning}")
     try:
-        record["anatomic_region_code"] = _anatomic_region_code(dataset)
+        record["anatomic_region_code"] = _anatomic_region_code(encoded)
     except Exception as error:
         record["anatomic_region_code"] = None
         warnings.append(f"AnatomicRegionSequence: {type(error).__name__}")
-    meta = getattr(dataset, "file_meta", None)
-    record["transfer_syntax_uid"] = _text(meta.get("TransferSyntaxUID")) if meta is not None else None
     record["parse_warnings"] = warnings or None
     return record
 
@@ -217,90 +256,74 @@ def _drop_bulk(element: DataElement) -> str:
 
 # Raw values of these VRs are encoded here straight from the bytes (pydicom's per-element conversion
 # costs about ten times more); every other VR goes through pydicom.
-_TEXT_VRS = frozenset({"UI", "CS", "DA", "TM", "DT", "AS", "SH", "LO"})
-_CHARSET_VRS = frozenset({"SH", "LO"})
+_MULTI_TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "LO", "SH", "TM", "UC", "UI"})
+_SINGLE_TEXT_VRS = frozenset({"LT", "ST", "UT", "UR"})
+_CHARSET_VRS = frozenset({"LO", "LT", "PN", "SH", "ST", "UC", "UT"})
 _NUMBER_TEXT_VRS = {"IS": int, "DS": float}
 _BINARY_VRS = {"US": "H", "UL": "I", "SS": "h", "SL": "l", "FL": "f", "FD": "d", "UV": "Q", "SV": "q"}
 _BULK_VRS = frozenset({"OB", "OW", "OD", "OF", "OL", "OV"})  # not UN: pydicom may know its real VR
 _BULK_THRESHOLD = 1024
-_FAST_VRS = _TEXT_VRS | _NUMBER_TEXT_VRS.keys() | _BINARY_VRS.keys() | _BULK_VRS
 _SIMPLE_CHARSETS = {None: "latin-1", "": "latin-1", "ISO_IR 6": "latin-1", "ISO_IR 100": "latin-1",
                     "ISO_IR 192": "utf-8"}
 
 
-@functools.lru_cache(maxsize=4096)
-def _dictionary_vr(tag: int) -> str | None:
-    """The VR of a public tag read with implicit VR; None for private or ambiguous ones."""
-    if tag >> 16 & 1:
-        return None
-    try:
-        vr = dictionary_VR(tag)
-    except KeyError:
-        return None
-    return vr if len(vr) == 2 else None
+def _text_values(vr: str, text: str) -> list[Any]:
+    if vr in _SINGLE_TEXT_VRS:
+        return [text]
+    items = [item.strip("\x00 ") for item in text.split("\\")]
+    if vr in _NUMBER_TEXT_VRS:
+        return [int(float(i)) if vr == "IS" else float(i) for i in items if i]
+    if vr == "PN":
+        return [_person_name(item) for item in items]
+    return items
+
+
+def _person_name(value: str) -> dict[str, str]:
+    """One PN value as its DICOM JSON components; like pydicom, a value with no component fails."""
+    components = value.split("=")
+    while components and not components[-1]:
+        components.pop()
+    if not components:
+        raise ValueError("person name without components")
+    return dict(zip(("Alphabetic", "Ideographic", "Phonetic"), components, strict=False))
 
 
 def _fast_json(raw: RawDataElement, charset: str | None) -> dict[str, Any] | None:
     """DICOM JSON of a raw element of a common VR, or None when pydicom should do it."""
-    vr, value = raw.VR or _dictionary_vr(raw.tag), raw.value
-    if vr not in _FAST_VRS or value is None:
+    vr, value = raw.VR or dictionary_vr(raw.tag), raw.value
+    if value is None or vr is None:
         return None
-    if not value:
-        return {"vr": vr}
-    if vr in _TEXT_VRS or vr in _NUMBER_TEXT_VRS:
-        if vr in _CHARSET_VRS and charset is None:
-            return None
-        text = value.decode(charset or "latin-1").rstrip("\x00 ")
-        items = [item.strip("\x00 ") for item in text.split("\\")]
-        if vr in _NUMBER_TEXT_VRS:
-            convert = _NUMBER_TEXT_VRS[vr]
-            return {"vr": vr, "Value": [convert(float(i)) if vr == "IS" else convert(i) for i in items if i]}
-        return {"vr": vr, "Value": items} if text else {"vr": vr}
     if vr in _BINARY_VRS:
+        if not value:
+            return {"vr": vr}
         order = "<" if raw.is_little_endian else ">"
         width = struct.calcsize(order + _BINARY_VRS[vr])
         count = len(value) // width
         return {"vr": vr, "Value": list(struct.unpack(f"{order}{count}{_BINARY_VRS[vr]}", value[: count * width]))}
     if vr in _BULK_VRS:
+        if not value:
+            return {"vr": vr}
         if len(value) > (_BULK_THRESHOLD // 4) * 3:
             return {"vr": vr, "BulkDataURI": ""}
         return {"vr": vr, "InlineBinary": base64.b64encode(value).decode("ascii")}
+    if vr in _MULTI_TEXT_VRS or vr in _SINGLE_TEXT_VRS or vr in _NUMBER_TEXT_VRS or vr == "PN":
+        if vr in _CHARSET_VRS and charset is None:
+            return None
+        text = value.decode(charset if vr in _CHARSET_VRS else "latin-1").rstrip("\x00 ")
+        return {"vr": vr, "Value": _text_values(vr, text)} if text else {"vr": vr}
     return None
 
 
-def _json_elements(dataset: Dataset) -> dict[str, Any]:
-    """DICOM JSON of each element that can be encoded; the others are left out.
-
-    pydicom's own ``suppress_invalid_tags`` flips a process-wide setting while it runs, which is not
-    safe with the reader's threads, so invalid elements are skipped here instead.
-    """
-    encoded: dict[str, Any] = {}
-    charset = _charset(dataset)
-    for tag, raw in dataset._dict.items():
-        try:
-            fast = _fast_json(raw, charset) if isinstance(raw, RawDataElement) else None
-            encoded[f"{int(tag):08X}"] = fast if fast is not None else dataset[tag].to_json_dict(
-                bulk_data_element_handler=_drop_bulk, bulk_data_threshold=_BULK_THRESHOLD)
-        except Exception:  # an element that cannot be encoded is skipped, not the whole header
-            continue
-    return encoded
-
-
-def header_json(dataset: Dataset, max_bytes: int) -> tuple[str | None, bool]:
+def header_json(header: Dataset | EncodedHeader, max_bytes: int) -> tuple[str | None, bool]:
     """The header as DICOM JSON (PS3.18 F.2) without bulk data, within ``max_bytes``.
 
     When the whole header is too large, private elements are left out first; when it still does not
     fit, None is returned. The flag says whether anything was left out.
     """
-    def encode(source: Dataset) -> str:
-        return json.dumps(_json_elements(source), separators=(",", ":"), ensure_ascii=False)
-
-    text = encode(dataset)
+    elements = _encoded(header).elements
+    text = json.dumps(elements, separators=(",", ":"), ensure_ascii=False)
     if len(text.encode("utf-8")) <= max_bytes:
         return text, False
-    public = Dataset()
-    for element in dataset:
-        if not element.tag.is_private:
-            public.add(element)
-    text = encode(public)
+    public = {key: element for key, element in elements.items() if not int(key[:4], 16) & 1}
+    text = json.dumps(public, separators=(",", ":"), ensure_ascii=False)
     return (text, True) if len(text.encode("utf-8")) <= max_bytes else (None, True)

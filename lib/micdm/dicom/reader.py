@@ -24,7 +24,8 @@ from pydicom import dcmread
 from pydicom.datadict import dictionary_has_tag
 from pydicom.errors import InvalidDicomError
 
-from micdm.dicom.header import header_json, header_record, missing_uids
+from micdm.dicom.header import encode_header, header_json, header_record, missing_uids
+from micdm.dicom.walker import NeedMoreBytes, NotWalkable, ParsedHeader, walk_header
 
 __all__ = ["Outcome", "QuarantineReason", "RangeReader", "ReadOptions", "extract_file"]
 
@@ -92,6 +93,15 @@ class RangeReader(io.RawIOBase):
     @property
     def bytes_read(self) -> int:
         return len(self._buffer)
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def prefix(self, end: int) -> bytes:
+        """The file's bytes up to ``end`` at least (the whole buffer, grown as needed), for the walker."""
+        self._ensure(end)
+        return bytes(self._buffer)
 
     def readable(self) -> bool:
         return True
@@ -175,9 +185,9 @@ def _signature(reader: RangeReader) -> str | None:
     """Hex of the first 8 bytes and whether 'DICM' sits at offset 128: enough to tell a file's kind."""
     if reader.bytes_read == 0:
         return None
-    head = bytes(reader._buffer[:8]).hex()
-    magic = bytes(reader._buffer[128:132]) == b"DICM"
-    return f"{head}{' DICM@128' if magic else ''}"
+    head = reader.prefix(0)
+    magic = head[128:132] == b"DICM"
+    return f"{head[:8].hex()}{' DICM@128' if magic else ''}"
 
 
 def _quarantine(base: dict[str, Any], reason: QuarantineReason, message: str,
@@ -192,13 +202,40 @@ def _quarantine(base: dict[str, Any], reason: QuarantineReason, message: str,
     return base
 
 
-def _parse(reader: RangeReader) -> tuple[Any, bool]:
-    """Parse the header; fall back to a forced read for files without the Part-10 preamble."""
+def _walk(reader: RangeReader, block_size: int) -> ParsedHeader | None:
+    """The fast path: walk the header in memory; None when pydicom should read the file instead."""
+    end = block_size
+    while True:
+        try:
+            return walk_header(reader.prefix(end), reader.size)
+        except NeedMoreBytes as more:
+            end = more.end
+        except (NotWalkable, RecursionError):
+            return None
+
+
+def _parse(reader: RangeReader) -> tuple[ParsedHeader, bool]:
+    """Parse the header with pydicom; fall back to a forced read for files without the Part-10 preamble."""
+    reader.seek(0)
     try:
-        return dcmread(reader, stop_before_pixels=True), False
+        dataset, forced = dcmread(reader, stop_before_pixels=True), False
     except InvalidDicomError:
         reader.seek(0)
-        return dcmread(reader, stop_before_pixels=True, force=True), True
+        dataset, forced = dcmread(reader, stop_before_pixels=True, force=True), True
+    meta = getattr(dataset, "file_meta", None)
+    header_end = reader.tell()
+    parsed = ParsedHeader(
+        dataset=dataset,
+        transfer_syntax_uid=_uid(meta.get("TransferSyntaxUID") if meta else None),
+        media_storage_sop_class_uid=_uid(meta.get("MediaStorageSOPClassUID") if meta else None),
+        header_end=header_end,
+        pixel_data_end=_declared_pixel_data_end(reader, header_end),
+    )
+    return parsed, forced
+
+
+def _uid(value: Any) -> str | None:
+    return str(value).strip("\x00 ") or None if value else None
 
 
 def _is_truncated(error: Exception) -> bool:
@@ -211,11 +248,9 @@ def _looks_like_dicom(dataset: Any) -> bool:
     return known >= 3
 
 
-def _pixel_data_overrun(reader: RangeReader) -> str | None:
-    """Warn when the pixel data element declares more bytes than the file holds (a cut-off transfer)."""
-    start = reader.tell()
-    reader.seek(start)
-    head = reader.read(12)
+def _declared_pixel_data_end(reader: RangeReader, start: int) -> int | None:
+    """Where the pixel data element at ``start`` would end by its declared length (None if absent or undefined)."""
+    head = reader.prefix(start + 12)[start:start + 12]
     if len(head) < 8:
         return None
     if head[4:6].isalpha() and len(head) == 12:
@@ -224,9 +259,7 @@ def _pixel_data_overrun(reader: RangeReader) -> str | None:
     else:
         length = struct.unpack("<I", head[4:8])[0]
         value_start = start + 8
-    if length is None or length == 0xFFFFFFFF or value_start + length <= reader._size:
-        return None
-    return f"PixelData declares {length} bytes, the file holds {reader._size - value_start}"
+    return None if length is None or length == 0xFFFFFFFF else value_start + length
 
 
 def extract_file(
@@ -249,7 +282,9 @@ def extract_file(
     quiet_pydicom()
     reader = RangeReader(fetch, size, options.block_size, options.max_retries, options.retry_base_seconds)
     try:
-        dataset, forced = _parse(reader)
+        parsed, forced = _walk(reader, options.block_size), False
+        if parsed is None:
+            parsed, forced = _parse(reader)
     except _PERMANENT_ERRORS as error:
         return _quarantine(base, QuarantineReason.UNREADABLE, f"{type(error).__name__}: {error}", reader)
     except RecursionError:
@@ -264,20 +299,20 @@ def extract_file(
     except Exception as error:  # pydicom raises many kinds on malformed input
         reason = QuarantineReason.TRUNCATED if _is_truncated(error) else QuarantineReason.PARSE_ERROR
         return _quarantine(base, reason, f"{type(error).__name__}: {error}", reader)
-    return _verdict(base, dataset, forced, reader, options)
+    return _verdict(base, parsed, forced, reader, options)
 
 
-def _verdict(base: dict[str, Any], dataset: Any, forced: bool, reader: RangeReader,
+def _verdict(base: dict[str, Any], parsed: ParsedHeader, forced: bool, reader: RangeReader,
              options: ReadOptions) -> dict[str, Any]:
-    meta = getattr(dataset, "file_meta", None)
-    sop_class = meta.get("MediaStorageSOPClassUID") if meta else None
-    if str(sop_class) == _DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in dataset:
+    dataset = parsed.dataset
+    if parsed.media_storage_sop_class_uid == _DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in dataset:
         return _quarantine(base, QuarantineReason.DICOMDIR, "Media Storage Directory (DICOMDIR)", reader)
     if forced and not _looks_like_dicom(dataset):
         return _quarantine(base, QuarantineReason.NOT_DICOM, "no DICOM structure found, even with a forced read",
                            reader)
     try:
-        record = header_record(dataset)
+        encoded = encode_header(dataset)
+        record = header_record(encoded)
     except RecursionError:
         return _quarantine(base, QuarantineReason.PARSE_ERROR, "RecursionError: sequences nested too deeply", reader)
     absent = missing_uids(record)
@@ -285,15 +320,16 @@ def _verdict(base: dict[str, Any], dataset: Any, forced: bool, reader: RangeRead
         # A header cut short before its UIDs is a truncated file; a complete one without them is not an instance.
         reason = QuarantineReason.TRUNCATED if reader.short_read else QuarantineReason.MISSING_UID
         return _quarantine(base, reason, f"missing {', '.join(absent)}", reader)
+    record["transfer_syntax_uid"] = parsed.transfer_syntax_uid
     if reader.short_read:
         record["parse_warnings"] = [*(record["parse_warnings"] or []),
-                                    f"truncated: data set ends inside an element at byte {reader.tell()}"]
-    header_end = reader.tell()
-    overrun = _pixel_data_overrun(reader)
-    if overrun:
-        record["parse_warnings"] = [*(record["parse_warnings"] or []), overrun]
+                                    f"truncated: data set ends inside an element at byte {parsed.header_end}"]
+    if parsed.pixel_data_end is not None and parsed.pixel_data_end > reader.size:
+        record["parse_warnings"] = [*(record["parse_warnings"] or []),
+                                    f"PixelData declares {parsed.pixel_data_end - parsed.header_end} bytes beyond "
+                                    f"byte {parsed.header_end}, the file holds {reader.size - parsed.header_end}"]
     try:
-        record["header_json"], record["header_json_truncated"] = header_json(dataset, options.header_json_max_bytes)
+        record["header_json"], record["header_json_truncated"] = header_json(encoded, options.header_json_max_bytes)
     except Exception as error:
         record["header_json"], record["header_json_truncated"] = None, True
         record["parse_warnings"] = [*(record["parse_warnings"] or []), f"header_json: {type(error).__name__}"]
@@ -302,6 +338,6 @@ def _verdict(base: dict[str, Any], dataset: Any, forced: bool, reader: RangeRead
         outcome=Outcome.INSTANCE.value,
         forced_read=forced,
         bytes_read=reader.bytes_read,
-        header_bytes=header_end,
+        header_bytes=parsed.header_end,
     )
     return base
