@@ -61,7 +61,7 @@ class SourceSettings:
 @dataclass(frozen=True)
 class ExtractSettings:
     block_size: int = 65536
-    threads_per_task: int = 8
+    threads_per_task: int = 16
     files_per_partition: int = 4096
     max_retries: int = 3
     header_json_max_bytes: int = 262144

@@ -10,6 +10,7 @@ same files again, and the MERGEs keyed on path make that harmless.
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import logging
 import math
 import threading
@@ -22,7 +23,7 @@ from typing import Any
 
 import pyarrow as pa
 from pyspark import Accumulator
-from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import to_arrow_schema
 from pyspark.sql.types import StructType
@@ -30,8 +31,8 @@ from pyspark.sql.types import StructType
 from micdm.config import Settings
 from micdm.dicom.reader import Outcome, QuarantineReason, ReadOptions, extract_file, quiet_pydicom
 from micdm.schema import EXTRACT_RESULT, FILE_INVENTORY
-from micdm.sources import is_local, list_files, opener, root_prefix
-from micdm.tables import TableLocator, delta_table, merge_or_delete, read_table
+from micdm.sources import DiscoveredFile, list_files, opener, read_first_blocks, root_prefix, with_first_block
+from micdm.tables import TableLocator, append, conform, delta_table, merge_or_delete, read_table
 
 __all__ = ["ExtractSummary", "extract", "read_headers"]
 
@@ -91,16 +92,17 @@ class _Progress:
 _OUTPUT_ROWS = 512
 
 
-def _batch_reader(options: ReadOptions, storage_options: dict[str, Any], threads: int,
+def _batch_reader(options: ReadOptions, storage_options: dict[str, Any], concurrency: int,
                   files_done: Accumulator[int] | None = None,
                   ) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     arrow_schema = to_arrow_schema(EXTRACT_RESULT.schema)
 
-    def read_one(row: dict[str, Any]) -> dict[str, Any]:
+    def read_one(row: dict[str, Any], first: bytes | BaseException | None) -> dict[str, Any]:
         try:
             fetch = opener(row["path"], storage_options)
-            return extract_file(fetch, row["path"], row["file_size"], options,
-                                modification_time=row["modification_time"], etag=row["etag"])
+            return extract_file(fetch if first is None else with_first_block(first, fetch), row["path"],
+                                row["file_size"], options, modification_time=row["modification_time"],
+                                etag=row["etag"])
         except Exception as error:  # the last line of defence: the file is still accounted for
             return {**row, "outcome": Outcome.QUARANTINE.value, "reason": QuarantineReason.PARSE_ERROR.value,
                     "message": f"{type(error).__name__}: {error}"[:1000], "bytes_read": 0}
@@ -112,14 +114,25 @@ def _batch_reader(options: ReadOptions, storage_options: dict[str, Any], threads
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         quiet_pydicom()  # before the threads start: it changes process-wide settings
-        with ThreadPoolExecutor(max_workers=threads) as pool:
+        with ThreadPoolExecutor(max_workers=concurrency) as readers, ThreadPoolExecutor(max_workers=1) as ahead:
+
+            def first_blocks(chunk: list[dict[str, Any]]) -> list[bytes | BaseException | None]:
+                try:
+                    return list(read_first_blocks([f["path"] for f in chunk], [f["file_size"] for f in chunk],
+                                                  options.block_size, storage_options, concurrency, readers))
+                except Exception:  # each file then fetches (and retries) on its own
+                    return [None] * len(chunk)
+
             for batch in batches:
                 files = batch.to_pylist()
-                # Threads hide object-storage latency; on local disks they would only contend for the GIL.
-                local = bool(files) and is_local(files[0]["path"], storage_options)
-                for start in range(0, len(files), _OUTPUT_ROWS):
-                    chunk = files[start:start + _OUTPUT_ROWS]
-                    rows = [read_one(f) for f in chunk] if local else list(pool.map(read_one, chunk))
+                chunks = [files[i:i + _OUTPUT_ROWS] for i in range(0, len(files), _OUTPUT_ROWS)]
+                # The next chunk's first blocks are fetched while this chunk is parsed: I/O and parsing overlap.
+                upcoming = ahead.submit(first_blocks, chunks[0]) if chunks else None
+                for index, chunk in enumerate(chunks):
+                    firsts = upcoming.result()
+                    if index + 1 < len(chunks):
+                        upcoming = ahead.submit(first_blocks, chunks[index + 1])
+                    rows = [read_one(f, first) for f, first in zip(chunk, firsts, strict=True)]
                     if files_done is not None:
                         files_done.add(len(rows))
                     yield to_batch(rows)
@@ -149,27 +162,56 @@ def read_headers(files: DataFrame, settings: Settings, files_done: Accumulator[i
     return files.select(*_FILE_FIELDS).mapInArrow(reader, EXTRACT_RESULT.schema)
 
 
-def _listing(spark: SparkSession, settings: Settings) -> DataFrame:
-    rows = [(f.path, f.file_size, f.modification_time, f.etag) for f in list_files(settings.sources)]
-    return spark.createDataFrame(rows, schema=StructType([FILE_INVENTORY.schema[c] for c in _FILE_FIELDS]))
+class _State(str, enum.Enum):
+    """What one run does with a path it listed or remembers (the plan's ``state`` column)."""
+
+    NEW = "new"
+    CHANGED = "changed"
+    """Size, modification time or ETag differ from the inventory, or the file came back after going missing."""
+    RETRY = "retry"
+    """Unchanged, but read again: a full refresh, or its last read failed for a reason worth another try."""
+    UNCHANGED = "unchanged"
+    MISSING = "missing"
+    """Remembered under these roots, no longer listed."""
 
 
-def _to_read(spark: SparkSession, locator: TableLocator, listing: DataFrame, full_refresh: bool) -> DataFrame:
-    if full_refresh:
-        return listing
-    inventory = read_table(spark, locator, "file_inventory").where(F.col("missing_since").isNull())
-    unchanged = listing.alias("l").join(
-        inventory.alias("i"),
-        (F.col("l.path") == F.col("i.path"))
-        & (F.col("l.file_size") == F.col("i.file_size"))
-        & F.col("l.modification_time").eqNullSafe(F.col("i.modification_time"))
-        & F.col("l.etag").eqNullSafe(F.col("i.etag")),
-        "left_semi",
+_TO_READ = (_State.NEW.value, _State.CHANGED.value, _State.RETRY.value)
+
+
+def _listing(spark: SparkSession, files: list[DiscoveredFile]) -> DataFrame:
+    """The listing as a DataFrame, built through Arrow (row tuples would cost seconds per 10,000 files)."""
+    schema = to_arrow_schema(StructType([FILE_INVENTORY.schema[c] for c in _FILE_FIELDS]))
+    columns = {name: [getattr(f, name) for f in files] for name in _FILE_FIELDS}
+    return spark.createDataFrame(pa.Table.from_pydict(columns, schema=schema))
+
+
+def _under(roots: tuple[str, ...], storage_options: dict[str, Any]) -> Column:
+    """Whether a table's ``path`` lies under one of the roots (one array test, however many roots)."""
+    prefixes = F.array(*(F.lit(root_prefix(r, storage_options)) for r in roots))
+    return F.exists(prefixes, lambda prefix: F.col("path").startswith(prefix))
+
+
+def _plan(spark: SparkSession, locator: TableLocator, listing: DataFrame, settings: Settings) -> DataFrame:
+    """Every listed path, and every remembered one under the roots, with its _State."""
+    sources = settings.sources
+    inventory = read_table(spark, locator, "file_inventory").where(_under(sources.roots, sources.storage_options))
+    remembered = inventory.select("path", *(F.col(c).alias(f"known_{c}") for c in (*_FILE_FIELDS[1:], "missing_since")),
+                                  F.lit(True).alias("known"))
+    retry = (read_table(spark, locator, "dicom_quarantine").where(F.col("reason").isin(*_RETRIED_REASONS))
+             .select("path", F.lit(True).alias("retry")))
+    same = ((F.col("file_size") == F.col("known_file_size"))
+            & F.col("modification_time").eqNullSafe(F.col("known_modification_time"))
+            & F.col("etag").eqNullSafe(F.col("known_etag")) & F.col("known_missing_since").isNull())
+    reread = F.lit(settings.extract.full_refresh) | F.col("retry").isNotNull()
+    state = (
+        F.when(F.col("known").isNull(), _State.NEW.value)
+        .when(F.col("listed").isNull(), F.when(F.col("known_missing_since").isNull(), _State.MISSING.value))
+        .when(~same, _State.CHANGED.value)
+        .when(reread, _State.RETRY.value)
+        .otherwise(_State.UNCHANGED.value)
     )
-    retry = read_table(spark, locator, "dicom_quarantine").where(F.col("reason").isin(*_RETRIED_REASONS))
-    return listing.join(unchanged, "path", "left_anti").unionByName(
-        listing.join(retry.select("path"), "path", "left_semi")
-    ).dropDuplicates(["path"])
+    return (listing.withColumn("listed", F.lit(True)).join(remembered, "path", "full_outer")
+            .join(retry, "path", "left").withColumn("state", state).where(F.col("state").isNotNull()))
 
 
 def _with_duplicates(spark: SparkSession, locator: TableLocator, results: DataFrame) -> DataFrame:
@@ -214,77 +256,87 @@ def _with_duplicates(spark: SparkSession, locator: TableLocator, results: DataFr
         duplicates, allowMissingColumns=True).localCheckpoint(eager=True)
 
 
-def _merge_results(spark: SparkSession, locator: TableLocator, verdicts: DataFrame, run_id: str) -> None:
-    """Each file's row goes to the table of its outcome and leaves the other one: one MERGE per table."""
+def _write_results(spark: SparkSession, locator: TableLocator, verdicts: DataFrame, run_id: str) -> None:
+    """Each file's row goes to the table of its outcome and leaves the other one.
+
+    When no path of this run is in either table yet (a first load, new files) the rows are appended;
+    otherwise one MERGE per table moves each path to where its verdict puts it.
+    """
     now = F.current_timestamp()
     rows = verdicts.withColumns({"extracted_at": now, "quarantined_at": now, "run_id": F.lit(run_id)})
     is_instance = F.col("outcome") == Outcome.INSTANCE.value
-    merge_or_delete(spark, locator, "dicom_instance", rows, ["path"], keep=is_instance)
-    merge_or_delete(spark, locator, "dicom_quarantine", rows, ["path"], keep=~is_instance)
+    stored = read_table(spark, locator, "dicom_instance").select("path").unionByName(
+        read_table(spark, locator, "dicom_quarantine").select("path"))
+    if stored.join(verdicts.select("path"), "path", "left_semi").take(1):
+        merge_or_delete(spark, locator, "dicom_instance", rows, ["path"], keep=is_instance)
+        merge_or_delete(spark, locator, "dicom_quarantine", rows, ["path"], keep=~is_instance)
+    else:
+        append(locator, "dicom_instance", rows.where(is_instance))
+        append(locator, "dicom_quarantine", rows.where(~is_instance))
 
 
-def _update_inventory(spark: SparkSession, locator: TableLocator, listing: DataFrame, run_id: str,
-                      roots: tuple[str, ...], storage_options: dict[str, Any]) -> int:
-    """Record the listing; files under these roots that were not listed are marked missing, not deleted."""
-    target = delta_table(spark, locator, "file_inventory")
+def _update_inventory(spark: SparkSession, locator: TableLocator, plan: DataFrame, run_id: str,
+                      first_load: bool) -> None:
+    """Record new and changed files; remembered files no longer listed get missing_since, not deleted."""
     now = dt.datetime.now(dt.timezone.utc)
-    seen = listing.withColumns({"first_seen": F.lit(now), "changed_at": F.lit(now), "missing_since": F.lit(None),
-                                "run_id": F.lit(run_id)})
-    changed = ("t.missing_since IS NOT NULL OR NOT (t.file_size <=> s.file_size AND "
-               "t.modification_time <=> s.modification_time AND t.etag <=> s.etag)")
-    prefixes = [_sql_string(root_prefix(r, storage_options)) for r in roots]
-    under_roots = " OR ".join(f"startswith(t.path, '{p}')" for p in prefixes) or "false"
+    missing = F.col("state") == _State.MISSING.value
+    changes = plan.where(F.col("state").isin(_State.NEW.value, _State.CHANGED.value, _State.MISSING.value)).select(
+        *_FILE_FIELDS, "state", F.lit(now).alias("first_seen"), F.lit(now).alias("changed_at"),
+        F.when(missing, F.lit(now)).alias("missing_since"), F.lit(run_id).alias("run_id"))
+    if first_load:
+        append(locator, "file_inventory", changes)
+        return
+    listed = ("file_size", "modification_time", "etag", "changed_at", "missing_since", "run_id")
     (
-        target.alias("t").merge(seen.alias("s"), "t.path = s.path")
-        .whenMatchedUpdate(condition=changed, set={c: f"s.{c}" for c in (
-            "file_size", "modification_time", "etag", "changed_at", "missing_since", "run_id")})
-        .whenNotMatchedInsertAll()
-        .whenNotMatchedBySourceUpdate(condition=f"t.missing_since IS NULL AND ({under_roots})",
-                                      set={"missing_since": F.lit(now), "run_id": F.lit(run_id)})
+        delta_table(spark, locator, "file_inventory").alias("t")
+        .merge(conform(changes, FILE_INVENTORY, carry=["state"]).alias("s"), "t.path = s.path")
+        .whenMatchedUpdate(condition=f"s.state = '{_State.MISSING.value}'",
+                           set={"missing_since": "s.missing_since", "run_id": "s.run_id"})
+        .whenMatchedUpdate(set={c: f"s.{c}" for c in listed})
+        .whenNotMatchedInsert(values={f"`{c}`": f"s.`{c}`" for c in FILE_INVENTORY.schema.fieldNames()})
         .execute()
     )
-    return read_table(spark, locator, "file_inventory").where(F.col("missing_since") == F.lit(now)).count()
-
-
-def _sql_string(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("'", "\\'")
 
 
 def extract(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: str | None = None
             ) -> ExtractSummary:
-    """Run the extract stage: list, read what is new or changed, MERGE results, update the inventory."""
+    """Run the extract stage: list, read what is new or changed, write the verdicts, update the inventory."""
     run_id = run_id or uuid.uuid4().hex
     started = time.monotonic()
-    listing = _listing(spark, settings).persist()
-    discovered = listing.count()
-    to_read = _to_read(spark, locator, listing, settings.extract.full_refresh).persist()
-    count = to_read.count()
+    listed = list(list_files(settings.sources))
+    plan = _plan(spark, locator, _listing(spark, listed), settings).persist()
+    states = {row["state"]: row["count"] for row in plan.groupBy("state").count().collect()}
+    count = sum(states.get(s, 0) for s in _TO_READ)
     partitions = _partitions(spark, count, settings.extract.files_per_partition)
-    log.info("extract: %d files listed, %d to read in %d tasks", discovered, count, partitions)
+    log.info("extract: %d files listed, %d to read in %d tasks", len(listed), count, partitions)
     instances = quarantined = bytes_read = file_bytes = 0
     read_seconds = 0.0
     if count:
+        to_read = plan.where(F.col("state").isin(*_TO_READ)).select(*_FILE_FIELDS)
         files_done = spark.sparkContext.accumulator(0)
         read_started = time.monotonic()
         with _Progress(files_done, count):
-            # Materialised once: every MERGE below must see the same verdict for each file.
+            # Materialised once: every write below must see the same verdict for each file.
             results = read_headers(to_read.repartition(partitions, "path"), settings, files_done).localCheckpoint(
                 eager=True)
         read_seconds = time.monotonic() - read_started
-        bytes_read, file_bytes = results.agg(F.sum("bytes_read"), F.sum("file_size")).first()
         verdicts = _with_duplicates(spark, locator, results)
-        read_now = dict(verdicts.join(results.select("path"), "path", "left_semi").groupBy("outcome").count().collect())
-        instances = read_now.get(Outcome.INSTANCE.value, 0)
-        quarantined = read_now.get(Outcome.QUARANTINE.value, 0)
-        _merge_results(spark, locator, verdicts, run_id)
-    missing = _update_inventory(spark, locator, listing, run_id, settings.sources.roots,
-                                dict(settings.sources.storage_options))
-    listing.unpersist()
-    to_read.unpersist()
+        outcomes = {row["outcome"]: row for row in verdicts.join(results.select("path"), "path", "left_semi")
+                    .groupBy("outcome").agg(F.count("*").alias("files"), F.sum("bytes_read").alias("bytes_read"),
+                                            F.sum("file_size").alias("file_bytes")).collect()}
+        instances = outcomes[Outcome.INSTANCE.value]["files"] if Outcome.INSTANCE.value in outcomes else 0
+        quarantined = count - instances
+        bytes_read = sum(row["bytes_read"] or 0 for row in outcomes.values())
+        file_bytes = sum(row["file_bytes"] or 0 for row in outcomes.values())
+        _write_results(spark, locator, verdicts, run_id)
+    missing = states.get(_State.MISSING.value, 0)
+    changed = states.get(_State.NEW.value, 0) + states.get(_State.CHANGED.value, 0) + missing
+    if changed:  # a run that found nothing new leaves the inventory as it was
+        _update_inventory(spark, locator, plan, run_id, first_load=states.keys() == {_State.NEW.value})
+    plan.unpersist()
     seconds = time.monotonic() - started
-    summary = ExtractSummary(run_id, discovered, count, instances, quarantined, missing, seconds, read_seconds,
+    summary = ExtractSummary(run_id, len(listed), count, instances, quarantined, missing, seconds, read_seconds,
                              bytes_read, file_bytes)
     log.info("extract: %d instances, %d quarantined, %d missing, %.1f files/s", instances, quarantined,
              missing, summary.files_per_second)
     return summary
-

@@ -21,6 +21,7 @@ from micdm.schema import CDM_TABLES, TABLES, TableDef
 
 __all__ = [
     "TableLocator",
+    "append",
     "conform",
     "create_table",
     "delta_table",
@@ -164,7 +165,16 @@ def merge_or_delete(spark: SparkSession, locator: TableLocator, name: str, rows:
 
 def overwrite(locator: TableLocator, name: str, rows: DataFrame) -> None:
     """Replace a table's rows in one Delta commit (for tables rebuilt whole from their inputs)."""
-    writer = conform(rows, TABLES[name]).write.format("delta").mode("overwrite")
+    _write(locator, name, rows, "overwrite")
+
+
+def append(locator: TableLocator, name: str, rows: DataFrame) -> None:
+    """Add rows in one Delta commit; only for rows whose keys the caller knows the table does not hold."""
+    _write(locator, name, rows, "append")
+
+
+def _write(locator: TableLocator, name: str, rows: DataFrame, mode: str) -> None:
+    writer = conform(rows, TABLES[name]).write.format("delta").mode(mode)
     path = locator.path(name)
     if path is not None:
         writer.save(path)
