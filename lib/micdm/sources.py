@@ -6,6 +6,7 @@ changed since the last run is found by comparing the listing with the file_inven
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import fnmatch
 import functools
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import fsspec
+import fsspec.asyn
 from fsspec.core import url_to_fs
 
 from micdm.config import SourceSettings
@@ -136,11 +138,47 @@ def read_first_blocks(paths: list[str], sizes: list[int], block_size: int, stora
                 except OSError as error:
                     return error
             blocks = list(pool.map(read, zip(stripped, ends, strict=True)))
+        elif _is_s3(fs):
+            blocks = fsspec.asyn.sync(fs.loop, _presigned_first_blocks, fs, stripped, ends, concurrency)
         else:
             blocks = fs.cat_ranges(stripped, [0] * len(stripped), ends, batch_size=concurrency, on_error="return")
         for index, block in zip(indexes, blocks, strict=True):
             found[index] = block
     return found
+
+
+def _is_s3(fs: fsspec.AbstractFileSystem) -> bool:
+    return type(fs).__name__ == "S3FileSystem" and hasattr(fs, "_url")
+
+
+_HTTP_ERRORS: dict[int, type[OSError]] = {403: PermissionError, 404: FileNotFoundError}
+
+
+async def _presigned_first_blocks(fs: Any, keys: list[str], ends: list[int], concurrency: int
+                                  ) -> list[bytes | BaseException]:
+    """Ranged GETs of presigned URLs over one aiohttp session.
+
+    s3fs signs and parses every request through botocore, about 1.8 ms of CPU each; a presigned URL
+    (signed by s3fs's own client, so credentials, region and endpoint are the same) and a plain GET cost
+    a third of that, which matters with a million files. Errors never quote the URL: it carries a signature.
+    """
+    import aiohttp  # installed with s3fs (the s3 extra)
+
+    urls = [await fs._url(key, expires=3600) if end else None for key, end in zip(keys, ends, strict=True)]
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+
+        async def get(url: str | None, end: int) -> bytes | BaseException:
+            if url is None:
+                return b""
+            try:
+                async with session.get(url, headers={"Range": f"bytes=0-{end - 1}"}) as response:
+                    if response.status in (200, 206):
+                        return (await response.read())[:end]
+                    return _HTTP_ERRORS.get(response.status, OSError)(f"HTTP {response.status} from the object store")
+            except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as error:
+                return OSError(f"{type(error).__name__} reading from the object store")
+
+        return list(await asyncio.gather(*(get(url, end) for url, end in zip(urls, ends, strict=True))))
 
 
 def with_first_block(first: bytes | BaseException, fetch: Fetch) -> Fetch:
