@@ -221,13 +221,16 @@ def _with_duplicates(spark: SparkSession, locator: TableLocator, results: DataFr
     with reason duplicate_sop_instance, whether they were read now or stored by an earlier run.
     """
     fresh = results.where(F.col("outcome") == Outcome.INSTANCE.value)
+    stored_table = read_table(spark, locator, "dicom_instance")
     stored = (
-        read_table(spark, locator, "dicom_instance")
+        stored_table
         .join(fresh.select("sop_instance_uid").distinct(), "sop_instance_uid", "left_semi")
         .join(results.select("path"), "path", "left_anti")
         .withColumn("outcome", F.lit(Outcome.INSTANCE.value))
     )
-    keys = fresh.select("sop_instance_uid", "path").unionByName(stored.select("sop_instance_uid", "path"))
+    keys = fresh.select("sop_instance_uid", "path")
+    if stored_table.take(1):  # a first load has nothing stored to compare with: no join over it
+        keys = keys.unionByName(stored.select("sop_instance_uid", "path"))
     shared_uids = keys.groupBy("sop_instance_uid").count().where(F.col("count") > 1).select("sop_instance_uid")
     if not shared_uids.take(1):  # the usual case: nothing to resolve, no window over the headers
         return results
