@@ -1,10 +1,11 @@
 """Extract stage: discovered files -> dicom_instance (bronze) + dicom_quarantine, on Spark.
 
-Each Spark task takes a batch of paths and reads their headers with a thread pool (object-storage
-latency hides behind the threads; parsing is pure Python in dicom/). Every file given to a task comes
-back as one row, an instance or a quarantine reason, so nothing can fall through the cracks. The
-inventory of seen files is updated last: a crash before that point makes the next run read the
-same files again, and the MERGEs keyed on path make that harmless.
+Each Spark task takes a batch of paths; a helper thread fetches the first block of the next chunk of
+files (many concurrent ranged GETs on object storage) while the task parses the current chunk (pure
+Python in dicom/). Every file given to a task comes back as one row, an instance or a quarantine
+reason, so nothing can fall through the cracks. The inventory of seen files is updated last: a crash
+before that point makes the next run read the same files again, and the MERGEs keyed on path make
+that harmless.
 """
 
 from __future__ import annotations
@@ -114,12 +115,12 @@ def _batch_reader(options: ReadOptions, storage_options: dict[str, Any], concurr
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         quiet_pydicom()  # before the threads start: it changes process-wide settings
-        with ThreadPoolExecutor(max_workers=concurrency) as readers, ThreadPoolExecutor(max_workers=1) as ahead:
+        with ThreadPoolExecutor(max_workers=1) as ahead:
 
             def first_blocks(chunk: list[dict[str, Any]]) -> list[bytes | BaseException | None]:
                 try:
                     return list(read_first_blocks([f["path"] for f in chunk], [f["file_size"] for f in chunk],
-                                                  options.block_size, storage_options, concurrency, readers))
+                                                  options.block_size, storage_options, concurrency))
                 except Exception:  # each file then fetches (and retries) on its own
                     return [None] * len(chunk)
 

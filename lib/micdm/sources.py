@@ -12,7 +12,6 @@ import fnmatch
 import functools
 import posixpath
 from collections.abc import Callable, Iterator
-from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,11 +115,12 @@ Fetch = Callable[[int, int], bytes]
 
 
 def read_first_blocks(paths: list[str], sizes: list[int], block_size: int, storage_options: dict[str, Any],
-                      concurrency: int, pool: Executor) -> list[bytes | BaseException]:
+                      concurrency: int) -> list[bytes | BaseException]:
     """The first block of each file, many reads in flight at once; a failed read's error takes its place.
 
     Object stores get one batch of concurrent ranged GETs (fsspec's ``cat_ranges``) per filesystem, which
-    costs far less per file than one blocking request each; local files are read by ``pool``'s threads.
+    costs far less per file than one blocking request each. Local files are read one after the other: the
+    caller runs this beside the parsing, and more threads would only contend for the GIL.
     """
     found: list[bytes | BaseException] = [b""] * len(paths)
     groups: dict[int, tuple[fsspec.AbstractFileSystem, list[int], list[str]]] = {}
@@ -137,7 +137,7 @@ def read_first_blocks(paths: list[str], sizes: list[int], block_size: int, stora
                     return _read_range(item[0], 0, item[1])
                 except OSError as error:
                     return error
-            blocks = list(pool.map(read, zip(stripped, ends, strict=True)))
+            blocks = [read(item) for item in zip(stripped, ends, strict=True)]
         elif _is_s3(fs):
             blocks = fsspec.asyn.sync(fs.loop, _presigned_first_blocks, fs, stripped, ends, concurrency)
         else:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -16,8 +15,7 @@ def test_first_blocks_in_order_with_errors_in_place(tmp_path: Path) -> None:
     large.write_bytes(bytes(range(256)) * 10)
     gone = tmp_path / "gone.bin"
     paths = [str(large), str(gone), str(small)]
-    with ThreadPoolExecutor(4) as pool:
-        blocks = read_first_blocks(paths, [2560, 100, 3], 1000, {}, 4, pool)
+    blocks = read_first_blocks(paths, [2560, 100, 3], 1000, {}, 4)
     assert blocks[0] == large.read_bytes()[:1000]
     assert isinstance(blocks[1], FileNotFoundError)
     assert blocks[2] == b"abc"
