@@ -14,13 +14,16 @@ from types import TracebackType
 __all__ = ["SeaweedFS", "free_port"]
 
 
-def free_port() -> int:
-    """A port free on 127.0.0.1 together with port + 10000 (where SeaweedFS puts its gRPC listener)."""
+def free_port(taken: set[int] | frozenset[int] = frozenset()) -> int:
+    """A port free on 127.0.0.1 together with port + 10000 (where SeaweedFS puts its gRPC listener).
+
+    Neither may meet a port in ``taken`` or its gRPC twin: SeaweedFS refuses such a set of ports.
+    """
     for _ in range(50):
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
-        if port + 10000 >= 65536:
+        if port + 10000 >= 65536 or {port, port + 10000} & {p + d for p in taken for d in (0, 10000)}:
             continue
         with socket.socket() as grpc:
             try:
@@ -46,7 +49,9 @@ class SeaweedFS:
         self.key = "micdm-test"
         self.secret = "micdm-test-secret"  # a local throwaway server's credential, not a real one
         self._timeout = start_timeout
-        self._ports = {name: free_port() for name in ("master", "volume", "filer", "s3", "admin")}
+        self._ports: dict[str, int] = {}
+        for name in ("master", "volume", "filer", "s3", "admin"):
+            self._ports[name] = free_port(set(self._ports.values()))
         self.endpoint_url = f"http://127.0.0.1:{self._ports['s3']}"
         self._process: subprocess.Popen[bytes] | None = None
 

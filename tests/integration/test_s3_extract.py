@@ -77,3 +77,23 @@ def test_bytes_fetched_from_the_server(seaweedfs, export) -> None:
     assert result["outcome"] == "instance"
     assert sum(fetched) == result["bytes_read"] <= 65536 < size
     assert os.environ.get("AWS_SECRET_ACCESS_KEY") != seaweedfs["secret"]  # credentials stay in the test
+
+
+def test_first_blocks_through_presigned_urls(seaweedfs, export) -> None:
+    """Keys signed on one probed endpoint (SigV4) fetch what s3fs fetches, awkward characters included."""
+    import fsspec.asyn
+    from fsspec.core import url_to_fs
+
+    from micdm import sources
+
+    fs = export["fs"]
+    fs.pipe({"dicom/odd names/a b+c~d.dcm": b"0123456789" * 10})
+    keys = ["dicom/odd names/a b+c~d.dcm", "dicom/export/multiframe.dcm"]
+    storage = {k: seaweedfs[k] for k in ("endpoint_url", "key", "secret")}
+    s3, _ = url_to_fs("s3://dicom", **storage)
+    urls = fsspec.asyn.sync(s3.loop, sources._presigned_urls, s3, keys)
+    assert all("X-Amz-Signature=" in url for url in urls)  # signed here, not one by one by s3fs
+    blocks = sources.read_first_blocks([f"s3://{k}" for k in [*keys, "dicom/absent.dcm"]], [100, 2**27, 10], 64,
+                                       storage, 4)
+    assert blocks[:2] == [fs.cat_file(keys[0], start=0, end=64), fs.cat_file(keys[1], start=0, end=64)]
+    assert isinstance(blocks[2], FileNotFoundError) and "X-Amz" not in str(blocks[2])
