@@ -270,7 +270,7 @@ _SIMPLE_CHARSETS = {None: "latin-1", "": "latin-1", "ISO_IR 6": "latin-1", "ISO_
 def _text_values(vr: str, text: str) -> list[Any]:
     if vr in _SINGLE_TEXT_VRS:
         return [text]
-    items = [item.strip("\x00 ") for item in text.split("\\")]
+    items = [item.strip("\x00 ") for item in text.split("\\")] if "\\" in text else [text.lstrip("\x00 ")]
     if vr in _NUMBER_TEXT_VRS:
         return [int(float(i)) if vr == "IS" else float(i) for i in items if i]
     if vr == "PN":
@@ -288,11 +288,20 @@ def _person_name(value: str) -> dict[str, str]:
     return dict(zip(("Alphabetic", "Ideographic", "Phonetic"), components, strict=False))
 
 
+_TEXT_VRS = _MULTI_TEXT_VRS | _SINGLE_TEXT_VRS | _NUMBER_TEXT_VRS.keys() | {"PN"}
+
+
 def _fast_json(raw: RawDataElement, charset: str | None) -> dict[str, Any] | None:
     """DICOM JSON of a raw element of a common VR, or None when pydicom should do it."""
     vr, value = raw.VR or dictionary_vr(raw.tag), raw.value
     if value is None or vr is None:
         return None
+    if vr in _TEXT_VRS:  # the most common by far: tested first
+        codec = charset if vr in _CHARSET_VRS else "latin-1"
+        if codec is None:
+            return None
+        text = value.decode(codec).rstrip("\x00 ")
+        return {"vr": vr, "Value": _text_values(vr, text)} if text else {"vr": vr}
     if vr in _BINARY_VRS:
         if not value:
             return {"vr": vr}
@@ -306,11 +315,6 @@ def _fast_json(raw: RawDataElement, charset: str | None) -> dict[str, Any] | Non
         if len(value) > (_BULK_THRESHOLD // 4) * 3:
             return {"vr": vr, "BulkDataURI": ""}
         return {"vr": vr, "InlineBinary": base64.b64encode(value).decode("ascii")}
-    if vr in _MULTI_TEXT_VRS or vr in _SINGLE_TEXT_VRS or vr in _NUMBER_TEXT_VRS or vr == "PN":
-        if vr in _CHARSET_VRS and charset is None:
-            return None
-        text = value.decode(charset if vr in _CHARSET_VRS else "latin-1").rstrip("\x00 ")
-        return {"vr": vr, "Value": _text_values(vr, text)} if text else {"vr": vr}
     return None
 
 

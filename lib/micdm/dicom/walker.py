@@ -33,6 +33,8 @@ _LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b
 _KNOWN_VRS = _LONG_VRS | frozenset({
     b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO", b"LT", b"PN", b"SH", b"SL",
     b"SS", b"ST", b"TM", b"UI", b"UL", b"US"})
+#: Explicit VR bytes -> (VR name, whether its length takes 4 bytes): one lookup per element.
+_VR_FORMS = {vr: (vr.decode(), vr in _LONG_VRS) for vr in _KNOWN_VRS}
 
 _explicit_head = struct.Struct("<HH2sH").unpack_from
 _implicit_head = struct.Struct("<HHL").unpack_from
@@ -92,7 +94,8 @@ class _Walk:
 
     def element_head(self, pos: int, implicit: bool) -> tuple[int, str | None, int, int]:
         """(tag, VR, length, value offset) of the element at ``pos``; VR is None with implicit VR, as in pydicom."""
-        self.need(pos + 8)
+        if pos + 12 > self.limit:
+            self.need(pos + 8)
         if implicit:
             group, element, length = _implicit_head(self.buffer, pos)
             return group << 16 | element, None, length, pos + 8
@@ -100,12 +103,13 @@ class _Walk:
         if group == 0xFFFE:  # item and delimitation tags carry no VR in either encoding
             group, element, length = _implicit_head(self.buffer, pos)
             return group << 16 | element, None, length, pos + 8
-        if vr in _LONG_VRS:
-            self.need(pos + 12)
-            return group << 16 | element, vr.decode(), _long_length(self.buffer, pos + 8)[0], pos + 12
-        if vr not in _KNOWN_VRS:
+        form = _VR_FORMS.get(vr)
+        if form is None:
             raise NotWalkable(f"unknown VR {vr!r}")
-        return group << 16 | element, vr.decode(), length, pos + 8
+        if form[1]:
+            self.need(pos + 12)
+            return group << 16 | element, form[0], _long_length(self.buffer, pos + 8)[0], pos + 12
+        return group << 16 | element, form[0], length, pos + 8
 
     def elements(self, pos: int, implicit: bool, top: bool, into: dict[BaseTag, RawDataElement] | None) -> int:
         """Walk elements from ``pos``; returns the offset reached.
@@ -113,9 +117,9 @@ class _Walk:
         At the top level the walk stops before the pixel data element or at the end of the file; inside an
         item of undefined length it stops after the item delimiter.
         """
-        buffer = self.buffer
-        while pos < self.limit or not top:
-            tag, vr, length, value_at = self.element_head(pos, implicit)
+        buffer, limit, head = self.buffer, self.limit, self.element_head
+        while pos < limit or not top:
+            tag, vr, length, value_at = head(pos, implicit)
             if tag == _ITEM_END and not top:
                 return value_at
             if top and tag in _PIXEL_TAGS:
@@ -128,7 +132,8 @@ class _Walk:
                 vr = "SQ"
             else:
                 value_end = next_pos = value_at + length
-                self.need(value_end)
+                if value_end > limit:
+                    self.need(value_end)
             if into is not None:
                 key = BaseTag(tag)
                 into[key] = RawDataElement(key, vr, length, buffer[value_at:value_end], value_at, implicit, True)
