@@ -201,7 +201,8 @@ async def _presigned_first_blocks(fs: Any, keys: list[str], ends: list[int], con
     and a plain GET cost a fraction of that, which matters with a million files. Errors never quote
     the URL: it carries a signature.
     """
-    import aiohttp  # installed with s3fs (the s3 extra)
+    import aiohttp  # installed with s3fs (the s3 extra), like yarl
+    import yarl
 
     wanted = [index for index, end in enumerate(ends) if end]
     urls: list[str | None] = [None] * len(keys)
@@ -213,7 +214,8 @@ async def _presigned_first_blocks(fs: Any, keys: list[str], ends: list[int], con
             if url is None:
                 return b""
             try:
-                async with session.get(url, headers={"Range": f"bytes=0-{end - 1}"}) as response:
+                signed = yarl.URL(url, encoded=True)  # sent exactly as signed, never re-quoted
+                async with session.get(signed, headers={"Range": f"bytes=0-{end - 1}"}) as response:
                     if response.status in (200, 206):
                         return (await response.read())[:end]
                     return _HTTP_ERRORS.get(response.status, OSError)(f"HTTP {response.status} from the object store")

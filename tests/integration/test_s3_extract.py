@@ -87,8 +87,8 @@ def test_first_blocks_through_presigned_urls(seaweedfs, export) -> None:
     from micdm import sources
 
     fs = export["fs"]
-    fs.pipe({"dicom/odd names/a b+c~d.dcm": b"0123456789" * 10})
-    keys = ["dicom/odd names/a b+c~d.dcm", "dicom/export/multiframe.dcm"]
+    fs.pipe({"dicom/odd names/a b+c~d%20é.dcm": b"0123456789" * 10})
+    keys = ["dicom/odd names/a b+c~d%20é.dcm", "dicom/export/multiframe.dcm"]
     storage = {k: seaweedfs[k] for k in ("endpoint_url", "key", "secret")}
     s3, _ = url_to_fs("s3://dicom", **storage)
     urls = fsspec.asyn.sync(s3.loop, sources._presigned_urls, s3, keys)
