@@ -95,6 +95,9 @@ def list_files(settings: SourceSettings) -> Iterator[DiscoveredFile]:
             )
 
 
+Fetch = Callable[[int, int], bytes]
+
+
 def _read_range(path: str, start: int, end: int) -> bytes:
     with open(path, "rb") as handle:
         handle.seek(start)
@@ -113,16 +116,14 @@ def opener(path: str, storage_options: dict[str, Any]) -> Fetch:
     return fetch_remote
 
 
-Fetch = Callable[[int, int], bytes]
-
-
 def read_first_blocks(paths: list[str], sizes: list[int], block_size: int, storage_options: dict[str, Any],
                       concurrency: int) -> list[bytes | BaseException]:
     """The first block of each file, many reads in flight at once; a failed read's error takes its place.
 
-    Object stores get one batch of concurrent ranged GETs (fsspec's ``cat_ranges``) per filesystem, which
-    costs far less per file than one blocking request each. Local files are read one after the other: the
-    caller runs this beside the parsing, and more threads would only contend for the GIL.
+    Object stores get one batch of ``concurrency`` concurrent ranged GETs per filesystem (presigned URLs on
+    S3, fsspec's ``cat_ranges`` elsewhere), which costs far less per file than one blocking request each.
+    Local files are read one after the other: the caller runs this beside the parsing, and more threads
+    would only contend for the GIL.
     """
     found: list[bytes | BaseException] = [b""] * len(paths)
     groups: dict[int, tuple[fsspec.AbstractFileSystem, list[int], list[str]]] = {}
@@ -134,12 +135,7 @@ def read_first_blocks(paths: list[str], sizes: list[int], block_size: int, stora
     for fs, indexes, stripped in groups.values():
         ends = [min(sizes[i], block_size) for i in indexes]
         if _is_local(fs):
-            def read(item: tuple[str, int]) -> bytes | BaseException:
-                try:
-                    return _read_range(item[0], 0, item[1])
-                except OSError as error:
-                    return error
-            blocks = [read(item) for item in zip(stripped, ends, strict=True)]
+            blocks = [_read_or_error(path, end) for path, end in zip(stripped, ends, strict=True)]
         elif _is_s3(fs):
             blocks = fsspec.asyn.sync(fs.loop, _presigned_first_blocks, fs, stripped, ends, concurrency)
         else:
@@ -147,6 +143,13 @@ def read_first_blocks(paths: list[str], sizes: list[int], block_size: int, stora
         for index, block in zip(indexes, blocks, strict=True):
             found[index] = block
     return found
+
+
+def _read_or_error(path: str, end: int) -> bytes | BaseException:
+    try:
+        return _read_range(path, 0, end)
+    except OSError as error:
+        return error
 
 
 def _is_s3(fs: fsspec.AbstractFileSystem) -> bool:
