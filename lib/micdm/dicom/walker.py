@@ -120,7 +120,9 @@ class _Walk:
         buffer, limit, head = self.buffer, self.limit, self.element_head
         while pos < limit or not top:
             tag, vr, length, value_at = head(pos, implicit)
-            if tag == _ITEM_END and not top:
+            if tag == _ITEM_END:
+                if top:  # pydicom ends the data set here; leave such a file to it
+                    raise NotWalkable("item delimiter outside a sequence")
                 return value_at
             if top and tag in _PIXEL_TAGS:
                 return pos
