@@ -215,11 +215,13 @@ def _plan(spark: SparkSession, locator: TableLocator, listing: DataFrame, settin
             .join(retry, "path", "left").withColumn("state", state).where(F.col("state").isNotNull()))
 
 
-def _with_duplicates(spark: SparkSession, locator: TableLocator, results: DataFrame) -> DataFrame:
+def _with_duplicates(spark: SparkSession, locator: TableLocator, results: DataFrame, repeats_within: bool
+                     ) -> DataFrame:
     """The results, plus stored instances, with every SOPInstanceUID held by one file only.
 
     The first path (in sort order) of a UID stays an instance; the other files become quarantine rows
     with reason duplicate_sop_instance, whether they were read now or stored by an earlier run.
+    ``repeats_within`` says whether a UID repeats among the results themselves.
     """
     fresh = results.where(F.col("outcome") == Outcome.INSTANCE.value)
     stored_table = read_table(spark, locator, "dicom_instance")
@@ -230,8 +232,10 @@ def _with_duplicates(spark: SparkSession, locator: TableLocator, results: DataFr
         .withColumn("outcome", F.lit(Outcome.INSTANCE.value))
     )
     keys = fresh.select("sop_instance_uid", "path")
-    if stored_table.take(1):  # a first load has nothing stored to compare with: no join over it
+    if stored_table.take(1):
         keys = keys.unionByName(stored.select("sop_instance_uid", "path"))
+    elif not repeats_within:  # the usual first load: nothing to resolve, no further job
+        return results
     shared_uids = keys.groupBy("sop_instance_uid").count().where(F.col("count") > 1).select("sop_instance_uid")
     if not shared_uids.take(1):  # the usual case: nothing to resolve, no window over the headers
         return results
@@ -260,11 +264,13 @@ def _with_duplicates(spark: SparkSession, locator: TableLocator, results: DataFr
         duplicates, allowMissingColumns=True).localCheckpoint(eager=True)
 
 
-def _write_results(spark: SparkSession, locator: TableLocator, verdicts: DataFrame, run_id: str) -> None:
+def _write_results(spark: SparkSession, locator: TableLocator, verdicts: DataFrame, run_id: str,
+                   instances: int, quarantined: int) -> None:
     """Each file's row goes to the table of its outcome and leaves the other one.
 
-    When no path of this run is in either table yet (a first load, new files) the rows are appended;
-    otherwise one MERGE per table moves each path to where its verdict puts it.
+    When no path of this run is in either table yet (a first load, new files) the rows are appended,
+    ``instances`` and ``quarantined`` of them (an empty append would still cost a commit); otherwise one
+    MERGE per table moves each path to where its verdict puts it.
     """
     now = F.current_timestamp()
     rows = verdicts.withColumns({"extracted_at": now, "quarantined_at": now, "run_id": F.lit(run_id)})
@@ -275,8 +281,10 @@ def _write_results(spark: SparkSession, locator: TableLocator, verdicts: DataFra
         merge_or_delete(spark, locator, "dicom_instance", rows, ["path"], keep=is_instance)
         merge_or_delete(spark, locator, "dicom_quarantine", rows, ["path"], keep=~is_instance)
     else:
-        append(locator, "dicom_instance", rows.where(is_instance))
-        append(locator, "dicom_quarantine", rows.where(~is_instance))
+        if instances:
+            append(locator, "dicom_instance", rows.where(is_instance))
+        if quarantined:
+            append(locator, "dicom_quarantine", rows.where(~is_instance))
 
 
 def _update_inventory(spark: SparkSession, locator: TableLocator, plan: DataFrame, run_id: str,
@@ -324,15 +332,16 @@ def extract(spark: SparkSession, locator: TableLocator, settings: Settings, run_
             results = read_headers(to_read.repartition(partitions, "path"), settings, files_done).localCheckpoint(
                 eager=True)
         read_seconds = time.monotonic() - read_started
-        verdicts = _with_duplicates(spark, locator, results)
-        outcomes = {row["outcome"]: row for row in verdicts.join(results.select("path"), "path", "left_semi")
-                    .groupBy("outcome").agg(F.count("*").alias("files"), F.sum("bytes_read").alias("bytes_read"),
-                                            F.sum("file_size").alias("file_bytes")).collect()}
-        instances = outcomes[Outcome.INSTANCE.value]["files"] if Outcome.INSTANCE.value in outcomes else 0
+        is_instance = F.col("outcome") == Outcome.INSTANCE.value
+        read = results.agg(F.count_if(is_instance).alias("instances"),
+                           F.count_distinct(F.when(is_instance, F.col("sop_instance_uid"))).alias("uids"),
+                           F.sum("bytes_read").alias("bytes_read"), F.sum("file_size").alias("file_bytes")).first()
+        bytes_read, file_bytes = read["bytes_read"] or 0, read["file_bytes"] or 0
+        verdicts = _with_duplicates(spark, locator, results, repeats_within=read["uids"] < read["instances"])
+        instances = read["instances"] if verdicts is results else (
+            verdicts.join(results.select("path"), "path", "left_semi").where(is_instance).count())
         quarantined = count - instances
-        bytes_read = sum(row["bytes_read"] or 0 for row in outcomes.values())
-        file_bytes = sum(row["file_bytes"] or 0 for row in outcomes.values())
-        _write_results(spark, locator, verdicts, run_id)
+        _write_results(spark, locator, verdicts, run_id, instances, quarantined)
     missing = states.get(_State.MISSING.value, 0)
     changed = states.get(_State.NEW.value, 0) + states.get(_State.CHANGED.value, 0) + missing
     if changed:  # a run that found nothing new leaves the inventory as it was
