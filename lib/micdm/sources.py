@@ -76,16 +76,22 @@ def root_prefix(root: str, storage_options: dict[str, Any]) -> str:
     return root_path if local else fs.unstrip_protocol(root_path)
 
 
+def _relative(path: str, base: str) -> str:
+    """``path`` below ``base`` (which ends with a slash); a slice, as relpath costs more than the listing."""
+    return path[len(base):] if path.startswith(base) else posixpath.relpath(path, base)
+
+
 def list_files(settings: SourceSettings) -> Iterator[DiscoveredFile]:
     """Every file under the roots that the include/exclude globs select, with size, mtime and etag."""
     for root in settings.roots:
         fs, root_path, local = _resolve_root(root, settings.storage_options)
         found = fs.find(root_path, detail=True)
+        base = root_path.rstrip("/") + "/"
+        select_all = settings.include == ("**",) and not settings.exclude
         for path, info in sorted(found.items()):
             if info.get("type") not in (None, "file"):
                 continue
-            relative = posixpath.relpath(path, root_path.rstrip("/") or "/")
-            if not _selected(relative, settings.include, settings.exclude):
+            if not select_all and not _selected(_relative(path, base), settings.include, settings.exclude):
                 continue
             yield DiscoveredFile(
                 path=path if local else fs.unstrip_protocol(path),
