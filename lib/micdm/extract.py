@@ -119,8 +119,8 @@ def _batch_reader(options: ReadOptions, storage_options: dict[str, Any], concurr
 
             def first_blocks(chunk: list[dict[str, Any]]) -> list[bytes | BaseException | None]:
                 try:
-                    return list(read_first_blocks([f["path"] for f in chunk], [f["file_size"] for f in chunk],
-                                                  options.block_size, storage_options, concurrency))
+                    return read_first_blocks([f["path"] for f in chunk], [f["file_size"] for f in chunk],
+                                             options.block_size, storage_options, concurrency)
                 except Exception:  # each file then fetches (and retries) on its own
                     return [None] * len(chunk)
 
