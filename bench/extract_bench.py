@@ -136,6 +136,7 @@ def _extract(spark, settings, cold: bool = False) -> dict[str, float]:
         "bytes_read_over_header_bytes": summary.bytes_read / header_bytes if header_bytes else 0.0,
         "share_within_header_plus_64k": within / max(summary.instances, 1),
         "page_cache_dropped": dropped,
+        "phase_seconds": summary.phase_seconds,
     }
 
 
@@ -295,6 +296,8 @@ def _markdown(results: dict) -> str:
         f"(growth {r['peak_rss_growth_kib_with_1gb_file']} KiB); bytes read of the 1 GB file: "
         f"{results['micdm_1gb_file']['bytes_read']}",
     ]
+    phases = ", ".join(f"{name} {seconds:.1f}" for name, seconds in local["phase_seconds"].items())
+    lines.append(f"- where the cold local run's seconds went: {phases}")
     if "seaweedfs_vs_local" in r:
         lines.append(f"- SeaweedFS / local: {r['seaweedfs_vs_local']:.2f} (target >= 0.5)")
     return "\n".join(lines) + "\n"

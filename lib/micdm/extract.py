@@ -10,6 +10,7 @@ that harmless.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import enum
 import logging
@@ -19,7 +20,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -33,7 +34,7 @@ from micdm.config import Settings
 from micdm.dicom.reader import Outcome, QuarantineReason, ReadOptions, extract_file, quiet_pydicom
 from micdm.schema import EXTRACT_RESULT, FILE_INVENTORY
 from micdm.sources import DiscoveredFile, list_files, opener, read_first_blocks, root_prefix, with_first_block
-from micdm.tables import TableLocator, append, conform, delta_table, merge_or_delete, read_table
+from micdm.tables import TableLocator, append, conform, delta_table, may_have_rows, merge_or_delete, read_table
 
 __all__ = ["ExtractSummary", "extract", "read_headers"]
 
@@ -53,13 +54,34 @@ class ExtractSummary:
     quarantined: int
     missing: int
     seconds: float
-    read_seconds: float = 0.0
     bytes_read: int = 0
     file_bytes: int = 0
+    phase_seconds: dict[str, float] = field(default_factory=dict)
+    """Wall time of each phase (list, plan, read, verdicts, write, inventory): where a run's time went."""
 
     @property
     def files_per_second(self) -> float:
         return self.to_read / self.seconds if self.seconds else 0.0
+
+    @property
+    def read_seconds(self) -> float:
+        return self.phase_seconds.get("read", 0.0)
+
+
+class _Phases:
+    """Times the phases of one run into a dict, and logs each at DEBUG."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.monotonic() - started
+            log.debug("extract: %s took %.2fs", name, self.seconds[name])
 
 
 class _Progress:
@@ -215,13 +237,14 @@ def _plan(spark: SparkSession, locator: TableLocator, listing: DataFrame, settin
             .join(retry, "path", "left").withColumn("state", state).where(F.col("state").isNotNull()))
 
 
-def _with_duplicates(spark: SparkSession, locator: TableLocator, results: DataFrame, repeats_within: bool
-                     ) -> DataFrame:
+def _with_duplicates(spark: SparkSession, locator: TableLocator, results: DataFrame, repeats_within: bool,
+                     any_stored: bool) -> DataFrame:
     """The results, plus stored instances, with every SOPInstanceUID held by one file only.
 
     The first path (in sort order) of a UID stays an instance; the other files become quarantine rows
     with reason duplicate_sop_instance, whether they were read now or stored by an earlier run.
-    ``repeats_within`` says whether a UID repeats among the results themselves.
+    ``repeats_within`` says whether a UID repeats among the results themselves, ``any_stored`` whether
+    dicom_instance may hold rows.
     """
     fresh = results.where(F.col("outcome") == Outcome.INSTANCE.value)
     stored_table = read_table(spark, locator, "dicom_instance")
@@ -232,7 +255,7 @@ def _with_duplicates(spark: SparkSession, locator: TableLocator, results: DataFr
         .withColumn("outcome", F.lit(Outcome.INSTANCE.value))
     )
     keys = fresh.select("sop_instance_uid", "path")
-    if stored_table.take(1):
+    if any_stored:
         keys = keys.unionByName(stored.select("sop_instance_uid", "path"))
     elif not repeats_within:  # the usual first load: nothing to resolve, no further job
         return results
@@ -265,10 +288,11 @@ def _with_duplicates(spark: SparkSession, locator: TableLocator, results: DataFr
 
 
 def _write_results(spark: SparkSession, locator: TableLocator, verdicts: DataFrame, run_id: str,
-                   instances: int, quarantined: int) -> None:
+                   instances: int, quarantined: int, any_stored: bool) -> None:
     """Each file's row goes to the table of its outcome and leaves the other one.
 
-    When no path of this run is in either table yet (a first load, new files) the rows are appended,
+    When no path of this run is in either table yet (``any_stored`` false: a first load; or new files) the
+    rows are appended,
     ``instances`` and ``quarantined`` of them (an empty append would still cost a commit); otherwise one
     MERGE per table moves each path to where its verdict puts it.
     """
@@ -277,7 +301,7 @@ def _write_results(spark: SparkSession, locator: TableLocator, verdicts: DataFra
     is_instance = F.col("outcome") == Outcome.INSTANCE.value
     stored = read_table(spark, locator, "dicom_instance").select("path").unionByName(
         read_table(spark, locator, "dicom_quarantine").select("path"))
-    if stored.join(verdicts.select("path"), "path", "left_semi").take(1):
+    if any_stored and stored.join(verdicts.select("path"), "path", "left_semi").take(1):
         merge_or_delete(spark, locator, "dicom_instance", rows, ["path"], keep=is_instance)
         merge_or_delete(spark, locator, "dicom_quarantine", rows, ["path"], keep=~is_instance)
     else:
@@ -315,41 +339,52 @@ def extract(spark: SparkSession, locator: TableLocator, settings: Settings, run_
     """Run the extract stage: list, read what is new or changed, write the verdicts, update the inventory."""
     run_id = run_id or uuid.uuid4().hex
     started = time.monotonic()
-    listed = list(list_files(settings.sources))
-    plan = _plan(spark, locator, _listing(spark, listed), settings).persist()
-    states = {row["state"]: row["count"] for row in plan.groupBy("state").count().collect()}
+    phase = _Phases()
+    with phase("list"):
+        listed = list(list_files(settings.sources))
+    with phase("plan"):
+        stored = {name: may_have_rows(spark, locator, name)
+                  for name in ("file_inventory", "dicom_instance", "dicom_quarantine")}
+        if any(stored.values()):
+            plan = _plan(spark, locator, _listing(spark, listed), settings).persist()
+            states = {row["state"]: row["count"] for row in plan.groupBy("state").count().collect()}
+        else:  # a first load: every listed file is new, no join with empty tables
+            plan = _listing(spark, listed).withColumn("state", F.lit(_State.NEW.value))
+            states = {_State.NEW.value: len(listed)} if listed else {}
     count = sum(states.get(s, 0) for s in _TO_READ)
     partitions = _partitions(spark, count, settings.extract.files_per_partition)
     log.info("extract: %d files listed, %d to read in %d tasks", len(listed), count, partitions)
     instances = quarantined = bytes_read = file_bytes = 0
-    read_seconds = 0.0
     if count:
         to_read = plan.where(F.col("state").isin(*_TO_READ)).select(*_FILE_FIELDS)
         files_done = spark.sparkContext.accumulator(0)
-        read_started = time.monotonic()
-        with _Progress(files_done, count):
+        with phase("read"), _Progress(files_done, count):
             # Materialised once: every write below must see the same verdict for each file.
             results = read_headers(to_read.repartition(partitions, "path"), settings, files_done).localCheckpoint(
                 eager=True)
-        read_seconds = time.monotonic() - read_started
-        is_instance = F.col("outcome") == Outcome.INSTANCE.value
-        read = results.agg(F.count_if(is_instance).alias("instances"),
-                           F.count_distinct(F.when(is_instance, F.col("sop_instance_uid"))).alias("uids"),
-                           F.sum("bytes_read").alias("bytes_read"), F.sum("file_size").alias("file_bytes")).first()
-        bytes_read, file_bytes = read["bytes_read"] or 0, read["file_bytes"] or 0
-        verdicts = _with_duplicates(spark, locator, results, repeats_within=read["uids"] < read["instances"])
-        instances = read["instances"] if verdicts is results else (
-            verdicts.join(results.select("path"), "path", "left_semi").where(is_instance).count())
+        with phase("verdicts"):
+            is_instance = F.col("outcome") == Outcome.INSTANCE.value
+            read = results.agg(F.count_if(is_instance).alias("instances"),
+                               F.count_distinct(F.when(is_instance, F.col("sop_instance_uid"))).alias("uids"),
+                               F.sum("bytes_read").alias("bytes_read"), F.sum("file_size").alias("file_bytes")).first()
+            bytes_read, file_bytes = read["bytes_read"] or 0, read["file_bytes"] or 0
+            verdicts = _with_duplicates(spark, locator, results, repeats_within=read["uids"] < read["instances"],
+                                        any_stored=stored["dicom_instance"])
+            instances = read["instances"] if verdicts is results else (
+                verdicts.join(results.select("path"), "path", "left_semi").where(is_instance).count())
         quarantined = count - instances
-        _write_results(spark, locator, verdicts, run_id, instances, quarantined)
+        with phase("write"):
+            _write_results(spark, locator, verdicts, run_id, instances, quarantined,
+                           any_stored=stored["dicom_instance"] or stored["dicom_quarantine"])
     missing = states.get(_State.MISSING.value, 0)
     changed = states.get(_State.NEW.value, 0) + states.get(_State.CHANGED.value, 0) + missing
     if changed:  # a run that found nothing new leaves the inventory as it was
-        _update_inventory(spark, locator, plan, run_id, first_load=states.keys() == {_State.NEW.value})
+        with phase("inventory"):
+            _update_inventory(spark, locator, plan, run_id, first_load=states.keys() == {_State.NEW.value})
     plan.unpersist()
     seconds = time.monotonic() - started
-    summary = ExtractSummary(run_id, len(listed), count, instances, quarantined, missing, seconds, read_seconds,
-                             bytes_read, file_bytes)
+    summary = ExtractSummary(run_id, len(listed), count, instances, quarantined, missing, seconds, bytes_read,
+                             file_bytes, phase.seconds)
     log.info("extract: %d instances, %d quarantined, %d missing, %.1f files/s", instances, quarantined,
              missing, summary.files_per_second)
     return summary

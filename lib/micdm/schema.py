@@ -76,6 +76,11 @@ class TableDef:
     name: str
     layer: str
     schema: StructType
+    stats_columns: tuple[str, ...] = ()
+    """The columns Delta keeps min/max statistics for (file skipping); empty means Delta's default.
+
+    Wide tables name their keys here: statistics on every column cost more per write than the rest of it.
+    """
 
     @property
     def required_columns(self) -> list[str]:
@@ -97,7 +102,7 @@ class TableDef:
         return ", ".join(f"`{f.name}` {ddl_type(f)}{'' if f.nullable else ' NOT NULL'}" for f in self.schema.fields)
 
 
-def table(name: str, layer: str, columns: str) -> TableDef:
+def table(name: str, layer: str, columns: str, stats_columns: tuple[str, ...] = ()) -> TableDef:
     """Declare a table from lines of ``name  type  [required]``."""
     fields = []
     for line in columns.strip().splitlines():
@@ -111,7 +116,11 @@ def table(name: str, layer: str, columns: str) -> TableDef:
         spark_type, length = _parse_type(declared)
         metadata = {MAX_LENGTH_KEY: length} if length is not None else {}
         fields.append(StructField(column, spark_type, nullable=not required, metadata=metadata))
-    return TableDef(name, layer, StructType(fields))
+    schema = StructType(fields)
+    unknown = set(stats_columns) - set(schema.fieldNames())
+    if unknown:
+        raise ValueError(f"table {name!r}: statistics on unknown columns {sorted(unknown)}")
+    return TableDef(name, layer, schema, stats_columns)
 
 
 def max_length(field: StructField) -> int | None:
@@ -370,7 +379,7 @@ FILE_INVENTORY = table("file_inventory", "bronze", _FILE_COLUMNS + """
     changed_at           datetime   required
     missing_since        datetime
     run_id               string     required
-""")
+""", stats_columns=("path",))
 
 DICOM_INSTANCE = table("dicom_instance", "bronze", _FILE_COLUMNS + """
     bytes_read           bigint
@@ -378,7 +387,7 @@ DICOM_INSTANCE = table("dicom_instance", "bronze", _FILE_COLUMNS + """
 """ + _HEADER_COLUMNS + """
     extracted_at         datetime   required
     run_id               string     required
-""")
+""", stats_columns=("path", "sop_instance_uid", "study_instance_uid", "series_instance_uid"))
 
 DICOM_QUARANTINE = table("dicom_quarantine", "bronze", _FILE_COLUMNS + """
     bytes_read           bigint
@@ -387,7 +396,7 @@ DICOM_QUARANTINE = table("dicom_quarantine", "bronze", _FILE_COLUMNS + """
     signature            string
     quarantined_at       datetime   required
     run_id               string     required
-""")
+""", stats_columns=("path", "reason"))
 
 DICOM_SERIES = table("dicom_series", "silver", """
     series_instance_uid        string         required

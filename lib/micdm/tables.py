@@ -27,6 +27,7 @@ __all__ = [
     "delta_table",
     "init_tables",
     "load_csv",
+    "may_have_rows",
     "merge_into",
     "merge_or_delete",
     "overwrite",
@@ -88,7 +89,10 @@ def create_table(spark: SparkSession, locator: TableLocator, table: TableDef) ->
     if created:
         if locator.storage.catalog:
             spark.sql(f"CREATE SCHEMA IF NOT EXISTS `{locator.storage.catalog}`.`{locator.schema_of(table.name)}`")
-        spark.sql(f"CREATE TABLE IF NOT EXISTS {ref} ({table.ddl_columns()}) USING DELTA")
+        properties = ""
+        if table.stats_columns:
+            properties = f" TBLPROPERTIES ('delta.dataSkippingStatsColumns' = '{','.join(table.stats_columns)}')"
+        spark.sql(f"CREATE TABLE IF NOT EXISTS {ref} ({table.ddl_columns()}) USING DELTA{properties}")
     else:
         actual = [(f.name, f.dataType.simpleString()) for f in spark.table(ref).schema.fields]
         expected = [(f.name, f.dataType.simpleString()) for f in table.schema.fields]
@@ -103,6 +107,11 @@ def create_table(spark: SparkSession, locator: TableLocator, table: TableDef) ->
 def init_tables(spark: SparkSession, locator: TableLocator, names: Iterable[str] | None = None) -> dict[str, bool]:
     """Create every table (or the named ones) idempotently; returns name -> created now."""
     return {name: create_table(spark, locator, TABLES[name]) for name in (names or TABLES)}
+
+
+def may_have_rows(spark: SparkSession, locator: TableLocator, name: str) -> bool:
+    """False only when the table holds no data file: read from the Delta log, without a scan."""
+    return delta_table(spark, locator, name).detail().first()["numFiles"] > 0
 
 
 def read_table(spark: SparkSession, locator: TableLocator, name: str) -> DataFrame:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from pyspark.sql import Row
 
+from micdm import schema
 from micdm.schema import TABLES
 from micdm.tables import TableLocator, init_tables, read_table
 
@@ -30,6 +31,18 @@ def test_init_creates_every_table_with_its_schema(spark, settings) -> None:
             (f.name, f.dataType, f.nullable) for f in table.schema.fields], name
     again = init_tables(spark, locator)
     assert not any(again.values()), "a second init must create nothing"
+
+
+def test_wide_tables_keep_statistics_on_their_keys_only(spark, settings) -> None:
+    locator = TableLocator(settings.storage)
+    init_tables(spark, locator, ["dicom_instance", "image_occurrence"])
+    properties = {r.key: r.value for r in spark.sql(f"SHOW TBLPROPERTIES {locator.ref('dicom_instance')}").collect()}
+    assert properties["delta.dataSkippingStatsColumns"] == ",".join(TABLES["dicom_instance"].stats_columns)
+    assert TABLES["dicom_instance"].stats_columns[0] == "path"
+    plain = {r.key for r in spark.sql(f"SHOW TBLPROPERTIES {locator.ref('image_occurrence')}").collect()}
+    assert "delta.dataSkippingStatsColumns" not in plain
+    with pytest.raises(ValueError, match="statistics on unknown columns"):
+        schema.table("broken", "bronze", "path string required", stats_columns=("paht",))
 
 
 def test_delta_rejects_null_in_required_column_and_overlong_uid(spark, settings) -> None:
