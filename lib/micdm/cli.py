@@ -36,6 +36,7 @@ def _parser() -> argparse.ArgumentParser:
         ("link", "link series to person, procedure and visit"),
         ("occurrence", "write image_occurrence"),
         ("features", "write measurement + image_feature rows"),
+        ("publish", "offer the spec tables under the published MI-CDM 1.0 names (publish.mode)"),
     ):
         commands.add_parser(stage, parents=[common], help=text)
     commands.add_parser("run", parents=[common], help="run every stage in order")
@@ -50,11 +51,16 @@ def _print_table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> None:
 
 
 def _summary(spark: object, settings: Settings) -> None:
-    from micdm.pipeline import table_counts
+    from micdm.pipeline import latest_link_report, table_counts
 
     counts = table_counts(spark, settings, _SUMMARY_TABLES)  # type: ignore[arg-type]
     print()
     _print_table([(name, str(n), where) for name, (n, where) in counts.items()], ("table", "rows", "location"))
+    report = latest_link_report(spark, settings)  # type: ignore[arg-type]
+    if report:
+        print()
+        _print_table([(kind, name, str(series), str(studies)) for kind, name, series, studies in report],
+                     ("linkage", "rule / reason", "series", "studies"))
 
 
 def _synth(spark: object, settings: Settings, load: bool) -> None:
@@ -62,7 +68,7 @@ def _synth(spark: object, settings: Settings, load: bool) -> None:
     from micdm.tables import TableLocator, init_tables, load_csv
 
     cfg = settings.synth
-    summary = generate(cfg.out, cfg.patients, cfg.seed, cfg.pixels)
+    summary = generate(cfg.out, cfg.patients, cfg.seed, cfg.pixels, cfg.max_instances_per_series)
     print(f"synth: {summary.patients} patients, {summary.studies} studies, {summary.series} series, "
           f"{summary.instances} instances ({summary.bytes_written / 1e6:.1f} MB) in {summary.out}/dicom")
     if load:

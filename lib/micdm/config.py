@@ -22,6 +22,7 @@ __all__ = [
     "ExtractSettings",
     "FeatureSettings",
     "OccurrenceSettings",
+    "PublishSettings",
     "Settings",
     "SourceSettings",
     "SparkSettings",
@@ -76,13 +77,31 @@ class ExtractSettings:
 _DATE_SOURCES = ("series_date", "study_date", "acquisition_date", "content_date")
 
 
+_PERSON_FIELDS = ("patient_id", "issuer")
+_PLACEHOLDER = re.compile(r"{([^{}]*)}")
+#: procedure_occurrence columns an accession number can be matched against.
+_ACCESSION_COLUMNS = ("procedure_source_value", "modifier_source_value")
+
+
+def _check_table_name(key: str, value: str | None) -> None:
+    if value is not None and not _IDENTIFIER.fullmatch(value):
+        raise ConfigError(f"{key}: {value!r} is not a plain table name (letters, digits, underscore)")
+
+
 @dataclass(frozen=True)
 class OccurrenceSettings:
     date_order: tuple[str, ...] = _DATE_SOURCES
     wadors_root: str | None = None
+    person_source_value: str = "{patient_id}"
+    person_crosswalk: str | None = None
+    accession_column: str = "procedure_source_value"
+    accession_crosswalk: str | None = None
     link_window_days: int = 0
+    procedure_concepts: dict[str, tuple[int, ...]] = field(default_factory=dict)
     missing_procedure: Literal["create", "exception"] = "create"
     procedure_type_concept_id: int = 32817
+    anatomy_vocabulary: Literal["shipped", "site"] = "shipped"
+    local_path_rewrite: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         unknown = [d for d in self.date_order if d not in _DATE_SOURCES]
@@ -90,6 +109,20 @@ class OccurrenceSettings:
             raise ConfigError(
                 f"occurrence.date_order: {list(self.date_order)!r} must list some of {list(_DATE_SOURCES)}"
             )
+        fields = _PLACEHOLDER.findall(self.person_source_value)
+        if "patient_id" not in fields or set(fields) - set(_PERSON_FIELDS):
+            raise ConfigError(
+                f"occurrence.person_source_value: {self.person_source_value!r} must contain {{patient_id}} and "
+                f"no placeholder but {{patient_id}} and {{issuer}}, e.g. '{{issuer}}:{{patient_id}}'"
+            )
+        if self.accession_column not in _ACCESSION_COLUMNS:
+            raise ConfigError(
+                f"occurrence.accession_column: {self.accession_column!r} is not one of {list(_ACCESSION_COLUMNS)}"
+            )
+        if self.link_window_days < 0:
+            raise ConfigError(f"occurrence.link_window_days: must be 0 or more, got {self.link_window_days!r}")
+        _check_table_name("occurrence.person_crosswalk", self.person_crosswalk)
+        _check_table_name("occurrence.accession_crosswalk", self.accession_crosswalk)
 
 
 @dataclass(frozen=True)
@@ -117,10 +150,23 @@ class SynthSettings:
     patients: int = 24
     seed: int = 7
     pixels: Literal["realistic", "small", "none"] = "small"
+    max_instances_per_series: int | None = None
 
     def __post_init__(self) -> None:
         if self.patients < 1:
             raise ConfigError(f"synth.patients: must be at least 1, got {self.patients!r}")
+        if self.max_instances_per_series is not None and self.max_instances_per_series < 1:
+            raise ConfigError(f"synth.max_instances_per_series: must be at least 1, got "
+                              f"{self.max_instances_per_series!r}")
+
+
+@dataclass(frozen=True)
+class PublishSettings:
+    mode: Literal["none", "view", "table"] = "none"
+    schema: str = "micdm_mi_cdm"
+
+    def __post_init__(self) -> None:
+        _check_table_name("publish.schema", self.schema)
 
 
 @dataclass(frozen=True)
@@ -137,8 +183,14 @@ class Settings:
     occurrence: OccurrenceSettings = field(default_factory=OccurrenceSettings)
     features: FeatureSettings = field(default_factory=FeatureSettings)
     synth: SynthSettings = field(default_factory=SynthSettings)
+    publish: PublishSettings = field(default_factory=PublishSettings)
     spark: SparkSettings = field(default_factory=SparkSettings)
     validation: Literal["ignore", "warn", "raise"] = "warn"
+
+    def __post_init__(self) -> None:
+        if self.publish.mode == "view" and not self.storage.catalog:
+            raise ConfigError("publish.mode: 'view' needs storage.catalog (a metastore to hold the views); "
+                              "use 'table' with a local warehouse")
 
 
 def _type_name(hint: Any) -> str:

@@ -346,7 +346,9 @@ def extract(spark: SparkSession, locator: TableLocator, settings: Settings, run_
         stored = {name: may_have_rows(spark, locator, name)
                   for name in ("file_inventory", "dicom_instance", "dicom_quarantine")}
         if any(stored.values()):
-            plan = _plan(spark, locator, _listing(spark, listed), settings).persist()
+            # Not cached: a no-op run only counts it, and a recomputation gives the same states (NEW and
+            # CHANGED win over RETRY, and the inventory is changed last).
+            plan = _plan(spark, locator, _listing(spark, listed), settings)
             states = {row["state"]: row["count"] for row in plan.groupBy("state").count().collect()}
         else:  # a first load: every listed file is new, no join with empty tables
             plan = _listing(spark, listed).withColumn("state", F.lit(_State.NEW.value))
@@ -381,7 +383,6 @@ def extract(spark: SparkSession, locator: TableLocator, settings: Settings, run_
     if changed:  # a run that found nothing new leaves the inventory as it was
         with phase("inventory"):
             _update_inventory(spark, locator, plan, run_id, first_load=states.keys() == {_State.NEW.value})
-    plan.unpersist()
     seconds = time.monotonic() - started
     summary = ExtractSummary(run_id, len(listed), count, instances, quarantined, missing, seconds, bytes_read,
                              file_bytes, phase.seconds)

@@ -3,84 +3,149 @@
 Linkage is decided per study, so that every series of a study (the images, their SR, their SEG) ends
 on the same procedure. Rules, in order:
 
-1. ``accession``: AccessionNumber = procedure_occurrence.procedure_source_value, same person;
+1. ``accession``: the study's AccessionNumber equals the procedure's accession (a procedure_occurrence
+   column, or the site's crosswalk table), same person; the nearest date, then the lowest id, wins;
 2. ``window``: same person, procedure_date within ``link_window_days`` of the image date, procedure
-   concept matching the modality; the nearest date wins, then the lowest procedure_occurrence_id;
+   concept compatible with the modality, procedure not claimed by an accession link; the nearest date
+   wins, then the lowest procedure_occurrence_id;
 3. ``created``: a procedure_occurrence row made from the study (policy ``create``), or an exception
    (policy ``exception``).
+
+Series that cannot be linked are never dropped: each gets a row in link_exception with the reason.
 """
 
 from __future__ import annotations
 
+import enum
+import re
 from dataclasses import dataclass
 
-from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from micdm.config import Settings
+from micdm.config import OccurrenceSettings, Settings
 from micdm.ids import assign_ids
-from micdm.tables import TableLocator, merge_into, overwrite, read_table
-from micdm.vocab import modality_procedures
+from micdm.tables import TableLocator, append, merge_into, overwrite, read_table, site_table
+from micdm.vocab import compatible_procedures, modality_procedures
 
-__all__ = ["LinkInputs", "link_studies", "run_link", "study_keys"]
+__all__ = ["ExceptionReason", "LinkInputs", "LinkRule", "link_studies", "person_key", "run_link", "study_keys"]
 
 _NON_IMAGE_MODALITIES = ("SR", "SEG", "KO", "PR", "RWV", "ANN", "REG", "DOC")
 
 
+class LinkRule(str, enum.Enum):
+    ACCESSION = "accession"
+    WINDOW = "window"
+    CREATED = "created"
+
+
+class ExceptionReason(str, enum.Enum):
+    """Why a series has no image_occurrence row."""
+
+    PERSON_NOT_FOUND = "person_not_found"
+    PERSON_AMBIGUOUS = "person_ambiguous"
+    NO_IMAGE_DATE = "no_image_date"
+    NO_MATCHING_PROCEDURE = "no_matching_procedure"
+
+
+_DETAILS = {
+    ExceptionReason.PERSON_NOT_FOUND: "no person matches the study's PatientID (and issuer, where configured)",
+    ExceptionReason.PERSON_AMBIGUOUS: "several persons match the study's PatientID",
+    ExceptionReason.NO_IMAGE_DATE: "none of the configured header dates is present",
+    ExceptionReason.NO_MATCHING_PROCEDURE: "no procedure matched and occurrence.missing_procedure is 'exception'",
+}
+
+
 @dataclass(frozen=True)
 class LinkInputs:
+    """What linkage reads: silver series and the site's CDM rows (already filtered to the site's own)."""
+
     series: DataFrame
-    person: DataFrame
-    procedure: DataFrame
-    visit: DataFrame
-    modality_map: DataFrame
+    persons: DataFrame
+    """patient_id, issuer_of_patient_id (NULL: any issuer), person_id: from the crosswalk or person."""
+    procedures: DataFrame
+    """procedure_occurrence_id, person_id, procedure_date, procedure_concept_id, accession_number."""
+    compatible: DataFrame
+    """modality, procedure_concept_id: what the window rule accepts."""
 
 
 def study_keys(series: DataFrame) -> DataFrame:
-    """One row per study: patient, accession, the imaging modality and the earliest image date."""
+    """One row per study: patient, issuer, accession, the imaging modality and the earliest image date."""
     imaging = F.when(~F.col("modality").isin(*_NON_IMAGE_MODALITIES), F.col("modality"))
     return series.groupBy("study_instance_uid").agg(
         F.mode("patient_id").alias("patient_id"),
+        F.mode("issuer_of_patient_id").alias("issuer_of_patient_id"),
         F.mode("accession_number").alias("accession_number"),
         F.coalesce(F.mode(imaging), F.mode("modality")).alias("modality"),
         F.min("image_date").alias("image_date"),
     )
 
 
-def _first_by(frame: DataFrame, key: str, *order: str) -> DataFrame:
+def person_key(template: str, patient_id: Column, issuer: Column) -> Column:
+    """person_source_value as the template spells it; NULL when a part it names is missing."""
+    parts: list[Column] = []
+    for literal, name in re.findall(r"([^{}]*)(?:{(\w+)})?", template):
+        if literal:
+            parts.append(F.lit(literal))
+        if name:
+            parts.append(patient_id if name == "patient_id" else issuer)
+    return F.concat(*parts)
+
+
+def _first_by(frame: DataFrame, key: str, *order: str | Column) -> DataFrame:
     rank = F.row_number().over(Window.partitionBy(key).orderBy(*order))
     return frame.withColumn("_rank", rank).where("_rank = 1").drop("_rank")
 
 
+def _resolve_persons(studies: DataFrame, persons: DataFrame) -> DataFrame:
+    """Adds person_id and person_matches (0, 1, or more: ambiguous) per study.
+
+    A crosswalk row naming the study's issuer beats one that leaves the issuer open.
+    """
+    candidates = studies.select("study_instance_uid", "patient_id", "issuer_of_patient_id").join(
+        persons.select(F.col("patient_id").alias("c_patient"), F.col("issuer_of_patient_id").alias("c_issuer"),
+                       "person_id"),
+        (F.col("patient_id") == F.col("c_patient"))
+        & (F.col("c_issuer").isNull() | (F.col("c_issuer") == F.col("issuer_of_patient_id"))),
+    ).withColumn("_specific", F.col("c_issuer").isNotNull().cast("int"))
+    best = candidates.groupBy("study_instance_uid").agg(F.max("_specific").alias("_specific"))
+    matched = candidates.join(best, ["study_instance_uid", "_specific"]).groupBy("study_instance_uid").agg(
+        F.count_distinct("person_id").alias("person_matches"), F.min("person_id").alias("_person"))
+    return studies.join(matched, "study_instance_uid", "left").withColumns({
+        "person_matches": F.coalesce("person_matches", F.lit(0)),
+        "person_id": F.when(F.col("person_matches") == 1, F.col("_person")),
+    }).drop("_person")
+
+
 def link_studies(inputs: LinkInputs, window_days: int) -> DataFrame:
-    """Per study: person_id, procedure_occurrence_id (NULL when no rule matched), link_rule."""
-    persons = _first_by(inputs.person.select("person_source_value", "person_id"), "person_source_value",
-                        "person_id")
-    studies = study_keys(inputs.series).join(
-        persons, F.col("patient_id") == F.col("person_source_value"), "left"
-    ).drop("person_source_value")
-    procedures = inputs.procedure.select("procedure_occurrence_id", F.col("person_id").alias("p_person"),
-                                         "procedure_source_value", "procedure_date", "procedure_concept_id")
+    """Per study: person_id, person_matches, procedure_occurrence_id (NULL when no rule matched), link_rule."""
+    studies = _resolve_persons(study_keys(inputs.series), inputs.persons)
+    procedures = inputs.procedures.select("procedure_occurrence_id", F.col("person_id").alias("p_person"),
+                                          "procedure_date", "procedure_concept_id",
+                                          F.col("accession_number").alias("p_accession"))
+    distance = F.abs(F.datediff("procedure_date", "image_date"))
     by_accession = _first_by(
         studies.join(procedures, (F.col("person_id") == F.col("p_person"))
-                     & (F.col("accession_number") == F.col("procedure_source_value"))),
-        "study_instance_uid", "procedure_occurrence_id",
-    ).select("study_instance_uid", "procedure_occurrence_id", F.lit("accession").alias("link_rule"))
-    compatible = procedures.join(inputs.modality_map, "procedure_concept_id")
-    candidates = studies.join(by_accession.select("study_instance_uid"), "study_instance_uid", "left_anti").join(
-        compatible,
-        (F.col("person_id") == F.col("p_person"))
-        & (studies["modality"] == compatible["modality"])
-        & (F.abs(F.datediff("procedure_date", "image_date")) <= window_days),
-    ).withColumn("_distance", F.abs(F.datediff("procedure_date", "image_date")))
+                     & (F.col("accession_number") == F.col("p_accession"))).withColumn("_distance", distance),
+        "study_instance_uid", F.col("_distance").asc_nulls_last(), "procedure_occurrence_id",
+    ).select("study_instance_uid", "procedure_occurrence_id", F.lit(LinkRule.ACCESSION.value).alias("link_rule"))
+    claimed = by_accession.select("procedure_occurrence_id")
+    candidates = (
+        studies.join(by_accession.select("study_instance_uid"), "study_instance_uid", "left_anti")
+        .join(procedures.join(claimed, "procedure_occurrence_id", "left_anti").join(
+            inputs.compatible.withColumnRenamed("modality", "p_modality"), "procedure_concept_id"),
+            (F.col("person_id") == F.col("p_person")) & (F.col("modality") == F.col("p_modality"))
+            & (distance <= window_days))
+        .withColumn("_distance", distance)
+    )
     by_window = _first_by(candidates, "study_instance_uid", "_distance", "procedure_occurrence_id").select(
-        "study_instance_uid", "procedure_occurrence_id", F.lit("window").alias("link_rule"))
+        "study_instance_uid", "procedure_occurrence_id", F.lit(LinkRule.WINDOW.value).alias("link_rule"))
     return studies.join(by_accession.unionByName(by_window), "study_instance_uid", "left")
 
 
-def _visits(links: DataFrame, visit: DataFrame, procedure: DataFrame) -> DataFrame:
-    """The person's visit containing the image date, else the linked procedure's visit."""
-    containing = _first_by(
+def _containing_visits(links: DataFrame, visit: DataFrame) -> DataFrame:
+    """study_instance_uid -> the person's visit containing the image date (earliest start, lowest id)."""
+    return _first_by(
         links.select("study_instance_uid", "person_id", "image_date").join(
             visit.select(F.col("person_id").alias("v_person"), "visit_occurrence_id", "visit_start_date",
                          "visit_end_date"),
@@ -89,76 +154,124 @@ def _visits(links: DataFrame, visit: DataFrame, procedure: DataFrame) -> DataFra
         ),
         "study_instance_uid", "visit_start_date", "visit_occurrence_id",
     ).select("study_instance_uid", F.col("visit_occurrence_id").alias("containing_visit"))
-    of_procedure = procedure.select("procedure_occurrence_id", F.col("visit_occurrence_id").alias("procedure_visit"))
-    return (
-        links.join(containing, "study_instance_uid", "left")
-        .join(of_procedure, "procedure_occurrence_id", "left")
-        .withColumn("visit_occurrence_id", F.coalesce("containing_visit", "procedure_visit"))
-        .drop("containing_visit", "procedure_visit")
-    )
 
 
 def _create_procedures(spark: SparkSession, locator: TableLocator, settings: Settings, unlinked: DataFrame,
-                       modality_map: DataFrame, procedure: DataFrame) -> DataFrame:
-    """Allocate and write one procedure_occurrence per unlinked study; returns study -> procedure id."""
-    floor = procedure.agg(F.max("procedure_occurrence_id")).first()[0] or 0
+                       floor: int) -> DataFrame:
+    """Allocate and write one procedure_occurrence per unlinked study; returns study -> procedure id.
+
+    Ids come from id_map keyed on the study UID, above ``floor`` (the site's highest id), so a re-run
+    re-uses them.
+    """
     ids = assign_ids(spark, locator, "procedure_occurrence",
                      unlinked.select(F.col("study_instance_uid").alias("natural_key")), floor=floor)
-    created = unlinked.join(ids, unlinked["study_instance_uid"] == ids["natural_key"]).join(
-        modality_map, "modality", "left")
+    concept = _first_by(modality_procedures(spark), "modality", "procedure_concept_id")
+    created = unlinked.join(ids, unlinked["study_instance_uid"] == ids["natural_key"]).join(concept, "modality",
+                                                                                               "left")
     rows = created.select(
         F.col("id").alias("procedure_occurrence_id"),
         "person_id",
         F.coalesce("procedure_concept_id", F.lit(0)).alias("procedure_concept_id"),
         F.col("image_date").alias("procedure_date"),
         F.lit(settings.occurrence.procedure_type_concept_id).alias("procedure_type_concept_id"),
+        F.col("containing_visit").alias("visit_occurrence_id"),
         # varchar(50): the accession number, else the tail of the study UID (UIDs run to 64 characters)
-        F.coalesce("accession_number", F.expr("right(study_instance_uid, 50)")).alias("procedure_source_value"),
+        F.coalesce(F.substring("accession_number", 1, 50), F.expr("right(study_instance_uid, 50)"))
+        .alias("procedure_source_value"),
     )
     merge_into(spark, locator, "procedure_occurrence", rows, ["procedure_occurrence_id"])
-    return rows.select("procedure_occurrence_id").join(
-        ids.select(F.col("natural_key").alias("study_instance_uid"), F.col("id").alias("procedure_occurrence_id")),
-        "procedure_occurrence_id",
-    )
+    return created.select("study_instance_uid", F.col("id").alias("_created"))
 
 
-def run_link(spark: SparkSession, locator: TableLocator, settings: Settings) -> dict[str, int]:
-    """Link every series; rebuild series_link; returns counts per rule and exception reason."""
-    # Procedures micdm created on earlier runs are not the site's evidence: they are re-derived below.
+def _site_persons(spark: SparkSession, locator: TableLocator, cfg: OccurrenceSettings) -> DataFrame:
+    """patient_id, issuer_of_patient_id, person_id: the crosswalk, or person_source_value read backwards.
+
+    Without a crosswalk, the template is applied to each study (see person_key) and compared with
+    person_source_value; here that comparison is set up by keying persons on their source value.
+    """
+    if cfg.person_crosswalk:
+        return site_table(spark, locator, cfg.person_crosswalk).select(
+            F.col("patient_id").cast("string"), F.col("issuer_of_patient_id").cast("string"),
+            F.col("person_id").cast("int"))
+    return read_table(spark, locator, "person").select(
+        F.col("person_source_value").alias("patient_id"), F.lit(None).cast("string").alias("issuer_of_patient_id"),
+        "person_id")
+
+
+def _site_procedures(spark: SparkSession, locator: TableLocator, cfg: OccurrenceSettings) -> DataFrame:
+    """The site's own procedures (not those micdm created) with the accession number each carries."""
     ours = read_table(spark, locator, "id_map").where(F.col("namespace") == "procedure_occurrence")
-    site_procedures = read_table(spark, locator, "procedure_occurrence").join(
+    procedures = read_table(spark, locator, "procedure_occurrence").join(
         ours.select(F.col("id").alias("procedure_occurrence_id")), "procedure_occurrence_id", "left_anti")
-    inputs = LinkInputs(
-        series=read_table(spark, locator, "dicom_series"),
-        person=read_table(spark, locator, "person"),
-        procedure=site_procedures,
-        visit=read_table(spark, locator, "visit_occurrence"),
-        modality_map=modality_procedures(spark),
+    if cfg.accession_crosswalk:
+        crosswalk = site_table(spark, locator, cfg.accession_crosswalk).select(
+            F.col("accession_number").cast("string"), F.col("procedure_occurrence_id").cast("int"))
+        return procedures.join(crosswalk, "procedure_occurrence_id", "left")
+    return procedures.withColumn("accession_number", F.col(cfg.accession_column))
+
+
+def _series_links(series: DataFrame, links: DataFrame) -> DataFrame:
+    exception = (
+        F.when(F.col("person_matches") == 0, F.lit(ExceptionReason.PERSON_NOT_FOUND.value))
+        .when(F.col("person_matches") > 1, F.lit(ExceptionReason.PERSON_AMBIGUOUS.value))
+        .when(F.col("image_date").isNull(), F.lit(ExceptionReason.NO_IMAGE_DATE.value))
+        .when(F.col("procedure_occurrence_id").isNull(), F.lit(ExceptionReason.NO_MATCHING_PROCEDURE.value))
     )
-    links = link_studies(inputs, settings.occurrence.link_window_days).localCheckpoint(eager=True)
+    return series.select(F.col("series_instance_uid").alias("image_series_uid"), "study_instance_uid").join(
+        links, "study_instance_uid", "left").select(
+        "image_series_uid", F.col("study_instance_uid").alias("image_study_uid"), "person_id",
+        "procedure_occurrence_id", "visit_occurrence_id",
+        F.when(exception.isNull(), F.col("link_rule")).alias("link_rule"), exception.alias("exception_reason"),
+        F.current_timestamp().alias("updated_at"),
+    )
+
+
+def _report(series_links: DataFrame, run_id: str) -> DataFrame:
+    kind = F.when(F.col("exception_reason").isNull(), F.lit("rule")).otherwise(F.lit("exception"))
+    return series_links.groupBy(kind.alias("kind"), F.coalesce("link_rule", "exception_reason").alias("name")).agg(
+        F.count(F.lit(1)).cast("int").alias("series"), F.count_distinct("image_study_uid").cast("int").alias("studies"),
+    ).select(F.lit(run_id).alias("run_id"), F.current_timestamp().alias("reported_at"), "kind", "name", "series",
+             "studies")
+
+
+def run_link(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: str) -> dict[str, int]:
+    """Link every series; rebuild series_link and link_exception; append to link_report.
+
+    Returns series counts per rule and per exception reason.
+    """
+    cfg = settings.occurrence
+    series = read_table(spark, locator, "dicom_series").withColumn(
+        "patient_id", person_key(cfg.person_source_value, F.col("patient_id"), F.col("issuer_of_patient_id"))
+        if not cfg.person_crosswalk else F.col("patient_id"))
+    site_procedures = _site_procedures(spark, locator, cfg)
+    inputs = LinkInputs(series=series, persons=_site_persons(spark, locator, cfg), procedures=site_procedures,
+                        compatible=compatible_procedures(spark, cfg.procedure_concepts))
+    links = link_studies(inputs, cfg.link_window_days)
+    links = links.join(_containing_visits(links, read_table(spark, locator, "visit_occurrence")),
+                       "study_instance_uid", "left").localCheckpoint(eager=True)
     unlinked = links.where(F.col("procedure_occurrence_id").isNull() & F.col("person_id").isNotNull()
                            & F.col("image_date").isNotNull())
-    if settings.occurrence.missing_procedure == "create" and unlinked.take(1):
-        created = _create_procedures(spark, locator, settings, unlinked, inputs.modality_map, inputs.procedure)
-        links = links.join(created.withColumnRenamed("procedure_occurrence_id", "_created"), "study_instance_uid",
-                           "left").select(
-            *[c for c in links.columns if c not in ("procedure_occurrence_id", "link_rule")],
-            F.coalesce("procedure_occurrence_id", "_created").alias("procedure_occurrence_id"),
-            F.when(F.col("link_rule").isNotNull(), F.col("link_rule"))
-            .when(F.col("_created").isNotNull(), F.lit("created")).alias("link_rule"),
-        )
-    links = _visits(links, read_table(spark, locator, "visit_occurrence"),
-                    read_table(spark, locator, "procedure_occurrence"))
-    exception = (
-        F.when(F.col("person_id").isNull(), F.lit("person_not_found"))
-        .when(F.col("image_date").isNull(), F.lit("no_image_date"))
-        .when(F.col("procedure_occurrence_id").isNull(), F.lit("no_matching_procedure"))
-    )
-    series_links = inputs.series.select(F.col("series_instance_uid").alias("image_series_uid"),
-                                        "study_instance_uid").join(links, "study_instance_uid", "left").select(
-        "image_series_uid", "person_id", "procedure_occurrence_id", "visit_occurrence_id", "link_rule",
-        exception.alias("exception_reason"), F.current_timestamp().alias("updated_at"),
-    )
+    if cfg.missing_procedure == "create" and unlinked.take(1):
+        floor = site_procedures.agg(F.max("procedure_occurrence_id")).first()[0] or 0
+        created = _create_procedures(spark, locator, settings, unlinked, floor)
+        links = links.join(created, "study_instance_uid", "left").withColumns({
+            "link_rule": F.coalesce("link_rule", F.when(F.col("_created").isNotNull(),
+                                                        F.lit(LinkRule.CREATED.value))),
+            "procedure_occurrence_id": F.coalesce("procedure_occurrence_id", "_created"),
+        }).drop("_created")
+    procedure_visits = read_table(spark, locator, "procedure_occurrence").select(
+        "procedure_occurrence_id", F.col("visit_occurrence_id").alias("procedure_visit"))
+    links = links.join(procedure_visits, "procedure_occurrence_id", "left").withColumn(
+        "visit_occurrence_id", F.coalesce("containing_visit", "procedure_visit"))
+    series_links = _series_links(series, links)
     overwrite(locator, "series_link", series_links)
     stored = read_table(spark, locator, "series_link")
-    return {row[0]: row[1] for row in stored.groupBy(F.coalesce("link_rule", "exception_reason")).count().collect()}
+    exceptions = stored.where(F.col("exception_reason").isNotNull())
+    details = F.create_map(*[F.lit(x) for reason, text in _DETAILS.items() for x in (reason.value, text)])
+    overwrite(locator, "link_exception", exceptions.select(
+        "image_series_uid", "image_study_uid", F.col("exception_reason").alias("reason"),
+        details[F.col("exception_reason")].alias("detail"),
+        "updated_at"))
+    report = _report(stored, run_id).localCheckpoint(eager=True)
+    append(locator, "link_report", report)
+    return {row["name"]: row["series"] for row in report.orderBy("kind", "name").collect()}

@@ -1,35 +1,51 @@
-"""image_occurrence (gold): one row per linked series, ids stable across runs, MERGE on the series UID."""
+"""image_occurrence (gold): one row per linked series, ids stable across runs, MERGE on the series UID.
+
+Optionally the same rows (and image_feature's) are offered under the published MI-CDM 1.0 names, in a
+schema of their own, as views or tables (settings ``publish``).
+"""
 
 from __future__ import annotations
+
+import dataclasses
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from micdm.config import Settings
 from micdm.ids import assign_ids
-from micdm.tables import TableLocator, merge_into, read_table
-from micdm.vocab import body_part_sites, normalise_body_part
+from micdm.schema import PUBLISHED_IMAGE_FEATURE, PUBLISHED_IMAGE_OCCURRENCE, PUBLISHED_TABLES, TableDef
+from micdm.tables import TableLocator, merge_into, overwrite, read_table
+from micdm.vocab import anatomy_sites, normalise_body_part, resource_rows
 
-__all__ = ["build_image_occurrence", "run_occurrence"]
+__all__ = ["build_image_occurrence", "publish", "published_sql", "run_occurrence"]
 
 
 def build_image_occurrence(series: DataFrame, links: DataFrame, ids: DataFrame, sites: DataFrame,
                            settings: Settings) -> DataFrame:
-    """Spec rows from silver series, their links and their ids; unlinked series are left out (see series_link)."""
-    linked = links.where(F.col("person_id").isNotNull() & F.col("procedure_occurrence_id").isNotNull())
+    """Spec rows from silver series, their links and their ids; unlinked series are left out (see link_exception).
+
+    ``sites`` maps anatomy keys (normalised BodyPartExamined, or ``SCHEME:CODE`` of AnatomicRegionSequence)
+    to concepts; a coded region wins over the free-text body part, and nothing mapped gives 0.
+    """
+    linked = links.where(F.col("exception_reason").isNull())
     root = settings.occurrence.wadors_root
     wadors = F.concat(F.lit(root.rstrip("/") + "/studies/"), F.col("study_instance_uid")) if root else F.lit(None)
+    by_body_part = sites.select(F.col("anatomy_key").alias("body_part"), F.col("anatomic_site_concept_id")
+                                .alias("body_part_site"))
+    by_region = sites.select(F.col("anatomy_key").alias("anatomic_region_code"), F.col("anatomic_site_concept_id")
+                             .alias("region_site"))
     return (
         series.join(linked, series["series_instance_uid"] == linked["image_series_uid"])
         .join(ids, F.col("series_instance_uid") == F.col("natural_key"))
         .withColumn("body_part", normalise_body_part(F.col("body_part_examined")))
-        .join(sites, "body_part", "left")
+        .join(by_body_part, "body_part", "left")
+        .join(by_region, "anatomic_region_code", "left")
         .select(
             F.col("id").alias("image_occurrence_id"),
             "person_id",
             "procedure_occurrence_id",
             "visit_occurrence_id",
-            F.coalesce("anatomic_site_concept_id", F.lit(0)).alias("anatomic_site_concept_id"),
+            F.coalesce("region_site", "body_part_site", F.lit(0)).alias("anatomic_site_concept_id"),
             wadors.alias("wadors_uri"),
             "local_path",
             F.col("image_date").alias("image_occurrence_date"),
@@ -41,11 +57,54 @@ def build_image_occurrence(series: DataFrame, links: DataFrame, ids: DataFrame, 
 
 
 def run_occurrence(spark: SparkSession, locator: TableLocator, settings: Settings) -> int:
-    """MERGE image_occurrence from dicom_series + series_link; returns the table's row count."""
+    """MERGE image_occurrence from dicom_series + series_link; returns the table's row count.
+
+    A series that lost its link (its person left the CDM, say) is removed, so the table always equals
+    what the current links give.
+    """
     series = read_table(spark, locator, "dicom_series")
+    links = read_table(spark, locator, "series_link")
+    linked_series = series.join(links.where(F.col("exception_reason").isNull()).select(
+        F.col("image_series_uid").alias("series_instance_uid")), "series_instance_uid", "left_semi")
     ids = assign_ids(spark, locator, "image_occurrence",
-                     series.select(F.col("series_instance_uid").alias("natural_key")))
-    rows = build_image_occurrence(series, read_table(spark, locator, "series_link"), ids, body_part_sites(spark),
-                                  settings)
-    merge_into(spark, locator, "image_occurrence", rows, ["image_series_uid"])
+                     linked_series.select(F.col("series_instance_uid").alias("natural_key")))
+    sites = anatomy_sites(spark, locator, settings.occurrence.anatomy_vocabulary)
+    rows = build_image_occurrence(linked_series, links, ids, sites, settings)
+    merge_into(spark, locator, "image_occurrence", rows, ["image_series_uid"], delete_unmatched=True)
     return read_table(spark, locator, "image_occurrence").count()
+
+
+def published_sql(locator: TableLocator, table: TableDef) -> str:
+    """The SELECT giving a published-name table from micdm's spec tables (a view's text, or a table's rows).
+
+    modality_concept_id comes from the modality's shipped procedure concept (0 when there is none).
+    """
+    source = {PUBLISHED_IMAGE_OCCURRENCE.name: "image_occurrence", PUBLISHED_IMAGE_FEATURE.name: "image_feature"}
+    renamed = {"image_feature_event_field_concept_id": "table_concept_id", "image_feature_event_id": "table_row_id",
+               "modality_concept_id": "coalesce(m.concept_id, 0)"}
+    columns = ", ".join(f"{renamed.get(f.name, 't.' + f.name)} AS {f.name}" for f in table.schema.fields)
+    sql = f"SELECT {columns} FROM {locator.ref(source[table.name])} t"
+    if table is PUBLISHED_IMAGE_OCCURRENCE:
+        pairs = {r["modality"]: int(r["procedure_concept_id"]) for r in resource_rows("modality_procedure.csv")}
+        values = ", ".join(f"('{m}', {c})" for m, c in sorted(pairs.items()))
+        sql += f" LEFT JOIN (VALUES {values}) AS m(modality, concept_id) ON t.modality = m.modality"
+    return sql
+
+
+def publish(spark: SparkSession, locator: TableLocator, settings: Settings) -> list[str]:
+    """Write (mode table) or define (mode view) the published-name tables in ``publish.schema``.
+
+    Returns where they are. Views follow the spec tables without a copy; tables are rebuilt each run.
+    """
+    mode = settings.publish.mode
+    if mode == "none":
+        return []
+    target = TableLocator(dataclasses.replace(settings.storage, schema=settings.publish.schema, cdm_schema=None))
+    if mode == "view":
+        spark.sql(f"CREATE SCHEMA IF NOT EXISTS `{settings.storage.catalog}`.`{settings.publish.schema}`")
+    for table in PUBLISHED_TABLES:
+        if mode == "view":
+            spark.sql(f"CREATE OR REPLACE VIEW {target.ref(table.name)} AS {published_sql(locator, table)}")
+        else:
+            overwrite(target, table.name, spark.sql(published_sql(locator, table)), table)
+    return [target.where(table.name) for table in PUBLISHED_TABLES]

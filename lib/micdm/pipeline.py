@@ -15,11 +15,11 @@ from micdm.config import Settings
 from micdm.extract import extract
 from micdm.features import run_features
 from micdm.link import run_link
-from micdm.occurrence import run_occurrence
+from micdm.occurrence import publish, run_occurrence
 from micdm.series import run_series
 from micdm.tables import TableLocator, init_tables, read_table
 
-__all__ = ["STAGES", "StageResult", "run_pipeline", "run_stage", "table_counts"]
+__all__ = ["STAGES", "StageResult", "latest_link_report", "run_pipeline", "run_stage", "table_counts"]
 
 log = logging.getLogger(__name__)
 
@@ -31,29 +31,38 @@ class StageResult:
     counts: dict[str, Any] = field(default_factory=dict)
 
 
-def _extract(spark: SparkSession, locator: TableLocator, settings: Settings) -> dict[str, Any]:
-    summary = extract(spark, locator, settings, run_id=uuid.uuid4().hex)
+def _extract(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: str) -> dict[str, Any]:
+    summary = extract(spark, locator, settings, run_id=run_id)
     return {"discovered": summary.discovered, "read": summary.to_read, "instances": summary.instances,
             "quarantined": summary.quarantined, "missing": summary.missing,
             "files/s": round(summary.files_per_second, 1)}
 
 
-STAGES: dict[str, Callable[[SparkSession, TableLocator, Settings], Any]] = {
+def _publish(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: str) -> dict[str, Any]:
+    written = publish(spark, locator, settings)
+    return {"published": ", ".join(written) if written else f"off (publish.mode={settings.publish.mode})"}
+
+
+#: Each stage takes (spark, locator, settings, run_id) and returns counts for the summary.
+STAGES: dict[str, Callable[[SparkSession, TableLocator, Settings, str], dict[str, Any]]] = {
     "extract": _extract,
-    "series": lambda spark, locator, settings: {"series": run_series(spark, locator, settings)},
-    "link": run_link,
-    "occurrence": lambda spark, locator, settings: {"image_occurrence": run_occurrence(spark, locator, settings)},
-    "features": lambda spark, locator, settings: {"image_feature": run_features(spark, locator, settings)},
+    "series": lambda spark, locator, settings, run_id: {"series": run_series(spark, locator, settings)},
+    "link": lambda spark, locator, settings, run_id: run_link(spark, locator, settings, run_id),
+    "occurrence": lambda spark, locator, settings, run_id: {
+        "image_occurrence": run_occurrence(spark, locator, settings)},
+    "features": lambda spark, locator, settings, run_id: {"image_feature": run_features(spark, locator, settings)},
+    "publish": _publish,
 }
 
 
-def run_stage(spark: SparkSession, settings: Settings, stage: str, init: bool = True) -> StageResult:
+def run_stage(spark: SparkSession, settings: Settings, stage: str, init: bool = True,
+              run_id: str | None = None) -> StageResult:
     """Run one stage (tables are created first if missing, unless ``init`` is False) and time it."""
     locator = TableLocator(settings.storage)
     if init:
         init_tables(spark, locator)
     started = time.monotonic()
-    counts = STAGES[stage](spark, locator, settings)
+    counts = STAGES[stage](spark, locator, settings, run_id or uuid.uuid4().hex)
     result = StageResult(stage, time.monotonic() - started, counts)
     log.info("%s done in %.1fs: %s", stage, result.seconds, counts)
     return result
@@ -62,10 +71,21 @@ def run_stage(spark: SparkSession, settings: Settings, stage: str, init: bool = 
 def run_pipeline(spark: SparkSession, settings: Settings) -> list[StageResult]:
     """Every stage in order."""
     init_tables(spark, TableLocator(settings.storage))
-    return [run_stage(spark, settings, stage, init=False) for stage in STAGES]
+    run_id = uuid.uuid4().hex
+    return [run_stage(spark, settings, stage, init=False, run_id=run_id) for stage in STAGES]
 
 
 def table_counts(spark: SparkSession, settings: Settings, names: tuple[str, ...]) -> dict[str, tuple[int, str]]:
     """Rows per table and where each lives, for summaries."""
     locator = TableLocator(settings.storage)
     return {name: (read_table(spark, locator, name).count(), locator.where(name)) for name in names}
+
+
+def latest_link_report(spark: SparkSession, settings: Settings) -> list[tuple[str, str, int, int]]:
+    """The last link run's (kind, rule or reason, series, studies), rules first."""
+    report = read_table(spark, TableLocator(settings.storage), "link_report")
+    latest = report.orderBy(report["reported_at"].desc()).select("run_id").first()
+    if latest is None:
+        return []
+    rows = report.where(report["run_id"] == latest["run_id"]).orderBy(report["kind"].desc(), "name").collect()
+    return [(r["kind"], r["name"], r["series"], r["studies"]) for r in rows]

@@ -33,6 +33,7 @@ __all__ = [
     "CDM_TABLES",
     "MAX_LENGTH_KEY",
     "PIPELINE_TABLES",
+    "PUBLISHED_TABLES",
     "SPEC_TABLES",
     "TABLES",
     "TableDef",
@@ -160,6 +161,39 @@ IMAGE_FEATURE = table("image_feature", "gold", """
 """)
 
 SPEC_TABLES = (IMAGE_OCCURRENCE, IMAGE_FEATURE)
+
+# --- the same tables under the published MI-CDM 1.0 names (Park et al. 2024; see CONCEPTS notes) ----------
+
+PUBLISHED_IMAGE_OCCURRENCE = table("image_occurrence", "published", """
+    image_occurrence_id        integer       required
+    person_id                  integer       required
+    visit_occurrence_id        integer
+    procedure_occurrence_id    integer       required
+    wadors_uri                 varchar(max)
+    local_path                 varchar(max)
+    image_occurrence_date      date          required
+    image_study_uid            varchar(250)  required
+    image_series_uid           varchar(250)  required
+    modality_concept_id        integer       required
+    anatomic_site_concept_id   integer
+""")
+
+PUBLISHED_IMAGE_FEATURE = table("image_feature", "published", """
+    image_feature_id                      integer       required
+    person_id                             integer       required
+    image_occurrence_id                   integer       required
+    image_feature_concept_id              integer       required
+    image_feature_type_concept_id         integer       required
+    image_feature_event_field_concept_id  integer
+    image_feature_event_id                integer
+    image_finding_concept_id              integer
+    image_finding_id                      integer
+    anatomic_site_concept_id              integer
+    alg_system                            varchar(max)
+    alg_datetime                          datetime
+""")
+
+PUBLISHED_TABLES = (PUBLISHED_IMAGE_OCCURRENCE, PUBLISHED_IMAGE_FEATURE)
 
 # --- OMOP CDM 5.4 tables the pipeline reads or writes --------------------------------------------
 
@@ -424,12 +458,30 @@ DICOM_SERIES = table("dicom_series", "silver", """
 
 SERIES_LINK = table("series_link", "silver", """
     image_series_uid           string     required
+    image_study_uid            string
     person_id                  integer
     procedure_occurrence_id    integer
     visit_occurrence_id        integer
     link_rule                  string
     exception_reason           string
     updated_at                 datetime   required
+""")
+
+LINK_EXCEPTION = table("link_exception", "silver", """
+    image_series_uid           string     required
+    image_study_uid            string
+    reason                     string     required
+    detail                     string
+    updated_at                 datetime   required
+""")
+
+LINK_REPORT = table("link_report", "bookkeeping", """
+    run_id                     string     required
+    reported_at                datetime   required
+    kind                       string     required
+    name                       string     required
+    series                     integer    required
+    studies                    integer    required
 """)
 
 ID_MAP = table("id_map", "bookkeeping", """
@@ -445,6 +497,8 @@ PIPELINE_TABLES = (
     DICOM_QUARANTINE,
     DICOM_SERIES,
     SERIES_LINK,
+    LINK_EXCEPTION,
+    LINK_REPORT,
     ID_MAP,
 )
 

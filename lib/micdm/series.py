@@ -8,7 +8,7 @@ from pyspark.sql import functions as F
 from micdm.config import Settings
 from micdm.tables import TableLocator, overwrite, read_table
 
-__all__ = ["build_series", "image_date", "run_series"]
+__all__ = ["build_series", "image_date", "present_instances", "rewrite_prefix", "run_series"]
 
 
 def image_date(date_order: tuple[str, ...]) -> tuple[Column, Column]:
@@ -20,6 +20,15 @@ def image_date(date_order: tuple[str, ...]) -> tuple[Column, Column]:
 
 def _parent(path: Column) -> Column:
     return F.regexp_replace(path, r"/[^/]*$", "")
+
+
+def rewrite_prefix(path: Column, rewrites: dict[str, str]) -> Column:
+    """Replace the longest matching prefix, so storage URIs read the way the site names its archive."""
+    rewritten = path
+    for prefix, replacement in sorted(rewrites.items(), key=lambda item: len(item[0])):
+        tail = path.substr(F.lit(len(prefix) + 1), F.length(path))
+        rewritten = F.when(path.startswith(prefix), F.concat(F.lit(replacement), tail)).otherwise(rewritten)
+    return rewritten
 
 
 def build_series(instances: DataFrame, settings: Settings) -> DataFrame:
@@ -49,11 +58,12 @@ def build_series(instances: DataFrame, settings: Settings) -> DataFrame:
         F.array_sort(F.collect_set(_parent(F.col("path")))).alias("_folders"),
     )
     date, source = image_date(settings.occurrence.date_order)
+    # The folder holding the series; when it is spread over folders, their common parent.
+    folder = F.when(F.size("_folders") == 1, F.col("_folders")[0]).otherwise(F.expr(_COMMON_FOLDER_SQL))
     return grouped.withColumns({
         "image_date": date,
         "image_date_source": source,
-        # The folder holding the series; when it is spread over folders, their common parent.
-        "local_path": F.when(F.size("_folders") == 1, F.col("_folders")[0]).otherwise(F.expr(_COMMON_FOLDER_SQL)),
+        "local_path": rewrite_prefix(folder, settings.occurrence.local_path_rewrite),
         "updated_at": F.current_timestamp(),
     }).drop("_folders")
 
@@ -69,8 +79,14 @@ _COMMON_FOLDER_SQL = """
 """
 
 
+def present_instances(spark: SparkSession, locator: TableLocator) -> DataFrame:
+    """dicom_instance without the files the last listing no longer found (their rows stay, marked missing)."""
+    missing = read_table(spark, locator, "file_inventory").where(F.col("missing_since").isNotNull())
+    return read_table(spark, locator, "dicom_instance").join(missing.select("path"), "path", "left_anti")
+
+
 def run_series(spark: SparkSession, locator: TableLocator, settings: Settings) -> int:
-    """Rebuild dicom_series from dicom_instance in one commit; returns the number of series."""
-    series = build_series(read_table(spark, locator, "dicom_instance"), settings)
+    """Rebuild dicom_series from the present instances in one commit; returns the number of series."""
+    series = build_series(present_instances(spark, locator), settings)
     overwrite(locator, "dicom_series", series)
     return read_table(spark, locator, "dicom_series").count()

@@ -10,14 +10,17 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import random
-from collections.abc import Iterator
+import shutil
+import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-__all__ = ["SeriesPlan", "SynthSummary", "generate", "plan_patients"]
+__all__ = ["LinkScore", "SeriesPlan", "SynthSummary", "evaluate_linkage", "generate", "plan_patients", "score_links"]
 
 _SOP_CLASSES = {
     "CT": "1.2.840.10008.5.1.4.1.1.2",
@@ -38,6 +41,15 @@ _SHAPES = {
     "US": (4, 480, ("ABDOMEN",)),
     "PT": (30, 128, ("WHOLEBODY",)),
     "MG": (4, 2048, ("BREAST",)),
+}
+#: What linkage should do with each case (with the default settings: same-day window, policy create).
+_EXPECTED_RULE = {
+    "accession": "accession",
+    "no_accession_same_day": "window",
+    "two_procedures_same_day": "window",
+    "procedure_one_day_off": "created",
+    "no_procedure": "created",
+    "person_missing": "person_not_found",
 }
 _PIXEL_SIDES = {"realistic": None, "small": 32, "none": 0}
 _PROCEDURE_TYPE = 32817
@@ -106,8 +118,12 @@ def _case_of(index: int) -> str:
     return "accession"
 
 
-def plan_patients(patients: int, seed: int) -> list[PatientPlan]:
-    """The whole export as plans: who, which studies and series, and what the CDM holds for them."""
+def plan_patients(patients: int, seed: int, max_instances: int | None = None) -> list[PatientPlan]:
+    """The whole export as plans: who, which studies and series, and what the CDM holds for them.
+
+    ``max_instances`` caps the instances per series (linkage tests need many series, not many files);
+    it changes nothing else.
+    """
     plans = []
     next_procedure = 5001
     for index in range(patients):
@@ -129,6 +145,7 @@ def plan_patients(patients: int, seed: int) -> list[PatientPlan]:
             study_case = case if number == 0 or case in ("two_procedures_same_day", "person_missing") else "accession"
             accession = f"ACC{index:06d}{number:02d}"
             count, _side, parts = _SHAPES[modality]
+            count = min(count, max_instances or count)
             series = [
                 SeriesPlan(modality, _uid(seed, index, number, s), count, rng.choice(parts))
                 for s in range(1 + (rng.random() < 0.3))
@@ -281,11 +298,11 @@ def _write_cdm(out: Path, plans: list[PatientPlan]) -> None:
             if study.procedure_id is not None and patient.person_id is not None:
                 procedure.append([study.procedure_id, patient.person_id, _MODALITY_PROCEDURE[study.modality],
                                   study.procedure_date, _PROCEDURE_TYPE, visit_id, study.procedure_source_value])
+            rule = _EXPECTED_RULE[study.case]
             for series in study.series:
-                expected = study.procedure_id if study.case in ("accession", "no_accession_same_day",
-                                                                "two_procedures_same_day") else None
+                expected = study.procedure_id if rule in ("accession", "window") else None
                 truth.append([series.series_uid, study.study_uid, patient.patient_id, patient.person_id,
-                              expected, visit_id, study.case])
+                              expected, visit_id, study.case, rule])
     _write_csv(out / "cdm" / "person.csv",
                ["person_id", "gender_concept_id", "year_of_birth", "race_concept_id", "ethnicity_concept_id",
                 "person_source_value"], person)
@@ -297,17 +314,99 @@ def _write_cdm(out: Path, plans: list[PatientPlan]) -> None:
                 "procedure_type_concept_id", "visit_occurrence_id", "procedure_source_value"], procedure)
     _write_csv(out / "truth.csv",
                ["series_instance_uid", "study_instance_uid", "patient_id", "expected_person_id",
-                "expected_procedure_occurrence_id", "expected_visit_occurrence_id", "case"], truth)
+                "expected_procedure_occurrence_id", "expected_visit_occurrence_id", "case", "expected_rule"], truth)
 
 
-def generate(out: str | Path, patients: int = 24, seed: int = 7, pixels: str = "small") -> SynthSummary:
+def generate(out: str | Path, patients: int = 24, seed: int = 7, pixels: str = "small",
+             max_instances: int | None = None) -> SynthSummary:
     """Write the DICOM export under ``out/dicom``, the CDM CSVs under ``out/cdm`` and ``out/truth.csv``."""
     if pixels not in _PIXEL_SIDES:
         raise ValueError(f"pixels must be one of {sorted(_PIXEL_SIDES)}, got {pixels!r}")
     out = Path(out)
-    plans = plan_patients(patients, seed)
+    plans = plan_patients(patients, seed, max_instances)
     instances, written = _write_dicom(out, plans, seed, pixels)
     _write_cdm(out, plans)
     studies = sum(len(p.studies) for p in plans)
     series = sum(len(s.series) for p in plans for s in p.studies)
     return SynthSummary(out, patients, studies, series, instances, written)
+
+
+@dataclass(frozen=True)
+class LinkScore:
+    """How one rule (or exception reason) did against the ground truth."""
+
+    name: str
+    predicted: int
+    """Series the pipeline put under this rule."""
+    expected: int
+    """Series the ground truth puts under it."""
+    correct: int
+    """Series under it in both, with the expected procedure where the rule links to a site procedure."""
+
+    @property
+    def precision(self) -> float:
+        return self.correct / self.predicted if self.predicted else 1.0
+
+    @property
+    def recall(self) -> float:
+        return self.correct / self.expected if self.expected else 1.0
+
+
+def score_links(truth_csv: str | Path, series_links: Iterable[Any]) -> list[LinkScore]:
+    """Precision and recall per rule, from series_link rows (image_series_uid, link_rule, exception_reason,
+    procedure_occurrence_id).
+
+    A series missing from the rows counts against recall; an accession or window link counts as correct
+    only with the expected procedure.
+    """
+    with Path(truth_csv).open(newline="", encoding="utf-8") as handle:
+        truth = {row["series_instance_uid"]: row for row in csv.DictReader(handle)}
+    links = {row["image_series_uid"]: (row["link_rule"] or row["exception_reason"], row["procedure_occurrence_id"])
+             for row in series_links}
+    names = sorted({row["expected_rule"] for row in truth.values()} | {rule for rule, _ in links.values() if rule})
+    scores = []
+    for name in names:
+        predicted = {uid for uid, (rule, _) in links.items() if rule == name}
+        expected = {uid for uid, row in truth.items() if row["expected_rule"] == name}
+        correct = sum(
+            1 for uid in predicted & expected
+            if name not in ("accession", "window")
+            or str(links[uid][1]) == truth[uid]["expected_procedure_occurrence_id"]
+        )
+        scores.append(LinkScore(name, len(predicted), len(expected), correct))
+    return scores
+
+
+def evaluate_linkage(spark: Any, work: Path, patients: int, seed: int, *overrides: str) -> dict[str, Any]:
+    """Synth ``patients`` (one instance per series) in ``work``, run the stages up to image_occurrence on
+    ``spark`` with the local settings (plus ``overrides``), and score the links against the truth."""
+    from micdm.config import load_settings
+    from micdm.pipeline import run_stage
+    from micdm.tables import TableLocator, init_tables, load_csv, read_table
+
+    shutil.rmtree(work, ignore_errors=True)
+    export = work / "export"
+    generate(export, patients=patients, seed=seed, pixels="none", max_instances=1)
+    settings = load_settings(None, [
+        f"storage.warehouse={work / 'warehouse'}", f"sources.roots=[{export / 'dicom'}]", *overrides])
+    locator = TableLocator(settings.storage)
+    init_tables(spark, locator)
+    for name in ("person", "visit_occurrence", "procedure_occurrence"):
+        load_csv(spark, locator, name, str(export / "cdm" / f"{name}.csv"))
+    started = time.monotonic()
+    stages = [run_stage(spark, settings, stage, init=False) for stage in ("extract", "series", "link", "occurrence")]
+    links = read_table(spark, locator, "series_link").collect()
+    occurrences = {r.image_series_uid for r in read_table(spark, locator, "image_occurrence").collect()}
+    exceptions = {r.image_series_uid for r in read_table(spark, locator, "link_exception").collect()}
+    scores = score_links(export / "truth.csv", [r.asDict() for r in links])
+    return {
+        "patients": patients,
+        "series": len(links),
+        "in_image_occurrence": len(occurrences),
+        "in_link_exception": len(exceptions),
+        "in_both": len(occurrences & exceptions),
+        "seconds": time.monotonic() - started,
+        "stages": {s.stage: s.counts for s in stages},
+        "scores": [{"name": s.name, "predicted": s.predicted, "expected": s.expected, "correct": s.correct,
+                    "precision": s.precision, "recall": s.recall} for s in scores],
+    }

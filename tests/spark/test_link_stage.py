@@ -1,0 +1,206 @@
+"""The link and occurrence stages on Delta tables: policies, exceptions, visits, crosswalks, anatomy, ids."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from pathlib import Path
+
+import pytest
+from pyspark.sql import functions as F
+
+from micdm.config import Settings, load_settings
+from micdm.ids import assign_ids
+from micdm.link import run_link
+from micdm.occurrence import publish, run_occurrence
+from micdm.tables import TableLocator, init_tables, overwrite, read_table
+
+REPO = Path(__file__).resolve().parents[2]
+D = dt.date(2024, 3, 10)
+CT = 4300757
+SERIES = ("series_instance_uid string, study_instance_uid string, patient_id string, issuer_of_patient_id string, "
+          "accession_number string, modality string, image_date date, body_part_examined string, "
+          "anatomic_region_code string, local_path string, instance_count int, updated_at timestamp")
+#: study -> (patient, accession, modality, date); every study has series <study>.1 (and C has <study>.2)
+STUDIES = {
+    "A": ("P1", "ACC1", "CT", D),          # accession -> procedure 10
+    "B": ("P1", None, "CT", D),            # window -> procedure 11
+    "C": ("P1", None, "MR", D),            # nothing matches -> created, or an exception
+    "D": ("NOBODY", "ACC9", "CT", D),      # person_not_found
+    "E": ("P1", None, "CT", None),         # no_image_date
+}
+
+
+def _settings(tmp_path, *overrides: str) -> Settings:
+    return load_settings(REPO / "conf" / "local.yml", [f"storage.warehouse={tmp_path / 'warehouse'}", *overrides])
+
+
+def _load(spark, locator: TableLocator) -> None:
+    init_tables(spark, locator)
+    now = dt.datetime(2024, 4, 1)
+    series = []
+    for study, (patient, accession, modality, date) in STUDIES.items():
+        for number in (1, 2) if study == "C" else (1,):
+            series.append((f"{study}.{number}", study, patient, "H", accession, modality, date, "Chest",
+                           None, f"/data/{study}/{number}", 3, now))
+    overwrite(locator, "dicom_series", spark.createDataFrame(series, SERIES))
+    overwrite(locator, "person", spark.createDataFrame(
+        [(1, 8507, 1950, 0, 0, "P1")],
+        "person_id int, gender_concept_id int, year_of_birth int, race_concept_id int, ethnicity_concept_id int, "
+        "person_source_value string"))
+    overwrite(locator, "procedure_occurrence", spark.createDataFrame(
+        [(10, 1, CT, D, 32817, 100, "ACC1"), (11, 1, CT, D, 32817, 101, None)],
+        "procedure_occurrence_id int, person_id int, procedure_concept_id int, procedure_date date, "
+        "procedure_type_concept_id int, visit_occurrence_id int, procedure_source_value string"))
+    overwrite(locator, "visit_occurrence", spark.createDataFrame(
+        [(100, 1, 9202, D - dt.timedelta(days=1), D - dt.timedelta(days=1), 32817),  # ends before the images
+         (102, 1, 9201, D, D + dt.timedelta(days=3), 32817)],
+        "visit_occurrence_id int, person_id int, visit_concept_id int, visit_start_date date, visit_end_date date, "
+        "visit_type_concept_id int"))
+
+
+def _links(spark, locator) -> dict[str, tuple]:
+    rows = read_table(spark, locator, "series_link").collect()
+    return {r.image_series_uid: (r.person_id, r.procedure_occurrence_id, r.visit_occurrence_id, r.link_rule,
+                                 r.exception_reason) for r in rows}
+
+
+def test_rules_visits_and_created_procedures(spark, tmp_path) -> None:
+    settings = _settings(tmp_path)
+    locator = TableLocator(settings.storage)
+    _load(spark, locator)
+    counts = run_link(spark, locator, settings, "run-1")
+    links = _links(spark, locator)
+    created = links["C.1"][1]
+    assert created is not None and created > 11, "created ids start above the site's highest"
+    assert links == {
+        "A.1": (1, 10, 102, "accession", None),   # the visit containing the date beats the procedure's visit
+        "B.1": (1, 11, 102, "window", None),
+        "C.1": (1, created, 102, "created", None),
+        "C.2": (1, created, 102, "created", None),  # one procedure per study, shared by its series
+        "D.1": (None, None, None, None, "person_not_found"),
+        "E.1": (1, None, None, None, "no_image_date"),
+    }
+    assert counts == {"accession": 1, "created": 2, "window": 1, "no_image_date": 1, "person_not_found": 1}
+    made = read_table(spark, locator, "procedure_occurrence").where(F.col("procedure_occurrence_id") == created)
+    assert [(r.procedure_concept_id, r.procedure_date, r.visit_occurrence_id, r.procedure_source_value)
+            for r in made.collect()] == [(4013636, D, 102, "C")]
+    exceptions = {(r.image_series_uid, r.image_study_uid, r.reason) for r in
+                  read_table(spark, locator, "link_exception").collect()}
+    assert exceptions == {("D.1", "D", "person_not_found"), ("E.1", "E", "no_image_date")}
+    report = {(r.kind, r.name): (r.series, r.studies) for r in read_table(spark, locator, "link_report").collect()}
+    assert report == {("rule", "accession"): (1, 1), ("rule", "window"): (1, 1), ("rule", "created"): (2, 1),
+                      ("exception", "person_not_found"): (1, 1), ("exception", "no_image_date"): (1, 1)}
+
+    run_link(spark, locator, settings, "run-2")
+    assert _links(spark, locator) == links, "a re-run links the same way, re-using the created procedure"
+    assert read_table(spark, locator, "procedure_occurrence").count() == 3
+    assert read_table(spark, locator, "link_report").select("run_id").distinct().count() == 2
+
+
+def test_exception_policy_and_crosswalks(spark, tmp_path) -> None:
+    settings = _settings(tmp_path, "occurrence.missing_procedure=exception",
+                         "occurrence.person_crosswalk=mrn_person", "occurrence.accession_crosswalk=order_procedure")
+    locator = TableLocator(settings.storage)
+    _load(spark, locator)
+    spark.createDataFrame([("NOBODY", "H", 1), ("NOBODY", "OTHER", 2)],
+                          "patient_id string, issuer_of_patient_id string, person_id int").write.format(
+        "delta").save(str(tmp_path / "warehouse" / "micdm" / "mrn_person"))
+    spark.createDataFrame([("ACC9", 11)], "accession_number string, procedure_occurrence_id int").write.format(
+        "delta").save(str(tmp_path / "warehouse" / "micdm" / "order_procedure"))
+    run_link(spark, locator, settings, "run-1")
+    links = _links(spark, locator)
+    # Only NOBODY (issuer H) is in the crosswalk: P1's studies have no person now.
+    assert links["D.1"][:4] == (1, 11, 102, "accession")
+    assert {uid: link[4] for uid, link in links.items() if uid != "D.1"} == dict.fromkeys(
+        ["A.1", "B.1", "C.1", "C.2", "E.1"], "person_not_found")
+    assert read_table(spark, locator, "procedure_occurrence").count() == 2, "policy exception creates nothing"
+
+
+def test_no_matching_procedure_is_an_exception_under_that_policy(spark, tmp_path) -> None:
+    settings = _settings(tmp_path, "occurrence.missing_procedure=exception")
+    locator = TableLocator(settings.storage)
+    _load(spark, locator)
+    run_link(spark, locator, settings, "run-1")
+    assert {r.image_series_uid: r.reason for r in read_table(spark, locator, "link_exception").collect()} == {
+        "C.1": "no_matching_procedure", "C.2": "no_matching_procedure", "D.1": "person_not_found",
+        "E.1": "no_image_date"}
+
+
+def test_missing_crosswalk_is_a_config_error(spark, tmp_path) -> None:
+    from micdm.errors import ConfigError
+
+    settings = _settings(tmp_path, "occurrence.person_crosswalk=absent_table")
+    locator = TableLocator(settings.storage)
+    _load(spark, locator)
+    with pytest.raises(ConfigError, match="absent_table"):
+        run_link(spark, locator, settings, "run-1")
+
+
+def test_occurrence_anatomy_ids_uris_and_published_names(spark, tmp_path) -> None:
+    settings = _settings(tmp_path, "occurrence.anatomy_vocabulary=site", "publish.mode=table",
+                         "occurrence.wadors_root=http://pacs.example/dicom-web/")
+    locator = TableLocator(settings.storage)
+    _load(spark, locator)
+    # The site's vocabulary maps CHEST elsewhere than the shipped table, and knows one SNOMED region code.
+    concept = ("concept_id int, concept_name string, domain_id string, vocabulary_id string, concept_class_id string, "
+               "standard_concept string, concept_code string, valid_start_date date, valid_end_date date, "
+               "invalid_reason string")
+    overwrite(locator, "concept", spark.createDataFrame([
+        (2128009999, "Chest", "Measurement", "DICOM", "DICOM Value Sets", None, "CHEST", D, D, None),
+        (4118108, "Entire thorax", "Spec Anatomic Site", "SNOMED", "Body Structure", "S", "302551006", D, D, None),
+        (4213162, "Lung structure", "Spec Anatomic Site", "SNOMED", "Body Structure", "S", "39607008", D, D, None),
+    ], concept))
+    overwrite(locator, "concept_relationship", spark.createDataFrame(
+        [(2128009999, 4118108, "Maps to", D, D, None)],
+        "concept_id_1 int, concept_id_2 int, relationship_id string, valid_start_date date, valid_end_date date, "
+        "invalid_reason string"))
+    series = read_table(spark, locator, "dicom_series").withColumn(
+        "anatomic_region_code", F.when(F.col("series_instance_uid") == "B.1", F.lit("SCT:39607008")))
+    overwrite(locator, "dicom_series", series.localCheckpoint())
+    run_link(spark, locator, settings, "run-1")
+    assert run_occurrence(spark, locator, settings) == 4  # A.1, B.1, C.1, C.2
+    rows = {r.image_series_uid: r for r in read_table(spark, locator, "image_occurrence").collect()}
+    assert rows["A.1"].anatomic_site_concept_id == 4118108  # 'Chest' through the site's 'Maps to'
+    assert rows["B.1"].anatomic_site_concept_id == 4213162  # the coded region wins over the text
+    assert rows["A.1"].wadors_uri == "http://pacs.example/dicom-web/studies/A"
+    ids = {uid: r.image_occurrence_id for uid, r in rows.items()}
+    assert len(set(ids.values())) == 4
+
+    publish(spark, locator, settings)
+    published = TableLocator(dataclasses.replace(settings.storage, schema=settings.publish.schema))
+    occurrence = read_table(spark, published, "image_occurrence")
+    assert occurrence.columns[9] == "modality_concept_id" and "modality" not in occurrence.columns
+    assert {r.image_series_uid: r.modality_concept_id for r in occurrence.collect()} == {
+        "A.1": CT, "B.1": CT, "C.1": 4013636, "C.2": 4013636}
+    feature = read_table(spark, published, "image_feature")
+    assert feature.columns[5:7] == ["image_feature_event_field_concept_id", "image_feature_event_id"]
+
+    # A re-run keeps every id; a series whose person leaves the CDM leaves image_occurrence (and comes back
+    # with its old id).
+    run_occurrence(spark, locator, settings)
+    assert {r.image_series_uid: r.image_occurrence_id for r in
+            read_table(spark, locator, "image_occurrence").collect()} == ids
+    overwrite(locator, "person", read_table(spark, locator, "person").where("person_id <> 1").localCheckpoint())
+    run_link(spark, locator, settings, "run-2")
+    assert run_occurrence(spark, locator, settings) == 0
+    overwrite(locator, "person", spark.createDataFrame(
+        [(1, 8507, 1950, 0, 0, "P1")], "person_id int, gender_concept_id int, year_of_birth int, race_concept_id int, "
+        "ethnicity_concept_id int, person_source_value string"))
+    run_link(spark, locator, settings, "run-3")
+    run_occurrence(spark, locator, settings)
+    assert {r.image_series_uid: r.image_occurrence_id for r in
+            read_table(spark, locator, "image_occurrence").collect()} == ids
+
+
+def test_id_overflow_is_refused_before_it_happens(spark, tmp_path) -> None:
+    from micdm.errors import IdOverflowError
+    from micdm.ids import MAX_ID
+
+    locator = TableLocator(_settings(tmp_path).storage)
+    init_tables(spark, locator, ["id_map"])
+    keys = spark.createDataFrame([("a",), ("b",)], "natural_key string")
+    with pytest.raises(IdOverflowError, match="would pass"):
+        assign_ids(spark, locator, "image_occurrence", keys, floor=MAX_ID - 1)
+    assert [r.id for r in assign_ids(spark, locator, "image_occurrence", keys.limit(1), floor=MAX_ID - 1)
+            .collect()] == [MAX_ID]
