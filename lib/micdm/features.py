@@ -1,27 +1,50 @@
-"""image_feature from acquisition parameters: one measurement row per series and attribute.
+"""image_feature: acquisition parameters, structured reports, segmentations and imported algorithm results.
 
-Following the DataQualityDashboard convention, measurement_concept_id holds a standard concept (0 when
-there is none) and the DICOM attribute concept goes to measurement_source_concept_id, with the tag in
-measurement_source_value. Each measurement is linked to its image_occurrence by an image_feature row.
+Every feature becomes one row of a clinical table (NUM values and acquisition parameters in measurement,
+coded SR evaluations in observation) and one image_feature row pointing at it (table_concept_id +
+table_row_id). Following the DataQualityDashboard convention, *_concept_id holds a standard concept (0
+when there is none) and the source concept (a DICOM attribute, an SR code) goes to *_source_concept_id,
+with its code in *_source_value. Ids are allocated once per natural key (id_map), above the site's own.
 """
 
 from __future__ import annotations
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.types import ArrayType, StringType, StructType
 
 from micdm.config import Settings
 from micdm.dicom.header import HEADER_ATTRIBUTES
+from micdm.dicom.seg import segment_items
+from micdm.dicom.sr import report_items
 from micdm.errors import ConfigError
 from micdm.ids import assign_ids
-from micdm.tables import TableLocator, merge_into, read_table
-from micdm.vocab import concepts, dicom_attributes, table_concept_id
+from micdm.schema import REPORT_ITEM
+from micdm.series import present_instances
+from micdm.tables import TableLocator, merge_into, overwrite, read_table
+from micdm.vocab import (
+    coding_scheme_vocabularies,
+    concepts,
+    dicom_attributes,
+    normalise_body_part,
+    relationships,
+    table_concept_id,
+)
 
-__all__ = ["acquisition_parameters", "run_features"]
+__all__ = ["ALGORITHM_RESULT_COLUMNS", "acquisition_parameters", "algorithm_features", "read_algorithm_results",
+           "report_features", "run_features"]
+
+#: SOP classes of structured reports (1.2.840.10008.5.1.4.1.1.88.*) and segmentations (.66.4, label maps .66.7).
+_SR_CLASS_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
+_SEG_CLASSES = ("1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7")
 
 
 def acquisition_parameters(instances: DataFrame, keywords: tuple[str, ...]) -> DataFrame:
-    """Long form (series UID, keyword, tag, unit, number, text): the first non-NULL value per series."""
+    """Long form (series UID, keyword, tag, unit, number, text, value_code): the first non-NULL value per series.
+
+    A multi-valued attribute (PixelSpacing) keeps its first value as the number and all of them, joined
+    by a backslash as in DICOM, as the text.
+    """
     known = dicom_attributes()
     unknown = [k for k in keywords if k not in known or k not in HEADER_ATTRIBUTES]
     if unknown:
@@ -31,64 +54,304 @@ def acquisition_parameters(instances: DataFrame, keywords: tuple[str, ...]) -> D
         *[F.first(HEADER_ATTRIBUTES[k][0], ignorenulls=True).alias(k) for k in keywords]
     )
     dtypes = dict(per_series.dtypes)
+
+    def number(keyword: str) -> Column:
+        if dtypes[keyword].startswith("array"):
+            return F.col(keyword)[0].cast("double")
+        if dtypes[keyword] in ("double", "int", "bigint"):
+            return F.col(keyword).cast("double")
+        return F.lit(None).cast("double")
+
+    def text(keyword: str) -> Column:
+        if dtypes[keyword].startswith("array"):
+            return F.array_join(F.col(keyword).cast("array<string>"), "\\")
+        return F.col(keyword).cast("string")
+
     stacked = F.explode(F.array(*[
-        F.struct(
-            F.lit(k).alias("keyword"),
-            F.lit(known[k][0]).alias("tag"),
-            F.lit(known[k][1]).alias("unit"),
-            (F.col(k).cast("double") if dtypes[k] in ("double", "int", "bigint") else F.lit(None).cast("double"))
-            .alias("number"),
-            F.col(k).cast("string").alias("text"),
-        )
+        F.struct(F.lit(k).alias("keyword"), F.lit(known[k][0]).alias("tag"), F.lit(known[k][1]).alias("unit"),
+                 number(k).alias("number"), text(k).alias("text"),
+                 (normalise_body_part(text(k)) if known[k][2] else F.lit(None).cast("string")).alias("value_code"))
         for k in keywords
     ]))
     return per_series.select("series_instance_uid", stacked.alias("p")).select("series_instance_uid", "p.*").where(
         F.col("text").isNotNull())
 
 
-def run_features(spark: SparkSession, locator: TableLocator, settings: Settings) -> int:
-    """MERGE measurement + image_feature rows for every image_occurrence; returns image_feature's row count."""
+def _acquisition_features(instances: DataFrame, occurrences: DataFrame, settings: Settings) -> DataFrame:
     cfg = settings.features
-    occurrences = read_table(spark, locator, "image_occurrence")
-    params = acquisition_parameters(read_table(spark, locator, "dicom_instance"), cfg.acquisition_attributes).join(
+    params = acquisition_parameters(instances, cfg.acquisition_attributes).join(
         occurrences, F.col("series_instance_uid") == F.col("image_series_uid"))
-    params = params.withColumn("natural_key", F.concat_ws("|", "series_instance_uid", "tag"))
-    vocabulary = concepts(spark, locator)
-    attribute_concepts = vocabulary.where(F.col("vocabulary_id") == "DICOM").select(
-        F.col("concept_code").alias("tag"), F.col("concept_id").alias("attribute_concept_id"))
-    unit_concepts = vocabulary.where(F.col("vocabulary_id") == "UCUM").select(
-        F.col("concept_code").alias("unit"), F.col("concept_id").alias("unit_concept_id"))
-    params = params.join(attribute_concepts, "tag", "left").join(unit_concepts, "unit", "left").localCheckpoint()
-
-    floor = read_table(spark, locator, "measurement").agg(F.max("measurement_id")).first()[0] or 0
-    measurement_ids = assign_ids(spark, locator, "measurement", params, floor=floor)
-    feature_ids = assign_ids(spark, locator, "image_feature", params)
-    rows = params.join(measurement_ids.withColumnRenamed("id", "measurement_id"), "natural_key").join(
-        feature_ids.withColumnRenamed("id", "image_feature_id"), "natural_key")
-    measurements = rows.select(
-        "measurement_id",
-        "person_id",
-        F.lit(0).alias("measurement_concept_id"),
-        F.col("image_occurrence_date").alias("measurement_date"),
-        F.lit(cfg.measurement_type_concept_id).alias("measurement_type_concept_id"),
-        F.col("number").alias("value_as_number"),
-        F.coalesce("unit_concept_id", F.lit(0)).alias("unit_concept_id"),
-        "visit_occurrence_id",
-        F.col("tag").alias("measurement_source_value"),
-        F.coalesce("attribute_concept_id", F.lit(0)).alias("measurement_source_concept_id"),
-        F.col("unit").alias("unit_source_value"),
-        F.substring("text", 1, 50).alias("value_source_value"),
+    return params.select(
+        F.concat_ws("|", F.lit("header"), "series_instance_uid", "tag").alias("natural_key"),
+        F.lit("measurement").alias("domain"),
+        "person_id", "image_occurrence_id", "visit_occurrence_id",
+        F.col("image_occurrence_date").alias("event_date"), F.lit(None).cast("timestamp").alias("event_datetime"),
+        F.lit("DICOM").alias("concept_vocabulary"), F.col("tag").alias("concept_code"),
+        F.col("tag").alias("source_value"),
+        "number", F.col("unit").alias("unit_code"),
+        F.when(F.col("value_code").isNotNull(), F.lit("DICOM")).alias("value_vocabulary"), "value_code",
+        F.col("text").alias("value_text"),
+        F.lit(None).cast("string").alias("finding_key"),
+        F.lit(None).cast("string").alias("finding_vocabulary"), F.lit(None).cast("string").alias("finding_code"),
+        F.lit(None).cast("string").alias("site_vocabulary"), F.lit(None).cast("string").alias("site_code"),
+        F.col("anatomic_site_concept_id").alias("occurrence_site_concept_id"),
+        F.lit(cfg.measurement_type_concept_id).alias("type_concept_id"),
+        F.lit(cfg.feature_type_concept_id).alias("feature_type_concept_id"),
+        F.lit(None).cast("string").alias("alg_system"), F.lit(None).cast("timestamp").alias("alg_datetime"),
     )
-    features = rows.select(
-        "image_feature_id",
-        "person_id",
-        "image_occurrence_id",
-        F.lit(table_concept_id("measurement")).alias("table_concept_id"),
-        F.col("measurement_id").alias("table_row_id"),
-        F.coalesce("attribute_concept_id", F.lit(0)).alias("image_feature_concept_id"),
-        F.lit(cfg.feature_type_concept_id).alias("image_feature_type_concept_id"),
-        "anatomic_site_concept_id",
+
+
+_PARSED = StructType().add("items", ArrayType(REPORT_ITEM)).add("reason", StringType()).add("message", StringType())
+
+
+@F.udf(returnType=_PARSED)
+def _parse(sop_class_uid: str, header_json: str | None, truncated: bool | None) -> dict[str, object]:
+    if truncated:
+        return {"items": [], "reason": "header_truncated",
+                "message": "the stored header was cut at extract.header_json_max_bytes; raise it and re-extract"}
+    parse = segment_items if sop_class_uid in _SEG_CLASSES else report_items
+    items, reason, message = parse(header_json)
+    return {"items": items, "reason": reason, "message": message}
+
+
+def report_features(instances: DataFrame, occurrences: DataFrame, settings: Settings
+                    ) -> tuple[DataFrame, DataFrame]:
+    """(features, quarantine) from every structured report and segmentation among ``instances``.
+
+    A report's features go to the image_occurrence of the series it cites as evidence (or of the
+    images a measurement group references) when that series is ingested, else to the report's own.
+    """
+    cfg = settings.features
+    reports = instances.where(F.col("sop_class_uid").startswith(_SR_CLASS_PREFIX)
+                              | F.col("sop_class_uid").isin(*_SEG_CLASSES)).select(
+        "path", "sop_instance_uid", "series_instance_uid",
+        _parse("sop_class_uid", "header_json", "header_json_truncated").alias("parsed"))
+    quarantine = reports.where(F.col("parsed.reason").isNotNull()).select(
+        "path", "sop_instance_uid", "series_instance_uid", F.col("parsed.reason").alias("reason"),
+        F.col("parsed.message").alias("message"))
+    items = reports.select("sop_instance_uid", "series_instance_uid", F.explode("parsed.items").alias("i")).select(
+        "sop_instance_uid", F.col("series_instance_uid").alias("own_series"), "i.*")
+    # Candidate series, best first: the evidence, the referenced images' series, the report's own.
+    referenced = instances.select(F.col("sop_instance_uid").alias("_ref"), F.col("series_instance_uid").alias("_s"))
+    candidates = items.select("sop_instance_uid", "position", F.posexplode("evidence_series").alias("_rank", "_s")) \
+        .unionByName(items.select("sop_instance_uid", "position", F.explode("referenced_instances").alias("_ref"))
+                     .join(referenced, "_ref").select("sop_instance_uid", "position", F.lit(-1).alias("_rank"), "_s")) \
+        .unionByName(items.select("sop_instance_uid", "position", F.lit(1_000_000).alias("_rank"),
+                                  F.col("own_series").alias("_s")))
+    placed = candidates.join(occurrences, F.col("_s") == F.col("image_series_uid")).groupBy(
+        "sop_instance_uid", "position").agg(F.min_by(F.struct(*[F.col(c) for c in occurrences.columns]), "_rank")
+                                            .alias("o")).select("sop_instance_uid", "position", "o.*")
+    located = items.join(placed, ["sop_instance_uid", "position"])
+    vocabulary = coding_scheme_vocabularies()
+    content_datetime = F.to_timestamp(F.substring("content_datetime", 1, 14), "yyyyMMddHHmmss")
+    is_num = F.col("value_type") == "NUM"
+    features = located.select(
+        F.concat_ws("|", F.lit("sr"), "sop_instance_uid", "position").alias("natural_key"),
+        F.when(is_num, F.lit("measurement")).otherwise(F.lit("observation")).alias("domain"),
+        "person_id", "image_occurrence_id", "visit_occurrence_id",
+        F.coalesce(F.to_date(content_datetime), "image_occurrence_date").alias("event_date"),
+        content_datetime.alias("event_datetime"),
+        vocabulary[F.col("concept_scheme")].alias("concept_vocabulary"), "concept_code",
+        F.concat_ws(":", "concept_scheme", "concept_code").alias("source_value"),
+        "number", "unit_code",
+        vocabulary[F.col("value_scheme")].alias("value_vocabulary"), "value_code",
+        # a NUM's text is how it was derived ('Mean'), a CODE's the meaning of its value
+        F.coalesce("modifier", "value_meaning", "value_code").alias("value_text"),
+        F.when(F.col("finding_group").isNotNull(),
+               F.concat_ws("|", "sop_instance_uid", F.col("finding_group").cast("string"))).alias("finding_key"),
+        vocabulary[F.col("finding_scheme")].alias("finding_vocabulary"), "finding_code",
+        vocabulary[F.col("site_scheme")].alias("site_vocabulary"), "site_code",
+        F.col("anatomic_site_concept_id").alias("occurrence_site_concept_id"),
+        F.lit(cfg.sr_type_concept_id).alias("type_concept_id"),
+        F.lit(cfg.sr_feature_type_concept_id).alias("feature_type_concept_id"),
+        F.col("algorithm").alias("alg_system"),
+        F.when(F.col("algorithm").isNotNull(), content_datetime).alias("alg_datetime"),
+    )
+    return features, quarantine
+
+
+#: Columns of an algorithm-results file (CSV with a header row, or Parquet); see the README.
+ALGORITHM_RESULT_COLUMNS = {
+    "series_instance_uid": True, "feature_vocabulary": True, "feature_code": True, "value_as_number": False,
+    "value_vocabulary": False, "value_code": False, "unit": False, "finding_id": False, "alg_system": True,
+    "alg_datetime": True,
+}
+
+
+def read_algorithm_results(spark: SparkSession, path: str) -> DataFrame:
+    """An algorithm-results file or folder (Parquet when the name says so, else CSV), columns checked."""
+    reader = spark.read.parquet if path.rstrip("/").endswith(".parquet") else spark.read.option("header", True).csv
+    results = reader(path)
+    missing = [c for c, required in ALGORITHM_RESULT_COLUMNS.items() if required and c not in results.columns]
+    if missing:
+        raise ConfigError(f"features.algorithm_results: {path} lacks the columns {missing}; expected "
+                          f"{list(ALGORITHM_RESULT_COLUMNS)}")
+    for column in ALGORITHM_RESULT_COLUMNS:
+        if column not in results.columns:
+            results = results.withColumn(column, F.lit(None).cast("string"))
+    return results.select(*[F.col(c).cast("string") for c in ALGORITHM_RESULT_COLUMNS]).withColumn(
+        "_file", F.lit(path))
+
+
+def algorithm_features(results: DataFrame, occurrences: DataFrame, settings: Settings
+                       ) -> tuple[DataFrame, DataFrame]:
+    """(features, quarantine) from imported algorithm results: numbers become measurements, codes
+    observations; a result whose series has no image_occurrence is quarantined."""
+    cfg = settings.features
+    number = F.col("value_as_number").cast("double")
+    bad = (F.when(F.col("series_instance_uid").isNull() | F.col("feature_code").isNull(), F.lit("alg_missing_key"))
+           .when(F.col("alg_system").isNull(), F.lit("alg_missing_system"))
+           .when(F.col("value_as_number").isNotNull() & number.isNull(), F.lit("alg_bad_value"))
+           .when(F.col("image_occurrence_id").isNull(), F.lit("series_not_in_image_occurrence")))
+    joined = results.join(occurrences, F.col("series_instance_uid") == F.col("image_series_uid"), "left").withColumn(
+        "_reason", bad)
+    quarantine = joined.where(F.col("_reason").isNotNull()).select(
+        F.col("_file").alias("path"), F.lit(None).cast("string").alias("sop_instance_uid"), "series_instance_uid",
+        F.col("_reason").alias("reason"),
+        F.concat_ws(" ", F.lit("feature"), F.concat_ws(":", "feature_vocabulary", "feature_code"), F.lit("from"),
+                    "alg_system").alias("message"))
+    good = joined.where(F.col("_reason").isNull())
+    alg_datetime = F.to_timestamp("alg_datetime")
+    coded = F.col("value_code").isNotNull() & number.isNull()
+    features = good.select(
+        F.concat_ws("|", F.lit("alg"), "alg_system", "series_instance_uid", "feature_vocabulary", "feature_code",
+                    F.coalesce("finding_id", F.lit(""))).alias("natural_key"),
+        F.when(coded, F.lit("observation")).otherwise(F.lit("measurement")).alias("domain"),
+        "person_id", "image_occurrence_id", "visit_occurrence_id",
+        F.coalesce(F.to_date(alg_datetime), "image_occurrence_date").alias("event_date"),
+        alg_datetime.alias("event_datetime"),
+        F.col("feature_vocabulary").alias("concept_vocabulary"), F.col("feature_code").alias("concept_code"),
+        F.concat_ws(":", "feature_vocabulary", "feature_code").alias("source_value"),
+        number.alias("number"), F.col("unit").alias("unit_code"),
+        "value_vocabulary", "value_code", F.col("value_code").alias("value_text"),
+        F.when(F.col("finding_id").isNotNull(), F.concat_ws("|", "alg_system", "series_instance_uid", "finding_id"))
+        .alias("finding_key"),
+        F.lit(None).cast("string").alias("finding_vocabulary"), F.lit(None).cast("string").alias("finding_code"),
+        F.lit(None).cast("string").alias("site_vocabulary"), F.lit(None).cast("string").alias("site_code"),
+        F.col("anatomic_site_concept_id").alias("occurrence_site_concept_id"),
+        F.lit(cfg.algorithm_type_concept_id).alias("type_concept_id"),
+        F.lit(cfg.algorithm_feature_type_concept_id).alias("feature_type_concept_id"),
+        "alg_system", alg_datetime.alias("alg_datetime"),
+    )
+    return features, quarantine
+
+
+def _resolve_concepts(features: DataFrame, spark: SparkSession, locator: TableLocator) -> DataFrame:
+    """Source concepts by (vocabulary, code); standard ones by themselves or through 'Maps to'."""
+    every = concepts(spark, locator)
+    vocabulary = every.where(F.col("invalid_reason").isNull())
+    by_code = vocabulary.select("vocabulary_id", "concept_code", "concept_id", "standard_concept")
+    # A 'Maps to' target counts when the vocabulary knows it as valid and standard, or does not hold it at
+    # all (the shipped DICOM-to-SNOMED maps name SNOMED concepts a site without SNOMED lacks).
+    known = every.select(F.col("concept_id").alias("concept_id_2"),
+                         ((F.col("standard_concept") == "S") & F.col("invalid_reason").isNull()).alias("_ok"))
+    targets = relationships(spark, locator, "Maps to").join(known, "concept_id_2", "left").where(
+        F.coalesce("_ok", F.lit(True)))
+    mapped = by_code.join(targets, F.col("concept_id") == F.col("concept_id_1")).groupBy("concept_id").agg(
+        F.min("concept_id_2").alias("_std"))
+    # One concept per (vocabulary, code), so that no feature is ever doubled by the lookup.
+    lookup = by_code.join(mapped, "concept_id", "left").groupBy("vocabulary_id", "concept_code").agg(
+        F.min("concept_id").alias("_source"),
+        F.min(F.when(F.col("standard_concept") == "S", F.col("concept_id")).otherwise(F.col("_std")))
+        .alias("_standard"))
+
+    def resolve(frame: DataFrame, prefix: str, vocabulary_column: Column, code_column: str) -> DataFrame:
+        keyed = lookup.select(
+            F.col("vocabulary_id").alias(f"{prefix}_v"), F.col("concept_code").alias(f"{prefix}_c"),
+            F.col("_source").alias(f"{prefix}_source"), F.col("_standard").alias(f"{prefix}_standard"))
+        matches = (F.col(f"{prefix}_v") == vocabulary_column) & (F.col(f"{prefix}_c") == F.col(code_column))
+        return frame.join(keyed, matches, "left").drop(f"{prefix}_v", f"{prefix}_c")
+
+    features = resolve(features, "concept", F.col("concept_vocabulary"), "concept_code")
+    features = resolve(features, "value", F.col("value_vocabulary"), "value_code")
+    features = resolve(features, "finding", F.col("finding_vocabulary"), "finding_code")
+    features = resolve(features, "site", F.col("site_vocabulary"), "site_code")
+    features = resolve(features, "unit", F.lit("UCUM"), "unit_code")
+    # A DICOM defined term counts only as a value its attribute 'Maps to value' (Modality CT, not CT anywhere).
+    allowed = relationships(spark, locator, "Maps to value").select(
+        F.col("concept_id_1").alias("concept_source"), F.col("concept_id_2").alias("value_source"),
+        F.lit(True).alias("_allowed"))
+    outside = (F.col("value_vocabulary") == "DICOM") & F.col("_allowed").isNull()
+    return features.join(allowed, ["concept_source", "value_source"], "left").withColumns({
+        "value_source": F.when(outside, F.lit(None)).otherwise(F.col("value_source")),
+        "value_standard": F.when(outside, F.lit(None)).otherwise(F.col("value_standard")),
+    }).drop("_allowed")
+
+
+def _with_ids(spark: SparkSession, locator: TableLocator, features: DataFrame) -> DataFrame:
+    """measurement_id / observation_id (above the site's highest), image_feature_id and image_finding_id."""
+    rows = features
+    for domain, id_column in (("measurement", "measurement_id"), ("observation", "observation_id")):
+        keys = features.where(F.col("domain") == domain)
+        floor = read_table(spark, locator, domain).agg(F.max(id_column)).first()[0] or 0
+        ids = assign_ids(spark, locator, domain, keys, floor=floor)
+        rows = rows.join(ids.withColumnRenamed("id", id_column), "natural_key", "left")
+    feature_ids = assign_ids(spark, locator, "image_feature", features)
+    finding_ids = assign_ids(spark, locator, "image_finding", features.select(F.col("finding_key").alias(
+        "natural_key")))
+    return rows.join(feature_ids.withColumnRenamed("id", "image_feature_id"), "natural_key").join(
+        finding_ids.select(F.col("natural_key").alias("finding_key"), F.col("id").alias("image_finding_id")),
+        "finding_key", "left")
+
+
+def run_features(spark: SparkSession, locator: TableLocator, settings: Settings) -> dict[str, int]:
+    """MERGE measurement, observation and image_feature rows for every image_occurrence; rebuild
+    feature_quarantine. Returns row counts."""
+    instances = present_instances(spark, locator)
+    occurrences = read_table(spark, locator, "image_occurrence")
+    acquisition = _acquisition_features(instances, occurrences, settings)
+    reported, quarantine = report_features(instances, occurrences, settings)
+    features = acquisition.unionByName(reported)
+    if settings.features.algorithm_results:
+        results = read_algorithm_results(spark, settings.features.algorithm_results)
+        imported, rejected = algorithm_features(results, occurrences, settings)
+        features, quarantine = features.unionByName(imported), quarantine.unionByName(rejected)
+    overwrite(locator, "feature_quarantine", quarantine.withColumn("quarantined_at", F.current_timestamp()))
+    features = _resolve_concepts(features, spark, locator).localCheckpoint()
+    rows = _with_ids(spark, locator, features).localCheckpoint()
+    zero = F.lit(0)
+    measurements = rows.where(F.col("domain") == "measurement").select(
+        "measurement_id", "person_id",
+        F.coalesce("concept_standard", zero).alias("measurement_concept_id"),
+        F.col("event_date").alias("measurement_date"), F.col("event_datetime").alias("measurement_datetime"),
+        F.col("type_concept_id").alias("measurement_type_concept_id"),
+        F.col("number").alias("value_as_number"),
+        F.coalesce("value_standard", "value_source").alias("value_as_concept_id"),
+        F.when(F.col("unit_code").isNotNull(), F.coalesce("unit_standard", zero)).alias("unit_concept_id"),
+        "visit_occurrence_id",
+        F.substring("source_value", 1, 50).alias("measurement_source_value"),
+        F.coalesce("concept_source", zero).alias("measurement_source_concept_id"),
+        F.substring("unit_code", 1, 50).alias("unit_source_value"),
+        F.substring("value_text", 1, 50).alias("value_source_value"),
+    )
+    observations = rows.where(F.col("domain") == "observation").select(
+        "observation_id", "person_id",
+        F.coalesce("concept_standard", zero).alias("observation_concept_id"),
+        F.col("event_date").alias("observation_date"), F.col("event_datetime").alias("observation_datetime"),
+        F.col("type_concept_id").alias("observation_type_concept_id"),
+        F.substring("value_text", 1, 60).alias("value_as_string"),
+        F.coalesce("value_standard", "value_source", zero).alias("value_as_concept_id"),
+        "visit_occurrence_id",
+        F.substring("source_value", 1, 50).alias("observation_source_value"),
+        F.coalesce("concept_source", zero).alias("observation_source_concept_id"),
+        F.substring("value_code", 1, 50).alias("value_source_value"),
+    )
+    measurement_table, observation_table = table_concept_id("measurement"), table_concept_id("observation")
+    is_measurement = F.col("domain") == "measurement"
+    features_rows = rows.select(
+        "image_feature_id", "person_id", "image_occurrence_id",
+        F.when(is_measurement, F.lit(measurement_table)).otherwise(F.lit(observation_table)).alias("table_concept_id"),
+        F.when(is_measurement, F.col("measurement_id")).otherwise(F.col("observation_id")).alias("table_row_id"),
+        F.coalesce("concept_standard", "concept_source", zero).alias("image_feature_concept_id"),
+        F.col("feature_type_concept_id").alias("image_feature_type_concept_id"),
+        F.when(F.col("finding_key").isNotNull(), F.coalesce("finding_standard", "finding_source", zero))
+        .alias("image_finding_concept_id"),
+        "image_finding_id",
+        F.coalesce("site_standard", "occurrence_site_concept_id").alias("anatomic_site_concept_id"),
+        "alg_system", "alg_datetime",
     )
     merge_into(spark, locator, "measurement", measurements, ["measurement_id"])
-    merge_into(spark, locator, "image_feature", features, ["image_feature_id"])
-    return read_table(spark, locator, "image_feature").count()
+    merge_into(spark, locator, "observation", observations, ["observation_id"])
+    merge_into(spark, locator, "image_feature", features_rows, ["image_feature_id"])
+    return {"image_feature": read_table(spark, locator, "image_feature").count(),
+            "feature_quarantine": read_table(spark, locator, "feature_quarantine").count()}

@@ -50,7 +50,7 @@ STAGES: dict[str, Callable[[SparkSession, TableLocator, Settings, str], dict[str
     "link": lambda spark, locator, settings, run_id: run_link(spark, locator, settings, run_id),
     "occurrence": lambda spark, locator, settings, run_id: {
         "image_occurrence": run_occurrence(spark, locator, settings)},
-    "features": lambda spark, locator, settings, run_id: {"image_feature": run_features(spark, locator, settings)},
+    "features": lambda spark, locator, settings, run_id: run_features(spark, locator, settings),
     "publish": _publish,
 }
 

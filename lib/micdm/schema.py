@@ -467,6 +467,40 @@ SERIES_LINK = table("series_link", "silver", """
     updated_at                 datetime   required
 """)
 
+#: One content item of a structured report, as dicom/sr.py gives it (internal: the features stage's UDF type).
+REPORT_ITEM = table("report_item", "internal", """
+    position               string    required
+    value_type             string    required
+    concept_scheme         string
+    concept_code           string
+    concept_meaning        string
+    number                 double
+    unit_code              string
+    modifier               string
+    value_scheme           string
+    value_code             string
+    value_meaning          string
+    finding_group          integer
+    finding_scheme         string
+    finding_code           string
+    site_scheme            string
+    site_code              string
+    tracking_id            string
+    algorithm              string
+    referenced_instances   array<string>
+    evidence_series        array<string>
+    content_datetime       string
+""").schema
+
+FEATURE_QUARANTINE = table("feature_quarantine", "silver", """
+    path                   string     required
+    sop_instance_uid       string
+    series_instance_uid    string
+    reason                 string     required
+    message                string
+    quarantined_at         datetime   required
+""")
+
 LINK_EXCEPTION = table("link_exception", "silver", """
     image_series_uid           string     required
     image_study_uid            string
@@ -499,6 +533,7 @@ PIPELINE_TABLES = (
     SERIES_LINK,
     LINK_EXCEPTION,
     LINK_REPORT,
+    FEATURE_QUARANTINE,
     ID_MAP,
 )
 

@@ -135,13 +135,31 @@ def resolve_delta_jars(cache: Path | None = None) -> list[str]:
     return _write_manifest(cache, list((ivy / "jars").glob("*.jar")))
 
 
+def is_submitted() -> bool:
+    """True in a driver that spark-submit started: the JVM is already there, with its master and jars."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+_DELTA_SESSION = {
+    "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+    "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+    "spark.sql.session.timeZone": "UTC",
+}
+
+
 def get_spark(settings: SparkSettings | None = None, app_name: str = "micdm") -> SparkSession:
-    """The running session if there is one (Databricks, spark-submit, notebooks), else a local Delta session."""
+    """The running session if there is one (Databricks, notebooks), else one for spark-submit (its master,
+    its jars, Delta's SQL settings) or a local Delta session."""
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
     if is_databricks():
         return SparkSession.builder.getOrCreate()
+    if is_submitted():
+        builder = SparkSession.builder.appName(app_name)
+        for key, value in _DELTA_SESSION.items():
+            builder = builder.config(key, value)
+        return builder.getOrCreate()
     settings = settings or SparkSettings()
     check_java()
     jars = resolve_delta_jars()
@@ -151,9 +169,7 @@ def get_spark(settings: SparkSettings | None = None, app_name: str = "micdm") ->
         SparkSession.builder.master(settings.master)
         .appName(app_name)
         .config("spark.jars", ",".join(jars))
-        .config("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension")
-        .config("spark.sql.catalog.spark_catalog", "org.apache.spark.sql.delta.catalog.DeltaCatalog")
-        .config("spark.sql.session.timeZone", "UTC")
+        .config(map=_DELTA_SESSION)
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.databricks.delta.snapshotPartitions", "2")
     )

@@ -1,4 +1,5 @@
-"""Real servers for tests and benchmarks, on 127.0.0.1: SeaweedFS (S3) and Orthanc (DICOMweb)."""
+"""What tests and benchmarks run against: real servers on 127.0.0.1 (SeaweedFS for S3, Orthanc for DICOMweb,
+a Spark standalone cluster) and a runner for the Databricks notebooks."""
 
 from __future__ import annotations
 
@@ -9,11 +10,15 @@ import socket
 import subprocess
 import sys
 import time
+import types
 import urllib.request
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
-__all__ = ["Orthanc", "SeaweedFS", "free_port", "orthanc_binary"]
+__all__ = ["NotebookRun", "Orthanc", "SeaweedFS", "SparkStandalone", "free_port", "orthanc_binary", "run_notebook",
+           "spark_home"]
 
 
 def free_port(taken: set[int] | frozenset[int] = frozenset()) -> int:
@@ -183,3 +188,135 @@ class Orthanc(_Server):
                                          headers={"Content-Type": "application/dicom"})
         with urllib.request.urlopen(request, timeout=30) as answer:
             return json.loads(answer.read())
+
+
+def spark_home() -> Path:
+    """The Spark distribution inside the pyspark package (bin/spark-class, bin/spark-submit, jars/)."""
+    import pyspark
+
+    return Path(pyspark.__file__).parent
+
+
+class SparkStandalone:
+    """A Spark standalone cluster on 127.0.0.1: one master and one worker, stopped on exit."""
+
+    def __init__(self, data: Path, cores: int = 2, memory: str = "2g", start_timeout: float = 90.0) -> None:
+        self.data = data
+        ports = {name: free_port() for name in ("master", "master_ui", "worker_ui")}
+        self.url = f"spark://127.0.0.1:{ports['master']}"
+        self.master_ui = f"http://127.0.0.1:{ports['master_ui']}"
+        spark_class = str(spark_home() / "bin" / "spark-class")
+        self._master = _SparkDaemon(data / "master", self, [
+            spark_class, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
+            "--port", str(ports["master"]), "--webui-port", str(ports["master_ui"])], workers=0,
+            start_timeout=start_timeout)
+        self._worker = _SparkDaemon(data / "worker", self, [
+            spark_class, "org.apache.spark.deploy.worker.Worker", self.url, "--host", "127.0.0.1",
+            "--cores", str(cores), "--memory", memory, "--webui-port", str(ports["worker_ui"]),
+            "--work-dir", str(data / "worker" / "work")], workers=1, start_timeout=start_timeout)
+
+    def alive_workers(self) -> int:
+        with urllib.request.urlopen(f"{self.master_ui}/json/", timeout=2) as answer:
+            state = json.loads(answer.read())
+        return sum(1 for worker in state.get("workers", []) if worker.get("state") == "ALIVE")
+
+    def __enter__(self) -> SparkStandalone:
+        self._master.start()
+        try:
+            self._worker.start()
+        except Exception:
+            self._master.stop()
+            raise
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        self._worker.stop()
+        self._master.stop()
+
+
+class _SparkDaemon(_Server):
+    name = "spark"
+
+    def __init__(self, data: Path, cluster: SparkStandalone, command: list[str], workers: int,
+                 start_timeout: float) -> None:
+        super().__init__(data, start_timeout)
+        self._cluster = cluster
+        self._command = command
+        self._workers = workers
+
+    def command(self) -> list[str]:
+        return self._command
+
+    def environment(self) -> dict[str, str]:
+        # In the foreground (no daemon scripts), with logs in this daemon's folder.
+        return {**os.environ, "SPARK_HOME": str(spark_home()), "SPARK_LOG_DIR": str(self.data),
+                "SPARK_NO_DAEMONIZE": "1"}
+
+    def ready(self) -> bool:
+        return self._cluster.alive_workers() >= self._workers
+
+
+@dataclass
+class NotebookRun:
+    """What a notebook displayed: DataFrames as pandas frames, figures as PNG files."""
+
+    tables: list[Any] = field(default_factory=list)
+    figures: list[Path] = field(default_factory=list)
+
+
+class _Widgets:
+    """dbutils.widgets as a notebook sees it: declared with defaults, read back with get()."""
+
+    def __init__(self, values: dict[str, str]) -> None:
+        self._given = values
+        self._values: dict[str, str] = {}
+
+    def text(self, name: str, default: str, label: str | None = None) -> None:
+        self._values[name] = self._given.get(name, default)
+
+    def dropdown(self, name: str, default: str, choices: list[str], label: str | None = None) -> None:
+        value = self._given.get(name, default)
+        if value not in choices:
+            raise ValueError(f"widget {name}: {value!r} is not one of {choices}")
+        self._values[name] = value
+
+    def get(self, name: str) -> str:
+        return self._values[name]
+
+
+def run_notebook(path: Path, spark: Any, out: Path, widgets: dict[str, str] | None = None) -> NotebookRun:
+    """Run a Databricks source-format notebook top to bottom on ``spark``, as the workspace would.
+
+    Markdown cells are skipped; ``display`` keeps DataFrames (as pandas) and saves figures under ``out``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.figure
+    from pyspark.sql import DataFrame
+
+    run = NotebookRun()
+    out.mkdir(parents=True, exist_ok=True)
+
+    def display(value: Any) -> None:
+        if isinstance(value, DataFrame):
+            run.tables.append(value.toPandas())
+        elif isinstance(value, matplotlib.figure.Figure):
+            target = out / f"{path.stem}-{len(run.figures) + 1}.png"
+            value.savefig(target)
+            run.figures.append(target)
+        else:
+            run.tables.append(value)
+
+    namespace: dict[str, Any] = {"spark": spark, "display": display,
+                                 "dbutils": types.SimpleNamespace(widgets=_Widgets(widgets or {}))}
+    text = path.read_text(encoding="utf-8")
+    if not text.startswith("# Databricks notebook source"):
+        raise ValueError(f"{path} is not a Databricks source-format notebook")
+    for number, cell in enumerate(text.split("\n# COMMAND ----------\n")):
+        lines = [line for line in cell.splitlines() if line.strip() and line != "# Databricks notebook source"]
+        if lines and all(line.startswith("# MAGIC") for line in lines):
+            continue
+        exec(compile(cell, f"{path.name}[cell {number}]", "exec"), namespace)
+    return run

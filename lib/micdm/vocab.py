@@ -21,13 +21,16 @@ from micdm.tables import TableLocator, conform, read_table
 __all__ = [
     "anatomy_sites",
     "body_part_sites",
+    "coding_scheme_vocabularies",
     "compatible_procedures",
     "concepts",
     "dicom_attributes",
     "modality_procedures",
     "normalise_body_part",
+    "relationships",
     "resource_rows",
     "site_anatomy",
+    "site_relationships",
     "table_concept_id",
 ]
 
@@ -87,8 +90,30 @@ def anatomy_sites(spark: SparkSession, locator: TableLocator, vocabulary: str) -
     return site.unionByName(shipped.join(site, "anatomy_key", "left_anti"))
 
 
-#: DICOM coding scheme designators -> OMOP vocabulary_id, for AnatomicRegionSequence codes.
-_CODING_SCHEMES = {"SCT": "SNOMED", "SNM3": "SNOMED", "SRT": "SNOMED", "LN": "LOINC", "RADLEX": "RadLex"}
+#: DICOM coding scheme designators -> OMOP vocabulary_id (AnatomicRegionSequence, SR codes).
+_CODING_SCHEMES = {"SCT": "SNOMED", "SNM3": "SNOMED", "SRT": "SNOMED", "LN": "LOINC", "RADLEX": "RadLex",
+                   "UCUM": "UCUM"}
+
+
+def coding_scheme_vocabularies() -> Column:
+    """A map column: DICOM coding scheme designator -> OMOP vocabulary_id (look up with ``[column]``)."""
+    return F.create_map(*[F.lit(x) for pair in _CODING_SCHEMES.items() for x in pair])
+
+
+def site_relationships(spark: SparkSession, locator: TableLocator, relationship_id: str) -> DataFrame:
+    """Valid (concept_id_1, concept_id_2) pairs of one relationship in the site's CONCEPT_RELATIONSHIP."""
+    return read_table(spark, locator, "concept_relationship").where(
+        (F.col("relationship_id") == relationship_id) & F.col("invalid_reason").isNull()).select(
+        "concept_id_1", "concept_id_2")
+
+
+def relationships(spark: SparkSession, locator: TableLocator, relationship_id: str) -> DataFrame:
+    """The site's pairs of one relationship plus the shipped ones (DICOM value sets: 'Maps to value' from
+    their attribute, 'Maps to' SNOMED)."""
+    shipped = _resource_frame(spark, "concept_relationship.csv",
+                              {"concept_id_1": "int", "concept_id_2": "int", "relationship_id": "string"})
+    shipped = shipped.where(F.col("relationship_id") == relationship_id).select("concept_id_1", "concept_id_2")
+    return site_relationships(spark, locator, relationship_id).unionByName(shipped).distinct()
 
 
 def site_anatomy(spark: SparkSession, locator: TableLocator) -> DataFrame:
@@ -99,8 +124,7 @@ def site_anatomy(spark: SparkSession, locator: TableLocator) -> DataFrame:
     is standard, else what it 'Maps to'). Only valid standard targets count.
     """
     concept = read_table(spark, locator, "concept").where(F.col("invalid_reason").isNull())
-    maps_to = read_table(spark, locator, "concept_relationship").where(
-        (F.col("relationship_id") == "Maps to") & F.col("invalid_reason").isNull())
+    maps_to = site_relationships(spark, locator, "Maps to")
     standard = concept.where(F.col("standard_concept") == "S").select(F.col("concept_id").alias("target"))
     keyed = concept.select(
         "concept_id", "standard_concept",
@@ -136,6 +160,10 @@ def table_concept_id(table_name: str) -> int:
 _KEYWORD = re.compile(r"[A-Za-z]+")
 
 
-def dicom_attributes() -> dict[str, tuple[str, str | None]]:
-    """DICOM keyword -> (8-hex tag, UCUM unit or None) for the attributes micdm can store as features."""
-    return {row["keyword"]: (row["tag"], row["ucum_unit"] or None) for row in resource_rows("dicom_attributes.csv")}
+def dicom_attributes() -> dict[str, tuple[str, str | None, bool]]:
+    """DICOM keyword -> (8-hex tag, UCUM unit or None, coded) for the attributes micdm can store as features.
+
+    A coded attribute's values are DICOM defined terms, looked up as value-set concepts.
+    """
+    return {row["keyword"]: (row["tag"], row["ucum_unit"] or None, row["coded"] == "yes")
+            for row in resource_rows("dicom_attributes.csv")}

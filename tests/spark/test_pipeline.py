@@ -2,40 +2,14 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
-import pytest
 from pyspark.sql import functions as F
 
-from micdm.config import load_settings
 from micdm.pipeline import run_pipeline
-from micdm.synth import generate
-from micdm.tables import TableLocator, load_csv, read_table
+from micdm.tables import read_table
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def demo(spark, tmp_path_factory):
-    root = tmp_path_factory.mktemp("demo")
-    generate(root / "export", patients=14, seed=11, pixels="none")
-    settings = load_settings(REPO / "conf" / "local.yml", [
-        f"storage.warehouse={root / 'warehouse'}", f"sources.roots=[{root / 'export' / 'dicom'}]",
-        "extract.files_per_partition=200"])
-    locator = TableLocator(settings.storage)
-    from micdm.tables import init_tables
-
-    init_tables(spark, locator)
-    for name in ("person", "visit_occurrence", "procedure_occurrence"):
-        load_csv(spark, locator, name, str(root / "export" / "cdm" / f"{name}.csv"))
-    first = run_pipeline(spark, settings)
-    snapshot = {name: read_table(spark, locator, name).toPandas() for name in
-                ("image_occurrence", "image_feature", "measurement", "series_link")}
-    second = run_pipeline(spark, settings)
-    with (root / "export" / "truth.csv").open(newline="") as handle:
-        truth = {row["series_instance_uid"]: row for row in csv.DictReader(handle)}
-    return dict(settings=settings, locator=locator, first=first, second=second, snapshot=snapshot, truth=truth)
 
 
 def test_both_spec_tables_have_rows(spark, demo) -> None:
@@ -90,6 +64,32 @@ def test_occurrence_values(spark, demo) -> None:
     assert row is not None
     assert row.local_path.endswith("_CT") and row.image_occurrence_date is not None
     assert row.anatomic_site_concept_id in (4184181, 37303869, 4287390)  # CHEST, ABDOMEN, HEAD
+
+
+def test_every_series_has_header_features_that_follow_the_dqd_conventions(spark, demo) -> None:
+    from micdm.vocab import concepts
+
+    locator = demo["locator"]
+    occurrences = read_table(spark, locator, "image_occurrence")
+    measurements = read_table(spark, locator, "measurement")
+    header = read_table(spark, locator, "image_feature").join(
+        measurements, F.col("table_row_id") == F.col("measurement_id")).where(
+        F.col("measurement_source_value").rlike("^[0-9A-F]{8}$"))
+    assert occurrences.join(header, "image_occurrence_id", "left_anti").count() == 0, "a series without features"
+    required = ["measurement_id", "person_id", "measurement_concept_id", "measurement_date",
+                "measurement_type_concept_id"]
+    assert measurements.where(" OR ".join(f"{c} IS NULL" for c in required)).count() == 0
+    assert measurements.join(read_table(spark, locator, "person"), "person_id", "left_anti").count() == 0
+    visits = read_table(spark, locator, "visit_occurrence").select("visit_occurrence_id")
+    assert measurements.where("visit_occurrence_id IS NOT NULL").join(visits, "visit_occurrence_id",
+                                                                       "left_anti").count() == 0
+    vocabulary = concepts(spark, locator)
+    standard = {r[0] for r in vocabulary.where("standard_concept = 'S'").select("concept_id").collect()}
+    known = {r[0] for r in vocabulary.select("concept_id").collect()}
+    used = {r[0] for r in measurements.select("measurement_concept_id").distinct().collect()}
+    assert used <= standard | {0}, "measurement_concept_id must be standard or 0"
+    sources = {r[0] for r in measurements.select("measurement_source_concept_id").distinct().collect()}
+    assert sources <= known | {0} and sources - {0}, "source concepts are real DICOM attribute concepts"
 
 
 def test_a_series_that_gains_or_loses_an_instance_is_updated_not_duplicated(spark, demo) -> None:

@@ -1,0 +1,11 @@
+"""spark-submit entry point of the publish stage.
+
+    spark-submit [spark options] jobs/publish.py --config conf/<env>.yml [key=value ...]
+"""
+
+import sys
+
+from micdm.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["publish", *sys.argv[1:]]))

@@ -1,0 +1,86 @@
+"""spark-submit on a real Spark standalone cluster (master + worker on 127.0.0.1), micdm shipped as a zip."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from micdm.spark import resolve_delta_jars
+from micdm.synth import generate
+from micdm.tables import TableLocator, init_tables, load_csv, read_table
+from micdm.testing import SparkStandalone, spark_home
+
+REPO = Path(__file__).resolve().parents[2]
+
+_PROBE = '''
+from pyspark.sql import SparkSession
+spark = SparkSession.builder.getOrCreate()
+print("EXECUTOR_MICDM", spark.sparkContext.parallelize([0], 1).map(lambda _: __import__("micdm").__file__).first())
+'''
+
+
+def _package(target: Path) -> Path:
+    """micdm as a zip for --py-files (what a wheel holds: the package and its resources)."""
+    with zipfile.ZipFile(target, "w") as archive:
+        for path in sorted((REPO / "lib" / "micdm").rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts:
+                archive.write(path, path.relative_to(REPO / "lib"))
+    return target
+
+
+def _submit(cluster: SparkStandalone, package: Path, script: Path, *arguments: str) -> str:
+    command = [str(spark_home() / "bin" / "spark-submit"), "--master", cluster.url,
+               "--jars", ",".join(resolve_delta_jars()), "--py-files", str(package),
+               "--conf", f"spark.pyspark.python={sys.executable}", "--conf", "spark.executor.memory=1g",
+               "--conf", "spark.driver.memory=1g", "--conf", "spark.sql.shuffle.partitions=4",
+               str(script), *arguments]
+    environment = {**os.environ, "SPARK_HOME": str(spark_home()), "PYSPARK_PYTHON": sys.executable}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900, env=environment, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    with SparkStandalone(tmp_path_factory.mktemp("cluster")) as running:
+        yield running
+
+
+def test_micdm_runs_from_the_shipped_package_on_the_executors(cluster, tmp_path: Path) -> None:
+    probe = tmp_path / "probe.py"
+    probe.write_text(_PROBE, encoding="utf-8")
+    output = _submit(cluster, _package(tmp_path / "micdm.zip"), probe)
+    location = next(line.split(" ", 1)[1] for line in output.splitlines() if line.startswith("EXECUTOR_MICDM"))
+    assert "micdm.zip" in location, location
+
+
+def test_whole_pipeline_on_a_standalone_cluster(spark, cluster, tmp_path: Path) -> None:
+    export = tmp_path / "export"
+    generate(export, patients=6, seed=4, pixels="none")
+    from micdm.config import load_settings
+
+    overrides = [f"storage.warehouse={tmp_path / 'warehouse'}", f"sources.roots=[{export / 'dicom'}]"]
+    settings = load_settings(REPO / "conf" / "local.yml", overrides)
+    locator = TableLocator(settings.storage)
+    init_tables(spark, locator)
+    for name in ("person", "visit_occurrence", "procedure_occurrence"):
+        load_csv(spark, locator, name, str(export / "cdm" / f"{name}.csv"))
+
+    output = _submit(cluster, _package(tmp_path / "micdm.zip"), REPO / "jobs" / "run_pipeline.py",
+                     "--config", str(REPO / "conf" / "local.yml"), *overrides)
+    assert "image_occurrence" in output
+
+    files = list((export / "dicom").rglob("*.dcm"))
+    with (export / "truth.csv").open(newline="") as handle:
+        truth = list(csv.DictReader(handle))
+    linked = {row["series_instance_uid"] for row in truth if row["expected_rule"] != "person_not_found"}
+    assert read_table(spark, locator, "dicom_instance").count() == len(files)
+    occurrences = {r.image_series_uid for r in read_table(spark, locator, "image_occurrence").collect()}
+    assert occurrences == linked
+    assert read_table(spark, locator, "image_feature").count() > 0
