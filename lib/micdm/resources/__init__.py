@@ -1,0 +1,1 @@
+"""Mapping tables shipped with micdm (modality, body part, DICOM attributes, vocabulary extracts)."""
