@@ -25,6 +25,8 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--config", "-c", help="YAML settings file (see conf/default.yml)")
     common.add_argument("overrides", nargs="*", metavar="key=value",
                         help="setting overrides, e.g. extract.block_size=131072")
+    common.add_argument("--dry-run", action="store_true",
+                        help="print what would be read and written, and change nothing")
     commands = parser.add_subparsers(dest="command", required=True, metavar="command")
     commands.add_parser("setup", parents=[common], help="check Java and resolve the Delta jars once (cached)")
     commands.add_parser("init", parents=[common], help="create every table (idempotent)")
@@ -79,8 +81,37 @@ def _synth(spark: object, settings: Settings, load: bool) -> None:
             print(f"synth: loaded {rows} rows into {locator.where(name)}")
 
 
+def _dry_run(settings: Settings, stages: list[str]) -> None:
+    """What the stages would read and write; the only work done is listing the source files."""
+    from micdm.pipeline import STAGE_TABLES
+    from micdm.sources import list_files
+    from micdm.tables import TableLocator
+
+    locator = TableLocator(settings.storage)
+    print(f"dry run: {', '.join(stages)}; nothing is written")
+    if "extract" in stages:
+        files = list(list_files(settings.sources))
+        print(f"extract would list {len(files)} files ({sum(f.file_size or 0 for f in files) / 1e6:.1f} MB) under "
+              f"{', '.join(settings.sources.roots)}; unchanged ones are skipped unless extract.full_refresh=true")
+    print(f"tables: {locator.where('dicom_instance').rsplit('dicom_instance', 1)[0]}<table> "
+          f"(the site's CDM tables: {locator.where('person').rsplit('person', 1)[0]}<table>)")
+    rows = [(stage, ", ".join(STAGE_TABLES[stage][0]) or "-", ", ".join(STAGE_TABLES[stage][1]) or "-")
+            for stage in stages]
+    if "publish" in stages and settings.publish.mode != "none":
+        rows[-1] = (rows[-1][0], rows[-1][1], f"image_occurrence, image_feature in {settings.publish.schema} "
+                                              f"({settings.publish.mode})")
+    _print_table(rows, ("stage", "reads", "writes"))
+
+
 def _run(args: argparse.Namespace) -> None:
     settings = load_settings(args.config, args.overrides)
+    from micdm.pipeline import STAGES
+
+    if args.dry_run:
+        if args.command not in (*STAGES, "run"):
+            raise MicdmError(f"--dry-run applies to run and the stages ({', '.join(STAGES)}), not {args.command}")
+        _dry_run(settings, list(STAGES) if args.command == "run" else [args.command])
+        return
     from micdm.pipeline import run_pipeline, run_stage
     from micdm.spark import check_java, get_spark, resolve_delta_jars
     from micdm.tables import TableLocator, init_tables

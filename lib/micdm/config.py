@@ -271,7 +271,11 @@ def parse_override(text: str) -> dict[str, Any]:
     if "=" not in text:
         raise ConfigError(f"override {text!r}: expected key=value, e.g. extract.block_size=131072")
     dotted, raw = text.split("=", 1)
-    value: Any = yaml.safe_load(raw) if raw else None
+    try:
+        value: Any = yaml.safe_load(raw) if raw else None
+    except yaml.YAMLError:
+        raise ConfigError(f"override {dotted}: {raw!r} is not a YAML value; quote it, e.g. {dotted}='\"{raw}\"'"
+                          ) from None
     for part in reversed(dotted.strip().split(".")):
         value = {part: value}
     return value

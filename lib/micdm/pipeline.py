@@ -19,7 +19,7 @@ from micdm.occurrence import publish, run_occurrence
 from micdm.series import run_series
 from micdm.tables import TableLocator, init_tables, read_table
 
-__all__ = ["STAGES", "StageResult", "latest_link_report", "run_pipeline", "run_stage", "table_counts"]
+__all__ = ["STAGES", "STAGE_TABLES", "StageResult", "latest_link_report", "run_pipeline", "run_stage", "table_counts"]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,22 @@ STAGES: dict[str, Callable[[SparkSession, TableLocator, Settings, str], dict[str
         "image_occurrence": run_occurrence(spark, locator, settings)},
     "features": lambda spark, locator, settings, run_id: run_features(spark, locator, settings),
     "publish": _publish,
+}
+
+
+#: What each stage reads and writes (tables; extract also reads the files under sources.roots).
+STAGE_TABLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "extract": (("file_inventory", "dicom_instance", "dicom_quarantine"),
+                ("dicom_instance", "dicom_quarantine", "file_inventory")),
+    "series": (("dicom_instance", "file_inventory"), ("dicom_series",)),
+    "link": (("dicom_series", "person", "procedure_occurrence", "visit_occurrence", "id_map"),
+             ("series_link", "link_exception", "link_report", "procedure_occurrence", "id_map")),
+    "occurrence": (("dicom_series", "series_link", "concept", "concept_relationship", "id_map"),
+                   ("image_occurrence", "id_map")),
+    "features": (("dicom_instance", "image_occurrence", "measurement", "observation", "concept",
+                  "concept_relationship", "id_map"),
+                 ("measurement", "observation", "image_feature", "feature_quarantine", "id_map")),
+    "publish": (("image_occurrence", "image_feature"), ()),
 }
 
 

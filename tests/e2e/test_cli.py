@@ -23,3 +23,26 @@ def test_wrong_setting_gives_one_line_and_exit_2() -> None:
     assert result.stderr.strip().splitlines() == [
         "micdm: extract.block_sise: unknown setting; known keys here: ['block_size', 'files_per_partition', "
         "'full_refresh', 'header_json_max_bytes', 'max_retries', 'threads_per_task']"]
+
+
+def test_bad_value_and_bad_yaml_give_one_line_each() -> None:
+    wrong = run("extract", "occurrence.missing_procedure=drop")
+    assert wrong.returncode == 2 and wrong.stderr.strip().splitlines() == [
+        "micdm: occurrence.missing_procedure: 'drop' is not one of ['create', 'exception']"]
+    broken = run("extract", "sources.roots=[/data")
+    assert broken.returncode == 2 and len(broken.stderr.strip().splitlines()) == 1
+    assert "sources.roots" in broken.stderr and "quote it" in broken.stderr
+
+
+def test_dry_run_lists_files_and_tables_and_writes_nothing(tmp_path) -> None:
+    from micdm.synth import generate
+
+    summary = generate(tmp_path / "export", patients=2, seed=1, pixels="none")
+    warehouse = tmp_path / "warehouse"
+    roots = f"sources.roots=[{tmp_path / 'export' / 'dicom'}]"
+    result = run("run", "--dry-run", f"storage.warehouse={warehouse}", roots)
+    assert result.returncode == 0, result.stderr
+    assert f"extract would list {summary.instances} files" in result.stdout
+    for stage in ("extract", "series", "link", "occurrence", "features", "publish"):
+        assert any(line.startswith(stage) for line in result.stdout.splitlines()), stage
+    assert not warehouse.exists(), "a dry run creates no table"
