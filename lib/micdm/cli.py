@@ -39,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
         ("occurrence", "write image_occurrence"),
         ("features", "write measurement + image_feature rows"),
         ("publish", "offer the spec tables under the published MI-CDM 1.0 names (publish.mode)"),
+        ("quality", "DataQualityDashboard-style checks into dq_result; exit 2 when a fatal one fails"),
     ):
         commands.add_parser(stage, parents=[common], help=text)
     commands.add_parser("run", parents=[common], help="run every stage in order")

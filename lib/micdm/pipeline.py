@@ -16,6 +16,7 @@ from micdm.extract import extract
 from micdm.features import run_features
 from micdm.link import run_link
 from micdm.occurrence import publish, run_occurrence
+from micdm.quality import run_quality
 from micdm.series import run_series
 from micdm.tables import TableLocator, init_tables, read_table
 
@@ -52,6 +53,7 @@ STAGES: dict[str, Callable[[SparkSession, TableLocator, Settings, str], dict[str
         "image_occurrence": run_occurrence(spark, locator, settings)},
     "features": lambda spark, locator, settings, run_id: run_features(spark, locator, settings),
     "publish": _publish,
+    "quality": run_quality,
 }
 
 
@@ -68,6 +70,8 @@ STAGE_TABLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
                   "concept_relationship", "id_map"),
                  ("measurement", "observation", "image_feature", "feature_quarantine", "id_map")),
     "publish": (("image_occurrence", "image_feature"), ()),
+    "quality": (("image_occurrence", "image_feature", "measurement", "observation", "procedure_occurrence", "person",
+                 "visit_occurrence", "concept"), ("dq_result",)),
 }
 
 

@@ -518,6 +518,20 @@ LINK_REPORT = table("link_report", "bookkeeping", """
     studies                    integer    required
 """)
 
+DQ_RESULT = table("dq_result", "bookkeeping", """
+    run_id               string     required
+    checked_at           datetime   required
+    check_name           string     required
+    table_name           string     required
+    field_name           string
+    rows_violated        bigint     required
+    rows_checked         bigint     required
+    pct_violated         double     required
+    threshold            double     required
+    fatal                boolean    required
+    passed               boolean    required
+""")
+
 ID_MAP = table("id_map", "bookkeeping", """
     namespace     string     required
     natural_key   string     required
@@ -534,6 +548,7 @@ PIPELINE_TABLES = (
     LINK_EXCEPTION,
     LINK_REPORT,
     FEATURE_QUARANTINE,
+    DQ_RESULT,
     ID_MAP,
 )
 

@@ -1,0 +1,69 @@
+"""Quality checks: the demo output passes every fatal check; a broken table fails the right one."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from micdm.config import load_settings
+from micdm.quality import QualityError, run_quality
+from micdm.tables import TableLocator, init_tables, overwrite, read_table
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_demo_output_passes_every_fatal_check(spark, demo) -> None:
+    locator = demo["locator"]
+    counts = run_quality(spark, locator, demo["settings"], "quality-demo")
+    results = read_table(spark, locator, "dq_result").where("run_id = 'quality-demo'").toPandas()
+    assert len(results) == counts["checks"] > 50
+    assert not results[results["fatal"]]["passed"].eq(False).any()
+    checks = set(results["check_name"])
+    assert {"isRequired", "isPrimaryKey", "isForeignKey", "cdmDatatype", "isStandardValidConcept", "fkDomain",
+            "plausibleDate", "withinVisitDates", "isUnique"} <= checks
+    feature_links = results[(results["table_name"] == "image_feature")
+                            & (results["field_name"] == "table_row_id (measurement)")].iloc[0]
+    assert feature_links["rows_checked"] > 0 and feature_links["rows_violated"] == 0
+
+
+def test_a_dangling_person_fails_the_foreign_key_check(spark, tmp_path) -> None:
+    settings = load_settings(REPO / "conf" / "local.yml", [f"storage.warehouse={tmp_path / 'warehouse'}"])
+    locator = TableLocator(settings.storage)
+    init_tables(spark, locator)
+    day = dt.date(2024, 1, 2)
+    overwrite(locator, "image_occurrence", spark.createDataFrame(
+        [(1, 99, 5, None, 0, None, "/data/s1", day, "1.2", "1.2.3", "CT"),
+         (2, 99, 5, None, 0, None, "/data/s2", dt.date(1900, 1, 1), "1.2", "1.2.4", "CT")],
+        "image_occurrence_id int, person_id int, procedure_occurrence_id int, visit_occurrence_id int, "
+        "anatomic_site_concept_id int, wadors_uri string, local_path string, image_occurrence_date date, "
+        "image_study_uid string, image_series_uid string, modality string"))
+    with pytest.raises(QualityError, match=r"isForeignKey image_occurrence\.person_id"):
+        run_quality(spark, locator, settings, "broken")
+    results = read_table(spark, locator, "dq_result").toPandas().set_index(["check_name", "table_name", "field_name"])
+    person = results.loc[("isForeignKey", "image_occurrence", "person_id")]
+    assert (person["rows_violated"], person["rows_checked"], person["passed"]) == (2, 2, False)
+    dates = results.loc[("plausibleDate", "image_occurrence", "image_occurrence_date")]
+    assert (dates["rows_violated"], dates["pct_violated"], dates["fatal"]) == (1, 50.0, False)
+
+
+def test_quality_command_exits_non_zero_on_a_fatal_failure(spark, tmp_path) -> None:
+    import subprocess
+    import sys
+
+    settings = load_settings(REPO / "conf" / "local.yml", [f"storage.warehouse={tmp_path / 'warehouse'}"])
+    locator = TableLocator(settings.storage)
+    init_tables(spark, locator)
+    overwrite(locator, "image_feature", spark.createDataFrame(
+        [(1, 1, 42, 1147330, 7, 0, 32817, None, None, None, None, None)],
+        "image_feature_id int, person_id int, image_occurrence_id int, table_concept_id int, table_row_id int, "
+        "image_feature_concept_id int, image_feature_type_concept_id int, image_finding_concept_id int, "
+        "image_finding_id int, anatomic_site_concept_id int, alg_system string, alg_datetime timestamp"))
+    done = subprocess.run([sys.executable, "-m", "micdm.cli", "quality", "-c", str(REPO / "conf" / "local.yml"),
+                           f"storage.warehouse={tmp_path / 'warehouse'}"], capture_output=True, text=True,
+                          check=False, timeout=600)
+    assert done.returncode == 2
+    message = done.stderr.strip().splitlines()[-1]
+    assert message.startswith("micdm: ") and "image_feature.image_occurrence_id" in message
+    assert "image_feature.table_row_id (measurement)" in message
