@@ -23,6 +23,7 @@ __all__ = [
     "FeatureSettings",
     "OccurrenceSettings",
     "PublishSettings",
+    "ReportSettings",
     "Settings",
     "SourceSettings",
     "SparkSettings",
@@ -180,6 +181,12 @@ class PublishSettings:
 
 
 @dataclass(frozen=True)
+class ReportSettings:
+    folder: str | None = None
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
 class SparkSettings:
     master: str = "local[*]"
     conf: dict[str, str] = field(default_factory=dict)
@@ -194,6 +201,7 @@ class Settings:
     features: FeatureSettings = field(default_factory=FeatureSettings)
     synth: SynthSettings = field(default_factory=SynthSettings)
     publish: PublishSettings = field(default_factory=PublishSettings)
+    report: ReportSettings = field(default_factory=ReportSettings)
     spark: SparkSettings = field(default_factory=SparkSettings)
     validation: Literal["ignore", "warn", "raise"] = "warn"
 

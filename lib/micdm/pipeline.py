@@ -7,6 +7,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pyspark.sql import SparkSession
@@ -17,10 +18,12 @@ from micdm.features import run_features
 from micdm.link import run_link
 from micdm.occurrence import publish, run_occurrence
 from micdm.quality import run_quality
+from micdm.report import write_report
 from micdm.series import run_series
 from micdm.tables import TableLocator, init_tables, read_table
 
-__all__ = ["STAGES", "STAGE_TABLES", "StageResult", "latest_link_report", "run_pipeline", "run_stage", "table_counts"]
+__all__ = ["STAGES", "STAGE_TABLES", "StageResult", "latest_link_report", "report_folder", "run_pipeline", "run_stage",
+           "table_counts"]
 
 log = logging.getLogger(__name__)
 
@@ -88,11 +91,34 @@ def run_stage(spark: SparkSession, settings: Settings, stage: str, init: bool = 
     return result
 
 
+def report_folder(settings: Settings) -> Path | None:
+    """Where run reports go: the configured folder, else beside the local tables, else nowhere."""
+    if not settings.report.enabled:
+        return None
+    if settings.report.folder:
+        return Path(settings.report.folder)
+    return None if settings.storage.catalog else Path(settings.storage.warehouse) / "reports"
+
+
 def run_pipeline(spark: SparkSession, settings: Settings) -> list[StageResult]:
-    """Every stage in order."""
-    init_tables(spark, TableLocator(settings.storage))
+    """Every stage in order, then the run report (written even when a stage fails, with what there is)."""
+    locator = TableLocator(settings.storage)
+    init_tables(spark, locator)
     run_id = uuid.uuid4().hex
-    return [run_stage(spark, settings, stage, init=False, run_id=run_id) for stage in STAGES]
+    results: list[StageResult] = []
+    try:
+        for stage in STAGES:
+            results.append(run_stage(spark, settings, stage, init=False, run_id=run_id))
+    finally:
+        folder = report_folder(settings)
+        if folder is not None:
+            try:
+                path = write_report(spark, locator, run_id, [(r.stage, r.seconds, r.counts) for r in results],
+                                    folder)
+                log.info("run report: %s", path)
+            except Exception as error:  # a report must never hide the run's own outcome
+                log.warning("run report not written: %s: %s", type(error).__name__, error)
+    return results
 
 
 def table_counts(spark: SparkSession, settings: Settings, names: tuple[str, ...]) -> dict[str, tuple[int, str]]:

@@ -46,3 +46,24 @@ def test_dry_run_lists_files_and_tables_and_writes_nothing(tmp_path) -> None:
     for stage in ("extract", "series", "link", "occurrence", "features", "publish"):
         assert any(line.startswith(stage) for line in result.stdout.splitlines()), stage
     assert not warehouse.exists(), "a dry run creates no table"
+
+
+def test_a_demo_run_logs_no_phi(tmp_path) -> None:
+    """Patient names, ids and birth dates of the demo never reach the output (INFO and above, and print)."""
+    from micdm.synth import plan_patients
+
+    out, warehouse = tmp_path / "demo", tmp_path / "warehouse"
+    result = run("demo", "synth.patients=3", "synth.seed=5", "synth.pixels=none", f"synth.out={out}",
+                 f"sources.roots=[{out / 'dicom'}]", f"storage.warehouse={warehouse}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    output = result.stdout + result.stderr
+    assert "image_occurrence" in output and "quality" in output
+    for patient in plan_patients(3, 5):
+        for value in (patient.name, patient.name.replace("^", " "), patient.patient_id,
+                      patient.birth_date.strftime("%Y%m%d"), patient.birth_date.isoformat()):
+            assert value not in output, f"PHI in the output: {value[:3]}..."
+    reports = list((warehouse / "reports").glob("micdm-run-*.html"))
+    assert len(reports) == 1
+    page = reports[0].read_text(encoding="utf-8")
+    assert "Linkage" in page and "Quality checks" in page and "isForeignKey" in page
+    assert all(patient.patient_id not in page for patient in plan_patients(3, 5))

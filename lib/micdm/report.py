@@ -1,0 +1,108 @@
+"""The run report: one self-contained HTML file per pipeline run, charts drawn as inline SVG.
+
+Everything that comes from the data (header strings, reasons, table names) is escaped: real DICOM
+headers carry markup-like strings, and the report is opened in a browser.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from micdm.tables import TableLocator, read_table
+
+__all__ = ["bar_chart", "render_report", "write_report"]
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2rem; color: #222; }
+h1 { font-size: 1.4rem; } h2 { font-size: 1.1rem; margin-top: 2rem; }
+table { border-collapse: collapse; } td, th { padding: 0.2rem 0.8rem; border-bottom: 1px solid #ddd; text-align: left; }
+td.n { text-align: right; } .fail { color: #b00020; font-weight: bold; } .ok { color: #1b5e20; }
+svg text { font-size: 12px; }
+"""
+
+
+def bar_chart(title: str, bars: Sequence[tuple[str, float]], width: int = 560) -> str:
+    """A horizontal bar chart as inline SVG; labels and the title are escaped."""
+    if not bars:
+        return f"<p>{html.escape(title)}: nothing to show.</p>"
+    row, label_width = 22, 220
+    highest = max(value for _, value in bars) or 1
+    height = row * len(bars) + 30
+    parts = [f'<svg role="img" width="{width}" height="{height}" aria-label="{html.escape(title, quote=True)}">',
+             f'<text x="0" y="14" font-weight="bold">{html.escape(title)}</text>']
+    for index, (label, value) in enumerate(bars):
+        y = 24 + index * row
+        length = (width - label_width - 60) * value / highest
+        parts.append(f'<text x="0" y="{y + 14}">{html.escape(str(label))[:40]}</text>')
+        parts.append(f'<rect x="{label_width}" y="{y + 3}" width="{length:.1f}" height="{row - 6}" fill="#3f6fb5"/>')
+        parts.append(f'<text x="{label_width + length + 6:.1f}" y="{y + 14}">{value:g}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], classes: Sequence[str] | None = None) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = []
+    for index, row in enumerate(rows):
+        cells = "".join(f'<td class="n">{v}</td>' if isinstance(v, (int, float)) else f"<td>{html.escape(str(v))}</td>"
+                        for v in row)
+        css = f' class="{classes[index]}"' if classes else ""
+        body.append(f"<tr{css}>{cells}</tr>")
+    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+
+
+def render_report(run_id: str, stages: Sequence[tuple[str, float, dict[str, Any]]], quarantine: Sequence[tuple],
+                  linkage: Sequence[tuple], quality: Sequence[tuple], distributions: dict[str, Sequence[tuple]]
+                  ) -> str:
+    """The report's HTML from plain rows (kept apart from Spark so it is tested on its own)."""
+    created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    failed = [q for q in quality if not q[-1]]
+    sections = [
+        f"<h1>micdm run {html.escape(run_id)}</h1><p>{html.escape(created)}; "
+        f"{len(quality)} quality checks, {len(failed)} failed.</p>",
+        "<h2>Stages</h2>",
+        _table(("stage", "seconds", "counts"), [(s, round(t, 1), ", ".join(f"{k}={v}" for k, v in c.items()))
+                                                 for s, t, c in stages]),
+        bar_chart("seconds per stage", [(s, round(t, 1)) for s, t, _ in stages]),
+        "<h2>Files quarantined, by reason</h2>",
+        bar_chart("files", [(reason, count) for reason, count in quarantine]),
+        "<h2>Linkage</h2>",
+        bar_chart("series per rule or exception", [(f"{kind}: {name}", series) for kind, name, series, _ in linkage]),
+        "<h2>What was ingested</h2>",
+        *[bar_chart(f"instances by {column}", rows) for column, rows in distributions.items()],
+        "<h2>Quality checks</h2>",
+        _table(("check", "table", "field", "violated", "checked", "threshold %", "passed"),
+               [(c, t, f or "", v, n, th, "yes" if p else "NO") for c, t, f, v, n, th, p in quality],
+               ["ok" if q[-1] else "fail" for q in quality]),
+    ]
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>micdm run '
+            f'{html.escape(run_id)}</title><style>{_STYLE}</style></head><body>{"".join(sections)}</body></html>')
+
+
+def write_report(spark: SparkSession, locator: TableLocator, run_id: str,
+                 stages: Sequence[tuple[str, float, dict[str, Any]]], folder: str | Path) -> Path:
+    """Gather the run's figures from the tables and write ``<folder>/micdm-run-<run_id>.html``."""
+    quarantine = [(r["reason"], r["count"]) for r in read_table(spark, locator, "dicom_quarantine")
+                  .groupBy("reason").count().orderBy(F.desc("count")).collect()]
+    report = read_table(spark, locator, "link_report").where(F.col("run_id") == run_id)
+    linkage = [(r["kind"], r["name"], r["series"], r["studies"]) for r in report.orderBy("kind", "name").collect()]
+    quality = [(r["check_name"], r["table_name"], r["field_name"], r["rows_violated"], r["rows_checked"],
+                r["threshold"], r["passed"]) for r in read_table(spark, locator, "dq_result")
+               .where(F.col("run_id") == run_id).orderBy("passed", "check_name", "table_name").collect()]
+    instances = read_table(spark, locator, "dicom_instance")
+    distributions = {
+        column: [(r[column] if r[column] is not None else "(none)", r["count"]) for r in instances.groupBy(column)
+                 .count().orderBy(F.desc("count")).limit(12).collect()]
+        for column in ("modality", "manufacturer", "body_part_examined")
+    }
+    target = Path(folder) / f"micdm-run-{run_id}.html"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(render_report(run_id, stages, quarantine, linkage, quality, distributions), encoding="utf-8")
+    return target
