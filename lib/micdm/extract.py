@@ -292,9 +292,8 @@ def _write_results(spark: SparkSession, locator: TableLocator, verdicts: DataFra
     """Each file's row goes to the table of its outcome and leaves the other one.
 
     When no path of this run is in either table yet (``any_stored`` false: a first load; or new files) the
-    rows are appended,
-    ``instances`` and ``quarantined`` of them (an empty append would still cost a commit); otherwise one
-    MERGE per table moves each path to where its verdict puts it.
+    rows are appended, ``instances`` and ``quarantined`` of them (an empty append would still cost a
+    commit); otherwise one MERGE per table moves each path to where its verdict puts it.
     """
     now = F.current_timestamp()
     rows = verdicts.withColumns({"extracted_at": now, "quarantined_at": now, "run_id": F.lit(run_id)})

@@ -19,9 +19,9 @@ from micdm.dicom.seg import segment_items
 from micdm.dicom.sr import report_items
 from micdm.errors import ConfigError
 from micdm.ids import assign_ids
-from micdm.schema import REPORT_ITEM
+from micdm.schema import FEATURE_ROW, REPORT_ITEM
 from micdm.series import present_instances
-from micdm.tables import TableLocator, merge_into, overwrite, read_table
+from micdm.tables import TableLocator, conform, merge_into, overwrite, read_table
 from micdm.vocab import (
     coding_scheme_vocabularies,
     concepts,
@@ -81,24 +81,20 @@ def _acquisition_features(instances: DataFrame, occurrences: DataFrame, settings
     cfg = settings.features
     params = acquisition_parameters(instances, cfg.acquisition_attributes).join(
         occurrences, F.col("series_instance_uid") == F.col("image_series_uid"))
-    return params.select(
+    return conform(params.select(
         F.concat_ws("|", F.lit("header"), "series_instance_uid", "tag").alias("natural_key"),
         F.lit("measurement").alias("domain"),
         "person_id", "image_occurrence_id", "visit_occurrence_id",
-        F.col("image_occurrence_date").alias("event_date"), F.lit(None).cast("timestamp").alias("event_datetime"),
+        F.col("image_occurrence_date").alias("event_date"),
         F.lit("DICOM").alias("concept_vocabulary"), F.col("tag").alias("concept_code"),
         F.col("tag").alias("source_value"),
         "number", F.col("unit").alias("unit_code"),
         F.when(F.col("value_code").isNotNull(), F.lit("DICOM")).alias("value_vocabulary"), "value_code",
         F.col("text").alias("value_text"),
-        F.lit(None).cast("string").alias("finding_key"),
-        F.lit(None).cast("string").alias("finding_vocabulary"), F.lit(None).cast("string").alias("finding_code"),
-        F.lit(None).cast("string").alias("site_vocabulary"), F.lit(None).cast("string").alias("site_code"),
         F.col("anatomic_site_concept_id").alias("occurrence_site_concept_id"),
         F.lit(cfg.measurement_type_concept_id).alias("type_concept_id"),
         F.lit(cfg.feature_type_concept_id).alias("feature_type_concept_id"),
-        F.lit(None).cast("string").alias("alg_system"), F.lit(None).cast("timestamp").alias("alg_datetime"),
-    )
+    ), FEATURE_ROW)
 
 
 _PARSED = StructType().add("items", ArrayType(REPORT_ITEM)).add("reason", StringType()).add("message", StringType())
@@ -145,7 +141,7 @@ def report_features(instances: DataFrame, occurrences: DataFrame, settings: Sett
     vocabulary = coding_scheme_vocabularies()
     content_datetime = F.to_timestamp(F.substring("content_datetime", 1, 14), "yyyyMMddHHmmss")
     is_num = F.col("value_type") == "NUM"
-    features = located.select(
+    features = conform(located.select(
         F.concat_ws("|", F.lit("sr"), "sop_instance_uid", "position").alias("natural_key"),
         F.when(is_num, F.lit("measurement")).otherwise(F.lit("observation")).alias("domain"),
         "person_id", "image_occurrence_id", "visit_occurrence_id",
@@ -166,7 +162,7 @@ def report_features(instances: DataFrame, occurrences: DataFrame, settings: Sett
         F.lit(cfg.sr_feature_type_concept_id).alias("feature_type_concept_id"),
         F.col("algorithm").alias("alg_system"),
         F.when(F.col("algorithm").isNotNull(), content_datetime).alias("alg_datetime"),
-    )
+    ), FEATURE_ROW)
     return features, quarantine
 
 
@@ -206,14 +202,14 @@ def algorithm_features(results: DataFrame, occurrences: DataFrame, settings: Set
     joined = results.join(occurrences, F.col("series_instance_uid") == F.col("image_series_uid"), "left").withColumn(
         "_reason", bad)
     quarantine = joined.where(F.col("_reason").isNotNull()).select(
-        F.col("_file").alias("path"), F.lit(None).cast("string").alias("sop_instance_uid"), "series_instance_uid",
+        F.col("_file").alias("path"), "series_instance_uid",
         F.col("_reason").alias("reason"),
         F.concat_ws(" ", F.lit("feature"), F.concat_ws(":", "feature_vocabulary", "feature_code"), F.lit("from"),
                     "alg_system").alias("message"))
     good = joined.where(F.col("_reason").isNull())
     alg_datetime = F.to_timestamp("alg_datetime")
     coded = F.col("value_code").isNotNull() & number.isNull()
-    features = good.select(
+    features = conform(good.select(
         F.concat_ws("|", F.lit("alg"), "alg_system", "series_instance_uid", "feature_vocabulary", "feature_code",
                     F.coalesce("finding_id", F.lit(""))).alias("natural_key"),
         F.when(coded, F.lit("observation")).otherwise(F.lit("measurement")).alias("domain"),
@@ -226,13 +222,11 @@ def algorithm_features(results: DataFrame, occurrences: DataFrame, settings: Set
         "value_vocabulary", "value_code", F.col("value_code").alias("value_text"),
         F.when(F.col("finding_id").isNotNull(), F.concat_ws("|", "alg_system", "series_instance_uid", "finding_id"))
         .alias("finding_key"),
-        F.lit(None).cast("string").alias("finding_vocabulary"), F.lit(None).cast("string").alias("finding_code"),
-        F.lit(None).cast("string").alias("site_vocabulary"), F.lit(None).cast("string").alias("site_code"),
         F.col("anatomic_site_concept_id").alias("occurrence_site_concept_id"),
         F.lit(cfg.algorithm_type_concept_id).alias("type_concept_id"),
         F.lit(cfg.algorithm_feature_type_concept_id).alias("feature_type_concept_id"),
         "alg_system", alg_datetime.alias("alg_datetime"),
-    )
+    ), FEATURE_ROW)
     return features, quarantine
 
 
@@ -305,7 +299,8 @@ def run_features(spark: SparkSession, locator: TableLocator, settings: Settings)
     if settings.features.algorithm_results:
         results = read_algorithm_results(spark, settings.features.algorithm_results)
         imported, rejected = algorithm_features(results, occurrences, settings)
-        features, quarantine = features.unionByName(imported), quarantine.unionByName(rejected)
+        features = features.unionByName(imported)
+        quarantine = quarantine.unionByName(rejected, allowMissingColumns=True)  # results have no SOP UID
     overwrite(locator, "feature_quarantine", quarantine.withColumn("quarantined_at", F.current_timestamp()))
     features = _resolve_concepts(features, spark, locator).localCheckpoint()
     rows = _with_ids(spark, locator, features).localCheckpoint()

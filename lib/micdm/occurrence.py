@@ -15,7 +15,7 @@ from micdm.config import Settings
 from micdm.ids import assign_ids
 from micdm.schema import PUBLISHED_IMAGE_FEATURE, PUBLISHED_IMAGE_OCCURRENCE, PUBLISHED_TABLES, TableDef
 from micdm.tables import TableLocator, merge_into, overwrite, read_table
-from micdm.vocab import anatomy_sites, normalise_body_part, resource_rows
+from micdm.vocab import anatomy_sites, modality_concepts, normalise_body_part
 
 __all__ = ["build_image_occurrence", "publish", "published_sql", "run_occurrence"]
 
@@ -85,8 +85,7 @@ def published_sql(locator: TableLocator, table: TableDef) -> str:
     columns = ", ".join(f"{renamed.get(f.name, 't.' + f.name)} AS {f.name}" for f in table.schema.fields)
     sql = f"SELECT {columns} FROM {locator.ref(source[table.name])} t"
     if table is PUBLISHED_IMAGE_OCCURRENCE:
-        pairs = {r["modality"]: int(r["procedure_concept_id"]) for r in resource_rows("modality_procedure.csv")}
-        values = ", ".join(f"('{m}', {c})" for m, c in sorted(pairs.items()))
+        values = ", ".join(f"('{m}', {c})" for m, c in sorted(modality_concepts().items()))
         sql += f" LEFT JOIN (VALUES {values}) AS m(modality, concept_id) ON t.modality = m.modality"
     return sql
 

@@ -51,7 +51,7 @@ def _publish(spark: SparkSession, locator: TableLocator, settings: Settings, run
 STAGES: dict[str, Callable[[SparkSession, TableLocator, Settings, str], dict[str, Any]]] = {
     "extract": _extract,
     "series": lambda spark, locator, settings, run_id: {"series": run_series(spark, locator, settings)},
-    "link": lambda spark, locator, settings, run_id: run_link(spark, locator, settings, run_id),
+    "link": run_link,
     "occurrence": lambda spark, locator, settings, run_id: {
         "image_occurrence": run_occurrence(spark, locator, settings)},
     "features": lambda spark, locator, settings, run_id: run_features(spark, locator, settings),

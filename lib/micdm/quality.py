@@ -85,6 +85,11 @@ def _count(frame: DataFrame, violation: Column) -> tuple[int, int]:
     return int(row["bad"] or 0), int(row["all"] or 0)
 
 
+def _repeated(frame: DataFrame, key: str) -> int:
+    """Rows whose ``key`` another row shares."""
+    return int(frame.groupBy(key).count().where("count > 1").agg(F.sum("count")).first()[0] or 0)
+
+
 def _field_checks(name: str, frame: DataFrame) -> list[CheckResult]:
     """isRequired for every NOT NULL field, cdmDatatype against the schema, isPrimaryKey."""
     table = TABLES[name]
@@ -101,8 +106,7 @@ def _field_checks(name: str, frame: DataFrame) -> list[CheckResult]:
         wrong = actual.get(field.name) != field.dataType
         results.append(CheckResult("cdmDatatype", name, field.name, rows if wrong else 0, rows, _CONFORMANCE, True))
     key = _PRIMARY_KEYS[name]
-    duplicated = frame.groupBy(key).count().where("count > 1").agg(F.sum("count")).first()[0] or 0
-    results.append(CheckResult("isPrimaryKey", name, key, int(duplicated), rows, _CONFORMANCE, True))
+    results.append(CheckResult("isPrimaryKey", name, key, _repeated(frame, key), rows, _CONFORMANCE, True))
     return results
 
 
@@ -123,10 +127,10 @@ def _foreign_keys(spark: SparkSession, locator: TableLocator, frames: dict[str, 
                                    F.col("_row").isNull())
         results.append(CheckResult("isForeignKey", "image_feature", f"table_row_id ({clinical})", violated, checked,
                                    _CONFORMANCE, True))
-    unknown_tables = feature.where(~F.col("table_concept_id").isin(
+    violated, checked = _count(feature, ~F.col("table_concept_id").isin(
         table_concept_id("measurement"), table_concept_id("observation")))
-    results.append(CheckResult("fkDomain", "image_feature", "table_concept_id", unknown_tables.count(),
-                               feature.count(), _CONFORMANCE, True))
+    results.append(CheckResult("fkDomain", "image_feature", "table_concept_id", violated, checked, _CONFORMANCE,
+                               True))
     return results
 
 
@@ -163,9 +167,8 @@ def _plausibility(spark: SparkSession, locator: TableLocator, frames: dict[str, 
     results.append(CheckResult("withinVisitDates", "image_occurrence", "image_occurrence_date", violated, checked,
                                _WITHIN_VISIT, False))
     occurrence = frames["image_occurrence"]
-    repeated = occurrence.groupBy("image_series_uid").count().where("count > 1").agg(F.sum("count")).first()[0]
-    results.append(CheckResult("isUnique", "image_occurrence", "image_series_uid", int(repeated or 0),
-                               occurrence.count(), _CONFORMANCE, True))
+    results.append(CheckResult("isUnique", "image_occurrence", "image_series_uid",
+                               _repeated(occurrence, "image_series_uid"), occurrence.count(), _CONFORMANCE, True))
     return results
 
 

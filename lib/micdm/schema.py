@@ -492,6 +492,36 @@ REPORT_ITEM = table("report_item", "internal", """
     content_datetime       string
 """).schema
 
+#: One feature before ids and concepts (internal): what acquisition parameters, reports, segmentations and
+#: imported results all become, so that one step resolves concepts, allocates ids and writes them.
+FEATURE_ROW = table("feature_row", "internal", """
+    natural_key                   string    required
+    domain                        string    required
+    person_id                     integer
+    image_occurrence_id           integer
+    visit_occurrence_id           integer
+    event_date                    date
+    event_datetime                datetime
+    concept_vocabulary            string
+    concept_code                  string
+    source_value                  string
+    number                        double
+    unit_code                     string
+    value_vocabulary              string
+    value_code                    string
+    value_text                    string
+    finding_key                   string
+    finding_vocabulary            string
+    finding_code                  string
+    site_vocabulary               string
+    site_code                     string
+    occurrence_site_concept_id    integer
+    type_concept_id               integer
+    feature_type_concept_id       integer
+    alg_system                    string
+    alg_datetime                  datetime
+""")
+
 FEATURE_QUARANTINE = table("feature_quarantine", "silver", """
     path                   string     required
     sop_instance_uid       string

@@ -156,10 +156,7 @@ def get_spark(settings: SparkSettings | None = None, app_name: str = "micdm") ->
     if is_databricks():
         return SparkSession.builder.getOrCreate()
     if is_submitted():
-        builder = SparkSession.builder.appName(app_name)
-        for key, value in _DELTA_SESSION.items():
-            builder = builder.config(key, value)
-        return builder.getOrCreate()
+        return SparkSession.builder.appName(app_name).config(map=_DELTA_SESSION).getOrCreate()
     settings = settings or SparkSettings()
     check_java()
     jars = resolve_delta_jars()

@@ -52,23 +52,24 @@ class TableLocator:
 
     def path(self, name: str) -> str | None:
         """The table's folder in the local warehouse, None when tables live in a catalog."""
-        if self.storage.catalog:
-            return None
-        return str(Path(self.storage.warehouse).expanduser().resolve() / self.schema_of(name) / name)
+        return self._folder(self.schema_of(name), name)
 
     def ref(self, name: str) -> str:
         """What SQL statements use to name the table."""
-        path = self.path(name)
-        if path is not None:
-            return f"delta.`{path}`"
-        return f"`{self.storage.catalog}`.`{self.schema_of(name)}`.`{name}`"
+        return self._sql_ref(self.schema_of(name), name)
 
     def site_ref(self, name: str) -> str:
         """SQL reference of a table the site keeps beside its CDM (a crosswalk), in the CDM schema."""
-        schema = self.storage.cdm_schema or self.storage.schema
+        return self._sql_ref(self.storage.cdm_schema or self.storage.schema, name)
+
+    def _folder(self, schema: str, name: str) -> str | None:
         if self.storage.catalog:
-            return f"`{self.storage.catalog}`.`{schema}`.`{name}`"
-        return f"delta.`{Path(self.storage.warehouse).expanduser().resolve() / schema / name}`"
+            return None
+        return str(Path(self.storage.warehouse).expanduser().resolve() / schema / name)
+
+    def _sql_ref(self, schema: str, name: str) -> str:
+        folder = self._folder(schema, name)
+        return f"delta.`{folder}`" if folder is not None else f"`{self.storage.catalog}`.`{schema}`.`{name}`"
 
     def where(self, name: str) -> str:
         """Human-readable location for summaries."""

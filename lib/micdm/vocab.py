@@ -25,6 +25,7 @@ __all__ = [
     "compatible_procedures",
     "concepts",
     "dicom_attributes",
+    "modality_concepts",
     "modality_procedures",
     "normalise_body_part",
     "relationships",
@@ -58,9 +59,14 @@ def concepts(spark: SparkSession, locator: TableLocator) -> DataFrame:
     return site.unionByName(shipped.join(site.select("concept_id"), "concept_id", "left_anti"))
 
 
+def modality_concepts() -> dict[str, int]:
+    """DICOM modality -> its standard procedure concept (see the project's CONCEPTS notes), one per modality."""
+    return {row["modality"]: int(row["procedure_concept_id"]) for row in resource_rows("modality_procedure.csv")}
+
+
 def modality_procedures(spark: SparkSession) -> DataFrame:
-    """DICOM modality -> standard procedure concept (see the project's CONCEPTS notes)."""
-    return _resource_frame(spark, "modality_procedure.csv", {"modality": "string", "procedure_concept_id": "int"})
+    """modality_concepts() as a DataFrame (modality, procedure_concept_id)."""
+    return spark.createDataFrame(list(modality_concepts().items()), schema="modality string, procedure_concept_id int")
 
 
 def compatible_procedures(spark: SparkSession, configured: dict[str, tuple[int, ...]]) -> DataFrame:
@@ -70,8 +76,7 @@ def compatible_procedures(spark: SparkSession, configured: dict[str, tuple[int, 
     every other modality keeps the concept shipped for it.
     """
     pairs = [(m, c) for m, ids in configured.items() for c in ids]
-    pairs += [(r["modality"], int(r["procedure_concept_id"])) for r in resource_rows("modality_procedure.csv")
-              if r["modality"] not in configured]
+    pairs += [(m, c) for m, c in modality_concepts().items() if m not in configured]
     return spark.createDataFrame(pairs, schema="modality string, procedure_concept_id int")
 
 

@@ -10,7 +10,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from micdm.dicom.sr import algorithm_uri, content_datetime, evidence_series, first_value, parse_code, values
+from micdm.dicom.sr import (
+    ReportItem,
+    algorithm_uri,
+    content_datetime,
+    evidence_series,
+    first_value,
+    item_row,
+    parse_code,
+    values,
+)
 
 __all__ = ["segment_items"]
 
@@ -45,7 +54,7 @@ def segment_items(header_json: str | None) -> tuple[list[dict[str, Any]], str | 
     if not segments:
         return [], "seg_no_segments", "SegmentSequence is empty or missing"
     software = first_value(header, _SOFTWARE_VERSIONS)
-    series = _referenced_series(header)
+    series, created = _referenced_series(header), content_datetime(header)
     rows = []
     for index, segment in enumerate(segments, start=1):
         if not isinstance(segment, dict):
@@ -54,19 +63,12 @@ def segment_items(header_json: str | None) -> tuple[list[dict[str, Any]], str | 
         kind = parse_code(first_value(segment, _TYPE))
         if category is None or kind is None:
             return [], "seg_malformed", f"segment {index} lacks its property category or type code"
-        site = parse_code(first_value(segment, _ANATOMIC_REGION))
         automatic = first_value(segment, _ALGORITHM_TYPE) in ("AUTOMATIC", "SEMIAUTOMATIC")
-        number = first_value(segment, _SEGMENT_NUMBER) or index
-        rows.append({
-            "position": f"segment.{number}", "value_type": "CODE",
-            "concept_scheme": category.scheme, "concept_code": category.value, "concept_meaning": category.meaning,
-            "number": None, "unit_code": None, "modifier": None,
-            "value_scheme": kind.scheme, "value_code": kind.value, "value_meaning": kind.meaning,
-            "finding_group": int(number), "finding_scheme": kind.scheme, "finding_code": kind.value,
-            "site_scheme": site.scheme if site else None, "site_code": site.value if site else None,
-            "tracking_id": None,
-            "algorithm": algorithm_uri(first_value(segment, _ALGORITHM_NAME), software) if automatic else None,
-            "referenced_instances": [], "evidence_series": series,
-            "content_datetime": content_datetime(header),
-        })
+        number = int(first_value(segment, _SEGMENT_NUMBER) or index)
+        item = ReportItem(
+            position=f"segment.{number}", value_type="CODE", concept=category, value_code=kind, group=number,
+            finding=kind, finding_site=parse_code(first_value(segment, _ANATOMIC_REGION)),
+            algorithm=algorithm_uri(first_value(segment, _ALGORITHM_NAME), software) if automatic else None,
+        )
+        rows.append(item_row(item, series, created))
     return rows, None, None

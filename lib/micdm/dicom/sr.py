@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import quote
 
 __all__ = ["Code", "ReportItem", "SrError", "algorithm_uri", "content_datetime", "evidence_series", "first_value",
-           "parse_code", "parse_report", "report_items", "values"]
+           "item_row", "parse_code", "parse_report", "report_items", "values"]
 
 # DICOM JSON tags
 _VALUE_TYPE = "0040A040"
@@ -271,27 +271,29 @@ def report_items(header_json: str | None) -> tuple[list[dict[str, Any]], str | N
         return [], error.reason, str(error)
     except (ValueError, TypeError, AttributeError) as error:
         return [], "sr_malformed", f"{type(error).__name__}: {error}"[:500]
-    evidence = evidence_series(header)
-    rows = []
-    for item in items:
-        rows.append({
-            "position": item.position, "value_type": item.value_type,
-            "concept_scheme": item.concept.scheme, "concept_code": item.concept.value,
-            "concept_meaning": item.concept.meaning, "number": item.number,
-            "unit_code": item.unit.value if item.unit else None, "modifier": item.modifier,
-            "value_scheme": item.value_code.scheme if item.value_code else None,
-            "value_code": item.value_code.value if item.value_code else None,
-            "value_meaning": item.value_code.meaning if item.value_code else None,
-            "finding_group": item.group,
-            "finding_scheme": item.finding.scheme if item.finding else None,
-            "finding_code": item.finding.value if item.finding else None,
-            "site_scheme": item.finding_site.scheme if item.finding_site else None,
-            "site_code": item.finding_site.value if item.finding_site else None,
-            "tracking_id": item.tracking_id, "algorithm": item.algorithm,
-            "referenced_instances": list(item.referenced_instances), "evidence_series": evidence,
-            "content_datetime": content_datetime(header),
-        })
-    return rows, None, None
+    evidence, created = evidence_series(header), content_datetime(header)
+    return [item_row(item, evidence, created) for item in items], None, None
+
+
+def item_row(item: ReportItem, evidence: list[str], created: str | None) -> dict[str, Any]:
+    """One item as the flat row Spark stores (schema.REPORT_ITEM), with its document's evidence and date."""
+
+    def part(code: Code | None, attribute: str) -> str | None:
+        return getattr(code, attribute) if code else None
+
+    return {
+        "position": item.position, "value_type": item.value_type,
+        "concept_scheme": item.concept.scheme, "concept_code": item.concept.value,
+        "concept_meaning": item.concept.meaning, "number": item.number,
+        "unit_code": part(item.unit, "value"), "modifier": item.modifier,
+        "value_scheme": part(item.value_code, "scheme"), "value_code": part(item.value_code, "value"),
+        "value_meaning": part(item.value_code, "meaning"), "finding_group": item.group,
+        "finding_scheme": part(item.finding, "scheme"), "finding_code": part(item.finding, "value"),
+        "site_scheme": part(item.finding_site, "scheme"), "site_code": part(item.finding_site, "value"),
+        "tracking_id": item.tracking_id, "algorithm": item.algorithm,
+        "referenced_instances": list(item.referenced_instances), "evidence_series": evidence,
+        "content_datetime": created,
+    }
 
 
 def content_datetime(header: dict[str, Any]) -> str | None:
