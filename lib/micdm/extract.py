@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import enum
+import hashlib
 import logging
 import math
 import threading
@@ -41,6 +42,8 @@ __all__ = ["ExtractSummary", "extract", "read_headers"]
 log = logging.getLogger(__name__)
 
 _FILE_FIELDS = ("path", "file_size", "modification_time", "etag")
+#: file_inventory property holding the fingerprint of the last listing that left nothing to do again.
+_SETTLED_LISTING = "micdm.extract.settledListing"
 #: Quarantine reasons worth another try on the next run, file unchanged or not.
 _RETRIED_REASONS = (QuarantineReason.STORAGE_ERROR.value, QuarantineReason.UNREADABLE.value)
 
@@ -333,6 +336,28 @@ def _update_inventory(spark: SparkSession, locator: TableLocator, plan: DataFram
     )
 
 
+def _fingerprint(settings: Settings, listed: list[DiscoveredFile]) -> str:
+    """A digest of the roots, the globs and every listed file's path, size, mtime and ETag."""
+    sources = settings.sources
+    digest = hashlib.blake2b(repr((sources.roots, sources.include, sources.exclude)).encode(), digest_size=16)
+    for f in listed:
+        digest.update(f"{f.path}\0{f.file_size}\0{f.modification_time}\0{f.etag}\n".encode())
+    return digest.hexdigest()
+
+
+def _settled_listing(spark: SparkSession, locator: TableLocator) -> str:
+    return delta_table(spark, locator, "file_inventory").detail().first()["properties"].get(_SETTLED_LISTING, "")
+
+
+def _settle(spark: SparkSession, locator: TableLocator, fingerprint: str) -> None:
+    """Remember (or forget, with "") the listing a completed run left nothing to retry in.
+
+    Written after every table of the stage, so a crash before it leaves the old value and the next
+    run plans in full; the value is a hex digest, never user input.
+    """
+    spark.sql(f"ALTER TABLE {locator.ref('file_inventory')} SET TBLPROPERTIES ('{_SETTLED_LISTING}' = '{fingerprint}')")
+
+
 def extract(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: str | None = None
             ) -> ExtractSummary:
     """Run the extract stage: list, read what is new or changed, write the verdicts, update the inventory."""
@@ -341,6 +366,14 @@ def extract(spark: SparkSession, locator: TableLocator, settings: Settings, run_
     phase = _Phases()
     with phase("list"):
         listed = list(list_files(settings.sources))
+        fingerprint = _fingerprint(settings, listed)
+    with phase("plan"):
+        settled = _settled_listing(spark, locator)
+    if settled == fingerprint and not settings.extract.full_refresh:
+        # The same files as a run that completed with nothing left to retry: the plan would be all UNCHANGED.
+        seconds = time.monotonic() - started
+        log.info("extract: %d files listed, unchanged since the last run", len(listed))
+        return ExtractSummary(run_id, len(listed), 0, 0, 0, 0, seconds, phase_seconds=phase.seconds)
     with phase("plan"):
         stored = {name: may_have_rows(spark, locator, name)
                   for name in ("file_inventory", "dicom_instance", "dicom_quarantine")}
@@ -355,7 +388,7 @@ def extract(spark: SparkSession, locator: TableLocator, settings: Settings, run_
     count = sum(states.get(s, 0) for s in _TO_READ)
     partitions = _partitions(spark, count, settings.extract.files_per_partition)
     log.info("extract: %d files listed, %d to read in %d tasks", len(listed), count, partitions)
-    instances = quarantined = bytes_read = file_bytes = 0
+    instances = quarantined = bytes_read = file_bytes = retry_pending = 0
     if count:
         to_read = plan.where(F.col("state").isin(*_TO_READ)).select(*_FILE_FIELDS)
         files_done = spark.sparkContext.accumulator(0)
@@ -367,8 +400,9 @@ def extract(spark: SparkSession, locator: TableLocator, settings: Settings, run_
             is_instance = F.col("outcome") == Outcome.INSTANCE.value
             read = results.agg(F.count_if(is_instance).alias("instances"),
                                F.count_distinct(F.when(is_instance, F.col("sop_instance_uid"))).alias("uids"),
-                               F.sum("bytes_read").alias("bytes_read"), F.sum("file_size").alias("file_bytes")).first()
-            bytes_read, file_bytes = read["bytes_read"] or 0, read["file_bytes"] or 0
+                               F.sum("bytes_read").alias("bytes_read"), F.sum("file_size").alias("file_bytes"),
+                               F.count_if(F.col("reason").isin(*_RETRIED_REASONS)).alias("retry")).first()
+            bytes_read, file_bytes, retry_pending = read["bytes_read"] or 0, read["file_bytes"] or 0, read["retry"]
             verdicts = _with_duplicates(spark, locator, results, repeats_within=read["uids"] < read["instances"],
                                         any_stored=stored["dicom_instance"])
             instances = read["instances"] if verdicts is results else (
@@ -382,6 +416,10 @@ def extract(spark: SparkSession, locator: TableLocator, settings: Settings, run_
     if changed:  # a run that found nothing new leaves the inventory as it was
         with phase("inventory"):
             _update_inventory(spark, locator, plan, run_id, first_load=states.keys() == {_State.NEW.value})
+    settled_now = "" if retry_pending else fingerprint
+    if settled_now != settled:
+        with phase("inventory"):
+            _settle(spark, locator, settled_now)
     seconds = time.monotonic() - started
     summary = ExtractSummary(run_id, len(listed), count, instances, quarantined, missing, seconds, bytes_read,
                              file_bytes, phase.seconds)

@@ -10,6 +10,7 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pyspark.sql import functions as F
 
+import micdm.extract
 from micdm.config import load_settings
 from micdm.dicom.reader import ReadOptions, extract_file
 from micdm.extract import extract
@@ -105,3 +106,37 @@ def test_full_refresh_reads_everything_again(spark, tmp_path: Path) -> None:
     extract(spark, locator, settings)
     refreshed = extract(spark, locator, _settings(tmp_path, root, "extract.full_refresh=true"))
     assert refreshed.to_read == 1 and read_table(spark, locator, "dicom_instance").count() == 1
+
+
+def test_an_unchanged_listing_is_settled_without_planning(spark, tmp_path: Path, monkeypatch) -> None:
+    root = tmp_path / "export"
+    root.mkdir()
+    for name in ("a.dcm", "b.dcm"):
+        shutil.copy(get_testdata_file("CT_small.dcm" if name == "a.dcm" else "MR_small.dcm"), root / name)
+    settings = _settings(tmp_path, root)
+    locator = TableLocator(settings.storage)
+    init_tables(spark, locator)
+    real_listing = micdm.extract.list_files
+
+    def listing_then_vanish(sources):  # b.dcm disappears after the listing, before its read
+        found = list(real_listing(sources))
+        (root / "b.dcm").rename(tmp_path / "b.away")
+        return found
+
+    monkeypatch.setattr(micdm.extract, "list_files", listing_then_vanish)
+    first = extract(spark, locator, settings)
+    monkeypatch.setattr(micdm.extract, "list_files", real_listing)
+    (tmp_path / "b.away").rename(root / "b.dcm")  # back, same size and mtime: the listing is the same
+    assert (first.instances, first.quarantined) == (1, 1)
+    assert _outcomes(spark, locator)[str(root / "b.dcm")] == "unreadable"
+
+    retried = extract(spark, locator, settings)  # a failure worth retrying keeps the listing unsettled
+    assert (retried.to_read, retried.instances) == (1, 1)
+    assert _outcomes(spark, locator)[str(root / "b.dcm")] == "instance"
+
+    settled = extract(spark, locator, settings)
+    assert (settled.discovered, settled.to_read) == (2, 0) and "read" not in settled.phase_seconds
+    os.utime(root / "a.dcm", (1_000_000_000, 1_000_000_000))
+    touched = extract(spark, locator, settings)
+    assert (touched.to_read, touched.instances) == (1, 1)
+    assert read_table(spark, locator, "dicom_instance").count() == 2
