@@ -86,3 +86,48 @@ def demo(spark, tmp_path_factory):
     with (root / "export" / "truth.csv").open(newline="") as handle:
         truth = {row["series_instance_uid"]: row for row in csv.DictReader(handle)}
     return dict(settings=settings, locator=locator, first=first, second=second, snapshot=snapshot, truth=truth)
+
+
+class Reliability:
+    """What the fault and bad-input tests tried and found, written to a summary file at the end of the run."""
+
+    def __init__(self) -> None:
+        self.inputs_tried = 0
+        self.accounted_for = 0
+        self.kills_survived = 0
+        self.duplicates_found = 0
+        self.outages_survived = 0
+        self.concurrent_runs_refused = 0
+        self.cases: list[dict[str, object]] = []
+
+    def record(self, test: str, **figures: int) -> None:
+        """Add a test's figures (any of the counters above) to the totals."""
+        for name, value in figures.items():
+            setattr(self, name, getattr(self, name) + value)
+        self.cases.append({"test": test, **figures})
+
+    def summary(self) -> dict[str, object]:
+        return {name: value for name, value in vars(self).items()}
+
+
+_RELIABILITY = Reliability()
+
+
+@pytest.fixture(scope="session")
+def reliability() -> Reliability:
+    return _RELIABILITY
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config) -> None:
+    """Write the reliability summary (MICDM_RELIABILITY_SUMMARY, else .micdm/reliability.json) and show it."""
+    if not _RELIABILITY.cases:
+        return
+    import json
+
+    target = Path(os.environ.get("MICDM_RELIABILITY_SUMMARY", REPO / ".micdm" / "reliability.json"))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(_RELIABILITY.summary(), indent=2) + "\n")
+    totals = {k: v for k, v in _RELIABILITY.summary().items() if k != "cases"}
+    terminalreporter.write_sep("-", "reliability summary")
+    terminalreporter.write_line(", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in totals.items()))
+    terminalreporter.write_line(f"written to {target}")

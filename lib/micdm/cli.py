@@ -113,13 +113,21 @@ def _run(args: argparse.Namespace) -> None:
             raise MicdmError(f"--dry-run applies to run and the stages ({', '.join(STAGES)}), not {args.command}")
         _dry_run(settings, list(STAGES) if args.command == "run" else [args.command])
         return
-    from micdm.pipeline import run_pipeline, run_stage
-    from micdm.spark import check_java, get_spark, resolve_delta_jars
-    from micdm.tables import TableLocator, init_tables
+    from micdm.runlock import exclusive_run
+    from micdm.spark import check_java, resolve_delta_jars
 
     if args.command == "setup":
         print(f"setup: Java {check_java()}; Delta jars: {', '.join(resolve_delta_jars())}")
         return
+    with exclusive_run(settings.storage):  # before Spark starts: a second run fails in a second, not a minute
+        _run_with_spark(args, settings)
+
+
+def _run_with_spark(args: argparse.Namespace, settings: Settings) -> None:
+    from micdm.pipeline import run_pipeline, run_stage
+    from micdm.spark import get_spark
+    from micdm.tables import TableLocator, init_tables
+
     spark = get_spark(settings.spark)
     if args.command == "init":
         created = init_tables(spark, TableLocator(settings.storage))

@@ -57,7 +57,8 @@ class SourceSettings:
     roots: tuple[str, ...] = ("demo/dicom",)
     include: tuple[str, ...] = ("**",)
     exclude: tuple[str, ...] = ()
-    storage_options: dict[str, str] = field(default_factory=dict)
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    """fsspec options (nested ones too, e.g. config_kwargs); strings may be secret references (secrets.py)."""
 
 
 @dataclass(frozen=True)
@@ -219,6 +220,8 @@ def _coerce(key: str, hint: Any, value: Any) -> Any:
     """Check ``value`` against a type hint, converting lists to tuples; raise ConfigError naming ``key``."""
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
+    if hint is Any:  # passed through to a library that checks it (fsspec options)
+        return value
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, key)
     if origin in (Union, types.UnionType):

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "EnvironmentProblem", "IdOverflowError", "MicdmError", "SchemaMismatchError"]
+__all__ = ["ConfigError", "EnvironmentProblem", "IdOverflowError", "MicdmError", "RunInProgressError",
+           "SchemaMismatchError", "SourceError"]
 
 
 class MicdmError(Exception):
@@ -23,3 +24,12 @@ class SchemaMismatchError(MicdmError):
 
 class IdOverflowError(MicdmError):
     """Allocating more ids would pass the spec's 32-bit integer range."""
+
+
+class RunInProgressError(MicdmError):
+    """Another micdm run is writing to the same tables; the message names it."""
+
+
+class SourceError(MicdmError):
+    """A source root cannot be listed (absent, or its store unreachable): nothing is written, so no file
+    is wrongly marked missing."""

@@ -34,6 +34,7 @@ from pyspark.sql.types import StructType
 from micdm.config import Settings
 from micdm.dicom.reader import Outcome, QuarantineReason, ReadOptions, extract_file, quiet_pydicom
 from micdm.schema import EXTRACT_RESULT, FILE_INVENTORY
+from micdm.secrets import resolve_references
 from micdm.sources import DiscoveredFile, list_files, opener, read_first_blocks, root_prefix, with_first_block
 from micdm.tables import TableLocator, append, conform, delta_table, may_have_rows, merge_or_delete, read_table
 
@@ -114,6 +115,30 @@ class _Progress:
         self._thread.join()
 
 
+#: Storage errors in a row (each after its retries) after which a task stops retrying files whose first
+#: block failed as well: an outage then costs one quick failed request per file, not a round of back-offs.
+#: Such files are quarantined as storage_error, which the next run reads again.
+_STORE_DOWN_AFTER = 3
+
+class _OutageBreaker:
+    """Counts a task's storage errors in a row; past _STORE_DOWN_AFTER, failed first blocks are not retried."""
+
+    def __init__(self) -> None:
+        self.failing = 0
+
+    def read(self, read_one: Callable[[dict[str, Any], Any], dict[str, Any]], row: dict[str, Any],
+             first: bytes | BaseException | None) -> dict[str, Any]:
+        store_failed = isinstance(first, OSError) and not isinstance(first, (FileNotFoundError, PermissionError))
+        if store_failed and self.failing >= _STORE_DOWN_AFTER:
+            result = {**row, "outcome": Outcome.QUARANTINE.value, "reason": QuarantineReason.STORAGE_ERROR.value,
+                      "message": f"{type(first).__name__}: {first}; the store kept failing, read again next run"[:1000],
+                      "bytes_read": 0}
+        else:
+            result = read_one(row, first)
+        self.failing = self.failing + 1 if result.get("reason") == QuarantineReason.STORAGE_ERROR.value else 0
+        return result
+
+
 #: Rows per Arrow batch handed back to Spark: a task's memory stays flat however many files it reads.
 _OUTPUT_ROWS = 512
 
@@ -149,6 +174,7 @@ def _batch_reader(options: ReadOptions, storage_options: dict[str, Any], concurr
                 except Exception:  # each file then fetches (and retries) on its own
                     return [None] * len(chunk)
 
+            outage = _OutageBreaker()
             for batch in batches:
                 files = batch.to_pylist()
                 chunks = [files[i:i + _OUTPUT_ROWS] for i in range(0, len(files), _OUTPUT_ROWS)]
@@ -158,7 +184,7 @@ def _batch_reader(options: ReadOptions, storage_options: dict[str, Any], concurr
                     firsts = upcoming.result()
                     if index + 1 < len(chunks):
                         upcoming = ahead.submit(first_blocks, chunks[index + 1])
-                    rows = [read_one(f, first) for f, first in zip(chunk, firsts, strict=True)]
+                    rows = [outage.read(read_one, f, first) for f, first in zip(chunk, firsts, strict=True)]
                     if files_done is not None:
                         files_done.add(len(rows))
                     yield to_batch(rows)
@@ -184,7 +210,9 @@ def read_headers(files: DataFrame, settings: Settings, files_done: Accumulator[i
     cfg = settings.extract
     options = ReadOptions(block_size=cfg.block_size, max_retries=cfg.max_retries,
                           header_json_max_bytes=cfg.header_json_max_bytes)
-    reader = _batch_reader(options, dict(settings.sources.storage_options), cfg.threads_per_task, files_done)
+    # Secret references are resolved here, on the driver; the tasks get the values in their closure.
+    storage_options = resolve_references(dict(settings.sources.storage_options))
+    reader = _batch_reader(options, storage_options, cfg.threads_per_task, files_done)
     return files.select(*_FILE_FIELDS).mapInArrow(reader, EXTRACT_RESULT.schema)
 
 
@@ -408,6 +436,7 @@ def extract(spark: SparkSession, locator: TableLocator, settings: Settings, run_
             instances = read["instances"] if verdicts is results else (
                 verdicts.join(results.select("path"), "path", "left_semi").where(is_instance).count())
         quarantined = count - instances
+        log.info("extract: writing %d instances and %d quarantine rows", instances, quarantined)
         with phase("write"):
             _write_results(spark, locator, verdicts, run_id, instances, quarantined,
                            any_stored=stored["dicom_instance"] or stored["dicom_quarantine"])

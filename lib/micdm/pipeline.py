@@ -19,6 +19,7 @@ from micdm.link import run_link
 from micdm.occurrence import publish, run_occurrence
 from micdm.quality import run_quality
 from micdm.report import write_report
+from micdm.runlock import exclusive_run
 from micdm.series import run_series
 from micdm.tables import TableLocator, init_tables, read_table
 
@@ -82,10 +83,12 @@ def run_stage(spark: SparkSession, settings: Settings, stage: str, init: bool = 
               run_id: str | None = None) -> StageResult:
     """Run one stage (tables are created first if missing, unless ``init`` is False) and time it."""
     locator = TableLocator(settings.storage)
-    if init:
-        init_tables(spark, locator)
-    started = time.monotonic()
-    counts = STAGES[stage](spark, locator, settings, run_id or uuid.uuid4().hex)
+    with exclusive_run(settings.storage):
+        if init:
+            init_tables(spark, locator)
+        log.info("%s starting", stage)
+        started = time.monotonic()
+        counts = STAGES[stage](spark, locator, settings, run_id or uuid.uuid4().hex)
     result = StageResult(stage, time.monotonic() - started, counts)
     log.info("%s done in %.1fs: %s", stage, result.seconds, counts)
     return result
@@ -102,6 +105,11 @@ def report_folder(settings: Settings) -> Path | None:
 
 def run_pipeline(spark: SparkSession, settings: Settings) -> list[StageResult]:
     """Every stage in order, then the run report (written even when a stage fails, with what there is)."""
+    with exclusive_run(settings.storage):
+        return _run_stages(spark, settings)
+
+
+def _run_stages(spark: SparkSession, settings: Settings) -> list[StageResult]:
     locator = TableLocator(settings.storage)
     init_tables(spark, locator)
     run_id = uuid.uuid4().hex

@@ -22,6 +22,8 @@ import fsspec.asyn
 from fsspec.core import url_to_fs
 
 from micdm.config import SourceSettings
+from micdm.errors import SourceError
+from micdm.secrets import resolve_references
 
 __all__ = ["DiscoveredFile", "Fetch", "list_files", "opener", "read_first_blocks", "root_prefix", "with_first_block"]
 
@@ -65,7 +67,7 @@ def _selected(relative: str, include: tuple[str, ...], exclude: tuple[str, ...])
 
 
 def _resolve_root(root: str, storage_options: dict[str, Any]) -> tuple[fsspec.AbstractFileSystem, str, bool]:
-    fs, root_path = url_to_fs(root, **storage_options)
+    fs, root_path = url_to_fs(root, **resolve_references(storage_options))
     local = _is_local(fs)
     return fs, fs._strip_protocol(root_path) if local else root_path, local
 
@@ -85,12 +87,17 @@ def list_files(settings: SourceSettings) -> Iterator[DiscoveredFile]:
     """Every file under the roots that the include/exclude globs select, with size, mtime and etag."""
     for root in settings.roots:
         fs, root_path, local = _resolve_root(root, settings.storage_options)
-        found = fs.find(root_path, detail=True)
+        try:
+            found = fs.find(root_path, detail=True)
+            if not found and not fs.exists(root_path):
+                raise FileNotFoundError(f"no such folder or prefix: {root_path}")
+        except Exception as error:
+            raise SourceError(f"cannot list {root}: {type(error).__name__}: {error}"[:500]) from None
         base = root_path.rstrip("/") + "/"
         select_all = settings.include == ("**",) and not settings.exclude
         for path, info in sorted(found.items()):
-            if info.get("type") not in (None, "file"):
-                continue
+            if info.get("type") not in (None, "file") and not info.get("islink"):
+                continue  # directories; a dangling link stays, so its read fails and it is accounted for
             if not select_all and not _selected(_relative(path, base), settings.include, settings.exclude):
                 continue
             yield DiscoveredFile(
@@ -128,7 +135,12 @@ def opener(path: str, storage_options: dict[str, Any]) -> Fetch:
         return functools.partial(_read_range, stripped)
 
     def fetch_remote(start: int, end: int) -> bytes:
-        return fs.cat_file(stripped, start=start, end=end)
+        try:
+            return fs.cat_file(stripped, start=start, end=end)
+        except OSError:
+            raise
+        except Exception as error:  # botocore's and others' connection errors: storage errors, retried as such
+            raise OSError(f"{type(error).__name__}: {error}") from error
 
     return fetch_remote
 
@@ -228,7 +240,8 @@ async def _presigned_first_blocks(fs: Any, keys: list[str], ends: list[int], con
     urls: list[str | None] = [None] * len(keys)
     for index, url in zip(wanted, await _presigned_urls(fs, [keys[i] for i in wanted]), strict=True):
         urls[index] = url
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+    timeout = aiohttp.ClientTimeout(sock_connect=10, sock_read=60)  # a hung store fails, it does not hang the task
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency), timeout=timeout) as session:
 
         async def get(url: str | None, end: int) -> bytes | BaseException:
             if url is None:

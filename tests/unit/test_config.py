@@ -42,6 +42,10 @@ def test_overrides_are_typed_and_layered() -> None:
     ("extract.full_refresh=1", r"extract\.full_refresh: expected bool, got 1"),
     ("occurrence.missing_procedure=drop", r"occurrence\.missing_procedure: 'drop' is not one of"),
     ("storage.schema=x; DROP TABLE person", r"storage\.schema: .* is not a plain identifier"),
+    ("storage.catalog=main`.`cdm`.`person` --", r"storage\.catalog: .* is not a plain identifier"),
+    ("storage.cdm_schema=cdm.person", r"storage\.cdm_schema: .* is not a plain identifier"),
+    ("publish.schema=mi`; DROP SCHEMA cdm CASCADE; --", r"publish\.schema: .* is not a plain"),
+    ("occurrence.person_crosswalk=xwalk`, person", r"occurrence\.person_crosswalk: .* is not a plain table name"),
     ("occurrence.date_order=[visit_date]", r"occurrence\.date_order"),
     ("nonsense", r"expected key=value"),
 ])

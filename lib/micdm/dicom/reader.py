@@ -278,6 +278,12 @@ def extract_file(
         "etag": etag,
     }
     if size == 0:
+        try:
+            fetch(0, 0)  # a dangling link or a vanished file is unreadable, not empty
+        except _PERMANENT_ERRORS as error:
+            return _quarantine(base, QuarantineReason.UNREADABLE, f"{type(error).__name__}: {error}")
+        except OSError as error:
+            return _quarantine(base, QuarantineReason.STORAGE_ERROR, f"{type(error).__name__}: {error}")
         return _quarantine(base, QuarantineReason.ZERO_BYTES, "file is empty")
     quiet_pydicom()
     reader = RangeReader(fetch, size, options.block_size, options.max_retries, options.retry_base_seconds)
@@ -307,9 +313,12 @@ def _verdict(base: dict[str, Any], parsed: ParsedHeader, forced: bool, reader: R
     dataset = parsed.dataset
     if parsed.media_storage_sop_class_uid == _DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in dataset:
         return _quarantine(base, QuarantineReason.DICOMDIR, "Media Storage Directory (DICOMDIR)", reader)
-    if forced and not _looks_like_dicom(dataset):
-        return _quarantine(base, QuarantineReason.NOT_DICOM, "no DICOM structure found, even with a forced read",
-                           reader)
+    # After a 'DICM' marker without file meta, elements that are not DICOM's mean other data; no element
+    # at all means a file cut short (truncated, below).
+    unmarked = forced or (parsed.transfer_syntax_uid is None and len(dataset) > 0)
+    if unmarked and not _looks_like_dicom(dataset):
+        where = "even with a forced read" if forced else "after the 'DICM' marker (no file meta information)"
+        return _quarantine(base, QuarantineReason.NOT_DICOM, f"no DICOM structure found, {where}", reader)
     try:
         encoded = encode_header(dataset)
         record = header_record(encoded)

@@ -1,0 +1,147 @@
+"""kill -9 of `micdm run` at several points, then a re-run: the tables equal an uninterrupted run's.
+
+Each killed run is a real process group (the Python driver, its JVM and Python workers) sent SIGKILL
+when its log shows it reached a point, optionally some seconds later, so the kill lands inside that
+step. While one run is alive a second `micdm run` on the same warehouse is started: it must refuse.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from micdm.config import load_settings
+from micdm.pipeline import run_pipeline
+from micdm.synth import generate
+from micdm.tables import TableLocator, init_tables, load_csv, read_table
+
+REPO = Path(__file__).resolve().parents[2]
+
+#: (log line that arms the kill, seconds after it, where the kill lands)
+KILLS = [
+    (r"extract: \d+ files listed", 1.0, "mid-extract, while files are read"),
+    (r"extract: writing", 0.3, "mid-write of dicom_instance / dicom_quarantine"),
+    (r"series starting", 0.0, "between extract and series"),
+    (r"link starting", 3.0, "mid-link (procedure_occurrence, id_map, series_link MERGEs)"),
+    (r"occurrence starting", 1.5, "mid-MERGE of image_occurrence"),
+    (r"features starting", 3.0, "mid-features (measurement, observation, image_feature)"),
+]
+
+#: Tables a run rewrites to the same content; link_report and dq_result gain rows per run by design.
+COMPARED = ("dicom_instance", "dicom_quarantine", "file_inventory", "dicom_series", "series_link", "link_exception",
+            "procedure_occurrence", "image_occurrence", "measurement", "observation", "image_feature",
+            "feature_quarantine", "id_map")
+#: Each compared table's key, which no row may repeat (exceptAll below also compares row multiplicity).
+KEYS = {"dicom_instance": ["path"], "dicom_quarantine": ["path"], "file_inventory": ["path"],
+        "dicom_series": ["series_instance_uid"], "series_link": ["image_series_uid"],
+        "link_exception": ["image_series_uid"], "procedure_occurrence": ["procedure_occurrence_id"],
+        "image_occurrence": ["image_occurrence_id"], "measurement": ["measurement_id"],
+        "observation": ["observation_id"], "image_feature": ["image_feature_id"],
+        "id_map": ["namespace", "natural_key"]}
+
+
+def _comparable(df: DataFrame) -> DataFrame:
+    """The table without what depends on when or in which run a row was written."""
+    volatile = [c for c in df.columns if c == "run_id" or c.endswith("_at") or c == "first_seen"]
+    return df.drop(*volatile)
+
+
+def _cli(*args: str, **popen: object) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "micdm.cli", *args], text=True, start_new_session=True,
+                            stdout=subprocess.DEVNULL, **popen)  # type: ignore[call-overload]
+
+
+def _run_until_killed(args: list[str], pattern: str, delay: float, on_armed=None) -> tuple[int, str]:
+    """Start `micdm run`, SIGKILL its process group ``delay`` s after a log line matches; returns (code, last line)."""
+    process = _cli(*args, stderr=subprocess.PIPE)
+    last = ""
+    assert process.stderr is not None
+    for line in process.stderr:
+        if " micdm" in line:
+            last = line.strip()
+        if re.search(pattern, line):
+            if on_armed is not None:
+                on_armed()
+            time.sleep(delay)
+            os.killpg(process.pid, signal.SIGKILL)
+            break
+    process.stderr.close()
+    return process.wait(timeout=120), last
+
+
+def test_killed_runs_then_a_rerun_equal_an_uninterrupted_run(spark, tmp_path: Path, reliability) -> None:
+    generate(tmp_path / "export", patients=4, seed=21, pixels="none")
+    roots = f"sources.roots=[{tmp_path / 'export' / 'dicom'}]"
+
+    def prepared(name: str):
+        settings = load_settings(REPO / "conf" / "local.yml", [f"storage.warehouse={tmp_path / name}", roots])
+        locator = TableLocator(settings.storage)
+        init_tables(spark, locator)
+        for table in ("person", "visit_occurrence", "procedure_occurrence"):
+            load_csv(spark, locator, table, str(tmp_path / "export" / "cdm" / f"{table}.csv"))
+        return settings, locator
+
+    baseline_settings, baseline = prepared("uninterrupted")
+    run_pipeline(spark, baseline_settings)
+    crashed_settings, crashed = prepared("crashed")
+
+    args = ["run", "--config", str(REPO / "conf" / "local.yml"), f"storage.warehouse={tmp_path / 'crashed'}", roots]
+    refused: list[subprocess.CompletedProcess[str]] = []
+
+    def second_run() -> None:  # while a killed-to-be run holds the warehouse
+        refused.append(subprocess.run([sys.executable, "-m", "micdm.cli", *args], capture_output=True, text=True,
+                                      timeout=120, check=False))
+
+    landed = []
+    for pattern, delay, where in KILLS:
+        started = time.monotonic()
+        code, last = _run_until_killed(args, pattern, delay,
+                                       on_armed=second_run if where.startswith("mid-link") else None)
+        assert code == -signal.SIGKILL, f"the run ended ({code}) before the kill {where}"
+        landed.append((where, last, round(time.monotonic() - started, 1)))
+
+    assert len(refused) == 1 and refused[0].returncode == 2
+    assert "another micdm run is writing to" in refused[0].stderr
+
+    run_pipeline(spark, crashed_settings)  # the re-run after the last kill
+    duplicates = 0
+    for name in COMPARED:
+        expected = _comparable(read_table(spark, baseline, name))
+        actual = _comparable(read_table(spark, crashed, name))
+        if name in KEYS:
+            duplicates += actual.count() - actual.select(*KEYS[name]).distinct().count()
+        missing, extra = expected.exceptAll(actual).count(), actual.exceptAll(expected).count()
+        assert (missing, extra) == (0, 0), f"{name}: {missing} rows missing, {extra} extra after the kills"
+    assert duplicates == 0
+    assert read_table(spark, crashed, "image_occurrence").count() > 0
+    assert read_table(spark, crashed, "image_feature").where(F.col("image_feature_id").isNotNull()).count() > 0
+    reliability.record("kill_recovery", kills_survived=len(landed), duplicates_found=duplicates,
+                       concurrent_runs_refused=len(refused))
+    print("kills landed:", *(f"{where} after {seconds}s: last log line {last!r}" for where, last, seconds in landed),
+          sep="\n  ")
+
+
+def test_a_stage_refuses_while_a_run_holds_the_warehouse(tmp_path: Path) -> None:
+    """The lock is taken before Spark starts: the refusal names the holder and starts no JVM."""
+    from micdm.runlock import exclusive_run
+
+    warehouse = tmp_path / "warehouse"
+    settings = load_settings(REPO / "conf" / "local.yml", [f"storage.warehouse={warehouse}"])
+    with exclusive_run(settings.storage):
+        result = subprocess.run([sys.executable, "-m", "micdm.cli", "extract", f"storage.warehouse={warehouse}"],
+                                capture_output=True, text=True, timeout=60, check=False)
+        with exclusive_run(settings.storage):  # the same process may nest it (the pipeline's stages do)
+            pass
+    assert result.returncode == 2 and f"another micdm run is writing to {warehouse}" in result.stderr
+    assert f"pid {os.getpid()}" in result.stderr
+    assert not (warehouse / "micdm").exists(), "the refused run created no table"
+    with exclusive_run(settings.storage):  # released on exit
+        pass
