@@ -9,6 +9,8 @@ with its code in *_source_value. Ids are allocated once per natural key (id_map)
 
 from __future__ import annotations
 
+import functools
+
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, StringType, StructType
@@ -230,6 +232,17 @@ def algorithm_features(results: DataFrame, occurrences: DataFrame, settings: Set
     return features, quarantine
 
 
+#: The (vocabulary, code) column pairs of a feature row that _resolve_concepts looks up.
+_CODED = (("concept_vocabulary", "concept_code"), ("value_vocabulary", "value_code"),
+          ("finding_vocabulary", "finding_code"), ("site_vocabulary", "site_code"))
+
+
+def _codes_used(features: DataFrame) -> DataFrame:
+    pairs = [features.select(F.col(v).alias("vocabulary_id"), F.col(c).alias("concept_code")) for v, c in _CODED]
+    pairs.append(features.select(F.lit("UCUM").alias("vocabulary_id"), F.col("unit_code").alias("concept_code")))
+    return functools.reduce(DataFrame.unionByName, pairs).where(F.col("concept_code").isNotNull()).distinct()
+
+
 def _resolve_concepts(features: DataFrame, spark: SparkSession, locator: TableLocator) -> DataFrame:
     """Source concepts by (vocabulary, code); standard ones by themselves or through 'Maps to'."""
     every = concepts(spark, locator)
@@ -249,17 +262,18 @@ def _resolve_concepts(features: DataFrame, spark: SparkSession, locator: TableLo
         F.min(F.when(F.col("standard_concept") == "S", F.col("concept_id")).otherwise(F.col("_std")))
         .alias("_standard"))
 
+    # Only the codes the features use: a handful, looked up once and broadcast to every join below.
+    lookup = lookup.join(_codes_used(features), ["vocabulary_id", "concept_code"], "left_semi").localCheckpoint()
+
     def resolve(frame: DataFrame, prefix: str, vocabulary_column: Column, code_column: str) -> DataFrame:
-        keyed = lookup.select(
+        keyed = F.broadcast(lookup).select(
             F.col("vocabulary_id").alias(f"{prefix}_v"), F.col("concept_code").alias(f"{prefix}_c"),
             F.col("_source").alias(f"{prefix}_source"), F.col("_standard").alias(f"{prefix}_standard"))
         matches = (F.col(f"{prefix}_v") == vocabulary_column) & (F.col(f"{prefix}_c") == F.col(code_column))
         return frame.join(keyed, matches, "left").drop(f"{prefix}_v", f"{prefix}_c")
 
-    features = resolve(features, "concept", F.col("concept_vocabulary"), "concept_code")
-    features = resolve(features, "value", F.col("value_vocabulary"), "value_code")
-    features = resolve(features, "finding", F.col("finding_vocabulary"), "finding_code")
-    features = resolve(features, "site", F.col("site_vocabulary"), "site_code")
+    for vocabulary_column, code_column in _CODED:
+        features = resolve(features, code_column.removesuffix("_code"), F.col(vocabulary_column), code_column)
     features = resolve(features, "unit", F.lit("UCUM"), "unit_code")
     # A DICOM defined term counts only as a value its attribute 'Maps to value' (Modality CT, not CT anywhere).
     allowed = relationships(spark, locator, "Maps to value").select(
@@ -302,7 +316,7 @@ def run_features(spark: SparkSession, locator: TableLocator, settings: Settings)
         features = features.unionByName(imported)
         quarantine = quarantine.unionByName(rejected, allowMissingColumns=True)  # results have no SOP UID
     overwrite(locator, "feature_quarantine", quarantine.withColumn("quarantined_at", F.current_timestamp()))
-    features = _resolve_concepts(features, spark, locator).localCheckpoint()
+    features = _resolve_concepts(features.localCheckpoint(), spark, locator).localCheckpoint()
     rows = _with_ids(spark, locator, features).localCheckpoint()
     zero = F.lit(0)
     measurements = rows.where(F.col("domain") == "measurement").select(

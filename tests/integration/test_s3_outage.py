@@ -63,6 +63,7 @@ def test_an_outage_is_quarantined_for_retry_and_the_next_run_recovers(spark, sto
     quarantine = read_table(spark, locator, "dicom_quarantine").collect()
     assert {r.reason for r in quarantine} == {"storage_error"} and len(quarantine) == len(files), quarantine[0].message
     assert all("object store" in r.message or "Connect" in r.message for r in quarantine), quarantine[0].message
+    assert not any(store.secret in r.message or "Signature=" in r.message for r in quarantine)  # no credential
 
     store.start()
     recovered = extract(spark, locator, settings)
