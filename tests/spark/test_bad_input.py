@@ -74,6 +74,10 @@ def _write_corpus(root: Path) -> dict[str, str]:
     expected["good/zz-twin.dcm"] = "duplicate_sop_instance"
     (root / "dangling.dcm").symlink_to(root / "no-such-target.dcm")
     expected["dangling.dcm"] = "unreadable"
+    (root / "linked.dcm").symlink_to(root / "good" / "ct.dcm")  # read through the link: a copy of ct.dcm
+    expected["linked.dcm"] = "duplicate_sop_instance"
+    (root / "linked-folder").symlink_to(root / "good", target_is_directory=True)  # listed, not followed
+    expected["linked-folder"] = "unreadable"
     put("vanishes.dcm", source, "unreadable")  # deleted between listing and reading, below
     return expected
 
@@ -111,6 +115,7 @@ def test_bad_input_corpus_is_fully_accounted_for(spark, tmp_path: Path, monkeypa
     assert huge.header_json is not None and len(huge.header_json) < 65536 and not huge.header_json_truncated
     messages = {Path(r.path).name: r.message for r in quarantine.collect()}
     assert "different content" in messages["zz-twin.dcm"]
+    assert "identical copy" in messages["linked.dcm"] and "IsADirectoryError" in messages["linked-folder"]
     assert "FileNotFoundError" in messages["vanishes.dcm"] and "FileNotFoundError" in messages["dangling.dcm"]
     duplicates = instances.groupBy("sop_instance_uid").count().where(F.col("count") > 1).count()
     assert duplicates == 0
