@@ -183,7 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     cores = os.cpu_count() or 1
     results: dict[str, object] = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.executable).name, "bench/extract_bench.py", *(argv or sys.argv[1:])]),
+        # What shapes the figures, not where files went: folders given on the command line are machine paths.
+        "command": " ".join(["python", "bench/extract_bench.py", f"--instances {args.instances}", f"--seed {args.seed}",
+                             *(["--skip-s3"] if args.skip_s3 else [])]),
         "machine": {"cores": cores, "python": platform.python_version(), "platform": platform.platform()},
         "export": {"files": len(files), "bytes": sum(p.stat().st_size for p in files)},
     }
