@@ -32,7 +32,7 @@ from pyspark.sql.pandas.types import to_arrow_schema
 from pyspark.sql.types import StructType
 
 from micdm.config import Settings
-from micdm.dicom.reader import Outcome, QuarantineReason, ReadOptions, extract_file, quiet_pydicom
+from micdm.dicom.reader import PERMANENT_ERRORS, Outcome, QuarantineReason, ReadOptions, extract_file, quiet_pydicom
 from micdm.schema import EXTRACT_RESULT, FILE_INVENTORY
 from micdm.secrets import resolve_references
 from micdm.sources import DiscoveredFile, list_files, opener, read_first_blocks, root_prefix, with_first_block
@@ -120,6 +120,13 @@ class _Progress:
 #: Such files are quarantined as storage_error, which the next run reads again.
 _STORE_DOWN_AFTER = 3
 
+
+def _unread(row: dict[str, Any], reason: QuarantineReason, message: str) -> dict[str, Any]:
+    """A quarantine row for a file the reader never got to."""
+    return {**row, "outcome": Outcome.QUARANTINE.value, "reason": reason.value, "message": message[:1000],
+            "bytes_read": 0}
+
+
 class _OutageBreaker:
     """Counts a task's storage errors in a row; past _STORE_DOWN_AFTER, failed first blocks are not retried."""
 
@@ -128,11 +135,10 @@ class _OutageBreaker:
 
     def read(self, read_one: Callable[[dict[str, Any], Any], dict[str, Any]], row: dict[str, Any],
              first: bytes | BaseException | None) -> dict[str, Any]:
-        store_failed = isinstance(first, OSError) and not isinstance(first, (FileNotFoundError, PermissionError))
+        store_failed = isinstance(first, OSError) and not isinstance(first, PERMANENT_ERRORS)
         if store_failed and self.failing >= _STORE_DOWN_AFTER:
-            result = {**row, "outcome": Outcome.QUARANTINE.value, "reason": QuarantineReason.STORAGE_ERROR.value,
-                      "message": f"{type(first).__name__}: {first}; the store kept failing, read again next run"[:1000],
-                      "bytes_read": 0}
+            result = _unread(row, QuarantineReason.STORAGE_ERROR,
+                             f"{type(first).__name__}: {first}; the store kept failing, read again next run")
         else:
             result = read_one(row, first)
         self.failing = self.failing + 1 if result.get("reason") == QuarantineReason.STORAGE_ERROR.value else 0
@@ -155,8 +161,7 @@ def _batch_reader(options: ReadOptions, storage_options: dict[str, Any], concurr
                                 row["file_size"], options, modification_time=row["modification_time"],
                                 etag=row["etag"])
         except Exception as error:  # the last line of defence: the file is still accounted for
-            return {**row, "outcome": Outcome.QUARANTINE.value, "reason": QuarantineReason.PARSE_ERROR.value,
-                    "message": f"{type(error).__name__}: {error}"[:1000], "bytes_read": 0}
+            return _unread(row, QuarantineReason.PARSE_ERROR, f"{type(error).__name__}: {error}")
 
     def to_batch(rows: list[dict[str, Any]]) -> pa.RecordBatch:
         # Column by column: pyarrow's row-wise from_pylist costs as much as parsing the header.
@@ -373,10 +378,6 @@ def _fingerprint(settings: Settings, listed: list[DiscoveredFile]) -> str:
     return digest.hexdigest()
 
 
-def _settled_listing(spark: SparkSession, locator: TableLocator) -> str:
-    return delta_table(spark, locator, "file_inventory").detail().first()["properties"].get(_SETTLED_LISTING, "")
-
-
 def _settle(spark: SparkSession, locator: TableLocator, fingerprint: str) -> None:
     """Remember (or forget, with "") the listing a completed run left nothing to retry in.
 
@@ -396,15 +397,16 @@ def extract(spark: SparkSession, locator: TableLocator, settings: Settings, run_
         listed = list(list_files(settings.sources))
         fingerprint = _fingerprint(settings, listed)
     with phase("plan"):
-        settled = _settled_listing(spark, locator)
+        inventory = delta_table(spark, locator, "file_inventory").detail().first()
+        settled = inventory["properties"].get(_SETTLED_LISTING, "")
     if settled == fingerprint and not settings.extract.full_refresh:
         # The same files as a run that completed with nothing left to retry: the plan would be all UNCHANGED.
         seconds = time.monotonic() - started
         log.info("extract: %d files listed, unchanged since the last run", len(listed))
         return ExtractSummary(run_id, len(listed), 0, 0, 0, 0, seconds, phase_seconds=phase.seconds)
     with phase("plan"):
-        stored = {name: may_have_rows(spark, locator, name)
-                  for name in ("file_inventory", "dicom_instance", "dicom_quarantine")}
+        stored = {"file_inventory": inventory["numFiles"] > 0,
+                  **{name: may_have_rows(spark, locator, name) for name in ("dicom_instance", "dicom_quarantine")}}
         if any(stored.values()):
             # Not cached: a no-op run only counts it, and a recomputation gives the same states (NEW and
             # CHANGED win over RETRY, and the inventory is changed last).

@@ -27,7 +27,7 @@ from pydicom.errors import InvalidDicomError
 from micdm.dicom.header import encode_header, header_json, header_record, missing_uids
 from micdm.dicom.walker import NeedMoreBytes, NotWalkable, ParsedHeader, walk_header
 
-__all__ = ["Outcome", "QuarantineReason", "RangeReader", "ReadOptions", "extract_file"]
+__all__ = ["PERMANENT_ERRORS", "Outcome", "QuarantineReason", "RangeReader", "ReadOptions", "extract_file"]
 
 _DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 
@@ -66,7 +66,7 @@ class ReadOptions:
     retry_base_seconds: float = 0.2
 
 
-_PERMANENT_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+PERMANENT_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
 
 
 class RangeReader(io.RawIOBase):
@@ -121,7 +121,7 @@ class RangeReader(io.RawIOBase):
         for attempt in range(self._retries + 1):
             try:
                 return self._fetch(start, end)
-            except _PERMANENT_ERRORS:
+            except PERMANENT_ERRORS:
                 raise
             except OSError:
                 if attempt == self._retries:
@@ -277,21 +277,16 @@ def extract_file(
         "modification_time": modification_time,
         "etag": etag,
     }
-    if size == 0:
-        try:
-            fetch(0, 0)  # a dangling link or a vanished file is unreadable, not empty
-        except _PERMANENT_ERRORS as error:
-            return _quarantine(base, QuarantineReason.UNREADABLE, f"{type(error).__name__}: {error}")
-        except OSError as error:
-            return _quarantine(base, QuarantineReason.STORAGE_ERROR, f"{type(error).__name__}: {error}")
-        return _quarantine(base, QuarantineReason.ZERO_BYTES, "file is empty")
     quiet_pydicom()
     reader = RangeReader(fetch, size, options.block_size, options.max_retries, options.retry_base_seconds)
     try:
+        if size == 0:
+            fetch(0, 0)  # opens the file: a dangling link or a vanished file is unreadable, not empty
+            return _quarantine(base, QuarantineReason.ZERO_BYTES, "file is empty")
         parsed, forced = _walk(reader, options.block_size), False
         if parsed is None:
             parsed, forced = _parse(reader)
-    except _PERMANENT_ERRORS as error:
+    except PERMANENT_ERRORS as error:
         return _quarantine(base, QuarantineReason.UNREADABLE, f"{type(error).__name__}: {error}", reader)
     except RecursionError:
         return _quarantine(base, QuarantineReason.PARSE_ERROR, "RecursionError: sequences nested too deeply", reader)
