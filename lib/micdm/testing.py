@@ -138,8 +138,11 @@ class SeaweedFS(_Server):
         return {**os.environ, "AWS_ACCESS_KEY_ID": self.key, "AWS_SECRET_ACCESS_KEY": self.secret}
 
     def ready(self) -> bool:
-        self.filesystem().ls(self.bucket)
-        return True
+        # A listing answers before the volume server has registered; only a written-then-read object shows
+        # that stored objects (those of a restarted server too) can be read.
+        store, canary = self.filesystem(), f"{self.bucket}/.ready"
+        store.pipe(canary, b"ready")
+        return store.cat(canary) == b"ready"
 
 
 #: Where Debian's packages `orthanc` and `orthanc-dicomweb` put the server and the plugin.
