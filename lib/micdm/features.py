@@ -20,7 +20,7 @@ from micdm.dicom.header import HEADER_ATTRIBUTES
 from micdm.dicom.seg import segment_items
 from micdm.dicom.sr import report_items
 from micdm.errors import ConfigError
-from micdm.ids import assign_ids
+from micdm.ids import assign_ids_by_namespace
 from micdm.schema import FEATURE_ROW, REPORT_ITEM
 from micdm.series import present_instances
 from micdm.tables import TableLocator, conform, merge_into, overwrite, read_table
@@ -288,17 +288,18 @@ def _resolve_concepts(features: DataFrame, spark: SparkSession, locator: TableLo
 
 def _with_ids(spark: SparkSession, locator: TableLocator, features: DataFrame) -> DataFrame:
     """measurement_id / observation_id (above the site's highest), image_feature_id and image_finding_id."""
+    domains = {"measurement": "measurement_id", "observation": "observation_id"}
+    requests = {domain: (features.where(F.col("domain") == domain),
+                         read_table(spark, locator, domain).agg(F.max(id_column)).first()[0] or 0)
+                for domain, id_column in domains.items()}
+    requests["image_feature"] = (features, 0)
+    requests["image_finding"] = (features.select(F.col("finding_key").alias("natural_key")), 0)
+    ids = assign_ids_by_namespace(spark, locator, requests)
     rows = features
-    for domain, id_column in (("measurement", "measurement_id"), ("observation", "observation_id")):
-        keys = features.where(F.col("domain") == domain)
-        floor = read_table(spark, locator, domain).agg(F.max(id_column)).first()[0] or 0
-        ids = assign_ids(spark, locator, domain, keys, floor=floor)
-        rows = rows.join(ids.withColumnRenamed("id", id_column), "natural_key", "left")
-    feature_ids = assign_ids(spark, locator, "image_feature", features)
-    finding_ids = assign_ids(spark, locator, "image_finding", features.select(F.col("finding_key").alias(
-        "natural_key")))
-    return rows.join(feature_ids.withColumnRenamed("id", "image_feature_id"), "natural_key").join(
-        finding_ids.select(F.col("natural_key").alias("finding_key"), F.col("id").alias("image_finding_id")),
+    for domain, id_column in domains.items():
+        rows = rows.join(ids[domain].withColumnRenamed("id", id_column), "natural_key", "left")
+    return rows.join(ids["image_feature"].withColumnRenamed("id", "image_feature_id"), "natural_key").join(
+        ids["image_finding"].select(F.col("natural_key").alias("finding_key"), F.col("id").alias("image_finding_id")),
         "finding_key", "left")
 
 

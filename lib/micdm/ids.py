@@ -6,13 +6,16 @@ The spec's ids are 32-bit integers, too small to hash UIDs into without collisio
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from functools import reduce
+
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from micdm.errors import IdOverflowError
 from micdm.tables import TableLocator, merge_into, read_table
 
-__all__ = ["MAX_ID", "assign_ids"]
+__all__ = ["MAX_ID", "assign_ids", "assign_ids_by_namespace"]
 
 #: Largest value of the spec's integer type.
 MAX_ID = 2**31 - 1
@@ -29,28 +32,48 @@ def assign_ids(
 
     Keys seen before keep their id; new keys get ids above both the namespace's highest id and
     ``floor`` (the highest id the site's own table already holds), in key order so that the result
-    does not depend on partitioning. Triggers two Spark actions and one MERGE into id_map.
+    does not depend on partitioning.
 
     Raises:
         IdOverflowError: when the new ids would pass 2**31 - 1.
     """
-    wanted = keys.select("natural_key").where(F.col("natural_key").isNotNull()).distinct()
-    known = read_table(spark, locator, "id_map").where(F.col("namespace") == namespace)
-    fresh = wanted.join(known.select("natural_key"), "natural_key", "left_anti")
-    fresh_count = fresh.count()
-    if fresh_count:
-        highest = known.agg(F.max("id")).first()[0] or 0
-        start = max(highest, floor)
-        if start + fresh_count > MAX_ID:
-            raise IdOverflowError(
-                f"namespace {namespace!r}: {fresh_count} new ids after {start} would pass {MAX_ID}"
-            )
+    return assign_ids_by_namespace(spark, locator, {namespace: (keys, floor)})[namespace]
+
+
+def assign_ids_by_namespace(
+    spark: SparkSession,
+    locator: TableLocator,
+    requests: Mapping[str, tuple[DataFrame, int]],
+) -> dict[str, DataFrame]:
+    """:func:`assign_ids` for several namespaces (namespace -> (keys, floor)) with one MERGE into id_map.
+
+    One commit instead of one per namespace: the new ids of all namespaces land together or not at all.
+    """
+    wanted = {namespace: keys.select("natural_key").where(F.col("natural_key").isNotNull()).distinct()
+              for namespace, (keys, _) in requests.items()}
+    namespaces = list(requests)
+    known = read_table(spark, locator, "id_map").where(F.col("namespace").isin(*namespaces))
+    every_key = reduce(DataFrame.unionByName, (keys.select(F.lit(namespace).alias("namespace"), "natural_key")
+                                               for namespace, keys in wanted.items()))
+    fresh = every_key.join(known.select("namespace", "natural_key"), ["namespace", "natural_key"], "left_anti")
+    counts = {row["namespace"]: row["count"] for row in fresh.groupBy("namespace").count().collect()}
+    if counts:
+        highest = {row["namespace"]: row["highest"] for row in
+                   known.groupBy("namespace").agg(F.max("id").alias("highest")).collect()}
+        starts = {namespace: max(highest.get(namespace) or 0, requests[namespace][1]) for namespace in counts}
+        for namespace, start in starts.items():
+            if start + counts[namespace] > MAX_ID:
+                raise IdOverflowError(
+                    f"namespace {namespace!r}: {counts[namespace]} new ids after {start} would pass {MAX_ID}")
+        start = F.create_map(*(F.lit(part) for item in starts.items() for part in item))[F.col("namespace")]
         numbered = fresh.select(
-            F.lit(namespace).alias("namespace"),
+            "namespace",
             "natural_key",
-            (F.lit(start) + F.row_number().over(Window.orderBy("natural_key"))).cast("int").alias("id"),
+            (start + F.row_number().over(Window.partitionBy("namespace").orderBy("natural_key"))).cast("int")
+            .alias("id"),
             F.current_timestamp().alias("assigned_at"),
         )
         merge_into(spark, locator, "id_map", numbered, ["namespace", "natural_key"], update_existing=False)
-    ids = read_table(spark, locator, "id_map").where(F.col("namespace") == namespace)
-    return wanted.join(ids.select("natural_key", "id"), "natural_key")
+    ids = read_table(spark, locator, "id_map")
+    return {namespace: keys.join(ids.where(F.col("namespace") == namespace).select("natural_key", "id"), "natural_key")
+            for namespace, keys in wanted.items()}

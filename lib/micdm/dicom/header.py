@@ -148,6 +148,10 @@ _DATE_ATTRIBUTES = {
 #: DICOM JSON key ("GGGGEEEE") of each attribute read into a typed column.
 _ATTRIBUTE_KEYS = {keyword: f"{tag_for_keyword(keyword):08X}"
                    for keyword in (*HEADER_ATTRIBUTES, *_DATE_ATTRIBUTES, "AnatomicRegionSequence")}
+#: (keyword, DICOM JSON key, column, converter) of every typed column; None converts a date.
+_TYPED_COLUMNS: list[tuple[str, str, str, _Converter | None]] = [
+    *((keyword, _ATTRIBUTE_KEYS[keyword], column, convert) for keyword, (column, convert) in HEADER_ATTRIBUTES.items()),
+    *((keyword, _ATTRIBUTE_KEYS[keyword], column, None) for keyword, column in _DATE_ATTRIBUTES.items())]
 _CODE_VALUE, _CODING_SCHEME = "00080100", "00080102"
 _CHARSET_TAG = 0x00080005
 
@@ -220,13 +224,14 @@ def header_record(header: Dataset | EncodedHeader) -> dict[str, Any]:
     encoded = _encoded(header)
     record: dict[str, Any] = {}
     warnings: list[str] = []
-    columns = [(keyword, column, convert) for keyword, (column, convert) in HEADER_ATTRIBUTES.items()]
-    columns += [(keyword, column, None) for keyword, column in _DATE_ATTRIBUTES.items()]
-    for keyword, column, convert in columns:
-        key = _ATTRIBUTE_KEYS[keyword]
-        record[column], warning = None, encoded.failures.get(key)
+    elements, failures = encoded.elements, encoded.failures
+    for keyword, key, column, convert in _TYPED_COLUMNS:
+        record[column], warning = None, failures.get(key)
         if warning is None:
-            value = _first_or_all(encoded.elements.get(key))
+            element = elements.get(key)
+            if element is None:  # most attributes are absent from most headers
+                continue
+            value = _first_or_all(element)
             try:
                 if convert is None:
                     record[column], warning = parse_dicom_date(_text(value))
