@@ -80,105 +80,141 @@ class CheckResult:
         return self.percent <= self.threshold
 
 
-def _count(frame: DataFrame, violation: Column) -> tuple[int, int]:
-    row = frame.agg(F.count_if(violation).alias("bad"), F.count(F.lit(1)).alias("all")).first()
-    return int(row["bad"] or 0), int(row["all"] or 0)
+@dataclass(frozen=True)
+class _Check:
+    """One check on one table, as two conditions on its rows (after the lookups it needs are joined)."""
+
+    check: str
+    field: str
+    applies: Column
+    """Rows the check looks at."""
+    fails: Column
+    """Of those, the rows that violate it."""
+    threshold: float
+    fatal: bool
 
 
-def _repeated(frame: DataFrame, key: str) -> int:
-    """Rows whose ``key`` another row shares."""
-    return int(frame.groupBy(key).count().where("count > 1").agg(F.sum("count")).first()[0] or 0)
+@dataclass
+class _TableChecks:
+    """A table's rows with each lookup left-joined once, and the checks read from them in one aggregation."""
+
+    name: str
+    rows: DataFrame
+    checks: list[_Check]
+
+    def lookup(self, field: str, other: DataFrame, key: str, prefix: str) -> str:
+        """Left-join ``other`` (distinct on ``key``, its columns renamed ``prefix<column>``) on ``field``."""
+        renamed = other.dropDuplicates([key]).select(*(F.col(c).alias(f"{prefix}{c}") for c in other.columns))
+        self.rows = self.rows.join(renamed, F.col(field) == F.col(f"{prefix}{key}"), "left")
+        return f"{prefix}{key}"
+
+    def add(self, check: str, field: str, applies: Column, fails: Column, threshold: float = _CONFORMANCE) -> None:
+        self.checks.append(_Check(check, field, applies, fails, threshold, threshold == _CONFORMANCE))
+
+    def results(self) -> tuple[int, list[CheckResult]]:
+        """(rows of the table, each check's result)."""
+        counts = self.rows.agg(F.count(F.lit(1)).alias("rows"), *(
+            expression for index, check in enumerate(self.checks) for expression in (
+                F.count_if(check.applies).alias(f"applies{index}"),
+                F.count_if(check.applies & check.fails).alias(f"fails{index}")))).first()
+        return int(counts["rows"]), [
+            CheckResult(check.check, self.name, check.field, int(counts[f"fails{index}"]),
+                        int(counts[f"applies{index}"]), check.threshold, check.fatal)
+            for index, check in enumerate(self.checks)]
 
 
-def _field_checks(name: str, frame: DataFrame) -> list[CheckResult]:
-    """isRequired for every NOT NULL field, cdmDatatype against the schema, isPrimaryKey."""
-    table = TABLES[name]
-    results = []
-    counts = frame.agg(F.count(F.lit(1)).alias("_rows"), *[
-        F.count_if(F.col(f.name).isNull()).alias(f.name) for f in table.schema.fields if not f.nullable]).first()
-    rows = int(counts["_rows"])
-    for field in table.schema.fields:
+def _repeated(frame: DataFrame, key: str) -> tuple[int, int]:
+    """(rows whose ``key`` another row shares, rows)."""
+    row = frame.groupBy(key).count().agg(F.sum(F.when(F.col("count") > 1, F.col("count"))).alias("repeated"),
+                                         F.sum("count").alias("rows")).first()
+    return int(row["repeated"] or 0), int(row["rows"] or 0)
+
+
+def _field_checks(table: _TableChecks) -> None:
+    """isRequired for every NOT NULL field."""
+    for field in TABLES[table.name].schema.fields:
         if not field.nullable:
-            results.append(CheckResult("isRequired", name, field.name, int(counts[field.name]), rows, _CONFORMANCE,
-                                       True))
+            table.add("isRequired", field.name, F.lit(True), F.col(field.name).isNull())
+
+
+def _datatypes(name: str, frame: DataFrame, rows: int) -> list[CheckResult]:
+    """cdmDatatype: every field of the spec with the spec's type (a schema property: all rows or none)."""
     actual = {f.name: f.dataType for f in frame.schema.fields}
-    for field in table.schema.fields:
-        wrong = actual.get(field.name) != field.dataType
-        results.append(CheckResult("cdmDatatype", name, field.name, rows if wrong else 0, rows, _CONFORMANCE, True))
-    key = _PRIMARY_KEYS[name]
-    results.append(CheckResult("isPrimaryKey", name, key, _repeated(frame, key), rows, _CONFORMANCE, True))
-    return results
+    return [CheckResult("cdmDatatype", name, field.name, 0 if actual.get(field.name) == field.dataType else rows,
+                        rows, _CONFORMANCE, True) for field in TABLES[name].schema.fields]
 
 
-def _foreign_keys(spark: SparkSession, locator: TableLocator, frames: dict[str, DataFrame]) -> list[CheckResult]:
-    results = []
-    for (name, field), (target, key) in _FOREIGN_KEYS.items():
-        present = frames[name].where(F.col(field).isNotNull())
-        known = read_table(spark, locator, target).select(F.col(key).alias("_key"))
-        violated, checked = _count(present.join(known, F.col(field) == F.col("_key"), "left"),
-                                   F.col("_key").isNull())
-        results.append(CheckResult("isForeignKey", name, field, violated, checked, _CONFORMANCE, True))
+def _foreign_keys(spark: SparkSession, locator: TableLocator, tables: dict[str, _TableChecks]) -> None:
+    for index, ((name, field), (target, key)) in enumerate(_FOREIGN_KEYS.items()):
+        found = tables[name].lookup(field, read_table(spark, locator, target).select(key), key, f"_fk{index}_")
+        tables[name].add("isForeignKey", field, F.col(field).isNotNull(), F.col(found).isNull())
     # image_feature's (table_concept_id, table_row_id) pairs point at real measurement / observation rows.
-    feature = frames["image_feature"]
-    for clinical, id_column in (("measurement", "measurement_id"), ("observation", "observation_id")):
-        pointing = feature.where(F.col("table_concept_id") == table_concept_id(clinical))
-        rows = frames[clinical].select(F.col(id_column).alias("_row"))
-        violated, checked = _count(pointing.join(rows, F.col("table_row_id") == F.col("_row"), "left"),
-                                   F.col("_row").isNull())
-        results.append(CheckResult("isForeignKey", "image_feature", f"table_row_id ({clinical})", violated, checked,
-                                   _CONFORMANCE, True))
-    violated, checked = _count(feature, ~F.col("table_concept_id").isin(
+    feature = tables["image_feature"]
+    for clinical in ("measurement", "observation"):
+        key = f"{clinical}_id"
+        found = feature.lookup("table_row_id", read_table(spark, locator, clinical).select(key), key, "_row_")
+        feature.add("isForeignKey", f"table_row_id ({clinical})",
+                    F.col("table_concept_id") == table_concept_id(clinical), F.col(found).isNull())
+    feature.add("fkDomain", "table_concept_id", F.lit(True), ~F.col("table_concept_id").isin(
         table_concept_id("measurement"), table_concept_id("observation")))
-    results.append(CheckResult("fkDomain", "image_feature", "table_concept_id", violated, checked, _CONFORMANCE,
-                               True))
-    return results
 
 
-def _concept_checks(vocabulary: DataFrame, frames: dict[str, DataFrame]) -> list[CheckResult]:
+def _concept_checks(vocabulary: DataFrame, tables: dict[str, _TableChecks]) -> None:
     """isStandardValidConcept and fkDomain, for concepts the vocabulary holds (0 always passes)."""
-    known = vocabulary.select(F.col("concept_id").alias("_concept"), F.col("standard_concept").alias("_standard"),
-                              F.col("invalid_reason").alias("_invalid"), F.col("domain_id").alias("_domain"))
-    results = []
-    for (name, field), domain in _STANDARD_CONCEPTS.items():
-        coded = frames[name].where(F.col(field).isNotNull() & (F.col(field) != 0)).join(
-            known, F.col(field) == F.col("_concept"))
-        not_standard = F.coalesce(F.col("_standard"), F.lit("")) != "S"
-        violated, checked = _count(coded, not_standard | F.col("_invalid").isNotNull())
-        results.append(CheckResult("isStandardValidConcept", name, field, violated, checked, _CONFORMANCE, True))
+    known = vocabulary.select("concept_id", "standard_concept", "invalid_reason", "domain_id")
+    for index, ((name, field), domain) in enumerate(_STANDARD_CONCEPTS.items()):
+        prefix = f"_concept{index}_"
+        found = tables[name].lookup(field, known, "concept_id", prefix)
+        coded = F.col(field).isNotNull() & (F.col(field) != 0) & F.col(found).isNotNull()
+        not_standard = F.coalesce(F.col(f"{prefix}standard_concept"), F.lit("")) != "S"
+        tables[name].add("isStandardValidConcept", field, coded,
+                         not_standard | F.col(f"{prefix}invalid_reason").isNotNull())
         if domain is not None:
-            violated, checked = _count(coded, F.col("_domain") != domain)
-            results.append(CheckResult("fkDomain", name, field, violated, checked, _CONFORMANCE, True))
-    return results
+            tables[name].add("fkDomain", field, coded, F.col(f"{prefix}domain_id") != domain)
 
 
-def _plausibility(spark: SparkSession, locator: TableLocator, frames: dict[str, DataFrame]) -> list[CheckResult]:
-    results = []
+def _plausibility(spark: SparkSession, locator: TableLocator, tables: dict[str, _TableChecks]) -> None:
     today = dt.date.today()
     for name, field in _DATES.items():
-        present = frames[name].where(F.col(field).isNotNull())
-        violated, checked = _count(present, (F.col(field) < F.lit(_EARLIEST)) | (F.col(field) > F.lit(today)))
-        results.append(CheckResult("plausibleDate", name, field, violated, checked, _PLAUSIBILITY, False))
+        tables[name].add("plausibleDate", field, F.col(field).isNotNull(),
+                         (F.col(field) < F.lit(_EARLIEST)) | (F.col(field) > F.lit(today)), _PLAUSIBILITY)
+    occurrence = tables["image_occurrence"]
     visits = read_table(spark, locator, "visit_occurrence").select(
-        F.col("visit_occurrence_id").alias("_visit"), "visit_start_date", "visit_end_date")
-    with_visit = frames["image_occurrence"].join(visits, F.col("visit_occurrence_id") == F.col("_visit"))
-    outside = (F.col("image_occurrence_date") < F.date_sub("visit_start_date", 7)) | (
-        F.col("image_occurrence_date") > F.date_add("visit_end_date", 7))
-    violated, checked = _count(with_visit, outside)
-    results.append(CheckResult("withinVisitDates", "image_occurrence", "image_occurrence_date", violated, checked,
-                               _WITHIN_VISIT, False))
-    occurrence = frames["image_occurrence"]
-    results.append(CheckResult("isUnique", "image_occurrence", "image_series_uid",
-                               _repeated(occurrence, "image_series_uid"), occurrence.count(), _CONFORMANCE, True))
-    return results
+        "visit_occurrence_id", "visit_start_date", "visit_end_date")
+    found = occurrence.lookup("visit_occurrence_id", visits, "visit_occurrence_id", "_visit_")
+    outside = (F.col("image_occurrence_date") < F.date_sub("_visit_visit_start_date", 7)) | (
+        F.col("image_occurrence_date") > F.date_add("_visit_visit_end_date", 7))
+    occurrence.add("withinVisitDates", "image_occurrence_date", F.col(found).isNotNull(), outside, _WITHIN_VISIT)
+
+
+def _written_rows(spark: SparkSession, locator: TableLocator, name: str) -> DataFrame:
+    """The rows of a checked table that micdm wrote: all of its own tables; in the site's CDM tables, the
+    ids micdm allocated (id_map), so a site's own rows are neither checked nor scanned by every check."""
+    table = read_table(spark, locator, name)
+    if name in ("image_occurrence", "image_feature"):
+        return table
+    ours = read_table(spark, locator, "id_map").where(F.col("namespace") == name).select(
+        F.col("id").alias(_PRIMARY_KEYS[name]))
+    return table.join(ours, _PRIMARY_KEYS[name], "left_semi")
 
 
 def run_quality(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: str) -> dict[str, int]:
     """Run every check, append the results to dq_result; raise QualityError when a fatal one failed."""
-    frames = {name: read_table(spark, locator, name).localCheckpoint() for name in CHECKED_TABLES}
-    results = [r for name in CHECKED_TABLES for r in _field_checks(name, frames[name])]
-    results += _foreign_keys(spark, locator, frames)
-    results += _concept_checks(concepts(spark, locator), frames)
-    results += _plausibility(spark, locator, frames)
+    frames = {name: _written_rows(spark, locator, name) for name in CHECKED_TABLES}
+    tables = {name: _TableChecks(name, frame, []) for name, frame in frames.items()}
+    for table in tables.values():
+        _field_checks(table)
+    _foreign_keys(spark, locator, tables)
+    _concept_checks(concepts(spark, locator), tables)
+    _plausibility(spark, locator, tables)
+    results = []
+    for name, table in tables.items():  # one aggregation per table, plus one for each key that must be unique
+        rows, checked = table.results()
+        repeated, _ = _repeated(frames[name], _PRIMARY_KEYS[name])
+        results += [*checked, *_datatypes(name, frames[name], rows),
+                    CheckResult("isPrimaryKey", name, _PRIMARY_KEYS[name], repeated, rows, _CONFORMANCE, True)]
+    repeated, rows = _repeated(frames["image_occurrence"], "image_series_uid")
+    results.append(CheckResult("isUnique", "image_occurrence", "image_series_uid", repeated, rows, _CONFORMANCE, True))
     now = dt.datetime.now(dt.timezone.utc)
     rows = [(run_id, now, r.check, r.table, r.field, r.violated, r.checked, round(r.percent, 4), r.threshold,
              r.fatal, r.passed) for r in results]

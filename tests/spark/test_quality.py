@@ -67,3 +67,24 @@ def test_quality_command_exits_non_zero_on_a_fatal_failure(spark, tmp_path) -> N
     message = done.stderr.strip().splitlines()[-1]
     assert message.startswith("micdm: ") and "image_feature.image_occurrence_id" in message
     assert "image_feature.table_row_id (measurement)" in message
+
+
+def test_only_the_rows_micdm_wrote_are_checked_in_the_sites_tables(spark, tmp_path) -> None:
+    """A site's own procedure_occurrence rows are the site's business: micdm checks the ids it allocated."""
+    settings = load_settings(REPO / "conf" / "local.yml", [f"storage.warehouse={tmp_path / 'warehouse'}"])
+    locator = TableLocator(settings.storage)
+    init_tables(spark, locator)
+    day = dt.date(2024, 1, 2)
+    overwrite(locator, "procedure_occurrence", spark.createDataFrame(
+        [(7, 99, 4019, day, 32817), (8, 98, 4019, day, 32817)],  # neither person exists
+        "procedure_occurrence_id int, person_id int, procedure_concept_id int, procedure_date date, "
+        "procedure_type_concept_id int"))
+    overwrite(locator, "id_map", spark.createDataFrame(
+        [("procedure_occurrence", "1.2.840.99", 8, dt.datetime(2024, 1, 2))],
+        "namespace string, natural_key string, id int, assigned_at timestamp"))
+    with pytest.raises(QualityError, match=r"isForeignKey procedure_occurrence\.person_id"):
+        run_quality(spark, locator, settings, "site-rows")
+    results = read_table(spark, locator, "dq_result").toPandas().set_index(["check_name", "table_name", "field_name"])
+    person = results.loc[("isForeignKey", "procedure_occurrence", "person_id")]
+    assert (person["rows_violated"], person["rows_checked"]) == (1, 1)  # row 8, micdm's; not row 7, the site's
+    assert results.loc[("isPrimaryKey", "procedure_occurrence", "procedure_occurrence_id")]["rows_checked"] == 1
