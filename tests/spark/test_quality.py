@@ -7,11 +7,20 @@ from pathlib import Path
 
 import pytest
 
-from micdm.config import load_settings
+from micdm.config import Settings, load_settings
 from micdm.quality import QualityError, run_quality
 from micdm.tables import TableLocator, init_tables, overwrite, read_table
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def empty(spark, tmp_path: Path) -> tuple[Settings, TableLocator]:
+    """Settings and every table of a new warehouse, for a test to fill with the rows it checks."""
+    settings = load_settings(REPO / "conf" / "local.yml", [f"storage.warehouse={tmp_path / 'warehouse'}"])
+    locator = TableLocator(settings.storage)
+    init_tables(spark, locator)
+    return settings, locator
 
 
 def test_demo_output_passes_every_fatal_check(spark, demo) -> None:
@@ -28,10 +37,8 @@ def test_demo_output_passes_every_fatal_check(spark, demo) -> None:
     assert feature_links["rows_checked"] > 0 and feature_links["rows_violated"] == 0
 
 
-def test_a_dangling_person_fails_the_foreign_key_check(spark, tmp_path) -> None:
-    settings = load_settings(REPO / "conf" / "local.yml", [f"storage.warehouse={tmp_path / 'warehouse'}"])
-    locator = TableLocator(settings.storage)
-    init_tables(spark, locator)
+def test_a_dangling_person_fails_the_foreign_key_check(spark, empty) -> None:
+    settings, locator = empty
     day = dt.date(2024, 1, 2)
     overwrite(locator, "image_occurrence", spark.createDataFrame(
         [(1, 99, 5, None, 0, None, "/data/s1", day, "1.2", "1.2.3", "CT"),
@@ -48,13 +55,11 @@ def test_a_dangling_person_fails_the_foreign_key_check(spark, tmp_path) -> None:
     assert (dates["rows_violated"], dates["pct_violated"], dates["fatal"]) == (1, 50.0, False)
 
 
-def test_quality_command_exits_non_zero_on_a_fatal_failure(spark, tmp_path) -> None:
+def test_quality_command_exits_non_zero_on_a_fatal_failure(spark, empty, tmp_path) -> None:
     import subprocess
     import sys
 
-    settings = load_settings(REPO / "conf" / "local.yml", [f"storage.warehouse={tmp_path / 'warehouse'}"])
-    locator = TableLocator(settings.storage)
-    init_tables(spark, locator)
+    _, locator = empty
     overwrite(locator, "image_feature", spark.createDataFrame(
         [(1, 1, 42, 1147330, 7, 0, 32817, None, None, None, None, None)],
         "image_feature_id int, person_id int, image_occurrence_id int, table_concept_id int, table_row_id int, "
@@ -69,11 +74,9 @@ def test_quality_command_exits_non_zero_on_a_fatal_failure(spark, tmp_path) -> N
     assert "image_feature.table_row_id (measurement)" in message
 
 
-def test_only_the_rows_micdm_wrote_are_checked_in_the_sites_tables(spark, tmp_path) -> None:
+def test_only_the_rows_micdm_wrote_are_checked_in_the_sites_tables(spark, empty) -> None:
     """A site's own procedure_occurrence rows are the site's business: micdm checks the ids it allocated."""
-    settings = load_settings(REPO / "conf" / "local.yml", [f"storage.warehouse={tmp_path / 'warehouse'}"])
-    locator = TableLocator(settings.storage)
-    init_tables(spark, locator)
+    settings, locator = empty
     day = dt.date(2024, 1, 2)
     overwrite(locator, "procedure_occurrence", spark.createDataFrame(
         [(7, 99, 4019, day, 32817), (8, 98, 4019, day, 32817)],  # neither person exists
