@@ -118,8 +118,12 @@ def _resolve_persons(studies: DataFrame, persons: DataFrame) -> DataFrame:
 
 
 def link_studies(inputs: LinkInputs, window_days: int) -> DataFrame:
-    """Per study: person_id, person_matches, procedure_occurrence_id (NULL when no rule matched), link_rule."""
-    studies = _resolve_persons(study_keys(inputs.series), inputs.persons)
+    """Per study: person_id, person_matches, procedure_occurrence_id (NULL when no rule matched), link_rule.
+
+    The studies are materialised first (one small row each): both rules and the final join read them, and
+    without it the plan would repeat the grouping of every series and the person lookup each time.
+    """
+    studies = _resolve_persons(study_keys(inputs.series), inputs.persons).localCheckpoint(eager=True)
     procedures = inputs.procedures.select("procedure_occurrence_id", F.col("person_id").alias("p_person"),
                                           "procedure_date", "procedure_concept_id",
                                           F.col("accession_number").alias("p_accession"))
@@ -245,7 +249,7 @@ def run_link(spark: SparkSession, locator: TableLocator, settings: Settings, run
     site_procedures = _site_procedures(spark, locator, cfg)
     inputs = LinkInputs(series=series, persons=_site_persons(spark, locator, cfg), procedures=site_procedures,
                         compatible=compatible_procedures(spark, cfg.procedure_concepts))
-    links = link_studies(inputs, cfg.link_window_days)
+    links = link_studies(inputs, cfg.link_window_days).localCheckpoint(eager=True)  # read twice just below
     links = links.join(_containing_visits(links, read_table(spark, locator, "visit_occurrence")),
                        "study_instance_uid", "left").localCheckpoint(eager=True)
     unlinked = links.where(F.col("procedure_occurrence_id").isNull() & F.col("person_id").isNotNull()
