@@ -15,7 +15,7 @@ from pyspark.sql import functions as F
 from micdm.errors import IdOverflowError
 from micdm.tables import TableLocator, merge_into, read_table
 
-__all__ = ["MAX_ID", "assign_ids", "assign_ids_by_namespace"]
+__all__ = ["MAX_ID", "allocated_ids", "assign_ids", "assign_ids_by_namespace"]
 
 #: Largest value of the spec's integer type.
 MAX_ID = 2**31 - 1
@@ -77,3 +77,11 @@ def assign_ids_by_namespace(
     ids = read_table(spark, locator, "id_map")
     return {namespace: keys.join(ids.where(F.col("namespace") == namespace).select("natural_key", "id"), "natural_key")
             for namespace, keys in wanted.items()}
+
+
+def allocated_ids(spark: SparkSession, locator: TableLocator, namespace: str, alias: str = "id") -> DataFrame:
+    """The ids micdm allocated in ``namespace``, as one column ``alias``.
+
+    In a site's own CDM table (procedure_occurrence, measurement, observation) these are the rows micdm wrote.
+    """
+    return read_table(spark, locator, "id_map").where(F.col("namespace") == namespace).select(F.col("id").alias(alias))

@@ -24,7 +24,7 @@ from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from micdm.config import OccurrenceSettings, Settings
-from micdm.ids import assign_ids
+from micdm.ids import allocated_ids, assign_ids
 from micdm.tables import TableLocator, append, merge_into, overwrite, read_table, site_table
 from micdm.vocab import compatible_procedures, modality_procedures
 
@@ -203,9 +203,8 @@ def _site_persons(spark: SparkSession, locator: TableLocator, cfg: OccurrenceSet
 
 def _site_procedures(spark: SparkSession, locator: TableLocator, cfg: OccurrenceSettings) -> DataFrame:
     """The site's own procedures (not those micdm created) with the accession number each carries."""
-    ours = read_table(spark, locator, "id_map").where(F.col("namespace") == "procedure_occurrence")
-    procedures = read_table(spark, locator, "procedure_occurrence").join(
-        ours.select(F.col("id").alias("procedure_occurrence_id")), "procedure_occurrence_id", "left_anti")
+    ours = allocated_ids(spark, locator, "procedure_occurrence", "procedure_occurrence_id")
+    procedures = read_table(spark, locator, "procedure_occurrence").join(ours, "procedure_occurrence_id", "left_anti")
     if cfg.accession_crosswalk:
         crosswalk = site_table(spark, locator, cfg.accession_crosswalk).select(
             F.col("accession_number").cast("string"), F.col("procedure_occurrence_id").cast("int"))

@@ -17,6 +17,7 @@ from pyspark.sql import functions as F
 
 from micdm.config import Settings
 from micdm.errors import MicdmError
+from micdm.ids import allocated_ids
 from micdm.schema import TABLES
 from micdm.tables import TableLocator, append, read_table
 from micdm.vocab import concepts, table_concept_id
@@ -193,9 +194,8 @@ def _written_rows(spark: SparkSession, locator: TableLocator, name: str) -> Data
     table = read_table(spark, locator, name)
     if name in ("image_occurrence", "image_feature"):
         return table
-    ours = read_table(spark, locator, "id_map").where(F.col("namespace") == name).select(
-        F.col("id").alias(_PRIMARY_KEYS[name]))
-    return table.join(ours, _PRIMARY_KEYS[name], "left_semi")
+    key = _PRIMARY_KEYS[name]
+    return table.join(allocated_ids(spark, locator, name, key), key, "left_semi")
 
 
 def run_quality(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: str) -> dict[str, int]:
