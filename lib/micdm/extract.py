@@ -36,7 +36,16 @@ from micdm.dicom.reader import PERMANENT_ERRORS, Outcome, QuarantineReason, Read
 from micdm.schema import EXTRACT_RESULT, FILE_INVENTORY
 from micdm.secrets import resolve_references
 from micdm.sources import DiscoveredFile, list_files, opener, read_first_blocks, root_prefix, with_first_block
-from micdm.tables import TableLocator, append, conform, delta_table, may_have_rows, merge_or_delete, read_table
+from micdm.tables import (
+    TableLocator,
+    append,
+    conform,
+    delta_table,
+    may_have_rows,
+    merge_or_delete,
+    read_table,
+    table_properties,
+)
 
 __all__ = ["ExtractSummary", "extract", "read_headers"]
 
@@ -397,16 +406,15 @@ def extract(spark: SparkSession, locator: TableLocator, settings: Settings, run_
         listed = list(list_files(settings.sources))
         fingerprint = _fingerprint(settings, listed)
     with phase("plan"):
-        inventory = delta_table(spark, locator, "file_inventory").detail().first()
-        settled = inventory["properties"].get(_SETTLED_LISTING, "")
+        settled = table_properties(spark, locator, "file_inventory").get(_SETTLED_LISTING, "")
     if settled == fingerprint and not settings.extract.full_refresh:
         # The same files as a run that completed with nothing left to retry: the plan would be all UNCHANGED.
         seconds = time.monotonic() - started
         log.info("extract: %d files listed, unchanged since the last run", len(listed))
         return ExtractSummary(run_id, len(listed), 0, 0, 0, 0, seconds, phase_seconds=phase.seconds)
     with phase("plan"):
-        stored = {"file_inventory": inventory["numFiles"] > 0,
-                  **{name: may_have_rows(spark, locator, name) for name in ("dicom_instance", "dicom_quarantine")}}
+        stored = {name: may_have_rows(spark, locator, name)
+                  for name in ("file_inventory", "dicom_instance", "dicom_quarantine")}
         if any(stored.values()):
             # Not cached: a no-op run only counts it, and a recomputation gives the same states (NEW and
             # CHANGED win over RETRY, and the inventory is changed last).
@@ -422,16 +430,17 @@ def extract(spark: SparkSession, locator: TableLocator, settings: Settings, run_
     if count:
         to_read = plan.where(F.col("state").isin(*_TO_READ)).select(*_FILE_FIELDS)
         files_done = spark.sparkContext.accumulator(0)
+        is_instance = F.col("outcome") == Outcome.INSTANCE.value
         with phase("read"), _Progress(files_done, count):
-            # Materialised once: every write below must see the same verdict for each file.
+            # Materialised once, by the job that counts the outcomes: every write below must see the same
+            # verdict for each file.
             results = read_headers(to_read.repartition(partitions, "path"), settings, files_done).localCheckpoint(
-                eager=True)
-        with phase("verdicts"):
-            is_instance = F.col("outcome") == Outcome.INSTANCE.value
+                eager=False)
             read = results.agg(F.count_if(is_instance).alias("instances"),
                                F.count_distinct(F.when(is_instance, F.col("sop_instance_uid"))).alias("uids"),
                                F.sum("bytes_read").alias("bytes_read"), F.sum("file_size").alias("file_bytes"),
                                F.count_if(F.col("reason").isin(*_RETRIED_REASONS)).alias("retry")).first()
+        with phase("verdicts"):
             bytes_read, file_bytes, retry_pending = read["bytes_read"] or 0, read["file_bytes"] or 0, read["retry"]
             verdicts = _with_duplicates(spark, locator, results, repeats_within=read["uids"] < read["instances"],
                                         any_stored=stored["dicom_instance"])

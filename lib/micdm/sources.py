@@ -11,9 +11,12 @@ import datetime as dt
 import fnmatch
 import functools
 import inspect
+import os
 import posixpath
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -112,9 +115,83 @@ Fetch = Callable[[int, int], bytes]
 
 
 def _read_range(path: str, start: int, end: int) -> bytes:
-    with open(path, "rb") as handle:
-        handle.seek(start)
-        return handle.read(end - start)
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        parts: list[bytes] = []
+        while start < end:  # one pread returns at most about 2 GiB
+            part = os.pread(descriptor, end - start, start)
+            if not part:
+                break
+            parts.append(part)
+            start += len(part)
+        return b"".join(parts)
+    finally:
+        os.close(descriptor)
+
+
+#: Filesystem types where a read waits on the network: read ahead with threads, not with the kernel's hint.
+_NETWORK_FILESYSTEMS = frozenset({"fuse", "fuseblk", "nfs", "nfs4", "cifs", "smb3", "9p", "ceph", "glusterfs",
+                                  "lustre", "gpfs"})
+
+
+def parse_mounts(text: str) -> tuple[tuple[str, str], ...]:
+    """(mount point, filesystem type) of each line of /proc/mounts, deepest mount point first."""
+    mounts = [(fields[1].replace("\\040", " "), fields[2]) for fields in map(str.split, text.splitlines())
+              if len(fields) >= 3]
+    return tuple(sorted(mounts, key=lambda mount: len(mount[0]), reverse=True))
+
+
+@functools.lru_cache(maxsize=1)
+def _mounts() -> tuple[tuple[str, str], ...]:
+    try:
+        return parse_mounts(Path("/proc/mounts").read_text(encoding="utf-8"))
+    except OSError:  # not Linux: every local path counts as a local disk
+        return ()
+
+
+@functools.lru_cache(maxsize=1024)
+def on_network_mount(folder: str, mounts: tuple[tuple[str, str], ...] | None = None) -> bool:
+    """Whether a local folder lies on a network or FUSE mount (NFS, SMB, a Unity Catalog volume)."""
+    for point, kind in _mounts() if mounts is None else mounts:
+        if folder == point or folder.startswith(point.rstrip("/") + "/"):
+            return kind.split(".")[0] in _NETWORK_FILESYSTEMS
+    return False
+
+
+def _hint_read_ahead(path: str, end: int) -> BaseException | None:
+    """Ask the kernel to read a file's first ``end`` bytes in the background; the open's error, if any."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except OSError as error:
+        return error
+    try:
+        os.posix_fadvise(descriptor, 0, end, os.POSIX_FADV_WILLNEED)
+    except OSError:
+        pass  # only a hint: the read that follows works without it
+    finally:
+        os.close(descriptor)
+    return None
+
+
+def _local_first_blocks(paths: list[str], ends: list[int], concurrency: int) -> list[bytes | BaseException | None]:
+    """First blocks of local files, None where the caller should read the file itself.
+
+    On network mounts, where each read waits on the network, the blocks are read with threads. On local
+    disks they are only hinted to the kernel, which reads them while the caller parses: threads reading
+    here would hold the GIL the parse needs, and cost more than they hide.
+    """
+    found: list[bytes | BaseException | None] = [None] * len(paths)
+    remote = [index for index, path in enumerate(paths) if on_network_mount(os.path.dirname(path))]
+    if remote:
+        with ThreadPoolExecutor(max_workers=concurrency) as pool:
+            blocks = pool.map(_read_or_error, [paths[i] for i in remote], [ends[i] for i in remote])
+            for index, block in zip(remote, blocks, strict=True):
+                found[index] = block
+    if hasattr(os, "posix_fadvise"):
+        for index, path in enumerate(paths):
+            if found[index] is None:
+                found[index] = _hint_read_ahead(path, ends[index])
+    return found
 
 
 def _locate(path: str, storage_options: dict[str, Any]) -> tuple[fsspec.AbstractFileSystem | None, str]:
@@ -146,15 +223,14 @@ def opener(path: str, storage_options: dict[str, Any]) -> Fetch:
 
 
 def read_first_blocks(paths: list[str], sizes: list[int], block_size: int, storage_options: dict[str, Any],
-                      concurrency: int) -> list[bytes | BaseException]:
+                      concurrency: int) -> list[bytes | BaseException | None]:
     """The first block of each file, many reads in flight at once; a failed read's error takes its place.
 
     Object stores get one batch of ``concurrency`` concurrent ranged GETs per filesystem (presigned URLs on
     S3, fsspec's ``cat_ranges`` elsewhere), which costs far less per file than one blocking request each.
-    Local files are read one after the other: the caller runs this beside the parsing, and more threads
-    would only contend for the GIL.
+    A local file's place may hold None instead: the caller reads it itself (see _local_first_blocks).
     """
-    found: list[bytes | BaseException] = [b""] * len(paths)
+    found: list[bytes | BaseException | None] = [b""] * len(paths)
     groups: dict[int, tuple[fsspec.AbstractFileSystem | None, list[int], list[str]]] = {}
     for index, path in enumerate(paths):
         fs, stripped = _locate(path, storage_options)
@@ -164,7 +240,7 @@ def read_first_blocks(paths: list[str], sizes: list[int], block_size: int, stora
     for fs, indexes, stripped in groups.values():
         ends = [min(sizes[i], block_size) for i in indexes]
         if fs is None:
-            blocks = [_read_or_error(path, end) for path, end in zip(stripped, ends, strict=True)]
+            blocks = _local_first_blocks(stripped, ends, concurrency)
         elif _is_s3(fs):
             blocks = fsspec.asyn.sync(fs.loop, _presigned_first_blocks, fs, stripped, ends, concurrency)
         else:

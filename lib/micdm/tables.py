@@ -34,6 +34,7 @@ __all__ = [
     "overwrite",
     "read_table",
     "site_table",
+    "table_properties",
 ]
 
 _CDM_NAMES = frozenset(t.name for t in CDM_TABLES)
@@ -120,8 +121,17 @@ def init_tables(spark: SparkSession, locator: TableLocator, names: Iterable[str]
 
 
 def may_have_rows(spark: SparkSession, locator: TableLocator, name: str) -> bool:
-    """False only when the table holds no data file: read from the Delta log, without a scan."""
-    return delta_table(spark, locator, name).detail().first()["numFiles"] > 0
+    """False only while the table is as its CREATE TABLE left it.
+
+    Read from its last commit alone: DESCRIBE DETAIL would count its files by rebuilding the table's
+    state, a Spark job per table.
+    """
+    last = delta_table(spark, locator, name).history(1).select("version", "operation").first()
+    return last is None or last["version"] > 0 or last["operation"] != "CREATE TABLE"
+
+
+def table_properties(spark: SparkSession, locator: TableLocator, name: str) -> dict[str, str]:
+    return {row["key"]: row["value"] for row in spark.sql(f"SHOW TBLPROPERTIES {locator.ref(name)}").collect()}
 
 
 def site_table(spark: SparkSession, locator: TableLocator, name: str) -> DataFrame:

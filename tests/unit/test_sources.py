@@ -6,19 +6,48 @@ from pathlib import Path
 
 import pytest
 
+from micdm import sources
 from micdm.sources import opener, read_first_blocks, with_first_block
 
 
-def test_first_blocks_in_order_with_errors_in_place(tmp_path: Path) -> None:
+@pytest.fixture
+def three_files(tmp_path: Path) -> tuple[list[str], list[int]]:
     small, large = tmp_path / "small.bin", tmp_path / "large.bin"
     small.write_bytes(b"abc")
     large.write_bytes(bytes(range(256)) * 10)
-    gone = tmp_path / "gone.bin"
-    paths = [str(large), str(gone), str(small)]
-    blocks = read_first_blocks(paths, [2560, 100, 3], 1000, {}, 4)
-    assert blocks[0] == large.read_bytes()[:1000]
+    return [str(large), str(tmp_path / "gone.bin"), str(small)], [2560, 100, 3]
+
+
+def test_first_blocks_on_a_network_mount_are_read_in_order_with_errors_in_place(
+        three_files: tuple[list[str], list[int]], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sources, "on_network_mount", lambda folder: True)
+    paths, sizes = three_files
+    blocks = read_first_blocks(paths, sizes, 1000, {}, 4)
+    assert blocks[0] == Path(paths[0]).read_bytes()[:1000]
     assert isinstance(blocks[1], FileNotFoundError)
     assert blocks[2] == b"abc"
+
+
+def test_first_blocks_on_a_local_disk_are_left_to_the_reader_but_errors_are_not(
+        three_files: tuple[list[str], list[int]]) -> None:
+    paths, sizes = three_files
+    blocks = read_first_blocks(paths, sizes, 1000, {}, 4)
+    assert blocks[0] is None and blocks[2] is None
+    assert isinstance(blocks[1], FileNotFoundError)
+    assert opener(paths[0], {})(0, 1000) == Path(paths[0]).read_bytes()[:1000]
+
+
+def test_network_mounts_are_told_from_local_disks_by_the_mount_table() -> None:
+    mounts = sources.parse_mounts(
+        "/dev/vda / ext4 rw 0 0\n"
+        "fuse-daemon /Volumes fuse rw 0 0\n"
+        "server:/export /mnt/scans nfs4 rw 0 0\n"
+        "/dev/vdb /mnt/scans/local\\040disk xfs rw 0 0\n")
+    assert sources.on_network_mount("/Volumes/main/imaging/raw", mounts)
+    assert sources.on_network_mount("/mnt/scans/2024", mounts)
+    assert not sources.on_network_mount("/mnt/scans/local disk/2024", mounts)
+    assert not sources.on_network_mount("/mnt/scans2", mounts)
+    assert not sources.on_network_mount("/data/dicom", mounts)
 
 
 def test_with_first_block_serves_the_start_once_then_reads(tmp_path: Path) -> None:
