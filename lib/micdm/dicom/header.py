@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
@@ -148,10 +149,13 @@ _DATE_ATTRIBUTES = {
 #: DICOM JSON key ("GGGGEEEE") of each attribute read into a typed column.
 _ATTRIBUTE_KEYS = {keyword: f"{tag_for_keyword(keyword):08X}"
                    for keyword in (*HEADER_ATTRIBUTES, *_DATE_ATTRIBUTES, "AnatomicRegionSequence")}
-#: (keyword, DICOM JSON key, column, converter) of every typed column; None converts a date.
-_TYPED_COLUMNS: list[tuple[str, str, str, _Converter | None]] = [
-    *((keyword, _ATTRIBUTE_KEYS[keyword], column, convert) for keyword, (column, convert) in HEADER_ATTRIBUTES.items()),
-    *((keyword, _ATTRIBUTE_KEYS[keyword], column, None) for keyword, column in _DATE_ATTRIBUTES.items())]
+#: DICOM JSON key -> (keyword, column, converter) of every typed column; None converts a date.
+_TYPED_COLUMNS: dict[str, tuple[str, str, _Converter | None]] = {
+    **{_ATTRIBUTE_KEYS[keyword]: (keyword, column, convert)
+       for keyword, (column, convert) in HEADER_ATTRIBUTES.items()},
+    **{_ATTRIBUTE_KEYS[keyword]: (keyword, column, None) for keyword, column in _DATE_ATTRIBUTES.items()}}
+#: The record of a header holding none of the typed attributes.
+_EMPTY_RECORD = dict.fromkeys(column for _, column, _ in _TYPED_COLUMNS.values())
 _CODE_VALUE, _CODING_SCHEME = "00080100", "00080102"
 _CHARSET_TAG = 0x00080005
 
@@ -222,23 +226,23 @@ def _encoded(header: Dataset | EncodedHeader) -> EncodedHeader:
 def header_record(header: Dataset | EncodedHeader) -> dict[str, Any]:
     """Typed columns of one header; unreadable values become None and are noted in parse_warnings."""
     encoded = _encoded(header)
-    record: dict[str, Any] = {}
-    warnings: list[str] = []
-    elements, failures = encoded.elements, encoded.failures
-    for keyword, key, column, convert in _TYPED_COLUMNS:
-        record[column], warning = None, failures.get(key)
-        if warning is None:
-            element = elements.get(key)
-            if element is None:  # most attributes are absent from most headers
-                continue
-            value = _first_or_all(element)
-            try:
-                if convert is None:
-                    record[column], warning = parse_dicom_date(_text(value))
-                else:
-                    record[column] = convert(value)
-            except Exception as error:  # one bad value must not lose the file
-                warning = type(error).__name__
+    record = dict(_EMPTY_RECORD)
+    warnings = [f"{_TYPED_COLUMNS[key][0]}: {failure}" for key, failure in encoded.failures.items()
+                if key in _TYPED_COLUMNS]
+    # Only the attributes present are visited: most typed attributes are absent from most headers.
+    for key, element in encoded.elements.items():
+        typed = _TYPED_COLUMNS.get(key)
+        if typed is None:
+            continue
+        keyword, column, convert = typed
+        value, warning = _first_or_all(element), None
+        try:
+            if convert is None:
+                record[column], warning = parse_dicom_date(_text(value))
+            else:
+                record[column] = convert(value)
+        except Exception as error:  # one bad value must not lose the file
+            warning = type(error).__name__
         if warning:
             warnings.append(f"{keyword}: {warning}")
     try:
@@ -330,9 +334,19 @@ def header_json(header: Dataset | EncodedHeader, max_bytes: int) -> tuple[str | 
     fit, None is returned. The flag says whether anything was left out.
     """
     elements = _encoded(header).elements
-    text = json.dumps(elements, separators=(",", ":"), ensure_ascii=False)
-    if len(text.encode("utf-8")) <= max_bytes:
-        return text, False
+    text = _dumps(elements)
+    if len(text) <= max_bytes:
+        return text.decode("utf-8"), False
     public = {key: element for key, element in elements.items() if not int(key[:4], 16) & 1}
-    text = json.dumps(public, separators=(",", ":"), ensure_ascii=False)
-    return (text, True) if len(text.encode("utf-8")) <= max_bytes else (None, True)
+    text = _dumps(public)
+    return (text.decode("utf-8"), True) if len(text) <= max_bytes else (None, True)
+
+
+def _dumps(elements: dict[str, dict[str, Any]]) -> bytes:
+    """Compact JSON in UTF-8: orjson at a sixth of json's cost, json for what orjson refuses (integers
+    beyond 64 bits). orjson writes NaN as null where json would write invalid JSON.
+    """
+    try:
+        return orjson.dumps(elements)
+    except TypeError:
+        return json.dumps(elements, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
