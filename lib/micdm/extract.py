@@ -1,9 +1,10 @@
 """Extract stage: discovered files -> dicom_instance (bronze) + dicom_quarantine, on Spark.
 
-Each Spark task takes a batch of paths; a helper thread fetches the first block of the next chunk of
-files (many concurrent ranged GETs on object storage) while the task parses the current chunk (pure
-Python in dicom/). Every file given to a task comes back as one row, an instance or a quarantine
-reason, so nothing can fall through the cracks. The inventory of seen files is updated last: a crash
+Each Spark task takes a batch of paths and parses them chunk by chunk (pure Python in dicom/). The
+first blocks of the next chunk come in meanwhile: a helper thread fetches them from object storage
+(many concurrent ranged GETs), and on a local disk the kernel reads them ahead on a hint. Every file
+given to a task comes back as one row, an instance or a quarantine reason, so nothing can fall through
+the cracks. The inventory of seen files is updated last: a crash
 before that point makes the next run read the same files again, and the MERGEs keyed on path make
 that harmless.
 """
