@@ -39,14 +39,14 @@ def test_first_blocks_on_a_local_disk_are_left_to_the_reader_but_errors_are_not(
 
 def test_network_mounts_are_told_from_local_disks_by_the_mount_table() -> None:
     mounts = sources.parse_mounts(
-        "/dev/vda / ext4 rw 0 0\n"
+        "rootfs / ext4 rw 0 0\n"
         "fuse-daemon /Volumes fuse rw 0 0\n"
-        "server:/export /mnt/scans nfs4 rw 0 0\n"
-        "/dev/vdb /mnt/scans/local\\040disk xfs rw 0 0\n")
+        "nas:/export /pacs/archive nfs4 rw 0 0\n"
+        "scratch /pacs/archive/local\\040disk xfs rw 0 0\n")
     assert sources.on_network_mount("/Volumes/main/imaging/raw", mounts)
-    assert sources.on_network_mount("/mnt/scans/2024", mounts)
-    assert not sources.on_network_mount("/mnt/scans/local disk/2024", mounts)
-    assert not sources.on_network_mount("/mnt/scans2", mounts)
+    assert sources.on_network_mount("/pacs/archive/2024", mounts)
+    assert not sources.on_network_mount("/pacs/archive/local disk/2024", mounts)
+    assert not sources.on_network_mount("/pacs/archive2", mounts)
     assert not sources.on_network_mount("/data/dicom", mounts)
 
 
