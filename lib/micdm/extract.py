@@ -2,11 +2,10 @@
 
 Each Spark task takes a batch of paths and parses them chunk by chunk (pure Python in dicom/). The
 first blocks of the next chunk come in meanwhile: a helper thread fetches them from object storage
-(many concurrent ranged GETs), and on a local disk the kernel reads them ahead on a hint. Every file
-given to a task comes back as one row, an instance or a quarantine reason, so nothing can fall through
-the cracks. The inventory of seen files is updated last: a crash
-before that point makes the next run read the same files again, and the MERGEs keyed on path make
-that harmless.
+(many concurrent ranged GETs); on a local disk it only hints the kernel, which reads them ahead. Every
+file given to a task comes back as one row, an instance or a quarantine reason, so nothing can fall
+through the cracks. The inventory of seen files is updated last: a crash before that point makes the
+next run read the same files again, and the MERGEs keyed on path make that harmless.
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,15 +35,7 @@ from micdm.config import Settings
 from micdm.dicom.reader import PERMANENT_ERRORS, Outcome, QuarantineReason, ReadOptions, extract_file, quiet_pydicom
 from micdm.schema import EXTRACT_RESULT, FILE_INVENTORY
 from micdm.secrets import resolve_references
-from micdm.sources import (
-    DiscoveredFile,
-    list_files,
-    on_local_disk,
-    opener,
-    read_first_blocks,
-    root_prefix,
-    with_first_block,
-)
+from micdm.sources import DiscoveredFile, list_files, opener, read_first_blocks, root_prefix, with_first_block
 from micdm.tables import (
     TableLocator,
     append,
@@ -163,37 +154,6 @@ class _OutageBreaker:
         return result
 
 
-_Blocks = list[bytes | BaseException | None]
-
-
-class _FirstBlocks:
-    """The first blocks of a chunk of files, fetched while the chunk before it is parsed."""
-
-    def __init__(self, ahead: ThreadPoolExecutor, block_size: int, storage_options: dict[str, Any],
-                 concurrency: int) -> None:
-        self._ahead = ahead
-        self._block_size = block_size
-        self._storage_options = storage_options
-        self._concurrency = concurrency
-
-    def _read(self, chunk: list[dict[str, Any]]) -> _Blocks:
-        try:
-            return read_first_blocks([f["path"] for f in chunk], [f["file_size"] for f in chunk], self._block_size,
-                                     self._storage_options, self._concurrency)
-        except Exception:  # each file then fetches (and retries) on its own
-            return [None] * len(chunk)
-
-    def fetch(self, chunk: list[dict[str, Any]]) -> Future[_Blocks]:
-        """Object stores and network mounts are read by the helper thread. Local disks only get the kernel's
-        read-ahead hint, given here: the helper thread would take the GIL from the parse at every system call,
-        which cost a fifth of the read phase."""
-        if not on_local_disk(chunk[0]["path"]):
-            return self._ahead.submit(self._read, chunk)
-        hinted: Future[_Blocks] = Future()
-        hinted.set_result(self._read(chunk))
-        return hinted
-
-
 #: Rows per Arrow batch handed back to Spark: a task's memory stays flat however many files it reads.
 _OUTPUT_ROWS = 512
 
@@ -220,17 +180,24 @@ def _batch_reader(options: ReadOptions, storage_options: dict[str, Any], concurr
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         quiet_pydicom()  # before the threads start: it changes process-wide settings
         with ThreadPoolExecutor(max_workers=1) as ahead:
-            first_blocks = _FirstBlocks(ahead, options.block_size, storage_options, concurrency)
+
+            def first_blocks(chunk: list[dict[str, Any]]) -> list[bytes | BaseException | None]:
+                try:
+                    return read_first_blocks([f["path"] for f in chunk], [f["file_size"] for f in chunk],
+                                             options.block_size, storage_options, concurrency)
+                except Exception:  # each file then fetches (and retries) on its own
+                    return [None] * len(chunk)
+
             outage = _OutageBreaker()
             for batch in batches:
                 files = batch.to_pylist()
                 chunks = [files[i:i + _OUTPUT_ROWS] for i in range(0, len(files), _OUTPUT_ROWS)]
                 # The next chunk's first blocks are fetched while this chunk is parsed: I/O and parsing overlap.
-                upcoming = first_blocks.fetch(chunks[0]) if chunks else None
+                upcoming = ahead.submit(first_blocks, chunks[0]) if chunks else None
                 for index, chunk in enumerate(chunks):
                     firsts = upcoming.result()
                     if index + 1 < len(chunks):
-                        upcoming = first_blocks.fetch(chunks[index + 1])
+                        upcoming = ahead.submit(first_blocks, chunks[index + 1])
                     rows = [outage.read(read_one, f, first) for f, first in zip(chunk, firsts, strict=True)]
                     if files_done is not None:
                         files_done.add(len(rows))

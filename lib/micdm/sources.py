@@ -28,7 +28,7 @@ from micdm.config import SourceSettings
 from micdm.errors import SourceError
 from micdm.secrets import resolve_references
 
-__all__ = ["DiscoveredFile", "Fetch", "list_files", "on_local_disk", "on_network_mount", "opener", "parse_mounts",
+__all__ = ["DiscoveredFile", "Fetch", "list_files", "on_network_mount", "opener", "parse_mounts",
            "read_first_blocks", "root_prefix", "with_first_block"]
 
 _LOCAL_PROTOCOLS = {"file", "local"}
@@ -157,11 +157,6 @@ def on_network_mount(folder: str, mounts: tuple[tuple[str, str], ...] | None = N
         if folder == point or folder.startswith(point.rstrip("/") + "/"):
             return kind.split(".")[0] in _NETWORK_FILESYSTEMS
     return False
-
-
-def on_local_disk(path: str) -> bool:
-    """Whether a listed path is a file on a local disk (not an object store, not a network mount)."""
-    return "://" not in path and not on_network_mount(os.path.dirname(path))
 
 
 def _hint_read_ahead(path: str, end: int) -> BaseException | None:
