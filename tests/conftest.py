@@ -67,8 +67,8 @@ def demo(spark, tmp_path_factory):
     import csv
 
     from micdm.pipeline import run_pipeline
-    from micdm.synth import generate
-    from micdm.tables import TableLocator, init_tables, load_csv, read_table
+    from micdm.synth import generate, load_site
+    from micdm.tables import TableLocator, read_table
 
     root = tmp_path_factory.mktemp("demo")
     generate(root / "export", patients=14, seed=11, pixels="none")
@@ -76,9 +76,7 @@ def demo(spark, tmp_path_factory):
         f"storage.warehouse={root / 'warehouse'}", f"sources.roots=[{root / 'export' / 'dicom'}]",
         "extract.files_per_partition=200"])
     locator = TableLocator(settings.storage)
-    init_tables(spark, locator)
-    for name in ("person", "visit_occurrence", "procedure_occurrence"):
-        load_csv(spark, locator, name, str(root / "export" / "cdm" / f"{name}.csv"))
+    load_site(spark, locator, root / "export")
     first = run_pipeline(spark, settings)
     snapshot = {name: read_table(spark, locator, name).toPandas() for name in
                 ("image_occurrence", "image_feature", "measurement", "series_link")}

@@ -6,7 +6,6 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from micdm.config import Settings, load_settings
 from micdm.errors import MicdmError
@@ -33,15 +32,18 @@ def _parser() -> argparse.ArgumentParser:
     synth = commands.add_parser("synth", parents=[common], help="write the synthetic PACS export and CDM")
     synth.add_argument("--no-load", action="store_true", help="write files only; do not load the CDM tables")
     for stage, text in (
+        ("vocabulary", "add micdm's DICOM concepts to the site's vocabulary tables (only rows it lacks)"),
         ("extract", "read DICOM headers into dicom_instance / dicom_quarantine"),
         ("series", "group instances into dicom_series"),
         ("link", "link series to person, procedure and visit"),
         ("occurrence", "write image_occurrence"),
         ("features", "write measurement + image_feature rows"),
         ("publish", "offer the spec tables under the published MI-CDM 1.0 names (publish.mode)"),
-        ("quality", "DataQualityDashboard-style checks into dq_result; exit 2 when a fatal one fails"),
+        ("quality", "the DataQualityDashboard's checks into dq_result; exit 2 when a fatal one fails"),
     ):
-        commands.add_parser(stage, parents=[common], help=text)
+        command = commands.add_parser(stage, parents=[common], help=text)
+    command.add_argument("--export-dqd", metavar="DIR",
+                         help="write the imaging tables' checks as DataQualityDashboard threshold CSVs and stop")
     commands.add_parser("run", parents=[common], help="run every stage in order")
     commands.add_parser("demo", parents=[common], help="synth + run, then print where the tables are")
     return parser
@@ -67,8 +69,8 @@ def _summary(spark: object, settings: Settings) -> None:
 
 
 def _synth(spark: object, settings: Settings, load: bool) -> None:
-    from micdm.synth import generate
-    from micdm.tables import TableLocator, init_tables, load_csv
+    from micdm.synth import generate, load_site
+    from micdm.tables import TableLocator
 
     cfg = settings.synth
     summary = generate(cfg.out, cfg.patients, cfg.seed, cfg.pixels, cfg.max_instances_per_series)
@@ -76,9 +78,7 @@ def _synth(spark: object, settings: Settings, load: bool) -> None:
           f"{summary.instances} instances ({summary.bytes_written / 1e6:.1f} MB) in {summary.out}/dicom")
     if load:
         locator = TableLocator(settings.storage)
-        init_tables(spark, locator)  # type: ignore[arg-type]
-        for name in ("person", "visit_occurrence", "procedure_occurrence"):
-            rows = load_csv(spark, locator, name, str(Path(cfg.out, "cdm", f"{name}.csv").resolve()))  # type: ignore[arg-type]
+        for name, rows in load_site(spark, locator, cfg.out).items():
             print(f"synth: loaded {rows} rows into {locator.where(name)}")
 
 
@@ -108,6 +108,12 @@ def _run(args: argparse.Namespace) -> None:
     settings = load_settings(args.config, args.overrides)
     from micdm.pipeline import STAGES
 
+    if getattr(args, "export_dqd", None):
+        from micdm.quality import export_dqd_thresholds
+
+        for path in export_dqd_thresholds(args.export_dqd):
+            print(f"quality: wrote {path}")
+        return
     if args.dry_run:
         if args.command not in (*STAGES, "run"):
             raise MicdmError(f"--dry-run applies to run and the stages ({', '.join(STAGES)}), not {args.command}")

@@ -29,6 +29,7 @@ __all__ = [
     "SparkSettings",
     "StorageSettings",
     "SynthSettings",
+    "VocabularySettings",
     "load_settings",
     "parse_override",
 ]
@@ -154,6 +155,14 @@ class FeatureSettings:
     algorithm_results: str | None = None
     algorithm_type_concept_id: int = 32880
     algorithm_feature_type_concept_id: int = 32880
+    text_attributes: Literal["observation", "measurement"] = "observation"
+
+
+@dataclass(frozen=True)
+class VocabularySettings:
+    merge: bool = True
+    attribute_concepts: Literal["nonstandard", "standard"] = "nonstandard"
+    reference_concepts: bool = True
 
 
 @dataclass(frozen=True)
@@ -200,6 +209,7 @@ class Settings:
     extract: ExtractSettings = field(default_factory=ExtractSettings)
     occurrence: OccurrenceSettings = field(default_factory=OccurrenceSettings)
     features: FeatureSettings = field(default_factory=FeatureSettings)
+    vocabulary: VocabularySettings = field(default_factory=VocabularySettings)
     synth: SynthSettings = field(default_factory=SynthSettings)
     publish: PublishSettings = field(default_factory=PublishSettings)
     report: ReportSettings = field(default_factory=ReportSettings)

@@ -29,7 +29,7 @@ from micdm.vocab import (
     concepts,
     dicom_attributes,
     normalise_body_part,
-    relationships,
+    site_relationships,
     table_concept_id,
 )
 
@@ -83,9 +83,12 @@ def _acquisition_features(instances: DataFrame, occurrences: DataFrame, settings
     cfg = settings.features
     params = acquisition_parameters(instances, cfg.acquisition_attributes).join(
         occurrences, F.col("series_instance_uid") == F.col("image_series_uid"))
+    text_only = F.col("number").isNull() & F.col("value_code").isNull()
+    domain = F.when(text_only & F.lit(cfg.text_attributes == "observation"), F.lit("observation")) \
+        .otherwise(F.lit("measurement"))
     return conform(params.select(
         F.concat_ws("|", F.lit("header"), "series_instance_uid", "tag").alias("natural_key"),
-        F.lit("measurement").alias("domain"),
+        domain.alias("domain"),
         "person_id", "image_occurrence_id", "visit_occurrence_id",
         F.col("image_occurrence_date").alias("event_date"),
         F.lit("DICOM").alias("concept_vocabulary"), F.col("tag").alias("concept_code"),
@@ -243,32 +246,42 @@ def _codes_used(features: DataFrame) -> DataFrame:
     return functools.reduce(DataFrame.unionByName, pairs).where(F.col("concept_code").isNotNull()).distinct()
 
 
-def _resolve_concepts(features: DataFrame, spark: SparkSession, locator: TableLocator) -> DataFrame:
-    """Source concepts by (vocabulary, code); standard ones by themselves or through 'Maps to'."""
-    every = concepts(spark, locator)
-    vocabulary = every.where(F.col("invalid_reason").isNull())
-    by_code = vocabulary.select("vocabulary_id", "concept_code", "concept_id", "standard_concept")
-    # A 'Maps to' target counts when the vocabulary knows it as valid and standard, or does not hold it at
-    # all (the shipped DICOM-to-SNOMED maps name SNOMED concepts a site without SNOMED lacks).
-    known = every.select(F.col("concept_id").alias("concept_id_2"),
-                         ((F.col("standard_concept") == "S") & F.col("invalid_reason").isNull()).alias("_ok"))
-    targets = relationships(spark, locator, "Maps to").join(known, "concept_id_2", "left").where(
-        F.coalesce("_ok", F.lit(True)))
-    mapped = by_code.join(targets, F.col("concept_id") == F.col("concept_id_1")).groupBy("concept_id").agg(
-        F.min("concept_id_2").alias("_std"))
-    # One concept per (vocabulary, code), so that no feature is ever doubled by the lookup.
-    lookup = by_code.join(mapped, "concept_id", "left").groupBy("vocabulary_id", "concept_code").agg(
-        F.min("concept_id").alias("_source"),
-        F.min(F.when(F.col("standard_concept") == "S", F.col("concept_id")).otherwise(F.col("_std")))
-        .alias("_standard"))
+#: The domains a standard concept may have in the fields micdm fills (the DataQualityDashboard's fkDomain);
+#: each looked-up code gets the lowest standard concept of each, in columns ``<role>_<slug>``.
+_DOMAINS = {"measurement": "Measurement", "unit": "Unit", "condition": "Condition", "site": "Spec Anatomic Site"}
 
-    # Only the codes the features use: a handful, looked up once and broadcast to every join below.
-    lookup = lookup.join(_codes_used(features), ["vocabulary_id", "concept_code"], "left_semi").localCheckpoint()
+
+def _concept_lookup(features: DataFrame, spark: SparkSession, locator: TableLocator) -> DataFrame:
+    """Per (vocabulary, code) the features use: its concept (the source concept) and the standard concepts
+    it is or 'Maps to', as valid standard rows of the site's CONCEPT, lowest id per domain and overall."""
+    vocabulary = concepts(spark, locator).where(F.col("invalid_reason").isNull())
+    by_code = vocabulary.join(_codes_used(features), ["vocabulary_id", "concept_code"], "left_semi").select(
+        "vocabulary_id", "concept_code", "concept_id", "standard_concept", "domain_id").localCheckpoint()
+    standard = vocabulary.where(F.col("standard_concept") == "S").select(
+        F.col("concept_id").alias("_target"), F.col("domain_id").alias("_domain"))
+    direct = by_code.where(F.col("standard_concept") == "S").select(
+        "vocabulary_id", "concept_code", F.col("concept_id").alias("_target"), F.col("domain_id").alias("_domain"))
+    mapped = by_code.join(site_relationships(spark, locator, "Maps to"), F.col("concept_id") == F.col("concept_id_1")) \
+        .join(standard, F.col("concept_id_2") == F.col("_target")).select("vocabulary_id", "concept_code", "_target",
+                                                                          "_domain")
+    targets = direct.unionByName(mapped)
+    return by_code.groupBy("vocabulary_id", "concept_code").agg(F.min("concept_id").alias("source")).join(
+        targets.groupBy("vocabulary_id", "concept_code").agg(
+            F.min("_target").alias("standard"),
+            *[F.min(F.when(F.col("_domain") == domain, F.col("_target"))).alias(slug)
+              for slug, domain in _DOMAINS.items()]),
+        ["vocabulary_id", "concept_code"], "left").localCheckpoint()
+
+
+def _resolve_concepts(features: DataFrame, spark: SparkSession, locator: TableLocator) -> DataFrame:
+    """Adds ``<role>_source``, ``<role>_standard`` and ``<role>_<domain slug>`` for the feature's concept,
+    value, finding, site and unit codes."""
+    lookup = _concept_lookup(features, spark, locator)
 
     def resolve(frame: DataFrame, prefix: str, vocabulary_column: Column, code_column: str) -> DataFrame:
         keyed = F.broadcast(lookup).select(
             F.col("vocabulary_id").alias(f"{prefix}_v"), F.col("concept_code").alias(f"{prefix}_c"),
-            F.col("_source").alias(f"{prefix}_source"), F.col("_standard").alias(f"{prefix}_standard"))
+            *[F.col(c).alias(f"{prefix}_{c}") for c in ("source", "standard", *_DOMAINS)])
         matches = (F.col(f"{prefix}_v") == vocabulary_column) & (F.col(f"{prefix}_c") == F.col(code_column))
         return frame.join(keyed, matches, "left").drop(f"{prefix}_v", f"{prefix}_c")
 
@@ -276,7 +289,7 @@ def _resolve_concepts(features: DataFrame, spark: SparkSession, locator: TableLo
         features = resolve(features, code_column.removesuffix("_code"), F.col(vocabulary_column), code_column)
     features = resolve(features, "unit", F.lit("UCUM"), "unit_code")
     # A DICOM defined term counts only as a value its attribute 'Maps to value' (Modality CT, not CT anywhere).
-    allowed = relationships(spark, locator, "Maps to value").select(
+    allowed = site_relationships(spark, locator, "Maps to value").select(
         F.col("concept_id_1").alias("concept_source"), F.col("concept_id_2").alias("value_source"),
         F.lit(True).alias("_allowed"))
     outside = (F.col("value_vocabulary") == "DICOM") & F.col("_allowed").isNull()
@@ -322,12 +335,12 @@ def run_features(spark: SparkSession, locator: TableLocator, settings: Settings)
     zero = F.lit(0)
     measurements = rows.where(F.col("domain") == "measurement").select(
         "measurement_id", "person_id",
-        F.coalesce("concept_standard", zero).alias("measurement_concept_id"),
+        F.coalesce("concept_measurement", zero).alias("measurement_concept_id"),
         F.col("event_date").alias("measurement_date"), F.col("event_datetime").alias("measurement_datetime"),
         F.col("type_concept_id").alias("measurement_type_concept_id"),
         F.col("number").alias("value_as_number"),
         F.coalesce("value_standard", "value_source").alias("value_as_concept_id"),
-        F.when(F.col("unit_code").isNotNull(), F.coalesce("unit_standard", zero)).alias("unit_concept_id"),
+        F.when(F.col("unit_code").isNotNull(), F.coalesce("unit_unit", zero)).alias("unit_concept_id"),
         "visit_occurrence_id",
         F.substring("source_value", 1, 50).alias("measurement_source_value"),
         F.coalesce("concept_source", zero).alias("measurement_source_concept_id"),
@@ -352,12 +365,13 @@ def run_features(spark: SparkSession, locator: TableLocator, settings: Settings)
         "image_feature_id", "person_id", "image_occurrence_id",
         F.when(is_measurement, F.lit(measurement_table)).otherwise(F.lit(observation_table)).alias("table_concept_id"),
         F.when(is_measurement, F.col("measurement_id")).otherwise(F.col("observation_id")).alias("table_row_id"),
-        F.coalesce("concept_standard", "concept_source", zero).alias("image_feature_concept_id"),
+        F.coalesce(F.when(is_measurement, F.col("concept_measurement")).otherwise(F.col("concept_standard")),
+                   "concept_source", zero).alias("image_feature_concept_id"),
         F.col("feature_type_concept_id").alias("image_feature_type_concept_id"),
-        F.when(F.col("finding_key").isNotNull(), F.coalesce("finding_standard", "finding_source", zero))
+        F.when(F.col("finding_key").isNotNull(), F.coalesce("finding_condition", zero))
         .alias("image_finding_concept_id"),
         "image_finding_id",
-        F.coalesce("site_standard", "occurrence_site_concept_id").alias("anatomic_site_concept_id"),
+        F.coalesce("site_site", "occurrence_site_concept_id").alias("anatomic_site_concept_id"),
         "alg_system", "alg_datetime",
     )
     merge_into(spark, locator, "measurement", measurements, ["measurement_id"])

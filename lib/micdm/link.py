@@ -170,7 +170,7 @@ def _create_procedures(spark: SparkSession, locator: TableLocator, settings: Set
     ids = assign_ids(spark, locator, "procedure_occurrence",
                      unlinked.select(F.col("study_instance_uid").alias("natural_key")), floor=floor)
     created = unlinked.join(ids, unlinked["study_instance_uid"] == ids["natural_key"]).join(
-        modality_procedures(spark), "modality", "left")
+        modality_procedures(spark, locator), "modality", "left")
     rows = created.select(
         F.col("id").alias("procedure_occurrence_id"),
         "person_id",

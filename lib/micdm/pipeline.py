@@ -22,6 +22,7 @@ from micdm.report import write_report
 from micdm.runlock import exclusive_run
 from micdm.series import run_series
 from micdm.tables import TableLocator, init_tables, read_table
+from micdm.vocabulary import run_vocabulary
 
 __all__ = ["STAGES", "STAGE_TABLES", "StageResult", "latest_link_report", "report_folder", "run_pipeline", "run_stage",
            "table_counts"]
@@ -50,6 +51,7 @@ def _publish(spark: SparkSession, locator: TableLocator, settings: Settings, run
 
 #: Each stage takes (spark, locator, settings, run_id) and returns counts for the summary.
 STAGES: dict[str, Callable[[SparkSession, TableLocator, Settings, str], dict[str, Any]]] = {
+    "vocabulary": run_vocabulary,
     "extract": _extract,
     "series": lambda spark, locator, settings, run_id: {"series": run_series(spark, locator, settings)},
     "link": run_link,
@@ -63,10 +65,12 @@ STAGES: dict[str, Callable[[SparkSession, TableLocator, Settings, str], dict[str
 
 #: What each stage reads and writes (tables; extract also reads the files under sources.roots).
 STAGE_TABLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "vocabulary": (("concept", "concept_relationship", "vocabulary", "domain", "concept_class"),
+                   ("concept", "concept_relationship", "vocabulary", "domain", "concept_class")),
     "extract": (("file_inventory", "dicom_instance", "dicom_quarantine"),
                 ("dicom_instance", "dicom_quarantine", "file_inventory")),
     "series": (("dicom_instance", "file_inventory"), ("dicom_series",)),
-    "link": (("dicom_series", "person", "procedure_occurrence", "visit_occurrence", "id_map"),
+    "link": (("dicom_series", "person", "procedure_occurrence", "visit_occurrence", "concept", "id_map"),
              ("series_link", "link_exception", "link_report", "procedure_occurrence", "id_map")),
     "occurrence": (("dicom_series", "series_link", "concept", "concept_relationship", "id_map"),
                    ("image_occurrence", "id_map")),
@@ -75,7 +79,7 @@ STAGE_TABLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
                  ("measurement", "observation", "image_feature", "feature_quarantine", "id_map")),
     "publish": (("image_occurrence", "image_feature"), ()),
     "quality": (("image_occurrence", "image_feature", "measurement", "observation", "procedure_occurrence", "person",
-                 "visit_occurrence", "concept"), ("dq_result",)),
+                 "death", "visit_occurrence", "concept", "id_map"), ("dq_result",)),
 }
 
 

@@ -1,16 +1,26 @@
-"""Quality stage: DataQualityDashboard-style checks on the tables micdm writes, results in dq_result.
+"""Quality stage: the OHDSI DataQualityDashboard's checks, evaluated with Spark on the rows micdm wrote.
 
-The checks and thresholds follow the OHDSI DataQualityDashboard conventions: conformance checks
-(isRequired, isPrimaryKey, isForeignKey, cdmDatatype, isStandardValidConcept, fkDomain) allow 0 %
-failures and are fatal; plausibility checks allow 1 % (withinVisitDates 5 %) and only warn. A failed
-fatal check makes the stage raise QualityError after dq_result is written, so a scheduled run fails.
+Which check applies to which field, with which threshold and severity, comes from
+``resources/dqd_checks.csv``: the DataQualityDashboard 2.8 control rows for the CDM tables micdm adds rows
+to (measurement, observation, procedure_occurrence; table, field and concept level), and rows for the
+imaging tables from the working group's field list. Each check counts its violating rows and its
+denominator the way the DataQualityDashboard's SQL does, so the percentages are the same; a check with
+nothing to look at (an empty table, a field never filled, no vocabulary, no row in its denominator) is
+``not_evaluated``, never passed. A failed check of severity ``fatal`` makes the stage raise
+QualityError after dq_result is written, so a scheduled run fails.
+
+In the site's tables only the rows micdm allocated ids for (id_map) are checked: the site's own rows
+are the site's business, and a site runs the DataQualityDashboard on its whole CDM itself.
 """
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import logging
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -20,41 +30,24 @@ from micdm.errors import MicdmError
 from micdm.ids import allocated_ids
 from micdm.schema import TABLES
 from micdm.tables import TableLocator, append, read_table
-from micdm.vocab import concepts, table_concept_id
+from micdm.vocab import resource_rows, table_concept_id
 
-__all__ = ["CheckResult", "QualityError", "run_quality"]
+__all__ = ["CHECKED_TABLES", "CheckResult", "Control", "QualityError", "controls", "export_dqd_thresholds",
+           "run_quality"]
 
 log = logging.getLogger(__name__)
 
-#: Tables micdm writes or extends, checked field by field.
+#: Tables micdm writes or adds rows to, in the order they are checked.
 CHECKED_TABLES = ("image_occurrence", "image_feature", "measurement", "observation", "procedure_occurrence")
-_PRIMARY_KEYS = {name: f"{name}_id" for name in CHECKED_TABLES}
-#: (table, field) -> (referenced table, its key)
-_FOREIGN_KEYS = {
-    ("image_occurrence", "person_id"): ("person", "person_id"),
-    ("image_occurrence", "procedure_occurrence_id"): ("procedure_occurrence", "procedure_occurrence_id"),
-    ("image_occurrence", "visit_occurrence_id"): ("visit_occurrence", "visit_occurrence_id"),
-    ("image_feature", "person_id"): ("person", "person_id"),
-    ("image_feature", "image_occurrence_id"): ("image_occurrence", "image_occurrence_id"),
-    ("measurement", "person_id"): ("person", "person_id"),
-    ("measurement", "visit_occurrence_id"): ("visit_occurrence", "visit_occurrence_id"),
-    ("observation", "person_id"): ("person", "person_id"),
-    ("observation", "visit_occurrence_id"): ("visit_occurrence", "visit_occurrence_id"),
-    ("procedure_occurrence", "person_id"): ("person", "person_id"),
-    ("procedure_occurrence", "visit_occurrence_id"): ("visit_occurrence", "visit_occurrence_id"),
-}
-#: Concept fields that must hold a standard, valid concept (or 0), and the domain it must be in.
-_STANDARD_CONCEPTS = {
-    ("image_occurrence", "anatomic_site_concept_id"): "Spec Anatomic Site",
-    ("measurement", "measurement_concept_id"): "Measurement",
-    ("measurement", "unit_concept_id"): "Unit",
-    ("observation", "observation_concept_id"): None,
-    ("procedure_occurrence", "procedure_concept_id"): "Procedure",
-}
-_DATES = {"image_occurrence": "image_occurrence_date", "measurement": "measurement_date",
-          "observation": "observation_date", "procedure_occurrence": "procedure_date"}
-_EARLIEST = dt.date(1950, 1, 1)
-_CONFORMANCE, _PLAUSIBILITY, _WITHIN_VISIT = 0.0, 1.0, 5.0
+_OWN_TABLES = ("image_occurrence", "image_feature")
+#: Checks that say something about a field even when it is never filled (the DataQualityDashboard's rule),
+#: plus isRequired: a required field left empty is a failure here, not a field "not populated".
+_EVALUATED_WHEN_EMPTY = frozenset({"measureValueCompleteness", "isRequired", "measurePersonCompleteness"})
+#: Checks that read CONCEPT; with no vocabulary they cannot be evaluated.
+_VOCABULARY_CHECKS = frozenset({"fkDomain", "fkClass", "isStandardValidConcept"})
+_NULL_SOURCE = "\u0000"  # stands for NULL where distinct source values are counted (NULL counts as one)
+_PAIR_KEY = "(table_concept_id)"  # image_feature.table_row_id: the table is named by table_concept_id
+_GENDERS = {"Male": 8507, "Female": 8532}
 
 
 class QualityError(MicdmError):
@@ -62,66 +55,164 @@ class QualityError(MicdmError):
 
 
 @dataclass(frozen=True)
-class CheckResult:
-    check: str
+class Control:
+    """One check of resources/dqd_checks.csv: what to check, where, its threshold and parameters."""
+
+    level: str
     table: str
     field: str | None
+    check: str
+    threshold: float
+    """Percent of rows allowed to fail; 0 means none may."""
+    severity: str
+    params: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
+
+    @property
+    def concept_id(self) -> int | None:
+        return int(self.params["concept_id"]) if self.params.get("concept_id") else None
+
+    @property
+    def unit_concept_id(self) -> int | None:
+        return int(self.params["unit_concept_id"]) if self.params.get("unit_concept_id") else None
+
+
+def controls() -> tuple[Control, ...]:
+    """Every check micdm runs, as shipped."""
+    fixed = ("level", "table", "field", "check", "threshold", "severity")
+    return tuple(Control(row["level"], row["table"], row["field"] or None, row["check"], float(row["threshold"]),
+                         row["severity"], {k: v for k, v in row.items() if k not in fixed and v})
+                 for row in resource_rows("dqd_checks.csv"))
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    control: Control
     violated: int
     checked: int
-    threshold: float
-    """Percent of rows allowed to fail."""
-    fatal: bool
+    status: str
+    """passed, failed or not_evaluated."""
+    note: str | None = None
 
     @property
     def percent(self) -> float:
         return 100.0 * self.violated / self.checked if self.checked else 0.0
 
     @property
-    def passed(self) -> bool:
-        return self.percent <= self.threshold
+    def fatal(self) -> bool:
+        return self.control.severity == "fatal"
+
+    @property
+    def name(self) -> str:
+        concept = f" concept {self.control.concept_id}" if self.control.concept_id is not None else ""
+        return f"{self.control.check} {self.control.table}.{self.control.field or '*'}{concept}"
 
 
-@dataclass(frozen=True)
-class _Check:
-    """One check on one table, as two conditions on its rows (after the lookups it needs are joined)."""
+def _verdict(control: Control, violated: int, checked: int) -> str:
+    """The DataQualityDashboard's threshold rule: with a threshold of 0 any violation fails."""
+    if control.threshold == 0:
+        return "failed" if violated > 0 else "passed"
+    return "failed" if 100.0 * violated / checked > control.threshold else "passed"
 
-    check: str
-    field: str
-    applies: Column
-    """Rows the check looks at."""
-    fails: Column
-    """Of those, the rows that violate it."""
-    threshold: float
-    fatal: bool
+
+def _to_date(column: Column) -> Column:
+    return column.cast("date")
+
+
+def _birth_date(prefix: str) -> Column:
+    """The person's birth date as plausibleAfterBirth reads it: birth_datetime, else year / month / day."""
+    return F.coalesce(_to_date(F.col(f"{prefix}birth_datetime")), F.make_date(
+        F.col(f"{prefix}year_of_birth"), F.coalesce(F.col(f"{prefix}month_of_birth"), F.lit(1)),
+        F.coalesce(F.col(f"{prefix}day_of_birth"), F.lit(1))))
 
 
 @dataclass
+class _Measure:
+    """A check as two aggregate expressions over the table's rows (after its lookups are joined)."""
+
+    control: Control
+    numerator: Column
+    denominator: Column
+    field_filled: Column | None
+    """Rows where the checked field holds a value (None for table- and concept-level checks)."""
+
+
 class _TableChecks:
-    """A table's rows with each lookup left-joined once, and the checks read from them in one aggregation."""
+    """A table's rows, each lookup left-joined once, and every check read from them in one aggregation."""
 
-    name: str
-    rows: DataFrame
-    checks: list[_Check]
+    def __init__(self, spark: SparkSession, locator: TableLocator, name: str, rows: DataFrame,
+                 concept: DataFrame) -> None:
+        self.spark, self.locator, self.name, self.rows, self.concept = spark, locator, name, rows, concept
+        self.measures: list[_Measure] = []
+        self.special: list[CheckResult] = []
+        self._joined: set[str] = set()
 
-    def lookup(self, field: str, other: DataFrame, key: str, prefix: str) -> str:
-        """Left-join ``other`` (distinct on ``key``, its columns renamed ``prefix<column>``) on ``field``."""
+    def _join(self, prefix: str, other: DataFrame, key: str, on: str) -> None:
+        """Left-join ``other`` (one row per ``key``, columns renamed ``prefix<column>``) on ``on``, once."""
+        if prefix in self._joined:
+            return
+        self._joined.add(prefix)
         renamed = other.dropDuplicates([key]).select(*(F.col(c).alias(f"{prefix}{c}") for c in other.columns))
-        self.rows = self.rows.join(renamed, F.col(field) == F.col(f"{prefix}{key}"), "left")
-        return f"{prefix}{key}"
+        self.rows = self.rows.join(renamed, F.col(on) == F.col(f"{prefix}{key}"), "left")
 
-    def add(self, check: str, field: str, applies: Column, fails: Column, threshold: float = _CONFORMANCE) -> None:
-        self.checks.append(_Check(check, field, applies, fails, threshold, threshold == _CONFORMANCE))
+    def person(self) -> str:
+        self._join("_person_", read_table(self.spark, self.locator, "person").select(
+            "person_id", "birth_datetime", "year_of_birth", "month_of_birth", "day_of_birth", "gender_concept_id"),
+            "person_id", "person_id")
+        return "_person_"
 
-    def results(self) -> tuple[int, list[CheckResult]]:
-        """(rows of the table, each check's result)."""
-        counts = self.rows.agg(F.count(F.lit(1)).alias("rows"), *(
-            expression for index, check in enumerate(self.checks) for expression in (
-                F.count_if(check.applies).alias(f"applies{index}"),
-                F.count_if(check.applies & check.fails).alias(f"fails{index}")))).first()
-        return int(counts["rows"]), [
-            CheckResult(check.check, self.name, check.field, int(counts[f"fails{index}"]),
-                        int(counts[f"applies{index}"]), check.threshold, check.fatal)
-            for index, check in enumerate(self.checks)]
+    def death(self) -> str:
+        deaths = read_table(self.spark, self.locator, "death").groupBy("person_id").agg(
+            F.min(_to_date(F.col("death_date"))).alias("death_date"))
+        self._join("_death_", deaths, "person_id", "person_id")
+        return "_death_"
+
+    def concept_of(self, field_name: str) -> str:
+        prefix = f"_c_{field_name}_"
+        self._join(prefix, self.concept, "concept_id", field_name)
+        return prefix
+
+    def foreign(self, field_name: str, table: str, key: str) -> str:
+        prefix = f"_fk_{field_name}_{table}_"
+        if table == "concept":
+            return self.concept_of(field_name) + "concept_id"
+        if table not in TABLES:  # a CDM table micdm neither reads nor writes (provider, visit_detail)
+            if prefix not in self._joined:
+                self._joined.add(prefix)
+                self.rows = self.rows.withColumn(prefix + key, F.lit(None).cast("int"))
+            return prefix + key
+        self._join(prefix, read_table(self.spark, self.locator, table).select(key), key, field_name)
+        return prefix + key
+
+    def add(self, control: Control, fails: Column, applies: Column | None = None) -> None:
+        applies = F.lit(True) if applies is None else applies
+        filled = F.col(control.field).isNotNull() if control.level == "FIELD" and control.field else None
+        self.measures.append(_Measure(control, F.count_if(applies & fails), F.count_if(applies), filled))
+
+    def results(self, vocabulary_empty: bool) -> list[CheckResult]:
+        """One aggregation: the table's rows, each field's filled rows, each check's counts."""
+        fields = sorted({m.control.field for m in self.measures if m.field_filled is not None})
+        aggregates = [F.count(F.lit(1)).alias("rows"), *(F.count(F.col(f)).alias(f"filled_{f}") for f in fields)]
+        for index, measure in enumerate(self.measures):
+            aggregates += [measure.numerator.alias(f"n{index}"), measure.denominator.alias(f"d{index}")]
+        counts = self.rows.agg(*aggregates).first()
+        results = []
+        for index, measure in enumerate(self.measures):
+            control = measure.control
+            violated, checked = int(counts[f"n{index}"] or 0), int(counts[f"d{index}"] or 0)
+            note = None
+            if counts["rows"] == 0 and control.check != "measurePersonCompleteness":
+                note = f"{self.name} holds no row micdm wrote"
+            elif measure.field_filled is not None and control.check not in _EVALUATED_WHEN_EMPTY \
+                    and counts[f"filled_{control.field}"] == 0:
+                note = f"{self.name}.{control.field} is never filled"
+            elif vocabulary_empty and (control.check in _VOCABULARY_CHECKS
+                                       or control.params.get("fk_table") == "concept"):
+                note = "CONCEPT is empty: no vocabulary to check against"
+            elif checked == 0:
+                note = "no row to check" if control.concept_id is None else f"no row with concept {control.concept_id}"
+            status = "not_evaluated" if note else _verdict(control, violated, checked)
+            results.append(CheckResult(control, violated, checked, status, note))
+        return results + self.special
 
 
 def _repeated(frame: DataFrame, key: str) -> tuple[int, int]:
@@ -131,101 +222,247 @@ def _repeated(frame: DataFrame, key: str) -> tuple[int, int]:
     return int(row["repeated"] or 0), int(row["rows"] or 0)
 
 
-def _field_checks(table: _TableChecks) -> None:
-    """isRequired for every NOT NULL field."""
-    for field in TABLES[table.name].schema.fields:
-        if not field.nullable:
-            table.add("isRequired", field.name, F.lit(True), F.col(field.name).isNull())
+def _limit(value: str, kind: str) -> Column:
+    """A plausibleValueLow / High bound: a yyyymmdd date, 'today+1', or a number."""
+    if value == "today+1":
+        return F.date_add(F.current_date(), 1)
+    if kind in ("date", "timestamp"):
+        return F.lit(dt.datetime.strptime(value, "%Y%m%d").date())
+    return F.lit(float(value))
 
 
-def _datatypes(name: str, frame: DataFrame, rows: int) -> list[CheckResult]:
-    """cdmDatatype: every field of the spec with the spec's type (a schema property: all rows or none)."""
-    actual = {f.name: f.dataType for f in frame.schema.fields}
-    return [CheckResult("cdmDatatype", name, field.name, 0 if actual.get(field.name) == field.dataType else rows,
-                        rows, _CONFORMANCE, True) for field in TABLES[name].schema.fields]
+def _field_check(table: _TableChecks, control: Control, kinds: dict[str, str]) -> None:  # noqa: C901
+    """Numerator and denominator of one field-level check, as the DataQualityDashboard's SQL defines them."""
+    name = control.field or ""
+    column, params, check = F.col(name), control.params, control.check
+    if check == "isRequired" or check == "measureValueCompleteness":
+        table.add(control, column.isNull())
+    elif check == "cdmDatatype":
+        table.add(control, column.isNotNull() & ~column.cast("string").rlike(r"^-?[0-9]+$"))
+    elif check in ("isPrimaryKey", "isUnique"):
+        repeated, rows = _repeated(table.rows.select(name), name)
+        table.special.append(CheckResult(control, repeated, rows, "not_evaluated" if rows == 0 else
+                                         _verdict(control, repeated, rows), None if rows else "no row to check"))
+    elif check == "isForeignKey" and params["fk_table"] == _PAIR_KEY:
+        pairs = {clinical: table.foreign(name, clinical, f"{clinical}_id")
+                 for clinical in ("measurement", "observation")}
+        target = F.col("table_concept_id")
+        table.add(control, column.isNotNull() & ~(
+            ((target == table_concept_id("measurement")) & F.col(pairs["measurement"]).isNotNull())
+            | ((target == table_concept_id("observation")) & F.col(pairs["observation"]).isNotNull())))
+    elif check == "isForeignKey":
+        found = table.foreign(name, params["fk_table"], params["fk_field"])
+        table.add(control, column.isNotNull() & F.col(found).isNull())
+    elif check in ("fkDomain", "fkClass", "isStandardValidConcept"):
+        prefix = table.concept_of(name)
+        coded = F.col(f"{prefix}concept_id").isNotNull() & (F.col(f"{prefix}concept_id") != 0)
+        if check == "fkDomain":
+            table.add(control, coded & (F.col(f"{prefix}domain_id") != params["fk_domain"]))
+        elif check == "fkClass":
+            table.add(control, coded & (F.col(f"{prefix}concept_class_id") != params["fk_class"]))
+        else:
+            table.add(control, coded & ((F.coalesce(F.col(f"{prefix}standard_concept"), F.lit("")) != "S")
+                                        | F.col(f"{prefix}invalid_reason").isNotNull()), column.isNotNull())
+    elif check in ("standardConceptRecordCompleteness", "sourceConceptRecordCompleteness"):
+        unit_source = F.col("unit_source_value") if name in ("unit_concept_id", "unit_source_concept_id") else None
+        if unit_source is None:
+            table.add(control, column == 0, column.isNotNull())
+        else:
+            table.add(control, (column == 0) | (column.isNull() & unit_source.isNotNull()),
+                      column.isNotNull() | unit_source.isNotNull())
+    elif check == "sourceValueCompleteness":
+        value = F.coalesce(column.cast("string"), F.lit(_NULL_SOURCE))
+        standard = F.col(params["standard_concept_field"])
+        table.measures.append(_Measure(control, F.count_distinct(F.when(standard == 0, value)),
+                                       F.count_distinct(value), column.isNotNull()))
+    elif check in ("plausibleValueLow", "plausibleValueHigh"):
+        kind = kinds[name]
+        value = _to_date(column) if kind in ("date", "timestamp") else column
+        if check == "plausibleValueLow":
+            table.add(control, value < _limit(params["value_low"], kind), column.isNotNull())
+        else:
+            table.add(control, value > _limit(params["value_high"], kind), column.isNotNull())
+    elif check == "plausibleTemporalAfter":
+        if params["after_table"] == "person":
+            person = table.person()
+            after = F.coalesce(_to_date(F.col(f"{person}birth_datetime")),
+                               F.make_date(F.col(f"{person}year_of_birth"), F.lit(6), F.lit(1)))
+            table.add(control, F.col(f"{person}person_id").isNotNull() & (after > _to_date(column)))
+        else:
+            table.add(control, _to_date(F.col(params["after_field"])) > _to_date(column))
+    elif check in ("plausibleDuringLife", "plausibleBeforeDeath"):
+        death = f"{table.death()}death_date"
+        late = _to_date(column) > F.date_add(F.col(death), 60)
+        has_death = F.col(death).isNotNull()
+        table.add(control, late, has_death if check == "plausibleDuringLife" else has_death & column.isNotNull())
+    elif check == "plausibleAfterBirth":
+        person = table.person()
+        table.add(control, F.col(f"{person}person_id").isNotNull() & (_to_date(column) < _birth_date(person)),
+                  column.isNotNull())
+    elif check == "plausibleStartBeforeEnd":
+        end = F.col(params["end_field"])
+        table.add(control, _to_date(column) > _to_date(end), column.isNotNull() & end.isNotNull())
+    elif check == "withinVisitDates":
+        table._join("_visit_", read_table(table.spark, table.locator, "visit_occurrence").select(
+            "visit_occurrence_id", "visit_start_date", "visit_end_date"), "visit_occurrence_id", "visit_occurrence_id")
+        start, end = _to_date(F.col("_visit_visit_start_date")), _to_date(F.col("_visit_visit_end_date"))
+        table.add(control, (_to_date(column) < F.date_sub(start, 7)) | (_to_date(column) > F.date_add(end, 7)),
+                  F.col("_visit_visit_occurrence_id").isNotNull())
+    else:
+        raise ValueError(f"resources/dqd_checks.csv names a check micdm does not know: {check}")
 
 
-def _foreign_keys(spark: SparkSession, locator: TableLocator, tables: dict[str, _TableChecks]) -> None:
-    for index, ((name, field), (target, key)) in enumerate(_FOREIGN_KEYS.items()):
-        found = tables[name].lookup(field, read_table(spark, locator, target).select(key), key, f"_fk{index}_")
-        tables[name].add("isForeignKey", field, F.col(field).isNotNull(), F.col(found).isNull())
-    # image_feature's (table_concept_id, table_row_id) pairs point at real measurement / observation rows.
-    feature = tables["image_feature"]
-    for clinical in ("measurement", "observation"):
-        key = f"{clinical}_id"
-        found = feature.lookup("table_row_id", read_table(spark, locator, clinical).select(key), key, "_row_")
-        feature.add("isForeignKey", f"table_row_id ({clinical})",
-                    F.col("table_concept_id") == table_concept_id(clinical), F.col(found).isNull())
-    feature.add("fkDomain", "table_concept_id", F.lit(True), ~F.col("table_concept_id").isin(
-        table_concept_id("measurement"), table_concept_id("observation")))
+def _concept_check(table: _TableChecks, control: Control) -> None:
+    """A concept-level check: the rows of one concept (and unit) in the table's concept field."""
+    params, concept = control.params, F.col(control.field or "") == control.concept_id
+    unit, number = F.col("unit_concept_id"), F.col("value_as_number")
+    if control.check in ("plausibleValueLow", "plausibleValueHigh"):
+        applies = concept & (unit == control.unit_concept_id) & number.isNotNull()
+        fails = (number < float(params["value_low"])) if control.check == "plausibleValueLow" \
+            else (number > float(params["value_high"]))
+        table.add(control, fails, applies)
+    elif control.check == "plausibleGender":
+        person = table.person()
+        table.add(control, F.col(f"{person}gender_concept_id") != _GENDERS[params["gender"]],
+                  concept & F.col(f"{person}person_id").isNotNull())
+    elif control.check == "plausibleUnitConceptIds":
+        allowed = [int(u) for u in params.get("unit_concept_ids", "-1").split(",")]
+        none_allowed = allowed == [-1]
+        fails = unit.isNotNull() & ((unit != 0) if none_allowed else ~unit.isin(*allowed, 0))
+        table.add(control, fails, concept & ((unit != 0) | unit.isNull()))
+    else:
+        raise ValueError(f"resources/dqd_checks.csv names a concept check micdm does not know: {control.check}")
 
 
-def _concept_checks(vocabulary: DataFrame, tables: dict[str, _TableChecks]) -> None:
-    """isStandardValidConcept and fkDomain, for concepts the vocabulary holds (0 always passes)."""
-    known = vocabulary.select("concept_id", "standard_concept", "invalid_reason", "domain_id")
-    for index, ((name, field), domain) in enumerate(_STANDARD_CONCEPTS.items()):
-        prefix = f"_concept{index}_"
-        found = tables[name].lookup(field, known, "concept_id", prefix)
-        coded = F.col(field).isNotNull() & (F.col(field) != 0) & F.col(found).isNotNull()
-        not_standard = F.coalesce(F.col(f"{prefix}standard_concept"), F.lit("")) != "S"
-        tables[name].add("isStandardValidConcept", field, coded,
-                         not_standard | F.col(f"{prefix}invalid_reason").isNotNull())
-        if domain is not None:
-            tables[name].add("fkDomain", field, coded, F.col(f"{prefix}domain_id") != domain)
-
-
-def _plausibility(spark: SparkSession, locator: TableLocator, tables: dict[str, _TableChecks]) -> None:
-    today = dt.date.today()
-    for name, field in _DATES.items():
-        tables[name].add("plausibleDate", field, F.col(field).isNotNull(),
-                         (F.col(field) < F.lit(_EARLIEST)) | (F.col(field) > F.lit(today)), _PLAUSIBILITY)
-    occurrence = tables["image_occurrence"]
-    visits = read_table(spark, locator, "visit_occurrence").select(
-        "visit_occurrence_id", "visit_start_date", "visit_end_date")
-    found = occurrence.lookup("visit_occurrence_id", visits, "visit_occurrence_id", "_visit_")
-    outside = (F.col("image_occurrence_date") < F.date_sub("_visit_visit_start_date", 7)) | (
-        F.col("image_occurrence_date") > F.date_add("_visit_visit_end_date", 7))
-    occurrence.add("withinVisitDates", "image_occurrence_date", F.col(found).isNotNull(), outside, _WITHIN_VISIT)
+def _person_completeness(spark: SparkSession, locator: TableLocator, rows: DataFrame, control: Control
+                         ) -> CheckResult:
+    """measurePersonCompleteness: persons with no row (of micdm's) in the table, of all persons."""
+    persons = read_table(spark, locator, "person").select("person_id").distinct()
+    counted = persons.join(rows.select("person_id").distinct(), "person_id", "left_anti").agg(
+        F.count(F.lit(1)).alias("missing")).crossJoin(persons.agg(F.count(F.lit(1)).alias("persons"))).first()
+    missing, total = int(counted["missing"]), int(counted["persons"])
+    if total == 0:
+        return CheckResult(control, 0, 0, "not_evaluated", "person is empty")
+    return CheckResult(control, missing, total, _verdict(control, missing, total))
 
 
 def _written_rows(spark: SparkSession, locator: TableLocator, name: str) -> DataFrame:
     """The rows of a checked table that micdm wrote: all of its own tables; in the site's CDM tables, the
     ids micdm allocated (id_map), so a site's own rows are neither checked nor scanned by every check."""
     table = read_table(spark, locator, name)
-    if name in ("image_occurrence", "image_feature"):
+    if name in _OWN_TABLES:
         return table
-    key = _PRIMARY_KEYS[name]
+    key = f"{name}_id"
     return table.join(allocated_ids(spark, locator, name, key), key, "left_semi")
+
+
+def _present_concepts(rows: DataFrame, fields: Iterable[str]) -> set[tuple[str, int]]:
+    """(field, concept id) pairs the rows hold, so that concept checks run only for concepts present."""
+    fields = sorted(set(fields))
+    if not fields:
+        return set()
+    collected = rows.select(*[F.collect_set(f).alias(f) for f in fields]).first()
+    return {(f, int(c)) for f in fields for c in (collected[f] or [])}
+
+
+def evaluate(spark: SparkSession, locator: TableLocator) -> list[CheckResult]:
+    """Every shipped check on the rows micdm wrote, one aggregation per table plus one per unique key."""
+    concept = read_table(spark, locator, "concept").select(
+        "concept_id", "domain_id", "concept_class_id", "standard_concept", "invalid_reason")
+    vocabulary_empty = concept.limit(1).count() == 0
+    by_table: dict[str, list[Control]] = {}
+    for control in controls():
+        by_table.setdefault(control.table, []).append(control)
+    results: list[CheckResult] = []
+    for name in CHECKED_TABLES:
+        rows = _written_rows(spark, locator, name).localCheckpoint()
+        table = _TableChecks(spark, locator, name, rows, concept)
+        kinds = {f.name: f.dataType.typeName() for f in rows.schema.fields}
+        present = _present_concepts(rows, {c.field for c in by_table.get(name, []) if c.level == "CONCEPT"
+                                           and c.field})
+        for control in by_table.get(name, []):
+            if control.level == "TABLE":
+                table.special.append(_person_completeness(spark, locator, rows, control))
+            elif control.level == "CONCEPT":
+                if (control.field, control.concept_id) in present:
+                    _concept_check(table, control)
+            else:
+                _field_check(table, control, kinds)
+        results += table.results(vocabulary_empty)
+    return results
 
 
 def run_quality(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: str) -> dict[str, int]:
     """Run every check, append the results to dq_result; raise QualityError when a fatal one failed."""
-    frames = {name: _written_rows(spark, locator, name) for name in CHECKED_TABLES}
-    tables = {name: _TableChecks(name, frame, []) for name, frame in frames.items()}
-    for table in tables.values():
-        _field_checks(table)
-    _foreign_keys(spark, locator, tables)
-    _concept_checks(concepts(spark, locator), tables)
-    _plausibility(spark, locator, tables)
-    results = []
-    for name, table in tables.items():  # one aggregation per table, plus one for each key that must be unique
-        rows, checked = table.results()
-        repeated, _ = _repeated(frames[name], _PRIMARY_KEYS[name])
-        results += [*checked, *_datatypes(name, frames[name], rows),
-                    CheckResult("isPrimaryKey", name, _PRIMARY_KEYS[name], repeated, rows, _CONFORMANCE, True)]
-    repeated, rows = _repeated(frames["image_occurrence"], "image_series_uid")
-    results.append(CheckResult("isUnique", "image_occurrence", "image_series_uid", repeated, rows, _CONFORMANCE, True))
+    results = evaluate(spark, locator)
     now = dt.datetime.now(dt.timezone.utc)
-    rows = [(run_id, now, r.check, r.table, r.field, r.violated, r.checked, round(r.percent, 4), r.threshold,
-             r.fatal, r.passed) for r in results]
+    rows = [(run_id, now, r.control.check, r.control.level, r.control.table, r.control.field, r.control.concept_id,
+             r.control.unit_concept_id, r.violated, r.checked, round(r.percent, 4), r.control.threshold,
+             r.control.severity, r.fatal, r.status, r.note) for r in results]
     append(locator, "dq_result", spark.createDataFrame(rows, TABLES["dq_result"].schema))
-    failed = [r for r in results if not r.passed]
+    failed = [r for r in results if r.status == "failed"]
     for result in failed:
-        log.warning("quality: %s %s.%s failed: %d of %d rows (%.2f%% > %.1f%%)%s", result.check, result.table,
-                    result.field, result.violated, result.checked, result.percent, result.threshold,
-                    " (fatal)" if result.fatal else "")
+        log.warning("quality: %s failed: %d of %d rows (%.2f%% > %.1f%%, %s)", result.name, result.violated,
+                    result.checked, result.percent, result.control.threshold, result.control.severity)
     fatal = [r for r in failed if r.fatal]
     if fatal:
-        names = ", ".join(f"{r.check} {r.table}.{r.field}" for r in fatal)
+        names = ", ".join(r.name for r in fatal)
         raise QualityError(f"{len(fatal)} fatal quality check(s) failed: {names}; see {locator.where('dq_result')}")
-    return {"checks": len(results), "failed": len(failed), "fatal": 0}
+    return {"checks": len(results), "failed": len(failed),
+            "not_evaluated": sum(r.status == "not_evaluated" for r in results)}
+
+
+#: The DataQualityDashboard's threshold-file columns that the imaging tables' checks fill.
+_DQD_FIELD_COLUMNS = ("cdmTableName", "cdmFieldName", "isRequired", "isRequiredThreshold", "cdmDatatype",
+                      "cdmDatatypeThreshold", "isPrimaryKey", "isPrimaryKeyThreshold", "isForeignKey",
+                      "isForeignKeyThreshold", "fkTableName", "fkFieldName", "fkDomain", "fkDomainThreshold",
+                      "isStandardValidConcept", "isStandardValidConceptThreshold", "measureValueCompleteness",
+                      "measureValueCompletenessThreshold", "plausibleValueLow", "plausibleValueLowThreshold",
+                      "plausibleValueHigh", "plausibleValueHighThreshold", "plausibleTemporalAfter",
+                      "plausibleTemporalAfterTableName", "plausibleTemporalAfterFieldName",
+                      "plausibleTemporalAfterThreshold", "plausibleAfterBirth", "plausibleAfterBirthThreshold",
+                      "plausibleBeforeDeath", "plausibleBeforeDeathThreshold", "withinVisitDates",
+                      "withinVisitDatesThreshold", "runForCohort")
+
+
+def export_dqd_thresholds(folder: str | Path) -> list[Path]:
+    """Write the imaging tables' checks as DataQualityDashboard field- and table-level threshold CSVs.
+
+    A site appends these rows to the DataQualityDashboard's own files (fieldCheckThresholdLoc,
+    tableCheckThresholdLoc) to run the official tool on image_occurrence and image_feature.
+    """
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    fields: dict[tuple[str, str], dict[str, str]] = {}
+    for control in controls():
+        if control.table not in _OWN_TABLES or control.field is None or control.check == "isUnique":
+            continue
+        if control.params.get("fk_table") == _PAIR_KEY:
+            continue  # a pair of fields: the DataQualityDashboard has no such check
+        row = fields.setdefault((control.table, control.field), {
+            "cdmTableName": control.table.upper(), "cdmFieldName": control.field, "runForCohort": "Yes"})
+        row[control.check] = "integer" if control.check == "cdmDatatype" else "Yes"
+        row[f"{control.check}Threshold"] = f"{control.threshold:g}"
+        extra = {"fk_table": "fkTableName", "fk_field": "fkFieldName", "fk_domain": "fkDomain",
+                 "after_table": "plausibleTemporalAfterTableName", "after_field": "plausibleTemporalAfterFieldName"}
+        for key, column in extra.items():
+            if key in control.params:
+                row[column] = control.params[key].upper() if key in ("fk_table", "fk_field", "after_table") \
+                    else control.params[key]
+        if control.check == "fkDomain":
+            row["fkDomain"] = control.params["fk_domain"]
+        if control.check in ("plausibleValueLow", "plausibleValueHigh"):
+            bound = control.params.get("value_low") or control.params.get("value_high") or ""
+            row[control.check] = "DATEADD(dd,1,GETDATE())" if bound == "today+1" else f"'{bound}'"
+    field_path, table_path = out / "mi_cdm_Field_Level.csv", out / "mi_cdm_Table_Level.csv"
+    with field_path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, _DQD_FIELD_COLUMNS, restval="", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(fields.values())
+    with table_path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["cdmTableName", "schema", "isRequired", "conceptPrefix", "measurePersonCompleteness",
+                         "measurePersonCompletenessThreshold", "measureConditionEraCompleteness",
+                         "measureConditionEraCompletenessThreshold"])
+        writer.writerows([table.upper(), "CDM", "No", "", "No", "", "No", ""] for table in _OWN_TABLES)
+    return [field_path, table_path]

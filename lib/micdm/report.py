@@ -63,10 +63,11 @@ def render_report(run_id: str, stages: Sequence[tuple[str, float, dict[str, Any]
                   ) -> str:
     """The report's HTML from plain rows (kept apart from Spark so it is tested on its own)."""
     created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    failed = [q for q in quality if not q[-1]]
+    failed = [q for q in quality if q[-1] == "failed"]
+    unevaluated = [q for q in quality if q[-1] == "not_evaluated"]
     sections = [
         f"<h1>micdm run {html.escape(run_id)}</h1><p>{html.escape(created)}; "
-        f"{len(quality)} quality checks, {len(failed)} failed.</p>",
+        f"{len(quality)} quality checks, {len(failed)} failed, {len(unevaluated)} not evaluated.</p>",
         "<h2>Stages</h2>",
         _table(("stage", "seconds", "counts"), [(s, round(t, 1), ", ".join(f"{k}={v}" for k, v in c.items()))
                                                  for s, t, c in stages]),
@@ -78,12 +79,18 @@ def render_report(run_id: str, stages: Sequence[tuple[str, float, dict[str, Any]
         "<h2>What was ingested</h2>",
         *[bar_chart(f"instances by {column}", rows) for column, rows in distributions.items()],
         "<h2>Quality checks</h2>",
-        _table(("check", "table", "field", "violated", "checked", "threshold %", "passed"),
-               [(c, t, f or "", v, n, th, "yes" if p else "NO") for c, t, f, v, n, th, p in quality],
-               ["ok" if q[-1] else "fail" for q in quality]),
+        _table(("check", "table", "field", "violated", "checked", "threshold %", "severity", "status"),
+               [(c, t, f or "", v, n, th, sev, st) for c, t, f, v, n, th, sev, st in _failures_first(quality)],
+               ["fail" if q[-1] == "failed" else "ok" for q in _failures_first(quality)]),
     ]
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>micdm run '
             f'{html.escape(run_id)}</title><style>{_STYLE}</style></head><body>{"".join(sections)}</body></html>')
+
+
+def _failures_first(quality: Sequence[tuple]) -> list[tuple]:
+    """Failed checks first (fatal ones leading), then the ones not evaluated, then the rest."""
+    order = {"failed": 0, "not_evaluated": 1}
+    return sorted(quality, key=lambda q: (order.get(q[-1], 2), q[-2] != "fatal", q[0], q[1], q[2] or ""))
 
 
 def write_report(spark: SparkSession, locator: TableLocator, run_id: str,
@@ -94,8 +101,8 @@ def write_report(spark: SparkSession, locator: TableLocator, run_id: str,
     report = read_table(spark, locator, "link_report").where(F.col("run_id") == run_id)
     linkage = [(r["kind"], r["name"], r["series"], r["studies"]) for r in report.orderBy("kind", "name").collect()]
     quality = [(r["check_name"], r["table_name"], r["field_name"], r["rows_violated"], r["rows_checked"],
-                r["threshold"], r["passed"]) for r in read_table(spark, locator, "dq_result")
-               .where(F.col("run_id") == run_id).orderBy("passed", "check_name", "table_name").collect()]
+                r["threshold"], r["severity"], r["status"]) for r in read_table(spark, locator, "dq_result")
+               .where(F.col("run_id") == run_id).collect()]
     instances = read_table(spark, locator, "dicom_instance")
     distributions = {
         column: [(r[column] if r[column] is not None else "(none)", r["count"]) for r in instances.groupBy(column)

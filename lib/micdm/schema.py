@@ -36,6 +36,7 @@ __all__ = [
     "PUBLISHED_TABLES",
     "SPEC_TABLES",
     "TABLES",
+    "VOCABULARY_TABLES",
     "TableDef",
     "max_length",
     "table",
@@ -329,15 +330,52 @@ CONCEPT_RELATIONSHIP = table("concept_relationship", "cdm", """
     invalid_reason    varchar(1)
 """)
 
+VOCABULARY = table("vocabulary", "cdm", """
+    vocabulary_id          varchar(20)   required
+    vocabulary_name        varchar(255)  required
+    vocabulary_reference   varchar(255)
+    vocabulary_version     varchar(255)
+    vocabulary_concept_id  integer       required
+""")
+
+DOMAIN = table("domain", "cdm", """
+    domain_id          varchar(20)   required
+    domain_name        varchar(255)  required
+    domain_concept_id  integer       required
+""")
+
+CONCEPT_CLASS = table("concept_class", "cdm", """
+    concept_class_id          varchar(20)   required
+    concept_class_name        varchar(255)  required
+    concept_class_concept_id  integer       required
+""")
+
+DEATH = table("death", "cdm", """
+    person_id                integer      required
+    death_date               date         required
+    death_datetime           datetime
+    death_type_concept_id    integer
+    cause_concept_id         integer
+    cause_source_value       varchar(50)
+    cause_source_concept_id  integer
+""")
+
 CDM_TABLES = (
     PERSON,
+    DEATH,
     VISIT_OCCURRENCE,
     PROCEDURE_OCCURRENCE,
     MEASUREMENT,
     OBSERVATION,
     CONCEPT,
     CONCEPT_RELATIONSHIP,
+    VOCABULARY,
+    DOMAIN,
+    CONCEPT_CLASS,
 )
+
+#: The CDM's vocabulary tables (micdm adds its own DICOM concepts to them; see vocabulary.py).
+VOCABULARY_TABLES = ("concept", "concept_relationship", "vocabulary", "domain", "concept_class")
 
 # --- the pipeline's own tables (bronze, silver, bookkeeping) ---------------------------------------
 
@@ -552,14 +590,19 @@ DQ_RESULT = table("dq_result", "bookkeeping", """
     run_id               string     required
     checked_at           datetime   required
     check_name           string     required
+    check_level          string     required
     table_name           string     required
     field_name           string
+    concept_id           integer
+    unit_concept_id      integer
     rows_violated        bigint     required
     rows_checked         bigint     required
     pct_violated         double     required
     threshold            double     required
+    severity             string     required
     fatal                boolean    required
-    passed               boolean    required
+    status               string     required
+    note                 string
 """)
 
 ID_MAP = table("id_map", "bookkeeping", """

@@ -20,6 +20,8 @@ from typing import Any
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from micdm.vocab import resource_rows
+
 __all__ = ["LinkScore", "SeriesPlan", "SynthSummary", "evaluate_linkage", "generate", "plan_patients", "score_links"]
 
 _SOP_CLASSES = {
@@ -312,9 +314,32 @@ def _write_cdm(out: Path, plans: list[PatientPlan]) -> None:
     _write_csv(out / "cdm" / "procedure_occurrence.csv",
                ["procedure_occurrence_id", "person_id", "procedure_concept_id", "procedure_date",
                 "procedure_type_concept_id", "visit_occurrence_id", "procedure_source_value"], procedure)
+    concepts = resource_rows("demo_concepts.csv")
+    _write_csv(out / "cdm" / "concept.csv", list(concepts[0]), [
+        [_iso_date(v) if k.startswith("valid_") else v for k, v in row.items()] for row in concepts])
     _write_csv(out / "truth.csv",
                ["series_instance_uid", "study_instance_uid", "patient_id", "expected_person_id",
                 "expected_procedure_occurrence_id", "expected_visit_occurrence_id", "case", "expected_rule"], truth)
+
+
+def _iso_date(yyyymmdd: str) -> str:
+    return f"{yyyymmdd[:4]}-{yyyymmdd[4:6]}-{yyyymmdd[6:]}"
+
+
+#: The synthetic site's CDM tables, written under <out>/cdm. Its vocabulary is a subset with Athena's ids,
+#: domains and classes for every concept its rows and micdm's output name (units, procedures, anatomy,
+#: gender, visit, type and table concepts); names and codes of the few concepts outside the shared
+#: vocabulary subsets are descriptive.
+SITE_TABLES = ("person", "visit_occurrence", "procedure_occurrence", "concept")
+
+
+def load_site(spark: Any, locator: Any, out: str | Path) -> dict[str, int]:
+    """Create every table, then load the synthetic site's CDM tables from ``out``; returns rows per table."""
+    from micdm.tables import init_tables, load_csv
+
+    init_tables(spark, locator)
+    return {name: load_csv(spark, locator, name, str((Path(out) / "cdm" / f"{name}.csv").resolve()))
+            for name in SITE_TABLES}
 
 
 def generate(out: str | Path, patients: int = 24, seed: int = 7, pixels: str = "small",
@@ -382,7 +407,7 @@ def evaluate_linkage(spark: Any, work: Path, patients: int, seed: int, *override
     ``spark`` with the local settings (plus ``overrides``), and score the links against the truth."""
     from micdm.config import load_settings
     from micdm.pipeline import run_stage
-    from micdm.tables import TableLocator, init_tables, load_csv, read_table
+    from micdm.tables import TableLocator, read_table
 
     shutil.rmtree(work, ignore_errors=True)
     export = work / "export"
@@ -390,9 +415,7 @@ def evaluate_linkage(spark: Any, work: Path, patients: int, seed: int, *override
     settings = load_settings(None, [
         f"storage.warehouse={work / 'warehouse'}", f"sources.roots=[{export / 'dicom'}]", *overrides])
     locator = TableLocator(settings.storage)
-    init_tables(spark, locator)
-    for name in ("person", "visit_occurrence", "procedure_occurrence"):
-        load_csv(spark, locator, name, str(export / "cdm" / f"{name}.csv"))
+    load_site(spark, locator, export)
     started = time.monotonic()
     stages = [run_stage(spark, settings, stage, init=False) for stage in ("extract", "series", "link", "occurrence")]
     links = read_table(spark, locator, "series_link").collect()

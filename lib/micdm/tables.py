@@ -15,6 +15,7 @@ from delta.tables import DeltaTable
 from pyspark.errors import AnalysisException
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.types import StructType
 
 from micdm.config import StorageSettings
 from micdm.errors import ConfigError, SchemaMismatchError
@@ -33,6 +34,7 @@ __all__ = [
     "merge_or_delete",
     "overwrite",
     "read_table",
+    "schema_problems",
     "site_table",
     "table_properties",
 ]
@@ -105,14 +107,45 @@ def create_table(spark: SparkSession, locator: TableLocator, table: TableDef) ->
             properties = f" TBLPROPERTIES ('delta.dataSkippingStatsColumns' = '{','.join(table.stats_columns)}')"
         spark.sql(f"CREATE TABLE IF NOT EXISTS {ref} ({table.ddl_columns()}) USING DELTA{properties}")
     else:
-        actual = [(f.name, f.dataType.simpleString()) for f in spark.table(ref).schema.fields]
-        expected = [(f.name, f.dataType.simpleString()) for f in table.schema.fields]
-        if actual != expected:
-            raise SchemaMismatchError(
-                f"{locator.where(table.name)} exists with columns {actual}, micdm expects {expected}; "
-                "drop it or point storage.schema elsewhere"
-            )
+        problems = schema_problems(table, spark.table(ref).schema)
+        if problems:
+            raise SchemaMismatchError(_mismatch_message(locator, table, problems))
     return created
+
+
+#: Stored types micdm reads and writes in place of its own: the widths a site's DDL may choose (the
+#: official OHDSI Spark DDL declares the CDM's float as FLOAT; some sites use BIGINT ids).
+_COMPATIBLE = {"double": {"float", "double"}, "float": {"float", "double"}, "int": {"int", "bigint"},
+               "bigint": {"int", "bigint"}}
+
+
+def schema_problems(table: TableDef, stored: StructType) -> list[str]:
+    """What keeps micdm from using a stored table as ``table``: one line per missing, extra or
+    incompatible column. For the site's CDM tables, numeric widths may differ (values are cast on write);
+    micdm's own tables must match exactly."""
+    expected = {f.name: f.dataType.simpleString() for f in table.schema.fields}
+    actual = {f.name: f.dataType.simpleString() for f in stored.fields}
+    tolerant = table.layer == "cdm"
+    problems = [f"{name}: missing (micdm expects {kind})" for name, kind in expected.items() if name not in actual]
+    problems += [f"{name}: {actual[name]}, micdm expects {kind}" for name, kind in expected.items()
+                 if name in actual and actual[name] != kind
+                 and not (tolerant and actual[name] in _COMPATIBLE.get(kind, ()))]
+    if not tolerant:
+        problems += [f"{name}: not a column micdm knows ({kind})" for name, kind in actual.items()
+                     if name not in expected]
+    if not problems and not tolerant and list(actual) != list(expected):
+        problems.append(f"columns in another order: {list(actual)}")
+    return problems
+
+
+def _mismatch_message(locator: TableLocator, table: TableDef, problems: list[str]) -> str:
+    if table.layer == "cdm":
+        fix = ("point storage.cdm_schema at the schema holding the site's CDM, or add the missing columns "
+               "to the site's table (ALTER TABLE ... ADD COLUMNS); micdm changes nothing of the site's")
+    else:
+        fix = (f"this is one of micdm's own tables: point storage.schema elsewhere, or drop "
+               f"{locator.where(table.name)} and let micdm create it again")
+    return f"{locator.where(table.name)} cannot be used as {table.name}: {'; '.join(problems)}. Fix: {fix}"
 
 
 def init_tables(spark: SparkSession, locator: TableLocator, names: Iterable[str] | None = None) -> dict[str, bool]:
@@ -172,20 +205,23 @@ def merge_into(
     keys: Sequence[str],
     update_existing: bool = True,
     delete_unmatched: bool = False,
-) -> None:
+) -> int:
     """MERGE ``updates`` into a table on natural ``keys``: re-running with the same input changes nothing.
 
-    ``delete_unmatched`` makes the table equal ``updates``: rows no update matches are deleted.
+    ``delete_unmatched`` makes the table equal ``updates``: rows no update matches are deleted. Returns the
+    number of rows inserted (from the commit's metrics, no extra job).
     """
     target = delta_table(spark, locator, name)
     condition = _key_condition(keys)
-    builder = target.alias("t").merge(conform(updates, TABLES[name]).alias("s"), condition)
+    builder = target.alias("t").merge(_as_stored(spark, locator, name, conform(updates, TABLES[name])).alias("s"),
+                                      condition)
     if update_existing:
         builder = builder.whenMatchedUpdateAll()
     builder = builder.whenNotMatchedInsertAll()
     if delete_unmatched:
         builder = builder.whenNotMatchedBySourceDelete()
-    builder.execute()
+    metrics = builder.execute().first()
+    return int(metrics["num_inserted_rows"]) if metrics is not None else 0
 
 
 def merge_or_delete(spark: SparkSession, locator: TableLocator, name: str, rows: DataFrame, keys: Sequence[str],
@@ -221,8 +257,20 @@ def append(locator: TableLocator, name: str, rows: DataFrame) -> None:
     _write(locator, name, rows, "append")
 
 
+def _as_stored(spark: SparkSession, locator: TableLocator, name: str, rows: DataFrame) -> DataFrame:
+    """``rows`` cast to the stored table's column types where a site chose other numeric widths."""
+    if TABLES[name].layer != "cdm":
+        return rows
+    stored = {f.name: f.dataType for f in spark.table(locator.ref(name)).schema.fields}
+    return rows.select(*[F.col(f"`{c}`").cast(stored[c]).alias(c) if c in stored and stored[c] != t
+                         else F.col(f"`{c}`") for c, t in ((f.name, f.dataType) for f in rows.schema.fields)])
+
+
 def _write(locator: TableLocator, name: str, rows: DataFrame, mode: str, table: TableDef | None = None) -> None:
-    writer = conform(rows, table or TABLES[name]).write.format("delta").mode(mode)
+    shaped = conform(rows, table or TABLES[name])
+    if table is None:
+        shaped = _as_stored(shaped.sparkSession, locator, name, shaped)
+    writer = shaped.write.format("delta").mode(mode)
     path = locator.path(name)
     if path is not None:
         writer.save(path)

@@ -1,7 +1,10 @@
-"""Vocabulary lookups: the site's CONCEPT table first, the mappings shipped in resources/ after it.
+"""Vocabulary lookups through the site's CONCEPT and CONCEPT_RELATIONSHIP (micdm's own DICOM concepts are
+merged into them first, by the vocabulary stage), and the mappings shipped in resources/.
 
 Concept ids are always found by (vocabulary_id, concept_code) or through a mapping table, never
-written into code: the DICOM vocabulary's ids changed in every release.
+written into code: the DICOM vocabulary's ids changed in every release. A standard concept is written
+into a *_concept_id field only when the site's CONCEPT holds it as valid and standard, in the domain
+that field takes (the DataQualityDashboard's fkDomain); otherwise the field gets 0.
 """
 
 from __future__ import annotations
@@ -15,8 +18,7 @@ from importlib import resources
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from micdm.schema import CONCEPT
-from micdm.tables import TableLocator, conform, read_table
+from micdm.tables import TableLocator, read_table
 
 __all__ = [
     "anatomy_sites",
@@ -25,10 +27,11 @@ __all__ = [
     "compatible_procedures",
     "concepts",
     "dicom_attributes",
+    "in_domain",
     "modality_concepts",
     "modality_procedures",
     "normalise_body_part",
-    "relationships",
+    "resource_frame",
     "resource_rows",
     "site_anatomy",
     "site_relationships",
@@ -43,20 +46,23 @@ def resource_rows(name: str) -> tuple[dict[str, str], ...]:
     return tuple(csv.DictReader(io.StringIO(text)))
 
 
-def _resource_frame(spark: SparkSession, name: str, types: dict[str, str]) -> DataFrame:
+def resource_frame(spark: SparkSession, name: str, types: dict[str, str]) -> DataFrame:
+    """A CSV shipped in micdm/resources as a DataFrame, its columns cast to ``types``."""
     rows = [tuple(row[c] or None for c in types) for row in resource_rows(name)]
     frame = spark.createDataFrame(rows, schema=", ".join(f"{c} string" for c in types))
     return frame.select(*[F.col(c).cast(t).alias(c) for c, t in types.items()])
 
 
 def concepts(spark: SparkSession, locator: TableLocator) -> DataFrame:
-    """The site's concept rows plus the shipped ones it lacks (by concept_id)."""
-    shipped = _resource_frame(spark, "concept.csv", {f.name: "string" for f in CONCEPT.schema.fields})
-    shipped = conform(
-        shipped.withColumns({c: F.to_date(c, "yyyyMMdd") for c in ("valid_start_date", "valid_end_date")}), CONCEPT
-    )
-    site = read_table(spark, locator, "concept")
-    return site.unionByName(shipped.join(site.select("concept_id"), "concept_id", "left_anti"))
+    """The site's CONCEPT rows (micdm's own concepts included once the vocabulary stage has run)."""
+    return read_table(spark, locator, "concept")
+
+
+def in_domain(spark: SparkSession, locator: TableLocator, domain: str) -> DataFrame:
+    """concept_id of every valid standard concept of ``domain`` in the site's CONCEPT."""
+    return concepts(spark, locator).where(
+        (F.col("domain_id") == domain) & (F.col("standard_concept") == "S") & F.col("invalid_reason").isNull()
+    ).select("concept_id")
 
 
 def modality_concepts() -> dict[str, int]:
@@ -64,9 +70,12 @@ def modality_concepts() -> dict[str, int]:
     return {row["modality"]: int(row["procedure_concept_id"]) for row in resource_rows("modality_procedure.csv")}
 
 
-def modality_procedures(spark: SparkSession) -> DataFrame:
-    """modality_concepts() as a DataFrame (modality, procedure_concept_id)."""
-    return spark.createDataFrame(list(modality_concepts().items()), schema="modality string, procedure_concept_id int")
+def modality_procedures(spark: SparkSession, locator: TableLocator) -> DataFrame:
+    """modality_concepts() as a DataFrame (modality, procedure_concept_id), for the concepts the site's
+    CONCEPT holds as standard Procedure concepts (a procedure micdm creates gets 0 otherwise)."""
+    pairs = spark.createDataFrame(list(modality_concepts().items()), schema="modality string, procedure_concept_id int")
+    return pairs.join(in_domain(spark, locator, "Procedure").withColumnRenamed("concept_id", "procedure_concept_id"),
+                      "procedure_concept_id", "left_semi")
 
 
 def compatible_procedures(spark: SparkSession, configured: dict[str, tuple[int, ...]]) -> DataFrame:
@@ -82,17 +91,20 @@ def compatible_procedures(spark: SparkSession, configured: dict[str, tuple[int, 
 
 def body_part_sites(spark: SparkSession) -> DataFrame:
     """Normalised BodyPartExamined -> SNOMED 'Spec Anatomic Site' concept, via the DICOM value sets."""
-    return _resource_frame(spark, "body_part_site.csv", {"body_part": "string", "anatomic_site_concept_id": "int"})
+    return resource_frame(spark, "body_part_site.csv", {"body_part": "string", "anatomic_site_concept_id": "int"})
 
 
 def anatomy_sites(spark: SparkSession, locator: TableLocator, vocabulary: str) -> DataFrame:
     """(anatomy_key, anatomic_site_concept_id): the site's vocabulary first when ``vocabulary`` is 'site',
-    the shipped body-part table for every key it leaves out."""
+    the shipped body-part table for every key it leaves out; only concepts the site's CONCEPT holds as
+    standard 'Spec Anatomic Site' concepts."""
     shipped = body_part_sites(spark).withColumnRenamed("body_part", "anatomy_key")
-    if vocabulary != "site":
-        return shipped
-    site = site_anatomy(spark, locator)
-    return site.unionByName(shipped.join(site, "anatomy_key", "left_anti"))
+    if vocabulary == "site":
+        site = site_anatomy(spark, locator)
+        shipped = site.unionByName(shipped.join(site, "anatomy_key", "left_anti"))
+    sites = in_domain(spark, locator, "Spec Anatomic Site").withColumnRenamed("concept_id", "anatomic_site_concept_id")
+    return shipped.join(sites, "anatomic_site_concept_id", "left_semi").select(
+        "anatomy_key", "anatomic_site_concept_id")
 
 
 #: DICOM coding scheme designators -> OMOP vocabulary_id (AnatomicRegionSequence, SR codes).
@@ -110,15 +122,6 @@ def site_relationships(spark: SparkSession, locator: TableLocator, relationship_
     return read_table(spark, locator, "concept_relationship").where(
         (F.col("relationship_id") == relationship_id) & F.col("invalid_reason").isNull()).select(
         "concept_id_1", "concept_id_2")
-
-
-def relationships(spark: SparkSession, locator: TableLocator, relationship_id: str) -> DataFrame:
-    """The site's pairs of one relationship plus the shipped ones (DICOM value sets: 'Maps to value' from
-    their attribute, 'Maps to' SNOMED)."""
-    shipped = _resource_frame(spark, "concept_relationship.csv",
-                              {"concept_id_1": "int", "concept_id_2": "int", "relationship_id": "string"})
-    shipped = shipped.where(F.col("relationship_id") == relationship_id).select("concept_id_1", "concept_id_2")
-    return site_relationships(spark, locator, relationship_id).unionByName(shipped).distinct()
 
 
 def site_anatomy(spark: SparkSession, locator: TableLocator) -> DataFrame:

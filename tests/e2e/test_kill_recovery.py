@@ -20,8 +20,8 @@ from pyspark.sql import functions as F
 
 from micdm.config import load_settings
 from micdm.pipeline import run_pipeline
-from micdm.synth import generate
-from micdm.tables import TableLocator, init_tables, load_csv, read_table
+from micdm.synth import generate, load_site
+from micdm.tables import TableLocator, read_table
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -84,9 +84,7 @@ def test_killed_runs_then_a_rerun_equal_an_uninterrupted_run(spark, tmp_path: Pa
     def prepared(name: str):
         settings = load_settings(REPO / "conf" / "local.yml", [f"storage.warehouse={tmp_path / name}", roots])
         locator = TableLocator(settings.storage)
-        init_tables(spark, locator)
-        for table in ("person", "visit_occurrence", "procedure_occurrence"):
-            load_csv(spark, locator, table, str(tmp_path / "export" / "cdm" / f"{table}.csv"))
+        load_site(spark, locator, tmp_path / "export")
         return settings, locator
 
     baseline_settings, baseline = prepared("uninterrupted")

@@ -83,7 +83,7 @@ def test_every_task_runs_a_micdm_stage_with_valid_settings(target: str) -> None:
         stages.append(parsed.command)
         for dependency in task.get("depends_on", []):
             assert dependency["task_key"] in {t["task_key"] for t in tasks}
-    assert stages == ["extract", "series", "link", "occurrence", "features", "publish", "quality"]
+    assert stages == ["vocabulary", "extract", "series", "link", "occurrence", "features", "publish", "quality"]
 
 
 def test_targets_and_schedule() -> None:

@@ -6,10 +6,14 @@ import json
 from pathlib import Path
 
 import pytest
+from pydicom.sr._snomed_dict import mapping
 
 from micdm.dicom.reader import ReadOptions, extract_file
 from micdm.dicom.sr import MAX_DEPTH, algorithm_uri, report_items
 from micdm.sources import opener
+
+#: Legacy SNOMED-RT codes as SNOMED CT, by the DICOM standard's table that pydicom ships: reports read as SCT.
+SCT = mapping["SRT"]
 
 
 def _header_json(path: Path) -> str:
@@ -39,7 +43,7 @@ def test_highdicom_report_with_two_groups(shared: Path) -> None:
 DCMQI_NUMBERS = [
     ("126401", "Mean", 6.01529, "{SUVbw}g/ml"), ("126401", "Minimum", 2.91136, "{SUVbw}g/ml"),
     ("126401", "Maximum", 10.3814, "{SUVbw}g/ml"), ("126401", "Peak Value Within ROI", 9.45534, "{SUVbw}g/ml"),
-    ("G-D705", "Sum of segmented voxel volumes", 33.5824, "ml"), ("126033", None, 202.008, "g"),
+    (SCT["G-D705"], "Sum of segmented voxel volumes", 33.5824, "ml"), ("126033", None, 202.008, "g"),
     ("126401", "Standard Deviation", 1.62653, "{SUVbw}g/ml"), ("126401", "25th Percentile Value", 4.59051,
                                                                "{SUVbw}g/ml"),
     ("126401", "Median", 5.71824, "{SUVbw}g/ml"), ("126401", "75th Percentile Value", 7.28462, "{SUVbw}g/ml"),
@@ -56,7 +60,7 @@ def test_dcmqi_report_gives_exactly_its_22_measurements(shared: Path) -> None:
     assert reason is None
     assert [(r["concept_code"], r["modifier"], r["number"], r["unit_code"]) for r in rows] == DCMQI_NUMBERS
     assert {r["value_type"] for r in rows} == {"NUM"} and {r["finding_group"] for r in rows} == {1}
-    assert {(r["tracking_id"], r["site_code"]) for r in rows} == {("primary tumor", "T-C5300")}
+    assert {(r["tracking_id"], r["site_code"]) for r in rows} == {("primary tumor", SCT["T-C5300"])}
 
 
 def test_highdicom_report_row_by_row(shared: Path) -> None:
@@ -64,11 +68,12 @@ def test_highdicom_report_row_by_row(shared: Path) -> None:
                                            "sr_document.dcm"))
     assert [(r["position"], r["value_type"], r["concept_code"], r["number"], r["unit_code"], r["value_code"])
             for r in rows] == [
-        ("8.1.6", "NUM", "G-A16A", 1.7, "cm2", None),
-        ("8.1.6.2", "CODE", "121402", None, None, "G-A460"),
-        ("8.1.6.3", "CODE", "121403", None, None, "R-00345"),  # Level of Significance: Not significant
+        ("8.1.6", "NUM", SCT["G-A16A"], 1.7, "cm2", None),
+        ("8.1.6.2", "CODE", "121402", None, None, SCT["G-A460"]),
+        ("8.1.6.3", "CODE", "121403", None, None, SCT["R-00345"]),  # Level of Significance: Not significant
     ]
-    assert {(r["finding_code"], r["site_code"], r["finding_group"]) for r in rows} == {("T-A7010", "T-D00F7", 1)}
+    assert {(r["finding_code"], r["site_code"], r["finding_group"]) for r in rows} == {
+        (SCT["T-A7010"], SCT["T-D00F7"], 1)}
 
 
 def test_older_codes_and_image_library_are_understood(shared: Path) -> None:
@@ -76,7 +81,7 @@ def test_older_codes_and_image_library_are_understood(shared: Path) -> None:
     assert reason is None
     assert not any(r["concept_code"] in ("110910", "110911") for r in rows), "image library rows are not findings"
     sites = {r["site_code"] for r in rows if r["finding_group"]}
-    assert "T-C5300" in sites  # Finding Site coded as SRT G-C0E3
+    assert SCT["T-C5300"] in sites  # Finding Site coded as SRT G-C0E3
     assert all(r["concept_code"] != "G-C0E3" for r in rows), "the finding site is context, not an item"
     assert any(r["value_type"] == "NUM" and r["unit_code"] for r in rows)
 
@@ -135,11 +140,12 @@ def test_segments_are_coded_findings_with_their_algorithm(shared: Path) -> None:
     rows, reason, _ = segment_items(_header_json(folder / "dcmqi" / "data" / "segmentations" / "liver.dcm"))
     assert reason is None and len(rows) == 1
     liver = rows[0]
-    assert (liver["value_code"], liver["value_meaning"], liver["finding_group"]) == ("T-62000", "Liver", 1)
+    assert (liver["value_code"], liver["value_meaning"], liver["finding_group"]) == (SCT["T-62000"], "Liver", 1)
     assert liver["algorithm"] == "urn:dicom:algorithm:SlicerEditor:0d533f1"
     assert liver["evidence_series"] == ["1.2.392.200103.20080913.113635.1.2009.6.22.21.43.10.23430.1"]
     rows, _, _ = segment_items(_header_json(folder / "dcmqi" / "data" / "sr-example" / "seg.dcm"))
-    assert [(r["site_code"], r["algorithm"]) for r in rows] == [("T-C5300", None)], "a manual segment has no algorithm"
+    assert [(r["site_code"], r["algorithm"]) for r in rows] == [(SCT["T-C5300"], None)], \
+        "a manual segment has no algorithm"
     assert segment_items(json.dumps({"00620002": {"vr": "SQ", "Value": []}}))[1] == "seg_no_segments"
 
 

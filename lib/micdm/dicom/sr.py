@@ -12,11 +12,12 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 from urllib.parse import quote
 
 __all__ = ["Code", "ReportItem", "SrError", "algorithm_uri", "content_datetime", "evidence_series", "first_value",
-           "item_row", "parse_code", "parse_report", "report_items", "values"]
+           "item_row", "parse_code", "parse_report", "report_items", "snomed_ct", "values"]
 
 # DICOM JSON tags
 _VALUE_TYPE = "0040A040"
@@ -128,7 +129,24 @@ def parse_code(item: dict[str, Any] | None) -> Code | None:
     scheme = first_value(item, _SCHEME)
     if value is None or scheme is None:
         return None
-    return Code(str(scheme), str(value), first_value(item, _MEANING))
+    return Code(*snomed_ct(str(scheme), str(value)), first_value(item, _MEANING))
+
+
+@cache
+def _srt_to_sct() -> dict[str, str]:
+    from pydicom.sr._snomed_dict import mapping
+
+    return dict(mapping["SRT"])
+
+
+def snomed_ct(scheme: str, value: str) -> tuple[str, str]:
+    """A legacy SNOMED-RT code (SRT 'T-C5300', 'M-80003') as its SNOMED CT code (SCT '55940004'), by the
+    DICOM standard's translation table that pydicom ships; any other code as it is."""
+    if scheme in ("SRT", "SNM3"):
+        translated = _srt_to_sct().get(value)
+        if translated is not None:
+            return "SCT", translated
+    return scheme, value
 
 
 def _number(measured: dict[str, Any]) -> float | None:
