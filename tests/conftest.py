@@ -86,6 +86,33 @@ def demo(spark, tmp_path_factory):
     return dict(settings=settings, locator=locator, first=first, second=second, snapshot=snapshot, truth=truth)
 
 
+def _concepts_missing(spark, locator) -> set[tuple[str, str, int]]:
+    """(table, field, concept id) of every concept id in a row micdm wrote that the site's CONCEPT lacks."""
+    from pyspark.sql import functions as F
+
+    from micdm.ids import allocated_ids
+    from micdm.schema import TABLES
+    from micdm.tables import read_table
+
+    known = read_table(spark, locator, "concept").select("concept_id")
+    missing = set()
+    for name in ("image_occurrence", "image_feature", "measurement", "observation", "procedure_occurrence"):
+        rows = read_table(spark, locator, name)
+        if name not in ("image_occurrence", "image_feature"):
+            rows = rows.join(allocated_ids(spark, locator, name, f"{name}_id"), f"{name}_id", "left_semi")
+        for field in TABLES[name].schema.fieldNames():
+            if field.endswith("concept_id"):
+                ids = rows.select(F.col(field).alias("concept_id")).where("concept_id IS NOT NULL").distinct()
+                missing |= {(name, field, r[0]) for r in ids.join(known, "concept_id", "left_anti").collect()}
+    return missing
+
+
+@pytest.fixture(scope="session")
+def concepts_missing():
+    """A function (spark, locator) -> the concept ids micdm wrote that are not in CONCEPT (should be none)."""
+    return _concepts_missing
+
+
 class Reliability:
     """What the fault and bad-input tests tried and found, written to a summary file at the end of the run."""
 

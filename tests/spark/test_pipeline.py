@@ -17,11 +17,14 @@ def test_both_spec_tables_have_rows(spark, demo) -> None:
     occurrences = read_table(spark, locator, "image_occurrence")
     features = read_table(spark, locator, "image_feature")
     assert occurrences.count() > 0 and features.count() > 0
-    # every feature points at a real occurrence and a real measurement row
+    # every feature points at a real occurrence and a real measurement (numbers) or observation (text) row
     assert features.join(occurrences, "image_occurrence_id", "left_anti").count() == 0
-    measurements = read_table(spark, locator, "measurement")
-    assert features.join(measurements, features.table_row_id == measurements.measurement_id, "left_anti").count() == 0
-    assert {r[0] for r in features.select("table_concept_id").distinct().collect()} == {1147330}
+    for table, concept in (("measurement", 1147330), ("observation", 1147304)):
+        rows = read_table(spark, locator, table)
+        pointing = features.where(F.col("table_concept_id") == concept)
+        assert pointing.count() > 0
+        assert pointing.join(rows, pointing.table_row_id == rows[f"{table}_id"], "left_anti").count() == 0
+    assert {r[0] for r in features.select("table_concept_id").distinct().collect()} == {1147330, 1147304}
 
 
 def test_every_series_is_in_image_occurrence_or_an_exception(spark, demo) -> None:
@@ -90,6 +93,22 @@ def test_every_series_has_header_features_that_follow_the_dqd_conventions(spark,
     assert used <= standard | {0}, "measurement_concept_id must be standard or 0"
     sources = {r[0] for r in measurements.select("measurement_source_concept_id").distinct().collect()}
     assert sources <= known | {0} and sources - {0}, "source concepts are real DICOM attribute concepts"
+
+
+def test_every_concept_id_micdm_wrote_is_in_concept(spark, demo, concepts_missing) -> None:
+    assert concepts_missing(spark, demo["locator"]) == set()
+
+
+def test_units_and_anatomy_resolve_through_the_demo_vocabulary(spark, demo) -> None:
+    measurements = read_table(spark, demo["locator"], "measurement")
+    units = {(r[0], r[1]) for r in measurements.select("unit_source_value", "unit_concept_id").distinct().collect()}
+    assert {("mm", 8588), ("ms", 9593), ("T", 9646), ("deg", 9484)} <= units
+    assert ("kV", 0) in units, "a unit the site's vocabulary lacks stays 0, its code kept"
+    sites = {r[0] for r in read_table(spark, demo["locator"], "image_occurrence").select(
+        "anatomic_site_concept_id").distinct().collect()}
+    assert {4184181, 4133034} <= sites and sites <= {r[0] for r in read_table(spark, demo["locator"], "concept")
+                                                      .where("domain_id = 'Spec Anatomic Site'")
+                                                      .select("concept_id").collect()} | {0}
 
 
 def test_a_series_that_gains_or_loses_an_instance_is_updated_not_duplicated(spark, demo) -> None:
