@@ -248,7 +248,8 @@ def _codes_used(features: DataFrame) -> DataFrame:
 
 #: The domains a standard concept may have in the fields micdm fills (the DataQualityDashboard's fkDomain);
 #: each looked-up code gets the lowest standard concept of each, in columns ``<role>_<slug>``.
-_DOMAINS = {"measurement": "Measurement", "unit": "Unit", "condition": "Condition", "site": "Spec Anatomic Site"}
+_DOMAINS = {"measurement": "Measurement", "unit": "Unit", "meas_value": "Meas Value", "condition": "Condition",
+            "site": "Spec Anatomic Site"}
 
 
 def _concept_lookup(features: DataFrame, spark: SparkSession, locator: TableLocator) -> DataFrame:
@@ -293,10 +294,9 @@ def _resolve_concepts(features: DataFrame, spark: SparkSession, locator: TableLo
         F.col("concept_id_1").alias("concept_source"), F.col("concept_id_2").alias("value_source"),
         F.lit(True).alias("_allowed"))
     outside = (F.col("value_vocabulary") == "DICOM") & F.col("_allowed").isNull()
+    resolved = [f"value_{c}" for c in ("source", "standard", *_DOMAINS)]
     return features.join(allowed, ["concept_source", "value_source"], "left").withColumns({
-        "value_source": F.when(outside, F.lit(None)).otherwise(F.col("value_source")),
-        "value_standard": F.when(outside, F.lit(None)).otherwise(F.col("value_standard")),
-    }).drop("_allowed")
+        c: F.when(outside, F.lit(None)).otherwise(F.col(c)) for c in resolved}).drop("_allowed")
 
 
 def _with_ids(spark: SparkSession, locator: TableLocator, features: DataFrame) -> DataFrame:
@@ -339,7 +339,7 @@ def run_features(spark: SparkSession, locator: TableLocator, settings: Settings)
         F.col("event_date").alias("measurement_date"), F.col("event_datetime").alias("measurement_datetime"),
         F.col("type_concept_id").alias("measurement_type_concept_id"),
         F.col("number").alias("value_as_number"),
-        F.coalesce("value_standard", "value_source").alias("value_as_concept_id"),
+        F.coalesce("value_meas_value", "value_source").alias("value_as_concept_id"),
         F.when(F.col("unit_code").isNotNull(), F.coalesce("unit_unit", zero)).alias("unit_concept_id"),
         "visit_occurrence_id",
         F.substring("source_value", 1, 50).alias("measurement_source_value"),

@@ -10,7 +10,8 @@ nothing to look at (an empty table, a field never filled, no vocabulary, no row 
 QualityError after dq_result is written, so a scheduled run fails.
 
 In the site's tables only the rows micdm allocated ids for (id_map) are checked: the site's own rows
-are the site's business, and a site runs the DataQualityDashboard on its whole CDM itself.
+are the site's business, and a site runs the DataQualityDashboard on its whole CDM itself. The one
+exception is measurePersonCompleteness, a property of the whole table (see _person_completeness).
 """
 
 from __future__ import annotations
@@ -334,16 +335,20 @@ def _concept_check(table: _TableChecks, control: Control) -> None:
         raise ValueError(f"resources/dqd_checks.csv names a concept check micdm does not know: {control.check}")
 
 
-def _person_completeness(spark: SparkSession, locator: TableLocator, rows: DataFrame, control: Control
-                         ) -> CheckResult:
-    """measurePersonCompleteness: persons with no row (of micdm's) in the table, of all persons."""
+def _person_completeness(spark: SparkSession, locator: TableLocator, control: Control) -> CheckResult:
+    """measurePersonCompleteness: persons with no row in the table, of all persons.
+
+    A property of the whole table, so it is read whole (the site's rows included): micdm's rows can only
+    lower it, and on micdm's rows alone it would count every person never imaged.
+    """
     persons = read_table(spark, locator, "person").select("person_id").distinct()
+    rows = read_table(spark, locator, control.table)
     counted = persons.join(rows.select("person_id").distinct(), "person_id", "left_anti").agg(
         F.count(F.lit(1)).alias("missing")).crossJoin(persons.agg(F.count(F.lit(1)).alias("persons"))).first()
     missing, total = int(counted["missing"]), int(counted["persons"])
     if total == 0:
         return CheckResult(control, 0, 0, "not_evaluated", "person is empty")
-    return CheckResult(control, missing, total, _verdict(control, missing, total))
+    return CheckResult(control, missing, total, _verdict(control, missing, total), "the whole table")
 
 
 def _written_rows(spark: SparkSession, locator: TableLocator, name: str) -> DataFrame:
@@ -382,7 +387,7 @@ def evaluate(spark: SparkSession, locator: TableLocator) -> list[CheckResult]:
                                            and c.field})
         for control in by_table.get(name, []):
             if control.level == "TABLE":
-                table.special.append(_person_completeness(spark, locator, rows, control))
+                table.special.append(_person_completeness(spark, locator, control))
             elif control.level == "CONCEPT":
                 if (control.field, control.concept_id) in present:
                     _concept_check(table, control)

@@ -44,6 +44,7 @@ EXPECTED_FAILURES = {
     ("standardConceptRecordCompleteness", "measurement", "unit_concept_id"),
     # the MR study has no procedure; the one micdm creates has no MR procedure concept in this vocabulary
     ("standardConceptRecordCompleteness", "procedure_occurrence", "procedure_concept_id"),
+    ("sourceValueCompleteness", "procedure_occurrence", "procedure_source_value"),
 }
 
 
@@ -172,7 +173,7 @@ def test_micdm_agrees_with_the_data_quality_dashboards_own_sql(spark, site, shar
     ours = read_table(spark, locator, "dq_result").where(
         F.col("table_name").isin("measurement", "observation", "procedure_occurrence")).toPandas()
     compared = 0
-    for row in ours.itertuples():
+    for row in ours[ours["check_level"] != "TABLE"].itertuples():  # table level: the whole table (see quality.py)
         concept = None if row.concept_id != row.concept_id or row.concept_id is None else int(row.concept_id)
         check = theirs.get((row.check_name, row.table_name, row.field_name, concept))
         assert check is not None, f"DQD has no {row.check_name} on {row.table_name}.{row.field_name}"

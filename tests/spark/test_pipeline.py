@@ -58,7 +58,9 @@ def test_rerun_changes_nothing(spark, demo) -> None:
         drop = [c for c in after.columns if c == "updated_at"]
         assert before.drop(columns=drop).sort_values(key).reset_index(drop=True).equals(
             after.drop(columns=drop).sort_values(key).reset_index(drop=True)), name
-    assert demo["second"][0].counts["read"] == 0, "an unchanged export must not be read again"
+    second = {result.stage: result.counts for result in demo["second"]}
+    assert second["extract"]["read"] == 0, "an unchanged export must not be read again"
+    assert set(second["vocabulary"].values()) == {0}, "micdm's concepts are added once"
 
 
 def test_occurrence_values(spark, demo) -> None:

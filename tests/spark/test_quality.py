@@ -57,7 +57,8 @@ def test_a_dangling_person_fails_the_foreign_key_check(spark, empty) -> None:
     person = results.loc[("isForeignKey", "image_occurrence", "person_id")]
     assert (person["rows_violated"], person["rows_checked"], person["status"]) == (2, 2, "failed")
     dates = results.loc[("plausibleValueLow", "image_occurrence", "image_occurrence_date")]
-    assert (dates["rows_violated"], dates["pct_violated"], dates["fatal"], dates["status"]) == (1, 50.0, False, "failed")
+    assert (dates["rows_violated"], dates["pct_violated"], dates["fatal"], dates["status"]) == (
+        1, 50.0, False, "failed")
     empty = results.loc[("isPrimaryKey", "measurement", "measurement_id")]
     assert (empty["rows_checked"], empty["status"]) == (0, "not_evaluated")
 
