@@ -15,7 +15,7 @@ __all__ = ["main"]
 log = logging.getLogger("micdm")
 
 _SUMMARY_TABLES = ("dicom_instance", "dicom_quarantine", "dicom_series", "image_occurrence", "image_feature",
-                   "measurement", "procedure_occurrence")
+                   "measurement", "observation", "procedure_occurrence")
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -168,13 +168,13 @@ def test_micdm_agrees_with_the_data_quality_dashboards_own_sql(spark, site, shar
                     "--tables", "measurement,observation,procedure_occurrence", "--json", str(report)],
                    check=True, capture_output=True, timeout=600)
     theirs = {(c["checkName"], c["cdmTableName"].lower(), (c["cdmFieldName"] or "").lower() or None,
-               int(c["conceptId"]) if c.get("conceptId") else None): c
+               str(c["conceptId"]) if c.get("conceptId") else None): c
               for c in json.loads(report.read_text())["checks"]}
     ours = read_table(spark, locator, "dq_result").where(
         F.col("table_name").isin("measurement", "observation", "procedure_occurrence")).toPandas()
     compared = 0
     for row in ours[ours["check_level"] != "TABLE"].itertuples():  # table level: the whole table (see quality.py)
-        concept = None if row.concept_id != row.concept_id or row.concept_id is None else int(row.concept_id)
+        concept = None if row.concept_id != row.concept_id or row.concept_id is None else str(int(row.concept_id))
         check = theirs.get((row.check_name, row.table_name, row.field_name, concept))
         assert check is not None, f"DQD has no {row.check_name} on {row.table_name}.{row.field_name}"
         where = f"{row.check_name} {row.table_name}.{row.field_name}"
