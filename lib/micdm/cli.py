@@ -62,10 +62,15 @@ def _summary(spark: object, settings: Settings) -> None:
     print()
     _print_table([(name, str(n), where) for name, (n, where) in counts.items()], ("table", "rows", "location"))
     report = latest_link_report(spark, settings)  # type: ignore[arg-type]
-    if report:
+    links = [row for row in report if row[0] != "warning"]
+    if links:
         print()
-        _print_table([(kind, name, str(series), str(studies)) for kind, name, series, studies in report],
+        _print_table([(kind, name, str(series), str(studies)) for kind, name, series, studies in links],
                      ("linkage", "rule / reason", "series", "studies"))
+    for _, _, _, studies in (row for row in report if row[0] == "warning"):
+        print(f"\nwarning: {studies} procedure(s) created on a day the site has a procedure for the same person. "
+              "If those are the imaging procedures, name their concepts in occurrence.procedure_concepts "
+              "(or occurrence.imaging_procedure_roots) so that the window rule links to them.")
 
 
 def _synth(spark: object, settings: Settings, load: bool) -> None:
@@ -102,6 +107,14 @@ def _dry_run(settings: Settings, stages: list[str]) -> None:
         rows[-1] = (rows[-1][0], rows[-1][1], f"image_occurrence, image_feature in {settings.publish.schema} "
                                               f"({settings.publish.mode})")
     _print_table(rows, ("stage", "reads", "writes"))
+    from micdm.errors import SchemaMismatchError
+    from micdm.spark import get_spark
+    from micdm.tables import table_problems
+
+    problems = table_problems(get_spark(settings.spark), locator)
+    if problems:
+        raise SchemaMismatchError("\n".join(problems))
+    print("tables: every existing table can be used as it is")
 
 
 def _run(args: argparse.Namespace) -> None:

@@ -35,6 +35,12 @@ __all__ = [
 ]
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+_TABLE_REFERENCE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}(\.[A-Za-z_][A-Za-z0-9_]{0,127}){0,2}")
+_CDM_TABLE_NAME = re.compile(r"[a-z_]+")
+
+
+#: The site tables micdm adds rows to, and the first id of the block micdm allocates from in each.
+_SITE_ID_BLOCKS = {"procedure_occurrence": 2_000_000_000, "measurement": 2_000_000_000, "observation": 2_000_000_000}
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,8 @@ class StorageSettings:
     schema: str = "micdm"
     warehouse: str = ".micdm/warehouse"
     cdm_schema: str | None = None
+    site_id_blocks: dict[str, int] = field(default_factory=lambda: dict(_SITE_ID_BLOCKS))
+    cdm_tables: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for key in ("catalog", "schema", "cdm_schema"):
@@ -51,6 +59,23 @@ class StorageSettings:
                 raise ConfigError(
                     f"storage.{key}: {value!r} is not a plain identifier (letters, digits, underscore)"
                 )
+        unknown = set(self.site_id_blocks) - set(_SITE_ID_BLOCKS)
+        if unknown:
+            raise ConfigError(f"storage.site_id_blocks: {sorted(unknown)} are not tables micdm adds rows to; "
+                              f"name some of {sorted(_SITE_ID_BLOCKS)}")
+        for name, where in self.cdm_tables.items():
+            if not _CDM_TABLE_NAME.fullmatch(name):
+                raise ConfigError(f"storage.cdm_tables: {name!r} is not a CDM table name")
+            if "/" not in where and not _TABLE_REFERENCE.fullmatch(where):
+                raise ConfigError(f"storage.cdm_tables.{name}: {where!r} is neither a Delta path nor "
+                                  "catalog.schema.table (letters, digits, underscores)")
+        for name, start in self.site_id_blocks.items():
+            if not 0 <= start < 2**31 - 1:
+                raise ConfigError(f"storage.site_id_blocks.{name}: {start!r} is not a 32-bit id")
+
+    def site_id_block(self, table: str) -> int:
+        """First id micdm allocates from in a site table (the configured block, else the default one)."""
+        return self.site_id_blocks.get(table, _SITE_ID_BLOCKS[table])
 
 
 @dataclass(frozen=True)
@@ -101,6 +126,7 @@ class OccurrenceSettings:
     accession_crosswalk: str | None = None
     link_window_days: int = 0
     procedure_concepts: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    imaging_procedure_roots: tuple[int, ...] = ()
     missing_procedure: Literal["create", "exception"] = "create"
     procedure_type_concept_id: int = 32817
     anatomy_vocabulary: Literal["shipped", "site"] = "shipped"

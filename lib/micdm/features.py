@@ -21,6 +21,7 @@ from micdm.dicom.seg import segment_items
 from micdm.dicom.sr import report_items
 from micdm.errors import ConfigError
 from micdm.ids import assign_ids_by_namespace
+from micdm.ownership import release_clashing_ids, site_floor, write_site_rows
 from micdm.schema import FEATURE_ROW, REPORT_ITEM
 from micdm.series import present_instances
 from micdm.tables import TableLocator, conform, merge_into, overwrite, read_table
@@ -299,17 +300,24 @@ def _resolve_concepts(features: DataFrame, spark: SparkSession, locator: TableLo
         c: F.when(outside, F.lit(None)).otherwise(F.col(c)) for c in resolved}).drop("_allowed")
 
 
+_CLINICAL = {"measurement": "measurement_id", "observation": "observation_id"}
+
+
 def _with_ids(spark: SparkSession, locator: TableLocator, features: DataFrame) -> DataFrame:
-    """measurement_id / observation_id (above the site's highest), image_feature_id and image_finding_id."""
-    domains = {"measurement": "measurement_id", "observation": "observation_id"}
-    requests = {domain: (features.where(F.col("domain") == domain),
-                         read_table(spark, locator, domain).agg(F.max(id_column)).first()[0] or 0)
-                for domain, id_column in domains.items()}
-    requests["image_feature"] = (features, 0)
-    requests["image_finding"] = (features.select(F.col("finding_key").alias("natural_key")), 0)
-    ids = assign_ids_by_namespace(spark, locator, requests)
+    """measurement_id / observation_id (in micdm's block of the site's table), image_feature_id and
+    image_finding_id. An id the site has since taken for a row of its own is given up for a new one."""
+    def allocate() -> dict[str, DataFrame]:
+        requests = {domain: (features.where(F.col("domain") == domain), site_floor(spark, locator, domain))
+                    for domain in _CLINICAL}
+        requests["image_feature"] = (features, 0)
+        requests["image_finding"] = (features.select(F.col("finding_key").alias("natural_key")), 0)
+        return assign_ids_by_namespace(spark, locator, requests)
+
+    ids = allocate()
+    if sum(release_clashing_ids(spark, locator, domain, ids[domain]) for domain in _CLINICAL):
+        ids = allocate()
     rows = features
-    for domain, id_column in domains.items():
+    for domain, id_column in _CLINICAL.items():
         rows = rows.join(ids[domain].withColumnRenamed("id", id_column), "natural_key", "left")
     return rows.join(ids["image_feature"].withColumnRenamed("id", "image_feature_id"), "natural_key").join(
         ids["image_finding"].select(F.col("natural_key").alias("finding_key"), F.col("id").alias("image_finding_id")),
@@ -374,8 +382,9 @@ def run_features(spark: SparkSession, locator: TableLocator, settings: Settings)
         F.coalesce("site_site", "occurrence_site_concept_id").alias("anatomic_site_concept_id"),
         "alg_system", "alg_datetime",
     )
-    merge_into(spark, locator, "measurement", measurements, ["measurement_id"])
-    merge_into(spark, locator, "observation", observations, ["observation_id"])
+    restored = write_site_rows(spark, locator, "measurement", measurements) + write_site_rows(
+        spark, locator, "observation", observations)
     merge_into(spark, locator, "image_feature", features_rows, ["image_feature_id"])
-    return {"image_feature": read_table(spark, locator, "image_feature").count(),
-            "feature_quarantine": read_table(spark, locator, "feature_quarantine").count()}
+    counts = {"image_feature": read_table(spark, locator, "image_feature").count(),
+              "feature_quarantine": read_table(spark, locator, "feature_quarantine").count()}
+    return {**counts, "restored": restored} if restored else counts

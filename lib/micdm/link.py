@@ -17,6 +17,7 @@ Series that cannot be linked are never dropped: each gets a row in link_exceptio
 from __future__ import annotations
 
 import enum
+import logging
 import re
 from dataclasses import dataclass
 
@@ -25,12 +26,21 @@ from pyspark.sql import functions as F
 
 from micdm.config import OccurrenceSettings, Settings
 from micdm.ids import allocated_ids, assign_ids
-from micdm.tables import TableLocator, append, merge_into, overwrite, read_table, site_table
+from micdm.ownership import release_clashing_ids, remove_site_rows, site_floor, write_site_rows
+from micdm.tables import TableLocator, append, overwrite, read_table, site_table
 from micdm.vocab import compatible_procedures, modality_procedures
 
-__all__ = ["ExceptionReason", "LinkInputs", "LinkRule", "link_studies", "person_key", "run_link", "study_keys"]
+__all__ = ["WARNING_CREATED_ON_PROCEDURE_DAY", "ExceptionReason", "LinkInputs", "LinkRule", "link_studies",
+           "person_key", "run_link", "study_keys"]
+
+log = logging.getLogger(__name__)
 
 _NON_IMAGE_MODALITIES = ("SR", "SEG", "KO", "PR", "RWV", "ANN", "REG", "DOC")
+
+
+#: link_report name (kind 'warning') of the studies for which micdm created a procedure on a day the site has
+#: one for the same person: most likely the imaging procedure, with a concept the window rule does not accept.
+WARNING_CREATED_ON_PROCEDURE_DAY = "created_on_site_procedure_day"
 
 
 class LinkRule(str, enum.Enum):
@@ -148,7 +158,7 @@ def link_studies(inputs: LinkInputs, window_days: int) -> DataFrame:
 
 
 def _containing_visits(links: DataFrame, visit: DataFrame) -> DataFrame:
-    """study_instance_uid -> the person's visit containing the image date (earliest start, lowest id)."""
+    """study_instance_uid -> the person's visit containing the image date (nearest start, then lowest id)."""
     return _first_by(
         links.select("study_instance_uid", "person_id", "image_date").join(
             visit.select(F.col("person_id").alias("v_person"), "visit_occurrence_id", "visit_start_date",
@@ -156,19 +166,24 @@ def _containing_visits(links: DataFrame, visit: DataFrame) -> DataFrame:
             (F.col("person_id") == F.col("v_person"))
             & F.col("image_date").between(F.col("visit_start_date"), F.col("visit_end_date")),
         ),
-        "study_instance_uid", "visit_start_date", "visit_occurrence_id",
+        "study_instance_uid", F.col("visit_start_date").desc(), "visit_occurrence_id",
     ).select("study_instance_uid", F.col("visit_occurrence_id").alias("containing_visit"))
 
 
-def _create_procedures(spark: SparkSession, locator: TableLocator, settings: Settings, unlinked: DataFrame,
-                       floor: int) -> DataFrame:
-    """Allocate and write one procedure_occurrence per unlinked study; returns study -> procedure id.
+def _create_procedures(spark: SparkSession, locator: TableLocator, settings: Settings, unlinked: DataFrame
+                       ) -> tuple[DataFrame, int]:
+    """Allocate and write one procedure_occurrence per unlinked study; returns (study -> procedure id, rows
+    restored after a reload of the site's table).
 
-    Ids come from id_map keyed on the study UID, above ``floor`` (the site's highest id), so a re-run
-    re-uses them.
+    Ids come from id_map keyed on the study UID, in micdm's block of the site's table, so a re-run re-uses
+    them; an id the site has since taken for a row of its own is given up for a new one (ownership.py).
     """
-    ids = assign_ids(spark, locator, "procedure_occurrence",
-                     unlinked.select(F.col("study_instance_uid").alias("natural_key")), floor=floor)
+    keys = unlinked.select(F.col("study_instance_uid").alias("natural_key"))
+    ids = assign_ids(spark, locator, "procedure_occurrence", keys, floor=site_floor(spark, locator,
+                                                                                   "procedure_occurrence"))
+    if release_clashing_ids(spark, locator, "procedure_occurrence", ids):
+        ids = assign_ids(spark, locator, "procedure_occurrence", keys,
+                         floor=site_floor(spark, locator, "procedure_occurrence"))
     created = unlinked.join(ids, unlinked["study_instance_uid"] == ids["natural_key"]).join(
         modality_procedures(spark, locator), "modality", "left")
     rows = created.select(
@@ -182,8 +197,8 @@ def _create_procedures(spark: SparkSession, locator: TableLocator, settings: Set
         F.coalesce(F.substring("accession_number", 1, 50), F.expr("right(study_instance_uid, 50)"))
         .alias("procedure_source_value"),
     )
-    merge_into(spark, locator, "procedure_occurrence", rows, ["procedure_occurrence_id"])
-    return created.select("study_instance_uid", F.col("id").alias("_created"))
+    restored = write_site_rows(spark, locator, "procedure_occurrence", rows)
+    return created.select("study_instance_uid", F.col("id").alias("_created")), restored
 
 
 def _site_persons(spark: SparkSession, locator: TableLocator, cfg: OccurrenceSettings) -> DataFrame:
@@ -247,24 +262,35 @@ def run_link(spark: SparkSession, locator: TableLocator, settings: Settings, run
         if not cfg.person_crosswalk else F.col("patient_id"))
     site_procedures = _site_procedures(spark, locator, cfg)
     inputs = LinkInputs(series=series, persons=_site_persons(spark, locator, cfg), procedures=site_procedures,
-                        compatible=compatible_procedures(spark, cfg.procedure_concepts))
+                        compatible=compatible_procedures(spark, locator, cfg.procedure_concepts,
+                                                         cfg.imaging_procedure_roots))
     links = link_studies(inputs, cfg.link_window_days).localCheckpoint(eager=True)  # read twice just below
     links = links.join(_containing_visits(links, read_table(spark, locator, "visit_occurrence")),
                        "study_instance_uid", "left").localCheckpoint(eager=True)
     unlinked = links.where(F.col("procedure_occurrence_id").isNull() & F.col("person_id").isNotNull()
                            & F.col("image_date").isNotNull())
+    restored, same_day = 0, 0
     if cfg.missing_procedure == "create" and unlinked.take(1):
-        floor = site_procedures.agg(F.max("procedure_occurrence_id")).first()[0] or 0
-        created = _create_procedures(spark, locator, settings, unlinked, floor)
+        created, restored = _create_procedures(spark, locator, settings, unlinked)
+        same_day = unlinked.join(site_procedures.select("person_id", F.col("procedure_date").alias("image_date")),
+                                 ["person_id", "image_date"], "left_semi").count()
         links = links.join(created, "study_instance_uid", "left").withColumns({
             "link_rule": F.coalesce("link_rule", F.when(F.col("_created").isNotNull(),
                                                         F.lit(LinkRule.CREATED.value))),
             "procedure_occurrence_id": F.coalesce("procedure_occurrence_id", "_created"),
         }).drop("_created")
+    # The procedure's own visit when it contains the image date (an ER visit inside an admission), else the
+    # visit that does, else the procedure's visit.
+    visits = read_table(spark, locator, "visit_occurrence").select(
+        F.col("visit_occurrence_id").alias("procedure_visit"), F.col("visit_start_date").alias("_start"),
+        F.col("visit_end_date").alias("_end"))
     procedure_visits = read_table(spark, locator, "procedure_occurrence").select(
-        "procedure_occurrence_id", F.col("visit_occurrence_id").alias("procedure_visit"))
+        "procedure_occurrence_id", F.col("visit_occurrence_id").alias("procedure_visit")).join(
+        visits, "procedure_visit", "left")
     links = links.join(procedure_visits, "procedure_occurrence_id", "left").withColumn(
-        "visit_occurrence_id", F.coalesce("containing_visit", "procedure_visit"))
+        "visit_occurrence_id", F.when(F.col("image_date").between(F.col("_start"), F.col("_end")),
+                                      F.col("procedure_visit"))
+        .otherwise(F.coalesce("containing_visit", "procedure_visit"))).drop("_start", "_end")
     series_links = _series_links(series, links)
     overwrite(locator, "series_link", series_links)
     stored = read_table(spark, locator, "series_link")
@@ -274,6 +300,32 @@ def run_link(spark: SparkSession, locator: TableLocator, settings: Settings, run
         "image_series_uid", "image_study_uid", F.col("exception_reason").alias("reason"),
         details[F.col("exception_reason")].alias("detail"),
         "updated_at"))
-    report = _report(stored, run_id).localCheckpoint(eager=True)
-    append(locator, "link_report", report)
-    return {row["name"]: row["series"] for row in report.orderBy("kind", "name").collect()}
+    _remove_unused_procedures(spark, locator, stored)
+    report = _report(stored, run_id)
+    if same_day:
+        log.warning("link: %d procedure(s) created on a day the site has a procedure for the same person; if those "
+                    "are the imaging procedures, list their concepts in occurrence.procedure_concepts (or set "
+                    "occurrence.imaging_procedure_roots)", same_day)
+        report = report.unionByName(spark.createDataFrame(
+            [(run_id, "warning", WARNING_CREATED_ON_PROCEDURE_DAY, same_day)],
+            "run_id string, kind string, name string, studies int").select(
+            "run_id", F.current_timestamp().alias("reported_at"), "kind", "name", F.lit(None).cast("int").alias(
+                "series"), "studies"))
+    report = report.localCheckpoint(eager=True)
+    append(locator, "link_report", report.fillna(0, ["series"]))
+    counts = {row["name"]: row["series"] for row in report.where(F.col("kind") != "warning")
+              .orderBy("kind", "name").collect()}
+    if same_day:
+        counts[WARNING_CREATED_ON_PROCEDURE_DAY] = same_day
+    return {**counts, "restored": restored} if restored else counts
+
+
+def _remove_unused_procedures(spark: SparkSession, locator: TableLocator, links: DataFrame) -> None:
+    """Procedures micdm created that no link uses any more (a site procedure now matches their study) leave
+    the site's table; only rows still as micdm wrote them are removed (ownership.py)."""
+    used = links.where(F.col("procedure_occurrence_id").isNotNull()).select("procedure_occurrence_id")
+    unused = allocated_ids(spark, locator, "procedure_occurrence", "id").join(
+        used.select(F.col("procedure_occurrence_id").alias("id")), "id", "left_anti")
+    removed = remove_site_rows(spark, locator, "procedure_occurrence", unused)
+    if removed:
+        log.info("link: %d procedure(s) micdm had created are no longer used and were removed", removed)

@@ -330,6 +330,13 @@ CONCEPT_RELATIONSHIP = table("concept_relationship", "cdm", """
     invalid_reason    varchar(1)
 """)
 
+CONCEPT_ANCESTOR = table("concept_ancestor", "cdm", """
+    ancestor_concept_id       integer  required
+    descendant_concept_id     integer  required
+    min_levels_of_separation  integer  required
+    max_levels_of_separation  integer  required
+""")
+
 VOCABULARY = table("vocabulary", "cdm", """
     vocabulary_id          varchar(20)   required
     vocabulary_name        varchar(255)  required
@@ -369,6 +376,7 @@ CDM_TABLES = (
     OBSERVATION,
     CONCEPT,
     CONCEPT_RELATIONSHIP,
+    CONCEPT_ANCESTOR,
     VOCABULARY,
     DOMAIN,
     CONCEPT_CLASS,
@@ -612,6 +620,15 @@ ID_MAP = table("id_map", "bookkeeping", """
     assigned_at   datetime   required
 """)
 
+#: What micdm wrote into the site's tables (procedure_occurrence, measurement, observation): a fingerprint
+#: per row version, so that a row is updated only while it is still the one micdm wrote.
+SITE_ROW = table("site_row", "bookkeeping", """
+    table_name    string     required
+    id            integer    required
+    fingerprint   bigint     required
+    written_at    datetime   required
+""")
+
 PIPELINE_TABLES = (
     FILE_INVENTORY,
     DICOM_INSTANCE,
@@ -623,6 +640,7 @@ PIPELINE_TABLES = (
     FEATURE_QUARANTINE,
     DQ_RESULT,
     ID_MAP,
+    SITE_ROW,
 )
 
 #: Every persistent table by name.

@@ -24,6 +24,7 @@ from micdm.schema import CDM_TABLES, TABLES, TableDef
 __all__ = [
     "TableLocator",
     "append",
+    "as_stored",
     "conform",
     "create_table",
     "delta_table",
@@ -36,6 +37,7 @@ __all__ = [
     "read_table",
     "schema_problems",
     "site_table",
+    "table_problems",
     "table_properties",
 ]
 
@@ -54,11 +56,18 @@ class TableLocator:
         return self.storage.schema
 
     def path(self, name: str) -> str | None:
-        """The table's folder in the local warehouse, None when tables live in a catalog."""
+        """The table's Delta folder (in the local warehouse, or where storage.cdm_tables puts it), None when
+        the table lives in a catalog."""
+        named = self.storage.cdm_tables.get(name)
+        if named is not None:
+            return named if "/" in named else None
         return self._folder(self.schema_of(name), name)
 
     def ref(self, name: str) -> str:
         """What SQL statements use to name the table."""
+        named = self.storage.cdm_tables.get(name)
+        if named is not None:
+            return f"delta.`{named}`" if "/" in named else ".".join(f"`{part}`" for part in named.split("."))
         return self._sql_ref(self.schema_of(name), name)
 
     def site_ref(self, name: str) -> str:
@@ -76,7 +85,8 @@ class TableLocator:
 
     def where(self, name: str) -> str:
         """Human-readable location for summaries."""
-        return self.path(name) or f"{self.storage.catalog}.{self.schema_of(name)}.{name}"
+        return self.path(name) or self.storage.cdm_tables.get(name) or \
+            f"{self.storage.catalog}.{self.schema_of(name)}.{name}"
 
 
 def _exists(spark: SparkSession, locator: TableLocator, name: str) -> bool:
@@ -100,7 +110,7 @@ def create_table(spark: SparkSession, locator: TableLocator, table: TableDef) ->
     ref = locator.ref(table.name)
     created = not _exists(spark, locator, table.name)
     if created:
-        if locator.storage.catalog:
+        if locator.storage.catalog and table.name not in locator.storage.cdm_tables:
             spark.sql(f"CREATE SCHEMA IF NOT EXISTS `{locator.storage.catalog}`.`{locator.schema_of(table.name)}`")
         properties = ""
         if table.stats_columns:
@@ -146,6 +156,17 @@ def _mismatch_message(locator: TableLocator, table: TableDef, problems: list[str
         fix = (f"this is one of micdm's own tables: point storage.schema elsewhere, or drop "
                f"{locator.where(table.name)} and let micdm create it again")
     return f"{locator.where(table.name)} cannot be used as {table.name}: {'; '.join(problems)}. Fix: {fix}"
+
+
+def table_problems(spark: SparkSession, locator: TableLocator) -> list[str]:
+    """What create_table would refuse, for every table that exists: one message per unusable table."""
+    problems = []
+    for table in TABLES.values():
+        if _exists(spark, locator, table.name):
+            found = schema_problems(table, spark.table(locator.ref(table.name)).schema)
+            if found:
+                problems.append(_mismatch_message(locator, table, found))
+    return problems
 
 
 def init_tables(spark: SparkSession, locator: TableLocator, names: Iterable[str] | None = None) -> dict[str, bool]:
@@ -213,7 +234,7 @@ def merge_into(
     """
     target = delta_table(spark, locator, name)
     condition = _key_condition(keys)
-    builder = target.alias("t").merge(_as_stored(spark, locator, name, conform(updates, TABLES[name])).alias("s"),
+    builder = target.alias("t").merge(as_stored(spark, locator, name, conform(updates, TABLES[name])).alias("s"),
                                       condition)
     if update_existing:
         builder = builder.whenMatchedUpdateAll()
@@ -257,7 +278,7 @@ def append(locator: TableLocator, name: str, rows: DataFrame) -> None:
     _write(locator, name, rows, "append")
 
 
-def _as_stored(spark: SparkSession, locator: TableLocator, name: str, rows: DataFrame) -> DataFrame:
+def as_stored(spark: SparkSession, locator: TableLocator, name: str, rows: DataFrame) -> DataFrame:
     """``rows`` cast to the stored table's column types where a site chose other numeric widths."""
     if TABLES[name].layer != "cdm":
         return rows
@@ -269,7 +290,7 @@ def _as_stored(spark: SparkSession, locator: TableLocator, name: str, rows: Data
 def _write(locator: TableLocator, name: str, rows: DataFrame, mode: str, table: TableDef | None = None) -> None:
     shaped = conform(rows, table or TABLES[name])
     if table is None:
-        shaped = _as_stored(shaped.sparkSession, locator, name, shaped)
+        shaped = as_stored(shaped.sparkSession, locator, name, shaped)
     writer = shaped.write.format("delta").mode(mode)
     path = locator.path(name)
     if path is not None:

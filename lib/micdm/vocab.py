@@ -78,15 +78,25 @@ def modality_procedures(spark: SparkSession, locator: TableLocator) -> DataFrame
                       "procedure_concept_id", "left_semi")
 
 
-def compatible_procedures(spark: SparkSession, configured: dict[str, tuple[int, ...]]) -> DataFrame:
+def compatible_procedures(spark: SparkSession, locator: TableLocator, configured: dict[str, tuple[int, ...]],
+                          roots: tuple[int, ...] = ()) -> DataFrame:
     """(modality, procedure_concept_id) pairs a date-window link accepts.
 
-    A modality named in ``configured`` (occurrence.procedure_concepts) gets exactly those concepts;
-    every other modality keeps the concept shipped for it.
+    A modality named in ``configured`` (occurrence.procedure_concepts) gets exactly those concepts; every
+    other modality keeps the concept shipped for it. Where the site's CONCEPT_ANCESTOR holds rows, the
+    descendants of those concepts count too, and the descendants of ``roots`` (imaging procedures of any
+    modality) count for every modality.
     """
     pairs = [(m, c) for m, ids in configured.items() for c in ids]
     pairs += [(m, c) for m, c in modality_concepts().items() if m not in configured]
-    return spark.createDataFrame(pairs, schema="modality string, procedure_concept_id int")
+    direct = spark.createDataFrame(pairs, schema="modality string, procedure_concept_id int")
+    modalities = sorted({m for m, _ in pairs})
+    ancestors = direct.unionByName(spark.createDataFrame(
+        [(m, r) for m in modalities for r in roots], schema="modality string, procedure_concept_id int"))
+    descendants = ancestors.join(read_table(spark, locator, "concept_ancestor").select(
+        F.col("ancestor_concept_id").alias("procedure_concept_id"), "descendant_concept_id"), "procedure_concept_id"
+    ).select("modality", F.col("descendant_concept_id").alias("procedure_concept_id"))
+    return direct.unionByName(descendants).distinct()
 
 
 def body_part_sites(spark: SparkSession) -> DataFrame:

@@ -5,10 +5,14 @@ DataQualityDashboard's own check SQL (run by ../shared/tools/dqd/run_dqd.py in D
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import logging
 import re
+import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -16,9 +20,10 @@ from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pyspark.sql import functions as F
 
-from micdm.config import load_settings
+from micdm.config import Settings, load_settings
 from micdm.ids import allocated_ids
-from micdm.pipeline import run_pipeline
+from micdm.link import WARNING_CREATED_ON_PROCEDURE_DAY
+from micdm.pipeline import run_pipeline, run_stage
 from micdm.schema import CDM_TABLES
 from micdm.tables import TableLocator, read_table
 
@@ -34,6 +39,8 @@ ACQUISITION = {
     "MR": {"SliceThickness": "5.0", "MagneticFieldStrength": "1.5", "RepetitionTime": "500", "EchoTime": "15",
            "FlipAngle": "90", "PixelSpacing": ["0.9", "0.9"]},
 }
+#: Where the site's imaging procedure concepts are not the ones shipped per modality, a site names them.
+SITE_CONCEPTS = "occurrence.procedure_concepts={CR: [4163872], DX: [4195803], US: [4060626, 4230911], MR: [44784284]}"
 #: Every check that fails on micdm's rows at the DataQualityDashboard's thresholds, and why (README, "Quality").
 EXPECTED_FAILURES = {
     # DICOM attribute concepts are non-standard (vocabulary.attribute_concepts: nonstandard, the default)
@@ -94,31 +101,50 @@ def _write_series(folder: Path, patient_id: str, date: str, modality: str, body_
         ds.save_as(target, enforce_file_format=True)
 
 
+@dataclass(frozen=True)
+class SiteExport:
+    """The site's CDM as its DDL and CSVs left it (a template to copy), and the DICOM its PACS holds."""
+
+    cdm: Path
+    dicom: Path
+    imaging: list
+    """The site's imaging procedure rows, each with a DICOM study."""
+    mr: tuple[int, dt.date]
+    """(person_id, date) of the MR study no site procedure was recorded for."""
+
+    def warehouse(self, target: Path, *overrides: str) -> Settings:
+        """A warehouse holding a fresh copy of the site's CDM, and site-style settings pointing at it."""
+        shutil.copytree(self.cdm, target / "cdm")
+        return load_settings(REPO / "conf" / "local.yml", [
+            f"storage.warehouse={target}", "storage.cdm_schema=cdm", f"sources.roots=[{self.dicom}]", *overrides])
+
+
 @pytest.fixture(scope="module")
-def site(spark, shared: Path, tmp_path_factory):
-    root = tmp_path_factory.mktemp("site")
-    warehouse = root / "warehouse"
-    _create_site(spark, shared, warehouse / "cdm")
-    procedures = read_table(spark, TableLocator(load_settings(None, [f"storage.warehouse={warehouse}",
-                                                                      "storage.cdm_schema=cdm"]).storage),
-                            "procedure_occurrence").where(F.col("procedure_concept_id").isin(*IMAGING))
-    persons = {r.person_id: r.person_source_value for r in spark.read.format("delta").load(
-        str(warehouse / "cdm" / "person")).collect()}
-    dicom = root / "dicom"
-    imaging = procedures.collect()
+def export(spark, shared: Path, tmp_path_factory) -> SiteExport:
+    root = tmp_path_factory.mktemp("site_export")
+    _create_site(spark, shared, root / "cdm")
+
+    def table(name: str):
+        return spark.read.format("delta").load(str(root / "cdm" / name))
+
+    persons = {r.person_id: r.person_source_value for r in table("person").collect()}
+    imaging = table("procedure_occurrence").where(F.col("procedure_concept_id").isin(*IMAGING)).collect()
     for row in imaging:
         modality, body_part = IMAGING[row.procedure_concept_id]
-        _write_series(dicom, persons[row.person_id], str(row.procedure_date), modality, body_part,
+        _write_series(root / "dicom", persons[row.person_id], str(row.procedure_date), modality, body_part,
                       f"p{row.procedure_occurrence_id}")
     # an MR study the site has no procedure for, on the day of one of the person's visits
-    visit = spark.read.format("delta").load(str(warehouse / "cdm" / "visit_occurrence")).orderBy(
-        "visit_occurrence_id").first()
-    _write_series(dicom, persons[visit.person_id], str(visit.visit_start_date), "MR", "BRAIN", "mr")
-    settings = load_settings(REPO / "conf" / "local.yml", [
-        f"storage.warehouse={warehouse}", "storage.cdm_schema=cdm", f"sources.roots=[{dicom}]",
-        "occurrence.procedure_concepts={CR: [4163872], DX: [4195803], US: [4060626, 4230911]}"])
+    visit = table("visit_occurrence").orderBy("visit_occurrence_id").first()
+    _write_series(root / "dicom", persons[visit.person_id], str(visit.visit_start_date), "MR", "BRAIN", "mr")
+    return SiteExport(root / "cdm", root / "dicom", imaging, (visit.person_id, visit.visit_start_date))
+
+
+@pytest.fixture(scope="module")
+def site(spark, export: SiteExport, tmp_path_factory):
+    root = tmp_path_factory.mktemp("site")
+    settings = export.warehouse(root / "warehouse", SITE_CONCEPTS)
     run_pipeline(spark, settings)  # raises QualityError if a fatal check failed
-    return dict(settings=settings, locator=TableLocator(settings.storage), imaging=imaging, root=root)
+    return dict(settings=settings, locator=TableLocator(settings.storage), imaging=export.imaging, root=root)
 
 
 def test_the_official_ddl_is_accepted_and_its_types_kept(spark, site) -> None:
@@ -185,3 +211,133 @@ def test_micdm_agrees_with_the_data_quality_dashboards_own_sql(spark, site, shar
             "FAILED" if row.status == "failed" else "passed", row.rows_violated, row.rows_checked), where
         compared += 1
     assert compared > 50
+
+
+# --- the site's ETL reloads its tables between two runs --------------------------------------------------
+
+SITE_TABLES = ("procedure_occurrence", "measurement", "observation")
+
+
+def _micdm_ids(spark, locator: TableLocator, table: str) -> set[int]:
+    return {r.id for r in allocated_ids(spark, locator, table).collect()}
+
+
+def _site_rows(spark, locator: TableLocator, table: str, micdms: set[int] | None = None):
+    """The rows of a site table but those at ``micdms`` (default: the ids micdm now holds), sorted, in pandas."""
+    key = f"{table}_id"
+    ids = _micdm_ids(spark, locator, table) if micdms is None else micdms
+    rows = read_table(spark, locator, table).where(~F.col(key).isin(*ids) if ids else F.lit(True))
+    return rows.toPandas().sort_values(key).reset_index(drop=True)
+
+
+def _reload(spark, locator: TableLocator, export: SiteExport, taken_id: int) -> int:
+    """What a site's ETL does: truncate and insert its tables from its sources, new rows taking ids after its
+    old highest. Its procedure table gains the MR procedure an ordering system recorded late; its measurement
+    table also hands out one id micdm had used (an ETL numbering after the table's highest, micdm's rows
+    included). Returns the new procedure's id."""
+    original = {name: spark.read.format("delta").load(str(export.cdm / name)) for name in SITE_TABLES}
+    new_procedure = original["procedure_occurrence"].agg(F.max("procedure_occurrence_id")).first()[0] + 1
+    person, date = export.mr
+    procedure = original["procedure_occurrence"].limit(1).select(
+        F.lit(new_procedure).alias("procedure_occurrence_id"), F.lit(person).alias("person_id"),
+        F.lit(44784284).alias("procedure_concept_id"), F.lit(date).alias("procedure_date"),
+        *[F.lit(None).cast(f.dataType).alias(f.name) for f in original["procedure_occurrence"].schema.fields
+          if f.name not in ("procedure_occurrence_id", "person_id", "procedure_concept_id", "procedure_date")])
+    measurement = original["measurement"].orderBy("measurement_id").limit(1).withColumn(
+        "measurement_id", F.lit(taken_id)).withColumn("value_source_value", F.lit("the site's own row"))
+    reloaded = {"procedure_occurrence": original["procedure_occurrence"].unionByName(procedure),
+                "measurement": original["measurement"].unionByName(measurement),
+                "observation": original["observation"]}
+    for name, rows in reloaded.items():
+        stored = read_table(spark, locator, name).schema
+        rows.select(*[F.col(f.name).cast(f.dataType) for f in stored.fields]).localCheckpoint() \
+            .write.format("delta").mode("overwrite").save(locator.path(name))
+    return new_procedure
+
+
+@pytest.fixture(scope="module")
+def reloaded(spark, export: SiteExport, tmp_path_factory):
+    root = tmp_path_factory.mktemp("reloaded")
+    settings = export.warehouse(root / "warehouse", SITE_CONCEPTS.replace(", MR: [44784284]", ""),
+                                "occurrence.missing_procedure=exception")
+    locator = TableLocator(settings.storage)
+    schemas = {name: read_table(spark, locator, name).schema for name in SITE_TABLES}
+    first = {r.stage: r.counts for r in run_pipeline(spark, settings)}
+    after_first = {name: _site_rows(spark, locator, name) for name in SITE_TABLES}
+    ids_first = {name: _micdm_ids(spark, locator, name) for name in SITE_TABLES}
+    taken = min(ids_first["measurement"])
+    taken_key = allocated_ids(spark, locator, "measurement").join(read_table(spark, locator, "id_map").where(
+        "namespace = 'measurement'"), "id").where(F.col("id") == taken).first().natural_key
+    new_procedure = _reload(spark, locator, export, taken)
+    before_second = {name: _site_rows(spark, locator, name, ids_first[name] - {taken}) for name in SITE_TABLES}
+    # the site now records MR procedures too, and names their concept
+    settings = load_settings(REPO / "conf" / "local.yml", [
+        f"storage.warehouse={root / 'warehouse'}", "storage.cdm_schema=cdm", f"sources.roots=[{export.dicom}]",
+        SITE_CONCEPTS, "occurrence.missing_procedure=exception"])
+    second = {r.stage: r.counts for r in run_pipeline(spark, settings)}
+    return dict(locator=locator, schemas=schemas, first=first, second=second, after_first=after_first,
+                before_second=before_second, taken=taken, taken_key=taken_key, new_procedure=new_procedure,
+                original={name: spark.read.format("delta").load(str(export.cdm / name)).toPandas()
+                          .sort_values(f"{name}_id").reset_index(drop=True) for name in SITE_TABLES})
+
+
+def test_no_site_row_changes_in_either_run(spark, reloaded) -> None:
+    for name in SITE_TABLES:
+        assert reloaded["after_first"][name].equals(reloaded["original"][name]), f"{name}, first run"
+        assert _site_rows(spark, reloaded["locator"], name).equals(reloaded["before_second"][name]), \
+            f"{name}, second run"
+        assert read_table(spark, reloaded["locator"], name).schema == reloaded["schemas"][name], name
+
+
+def test_a_reload_that_dropped_micdms_rows_gets_them_back(spark, reloaded) -> None:
+    locator = reloaded["locator"]
+    assert reloaded["second"]["features"]["restored"] > 0
+    for name in ("measurement", "observation"):
+        present = {r[0] for r in read_table(spark, locator, name).select(f"{name}_id").collect()}
+        assert _micdm_ids(spark, locator, name) <= present, name
+    features = read_table(spark, locator, "image_feature")
+    for name, concept in (("measurement", 1147330), ("observation", 1147304)):
+        rows = read_table(spark, locator, name)
+        pointing = features.where(F.col("table_concept_id") == concept)
+        assert pointing.join(rows, pointing.table_row_id == rows[f"{name}_id"], "left_anti").count() == 0
+
+
+def test_an_id_the_site_took_is_left_to_the_site(spark, reloaded) -> None:
+    locator = reloaded["locator"]
+    row = read_table(spark, locator, "measurement").where(F.col("measurement_id") == reloaded["taken"]).first()
+    assert row.value_source_value == "the site's own row"
+    moved = read_table(spark, locator, "id_map").where(
+        (F.col("namespace") == "measurement") & (F.col("natural_key") == reloaded["taken_key"])).first()
+    assert moved.id != reloaded["taken"] and moved.id > reloaded["taken"]
+
+
+def test_no_id_micdm_holds_is_a_site_id(spark, reloaded) -> None:
+    for name in SITE_TABLES:
+        site_ids = set(_site_rows(spark, reloaded["locator"], name)[f"{name}_id"])
+        assert not _micdm_ids(spark, reloaded["locator"], name) & site_ids, name
+        assert min(_micdm_ids(spark, reloaded["locator"], name) or {2_000_000_000}) >= 2_000_000_000, name
+
+
+def test_the_new_site_procedure_links_the_excepted_study(spark, reloaded) -> None:
+    assert reloaded["first"]["link"].get("no_matching_procedure") == 1
+    assert "no_matching_procedure" not in reloaded["second"]["link"]
+    occurrences = read_table(spark, reloaded["locator"], "image_occurrence").where(F.col("modality") == "MR")
+    assert [r.procedure_occurrence_id for r in occurrences.collect()] == [reloaded["new_procedure"]]
+
+
+def test_default_settings_warn_of_procedures_created_beside_the_sites(spark, export: SiteExport, tmp_path,
+                                                                       caplog) -> None:
+    """Without the site's concepts, the window rule finds no compatible procedure and micdm creates one per
+    study: on the day of the site's own imaging procedure for all of them, which the run warns of."""
+    settings = export.warehouse(tmp_path / "warehouse")
+    for stage in ("vocabulary", "extract", "series"):
+        run_stage(spark, settings, stage)
+    with caplog.at_level(logging.WARNING, logger="micdm.link"):
+        counts = run_stage(spark, settings, "link").counts
+    procedures = spark.read.format("delta").load(str(export.cdm / "procedure_occurrence"))
+    person, date = export.mr
+    mr_beside = procedures.where((F.col("person_id") == person) & (F.col("procedure_date") == date)).count() > 0
+    expected = len({(r.person_id, r.procedure_date) for r in export.imaging}) + int(mr_beside)
+    assert counts[WARNING_CREATED_ON_PROCEDURE_DAY] == expected
+    assert f"link: {expected} procedure(s) created on a day the site has a procedure" in caplog.text
+    assert "occurrence.procedure_concepts" in caplog.text

@@ -1,0 +1,102 @@
+"""Rows micdm adds to the site's own CDM tables (procedure_occurrence, measurement, observation).
+
+A site's ETL owns those tables and reloads them at will. So micdm takes the ids of its rows from a block
+of its own (storage.site_id_blocks), far above the site's, and keeps a fingerprint of every row version it
+writes (site_row). Before a write, each id micdm is about to use is checked: a row there that is none of
+micdm's versions belongs to someone else, so its key is given a new id instead of being merged over. A
+row of micdm's that a reload dropped is simply written again, with the same id, and counted as restored.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from micdm.schema import TABLES
+from micdm.tables import TableLocator, append, as_stored, conform, delta_table, merge_into, read_table
+
+__all__ = ["SITE_TABLES", "release_clashing_ids", "remove_site_rows", "site_floor", "write_site_rows"]
+
+log = logging.getLogger(__name__)
+
+#: The site tables micdm adds rows to; the id_map namespace of each is the table's name.
+SITE_TABLES = ("procedure_occurrence", "measurement", "observation")
+
+
+def _fingerprint(table: str) -> Column:
+    """One number for a row as stored: each of the table's CDM columns, in the stored types."""
+    return F.xxhash64(*[F.col(f"`{c}`") for c in TABLES[table].schema.fieldNames()])
+
+
+def site_floor(spark: SparkSession, locator: TableLocator, table: str) -> int:
+    """The id above which micdm allocates in ``table``: its block, or the table's highest id when the
+    site's own ids have reached the block."""
+    highest = read_table(spark, locator, table).agg(F.max(f"{table}_id")).first()[0] or 0
+    return max(locator.storage.site_id_block(table) - 1, highest)
+
+
+def _recorded(spark: SparkSession, locator: TableLocator, table: str) -> DataFrame:
+    return read_table(spark, locator, "site_row").where(F.col("table_name") == table).select("id", "fingerprint")
+
+
+def release_clashing_ids(spark: SparkSession, locator: TableLocator, table: str, ids: DataFrame) -> int:
+    """Forget (in id_map) every id among ``ids`` (one column ``id``) whose row in ``table`` is none of the
+    versions micdm wrote, so that the next allocation gives its key a new id. Returns how many.
+
+    A table for which micdm has recorded nothing yet (a warehouse from before fingerprints) is trusted as is.
+    """
+    recorded = _recorded(spark, locator, table)
+    if not recorded.take(1):
+        return 0
+    key = f"{table}_id"
+    stored = read_table(spark, locator, table)
+    present = stored.join(ids.select(F.col("id").alias(key)).distinct(), key, "left_semi")
+    present = present.select(F.col(key).alias("id"), _fingerprint(table).alias("fingerprint"))
+    clashing = present.join(recorded, ["id", "fingerprint"], "left_anti").select("id").localCheckpoint()
+    count = clashing.count()
+    if count:
+        log.warning("%s: %d id(s) micdm had allocated now hold rows micdm did not write (the site reused them); "
+                    "their rows get new ids", table, count)
+        delta_table(spark, locator, "id_map").alias("t").merge(
+            clashing.withColumn("namespace", F.lit(table)).alias("s"),
+            "t.namespace = s.namespace AND t.id = s.id").whenMatchedDelete().execute()
+    return count
+
+
+def write_site_rows(spark: SparkSession, locator: TableLocator, table: str, rows: DataFrame) -> int:
+    """MERGE micdm's rows into a site table by id, after recording their fingerprints; returns how many of
+    them were missing although micdm had written them before (a reload dropped them) and are restored.
+
+    The fingerprints are appended before the MERGE, so a crash between the two leaves rows that a re-run
+    still recognises as micdm's.
+    """
+    key = f"{table}_id"
+    shaped = as_stored(spark, locator, table, conform(rows, TABLES[table])).localCheckpoint()
+    recorded = _recorded(spark, locator, table)
+    restored = recorded.select(F.col("id").alias(key)).distinct().join(shaped.select(key), key, "left_semi").join(
+        read_table(spark, locator, table).select(key), key, "left_anti").count()
+    fresh = shaped.select(F.lit(table).alias("table_name"), F.col(key).alias("id"),
+                          _fingerprint(table).alias("fingerprint"), F.current_timestamp().alias("written_at"))
+    append(locator, "site_row", fresh.join(recorded, ["id", "fingerprint"], "left_anti"))
+    merge_into(spark, locator, table, shaped, [key])
+    if restored:
+        log.info("%s: %d row(s) micdm wrote before were missing (the site reloaded its table) and are restored",
+                 table, restored)
+    return restored
+
+
+def remove_site_rows(spark: SparkSession, locator: TableLocator, table: str, ids: DataFrame) -> int:
+    """Delete the rows of ``table`` at ``ids`` (one column ``id``) that are still as micdm wrote them; a row
+    the site has put at such an id stays. Returns how many were deleted."""
+    key = f"{table}_id"
+    stored = read_table(spark, locator, table)
+    ours = stored.join(ids.select(F.col("id").alias(key)).distinct(), key, "left_semi").select(
+        F.col(key).alias("id"), _fingerprint(table).alias("fingerprint")).join(
+        _recorded(spark, locator, table), ["id", "fingerprint"], "left_semi").select("id").localCheckpoint()
+    count = ours.count()
+    if count:
+        delta_table(spark, locator, table).alias("t").merge(ours.alias("s"), f"t.`{key}` = s.id") \
+            .whenMatchedDelete().execute()
+    return count
