@@ -53,9 +53,14 @@ def acquisition_parameters(instances: DataFrame, keywords: tuple[str, ...]) -> D
     if unknown:
         raise ConfigError(f"features.acquisition_attributes: {unknown} are not supported; choose from "
                           f"{sorted(set(known) & set(HEADER_ATTRIBUTES))}")
-    per_series = instances.groupBy("series_instance_uid").agg(
-        *[F.first(HEADER_ATTRIBUTES[k][0], ignorenulls=True).alias(k) for k in keywords]
-    )
+    # the value and the header's own text of one instance: the first that has the attribute
+    per_series = instances.groupBy("series_instance_uid").agg(*[
+        F.first(F.when(F.col(HEADER_ATTRIBUTES[k][0]).isNotNull(), F.struct(
+            F.col(HEADER_ATTRIBUTES[k][0]).alias("value"),
+            F.get_json_object("acquisition_text", f"$.{k}").alias("text"))), ignorenulls=True).alias(k)
+        for k in keywords])
+    per_series = per_series.select("series_instance_uid", *[F.col(f"{k}.value").alias(k) for k in keywords],
+                                   *[F.col(f"{k}.text").alias(f"_text_{k}") for k in keywords])
     dtypes = dict(per_series.dtypes)
 
     def number(keyword: str) -> Column:
@@ -66,9 +71,12 @@ def acquisition_parameters(instances: DataFrame, keywords: tuple[str, ...]) -> D
         return F.lit(None).cast("double")
 
     def text(keyword: str) -> Column:
+        """The header's own text (trimmed) where extract kept it, else the value written out."""
         if dtypes[keyword].startswith("array"):
-            return F.array_join(F.col(keyword).cast("array<string>"), "\\")
-        return F.col(keyword).cast("string")
+            written = F.array_join(F.col(keyword).cast("array<string>"), "\\")
+        else:
+            written = F.col(keyword).cast("string")
+        return F.coalesce(F.col(f"_text_{keyword}"), written)
 
     stacked = F.explode(F.array(*[
         F.struct(F.lit(k).alias("keyword"), F.lit(known[k][0]).alias("tag"), F.lit(known[k][1]).alias("unit"),

@@ -167,6 +167,11 @@ class _TableChecks:
         self._join("_death_", deaths, "person_id", "person_id")
         return "_death_"
 
+    def visit(self) -> str:
+        self._join("_visit_", read_table(self.spark, self.locator, "visit_occurrence").select(
+            "visit_occurrence_id", "visit_start_date", "visit_end_date"), "visit_occurrence_id", "visit_occurrence_id")
+        return "_visit_"
+
     def concept_of(self, field_name: str) -> str:
         prefix = f"_c_{field_name}_"
         self._join(prefix, self.concept, "concept_id", field_name)
@@ -304,11 +309,10 @@ def _field_check(table: _TableChecks, control: Control, kinds: dict[str, str]) -
         end = F.col(params["end_field"])
         table.add(control, _to_date(column) > _to_date(end), column.isNotNull() & end.isNotNull())
     elif check == "withinVisitDates":
-        table._join("_visit_", read_table(table.spark, table.locator, "visit_occurrence").select(
-            "visit_occurrence_id", "visit_start_date", "visit_end_date"), "visit_occurrence_id", "visit_occurrence_id")
-        start, end = _to_date(F.col("_visit_visit_start_date")), _to_date(F.col("_visit_visit_end_date"))
+        visit = table.visit()
+        start, end = _to_date(F.col(f"{visit}visit_start_date")), _to_date(F.col(f"{visit}visit_end_date"))
         table.add(control, (_to_date(column) < F.date_sub(start, 7)) | (_to_date(column) > F.date_add(end, 7)),
-                  F.col("_visit_visit_occurrence_id").isNotNull())
+                  F.col(f"{visit}visit_occurrence_id").isNotNull())
     else:
         raise ValueError(f"resources/dqd_checks.csv names a check micdm does not know: {check}")
 

@@ -452,7 +452,9 @@ EXTRACT_RESULT = table("extract_result", "internal", _FILE_COLUMNS + """
     reason               string
     message              string
     signature            string
-""" + _HEADER_COLUMNS)
+""" + _HEADER_COLUMNS + """
+    acquisition_text     string
+""")
 
 FILE_INVENTORY = table("file_inventory", "bronze", _FILE_COLUMNS + """
     first_seen           datetime   required
@@ -467,6 +469,7 @@ DICOM_INSTANCE = table("dicom_instance", "bronze", _FILE_COLUMNS + """
 """ + _HEADER_COLUMNS + """
     extracted_at         datetime   required
     run_id               string     required
+    acquisition_text     string
 """, stats_columns=("path", "sop_instance_uid", "study_instance_uid", "series_instance_uid"))
 
 DICOM_QUARANTINE = table("dicom_quarantine", "bronze", _FILE_COLUMNS + """

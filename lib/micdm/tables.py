@@ -117,10 +117,23 @@ def create_table(spark: SparkSession, locator: TableLocator, table: TableDef) ->
             properties = f" TBLPROPERTIES ('delta.dataSkippingStatsColumns' = '{','.join(table.stats_columns)}')"
         spark.sql(f"CREATE TABLE IF NOT EXISTS {ref} ({table.ddl_columns()}) USING DELTA{properties}")
     else:
+        _add_new_columns(spark, ref, table)
         problems = schema_problems(table, spark.table(ref).schema)
         if problems:
             raise SchemaMismatchError(_mismatch_message(locator, table, problems))
     return created
+
+
+def _add_new_columns(spark: SparkSession, ref: str, table: TableDef) -> None:
+    """Columns a newer micdm appends to one of its own tables (nullable, after the stored ones) are added
+    to an existing table in place, so an upgrade keeps the rows; the site's tables are never altered."""
+    stored = [f.name for f in spark.table(ref).schema.fields]
+    declared = table.schema.fields
+    new = declared[len(stored):]
+    if table.layer == "cdm" or not new or [f.name for f in declared[:len(stored)]] != stored \
+            or not all(f.nullable for f in new):
+        return
+    spark.sql(f"ALTER TABLE {ref} ADD COLUMNS ({', '.join(f'`{f.name}` {f.dataType.simpleString()}' for f in new)})")
 
 
 #: Stored types micdm reads and writes in place of its own: the widths a site's DDL may choose (the

@@ -166,6 +166,8 @@ def test_units_resolve_through_the_sites_vocabulary(spark, site) -> None:
     assert units["00180080"] == ("ms", 9593) and units["00180081"] == ("ms", 9593)  # RepetitionTime, EchoTime
     assert units["00180087"] == ("T", 9646) and units["00181314"] == ("deg", 9484)  # field strength, flip angle
     assert units["00180060"] == ("kV", 0), "kV is not in this vocabulary subset: 0, with the unit kept"
+    values = {r.measurement_source_value: r.value_source_value for r in rows.collect()}
+    assert values["00180060"] in ("110", "76") and values["00180050"] == "5.0", "the header's own text"
 
 
 def test_every_concept_id_micdm_wrote_is_in_the_sites_concept(spark, site, concepts_missing) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from pyspark.sql import Row
+from pyspark.sql.types import StructType
 
 from micdm import schema
 from micdm.schema import TABLES
@@ -63,3 +64,18 @@ def test_delta_rejects_null_in_required_column_and_overlong_uid(spark, settings)
         append(_occurrence_row(image_series_uid="1." + "2" * 249))
     append(_occurrence_row(image_series_uid="1." + "2" * 248))  # exactly 250 is allowed
     assert read_table(spark, locator, "image_occurrence").count() == 2
+
+
+def test_a_column_a_newer_micdm_appends_is_added_in_place(spark, settings) -> None:
+    """An upgrade adds dicom_instance.acquisition_text to an existing table: its rows stay."""
+    locator = TableLocator(settings.storage)
+    table = TABLES["dicom_instance"]
+    assert table.schema.fields[-1].name == "acquisition_text"
+    older = schema.TableDef(table.name, table.layer, StructType(table.schema.fields[:-1]))
+    spark.sql(f"CREATE TABLE {locator.ref(table.name)} ({older.ddl_columns()}) USING DELTA")
+    spark.sql(f"INSERT INTO {locator.ref(table.name)} (path, extracted_at, run_id) "
+              "VALUES ('/data/a.dcm', current_timestamp(), 'r1')")
+    assert init_tables(spark, locator, ["dicom_instance"]) == {"dicom_instance": False}
+    stored = read_table(spark, locator, "dicom_instance")
+    assert stored.columns == table.schema.fieldNames()
+    assert [(r.path, r.acquisition_text) for r in stored.collect()] == [("/data/a.dcm", None)]

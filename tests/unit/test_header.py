@@ -40,6 +40,23 @@ def test_header_record_of_ct_small() -> None:
     assert missing_uids(record) == []
 
 
+def test_numeric_acquisition_attributes_keep_the_headers_own_text() -> None:
+    """Source values are the file's text ('5.000000', '120'), never a number written out again ('5.0')."""
+    import json
+
+    from pydicom.valuerep import DSfloat
+
+    ds = dcmread(get_testdata_file("CT_small.dcm"), stop_before_pixels=True)
+    texts = json.loads(header_record(ds)["acquisition_text"])
+    raw = dcmread(get_testdata_file("CT_small.dcm"), stop_before_pixels=True)
+    assert texts["SliceThickness"] == raw.SliceThickness.original_string  # read through pydicom
+    assert texts["KVP"] == raw.KVP.original_string == "120"
+    assert texts["PixelSpacing"] == "\\".join(v.original_string for v in raw.PixelSpacing)
+    assert "Manufacturer" not in texts, "only numeric attributes: text ones are their own text already"
+    ds.KVP = DSfloat("80.50")  # an element set in memory keeps the text it was given
+    assert json.loads(header_record(ds)["acquisition_text"])["KVP"] == "80.50"
+
+
 def test_bad_value_becomes_null_with_warning() -> None:
     from pydicom.dataelem import RawDataElement
     from pydicom.tag import Tag

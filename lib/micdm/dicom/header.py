@@ -13,13 +13,14 @@ import json
 import re
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 
 from micdm.dicom.walker import dictionary_vr
 
@@ -154,8 +155,11 @@ _TYPED_COLUMNS: dict[str, tuple[str, str, _Converter | None]] = {
     **{_ATTRIBUTE_KEYS[keyword]: (keyword, column, convert)
        for keyword, (column, convert) in HEADER_ATTRIBUTES.items()},
     **{_ATTRIBUTE_KEYS[keyword]: (keyword, column, None) for keyword, column in _DATE_ATTRIBUTES.items()}}
+#: DICOM JSON keys of the numeric acquisition attributes whose own text is kept (acquisition_text).
+_NUMBER_TEXT_KEYS = frozenset(key for key, (_, _, convert) in _TYPED_COLUMNS.items()
+                              if convert in (_first_number, _numbers))
 #: The record of a header holding none of the typed attributes.
-_EMPTY_RECORD = dict.fromkeys(column for _, column, _ in _TYPED_COLUMNS.values())
+_EMPTY_RECORD = dict.fromkeys([*(column for _, column, _ in _TYPED_COLUMNS.values()), "acquisition_text"])
 _CODE_VALUE, _CODING_SCHEME = "00080100", "00080102"
 _CHARSET_TAG = 0x00080005
 
@@ -168,6 +172,18 @@ class EncodedHeader:
     """DICOM JSON key -> element, in the data set's order; elements that could not be encoded are absent."""
     failures: dict[str, str]
     """DICOM JSON key -> the error that kept the element out."""
+    texts: dict[str, str] = field(default_factory=dict)
+    """DICOM JSON key -> the header's own text of each numeric acquisition attribute (DS, IS), before parsing."""
+
+
+def _number_text(element: Any) -> str | None:
+    """The text a DS / IS element holds in the file (values joined by a backslash, padding trimmed)."""
+    if isinstance(element, RawDataElement):
+        return element.value.decode("latin-1").strip("\x00 ") if element.value else None
+    value = element.value
+    values = list(value) if isinstance(value, (list, tuple, MultiValue)) else [value]
+    texts = [getattr(v, "original_string", None) or str(v) for v in values if v is not None and v != ""]
+    return "\\".join(texts) or None
 
 
 def _charset(dataset: Dataset) -> str | None:
@@ -190,16 +206,21 @@ def encode_header(dataset: Dataset) -> EncodedHeader:
     """
     elements: dict[str, dict[str, Any]] = {}
     failures: dict[str, str] = {}
+    texts: dict[str, str] = {}
     charset = _charset(dataset)
     for tag, raw in dataset._dict.items():
         key = f"{int(tag):08X}"
+        if key in _NUMBER_TEXT_KEYS:
+            text = _number_text(raw)
+            if text:
+                texts[key] = text
         try:
             fast = _fast_json(raw, charset) if isinstance(raw, RawDataElement) else None
             elements[key] = fast if fast is not None else dataset[tag].to_json_dict(
                 bulk_data_element_handler=_drop_bulk, bulk_data_threshold=_BULK_THRESHOLD)
         except Exception as error:  # an element that cannot be encoded is left out, not the whole header
             failures[key] = type(error).__name__
-    return EncodedHeader(elements, failures)
+    return EncodedHeader(elements, failures, texts)
 
 
 def _first_or_all(element: dict[str, Any] | None) -> Any:
@@ -250,6 +271,9 @@ def header_record(header: Dataset | EncodedHeader) -> dict[str, Any]:
     except Exception as error:
         record["anatomic_region_code"] = None
         warnings.append(f"AnatomicRegionSequence: {type(error).__name__}")
+    if encoded.texts:
+        record["acquisition_text"] = orjson.dumps(
+            {_TYPED_COLUMNS[key][0]: text for key, text in encoded.texts.items()}).decode("utf-8")
     record["parse_warnings"] = warnings or None
     return record
 
