@@ -311,9 +311,10 @@ def _resolve_concepts(features: DataFrame, spark: SparkSession, locator: TableLo
 _CLINICAL = {"measurement": "measurement_id", "observation": "observation_id"}
 
 
-def _with_ids(spark: SparkSession, locator: TableLocator, features: DataFrame) -> DataFrame:
+def _with_ids(spark: SparkSession, locator: TableLocator, features: DataFrame) -> tuple[DataFrame, int]:
     """measurement_id / observation_id (in micdm's block of the site's table), image_feature_id and
-    image_finding_id. An id the site has since taken for a row of its own is given up for a new one."""
+    image_finding_id. An id the site has since taken for a row of its own is given up for a new one; the
+    second value counts those."""
     def allocate() -> dict[str, DataFrame]:
         requests = {domain: (features.where(F.col("domain") == domain), site_floor(spark, locator, domain))
                     for domain in _CLINICAL}
@@ -322,14 +323,15 @@ def _with_ids(spark: SparkSession, locator: TableLocator, features: DataFrame) -
         return assign_ids_by_namespace(spark, locator, requests)
 
     ids = allocate()
-    if sum(release_clashing_ids(spark, locator, domain, ids[domain]) for domain in _CLINICAL):
+    reallocated = sum(release_clashing_ids(spark, locator, domain, ids[domain]) for domain in _CLINICAL)
+    if reallocated:
         ids = allocate()
     rows = features
     for domain, id_column in _CLINICAL.items():
         rows = rows.join(ids[domain].withColumnRenamed("id", id_column), "natural_key", "left")
     return rows.join(ids["image_feature"].withColumnRenamed("id", "image_feature_id"), "natural_key").join(
         ids["image_finding"].select(F.col("natural_key").alias("finding_key"), F.col("id").alias("image_finding_id")),
-        "finding_key", "left")
+        "finding_key", "left"), reallocated
 
 
 def run_features(spark: SparkSession, locator: TableLocator, settings: Settings) -> dict[str, int]:
@@ -347,7 +349,8 @@ def run_features(spark: SparkSession, locator: TableLocator, settings: Settings)
         quarantine = quarantine.unionByName(rejected, allowMissingColumns=True)  # results have no SOP UID
     overwrite(locator, "feature_quarantine", quarantine.withColumn("quarantined_at", F.current_timestamp()))
     features = _resolve_concepts(features.localCheckpoint(), spark, locator).localCheckpoint()
-    rows = _with_ids(spark, locator, features).localCheckpoint()
+    rows, reallocated = _with_ids(spark, locator, features)
+    rows = rows.localCheckpoint()
     zero = F.lit(0)
     measurements = rows.where(F.col("domain") == "measurement").select(
         "measurement_id", "person_id",
@@ -395,4 +398,5 @@ def run_features(spark: SparkSession, locator: TableLocator, settings: Settings)
     merge_into(spark, locator, "image_feature", features_rows, ["image_feature_id"])
     counts = {"image_feature": read_table(spark, locator, "image_feature").count(),
               "feature_quarantine": read_table(spark, locator, "feature_quarantine").count()}
-    return {**counts, "restored": restored} if restored else counts
+    changes = {"restored": restored, "reallocated": reallocated}
+    return {**counts, **{k: v for k, v in changes.items() if v}}

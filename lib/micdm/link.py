@@ -181,7 +181,7 @@ def _create_procedures(spark: SparkSession, locator: TableLocator, settings: Set
     keys = unlinked.select(F.col("study_instance_uid").alias("natural_key"))
     ids = assign_ids(spark, locator, "procedure_occurrence", keys, floor=site_floor(spark, locator,
                                                                                    "procedure_occurrence"))
-    if release_clashing_ids(spark, locator, "procedure_occurrence", ids):
+    if release_clashing_ids(spark, locator, "procedure_occurrence", ids):  # logged with its count
         ids = assign_ids(spark, locator, "procedure_occurrence", keys,
                          floor=site_floor(spark, locator, "procedure_occurrence"))
     created = unlinked.join(ids, unlinked["study_instance_uid"] == ids["natural_key"]).join(

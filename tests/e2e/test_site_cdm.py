@@ -306,6 +306,7 @@ def test_a_reload_that_dropped_micdms_rows_gets_them_back(spark, reloaded) -> No
 
 def test_an_id_the_site_took_is_left_to_the_site(spark, reloaded) -> None:
     locator = reloaded["locator"]
+    assert reloaded["second"]["features"]["reallocated"] == 1 and "reallocated" not in reloaded["first"]["features"]
     row = read_table(spark, locator, "measurement").where(F.col("measurement_id") == reloaded["taken"]).first()
     assert row.value_source_value == "the site's own row"
     moved = read_table(spark, locator, "id_map").where(
