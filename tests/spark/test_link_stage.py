@@ -69,10 +69,14 @@ def test_rules_visits_and_created_procedures(spark, tmp_path) -> None:
     settings = _settings(tmp_path)
     locator = TableLocator(settings.storage)
     _load(spark, locator)
+    # the site's vocabulary holds the MR procedure concept shipped for the modality: created procedures take it
+    overwrite(locator, "concept", spark.createDataFrame(
+        [(4013636, "MRI", "Procedure", "SNOMED", "Procedure", "S", "113091000", D, D, None)],
+        read_table(spark, locator, "concept").schema))
     counts = run_link(spark, locator, settings, "run-1")
     links = _links(spark, locator)
     created = links["C.1"][1]
-    assert created is not None and created > 11, "created ids start above the site's highest"
+    assert created == 2_000_000_000, "created ids come from micdm's block, far above the site's"
     assert links == {
         "A.1": (1, 10, 102, "accession", None),   # the visit containing the date beats the procedure's visit
         "B.1": (1, 11, 102, "window", None),
@@ -81,7 +85,9 @@ def test_rules_visits_and_created_procedures(spark, tmp_path) -> None:
         "D.1": (None, None, None, None, "person_not_found"),
         "E.1": (1, None, None, None, "no_image_date"),
     }
-    assert counts == {"accession": 1, "created": 2, "window": 1, "no_image_date": 1, "person_not_found": 1}
+    # study C (MR) got a procedure on a day the site has (CT) procedures for the same person: a warning
+    assert counts == {"accession": 1, "created": 2, "window": 1, "no_image_date": 1, "person_not_found": 1,
+                      "created_on_site_procedure_day": 1}
     made = read_table(spark, locator, "procedure_occurrence").where(F.col("procedure_occurrence_id") == created)
     assert [(r.procedure_concept_id, r.procedure_date, r.visit_occurrence_id, r.procedure_source_value)
             for r in made.collect()] == [(4013636, D, 102, "C")]
@@ -90,7 +96,8 @@ def test_rules_visits_and_created_procedures(spark, tmp_path) -> None:
     assert exceptions == {("D.1", "D", "person_not_found"), ("E.1", "E", "no_image_date")}
     report = {(r.kind, r.name): (r.series, r.studies) for r in read_table(spark, locator, "link_report").collect()}
     assert report == {("rule", "accession"): (1, 1), ("rule", "window"): (1, 1), ("rule", "created"): (2, 1),
-                      ("exception", "person_not_found"): (1, 1), ("exception", "no_image_date"): (1, 1)}
+                      ("exception", "person_not_found"): (1, 1), ("exception", "no_image_date"): (1, 1),
+                      ("warning", "created_on_site_procedure_day"): (0, 1)}
 
     run_link(spark, locator, settings, "run-2")
     assert _links(spark, locator) == links, "a re-run links the same way, re-using the created procedure"
