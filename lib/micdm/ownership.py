@@ -17,12 +17,9 @@ from pyspark.sql import functions as F
 from micdm.schema import TABLES
 from micdm.tables import TableLocator, append, as_stored, conform, delta_table, merge_into, read_table
 
-__all__ = ["SITE_TABLES", "release_clashing_ids", "remove_site_rows", "site_floor", "write_site_rows"]
+__all__ = ["release_clashing_ids", "remove_site_rows", "site_floor", "write_site_rows"]
 
 log = logging.getLogger(__name__)
-
-#: The site tables micdm adds rows to; the id_map namespace of each is the table's name.
-SITE_TABLES = ("procedure_occurrence", "measurement", "observation")
 
 
 def _fingerprint(table: str) -> Column:
@@ -41,6 +38,13 @@ def _recorded(spark: SparkSession, locator: TableLocator, table: str) -> DataFra
     return read_table(spark, locator, "site_row").where(F.col("table_name") == table).select("id", "fingerprint")
 
 
+def _stored_at(spark: SparkSession, locator: TableLocator, table: str, ids: DataFrame) -> DataFrame:
+    """(id, fingerprint) of the rows ``table`` holds now at ``ids`` (one column ``id``)."""
+    key = f"{table}_id"
+    stored = read_table(spark, locator, table).join(ids.select(F.col("id").alias(key)).distinct(), key, "left_semi")
+    return stored.select(F.col(key).alias("id"), _fingerprint(table).alias("fingerprint"))
+
+
 def release_clashing_ids(spark: SparkSession, locator: TableLocator, table: str, ids: DataFrame) -> int:
     """Forget (in id_map) every id among ``ids`` (one column ``id``) whose row in ``table`` is none of the
     versions micdm wrote, so that the next allocation gives its key a new id. Returns how many.
@@ -50,11 +54,8 @@ def release_clashing_ids(spark: SparkSession, locator: TableLocator, table: str,
     recorded = _recorded(spark, locator, table)
     if not recorded.take(1):
         return 0
-    key = f"{table}_id"
-    stored = read_table(spark, locator, table)
-    present = stored.join(ids.select(F.col("id").alias(key)).distinct(), key, "left_semi")
-    present = present.select(F.col(key).alias("id"), _fingerprint(table).alias("fingerprint"))
-    clashing = present.join(recorded, ["id", "fingerprint"], "left_anti").select("id").localCheckpoint()
+    clashing = _stored_at(spark, locator, table, ids).join(recorded, ["id", "fingerprint"], "left_anti").select(
+        "id").localCheckpoint()
     count = clashing.count()
     if count:
         log.warning("%s: %d id(s) micdm had allocated now hold rows micdm did not write (the site reused them); "
@@ -90,13 +91,10 @@ def write_site_rows(spark: SparkSession, locator: TableLocator, table: str, rows
 def remove_site_rows(spark: SparkSession, locator: TableLocator, table: str, ids: DataFrame) -> int:
     """Delete the rows of ``table`` at ``ids`` (one column ``id``) that are still as micdm wrote them; a row
     the site has put at such an id stays. Returns how many were deleted."""
-    key = f"{table}_id"
-    stored = read_table(spark, locator, table)
-    ours = stored.join(ids.select(F.col("id").alias(key)).distinct(), key, "left_semi").select(
-        F.col(key).alias("id"), _fingerprint(table).alias("fingerprint")).join(
-        _recorded(spark, locator, table), ["id", "fingerprint"], "left_semi").select("id").localCheckpoint()
+    ours = _stored_at(spark, locator, table, ids).join(_recorded(spark, locator, table), ["id", "fingerprint"],
+                                                       "left_semi").select("id").localCheckpoint()
     count = ours.count()
     if count:
-        delta_table(spark, locator, table).alias("t").merge(ours.alias("s"), f"t.`{key}` = s.id") \
+        delta_table(spark, locator, table).alias("t").merge(ours.alias("s"), f"t.`{table}_id` = s.id") \
             .whenMatchedDelete().execute()
     return count
