@@ -94,10 +94,12 @@ class ExtractSettings:
     files_per_partition: int = 4096
     max_retries: int = 3
     header_json_max_bytes: int = 262144
+    sr_max_items: int = 200_000
     full_refresh: bool = False
 
     def __post_init__(self) -> None:
-        for key in ("block_size", "threads_per_task", "files_per_partition", "header_json_max_bytes"):
+        for key in ("block_size", "threads_per_task", "files_per_partition", "header_json_max_bytes",
+                    "sr_max_items"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"extract.{key}: must be at least 1, got {getattr(self, key)!r}")
 

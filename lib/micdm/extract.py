@@ -29,11 +29,11 @@ from pyspark import Accumulator
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import to_arrow_schema
-from pyspark.sql.types import StructType
+from pyspark.sql.types import ArrayType, StructType
 
 from micdm.config import Settings
 from micdm.dicom.reader import PERMANENT_ERRORS, Outcome, QuarantineReason, ReadOptions, extract_file, quiet_pydicom
-from micdm.schema import EXTRACT_RESULT, FILE_INVENTORY
+from micdm.schema import EXTRACT_RESULT, FILE_INVENTORY, SR_CONTENT_ITEM
 from micdm.secrets import resolve_references
 from micdm.sources import DiscoveredFile, list_files, opener, read_first_blocks, root_prefix, with_first_block
 from micdm.tables import (
@@ -223,7 +223,7 @@ def read_headers(files: DataFrame, settings: Settings, files_done: Accumulator[i
     """
     cfg = settings.extract
     options = ReadOptions(block_size=cfg.block_size, max_retries=cfg.max_retries,
-                          header_json_max_bytes=cfg.header_json_max_bytes)
+                          header_json_max_bytes=cfg.header_json_max_bytes, sr_max_items=cfg.sr_max_items)
     # Secret references are resolved here, on the driver; the tasks get the values in their closure.
     storage_options = resolve_references(dict(settings.sources.storage_options))
     reader = _batch_reader(options, storage_options, cfg.threads_per_task, files_done)
@@ -345,7 +345,9 @@ def _write_results(spark: SparkSession, locator: TableLocator, verdicts: DataFra
     is_instance = F.col("outcome") == Outcome.INSTANCE.value
     stored = read_table(spark, locator, "dicom_instance").select("path").unionByName(
         read_table(spark, locator, "dicom_quarantine").select("path"))
-    if any_stored and stored.join(verdicts.select("path"), "path", "left_semi").take(1):
+    rewritten = any_stored and bool(stored.join(verdicts.select("path"), "path", "left_semi").take(1))
+    _write_report_content(spark, locator, rows.where(is_instance), verdicts.select("path"), rewritten)
+    if rewritten:
         merge_or_delete(spark, locator, "dicom_instance", rows, ["path"], keep=is_instance)
         merge_or_delete(spark, locator, "dicom_quarantine", rows, ["path"], keep=~is_instance)
     else:
@@ -353,6 +355,28 @@ def _write_results(spark: SparkSession, locator: TableLocator, verdicts: DataFra
             append(locator, "dicom_instance", rows.where(is_instance))
         if quarantined:
             append(locator, "dicom_quarantine", rows.where(~is_instance))
+
+
+#: The columns of one content item as extract_result.sr_content holds them (JSON).
+_CONTENT_ITEMS = ArrayType(StructType([f for f in SR_CONTENT_ITEM.schema.fields
+                                       if f.name not in ("path", "sop_instance_uid", "run_id")]))
+
+
+def _write_report_content(spark: SparkSession, locator: TableLocator, instances: DataFrame, paths: DataFrame,
+                          rewritten: bool) -> None:
+    """Structured reports' content items into sr_content_item, replacing those of every path read again.
+
+    Written before dicom_instance: a crash in between leaves the inventory unchanged, so the next run reads
+    the same files and writes both again.
+    """
+    items = instances.where(F.col("sr_content").isNotNull()).select(
+        "path", "sop_instance_uid", "run_id", F.explode(F.from_json("sr_content", _CONTENT_ITEMS)).alias("i")
+    ).select("path", "sop_instance_uid", "run_id", "i.*")
+    if rewritten and may_have_rows(spark, locator, "sr_content_item"):
+        (delta_table(spark, locator, "sr_content_item").alias("t")
+         .merge(paths.distinct().alias("s"), "t.path = s.path").whenMatchedDelete().execute())
+    if items.take(1):
+        append(locator, "sr_content_item", items)
 
 
 def _update_inventory(spark: SparkSession, locator: TableLocator, plan: DataFrame, run_id: str,

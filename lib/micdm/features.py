@@ -13,20 +13,17 @@ import functools
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.types import ArrayType, StringType, StructType
 
 from micdm.config import Settings
 from micdm.dicom.header import HEADER_ATTRIBUTES
-from micdm.dicom.seg import segment_items
-from micdm.dicom.sr import report_items
 from micdm.errors import ConfigError
 from micdm.ids import assign_ids_by_namespace
 from micdm.ownership import release_clashing_ids, site_floor, write_site_rows
-from micdm.schema import FEATURE_ROW, REPORT_ITEM
+from micdm.reports import report_features, write_sr_tables
+from micdm.schema import FEATURE_ROW
 from micdm.series import present_instances
 from micdm.tables import TableLocator, conform, merge_into, overwrite, read_table
 from micdm.vocab import (
-    coding_scheme_vocabularies,
     concepts,
     dicom_attributes,
     normalise_body_part,
@@ -35,12 +32,7 @@ from micdm.vocab import (
 )
 
 __all__ = ["ALGORITHM_RESULT_COLUMNS", "acquisition_parameters", "algorithm_features", "read_algorithm_results",
-           "report_features", "run_features"]
-
-#: SOP classes of structured reports (1.2.840.10008.5.1.4.1.1.88.*) and segmentations (.66.4, label maps .66.7).
-_SR_CLASS_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
-_SEG_CLASSES = ("1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7")
-
+           "run_features"]
 
 def acquisition_parameters(instances: DataFrame, keywords: tuple[str, ...]) -> DataFrame:
     """Long form (series UID, keyword, tag, unit, number, text, value_code): the first non-NULL value per series.
@@ -109,75 +101,6 @@ def _acquisition_features(instances: DataFrame, occurrences: DataFrame, settings
         F.lit(cfg.measurement_type_concept_id).alias("type_concept_id"),
         F.lit(cfg.feature_type_concept_id).alias("feature_type_concept_id"),
     ), FEATURE_ROW)
-
-
-_PARSED = StructType().add("items", ArrayType(REPORT_ITEM)).add("reason", StringType()).add("message", StringType())
-
-
-@F.udf(returnType=_PARSED)
-def _parse(sop_class_uid: str, header_json: str | None, truncated: bool | None) -> dict[str, object]:
-    if truncated:
-        return {"items": [], "reason": "header_truncated",
-                "message": "the stored header was cut at extract.header_json_max_bytes; raise it and re-extract"}
-    parse = segment_items if sop_class_uid in _SEG_CLASSES else report_items
-    items, reason, message = parse(header_json)
-    return {"items": items, "reason": reason, "message": message}
-
-
-def report_features(instances: DataFrame, occurrences: DataFrame, settings: Settings
-                    ) -> tuple[DataFrame, DataFrame]:
-    """(features, quarantine) from every structured report and segmentation among ``instances``.
-
-    A report's features go to the image_occurrence of the series it cites as evidence (or of the
-    images a measurement group references) when that series is ingested, else to the report's own.
-    """
-    cfg = settings.features
-    reports = instances.where(F.col("sop_class_uid").startswith(_SR_CLASS_PREFIX)
-                              | F.col("sop_class_uid").isin(*_SEG_CLASSES)).select(
-        "path", "sop_instance_uid", "series_instance_uid",
-        _parse("sop_class_uid", "header_json", "header_json_truncated").alias("parsed"))
-    quarantine = reports.where(F.col("parsed.reason").isNotNull()).select(
-        "path", "sop_instance_uid", "series_instance_uid", F.col("parsed.reason").alias("reason"),
-        F.col("parsed.message").alias("message"))
-    items = reports.select("sop_instance_uid", "series_instance_uid", F.explode("parsed.items").alias("i")).select(
-        "sop_instance_uid", F.col("series_instance_uid").alias("own_series"), "i.*")
-    # Candidate series, best first: the evidence, the referenced images' series, the report's own.
-    referenced = instances.select(F.col("sop_instance_uid").alias("_ref"), F.col("series_instance_uid").alias("_s"))
-    candidates = items.select("sop_instance_uid", "position", F.posexplode("evidence_series").alias("_rank", "_s")) \
-        .unionByName(items.select("sop_instance_uid", "position", F.explode("referenced_instances").alias("_ref"))
-                     .join(referenced, "_ref").select("sop_instance_uid", "position", F.lit(-1).alias("_rank"), "_s")) \
-        .unionByName(items.select("sop_instance_uid", "position", F.lit(1_000_000).alias("_rank"),
-                                  F.col("own_series").alias("_s")))
-    placed = candidates.join(occurrences, F.col("_s") == F.col("image_series_uid")).groupBy(
-        "sop_instance_uid", "position").agg(F.min_by(F.struct(*[F.col(c) for c in occurrences.columns]), "_rank")
-                                            .alias("o")).select("sop_instance_uid", "position", "o.*")
-    located = items.join(placed, ["sop_instance_uid", "position"])
-    vocabulary = coding_scheme_vocabularies()
-    content_datetime = F.to_timestamp(F.substring("content_datetime", 1, 14), "yyyyMMddHHmmss")
-    is_num = F.col("value_type") == "NUM"
-    features = conform(located.select(
-        F.concat_ws("|", F.lit("sr"), "sop_instance_uid", "position").alias("natural_key"),
-        F.when(is_num, F.lit("measurement")).otherwise(F.lit("observation")).alias("domain"),
-        "person_id", "image_occurrence_id", "visit_occurrence_id",
-        F.coalesce(F.to_date(content_datetime), "image_occurrence_date").alias("event_date"),
-        content_datetime.alias("event_datetime"),
-        vocabulary[F.col("concept_scheme")].alias("concept_vocabulary"), "concept_code",
-        F.concat_ws(":", "concept_scheme", "concept_code").alias("source_value"),
-        "number", "unit_code",
-        vocabulary[F.col("value_scheme")].alias("value_vocabulary"), "value_code",
-        # a NUM's text is how it was derived ('Mean'), a CODE's the meaning of its value
-        F.coalesce("modifier", "value_meaning", "value_code").alias("value_text"),
-        F.when(F.col("finding_group").isNotNull(),
-               F.concat_ws("|", "sop_instance_uid", F.col("finding_group").cast("string"))).alias("finding_key"),
-        vocabulary[F.col("finding_scheme")].alias("finding_vocabulary"), "finding_code",
-        vocabulary[F.col("site_scheme")].alias("site_vocabulary"), "site_code",
-        F.col("anatomic_site_concept_id").alias("occurrence_site_concept_id"),
-        F.lit(cfg.sr_type_concept_id).alias("type_concept_id"),
-        F.lit(cfg.sr_feature_type_concept_id).alias("feature_type_concept_id"),
-        F.col("algorithm").alias("alg_system"),
-        F.when(F.col("algorithm").isNotNull(), content_datetime).alias("alg_datetime"),
-    ), FEATURE_ROW)
-    return features, quarantine
 
 
 #: Columns of an algorithm-results file (CSV with a header row, or Parquet); see the README.
@@ -340,8 +263,8 @@ def run_features(spark: SparkSession, locator: TableLocator, settings: Settings)
     instances = present_instances(spark, locator)
     occurrences = read_table(spark, locator, "image_occurrence")
     acquisition = _acquisition_features(instances, occurrences, settings)
-    reported, quarantine = report_features(instances, occurrences, settings)
-    features = acquisition.unionByName(reported)
+    reported = report_features(spark, locator, instances, occurrences, settings)
+    features, quarantine = acquisition.unionByName(reported.features), reported.quarantine
     if settings.features.algorithm_results:
         results = read_algorithm_results(spark, settings.features.algorithm_results)
         imported, rejected = algorithm_features(results, occurrences, settings)
@@ -396,7 +319,9 @@ def run_features(spark: SparkSession, locator: TableLocator, settings: Settings)
     restored = write_site_rows(spark, locator, "measurement", measurements) + write_site_rows(
         spark, locator, "observation", observations)
     merge_into(spark, locator, "image_feature", features_rows, ["image_feature_id"])
+    sr_counts = write_sr_tables(spark, locator, reported, rows.select(
+        "natural_key", "finding_key", "measurement_id", "observation_id", "image_finding_id"))
     counts = {"image_feature": read_table(spark, locator, "image_feature").count(),
-              "feature_quarantine": read_table(spark, locator, "feature_quarantine").count()}
+              "feature_quarantine": read_table(spark, locator, "feature_quarantine").count(), **sr_counts}
     changes = {"restored": restored, "reallocated": reallocated}
     return {**counts, **{k: v for k, v in changes.items() if v}}

@@ -454,6 +454,11 @@ EXTRACT_RESULT = table("extract_result", "internal", _FILE_COLUMNS + """
     signature            string
 """ + _HEADER_COLUMNS + """
     acquisition_text     string
+    header_json_dropped  string
+    referenced_series    array<string>
+    sr_content_reason    string
+    sr_content_message   string
+    sr_content           string
 """)
 
 FILE_INVENTORY = table("file_inventory", "bronze", _FILE_COLUMNS + """
@@ -470,6 +475,10 @@ DICOM_INSTANCE = table("dicom_instance", "bronze", _FILE_COLUMNS + """
     extracted_at         datetime   required
     run_id               string     required
     acquisition_text     string
+    header_json_dropped  string
+    referenced_series    array<string>
+    sr_content_reason    string
+    sr_content_message   string
 """, stats_columns=("path", "sop_instance_uid", "study_instance_uid", "series_instance_uid"))
 
 DICOM_QUARANTINE = table("dicom_quarantine", "bronze", _FILE_COLUMNS + """
@@ -480,6 +489,37 @@ DICOM_QUARANTINE = table("dicom_quarantine", "bronze", _FILE_COLUMNS + """
     quarantined_at       datetime   required
     run_id               string     required
 """, stats_columns=("path", "reason"))
+
+#: Every content item of every structured report, as extract read it from the file (dicom/sr_content.py).
+SR_CONTENT_ITEM = table("sr_content_item", "bronze", """
+    path                          string          required
+    sop_instance_uid              string          required
+    position                      string          required
+    relationship                  string
+    value_type                    string
+    concept_scheme                string
+    concept_code                  string
+    concept_meaning               string
+    template_id                   string
+    number                        double
+    text_value                    string
+    unit_scheme                   string
+    unit_code                     string
+    unit_meaning                  string
+    value_scheme                  string
+    value_code                    string
+    value_meaning                 string
+    referenced_sop_class_uid      string
+    referenced_sop_instance_uid   string
+    referenced_series_uid         string
+    referenced_frames             array<integer>
+    referenced_segments           array<integer>
+    graphic_type                  string
+    graphic_data                  array<double>
+    frame_of_reference_uid        string
+    referenced_content            string
+    run_id                        string          required
+""", stats_columns=("path", "sop_instance_uid"))
 
 DICOM_SERIES = table("dicom_series", "silver", """
     series_instance_uid        string         required
@@ -516,29 +556,67 @@ SERIES_LINK = table("series_link", "silver", """
     updated_at                 datetime   required
 """)
 
-#: One content item of a structured report, as dicom/sr.py gives it (internal: the features stage's UDF type).
+#: One value of a structured report or segmentation, as dicom/sr.py and dicom/seg.py give it (internal).
 REPORT_ITEM = table("report_item", "internal", """
     position               string    required
     value_type             string    required
     concept_scheme         string
     concept_code           string
     concept_meaning        string
-    number                 double
-    unit_code              string
+    derivation             string
+    laterality             string
     modifier               string
-    value_scheme           string
-    value_code             string
-    value_meaning          string
     finding_group          integer
     finding_scheme         string
     finding_code           string
     site_scheme            string
     site_code              string
+    site_meaning           string
     tracking_id            string
     algorithm              string
-    referenced_instances   array<string>
-    evidence_series        array<string>
-    content_datetime       string
+    number                 double
+    unit_code              string
+    unit_meaning           string
+    value_scheme           string
+    value_code             string
+    value_meaning          string
+""").schema
+
+#: One measurement group or irradiation event of a structured report, as dicom/sr.py gives it (internal).
+REPORT_GROUP = table("report_group", "internal", """
+    finding_group                  integer          required
+    position                       string           required
+    concept_code                   string
+    concept_meaning                string
+    template_id                    string
+    finding_scheme                 string
+    finding_code                   string
+    finding_meaning                string
+    finding_category_scheme        string
+    finding_category_code          string
+    finding_category_meaning       string
+    site_scheme                    string
+    site_code                      string
+    site_meaning                   string
+    site_laterality                string
+    tracking_id                    string
+    tracking_uid                   string
+    algorithm_name                 string
+    algorithm_version              string
+    algorithm                      string
+    frame_of_reference_uid         string
+    image_sops                     array<string>
+    image_series                   array<string>
+    source_series                  array<string>
+    seg_sops                       array<string>
+    segment_numbers                array<integer>
+""").schema
+
+#: A value or a group refused (internal): quarantined with its reason, the rest of the report kept.
+REPORT_PROBLEM = table("report_problem", "internal", """
+    position     string    required
+    reason       string    required
+    message      string
 """).schema
 
 #: One feature before ids and concepts (internal): what acquisition parameters, reports, segmentations and
@@ -570,6 +648,81 @@ FEATURE_ROW = table("feature_row", "internal", """
     alg_system                    string
     alg_datetime                  datetime
 """)
+
+# Structured reports for analysts: one row per group, per number, per coded evaluation, each with the
+# report and group it came from and the OMOP rows it became. Rebuilt by the features stage.
+_SR_PLACEMENT = """
+    sop_instance_uid              string     required
+    study_instance_uid            string
+    report_series_uid             string
+    person_id                     integer
+    image_occurrence_id           integer
+    image_series_uid              string
+    image_finding_id              integer
+    finding_group                 integer
+"""
+_SR_GROUP_CONTEXT = """
+    tracking_id                   string
+    tracking_uid                  string
+    finding_scheme                string
+    finding_code                  string
+    finding_meaning               string
+    source_series_uid             string
+    segmentation_sop_uid          string
+    segment_numbers               array<integer>
+"""
+_SR_ITEM = """
+    position                      string     required
+    concept_scheme                string
+    concept_code                  string
+    concept_meaning               string
+    site_scheme                   string
+    site_code                     string
+    site_meaning                  string
+    derivation                    string
+    laterality                    string
+    modifier                      string
+    algorithm                     string
+"""
+
+SR_MEASUREMENT_GROUP = table("sr_measurement_group", "silver", _SR_PLACEMENT + _SR_GROUP_CONTEXT + """
+    placed_by                     string
+    position                      string     required
+    group_concept_code            string
+    group_concept_meaning         string
+    template_id                   string
+    finding_category_scheme       string
+    finding_category_code         string
+    finding_category_meaning      string
+    site_scheme                   string
+    site_code                     string
+    site_meaning                  string
+    site_laterality               string
+    algorithm_name                string
+    algorithm_version             string
+    referenced_sop_uids           array<string>
+    frame_of_reference_uid        string
+    content_date                  date
+    updated_at                    datetime   required
+""")
+
+SR_QUANTITATIVE = table("sr_quantitative", "silver", _SR_PLACEMENT + _SR_GROUP_CONTEXT + _SR_ITEM + """
+    value                         double
+    unit_code                     string
+    unit_meaning                  string
+    measurement_id                integer
+    updated_at                    datetime   required
+""")
+
+SR_QUALITATIVE = table("sr_qualitative", "silver", _SR_PLACEMENT + _SR_GROUP_CONTEXT + _SR_ITEM + """
+    value_scheme                  string
+    value_code                    string
+    value_meaning                 string
+    observation_id                integer
+    updated_at                    datetime   required
+""")
+
+SR_TABLES = (SR_MEASUREMENT_GROUP, SR_QUANTITATIVE, SR_QUALITATIVE)
 
 FEATURE_QUARANTINE = table("feature_quarantine", "silver", """
     path                   string     required
@@ -636,11 +789,13 @@ PIPELINE_TABLES = (
     FILE_INVENTORY,
     DICOM_INSTANCE,
     DICOM_QUARANTINE,
+    SR_CONTENT_ITEM,
     DICOM_SERIES,
     SERIES_LINK,
     LINK_EXCEPTION,
     LINK_REPORT,
     FEATURE_QUARANTINE,
+    *SR_TABLES,
     DQ_RESULT,
     ID_MAP,
     SITE_ROW,

@@ -77,12 +77,12 @@ def test_header_json_leaves_out_private_elements_over_the_cap() -> None:
     ds = dcmread(get_testdata_file("MR_small.dcm"), stop_before_pixels=True)
     block = ds.private_block(0x0029, "TEST", create=True)
     block.add_new(0x10, "LO", "x" * 60)
-    full, cut = header_json(ds, max_bytes=10**6)
-    assert not cut and '"00291010"' in full
-    public, cut = header_json(ds, max_bytes=len(full.encode()) - 1)
-    assert cut and '"00291010"' not in public and '"00080060"' in public
-    nothing, cut = header_json(ds, max_bytes=10)
-    assert nothing is None and cut
+    full, dropped = header_json(ds, max_bytes=10**6)
+    assert dropped is None and '"00291010"' in full
+    public, dropped = header_json(ds, max_bytes=len(full.encode()) - 1)
+    assert dropped == "private" and '"00291010"' not in public and '"00080060"' in public
+    nothing, dropped = header_json(ds, max_bytes=10)
+    assert nothing is None and dropped == "all"
 
 
 def _pydicom_json(dataset) -> dict:

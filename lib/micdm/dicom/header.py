@@ -22,6 +22,7 @@ from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
+from micdm.dicom.sr_content import referenced_series
 from micdm.dicom.walker import dictionary_vr
 
 __all__ = [
@@ -159,7 +160,8 @@ _TYPED_COLUMNS: dict[str, tuple[str, str, _Converter | None]] = {
 _NUMBER_TEXT_KEYS = frozenset(key for key, (_, _, convert) in _TYPED_COLUMNS.items()
                               if convert in (_first_number, _numbers))
 #: The record of a header holding none of the typed attributes.
-_EMPTY_RECORD = dict.fromkeys([*(column for _, column, _ in _TYPED_COLUMNS.values()), "acquisition_text"])
+_EMPTY_RECORD = dict.fromkeys([*(column for _, column, _ in _TYPED_COLUMNS.values()), "acquisition_text",
+                               "referenced_series"])
 _CODE_VALUE, _CODING_SCHEME = "00080100", "00080102"
 _CHARSET_TAG = 0x00080005
 
@@ -274,6 +276,10 @@ def header_record(header: Dataset | EncodedHeader) -> dict[str, Any]:
     if encoded.texts:
         record["acquisition_text"] = orjson.dumps(
             {_TYPED_COLUMNS[key][0]: text for key, text in encoded.texts.items()}).decode("utf-8")
+    try:
+        record["referenced_series"] = referenced_series(encoded.elements)
+    except Exception as error:
+        warnings.append(f"ReferencedSeriesSequence: {type(error).__name__}")
     record["parse_warnings"] = warnings or None
     return record
 
@@ -351,19 +357,19 @@ def _fast_json(raw: RawDataElement, charset: str | None) -> dict[str, Any] | Non
     return None
 
 
-def header_json(header: Dataset | EncodedHeader, max_bytes: int) -> tuple[str | None, bool]:
-    """The header as DICOM JSON (PS3.18 F.2) without bulk data, within ``max_bytes``.
+def header_json(header: Dataset | EncodedHeader, max_bytes: int) -> tuple[str | None, str | None]:
+    """The header as DICOM JSON (PS3.18 F.2) without bulk data, within ``max_bytes``, and what was dropped.
 
-    When the whole header is too large, private elements are left out first; when it still does not
-    fit, None is returned. The flag says whether anything was left out.
+    When the whole header is too large, private elements are left out first ('private'); when it still
+    does not fit, None is returned ('all').
     """
     elements = _encoded(header).elements
     text = _dumps(elements)
     if len(text) <= max_bytes:
-        return text.decode("utf-8"), False
+        return text.decode("utf-8"), None
     public = {key: element for key, element in elements.items() if not int(key[:4], 16) & 1}
     text = _dumps(public)
-    return (text.decode("utf-8"), True) if len(text) <= max_bytes else (None, True)
+    return (text.decode("utf-8"), "private") if len(text) <= max_bytes else (None, "all")
 
 
 def _dumps(elements: dict[str, dict[str, Any]]) -> bytes:

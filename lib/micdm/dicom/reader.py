@@ -19,12 +19,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from pydicom import config as pydicom_config
 from pydicom import dcmread
 from pydicom.datadict import dictionary_has_tag
 from pydicom.errors import InvalidDicomError
 
-from micdm.dicom.header import encode_header, header_json, header_record, missing_uids
+from micdm.dicom.header import EncodedHeader, encode_header, header_json, header_record, missing_uids
+from micdm.dicom.sr_content import ContentError, content_rows, is_report
 from micdm.dicom.walker import NeedMoreBytes, NotWalkable, ParsedHeader, walk_header
 
 __all__ = ["PERMANENT_ERRORS", "Outcome", "QuarantineReason", "RangeReader", "ReadOptions", "extract_file"]
@@ -64,6 +66,7 @@ class ReadOptions:
     max_retries: int = 3
     header_json_max_bytes: int = 262144
     retry_base_seconds: float = 0.2
+    sr_max_items: int = 200_000
 
 
 PERMANENT_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
@@ -262,6 +265,17 @@ def _declared_pixel_data_end(reader: RangeReader, start: int) -> int | None:
     return None if length is None or length == 0xFFFFFFFF else value_start + length
 
 
+def _report_content(encoded: EncodedHeader, max_items: int) -> dict[str, Any]:
+    """A report's content items (as JSON, for the sr_content_item table) or why they are not kept."""
+    try:
+        rows = content_rows(encoded.elements, max_items)
+    except ContentError as error:
+        return {"sr_content_reason": error.reason, "sr_content_message": str(error)[:1000]}
+    except (TypeError, ValueError, AttributeError) as error:  # values of unexpected types in a damaged tree
+        return {"sr_content_reason": "sr_malformed", "sr_content_message": f"{type(error).__name__}: {error}"[:1000]}
+    return {"sr_content": orjson.dumps(rows).decode("utf-8")}
+
+
 def extract_file(
     fetch: Callable[[int, int], bytes],
     path: str,
@@ -333,10 +347,13 @@ def _verdict(base: dict[str, Any], parsed: ParsedHeader, forced: bool, reader: R
                                     f"PixelData declares {parsed.pixel_data_end - parsed.header_end} bytes beyond "
                                     f"byte {parsed.header_end}, the file holds {reader.size - parsed.header_end}"]
     try:
-        record["header_json"], record["header_json_truncated"] = header_json(encoded, options.header_json_max_bytes)
+        record["header_json"], record["header_json_dropped"] = header_json(encoded, options.header_json_max_bytes)
     except Exception as error:
-        record["header_json"], record["header_json_truncated"] = None, True
+        record["header_json"], record["header_json_dropped"] = None, "all"
         record["parse_warnings"] = [*(record["parse_warnings"] or []), f"header_json: {type(error).__name__}"]
+    record["header_json_truncated"] = record["header_json_dropped"] is not None
+    if is_report(record.get("sop_class_uid")):
+        record.update(_report_content(encoded, options.sr_max_items))
     base.update(record)
     base.update(
         outcome=Outcome.INSTANCE.value,

@@ -10,16 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from micdm.dicom.sr import (
-    ReportItem,
-    algorithm_uri,
-    content_datetime,
-    evidence_series,
-    first_value,
-    item_row,
-    parse_code,
-    values,
-)
+from micdm.dicom.sr import Code, algorithm_uri, parse_code
 
 __all__ = ["segment_items"]
 
@@ -31,15 +22,37 @@ _ALGORITHM_TYPE = "00620008"
 _ALGORITHM_NAME = "00620009"
 _ANATOMIC_REGION = "00082218"
 _SOFTWARE_VERSIONS = "00181020"
-_REFERENCED_SERIES = "00081115"
-_SERIES_UID = "0020000E"
+_CODE_VALUE, _SCHEME, _MEANING = "00080100", "00080102", "00080104"
 
 
-def _referenced_series(header: dict[str, Any]) -> list[str]:
-    """The source images' series: ReferencedSeriesSequence, else the common evidence sequence."""
-    direct = [str(first_value(item, _SERIES_UID)) for item in values(header.get(_REFERENCED_SERIES))
-              if isinstance(item, dict) and first_value(item, _SERIES_UID)]
-    return direct or evidence_series(header)
+def _first(item: dict[str, Any], tag: str) -> Any:
+    found = (item.get(tag) or {}).get("Value") or []
+    return found[0] if found else None
+
+
+def _code(item: Any) -> Code | None:
+    if not isinstance(item, dict):
+        return None
+    return parse_code(_first(item, _SCHEME), _first(item, _CODE_VALUE), _first(item, _MEANING))
+
+
+def _segment_row(segment: dict[str, Any], index: int, software: str | None) -> dict[str, Any] | None:
+    category, kind = _code(_first(segment, _CATEGORY)), _code(_first(segment, _TYPE))
+    if category is None or kind is None:
+        return None
+    site = _code(_first(segment, _ANATOMIC_REGION))
+    automatic = _first(segment, _ALGORITHM_TYPE) in ("AUTOMATIC", "SEMIAUTOMATIC")
+    number = int(_first(segment, _SEGMENT_NUMBER) or index)
+    return {
+        "position": f"segment.{number}", "value_type": "CODE", "concept_scheme": category.scheme,
+        "concept_code": category.value, "concept_meaning": category.meaning, "derivation": None,
+        "laterality": None, "modifier": None, "finding_group": number, "finding_scheme": kind.scheme,
+        "finding_code": kind.value, "site_scheme": site.scheme if site else None,
+        "site_code": site.value if site else None, "site_meaning": site.meaning if site else None,
+        "tracking_id": None, "number": None, "unit_code": None, "unit_meaning": None,
+        "value_scheme": kind.scheme, "value_code": kind.value, "value_meaning": kind.meaning,
+        "algorithm": algorithm_uri(_first(segment, _ALGORITHM_NAME), software) if automatic else None,
+    }
 
 
 def segment_items(header_json: str | None) -> tuple[list[dict[str, Any]], str | None, str | None]:
@@ -48,27 +61,16 @@ def segment_items(header_json: str | None) -> tuple[list[dict[str, Any]], str | 
         return [], "seg_no_header", "no DICOM JSON stored for this segmentation"
     try:
         header = json.loads(header_json)
-        segments = values(header.get(_SEGMENTS))
+        segments = (header.get(_SEGMENTS) or {}).get("Value") or []
     except (ValueError, TypeError, AttributeError) as error:
         return [], "seg_malformed", f"{type(error).__name__}: {error}"[:500]
     if not segments:
         return [], "seg_no_segments", "SegmentSequence is empty or missing"
-    software = first_value(header, _SOFTWARE_VERSIONS)
-    series, created = _referenced_series(header), content_datetime(header)
+    software = _first(header, _SOFTWARE_VERSIONS)
     rows = []
     for index, segment in enumerate(segments, start=1):
-        if not isinstance(segment, dict):
-            return [], "seg_malformed", "SegmentSequence holds something other than items"
-        category = parse_code(first_value(segment, _CATEGORY))
-        kind = parse_code(first_value(segment, _TYPE))
-        if category is None or kind is None:
-            return [], "seg_malformed", f"segment {index} lacks its property category or type code"
-        automatic = first_value(segment, _ALGORITHM_TYPE) in ("AUTOMATIC", "SEMIAUTOMATIC")
-        number = int(first_value(segment, _SEGMENT_NUMBER) or index)
-        item = ReportItem(
-            position=f"segment.{number}", value_type="CODE", concept=category, value_code=kind, group=number,
-            finding=kind, finding_site=parse_code(first_value(segment, _ANATOMIC_REGION)),
-            algorithm=algorithm_uri(first_value(segment, _ALGORITHM_NAME), software) if automatic else None,
-        )
-        rows.append(item_row(item, series, created))
+        row = _segment_row(segment, index, software) if isinstance(segment, dict) else None
+        if row is None:
+            return [], "seg_malformed", f"segment {index} is not an item with a property category and type"
+        rows.append(row)
     return rows, None, None

@@ -1,55 +1,45 @@
-"""DICOM Structured Reports as features: NUM and CODE content items, grouped by finding (no Spark here).
+"""Structured reports as findings: measurement groups, their numbers and coded evaluations (no Spark here).
 
-Works on the DICOM JSON (PS3.18 F.2) of an SR's header, which extract already stores in
-dicom_instance.header_json, so reports are never read from storage twice. Understands TID 1500
-measurement reports (measurement groups with their finding type, finding site, tracking identifiers and
-algorithm identification) and any other SR with numeric content, such as radiation dose reports: every
-NUM item becomes a measurement, every CODE item below a measurement group a qualitative evaluation.
+Works on a report's content items as extract keeps them (dicom/sr_content.py, table sr_content_item).
+Understands TID 1500 measurement reports (groups of TID 1410 / 1411 / 1501 with their finding, site,
+tracking identifiers, algorithm and the images, segmentation or source series they were measured on)
+and radiation dose reports (TID 10011 / 10001: each irradiation event a group, the accumulated dose its
+own), and takes every NUM of any other report. A group says which images it describes; dicom/sr.py
+only collects those references, the features stage decides which image_occurrence they are.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 from urllib.parse import quote
 
-__all__ = ["Code", "ReportItem", "SrError", "algorithm_uri", "content_datetime", "evidence_series", "first_value",
-           "item_row", "parse_code", "parse_report", "report_items", "snomed_ct", "values"]
+from micdm.dicom.sr_content import MAX_DEPTH
 
-# DICOM JSON tags
-_VALUE_TYPE = "0040A040"
-_RELATIONSHIP = "0040A010"
-_CONCEPT_NAME = "0040A043"
-_CONTENT = "0040A730"
-_MEASURED_VALUE = "0040A300"
-_NUMERIC_VALUE = "0040A30A"
-_UNITS = "004008EA"
-_CONCEPT_CODE = "0040A168"
-_TEXT_VALUE = "0040A160"
-_UID_VALUE = "0040A124"
-_REFERENCED_SOP = "00081199"
-_REFERENCED_SOP_INSTANCE = "00081155"
-_EVIDENCE = "0040A375"
-_REFERENCED_SERIES = "00081115"
-_SERIES_UID = "0020000E"
-_CODE_VALUE, _SCHEME, _MEANING, _LONG_CODE_VALUE, _URN_CODE_VALUE = (
-    "00080100", "00080102", "00080104", "00080119", "00080120")
-_CONTENT_DATE, _CONTENT_TIME = "00080023", "00080033"
+__all__ = ["Code", "SrError", "algorithm_uri", "analyse_report", "parse_code", "snomed_ct"]
 
-#: Concept names of TID 1500 (DCM and SCT codes) that give a group its meaning.
-_MEASUREMENT_GROUP = ("DCM", "125007")
-_FINDING = ("DCM", "121071")
-_FINDING_SITES = (("SCT", "363698007"), ("SRT", "G-C0E3"))  # the SNOMED RT code of older reports
+#: Containers whose content is one finding or one event: TID 1500's measurement groups, the irradiation
+#: events and accumulated doses of CT (TID 10011) and projection X-ray (TID 10001) dose reports.
+_GROUPS = {("DCM", "125007"), ("DCM", "113819"), ("DCM", "113706"), ("DCM", "113811"), ("DCM", "113702")}
 _IMAGE_LIBRARY = ("DCM", "111028")  # descriptions of the source images, not findings
+_FINDING = ("DCM", "121071")
+_FINDING_CATEGORY = ("SCT", "276214006")
+_FINDING_SITE = ("SCT", "363698007")
+_LATERALITY = ("SCT", "272741003")
+_DERIVATION = ("DCM", "121401")
+_METHOD = ("SCT", "370129005")
 _TRACKING_ID = ("DCM", "112039")
-_TRACKING_UID = ("DCM", "112040")
+_TRACKING_UIDS = (("DCM", "112040"), ("DCM", "113769"))  # tracking UID; irradiation event UID
+_SOURCE_SERIES = ("DCM", "121232")
 _ALGORITHM_NAME = ("DCM", "111001")
 _ALGORITHM_VERSION = ("DCM", "111003")
-#: Deeper than any real report; a deeper tree is malformed (and would exhaust the stack).
-MAX_DEPTH = 64
+_SEGMENTATION_CLASSES = ("1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7")
+#: Relationships of CODE items that are qualitative evaluations; the rest (HAS CONCEPT MOD, HAS OBS
+#: CONTEXT, ...) qualify another item and are not features of their own.
+_EVALUATIONS = ("CONTAINS", "HAS PROPERTIES")
+_CONTEXT = {_FINDING, _FINDING_SITE}
 
 
 class SrError(ValueError):
@@ -70,67 +60,6 @@ class Code:
     def key(self) -> tuple[str, str]:
         return self.scheme, self.value
 
-    @property
-    def source_value(self) -> str:
-        """``SCHEME:CODE``, the form kept in *_source_value columns (varchar 50)."""
-        return f"{self.scheme}:{self.value}"[:50]
-
-
-@dataclass(frozen=True)
-class ReportItem:
-    """One NUM (value_type 'NUM') or CODE ('CODE') content item, with the context of its group."""
-
-    position: str
-    """Dotted path of the item in the content tree (1.3.2): its stable key within the report."""
-    value_type: str
-    concept: Code
-    number: float | None = None
-    unit: Code | None = None
-    modifier: str | None = None
-    """A NUM's concept modifiers (how it was derived), e.g. 'Mean'."""
-    value_code: Code | None = None
-    group: int | None = None
-    """Index of its measurement group (items of one finding share it); None outside groups."""
-    finding: Code | None = None
-    finding_site: Code | None = None
-    tracking_id: str | None = None
-    algorithm: str | None = None
-    """URI naming the algorithm and its version, when the group identifies one."""
-    referenced_instances: tuple[str, ...] = ()
-
-
-@dataclass
-class _Context:
-    group: int | None = None
-    finding: Code | None = None
-    finding_site: Code | None = None
-    tracking_id: str | None = None
-    algorithm_name: str | None = None
-    algorithm_version: str | None = None
-    referenced: list[str] = field(default_factory=list)
-
-
-def values(element: dict[str, Any] | None) -> list[Any]:
-    """The Value list of a DICOM JSON element (empty when absent)."""
-    return (element or {}).get("Value") or []
-
-
-def first_value(item: dict[str, Any], tag: str) -> Any:
-    """The first value of ``tag`` in a DICOM JSON object, or None."""
-    found = values(item.get(tag))
-    return found[0] if found else None
-
-
-def parse_code(item: dict[str, Any] | None) -> Code | None:
-    """A code sequence item as a Code (code value, long or URN code value), None when incomplete."""
-    if not isinstance(item, dict):
-        return None
-    value = first_value(item, _CODE_VALUE) or first_value(item, _LONG_CODE_VALUE) or first_value(item, _URN_CODE_VALUE)
-    scheme = first_value(item, _SCHEME)
-    if value is None or scheme is None:
-        return None
-    return Code(*snomed_ct(str(scheme), str(value)), first_value(item, _MEANING))
-
 
 @cache
 def _srt_to_sct() -> dict[str, str]:
@@ -149,14 +78,11 @@ def snomed_ct(scheme: str, value: str) -> tuple[str, str]:
     return scheme, value
 
 
-def _number(measured: dict[str, Any]) -> float | None:
-    value = first_value(measured, _NUMERIC_VALUE)
-    if value is None:
+def parse_code(scheme: str | None, value: str | None, meaning: str | None = None) -> Code | None:
+    """A coded entry as a Code with SNOMED-RT translated; None when incomplete."""
+    if not scheme or not value:
         return None
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise SrError("sr_bad_value", f"NumericValue {value!r} is not a number") from None
+    return Code(*snomed_ct(scheme, value), meaning)
 
 
 def algorithm_uri(name: str | None, version: str | None) -> str | None:
@@ -166,157 +92,259 @@ def algorithm_uri(name: str | None, version: str | None) -> str | None:
     return f"urn:dicom:algorithm:{quote(name, safe='')}:{quote(version or 'unknown', safe='')}"
 
 
-def _children(item: dict[str, Any]) -> list[dict[str, Any]]:
-    children = values(item.get(_CONTENT))
-    if not all(isinstance(child, dict) for child in children):
-        raise SrError("sr_malformed", "ContentSequence holds something other than items")
-    return children
+@dataclass
+class _Node:
+    row: dict[str, Any]
+    children: list[_Node] = field(default_factory=list)
+
+    def code(self, role: str) -> Code | None:
+        return parse_code(self.row.get(f"{role}_scheme"), self.row.get(f"{role}_code"),
+                          self.row.get(f"{role}_meaning"))
+
+    @property
+    def concept(self) -> tuple[str, str] | None:
+        code = self.code("concept")
+        return code.key if code else None
+
+    def is_(self, value_type: str, *concepts: tuple[str, str]) -> bool:
+        return self.row.get("value_type") == value_type and (not concepts or self.concept in concepts)
 
 
-def _group_context(group: dict[str, Any], index: int) -> _Context:
-    """What a measurement group says about all its items: finding, site, tracking id, algorithm."""
-    context = _Context(group=index)
-    for child in _children(group):
-        concept = parse_code(first_value(child, _CONCEPT_NAME))
-        if concept is None:
+def _key(position: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in position.split("."))
+    except ValueError:
+        raise SrError("sr_malformed", f"content item position {position!r} is not dotted numbers") from None
+
+
+def _tree(rows: Iterable[dict[str, Any]]) -> tuple[_Node, dict[str, _Node]]:
+    nodes: dict[str, _Node] = {}
+    for row in sorted(rows, key=lambda r: _key(r["position"])):
+        nodes[row["position"]] = _Node(row)
+    root = nodes.get("1")
+    if root is None:
+        raise SrError("sr_malformed", "the report has no root content item")
+    for position, node in nodes.items():
+        if position == "1":
             continue
-        value_type = first_value(child, _VALUE_TYPE)
-        if value_type == "CODE" and concept.key == _FINDING:
-            context.finding = parse_code(first_value(child, _CONCEPT_CODE))
-        elif value_type == "CODE" and concept.key in _FINDING_SITES:
-            context.finding_site = parse_code(first_value(child, _CONCEPT_CODE))
-        elif concept.key in (_TRACKING_ID, _TRACKING_UID) and context.tracking_id is None:
-            context.tracking_id = first_value(child, _TEXT_VALUE) or first_value(child, _UID_VALUE)
-        elif concept.key == _ALGORITHM_NAME:
-            context.algorithm_name = first_value(child, _TEXT_VALUE)
-        elif concept.key == _ALGORITHM_VERSION:
-            context.algorithm_version = first_value(child, _TEXT_VALUE)
-        elif value_type == "IMAGE":
-            sops = [first_value(sop, _REFERENCED_SOP_INSTANCE) for sop in values(child.get(_REFERENCED_SOP))]
-            context.referenced += [str(uid) for uid in sops if uid]
-    return context
-
-
-_CONTEXT_CONCEPTS = (_FINDING, *_FINDING_SITES)
-#: Relationships of CODE items that are qualitative evaluations; the rest (HAS CONCEPT MOD, HAS OBS
-#: CONTEXT, ...) qualify another item and are not features of their own.
-_EVALUATIONS = ("CONTAINS", "HAS PROPERTIES")
-
-
-def _modifiers(item: dict[str, Any]) -> str | None:
-    """Meanings of a NUM's concept modifiers (Derivation: Mean, Maximum; Measurement Method: ...)."""
-    meanings = []
-    for child in _children(item):
-        if first_value(child, _RELATIONSHIP) == "HAS CONCEPT MOD" and first_value(child, _VALUE_TYPE) == "CODE":
-            code = parse_code(first_value(child, _CONCEPT_CODE))
-            if code is not None:
-                meanings.append(code.meaning or code.value)
-    return ", ".join(meanings) or None
-
-
-def _walk(items: list[dict[str, Any]], prefix: str, context: _Context, depth: int,
-          groups: list[int]) -> Iterator[ReportItem]:
-    if depth > MAX_DEPTH:
+        parent = nodes.get(position.rpartition(".")[0])
+        if parent is None:
+            raise SrError("sr_malformed", f"content item {position} has no parent")
+        parent.children.append(node)
+    if max(len(_key(p)) for p in nodes) > MAX_DEPTH + 1:
         raise SrError("sr_too_deep", f"content tree deeper than {MAX_DEPTH} levels")
-    for number, item in enumerate(items, start=1):
-        position = f"{prefix}.{number}" if prefix else str(number)
-        value_type = first_value(item, _VALUE_TYPE)
-        concept = parse_code(first_value(item, _CONCEPT_NAME))
-        inner = context
-        if value_type == "CONTAINER" and concept is not None and concept.key == _IMAGE_LIBRARY:
+    return root, nodes
+
+
+def _check_references(nodes: dict[str, _Node]) -> None:
+    """By-reference relationships must name an existing item and must not lead back to where they start."""
+    edges: dict[str, list[str]] = {p: [c.row["position"] for c in n.children] for p, n in nodes.items()}
+    for position, node in nodes.items():
+        target = node.row.get("referenced_content")
+        if target is None:
             continue
-        if value_type == "CONTAINER" and concept is not None and concept.key == _MEASUREMENT_GROUP:
-            groups.append(len(groups) + 1)
-            inner = _group_context(item, groups[-1])
-        elif value_type == "NUM":
-            if concept is None:
-                raise SrError("sr_malformed", f"NUM item {position} has no concept name")
-            measured = first_value(item, _MEASURED_VALUE)
-            number_value = _number(measured) if isinstance(measured, dict) else None
-            unit = parse_code(first_value(measured, _UNITS)) if isinstance(measured, dict) else None
-            yield _item(position, "NUM", concept, context, number=number_value, unit=unit,
-                        modifier=_modifiers(item))
-        elif value_type == "CODE" and context.group is not None and concept is not None \
-                and concept.key not in _CONTEXT_CONCEPTS and first_value(item, _RELATIONSHIP) in _EVALUATIONS:
-            yield _item(position, "CODE", concept, context, value_code=parse_code(first_value(item, _CONCEPT_CODE)))
-        yield from _walk(_children(item), position, inner, depth + 1, groups)
+        if target not in nodes:
+            raise SrError("sr_malformed", f"content item {position} refers to {target}, which does not exist")
+        edges[position].append(target)
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    for start in nodes:
+        if state.get(start):
+            continue
+        path = [(start, iter(edges[start]))]
+        state[start] = 1
+        while path:
+            position, following = path[-1]
+            step = next(following, None)
+            if step is None:
+                state[position] = 2
+                path.pop()
+            elif state.get(step) == 1:
+                raise SrError("sr_reference_cycle", f"by-reference relationships loop through {step}")
+            elif not state.get(step):
+                state[step] = 1
+                path.append((step, iter(edges[step])))
 
 
-def _item(position: str, value_type: str, concept: Code, context: _Context, **values: Any) -> ReportItem:
-    return ReportItem(
-        position=position, value_type=value_type, concept=concept, group=context.group, finding=context.finding,
-        finding_site=context.finding_site, tracking_id=context.tracking_id,
-        algorithm=algorithm_uri(context.algorithm_name, context.algorithm_version),
-        referenced_instances=tuple(context.referenced), **values,
-    )
+@dataclass
+class _Group:
+    number: int
+    node: _Node
+    context: dict[str, Any] = field(default_factory=dict)
+    image_sops: list[str] = field(default_factory=list)
+    image_series: list[str | None] = field(default_factory=list)
+    source_series: list[str] = field(default_factory=list)
+    seg_sops: list[str] = field(default_factory=list)
+    segment_numbers: list[int] = field(default_factory=list)
+
+    def row(self) -> dict[str, Any]:
+        return {"finding_group": self.number, "position": self.node.row["position"],
+                "concept_code": self.node.row.get("concept_code"),
+                "concept_meaning": self.node.row.get("concept_meaning"),
+                "template_id": self.node.row.get("template_id"), **self.context,
+                "image_sops": self.image_sops, "image_series": self.image_series,
+                "source_series": self.source_series, "seg_sops": self.seg_sops,
+                "segment_numbers": self.segment_numbers}
 
 
-def parse_report(header: dict[str, Any]) -> list[ReportItem]:
-    """Every NUM item, and every CODE item of a measurement group, of one report (DICOM JSON dataset).
-
-    Raises SrError (with a reason code) for a report whose content tree cannot be read.
-    """
-    if not isinstance(header, dict):
-        raise SrError("sr_malformed", "the header is not a DICOM JSON object")
-    try:
-        return list(_walk(_children(header), "", _Context(), 0, []))
-    except RecursionError:
-        raise SrError("sr_too_deep", "content tree too deep to walk") from None
+def _code_columns(prefix: str, code: Code | None) -> dict[str, Any]:
+    return {f"{prefix}_scheme": code.scheme if code else None, f"{prefix}_code": code.value if code else None,
+            f"{prefix}_meaning": code.meaning if code else None}
 
 
-def evidence_series(header: dict[str, Any]) -> list[str]:
-    """Series UIDs the report lists as its evidence (CurrentRequestedProcedureEvidenceSequence)."""
-    series = []
-    for study in values(header.get(_EVIDENCE)):
-        for item in values(study.get(_REFERENCED_SERIES)) if isinstance(study, dict) else []:
-            uid = first_value(item, _SERIES_UID) if isinstance(item, dict) else None
-            if uid:
-                series.append(str(uid))
-    return series
+def _modifier(node: _Node, *concepts: tuple[str, str]) -> Code | None:
+    for child in node.children:
+        if child.row.get("relationship") == "HAS CONCEPT MOD" and child.is_("CODE", *concepts):
+            return child.code("value")
+    return None
 
 
-def report_items(header_json: str | None) -> tuple[list[dict[str, Any]], str | None, str | None]:
-    """Items of one report as plain rows, plus the quarantine reason and message when it cannot be read.
-
-    The form Spark needs: a row per item (see ReportItem), every report giving either rows or a reason.
-    """
-    if not header_json:
-        return [], "sr_no_header", "no DICOM JSON stored for this report"
-    try:
-        header = json.loads(header_json)
-        items = parse_report(header)
-    except SrError as error:
-        return [], error.reason, str(error)
-    except (ValueError, TypeError, AttributeError) as error:
-        return [], "sr_malformed", f"{type(error).__name__}: {error}"[:500]
-    evidence, created = evidence_series(header), content_datetime(header)
-    return [item_row(item, evidence, created) for item in items], None, None
+def _outside_groups(node: _Node) -> Iterator[_Node]:
+    """The subtree of a group without the groups nested in it."""
+    for child in node.children:
+        if child.is_("CONTAINER", *_GROUPS):
+            continue
+        yield child
+        yield from _outside_groups(child)
 
 
-def item_row(item: ReportItem, evidence: list[str], created: str | None) -> dict[str, Any]:
-    """One item as the flat row Spark stores (schema.REPORT_ITEM), with its document's evidence and date."""
+def _collect(group: _Group) -> None:
+    """What a group says about all its items: finding, site, tracking, algorithm, and the images it describes."""
+    context: dict[str, Any] = {**_code_columns("finding", None), **_code_columns("finding_category", None),
+                               "tracking_id": None, "tracking_uid": None, "algorithm_name": None,
+                               "algorithm_version": None, "frame_of_reference_uid": None}
+    site: Code | None = None
+    site_node: _Node | None = None
+    for child in group.node.children:
+        if child.is_("CODE", _FINDING):
+            context.update(_code_columns("finding", child.code("value")))
+        elif child.is_("CODE", _FINDING_CATEGORY):
+            context.update(_code_columns("finding_category", child.code("value")))
+        elif child.is_("CODE", _FINDING_SITE) and site is None:
+            site, site_node = child.code("value"), child
+        elif child.is_("TEXT", _TRACKING_ID):
+            context["tracking_id"] = child.row.get("text_value")
+        elif child.is_("UIDREF", *_TRACKING_UIDS):
+            context["tracking_uid"] = child.row.get("text_value")
+        elif child.is_("TEXT", _ALGORITHM_NAME):
+            context["algorithm_name"] = child.row.get("text_value")
+        elif child.is_("TEXT", _ALGORITHM_VERSION):
+            context["algorithm_version"] = child.row.get("text_value")
+    context.update(_code_columns("site", site))
+    laterality = _modifier(site_node, _LATERALITY) if site_node else None
+    context["site_laterality"] = laterality.meaning or laterality.value if laterality else None
+    context["algorithm"] = algorithm_uri(context["algorithm_name"], context["algorithm_version"])
+    group.context = context
+    _collect_references(group)
 
-    def part(code: Code | None, attribute: str) -> str | None:
-        return getattr(code, attribute) if code else None
 
+def _collect_references(group: _Group) -> None:
+    """The images, source series and segmentation a group was measured on, wherever in it they are named."""
+    for node in _outside_groups(group.node):
+        row = node.row
+        if node.is_("UIDREF", _SOURCE_SERIES) and row.get("text_value"):
+            group.source_series.append(row["text_value"])
+        elif row.get("value_type") == "SCOORD3D" and row.get("frame_of_reference_uid"):
+            group.context["frame_of_reference_uid"] = (group.context["frame_of_reference_uid"]
+                                                       or row["frame_of_reference_uid"])
+        elif row.get("value_type") == "IMAGE" and row.get("referenced_sop_instance_uid"):
+            if row.get("referenced_sop_class_uid") in _SEGMENTATION_CLASSES:
+                group.seg_sops.append(row["referenced_sop_instance_uid"])
+                group.segment_numbers += row.get("referenced_segments") or []
+            elif row["referenced_sop_instance_uid"] not in group.image_sops:
+                group.image_sops.append(row["referenced_sop_instance_uid"])
+                group.image_series.append(row.get("referenced_series_uid"))
+
+
+@dataclass
+class Analysis:
+    """A report as the features stage needs it: its values, its groups, and what was refused."""
+
+    items: list[dict[str, Any]] = field(default_factory=list)
+    groups: list[dict[str, Any]] = field(default_factory=list)
+    problems: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_row(self) -> dict[str, Any]:
+        return {"items": self.items, "groups": self.groups, "problems": self.problems}
+
+
+def _item(node: _Node, group: _Group | None, **values: Any) -> dict[str, Any]:
+    own_site = _modifier(node, _FINDING_SITE)
+    context = group.context if group else {}
+    derivation, laterality = _modifier(node, _DERIVATION), _modifier(node, _LATERALITY)
+    modifiers = [child.code("value") for child in node.children
+                 if child.row.get("relationship") == "HAS CONCEPT MOD" and child.is_("CODE")]
+    concept = node.code("concept")
     return {
-        "position": item.position, "value_type": item.value_type,
-        "concept_scheme": item.concept.scheme, "concept_code": item.concept.value,
-        "concept_meaning": item.concept.meaning, "number": item.number,
-        "unit_code": part(item.unit, "value"), "modifier": item.modifier,
-        "value_scheme": part(item.value_code, "scheme"), "value_code": part(item.value_code, "value"),
-        "value_meaning": part(item.value_code, "meaning"), "finding_group": item.group,
-        "finding_scheme": part(item.finding, "scheme"), "finding_code": part(item.finding, "value"),
-        "site_scheme": part(item.finding_site, "scheme"), "site_code": part(item.finding_site, "value"),
-        "tracking_id": item.tracking_id, "algorithm": item.algorithm,
-        "referenced_instances": list(item.referenced_instances), "evidence_series": evidence,
-        "content_datetime": created,
+        "position": node.row["position"], "value_type": node.row["value_type"],
+        **_code_columns("concept", concept),
+        "derivation": derivation.meaning or derivation.value if derivation else None,
+        "laterality": laterality.meaning or laterality.value if laterality else None,
+        "modifier": ", ".join(m.meaning or m.value for m in modifiers if m) or None,
+        "finding_group": group.number if group else None,
+        "finding_scheme": context.get("finding_scheme"), "finding_code": context.get("finding_code"),
+        **(_code_columns("site", own_site) if own_site else {
+            "site_scheme": context.get("site_scheme"), "site_code": context.get("site_code"),
+            "site_meaning": context.get("site_meaning")}),
+        "tracking_id": context.get("tracking_id") or context.get("tracking_uid"),
+        "algorithm": context.get("algorithm"), **values,
     }
 
 
-def content_datetime(header: dict[str, Any]) -> str | None:
-    """ContentDate + ContentTime as one DICOM DT string (YYYYMMDDhhmmss...)."""
-    date, time = first_value(header, _CONTENT_DATE), first_value(header, _CONTENT_TIME)
-    if not date:
-        return None
-    return f"{date}{time or ''}"
+def _number(node: _Node, group: _Group | None, analysis: Analysis) -> None:
+    row = node.row
+    if row.get("number") is None and row.get("text_value") is None:
+        return  # a NUM with no measured value (a qualifier says why): nothing was measured
+    position = row["position"]
+    if row.get("number") is None:
+        analysis.problems.append({"position": position, "reason": "sr_bad_value",
+                                  "message": f"NUM {position}: NumericValue {row['text_value']!r} is not a number"})
+        return
+    unit = parse_code(row.get("unit_scheme"), row.get("unit_code"), row.get("unit_meaning"))
+    if unit is None:
+        analysis.problems.append({"position": position, "reason": "sr_no_units",
+                                  "message": f"NUM {position} has no measurement units"})
+        return
+    analysis.items.append(_item(node, group, number=row["number"], unit_code=unit.value,
+                                unit_meaning=unit.meaning, **_code_columns("value", None)))
+
+
+def _walk(root: _Node, analysis: Analysis) -> None:
+    groups = 0
+    pending: list[tuple[_Node, _Group | None]] = [(root, None)]
+    while pending:
+        node, group = pending.pop()
+        if node.is_("CONTAINER", _IMAGE_LIBRARY):
+            continue
+        if node.is_("CONTAINER", *_GROUPS):
+            groups += 1
+            group = _Group(groups, node)
+            _collect(group)
+            analysis.groups.append(group.row())
+        elif node.is_("NUM"):
+            if node.concept is None:
+                analysis.problems.append({"position": node.row["position"], "reason": "sr_malformed",
+                                          "message": f"NUM {node.row['position']} has no concept name"})
+            else:
+                _number(node, group, analysis)
+        elif node.is_("CODE") and group is not None and node.concept is not None \
+                and node.concept not in _CONTEXT and node.row.get("relationship") in _EVALUATIONS:
+            value = node.code("value")
+            analysis.items.append(_item(node, group, number=None, unit_code=None, unit_meaning=None,
+                                        **_code_columns("value", value)))
+        pending.extend((child, group) for child in reversed(node.children))
+
+
+def analyse_report(rows: Iterable[dict[str, Any]]) -> Analysis:
+    """Values, groups and refused items of one report from its content items (any order).
+
+    A report whose tree cannot be read gives a single problem at position '1' and nothing else.
+    """
+    analysis = Analysis()
+    try:
+        root, nodes = _tree(rows)
+        _check_references(nodes)
+        _walk(root, analysis)
+    except SrError as error:
+        return Analysis(problems=[{"position": "1", "reason": error.reason, "message": str(error)[:500]}])
+    analysis.items.sort(key=lambda item: _key(item["position"]))
+    return analysis
