@@ -6,6 +6,8 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
 
 from micdm.config import Settings, load_settings
 from micdm.errors import MicdmError
@@ -15,7 +17,8 @@ __all__ = ["main"]
 log = logging.getLogger("micdm")
 
 _SUMMARY_TABLES = ("dicom_instance", "dicom_quarantine", "dicom_series", "image_occurrence", "image_feature",
-                   "measurement", "observation", "procedure_occurrence")
+                   "measurement", "observation", "procedure_occurrence", "sr_measurement_group", "sr_quantitative",
+                   "sr_qualitative", "feature_quarantine")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -156,6 +159,11 @@ def _run_with_spark(args: argparse.Namespace, settings: Settings) -> None:
         _synth(spark, settings, load=args.command == "demo" or not args.no_load)
         if args.command == "synth":
             return
+        if not settings.features.algorithm_results:  # the demo imports the AI results synth wrote
+            from micdm.synth import ALGORITHM_RESULTS
+
+            results = str((Path(settings.synth.out) / ALGORITHM_RESULTS).resolve())
+            settings = replace(settings, features=replace(settings.features, algorithm_results=results))
     results = run_pipeline(spark, settings) if args.command in ("run", "demo") else [
         run_stage(spark, settings, args.command)]
     _print_table([(r.stage, f"{r.seconds:.1f}s", ", ".join(f"{k}={v}" for k, v in r.counts.items()))

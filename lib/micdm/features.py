@@ -232,6 +232,17 @@ def _resolve_concepts(features: DataFrame, spark: SparkSession, locator: TableLo
 
 
 _CLINICAL = {"measurement": "measurement_id", "observation": "observation_id"}
+#: What made a feature, by the start of its natural key (a segment's position starts with 'segment.').
+_KINDS = {"acquisition": "header|", "segmentation": "sr|%|segment.%", "structured_report": "sr|", "algorithm": "alg|"}
+
+
+def _by_kind(features: DataFrame) -> dict[str, int]:
+    """Features written per kind (acquisition, structured_report, segmentation, algorithm): what the run made."""
+    key = F.col("natural_key")
+    segment = key.like(_KINDS["segmentation"])
+    counted = features.agg(*[F.count_if(segment if kind == "segmentation" else key.startswith(prefix) & ~segment)
+                             .alias(kind) for kind, prefix in _KINDS.items()]).first()
+    return {kind: counted[kind] for kind in _KINDS}
 
 
 def _with_ids(spark: SparkSession, locator: TableLocator, features: DataFrame) -> tuple[DataFrame, int]:
@@ -321,7 +332,7 @@ def run_features(spark: SparkSession, locator: TableLocator, settings: Settings)
     merge_into(spark, locator, "image_feature", features_rows, ["image_feature_id"])
     sr_counts = write_sr_tables(spark, locator, reported, rows.select(
         "natural_key", "finding_key", "measurement_id", "observation_id", "image_finding_id"))
-    counts = {"image_feature": read_table(spark, locator, "image_feature").count(),
+    counts = {**_by_kind(rows), "image_feature": read_table(spark, locator, "image_feature").count(),
               "feature_quarantine": read_table(spark, locator, "feature_quarantine").count(), **sr_counts}
     changes = {"restored": restored, "reallocated": reallocated}
     return {**counts, **{k: v for k, v in changes.items() if v}}

@@ -7,6 +7,7 @@ number and written to ``truth.csv`` with the link the pipeline should make.
 
 from __future__ import annotations
 
+import copy
 import csv
 import datetime as dt
 import random
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from micdm.vocab import resource_rows
@@ -32,7 +33,6 @@ _SOP_CLASSES = {
     "US": "1.2.840.10008.5.1.4.1.1.6.1",
     "PT": "1.2.840.10008.5.1.4.1.1.128",
     "MG": "1.2.840.10008.5.1.4.1.1.1.2",
-    "SR": "1.2.840.10008.5.1.4.1.1.88.22",
 }
 # modality -> (instances per series, realistic rows/cols, body parts)
 _SHAPES = {
@@ -66,6 +66,9 @@ class SeriesPlan:
     series_uid: str
     instances: int
     body_part: str | None
+    kind: str = "image"
+    """image, or the derived object written from the study's first series: measurement_report,
+    dose_report, segmentation (see synth_reports.py)."""
 
 
 @dataclass
@@ -152,8 +155,13 @@ def plan_patients(patients: int, seed: int, max_instances: int | None = None) ->
                 SeriesPlan(modality, _uid(seed, index, number, s), count, rng.choice(parts))
                 for s in range(1 + (rng.random() < 0.3))
             ]
-            if rng.random() < 0.15:
-                series.append(SeriesPlan("SR", _uid(seed, index, number, "sr"), 1, None))
+            measured = rng.random() < 0.15 or (modality == "CT" and index % 3 == 0)
+            if modality == "CT":  # scanners send a dose report with every study
+                series.append(SeriesPlan("SR", _uid(seed, index, number, "dose"), 1, None, "dose_report"))
+                if measured:
+                    series.append(SeriesPlan("SEG", _uid(seed, index, number, "seg"), 1, None, "segmentation"))
+            if measured:
+                series.append(SeriesPlan("SR", _uid(seed, index, number, "sr"), 1, None, "measurement_report"))
             has_procedure = study_case not in ("no_procedure",)
             procedure_date = date + dt.timedelta(days=1) if study_case == "procedure_one_day_off" else date
             source_value = accession if study_case in ("accession", "person_missing") else None
@@ -207,11 +215,9 @@ def _series_dataset(patient: PatientPlan, study: StudyPlan, series: SeriesPlan, 
     ds.SeriesNumber = number + 1
     if series.body_part:
         ds.BodyPartExamined = series.body_part
-    if series.modality == "SR":
-        ds.CompletionFlag = "COMPLETE"
-        ds.VerificationFlag = "UNVERIFIED"
-        return ds
     _acquisition(ds, series.modality, rng)
+    ds.FrameOfReferenceUID = _uid(series.series_uid, "frame")
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
     side = _pixel_side(series.modality, pixels)
     ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
     ds.SamplesPerPixel = 1
@@ -260,19 +266,48 @@ def _instances(plans: list[PatientPlan]) -> Iterator[tuple[PatientPlan, StudyPla
                 yield patient, study, series, number
 
 
+def _derived(series: SeriesPlan, images: list[Dataset], segmentations: dict[str, Dataset], seed: str
+             ) -> FileDataset:
+    """A report or segmentation of the study's first series (highdicom builds it; imported only here)."""
+    from micdm import synth_reports
+
+    uid = _uid(seed, series.series_uid, 0)
+    if series.kind == "segmentation":
+        segmentations[images[0].StudyInstanceUID] = built = synth_reports.segmentation(
+            images, series.series_uid, uid, seed)
+    elif series.kind == "dose_report":
+        built = synth_reports.dose_report(images, series.series_uid, uid, 1 + len(seed) % 3, seed)
+    else:
+        built = synth_reports.measurement_report(images, series.series_uid, uid,
+                                                 segmentations.get(images[0].StudyInstanceUID), seed)
+    return built
+
+
 def _write_dicom(out: Path, plans: list[PatientPlan], seed: int, pixels: str) -> tuple[int, int]:
     instances = written = 0
+    images: dict[str, list[Dataset]] = {}  # per study: copies of the first series' first and last instances
+    segmentations: dict[str, Dataset] = {}
     for patient, study, series, number in _instances(plans):
-        rng = random.Random(f"{seed}:{series.series_uid}")
-        ds = _series_dataset(patient, study, series, number, pixels, rng)
         folder = out / "dicom" / patient.patient_id / study.accession / f"{number + 1:03d}_{series.modality}"
         folder.mkdir(parents=True, exist_ok=True)
+        if series.kind != "image":
+            path = folder / "0001.dcm"
+            _derived(series, images[study.study_uid], segmentations, f"{seed}:{series.series_uid}").save_as(
+                path, enforce_file_format=True)
+            instances, written = instances + 1, written + path.stat().st_size
+            continue
+        rng = random.Random(f"{seed}:{series.series_uid}")
+        ds = _series_dataset(patient, study, series, number, pixels, rng)
         for instance in range(series.instances):
             uid = _uid(seed, series.series_uid, instance)
             ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = uid
             ds.InstanceNumber = instance + 1
+            ds.ImagePositionPatient = [0.0, 0.0, float(instance) * 2.5]
             path = folder / f"{instance + 1:04d}.dcm"
             ds.save_as(path, enforce_file_format=True)
+            if instance in (0, series.instances - 1) and len(images.setdefault(study.study_uid, [])) < 2 \
+                    and number == 0:
+                images[study.study_uid].append(copy.deepcopy(ds))
             instances += 1
             written += path.stat().st_size
     return instances, written
@@ -322,6 +357,24 @@ def _write_cdm(out: Path, plans: list[PatientPlan]) -> None:
                 "expected_procedure_occurrence_id", "expected_visit_occurrence_id", "case", "expected_rule"], truth)
 
 
+#: A series no export holds: the demo's AI results name it once, so that the quarantine has a row to show.
+UNKNOWN_SERIES = "2.25.1"
+ALGORITHM_RESULTS = "ai_results.csv"
+
+
+def _write_algorithm_results(out: Path, plans: list[PatientPlan], seed: int) -> None:
+    """What an AI product delivers for every study with a measurement report, plus one row for a series
+    that is not in the export (the demo's one planted quarantine row)."""
+    from micdm.features import ALGORITHM_RESULT_COLUMNS
+    from micdm.synth_reports import algorithm_result_rows
+
+    rows = [row for patient in plans for study in patient.studies
+            if any(s.kind == "measurement_report" for s in study.series)
+            for row in algorithm_result_rows(study.series[0].series_uid, f"{seed}:{study.study_uid}")]
+    rows += algorithm_result_rows(UNKNOWN_SERIES, f"{seed}:unknown")[:1]
+    _write_csv(out / ALGORITHM_RESULTS, list(ALGORITHM_RESULT_COLUMNS), rows)
+
+
 def _iso_date(yyyymmdd: str) -> str:
     return f"{yyyymmdd[:4]}-{yyyymmdd[4:6]}-{yyyymmdd[6:]}"
 
@@ -351,6 +404,7 @@ def generate(out: str | Path, patients: int = 24, seed: int = 7, pixels: str = "
     plans = plan_patients(patients, seed, max_instances)
     instances, written = _write_dicom(out, plans, seed, pixels)
     _write_cdm(out, plans)
+    _write_algorithm_results(out, plans, seed)
     studies = sum(len(p.studies) for p in plans)
     series = sum(len(s.series) for p in plans for s in p.studies)
     return SynthSummary(out, patients, studies, series, instances, written)
