@@ -156,7 +156,9 @@ def plan_patients(patients: int, seed: int, max_instances: int | None = None) ->
                 for s in range(1 + (rng.random() < 0.3))
             ]
             measured = rng.random() < 0.15 or (modality == "CT" and index % 3 == 0)
-            if modality == "CT":  # scanners send a dose report with every study
+            if case == "person_missing":  # its series have no image_occurrence for reports to land on
+                measured = False
+            elif modality == "CT":  # scanners send a dose report with every study
                 series.append(SeriesPlan("SR", _uid(seed, index, number, "dose"), 1, None, "dose_report"))
                 if measured:
                     series.append(SeriesPlan("SEG", _uid(seed, index, number, "seg"), 1, None, "segmentation"))
@@ -370,8 +372,8 @@ def _write_algorithm_results(out: Path, plans: list[PatientPlan], seed: int) -> 
 
     rows = [row for patient in plans for study in patient.studies
             if any(s.kind == "measurement_report" for s in study.series)
-            for row in algorithm_result_rows(study.series[0].series_uid, f"{seed}:{study.study_uid}")]
-    rows += algorithm_result_rows(UNKNOWN_SERIES, f"{seed}:unknown")[:1]
+            for row in algorithm_result_rows(study.series[0].series_uid, f"{seed}:{study.study_uid}", study.date)]
+    rows += algorithm_result_rows(UNKNOWN_SERIES, f"{seed}:unknown", plans[0].studies[0].date)[:1]
     _write_csv(out / ALGORITHM_RESULTS, list(ALGORITHM_RESULT_COLUMNS), rows)
 
 

@@ -10,6 +10,8 @@ gives the same bytes.
 from __future__ import annotations
 
 import copy
+import datetime as dt
+import logging
 import random
 from collections.abc import Sequence
 
@@ -27,6 +29,9 @@ __all__ = [
     "measurement_report",
     "segmentation",
 ]
+
+# highdicom reports every attribute it copies at INFO: a demo's log would hold little else.
+logging.getLogger("highdicom").setLevel(logging.WARNING)
 
 #: X-Ray Radiation Dose SR Storage.
 DOSE_REPORT_CLASS = "1.2.840.10008.5.1.4.1.1.88.67"
@@ -189,10 +194,11 @@ def segmentation(images: Sequence[Dataset], series_uid: str, sop_uid: str, seed:
     return _dated(seg, images)
 
 
-def algorithm_result_rows(series_uid: str, seed: str) -> list[list[object]]:
-    """An AI product's results for one series (see features.algorithm_results): a finding with its size."""
+def algorithm_result_rows(series_uid: str, seed: str, day: dt.date) -> list[list[object]]:
+    """An AI product's results for one series (see features.algorithm_results): a finding with its size,
+    computed the day the images were taken."""
     rng = random.Random(seed)
-    when = "2024-01-01T00:00:00"
+    when = f"{day.isoformat()}T23:00:00"
     finding = f"{seed}-1"
     system = "urn:example:synthetic-lung-ai:2.0"
     return [[series_uid, "SNOMED", "81827009", round(rng.uniform(3, 30), 1), "", "", "mm", finding, system, when],
