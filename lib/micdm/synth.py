@@ -271,7 +271,10 @@ def _instances(plans: list[PatientPlan]) -> Iterator[tuple[PatientPlan, StudyPla
 def _derived(series: SeriesPlan, images: list[Dataset], segmentations: dict[str, Dataset], seed: str
              ) -> FileDataset:
     """A report or segmentation of the study's first series (highdicom builds it; imported only here)."""
-    from micdm import synth_reports
+    try:
+        from micdm import synth_reports
+    except ImportError as missing:
+        raise ImportError("micdm synth writes its reports with highdicom: pip install 'micdm[synth]'") from missing
 
     uid = _uid(seed, series.series_uid, 0)
     if series.kind == "segmentation":

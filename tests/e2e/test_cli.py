@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -48,17 +49,35 @@ def test_dry_run_lists_files_and_tables_and_writes_nothing(tmp_path) -> None:
     assert not warehouse.exists(), "a dry run creates no table"
 
 
-def test_a_demo_run_logs_no_phi(tmp_path) -> None:
-    """Patient names, ids and birth dates of the demo never reach the output (INFO and above, and print)."""
-    from micdm.synth import plan_patients
+def _features_by_kind(output: str) -> dict[str, int]:
+    line = next(line for line in output.splitlines() if line.startswith("features "))
+    return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", line)}
+
+
+def test_a_demo_run_logs_no_phi_and_shows_every_kind_of_feature(tmp_path) -> None:
+    """Patient names, ids and birth dates of the demo never reach the output (INFO and above, and print);
+    the demo's reports, segmentation and AI results all become features."""
+    from deltalake import DeltaTable
+
+    from micdm.synth import UNKNOWN_SERIES, plan_patients
 
     out, warehouse = tmp_path / "demo", tmp_path / "warehouse"
-    result = run("demo", "synth.patients=3", "synth.seed=5", "synth.pixels=none", f"synth.out={out}",
+    result = run("demo", "synth.patients=3", "synth.seed=2", "synth.pixels=none", f"synth.out={out}",
                  f"sources.roots=[{out / 'dicom'}]", f"storage.warehouse={warehouse}")
     assert result.returncode == 0, result.stderr[-2000:]
     output = result.stdout + result.stderr
     assert "image_occurrence" in output and "quality" in output
-    for patient in plan_patients(3, 5):
+    kinds = _features_by_kind(result.stdout)
+    assert all(kinds[kind] > 0 for kind in ("acquisition", "structured_report", "segmentation", "algorithm")), kinds
+    tables = {name: DeltaTable(str(warehouse / "micdm" / name)).to_pandas()
+              for name in ("observation", "image_feature", "feature_quarantine", "sr_measurement_group")}
+    assert len(tables["observation"]) > 0 and len(tables["sr_measurement_group"]) > 0
+    feature = tables["image_feature"]
+    assert feature["alg_system"].str.startswith("urn:dicom:algorithm:").sum() > 0, "SEG and CAD report features"
+    assert feature["alg_system"].str.startswith("urn:example:").sum() > 0, "the imported AI results"
+    quarantine = tables["feature_quarantine"]
+    assert list(quarantine["series_instance_uid"]) == [UNKNOWN_SERIES], "only the row the demo plants"
+    for patient in plan_patients(3, 2):
         for value in (patient.name, patient.name.replace("^", " "), patient.patient_id,
                       patient.birth_date.strftime("%Y%m%d"), patient.birth_date.isoformat()):
             assert value not in output, f"PHI in the output: {value[:3]}..."
@@ -66,4 +85,4 @@ def test_a_demo_run_logs_no_phi(tmp_path) -> None:
     assert len(reports) == 1
     page = reports[0].read_text(encoding="utf-8")
     assert "Linkage" in page and "Quality checks" in page and "isForeignKey" in page
-    assert all(patient.patient_id not in page for patient in plan_patients(3, 5))
+    assert all(patient.patient_id not in page for patient in plan_patients(3, 2))
