@@ -345,9 +345,8 @@ def _write_results(spark: SparkSession, locator: TableLocator, verdicts: DataFra
     is_instance = F.col("outcome") == Outcome.INSTANCE.value
     stored = read_table(spark, locator, "dicom_instance").select("path").unionByName(
         read_table(spark, locator, "dicom_quarantine").select("path"))
-    rewritten = any_stored and bool(stored.join(verdicts.select("path"), "path", "left_semi").take(1))
-    _write_report_content(spark, locator, rows.where(is_instance), verdicts.select("path"), rewritten)
-    if rewritten:
+    _write_report_content(spark, locator, rows.where(is_instance), verdicts.select("path"))
+    if any_stored and stored.join(verdicts.select("path"), "path", "left_semi").take(1):
         merge_or_delete(spark, locator, "dicom_instance", rows, ["path"], keep=is_instance)
         merge_or_delete(spark, locator, "dicom_quarantine", rows, ["path"], keep=~is_instance)
     else:
@@ -362,17 +361,17 @@ _CONTENT_ITEMS = ArrayType(StructType([f for f in SR_CONTENT_ITEM.schema.fields
                                        if f.name not in ("path", "sop_instance_uid", "run_id")]))
 
 
-def _write_report_content(spark: SparkSession, locator: TableLocator, instances: DataFrame, paths: DataFrame,
-                          rewritten: bool) -> None:
-    """Structured reports' content items into sr_content_item, replacing those of every path read again.
+def _write_report_content(spark: SparkSession, locator: TableLocator, instances: DataFrame, paths: DataFrame
+                          ) -> None:
+    """Structured reports' content items into sr_content_item, replacing those of every path read now.
 
     Written before dicom_instance: a crash in between leaves the inventory unchanged, so the next run reads
-    the same files and writes both again.
+    the same files and replaces their items again, whatever dicom_instance holds.
     """
     items = instances.where(F.col("sr_content").isNotNull()).select(
         "path", "sop_instance_uid", "run_id", F.explode(F.from_json("sr_content", _CONTENT_ITEMS)).alias("i")
     ).select("path", "sop_instance_uid", "run_id", "i.*")
-    if rewritten and may_have_rows(spark, locator, "sr_content_item"):
+    if may_have_rows(spark, locator, "sr_content_item"):
         (delta_table(spark, locator, "sr_content_item").alias("t")
          .merge(paths.distinct().alias("s"), "t.path = s.path").whenMatchedDelete().execute())
     if items.take(1):

@@ -38,14 +38,17 @@ KILLS = [
 #: Tables a run rewrites to the same content; link_report and dq_result gain rows per run by design.
 COMPARED = ("dicom_instance", "dicom_quarantine", "file_inventory", "dicom_series", "series_link", "link_exception",
             "procedure_occurrence", "image_occurrence", "measurement", "observation", "image_feature",
-            "feature_quarantine", "id_map")
+            "feature_quarantine", "id_map", "sr_content_item", "sr_measurement_group", "sr_quantitative",
+            "sr_qualitative")
 #: Each compared table's key, which no row may repeat (exceptAll below also compares row multiplicity).
 KEYS = {"dicom_instance": ["path"], "dicom_quarantine": ["path"], "file_inventory": ["path"],
         "dicom_series": ["series_instance_uid"], "series_link": ["image_series_uid"],
         "link_exception": ["image_series_uid"], "procedure_occurrence": ["procedure_occurrence_id"],
         "image_occurrence": ["image_occurrence_id"], "measurement": ["measurement_id"],
         "observation": ["observation_id"], "image_feature": ["image_feature_id"],
-        "id_map": ["namespace", "natural_key"]}
+        "id_map": ["namespace", "natural_key"], "sr_content_item": ["path", "position"],
+        "sr_measurement_group": ["sop_instance_uid", "finding_group"],
+        "sr_quantitative": ["sop_instance_uid", "position"], "sr_qualitative": ["sop_instance_uid", "position"]}
 
 
 def _comparable(df: DataFrame) -> DataFrame:
