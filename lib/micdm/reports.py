@@ -11,6 +11,7 @@ ingested is quarantined (series_not_in_image_occurrence), never put on another s
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from pyspark.sql import Column, DataFrame, Row, SparkSession
@@ -56,11 +57,16 @@ def _segments(header_json: str | None) -> dict[str, Any]:
     return _refused(reason, message or reason) if reason else {"items": items, "groups": [], "problems": []}
 
 
+@dataclass(frozen=True)
 class ReportFeatures:
     """What the reports of one run give: feature rows, quarantine rows, and the parts of the SR tables."""
 
-    def __init__(self, features: DataFrame, quarantine: DataFrame, groups: DataFrame, items: DataFrame) -> None:
-        self.features, self.quarantine, self.groups, self.items = features, quarantine, groups, items
+    features: DataFrame
+    quarantine: DataFrame
+    groups: DataFrame
+    """Every group of every report, with the occurrence it was put on (NULL when it could not be)."""
+    items: DataFrame
+    """The placed values of structured reports (not segmentations), with their natural and finding keys."""
 
 
 def _analysed(spark: SparkSession, locator: TableLocator, instances: DataFrame) -> DataFrame:

@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 from micdm.dicom.sr_content import MAX_DEPTH
 
-__all__ = ["Code", "SrError", "algorithm_uri", "analyse_report", "parse_code", "snomed_ct"]
+__all__ = ["Analysis", "Code", "SrError", "algorithm_uri", "analyse_report", "parse_code", "snomed_ct"]
 
 #: Containers whose content is one finding or one event: TID 1500's measurement groups, the irradiation
 #: events and accumulated doses of CT (TID 10011) and projection X-ray (TID 10001) dose reports.

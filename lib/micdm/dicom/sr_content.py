@@ -75,7 +75,7 @@ def _code(item: dict[str, Any] | None, prefix: str) -> dict[str, Any]:
             f"{prefix}_meaning": _text(_first(item, _MEANING))}
 
 
-def evidence_series_of(header: dict[str, Any]) -> dict[str, str]:
+def _evidence_series_of(header: dict[str, Any]) -> dict[str, str]:
     """SOP instance UID -> series UID of every instance the report lists as evidence."""
     series_of: dict[str, str] = {}
     for tag in _EVIDENCE:
@@ -152,7 +152,7 @@ def content_rows(header: dict[str, Any], max_items: int) -> list[dict[str, Any]]
     Raises ContentError when the tree is deeper than MAX_DEPTH or holds more than ``max_items`` items;
     values that cannot be read are kept as text (a NUM's number None) for the features stage to judge.
     """
-    series_of = evidence_series_of(header)
+    series_of = _evidence_series_of(header)
     rows: list[dict[str, Any]] = []
     pending: list[tuple[dict[str, Any], str, int]] = [(header, "1", 0)]
     while pending:  # iterative: a hostile tree must not exhaust the stack
