@@ -122,3 +122,14 @@ def test_fast_json_equals_pydicom_json_on_the_corpus(shared) -> None:
             assert fast.get(tag) == expected, (Path(path).name, tag)
         compared += len(slow)
     assert compared > 5000
+
+
+def test_a_large_multi_frame_header_drops_its_per_frame_groups_before_everything(shared) -> None:
+    """A segmentation of many frames: its segments survive a cap that its per-frame groups exceed."""
+    seg = shared / "data" / "dicom" / "dcmqi" / "data" / "sr-example" / "seg.dcm"
+    ds = dcmread(seg, stop_before_pixels=True)
+    ds.PerFrameFunctionalGroupsSequence = [ds.PerFrameFunctionalGroupsSequence[0]] * 2000
+    whole, dropped = header_json(ds, 10**8)
+    assert dropped is None and '"52009230"' in whole
+    kept, dropped = header_json(ds, len(whole.encode()) // 10)
+    assert dropped == "per_frame" and '"52009230"' not in kept and '"00620002"' in kept

@@ -374,19 +374,28 @@ def _fast_json(raw: RawDataElement, charset: str | None) -> dict[str, Any] | Non
     return None
 
 
+#: PerFrameFunctionalGroupsSequence: a description of every frame, the bulk of a large multi-frame header.
+_PER_FRAME = "52009230"
+
+
 def header_json(header: Dataset | EncodedHeader, max_bytes: int) -> tuple[str | None, str | None]:
     """The header as DICOM JSON (PS3.18 F.2) without bulk data, within ``max_bytes``, and what was dropped.
 
-    When the whole header is too large, private elements are left out first ('private'); when it still
-    does not fit, None is returned ('all').
+    When the whole header is too large, private elements are left out first ('private'), then the
+    per-frame functional groups ('per_frame': a multi-frame object keeps its shared groups and, for a
+    segmentation, its segments); when it still does not fit, None is returned ('all').
     """
     elements = _encoded(header).elements
     text = _dumps(elements)
     if len(text) <= max_bytes:
         return text.decode("utf-8"), None
     public = {key: element for key, element in elements.items() if not int(key[:4], 16) & 1}
-    text = _dumps(public)
-    return (text.decode("utf-8"), "private") if len(text) <= max_bytes else (None, "all")
+    for dropped, kept in (("private", public),
+                          ("per_frame", {key: e for key, e in public.items() if key != _PER_FRAME})):
+        text = _dumps(kept)
+        if len(text) <= max_bytes:
+            return text.decode("utf-8"), dropped
+    return None, "all"
 
 
 def _dumps(elements: dict[str, dict[str, Any]]) -> bytes:
