@@ -205,7 +205,7 @@ def write_sr_tables(spark: SparkSession, locator: TableLocator, reported: Report
         "sop_instance_uid", "finding_group", "image_finding_id", *placement, *context, "placed_by", "position",
         F.col("concept_code").alias("group_concept_code"), F.col("concept_meaning").alias("group_concept_meaning"),
         "template_id", "finding_category_scheme", "finding_category_code", "finding_category_meaning",
-        "site_scheme", "site_code", "site_meaning", "site_laterality", "algorithm_name", "algorithm_version",
+        "site_scheme", "site_code", "site_meaning", "site_laterality", "method", "algorithm_name", "algorithm_version",
         F.col("image_sops").alias("referenced_sop_uids"), "frame_of_reference_uid",
         F.to_date("created").alias("content_date"), now.alias("updated_at"))
     group_context = groups.select("sop_instance_uid", "finding_group", *context[:2],
@@ -218,7 +218,7 @@ def write_sr_tables(spark: SparkSession, locator: TableLocator, reported: Report
                     F.col("_group_finding_code").alias("finding_code"), "finding_meaning", "source_series_uid",
                     "segmentation_sop_uid", "segment_numbers", "position", "concept_scheme", "concept_code",
                     "concept_meaning", "site_scheme", "site_code", "site_meaning", "derivation", "laterality",
-                    "modifier", "algorithm", now.alias("updated_at")]
+                    "method", "modifier", "algorithm", now.alias("updated_at")]
     quantitative = items.where(F.col("value_type") == "NUM").select(
         *item_columns, F.col("number").alias("value"), "unit_code", "unit_meaning", "measurement_id")
     qualitative = items.where(F.col("value_type") == "CODE").select(

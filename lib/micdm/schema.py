@@ -565,6 +565,7 @@ REPORT_ITEM = table("report_item", "internal", """
     concept_meaning        string
     derivation             string
     laterality             string
+    method                 string
     modifier               string
     finding_group          integer
     finding_scheme         string
@@ -599,6 +600,7 @@ REPORT_GROUP = table("report_group", "internal", """
     site_code                      string
     site_meaning                   string
     site_laterality                string
+    method                         string
     tracking_id                    string
     tracking_uid                   string
     algorithm_name                 string
@@ -681,6 +683,7 @@ _SR_ITEM = """
     site_meaning                  string
     derivation                    string
     laterality                    string
+    method                        string
     modifier                      string
     algorithm                     string
 """
@@ -698,6 +701,7 @@ SR_MEASUREMENT_GROUP = table("sr_measurement_group", "silver", _SR_PLACEMENT + _
     site_code                     string
     site_meaning                  string
     site_laterality               string
+    method                        string
     algorithm_name                string
     algorithm_version             string
     referenced_sop_uids           array<string>

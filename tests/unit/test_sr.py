@@ -96,6 +96,14 @@ def test_derivation_tells_apart_two_values_of_one_concept(shared: Path) -> None:
     assert len(suv) == 10 and len({r["derivation"] for r in suv}) == 10
 
 
+def test_a_measurement_method_of_the_group_holds_unless_the_value_names_its_own(shared: Path) -> None:
+    report = _analysed(_corpus(shared, "dcmqi", "data", "sr-example", "sr.dcm"))
+    assert report.groups[0]["method"] == "SUV body weight calculation method"
+    methods = {r["concept_meaning"]: r["method"] for r in report.items}
+    assert methods["Volume"] == "Sum of segmented voxel volumes"
+    assert methods["SUVbw"] == methods["Total Lesion Glycolysis"] == "SUV body weight calculation method"
+
+
 def test_highdicom_report_row_by_row(shared: Path) -> None:
     report = _analysed(_corpus(shared, *HIGHDICOM, "sr_document.dcm"))
     assert [(r["position"], r["value_type"], r["concept_code"], r["number"], r["unit_code"], r["value_code"])

@@ -46,7 +46,7 @@ def _segment_row(segment: dict[str, Any], index: int, software: str | None) -> d
     return {
         "position": f"segment.{number}", "value_type": "CODE", "concept_scheme": category.scheme,
         "concept_code": category.value, "concept_meaning": category.meaning, "derivation": None,
-        "laterality": None, "modifier": None, "finding_group": number, "finding_scheme": kind.scheme,
+        "laterality": None, "method": None, "modifier": None, "finding_group": number, "finding_scheme": kind.scheme,
         "finding_code": kind.value, "site_scheme": site.scheme if site else None,
         "site_code": site.value if site else None, "site_meaning": site.meaning if site else None,
         "tracking_id": None, "number": None, "unit_code": None, "unit_meaning": None,

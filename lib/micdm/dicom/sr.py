@@ -230,6 +230,8 @@ def _collect(group: _Group) -> None:
         elif child.is_("TEXT", _ALGORITHM_VERSION):
             context["algorithm_version"] = child.row.get("text_value")
     context.update(_code_columns("site", site))
+    method = _modifier(group.node, _METHOD)
+    context["method"] = method.meaning or method.value if method else None
     laterality = _modifier(site_node, _LATERALITY) if site_node else None
     context["site_laterality"] = laterality.meaning or laterality.value if laterality else None
     context["algorithm"] = algorithm_uri(context["algorithm_name"], context["algorithm_version"])
@@ -270,7 +272,7 @@ class Analysis:
 def _item(node: _Node, group: _Group | None, **values: Any) -> dict[str, Any]:
     own_site = _modifier(node, _FINDING_SITE)
     context = group.context if group else {}
-    derivation, laterality = _modifier(node, _DERIVATION), _modifier(node, _LATERALITY)
+    derivation, laterality, method = (_modifier(node, concept) for concept in (_DERIVATION, _LATERALITY, _METHOD))
     modifiers = [child.code("value") for child in node.children
                  if child.row.get("relationship") == "HAS CONCEPT MOD" and child.is_("CODE")]
     concept = node.code("concept")
@@ -279,6 +281,7 @@ def _item(node: _Node, group: _Group | None, **values: Any) -> dict[str, Any]:
         **_code_columns("concept", concept),
         "derivation": derivation.meaning or derivation.value if derivation else None,
         "laterality": laterality.meaning or laterality.value if laterality else None,
+        "method": method.meaning or method.value if method else context.get("method"),
         "modifier": ", ".join(m.meaning or m.value for m in modifiers if m) or None,
         "finding_group": group.number if group else None,
         "finding_scheme": context.get("finding_scheme"), "finding_code": context.get("finding_code"),
