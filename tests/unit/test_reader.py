@@ -152,3 +152,22 @@ def test_pydicom_bundled_files_all_end_somewhere() -> None:
     ct = outcomes["CT_small.dcm"]
     assert (ct["outcome"], ct["modality"], ct["rows"]) == ("instance", "CT", 128)
     assert outcomes["DICOMDIR"]["reason"] == QuarantineReason.DICOMDIR.value
+
+
+def _big_endian_files(shared: Path) -> list[Path]:
+    import pydicom.data
+
+    files = sorted((Path(pydicom.data.__file__).parent / "test_files").glob("*big*endian*.dcm"))
+    with (shared / "data" / "dicom" / "MANIFEST.tsv").open(newline="", encoding="utf-8") as handle:
+        files += [shared / "data" / "dicom" / row["file"] for row in csv.DictReader(handle, delimiter="\t")
+                  if row["transfer_syntax"] == "1.2.840.10008.1.2.2"]
+    return files
+
+
+def test_big_endian_pixel_data_lengths_are_read_in_the_files_byte_order(shared: Path) -> None:
+    files = _big_endian_files(shared)
+    assert len(files) >= 3
+    for path in files:
+        row = extract_file(opener(str(path), {}), str(path), path.stat().st_size, ReadOptions())
+        assert row["outcome"] == "instance", path.name
+        assert not [w for w in row["parse_warnings"] or [] if "PixelData" in w], path.name

@@ -232,7 +232,8 @@ def _parse(reader: RangeReader) -> tuple[ParsedHeader, bool]:
         transfer_syntax_uid=_uid(meta.get("TransferSyntaxUID") if meta else None),
         media_storage_sop_class_uid=_uid(meta.get("MediaStorageSOPClassUID") if meta else None),
         header_end=header_end,
-        pixel_data_end=_declared_pixel_data_end(reader, header_end),
+        pixel_data_end=_declared_pixel_data_end(reader, header_end,
+                                                little_endian=getattr(dataset, "is_little_endian", True) is not False),
     )
     return parsed, forced
 
@@ -251,16 +252,19 @@ def _looks_like_dicom(dataset: Any) -> bool:
     return known >= 3
 
 
-def _declared_pixel_data_end(reader: RangeReader, start: int) -> int | None:
-    """Where the pixel data element at ``start`` would end by its declared length (None if absent or undefined)."""
+def _declared_pixel_data_end(reader: RangeReader, start: int, little_endian: bool = True) -> int | None:
+    """Where the pixel data element at ``start`` would end by its declared length (None if absent or
+    undefined), the length read in the data set's byte order."""
     head = reader.prefix(start + 12)[start:start + 12]
     if len(head) < 8:
         return None
+    order = "<" if little_endian else ">"
     if head[4:6].isalpha() and len(head) == 12:
-        length = struct.unpack("<I", head[8:12])[0] if head[4:6] in (b"OB", b"OW", b"OF", b"OD", b"UN") else None
+        length = struct.unpack(f"{order}I", head[8:12])[0] if head[4:6] in (b"OB", b"OW", b"OF", b"OD", b"UN") \
+            else None
         value_start = start + 12
     else:
-        length = struct.unpack("<I", head[4:8])[0]
+        length = struct.unpack(f"{order}I", head[4:8])[0]
         value_start = start + 8
     return None if length is None or length == 0xFFFFFFFF else value_start + length
 
