@@ -312,8 +312,8 @@ def _with_duplicates(spark: SparkSession, locator: TableLocator, results: DataFr
         stored.join(shared_uids, "sop_instance_uid", "left_semi"), allowMissingColumns=True)
     by_uid = Window.partitionBy("sop_instance_uid").orderBy("path")
     first_of_uid = by_uid.rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
-    same = (F.first("file_size").over(first_of_uid) == F.col("file_size")) & F.first("header_json").over(
-        first_of_uid).eqNullSafe(F.col("header_json"))
+    same = (F.first("file_size").over(first_of_uid) == F.col("file_size")) & (
+        F.first("header_digest").over(first_of_uid) == F.col("header_digest"))
     duplicates = (
         candidates.withColumns({"_rank": F.row_number().over(by_uid), "_kept": F.first("path").over(first_of_uid),
                                 "_same": same})

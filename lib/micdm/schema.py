@@ -458,6 +458,7 @@ EXTRACT_RESULT = table("extract_result", "internal", _FILE_COLUMNS + """
     referenced_series    array<string>
     sr_content_reason    string
     sr_content_message   string
+    header_digest        string
     sr_content           string
 """)
 
@@ -479,6 +480,7 @@ DICOM_INSTANCE = table("dicom_instance", "bronze", _FILE_COLUMNS + """
     referenced_series    array<string>
     sr_content_reason    string
     sr_content_message   string
+    header_digest        string
 """, stats_columns=("path", "sop_instance_uid", "study_instance_uid", "series_instance_uid"))
 
 DICOM_QUARANTINE = table("dicom_quarantine", "bronze", _FILE_COLUMNS + """

@@ -171,3 +171,24 @@ def test_big_endian_pixel_data_lengths_are_read_in_the_files_byte_order(shared: 
         row = extract_file(opener(str(path), {}), str(path), path.stat().st_size, ReadOptions())
         assert row["outcome"] == "instance", path.name
         assert not [w for w in row["parse_warnings"] or [] if "PixelData" in w], path.name
+
+
+def test_copies_are_told_apart_by_their_header_bytes_not_their_json(tmp_path: Path) -> None:
+    """Two encodings of one header that DICOM JSON cannot tell apart (a value padded with a space, then
+    with a NUL) have the same size and JSON, and different digests."""
+    from pydicom import dcmread
+
+    source = Path(get_testdata_file("MR_small.dcm"))
+    data = bytearray(source.read_bytes())
+    padded = next(element for element in dcmread(source, stop_before_pixels=True).iterall()
+                  if element.VR in ("CS", "LO", "SH") and isinstance(element.value, str)
+                  and len(element.value) % 2 == 1)
+    raw = data.index(padded.value.encode("ascii") + b" ")
+    data[raw + len(padded.value)] = 0
+    copy = tmp_path / "copy.dcm"
+    copy.write_bytes(bytes(data))
+    rows = [extract_file(opener(str(p), {}), str(p), p.stat().st_size, ReadOptions()) for p in (source, copy)]
+    assert rows[0]["file_size"] == rows[1]["file_size"] and rows[0]["header_json"] == rows[1]["header_json"]
+    assert rows[0]["header_digest"] != rows[1]["header_digest"]
+    again = extract_file(opener(str(source), {}), str(source), source.stat().st_size, ReadOptions())
+    assert again["header_digest"] == rows[0]["header_digest"]

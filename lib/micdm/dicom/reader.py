@@ -9,6 +9,7 @@ file ends as an instance or with a quarantine reason; one bad file never raises 
 from __future__ import annotations
 
 import enum
+import hashlib
 import io
 import logging
 import struct
@@ -57,7 +58,8 @@ class QuarantineReason(str, enum.Enum):
     DICOMDIR = "dicomdir"
     """A Media Storage Directory (PS3.10 8.6), an index, not an image."""
     DUPLICATE_SOP_INSTANCE = "duplicate_sop_instance"
-    """Another file holds the same SOPInstanceUID with different content."""
+    """Another file holds the same SOPInstanceUID; the message says whether it is an identical copy (same
+    size and header bytes) or different content."""
 
 
 @dataclass(frozen=True)
@@ -364,5 +366,7 @@ def _verdict(base: dict[str, Any], parsed: ParsedHeader, forced: bool, reader: R
         forced_read=forced,
         bytes_read=reader.bytes_read,
         header_bytes=parsed.header_end,
+        # two files with one SOPInstanceUID are copies only when their header bytes are the same
+        header_digest=hashlib.blake2b(reader.prefix(parsed.header_end)[:parsed.header_end], digest_size=16).hexdigest(),
     )
     return base
