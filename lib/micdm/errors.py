@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "EnvironmentProblem", "IdOverflowError", "MicdmError", "RunInProgressError",
-           "SchemaMismatchError", "SourceError"]
+__all__ = ["ConfigError", "EnvironmentProblem", "IdOverflowError", "InvalidInputError", "MicdmError",
+           "RunInProgressError", "SchemaMismatchError", "SourceError"]
 
 
 class MicdmError(Exception):
@@ -33,3 +33,8 @@ class RunInProgressError(MicdmError):
 class SourceError(MicdmError):
     """A source root cannot be listed (absent, or its store unreachable): nothing is written, so no file
     is wrongly marked missing."""
+
+
+class InvalidInputError(MicdmError):
+    """With ``validation: raise``, input that breaks a rule (a file with an invalid UID) stops the stage before
+    anything is written; the message names the files."""

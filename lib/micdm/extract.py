@@ -33,6 +33,7 @@ from pyspark.sql.types import ArrayType, StructType
 
 from micdm.config import Settings
 from micdm.dicom.reader import PERMANENT_ERRORS, Outcome, QuarantineReason, ReadOptions, extract_file, quiet_pydicom
+from micdm.errors import InvalidInputError
 from micdm.schema import EXTRACT_RESULT, FILE_INVENTORY, SR_CONTENT_ITEM
 from micdm.secrets import resolve_references
 from micdm.sources import DiscoveredFile, list_files, opener, read_first_blocks, root_prefix, with_first_block
@@ -206,6 +207,14 @@ def _batch_reader(options: ReadOptions, storage_options: dict[str, Any], concurr
     return run
 
 
+def _refuse_invalid(results: DataFrame, count: int) -> None:
+    """validation: raise: stop before writing, naming some of the files (the next run reads them again)."""
+    examples = results.where(F.col("reason") == QuarantineReason.INVALID_UID.value).select("path", "message").limit(3)
+    named = "; ".join(f"{row.path}: {row.message}" for row in examples.collect())
+    raise InvalidInputError(f"extract: {count} file(s) hold invalid UIDs and validation is 'raise', so nothing "
+                            f"was written ({named}); set validation: warn to quarantine them as invalid_uid")
+
+
 def _partitions(spark: SparkSession, files: int, files_per_partition: int) -> int:
     """A multiple of the cluster's cores, so the last wave of tasks keeps every core busy.
 
@@ -223,7 +232,8 @@ def read_headers(files: DataFrame, settings: Settings, files_done: Accumulator[i
     """
     cfg = settings.extract
     options = ReadOptions(block_size=cfg.block_size, max_retries=cfg.max_retries,
-                          header_json_max_bytes=cfg.header_json_max_bytes, sr_max_items=cfg.sr_max_items)
+                          header_json_max_bytes=cfg.header_json_max_bytes, sr_max_items=cfg.sr_max_items,
+                          validation=settings.validation)
     # Secret references are resolved here, on the driver; the tasks get the values in their closure.
     storage_options = resolve_references(dict(settings.sources.storage_options))
     reader = _batch_reader(options, storage_options, cfg.threads_per_task, files_done)
@@ -462,7 +472,11 @@ def extract(spark: SparkSession, locator: TableLocator, settings: Settings, run_
             read = results.agg(F.count_if(is_instance).alias("instances"),
                                F.count_distinct(F.when(is_instance, F.col("sop_instance_uid"))).alias("uids"),
                                F.sum("bytes_read").alias("bytes_read"), F.sum("file_size").alias("file_bytes"),
-                               F.count_if(F.col("reason").isin(*_RETRIED_REASONS)).alias("retry")).first()
+                               F.count_if(F.col("reason").isin(*_RETRIED_REASONS)).alias("retry"),
+                               F.count_if(F.col("reason") == QuarantineReason.INVALID_UID.value).alias("invalid")
+                               ).first()
+            if read["invalid"] and settings.validation == "raise":
+                _refuse_invalid(results, read["invalid"])
         with phase("verdicts"):
             bytes_read, file_bytes, retry_pending = read["bytes_read"] or 0, read["file_bytes"] or 0, read["retry"]
             verdicts = _with_duplicates(spark, locator, results, repeats_within=read["uids"] < read["instances"],

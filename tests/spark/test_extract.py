@@ -6,6 +6,7 @@ import os
 import shutil
 from pathlib import Path
 
+import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pyspark.sql import functions as F
@@ -13,6 +14,7 @@ from pyspark.sql import functions as F
 import micdm.extract
 from micdm.config import load_settings
 from micdm.dicom.reader import ReadOptions, extract_file
+from micdm.errors import InvalidInputError
 from micdm.extract import extract
 from micdm.sources import opener
 from micdm.tables import TableLocator, init_tables, read_table
@@ -140,3 +142,22 @@ def test_an_unchanged_listing_is_settled_without_planning(spark, tmp_path: Path,
     touched = extract(spark, locator, settings)
     assert (touched.to_read, touched.instances) == (1, 1)
     assert read_table(spark, locator, "dicom_instance").count() == 2
+
+
+def test_validation_raise_stops_before_writing_and_warn_quarantines(spark, tmp_path: Path) -> None:
+    root = tmp_path / "export"
+    root.mkdir()
+    ds = dcmread(get_testdata_file("CT_small.dcm"))
+    ds.save_as(root / "good.dcm")
+    ds.SOPInstanceUID, ds.SeriesInstanceUID = ds.SOPInstanceUID + ".9", "1.2.840.10008.05"
+    ds.save_as(root / "bad.dcm")
+    strict = _settings(tmp_path, root, "validation=raise")
+    locator = TableLocator(strict.storage)
+    init_tables(spark, locator)
+    with pytest.raises(InvalidInputError, match=r"bad\.dcm"):
+        extract(spark, locator, strict)
+    assert read_table(spark, locator, "dicom_instance").count() == 0
+    assert read_table(spark, locator, "file_inventory").count() == 0, "the next run reads the files again"
+    summary = extract(spark, locator, _settings(tmp_path, root))
+    assert (summary.instances, summary.quarantined) == (1, 1)
+    assert _outcomes(spark, locator) == {str(root / "good.dcm"): "instance", str(root / "bad.dcm"): "invalid_uid"}

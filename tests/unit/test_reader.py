@@ -16,7 +16,7 @@ from micdm.sources import opener
 ABSENT = ("", "<absent>")
 
 
-def read(path: Path, **options: int) -> dict:
+def read(path: Path, **options: object) -> dict:
     return extract_file(opener(str(path), {}), str(path), os.path.getsize(path), ReadOptions(**options))
 
 
@@ -60,11 +60,53 @@ def test_parsed_files_yield_the_manifest_values(manifest, results) -> None:
     assert checked >= 135
 
 
-def test_instances_are_exactly_the_files_with_their_uids(manifest, results) -> None:
+#: PS3.5 9.1, as this test reads it: digits and dots, no empty component, no leading zero, at most 64 characters.
+def _valid_uid(value: str) -> bool:
+    parts = value.split(".")
+    return len(value) <= 64 and all(p.isdigit() and p.isascii() and (p == "0" or p[0] != "0") for p in parts)
+
+
+def test_instances_are_exactly_the_files_with_their_valid_uids(manifest, results) -> None:
+    invalid = 0
     for row in manifest:
-        has_uids = all(row[k] not in ABSENT for k in ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID"))
+        uids = [row[k] for k in ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID")]
+        has_uids = all(uid not in ABSENT for uid in uids)
+        valid = has_uids and all(_valid_uid(uid) for uid in uids)
         parsed = row["parse_status"].startswith("ok")
-        assert (results[row["file"]]["outcome"] == Outcome.INSTANCE.value) == (has_uids and parsed), row["file"]
+        result = results[row["file"]]
+        assert (result["outcome"] == Outcome.INSTANCE.value) == (valid and parsed), row["file"]
+        if has_uids and parsed and not valid:
+            invalid += 1
+            assert result["reason"] == QuarantineReason.INVALID_UID.value and repr(uids[2]) in result["message"]
+    assert invalid == 2  # dcm4che's 3gb-bulk-data-truncated ('3gb_native'), pydicom-data's bad_sequence (hex)
+
+
+@pytest.mark.parametrize("value", ["1.2.840.10008.05", "1.2.3.", ".1.2", "1..2", "1.2.a", "1.2.3\n4", "1.2÷3",
+                                   "1.2.N3", "REM SAMPLES 1", "1." + "2" * 63])
+def test_an_invalid_uid_is_quarantined_unless_validation_ignores_it(tmp_path: Path, value: str) -> None:
+    from pydicom import dcmread
+
+    ds = dcmread(get_testdata_file("CT_small.dcm"))
+    ds.SeriesInstanceUID = value
+    path = tmp_path / "bad_uid.dcm"
+    ds.save_as(path)
+    warned = read(path)
+    assert (warned["outcome"], warned["reason"]) == ("quarantine", QuarantineReason.INVALID_UID.value)
+    assert "SeriesInstanceUID" in warned["message"] and repr(value)[:40] in warned["message"]
+    kept = read(path, validation="ignore")
+    assert kept["outcome"] == "instance" and kept["series_instance_uid"] == value
+    assert any(w.startswith("invalid UID: SeriesInstanceUID") for w in kept["parse_warnings"])
+
+
+def test_valid_uids_pass_with_their_padding_removed(tmp_path: Path) -> None:
+    for value in ("0.0", "1.2.840.10008.1.2.1", "2.25." + "9" * 59):
+        from pydicom import dcmread
+
+        ds = dcmread(get_testdata_file("CT_small.dcm"))
+        ds.SeriesInstanceUID = value
+        path = tmp_path / "good_uid.dcm"
+        ds.save_as(path)
+        assert read(path)["series_instance_uid"] == value
 
 
 def test_known_failures_land_in_quarantine_with_their_reason(manifest, results) -> None:

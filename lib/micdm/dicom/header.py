@@ -32,6 +32,7 @@ __all__ = [
     "encode_header",
     "header_json",
     "header_record",
+    "invalid_uids",
     "missing_uids",
     "parse_dicom_date",
 ]
@@ -304,6 +305,26 @@ def header_record(header: Dataset | EncodedHeader) -> dict[str, Any]:
 def missing_uids(record: dict[str, Any]) -> list[str]:
     """Required UIDs the record lacks (absent or empty)."""
     return [keyword for keyword in REQUIRED_UIDS if not record.get(HEADER_ATTRIBUTES[keyword][0])]
+
+
+#: PS3.5 9.1: numeric components separated by dots, none with a leading zero (a lone 0 is one).
+_UID_FORM = re.compile(r"(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))*")
+_UID_MAX_LENGTH = 64
+
+
+def invalid_uids(record: dict[str, Any]) -> list[str]:
+    """What is wrong with each required UID of the record that is present but not a valid UID (padding
+    already removed), as ``Keyword 'value': why``."""
+    problems = []
+    for keyword in REQUIRED_UIDS:
+        value = record.get(HEADER_ATTRIBUTES[keyword][0])
+        if not value:
+            continue
+        if len(value) > _UID_MAX_LENGTH:
+            problems.append(f"{keyword} {value[:80]!r}: {len(value)} characters, more than {_UID_MAX_LENGTH}")
+        elif not _UID_FORM.fullmatch(value):
+            problems.append(f"{keyword} {value!r}: not numeric components separated by dots without leading zeros")
+    return problems
 
 
 def _drop_bulk(element: DataElement) -> str:

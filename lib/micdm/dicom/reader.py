@@ -26,7 +26,7 @@ from pydicom import dcmread
 from pydicom.datadict import dictionary_has_tag
 from pydicom.errors import InvalidDicomError
 
-from micdm.dicom.header import EncodedHeader, encode_header, header_json, header_record, missing_uids
+from micdm.dicom.header import EncodedHeader, encode_header, header_json, header_record, invalid_uids, missing_uids
 from micdm.dicom.sr_content import ContentError, content_rows, is_report
 from micdm.dicom.walker import NeedMoreBytes, NotWalkable, ParsedHeader, walk_header
 
@@ -55,6 +55,8 @@ class QuarantineReason(str, enum.Enum):
     PARSE_ERROR = "parse_error"
     MISSING_UID = "missing_uid"
     """SOPInstanceUID, SeriesInstanceUID or StudyInstanceUID absent or empty (PS3.3 C.12.1, C.7.3.1)."""
+    INVALID_UID = "invalid_uid"
+    """A study, series or SOP instance UID that is not a valid UID (PS3.5 9.1); see the validation setting."""
     DICOMDIR = "dicomdir"
     """A Media Storage Directory (PS3.10 8.6), an index, not an image."""
     DUPLICATE_SOP_INSTANCE = "duplicate_sop_instance"
@@ -69,6 +71,9 @@ class ReadOptions:
     header_json_max_bytes: int = 262144
     retry_base_seconds: float = 0.2
     sr_max_items: int = 200_000
+    validation: str = "warn"
+    """The validation setting: 'ignore' keeps a file with an invalid UID as an instance (with a parse warning);
+    otherwise it is quarantined as invalid_uid."""
 
 
 PERMANENT_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
@@ -344,6 +349,11 @@ def _verdict(base: dict[str, Any], parsed: ParsedHeader, forced: bool, reader: R
         # A header cut short before its UIDs is a truncated file; a complete one without them is not an instance.
         reason = QuarantineReason.TRUNCATED if reader.short_read else QuarantineReason.MISSING_UID
         return _quarantine(base, reason, f"missing {', '.join(absent)}", reader)
+    invalid = invalid_uids(record)
+    if invalid and options.validation != "ignore":
+        return _quarantine(base, QuarantineReason.INVALID_UID, "; ".join(invalid), reader)
+    if invalid:
+        record["parse_warnings"] = [*(record["parse_warnings"] or []), *(f"invalid UID: {i}" for i in invalid)]
     record["transfer_syntax_uid"] = parsed.transfer_syntax_uid
     if reader.short_read:
         record["parse_warnings"] = [*(record["parse_warnings"] or []),
