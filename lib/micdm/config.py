@@ -95,11 +95,12 @@ class ExtractSettings:
     max_retries: int = 3
     header_json_max_bytes: int = 262144
     sr_max_items: int = 200_000
+    max_nesting: int = 10_000
     full_refresh: bool = False
 
     def __post_init__(self) -> None:
         for key in ("block_size", "threads_per_task", "files_per_partition", "header_json_max_bytes",
-                    "sr_max_items"):
+                    "sr_max_items", "max_nesting"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"extract.{key}: must be at least 1, got {getattr(self, key)!r}")
 

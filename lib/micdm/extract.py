@@ -233,7 +233,7 @@ def read_headers(files: DataFrame, settings: Settings, files_done: Accumulator[i
     cfg = settings.extract
     options = ReadOptions(block_size=cfg.block_size, max_retries=cfg.max_retries,
                           header_json_max_bytes=cfg.header_json_max_bytes, sr_max_items=cfg.sr_max_items,
-                          validation=settings.validation)
+                          max_nesting=cfg.max_nesting, validation=settings.validation)
     # Secret references are resolved here, on the driver; the tasks get the values in their closure.
     storage_options = resolve_references(dict(settings.sources.storage_options))
     reader = _batch_reader(options, storage_options, cfg.threads_per_task, files_done)

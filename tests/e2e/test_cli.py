@@ -23,7 +23,8 @@ def test_wrong_setting_gives_one_line_and_exit_2() -> None:
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "micdm: extract.block_sise: unknown setting; known keys here: ['block_size', 'files_per_partition', "
-        "'full_refresh', 'header_json_max_bytes', 'max_retries', 'sr_max_items', 'threads_per_task']"]
+        "'full_refresh', 'header_json_max_bytes', 'max_nesting', 'max_retries', 'sr_max_items', "
+        "'threads_per_task']"]
 
 
 def test_bad_value_and_bad_yaml_give_one_line_each() -> None:

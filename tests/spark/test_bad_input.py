@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import random
 import shutil
 import struct
@@ -20,10 +21,18 @@ REPO = Path(__file__).resolve().parents[2]
 CT = Path(get_testdata_file("CT_small.dcm"))
 
 
+NESTED_SOP_UID = "1.2.826.0.1.3680043.8.498.72"
+
+
 def _deeply_nested(depth: int) -> bytes:
-    """CT_small with a private sequence nested ``depth`` items deep (undefined lengths) just before its pixels."""
-    data = CT.read_bytes()
-    assert dcmread(CT).file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"  # explicit VR little endian
+    """CT_small (its own SOP instance UID) with a private sequence nested ``depth`` items deep (undefined
+    lengths) just before its pixels."""
+    source = dcmread(CT)
+    assert source.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"  # explicit VR little endian
+    source.SOPInstanceUID = source.file_meta.MediaStorageSOPInstanceUID = NESTED_SOP_UID
+    buffer = io.BytesIO()
+    source.save_as(buffer)
+    data = buffer.getvalue()
     pixels_at = data.index(b"\xe0\x7f\x10\x00")
     creator = b"\xdf\x7f\x10\x00LO\x08\x00NESTING "
     level = b"\xdf\x7f\x00\x10SQ\0\0\xff\xff\xff\xff" + b"\xfe\xff\x00\xe0\xff\xff\xff\xff"
@@ -52,7 +61,7 @@ def _write_corpus(root: Path) -> dict[str, str]:
     nifti = struct.pack("<i", 348) + bytes(340) + b"n+1\0" + random.Random(3).randbytes(4000)
     put("scan.nii", nifti, "not_dicom")
     put("DICOMDIR", Path(get_testdata_file("DICOMDIR")).read_bytes(), "dicomdir")
-    put("nested.dcm", _deeply_nested(5000), "parse_error")
+    put("nested.dcm", _deeply_nested(5000), "instance")  # a DICOM server's test suite holds one like it
     no_uid = dcmread(CT)
     del no_uid.SOPInstanceUID
     no_uid.save_as(root / "no-sop-uid.dcm")
@@ -111,6 +120,7 @@ def test_bad_input_corpus_is_fully_accounted_for(spark, tmp_path: Path, monkeypa
     rows = {Path(r.path).name: r for r in instances.collect()}
     assert rows["bad-date.dcm"].study_date is None
     assert any("StudyDate" in w for w in rows["bad-date.dcm"].parse_warnings)
+    assert rows["nested.dcm"].sop_instance_uid == NESTED_SOP_UID, "read on a deeper stack, with its own UIDs"
     huge = rows["huge-private.dcm"]  # an instance whose 8 MiB private value stays out of the header JSON
     assert huge.header_json is not None and len(huge.header_json) < 65536 and not huge.header_json_truncated
     messages = {Path(r.path).name: r.message for r in quarantine.collect()}

@@ -234,3 +234,20 @@ def test_copies_are_told_apart_by_their_header_bytes_not_their_json(tmp_path: Pa
     assert rows[0]["header_digest"] != rows[1]["header_digest"]
     again = extract_file(opener(str(source), {}), str(source), source.stat().st_size, ReadOptions())
     assert again["header_digest"] == rows[0]["header_digest"]
+
+
+def test_sequences_nested_beyond_the_setting_are_a_parse_error(tmp_path: Path) -> None:
+    """Within extract.max_nesting a deep header is read (tests/spark/test_bad_input.py, 5,000 levels); past it,
+    the file is quarantined with the limit in its message, and the next file reads as usual."""
+    source = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    pixels_at = source.index(b"\xe0\x7f\x10\x00")
+    level = b"\xdf\x7f\x00\x10SQ\0\0\xff\xff\xff\xff" + b"\xfe\xff\x00\xe0\xff\xff\xff\xff"
+    unwind = b"\xfe\xff\x0d\xe0\0\0\0\0" + b"\xfe\xff\xdd\xe0\0\0\0\0"
+    nested = tmp_path / "nested.dcm"
+    nested.write_bytes(source[:pixels_at] + b"\xdf\x7f\x10\x00LO\x08\x00NESTING " + level * 3000 + unwind * 3000
+                       + source[pixels_at:])
+    refused = read(nested, max_nesting=50)
+    assert (refused["outcome"], refused["reason"]) == ("quarantine", QuarantineReason.PARSE_ERROR.value)
+    assert "deeper than 50 levels" in refused["message"]
+    assert read(nested)["outcome"] == "instance"
+    assert read(Path(get_testdata_file("CT_small.dcm")))["outcome"] == "instance"

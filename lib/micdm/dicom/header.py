@@ -219,6 +219,8 @@ def encode_header(dataset: Dataset) -> EncodedHeader:
                 texts[key] = text
         try:
             elements[key] = _element_json(dataset, tag, raw, charset)
+        except RecursionError:
+            raise  # nested too deep for this thread: the reader tries again on a deeper stack
         except Exception as error:  # an element that cannot be encoded is left out, not the whole header
             failures[key] = type(error).__name__
     return EncodedHeader(elements, failures, texts)

@@ -13,6 +13,7 @@ import hashlib
 import io
 import logging
 import struct
+import sys
 import threading
 import time
 import warnings
@@ -71,6 +72,8 @@ class ReadOptions:
     header_json_max_bytes: int = 262144
     retry_base_seconds: float = 0.2
     sr_max_items: int = 200_000
+    max_nesting: int = 10_000
+    """Deepest nesting of sequences read (a deeper header is quarantined as parse_error)."""
     validation: str = "warn"
     """The validation setting: 'ignore' keeps a file with an invalid UID as an instance (with a parse warning);
     otherwise it is quarantined as invalid_uid."""
@@ -287,6 +290,47 @@ def _report_content(encoded: EncodedHeader, max_items: int) -> dict[str, Any]:
     return {"sr_content": orjson.dumps(rows).decode("utf-8")}
 
 
+class _TooDeep(Exception):
+    """The header nests deeper than the current thread's recursion allows."""
+
+
+#: Python frames one level of sequence nesting costs pydicom's reader and micdm's encoder, at most.
+_FRAMES_PER_LEVEL = 16
+#: Stack of the thread that reads a deeply nested header (address space; only the pages used are committed).
+_DEEP_STACK_BYTES = 1 << 30
+_deep_lock = threading.Lock()
+
+
+def _on_deep_stack(read: Callable[[], dict[str, Any]], max_nesting: int) -> dict[str, Any]:
+    """``read()`` on a thread whose stack and recursion limit hold ``max_nesting`` levels of sequences.
+
+    The recursion limit is process-wide: it is raised only while this thread runs and the caller waits,
+    and headers are parsed one at a time per process (the extract task's helper thread only fetches bytes).
+    """
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["row"] = read()
+        except BaseException as error:
+            outcome["error"] = error
+
+    with _deep_lock:
+        limit, stack = sys.getrecursionlimit(), threading.stack_size()
+        sys.setrecursionlimit(max(limit, max_nesting * _FRAMES_PER_LEVEL))
+        try:
+            threading.stack_size(_DEEP_STACK_BYTES)
+            worker = threading.Thread(target=run, name="micdm-deep-header")
+            worker.start()
+            threading.stack_size(stack)
+            worker.join()
+        finally:
+            sys.setrecursionlimit(limit)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["row"]
+
+
 def extract_file(
     fetch: Callable[[int, int], bytes],
     path: str,
@@ -295,7 +339,29 @@ def extract_file(
     modification_time: Any = None,
     etag: str | None = None,
 ) -> dict[str, Any]:
-    """Read one file's header and return its extract_result row (instance or quarantine)."""
+    """Read one file's header and return its extract_result row (instance or quarantine).
+
+    A header nesting sequences deeper than Python's default recursion allows is read again on a thread
+    with a deep stack, up to ``options.max_nesting`` levels; deeper still, it is quarantined as parse_error.
+    """
+    def read() -> dict[str, Any]:
+        return _read_file(fetch, path, size, options, modification_time, etag)
+
+    try:
+        return read()
+    except _TooDeep:
+        pass
+    try:
+        return _on_deep_stack(read, options.max_nesting)
+    except _TooDeep:
+        row = {"path": path, "file_size": size, "modification_time": modification_time, "etag": etag}
+        return _quarantine(row, QuarantineReason.PARSE_ERROR,
+                           f"RecursionError: sequences nested deeper than {options.max_nesting} levels "
+                           "(extract.max_nesting)")
+
+
+def _read_file(fetch: Callable[[int, int], bytes], path: str, size: int, options: ReadOptions,
+               modification_time: Any, etag: str | None) -> dict[str, Any]:
     base: dict[str, Any] = {
         "path": path,
         "file_size": size,
@@ -313,19 +379,34 @@ def extract_file(
             parsed, forced = _parse(reader)
     except PERMANENT_ERRORS as error:
         return _quarantine(base, QuarantineReason.UNREADABLE, f"{type(error).__name__}: {error}", reader)
-    except RecursionError:
-        return _quarantine(base, QuarantineReason.PARSE_ERROR, "RecursionError: sequences nested too deeply", reader)
-    except OSError as error:
-        if "tag" not in str(error).lower() and not isinstance(error, EOFError):
-            return _quarantine(base, QuarantineReason.STORAGE_ERROR, f"{type(error).__name__}: {error}", reader)
-        reason = QuarantineReason.TRUNCATED if _is_truncated(error) else QuarantineReason.PARSE_ERROR
-        return _quarantine(base, reason, f"{type(error).__name__}: {error}", reader)
-    except InvalidDicomError as error:
-        return _quarantine(base, QuarantineReason.NOT_DICOM, str(error), reader)
-    except Exception as error:  # pydicom raises many kinds on malformed input
-        reason = QuarantineReason.TRUNCATED if _is_truncated(error) else QuarantineReason.PARSE_ERROR
-        return _quarantine(base, reason, f"{type(error).__name__}: {error}", reader)
+    except Exception as error:
+        if _from_recursion(error):
+            raise _TooDeep() from None
+        return _read_error(base, error, reader)
     return _verdict(base, parsed, forced, reader, options)
+
+
+def _from_recursion(error: BaseException) -> bool:
+    """Whether a RecursionError caused ``error``: pydicom reports one met while reading as 'No tag to read'."""
+    seen: BaseException | None = error
+    for _ in range(32):
+        if seen is None:
+            return False
+        if isinstance(seen, RecursionError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _read_error(base: dict[str, Any], error: Exception, reader: RangeReader) -> dict[str, Any]:
+    """The quarantine row of a file whose header could not be read."""
+    if isinstance(error, OSError) and "tag" not in str(error).lower() and not isinstance(error, EOFError):
+        return _quarantine(base, QuarantineReason.STORAGE_ERROR, f"{type(error).__name__}: {error}", reader)
+    if isinstance(error, InvalidDicomError):
+        return _quarantine(base, QuarantineReason.NOT_DICOM, str(error), reader)
+    # pydicom raises many kinds on malformed input
+    reason = QuarantineReason.TRUNCATED if _is_truncated(error) else QuarantineReason.PARSE_ERROR
+    return _quarantine(base, reason, f"{type(error).__name__}: {error}", reader)
 
 
 def _verdict(base: dict[str, Any], parsed: ParsedHeader, forced: bool, reader: RangeReader,
@@ -343,7 +424,7 @@ def _verdict(base: dict[str, Any], parsed: ParsedHeader, forced: bool, reader: R
         encoded = encode_header(dataset)
         record = header_record(encoded)
     except RecursionError:
-        return _quarantine(base, QuarantineReason.PARSE_ERROR, "RecursionError: sequences nested too deeply", reader)
+        raise _TooDeep() from None
     absent = missing_uids(record)
     if absent:
         # A header cut short before its UIDs is a truncated file; a complete one without them is not an instance.
