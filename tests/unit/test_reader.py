@@ -251,3 +251,24 @@ def test_sequences_nested_beyond_the_setting_are_a_parse_error(tmp_path: Path) -
     assert "deeper than 50 levels" in refused["message"]
     assert read(nested)["outcome"] == "instance"
     assert read(Path(get_testdata_file("CT_small.dcm")))["outcome"] == "instance"
+
+
+def test_a_cut_inside_an_element_micdm_reads_is_truncated_a_cut_after_them_an_instance(shared: Path,
+                                                                                       tmp_path: Path) -> None:
+    # fo-dicom's GH179A ends inside PixelPaddingValue, after every element micdm reads
+    tail = shared / "data" / "dicom" / "fo-dicom" / "Tests" / "FO-DICOM.Tests" / "Test Data" / "GH179A.dcm"
+    row = read(tail)
+    assert row["outcome"] == "instance" and "00280120" not in row["header_json"]
+    assert row["parse_warnings"] == [f"truncated_tail: data set ends inside (0028,0120) at byte {tail.stat().st_size}; "
+                                     "that element is left out"]
+    # CT_small cut in the middle of its SeriesInstanceUID: a shorter UID must never become a series
+    source = Path(get_testdata_file("CT_small.dcm"))
+    data = source.read_bytes()
+    from pydicom import dcmread
+
+    series_uid = dcmread(source).SeriesInstanceUID.encode()
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(data[:data.index(series_uid) + len(series_uid) // 2])
+    row = read(cut)
+    assert (row["outcome"], row["reason"]) == ("quarantine", QuarantineReason.TRUNCATED.value)
+    assert "(0020,000E)" in row["message"]

@@ -27,6 +27,7 @@ from micdm.dicom.walker import dictionary_vr
 
 __all__ = [
     "HEADER_ATTRIBUTES",
+    "READ_KEYS",
     "REQUIRED_UIDS",
     "EncodedHeader",
     "encode_header",
@@ -152,6 +153,8 @@ _DATE_ATTRIBUTES = {
 #: DICOM JSON key ("GGGGEEEE") of each attribute read into a typed column.
 _ATTRIBUTE_KEYS = {keyword: f"{tag_for_keyword(keyword):08X}"
                    for keyword in (*HEADER_ATTRIBUTES, *_DATE_ATTRIBUTES, "AnatomicRegionSequence")}
+#: DICOM JSON keys of the elements micdm reads into columns: a file cut inside one of them is not an instance.
+READ_KEYS = frozenset(_ATTRIBUTE_KEYS.values())
 #: DICOM JSON key -> (keyword, column, converter) of every typed column; None converts a date.
 _TYPED_COLUMNS: dict[str, tuple[str, str, _Converter | None]] = {
     **{_ATTRIBUTE_KEYS[keyword]: (keyword, column, convert)

@@ -25,9 +25,18 @@ import orjson
 from pydicom import config as pydicom_config
 from pydicom import dcmread
 from pydicom.datadict import dictionary_has_tag
+from pydicom.dataelem import RawDataElement
 from pydicom.errors import InvalidDicomError
 
-from micdm.dicom.header import EncodedHeader, encode_header, header_json, header_record, invalid_uids, missing_uids
+from micdm.dicom.header import (
+    READ_KEYS,
+    EncodedHeader,
+    encode_header,
+    header_json,
+    header_record,
+    invalid_uids,
+    missing_uids,
+)
 from micdm.dicom.sr_content import ContentError, content_rows, is_report
 from micdm.dicom.walker import NeedMoreBytes, NotWalkable, ParsedHeader, walk_header
 
@@ -386,6 +395,29 @@ def _read_file(fetch: Callable[[int, int], bytes], path: str, size: int, options
     return _verdict(base, parsed, forced, reader, options)
 
 
+def _read_warnings(parsed: ParsedHeader, reader: RangeReader, cut: Any) -> list[str]:
+    """What an instance's file lacks: the tail of its data set, or pixel data it declares."""
+    warnings = []
+    if reader.short_read:
+        warnings.append(f"truncated_tail: data set ends inside {cut} at byte {reader.size}; that element is left out"
+                        if cut is not None else
+                        f"truncated: data set ends inside an element at byte {parsed.header_end}")
+    if parsed.pixel_data_end is not None and parsed.pixel_data_end > reader.size:
+        warnings.append(f"PixelData declares {parsed.pixel_data_end - parsed.header_end} bytes beyond "
+                        f"byte {parsed.header_end}, the file holds {reader.size - parsed.header_end}")
+    return warnings
+
+
+def _cut_element(dataset: Any) -> Any:
+    """The tag of the top-level element whose value the end of the data cut short, None when none was."""
+    for tag, raw in dataset._dict.items():
+        length, value = getattr(raw, "length", None), getattr(raw, "value", None)
+        if isinstance(raw, RawDataElement) and length not in (None, 0xFFFFFFFF) and value is not None \
+                and len(value) < length:
+            return tag
+    return None
+
+
 def _from_recursion(error: BaseException) -> bool:
     """Whether a RecursionError caused ``error``: pydicom reports one met while reading as 'No tag to read'."""
     seen: BaseException | None = error
@@ -420,6 +452,12 @@ def _verdict(base: dict[str, Any], parsed: ParsedHeader, forced: bool, reader: R
     if unmarked and not _looks_like_dicom(dataset):
         where = "even with a forced read" if forced else "after the 'DICM' marker (no file meta information)"
         return _quarantine(base, QuarantineReason.NOT_DICOM, f"no DICOM structure found, {where}", reader)
+    cut = _cut_element(dataset) if reader.short_read else None
+    if cut is not None and f"{int(cut):08X}" in READ_KEYS:
+        return _quarantine(base, QuarantineReason.TRUNCATED, f"data set ends inside {cut} at byte {reader.size}, "
+                                                             "an element micdm reads", reader)
+    if cut is not None:
+        del dataset[cut]  # its value is incomplete: left out of every column and of header_json
     try:
         encoded = encode_header(dataset)
         record = header_record(encoded)
@@ -433,16 +471,9 @@ def _verdict(base: dict[str, Any], parsed: ParsedHeader, forced: bool, reader: R
     invalid = invalid_uids(record)
     if invalid and options.validation != "ignore":
         return _quarantine(base, QuarantineReason.INVALID_UID, "; ".join(invalid), reader)
-    if invalid:
-        record["parse_warnings"] = [*(record["parse_warnings"] or []), *(f"invalid UID: {i}" for i in invalid)]
     record["transfer_syntax_uid"] = parsed.transfer_syntax_uid
-    if reader.short_read:
-        record["parse_warnings"] = [*(record["parse_warnings"] or []),
-                                    f"truncated: data set ends inside an element at byte {parsed.header_end}"]
-    if parsed.pixel_data_end is not None and parsed.pixel_data_end > reader.size:
-        record["parse_warnings"] = [*(record["parse_warnings"] or []),
-                                    f"PixelData declares {parsed.pixel_data_end - parsed.header_end} bytes beyond "
-                                    f"byte {parsed.header_end}, the file holds {reader.size - parsed.header_end}"]
+    record["parse_warnings"] = [*(record["parse_warnings"] or []), *(f"invalid UID: {i}" for i in invalid),
+                                *_read_warnings(parsed, reader, cut)] or None
     try:
         record["header_json"], record["header_json_dropped"] = header_json(encoded, options.header_json_max_bytes)
     except Exception as error:
