@@ -272,3 +272,17 @@ def test_a_cut_inside_an_element_micdm_reads_is_truncated_a_cut_after_them_an_in
     row = read(cut)
     assert (row["outcome"], row["reason"]) == ("quarantine", QuarantineReason.TRUNCATED.value)
     assert "(0020,000E)" in row["message"]
+
+
+@pytest.mark.parametrize("raw", ["1.2\x003.4", "1.2.3\x00\x00", "1.2.34\x00\x00\x00"])
+def test_a_uid_shortened_or_split_by_nuls_is_invalid(tmp_path: Path, raw: str) -> None:
+    """Zeroed bytes at the end or inside a UID: removing them as padding would give another valid UID."""
+    from pydicom import dcmread
+
+    ds = dcmread(get_testdata_file("CT_small.dcm"))
+    ds.SOPInstanceUID = raw
+    path = tmp_path / "zeroed.dcm"
+    ds.save_as(path)
+    row = read(path)
+    assert (row["outcome"], row["reason"]) == ("quarantine", QuarantineReason.INVALID_UID.value)
+    assert row["message"].startswith("SOPInstanceUID ")

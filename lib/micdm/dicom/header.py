@@ -317,11 +317,31 @@ _UID_FORM = re.compile(r"(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))*")
 _UID_MAX_LENGTH = 64
 
 
-def invalid_uids(record: dict[str, Any]) -> list[str]:
+_UID_TAGS = {keyword: tag_for_keyword(keyword) for keyword in REQUIRED_UIDS}
+
+
+def _padding_problems(dataset: Dataset | None) -> dict[str, str]:
+    """Required UIDs whose bytes hold a NUL inside or more than one NUL of padding: a value that damage
+    shortened or split, which removing the padding would turn into another valid-looking UID."""
+    problems: dict[str, str] = {}
+    for keyword, tag in _UID_TAGS.items():
+        raw = dataset._dict.get(tag) if dataset is not None else None
+        value = raw.value if isinstance(raw, RawDataElement) else None
+        if not isinstance(value, bytes) or not value:
+            continue
+        body = value[:-1] if value[-1:] in (b"\x00", b" ") else value
+        if b"\x00" in body:
+            problems[keyword] = f"{keyword} {value.decode('latin-1')[:80]!r}: a NUL inside the value or more than " \
+                                "one padding byte"
+    return problems
+
+
+def invalid_uids(record: dict[str, Any], dataset: Dataset | None = None) -> list[str]:
     """What is wrong with each required UID of the record that is present but not a valid UID (padding
-    already removed), as ``Keyword 'value': why``."""
-    problems = []
-    for keyword in REQUIRED_UIDS:
+    already removed; with the ``dataset`` read, its raw bytes too), as ``Keyword 'value': why``."""
+    padding = _padding_problems(dataset)
+    problems = list(padding.values())
+    for keyword in (k for k in REQUIRED_UIDS if k not in padding):
         value = record.get(HEADER_ATTRIBUTES[keyword][0])
         if not value:
             continue

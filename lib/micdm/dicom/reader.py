@@ -468,7 +468,7 @@ def _verdict(base: dict[str, Any], parsed: ParsedHeader, forced: bool, reader: R
         # A header cut short before its UIDs is a truncated file; a complete one without them is not an instance.
         reason = QuarantineReason.TRUNCATED if reader.short_read else QuarantineReason.MISSING_UID
         return _quarantine(base, reason, f"missing {', '.join(absent)}", reader)
-    invalid = invalid_uids(record)
+    invalid = invalid_uids(record, dataset)
     if invalid and options.validation != "ignore":
         return _quarantine(base, QuarantineReason.INVALID_UID, "; ".join(invalid), reader)
     record["transfer_syntax_uid"] = parsed.transfer_syntax_uid
