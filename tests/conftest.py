@@ -123,13 +123,15 @@ class Reliability:
         self.duplicates_found = 0
         self.outages_survived = 0
         self.concurrent_runs_refused = 0
+        self.instances_checked_against_source = 0
+        self.instances_with_foreign_uids = 0
         self.cases: list[dict[str, object]] = []
 
-    def record(self, test: str, **figures: int) -> None:
-        """Add a test's figures (any of the counters above) to the totals."""
+    def record(self, test: str, details: dict[str, object] | None = None, **figures: int) -> None:
+        """Add a test's figures (any of the counters above) to the totals; ``details`` go to its case only."""
         for name, value in figures.items():
             setattr(self, name, getattr(self, name) + value)
-        self.cases.append({"test": test, **figures})
+        self.cases.append({"test": test, **figures, **(details or {})})
 
     def summary(self) -> dict[str, object]:
         return {name: value for name, value in vars(self).items()}
