@@ -306,7 +306,7 @@ class _TooDeep(Exception):
 #: Python frames one level of sequence nesting costs pydicom's reader and micdm's encoder, at most.
 _FRAMES_PER_LEVEL = 16
 #: Stack of the thread that reads a deeply nested header (address space; only the pages used are committed).
-_DEEP_STACK_BYTES = 1 << 30
+_DEEP_STACK_BYTES = 1 << 29
 _deep_lock = threading.Lock()
 
 
