@@ -67,15 +67,18 @@ def test_delta_rejects_null_in_required_column_and_overlong_uid(spark, settings)
 
 
 def test_a_column_a_newer_micdm_appends_is_added_in_place(spark, settings) -> None:
-    """An upgrade adds dicom_instance.acquisition_text to an existing table: its rows stay."""
+    """An upgrade adds dicom_instance.acquisition_text and the columns after it (header_json_dropped,
+    referenced_series, ...) to an existing table: its rows stay."""
     locator = TableLocator(settings.storage)
     table = TABLES["dicom_instance"]
-    assert table.schema.fields[-1].name == "acquisition_text"
-    older = schema.TableDef(table.name, table.layer, StructType(table.schema.fields[:-1]))
+    names = table.schema.fieldNames()
+    added = names[names.index("acquisition_text"):]
+    assert added[:2] == ["acquisition_text", "header_json_dropped"] and "header_digest" in added
+    older = schema.TableDef(table.name, table.layer, StructType(table.schema.fields[:len(names) - len(added)]))
     spark.sql(f"CREATE TABLE {locator.ref(table.name)} ({older.ddl_columns()}) USING DELTA")
     spark.sql(f"INSERT INTO {locator.ref(table.name)} (path, extracted_at, run_id) "
               "VALUES ('/data/a.dcm', current_timestamp(), 'r1')")
     assert init_tables(spark, locator, ["dicom_instance"]) == {"dicom_instance": False}
     stored = read_table(spark, locator, "dicom_instance")
     assert stored.columns == table.schema.fieldNames()
-    assert [(r.path, r.acquisition_text) for r in stored.collect()] == [("/data/a.dcm", None)]
+    assert [(r.path, *(r[c] for c in added)) for r in stored.collect()] == [("/data/a.dcm", *[None] * len(added))]
