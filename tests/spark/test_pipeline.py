@@ -125,7 +125,8 @@ def test_a_series_that_gains_or_loses_an_instance_is_updated_not_duplicated(spar
     before = occurrence_ids()
     first = sorted(Path(settings.sources.roots[0]).rglob("*_CT/0001.dcm"))[0]
     dataset = pydicom.dcmread(first)
-    dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID + ".99"
+    dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid(
+        entropy_srcs=[dataset.SOPInstanceUID, "extra"])  # a valid UID: appending to a 64-character one is not
     added = first.with_name("extra.dcm")
     dataset.save_as(added, enforce_file_format=True)
     series_uid = dataset.SeriesInstanceUID
