@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 from micdm.dicom.sr import Code, algorithm_uri, parse_code
+from micdm.dicom.sr_content import first_value
 
 __all__ = ["segment_items"]
 
@@ -25,24 +26,19 @@ _SOFTWARE_VERSIONS = "00181020"
 _CODE_VALUE, _SCHEME, _MEANING = "00080100", "00080102", "00080104"
 
 
-def _first(item: dict[str, Any], tag: str) -> Any:
-    found = (item.get(tag) or {}).get("Value") or []
-    return found[0] if found else None
-
-
 def _code(item: Any) -> Code | None:
     if not isinstance(item, dict):
         return None
-    return parse_code(_first(item, _SCHEME), _first(item, _CODE_VALUE), _first(item, _MEANING))
+    return parse_code(first_value(item, _SCHEME), first_value(item, _CODE_VALUE), first_value(item, _MEANING))
 
 
 def _segment_row(segment: dict[str, Any], index: int, software: str | None) -> dict[str, Any] | None:
-    category, kind = _code(_first(segment, _CATEGORY)), _code(_first(segment, _TYPE))
+    category, kind = _code(first_value(segment, _CATEGORY)), _code(first_value(segment, _TYPE))
     if category is None or kind is None:
         return None
-    site = _code(_first(segment, _ANATOMIC_REGION))
-    automatic = _first(segment, _ALGORITHM_TYPE) in ("AUTOMATIC", "SEMIAUTOMATIC")
-    number = int(_first(segment, _SEGMENT_NUMBER) or index)
+    site = _code(first_value(segment, _ANATOMIC_REGION))
+    automatic = first_value(segment, _ALGORITHM_TYPE) in ("AUTOMATIC", "SEMIAUTOMATIC")
+    number = int(first_value(segment, _SEGMENT_NUMBER) or index)
     return {
         "position": f"segment.{number}", "value_type": "CODE", "concept_scheme": category.scheme,
         "concept_code": category.value, "concept_meaning": category.meaning, "derivation": None,
@@ -51,7 +47,7 @@ def _segment_row(segment: dict[str, Any], index: int, software: str | None) -> d
         "site_code": site.value if site else None, "site_meaning": site.meaning if site else None,
         "tracking_id": None, "number": None, "unit_code": None, "unit_meaning": None,
         "value_scheme": kind.scheme, "value_code": kind.value, "value_meaning": kind.meaning,
-        "algorithm": algorithm_uri(_first(segment, _ALGORITHM_NAME), software) if automatic else None,
+        "algorithm": algorithm_uri(first_value(segment, _ALGORITHM_NAME), software) if automatic else None,
     }
 
 
@@ -66,7 +62,7 @@ def segment_items(header_json: str | None) -> tuple[list[dict[str, Any]], str | 
         return [], "seg_malformed", f"{type(error).__name__}: {error}"[:500]
     if not segments:
         return [], "seg_no_segments", "SegmentSequence is empty or missing"
-    software = _first(header, _SOFTWARE_VERSIONS)
+    software = first_value(header, _SOFTWARE_VERSIONS)
     rows = []
     for index, segment in enumerate(segments, start=1):
         row = _segment_row(segment, index, software) if isinstance(segment, dict) else None

@@ -16,9 +16,9 @@ from functools import cache
 from typing import Any
 from urllib.parse import quote
 
-from micdm.dicom.sr_content import MAX_DEPTH
+from micdm.dicom.sr_content import MAX_DEPTH, ContentError
 
-__all__ = ["Analysis", "Code", "SrError", "algorithm_uri", "analyse_report", "parse_code", "snomed_ct"]
+__all__ = ["Analysis", "Code", "algorithm_uri", "analyse_report", "parse_code", "snomed_ct"]
 
 #: Containers whose content is one finding or one event: TID 1500's measurement groups, the irradiation
 #: events and accumulated doses of CT (TID 10011) and projection X-ray (TID 10001) dose reports.
@@ -40,14 +40,6 @@ _SEGMENTATION_CLASSES = ("1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.
 #: CONTEXT, ...) qualify another item and are not features of their own.
 _EVALUATIONS = ("CONTAINS", "HAS PROPERTIES")
 _CONTEXT = {_FINDING, _FINDING_SITE}
-
-
-class SrError(ValueError):
-    """A report micdm cannot read: the reason goes to the feature quarantine."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -114,7 +106,7 @@ def _key(position: str) -> tuple[int, ...]:
     try:
         return tuple(int(part) for part in position.split("."))
     except ValueError:
-        raise SrError("sr_malformed", f"content item position {position!r} is not dotted numbers") from None
+        raise ContentError("sr_malformed", f"content item position {position!r} is not dotted numbers") from None
 
 
 def _tree(rows: Iterable[dict[str, Any]]) -> tuple[_Node, dict[str, _Node]]:
@@ -123,16 +115,16 @@ def _tree(rows: Iterable[dict[str, Any]]) -> tuple[_Node, dict[str, _Node]]:
         nodes[row["position"]] = _Node(row)
     root = nodes.get("1")
     if root is None:
-        raise SrError("sr_malformed", "the report has no root content item")
+        raise ContentError("sr_malformed", "the report has no root content item")
     for position, node in nodes.items():
         if position == "1":
             continue
         parent = nodes.get(position.rpartition(".")[0])
         if parent is None:
-            raise SrError("sr_malformed", f"content item {position} has no parent")
+            raise ContentError("sr_malformed", f"content item {position} has no parent")
         parent.children.append(node)
     if max(len(_key(p)) for p in nodes) > MAX_DEPTH + 1:
-        raise SrError("sr_too_deep", f"content tree deeper than {MAX_DEPTH} levels")
+        raise ContentError("sr_too_deep", f"content tree deeper than {MAX_DEPTH} levels")
     return root, nodes
 
 
@@ -144,7 +136,7 @@ def _check_references(nodes: dict[str, _Node]) -> None:
         if target is None:
             continue
         if target not in nodes:
-            raise SrError("sr_malformed", f"content item {position} refers to {target}, which does not exist")
+            raise ContentError("sr_malformed", f"content item {position} refers to {target}, which does not exist")
         edges[position].append(target)
     state: dict[str, int] = {}  # 1: on the current path, 2: done
     for start in nodes:
@@ -159,7 +151,7 @@ def _check_references(nodes: dict[str, _Node]) -> None:
                 state[position] = 2
                 path.pop()
             elif state.get(step) == 1:
-                raise SrError("sr_reference_cycle", f"by-reference relationships loop through {step}")
+                raise ContentError("sr_reference_cycle", f"by-reference relationships loop through {step}")
             elif not state.get(step):
                 state[step] = 1
                 path.append((step, iter(edges[step])))
@@ -347,7 +339,7 @@ def analyse_report(rows: Iterable[dict[str, Any]]) -> Analysis:
         root, nodes = _tree(rows)
         _check_references(nodes)
         _walk(root, analysis)
-    except SrError as error:
+    except ContentError as error:
         return Analysis(problems=[{"position": "1", "reason": error.reason, "message": str(error)[:500]}])
     analysis.items.sort(key=lambda item: _key(item["position"]))
     return analysis

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["MAX_DEPTH", "SR_CLASS_PREFIX", "ContentError", "content_rows", "is_report", "referenced_series"]
+__all__ = ["MAX_DEPTH", "SR_CLASS_PREFIX", "ContentError", "content_rows", "first_value", "is_report",
+           "referenced_series"]
 
 #: SOP classes of structured reports (Basic, Enhanced, Comprehensive, 3D, dose, key object selection...).
 SR_CLASS_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
@@ -49,7 +50,8 @@ def _values(element: Any) -> list[Any]:
     return (element.get("Value") or []) if isinstance(element, dict) else []
 
 
-def _first(item: dict[str, Any], tag: str) -> Any:
+def first_value(item: dict[str, Any], tag: str) -> Any:
+    """The first value of ``tag`` in a DICOM JSON object, or None."""
     found = _values(item.get(tag))
     return found[0] if found else None
 
@@ -70,9 +72,9 @@ def _text(value: Any) -> str | None:
 def _code(item: dict[str, Any] | None, prefix: str) -> dict[str, Any]:
     if not isinstance(item, dict):
         return {}
-    value = _first(item, _CODE_VALUE) or _first(item, _LONG_CODE_VALUE) or _first(item, _URN_CODE_VALUE)
-    return {f"{prefix}_scheme": _text(_first(item, _SCHEME)), f"{prefix}_code": _text(value),
-            f"{prefix}_meaning": _text(_first(item, _MEANING))}
+    value = first_value(item, _CODE_VALUE) or first_value(item, _LONG_CODE_VALUE) or first_value(item, _URN_CODE_VALUE)
+    return {f"{prefix}_scheme": _text(first_value(item, _SCHEME)), f"{prefix}_code": _text(value),
+            f"{prefix}_meaning": _text(first_value(item, _MEANING))}
 
 
 def _evidence_series_of(header: dict[str, Any]) -> dict[str, str]:
@@ -81,9 +83,9 @@ def _evidence_series_of(header: dict[str, Any]) -> dict[str, str]:
     for tag in _EVIDENCE:
         for study in _items(header, tag):
             for series in _items(study, _REFERENCED_SERIES):
-                uid = _text(_first(series, _SERIES_UID))
+                uid = _text(first_value(series, _SERIES_UID))
                 for sop in _items(series, _REFERENCED_SOP):
-                    instance = _text(_first(sop, _SOP_INSTANCE))
+                    instance = _text(first_value(sop, _SOP_INSTANCE))
                     if uid and instance:
                         series_of.setdefault(instance, uid)
     return series_of
@@ -96,7 +98,7 @@ def referenced_series(header: dict[str, Any]) -> list[str] | None:
     sources = [header] + [study for tag in _EVIDENCE for study in _items(header, tag)]
     for source in sources:
         for series in _items(source, _REFERENCED_SERIES):
-            uid = _text(_first(series, _SERIES_UID))
+            uid = _text(first_value(series, _SERIES_UID))
             if uid and uid not in found:
                 found.append(uid)
     return found or None
@@ -108,7 +110,7 @@ def _value(item: dict[str, Any], value_type: str | None, series_of: dict[str, st
     if value_type == "NUM":
         measured = _items(item, _MEASURED_VALUE)
         if measured:
-            raw = _first(measured[0], _NUMERIC_VALUE)
+            raw = first_value(measured[0], _NUMERIC_VALUE)
             row["text_value"] = _text(raw)
             try:
                 row["number"] = None if raw is None else float(raw)
@@ -118,29 +120,29 @@ def _value(item: dict[str, Any], value_type: str | None, series_of: dict[str, st
     elif value_type == "CODE":
         row.update(_code(next(iter(_items(item, _CONCEPT_CODE)), None), "value"))
     elif value_type in _TEXT_VALUES:
-        row["text_value"] = _text(_first(item, _TEXT_VALUES[value_type]))
+        row["text_value"] = _text(first_value(item, _TEXT_VALUES[value_type]))
     elif value_type in ("IMAGE", "COMPOSITE", "WAVEFORM"):
         sops = _items(item, _REFERENCED_SOP)
         if sops:
-            instance = _text(_first(sops[0], _SOP_INSTANCE))
-            row.update(referenced_sop_class_uid=_text(_first(sops[0], _SOP_CLASS)),
+            instance = _text(first_value(sops[0], _SOP_INSTANCE))
+            row.update(referenced_sop_class_uid=_text(first_value(sops[0], _SOP_CLASS)),
                        referenced_sop_instance_uid=instance, referenced_series_uid=series_of.get(instance or ""),
                        referenced_frames=[int(f) for f in _values(sops[0].get(_FRAMES))] or None,
                        referenced_segments=[int(s) for s in _values(sops[0].get(_SEGMENTS))] or None)
     elif value_type in ("SCOORD", "SCOORD3D"):
-        row.update(graphic_type=_text(_first(item, _GRAPHIC_TYPE)),
+        row.update(graphic_type=_text(first_value(item, _GRAPHIC_TYPE)),
                    graphic_data=[float(v) for v in _values(item.get(_GRAPHIC_DATA))] or None,
-                   frame_of_reference_uid=_text(_first(item, _FRAME_OF_REFERENCE)))
+                   frame_of_reference_uid=_text(first_value(item, _FRAME_OF_REFERENCE)))
     return row
 
 
 def _row(item: dict[str, Any], position: str, series_of: dict[str, str]) -> dict[str, Any]:
-    value_type = _text(_first(item, _VALUE_TYPE))
+    value_type = _text(first_value(item, _VALUE_TYPE))
     target = _values(item.get(_BY_REFERENCE))
     templates = _items(item, _TEMPLATE)
-    row = {"position": position, "relationship": _text(_first(item, _RELATIONSHIP)), "value_type": value_type,
+    row = {"position": position, "relationship": _text(first_value(item, _RELATIONSHIP)), "value_type": value_type,
            **_code(next(iter(_items(item, _CONCEPT_NAME)), None), "concept"),
-           "template_id": _text(_first(templates[0], _TEMPLATE_ID)) if templates else None,
+           "template_id": _text(first_value(templates[0], _TEMPLATE_ID)) if templates else None,
            "referenced_content": ".".join(str(int(n)) for n in target) if target else None}
     row.update(_value(item, value_type, series_of))
     return row
