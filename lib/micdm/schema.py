@@ -585,6 +585,18 @@ REPORT_ITEM = table("report_item", "internal", """
     value_meaning          string
 """).schema
 
+#: What a structured report says about one group besides its finding: category, site, method.
+_SR_GROUP_DESCRIPTION = """
+    finding_category_scheme       string
+    finding_category_code         string
+    finding_category_meaning      string
+    site_scheme                   string
+    site_code                     string
+    site_meaning                  string
+    site_laterality               string
+    method                        string
+"""
+
 #: One measurement group or irradiation event of a structured report, as dicom/sr.py gives it (internal).
 REPORT_GROUP = table("report_group", "internal", """
     finding_group                  integer          required
@@ -595,15 +607,7 @@ REPORT_GROUP = table("report_group", "internal", """
     finding_scheme                 string
     finding_code                   string
     finding_meaning                string
-    finding_category_scheme        string
-    finding_category_code          string
-    finding_category_meaning       string
-    site_scheme                    string
-    site_code                      string
-    site_meaning                   string
-    site_laterality                string
-    method                         string
-    tracking_id                    string
+""" + _SR_GROUP_DESCRIPTION + """    tracking_id                    string
     tracking_uid                   string
     algorithm_name                 string
     algorithm_version              string
@@ -696,15 +700,7 @@ SR_MEASUREMENT_GROUP = table("sr_measurement_group", "silver", _SR_PLACEMENT + _
     group_concept_code            string
     group_concept_meaning         string
     template_id                   string
-    finding_category_scheme       string
-    finding_category_code         string
-    finding_category_meaning      string
-    site_scheme                   string
-    site_code                     string
-    site_meaning                  string
-    site_laterality               string
-    method                        string
-    algorithm_name                string
+""" + _SR_GROUP_DESCRIPTION + """    algorithm_name                string
     algorithm_version             string
     referenced_sop_uids           array<string>
     frame_of_reference_uid        string

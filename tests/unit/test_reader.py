@@ -81,15 +81,22 @@ def test_instances_are_exactly_the_files_with_their_valid_uids(manifest, results
     assert invalid == 2  # dcm4che's 3gb-bulk-data-truncated ('3gb_native'), pydicom-data's bad_sequence (hex)
 
 
-@pytest.mark.parametrize("value", ["1.2.840.10008.05", "1.2.3.", ".1.2", "1..2", "1.2.a", "1.2.3\n4", "1.2÷3",
-                                   "1.2.N3", "REM SAMPLES 1", "1." + "2" * 63])
-def test_an_invalid_uid_is_quarantined_unless_validation_ignores_it(tmp_path: Path, value: str) -> None:
+def _ct_with(folder: Path, **uids: str) -> Path:
+    """CT_small with some of its UIDs replaced, written under ``folder``."""
     from pydicom import dcmread
 
     ds = dcmread(get_testdata_file("CT_small.dcm"))
-    ds.SeriesInstanceUID = value
-    path = tmp_path / "bad_uid.dcm"
+    for keyword, value in uids.items():
+        setattr(ds, keyword, value)
+    path = folder / "ct_with_uids.dcm"
     ds.save_as(path)
+    return path
+
+
+@pytest.mark.parametrize("value", ["1.2.840.10008.05", "1.2.3.", ".1.2", "1..2", "1.2.a", "1.2.3\n4", "1.2÷3",
+                                   "1.2.N3", "REM SAMPLES 1", "1." + "2" * 63])
+def test_an_invalid_uid_is_quarantined_unless_validation_ignores_it(tmp_path: Path, value: str) -> None:
+    path = _ct_with(tmp_path, SeriesInstanceUID=value)
     warned = read(path)
     assert (warned["outcome"], warned["reason"]) == ("quarantine", QuarantineReason.INVALID_UID.value)
     assert "SeriesInstanceUID" in warned["message"] and repr(value)[:40] in warned["message"]
@@ -100,13 +107,7 @@ def test_an_invalid_uid_is_quarantined_unless_validation_ignores_it(tmp_path: Pa
 
 def test_valid_uids_pass_with_their_padding_removed(tmp_path: Path) -> None:
     for value in ("0.0", "1.2.840.10008.1.2.1", "2.25." + "9" * 59):
-        from pydicom import dcmread
-
-        ds = dcmread(get_testdata_file("CT_small.dcm"))
-        ds.SeriesInstanceUID = value
-        path = tmp_path / "good_uid.dcm"
-        ds.save_as(path)
-        assert read(path)["series_instance_uid"] == value
+        assert read(_ct_with(tmp_path, SeriesInstanceUID=value))["series_instance_uid"] == value
 
 
 def test_known_failures_land_in_quarantine_with_their_reason(manifest, results) -> None:
@@ -277,12 +278,6 @@ def test_a_cut_inside_an_element_micdm_reads_is_truncated_a_cut_after_them_an_in
 @pytest.mark.parametrize("raw", ["1.2\x003.4", "1.2.3\x00\x00", "1.2.34\x00\x00\x00"])
 def test_a_uid_shortened_or_split_by_nuls_is_invalid(tmp_path: Path, raw: str) -> None:
     """Zeroed bytes at the end or inside a UID: removing them as padding would give another valid UID."""
-    from pydicom import dcmread
-
-    ds = dcmread(get_testdata_file("CT_small.dcm"))
-    ds.SOPInstanceUID = raw
-    path = tmp_path / "zeroed.dcm"
-    ds.save_as(path)
-    row = read(path)
+    row = read(_ct_with(tmp_path, SOPInstanceUID=raw))
     assert (row["outcome"], row["reason"]) == ("quarantine", QuarantineReason.INVALID_UID.value)
     assert row["message"].startswith("SOPInstanceUID ")
