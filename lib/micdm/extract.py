@@ -343,19 +343,20 @@ def _with_duplicates(spark: SparkSession, locator: TableLocator, results: DataFr
 
 
 def _write_results(spark: SparkSession, locator: TableLocator, verdicts: DataFrame, run_id: str,
-                   instances: int, quarantined: int, any_stored: bool) -> None:
+                   instances: int, quarantined: int, reports: int, any_stored: bool) -> None:
     """Each file's row goes to the table of its outcome and leaves the other one.
 
     When no path of this run is in either table yet (``any_stored`` false: a first load; or new files) the
     rows are appended, ``instances`` and ``quarantined`` of them (an empty append would still cost a
-    commit); otherwise one MERGE per table moves each path to where its verdict puts it.
+    commit); otherwise one MERGE per table moves each path to where its verdict puts it. ``reports`` counts
+    the structured reports read, whose content items go to sr_content_item.
     """
     now = F.current_timestamp()
     rows = verdicts.withColumns({"extracted_at": now, "quarantined_at": now, "run_id": F.lit(run_id)})
     is_instance = F.col("outcome") == Outcome.INSTANCE.value
     stored = read_table(spark, locator, "dicom_instance").select("path").unionByName(
         read_table(spark, locator, "dicom_quarantine").select("path"))
-    _write_report_content(spark, locator, rows.where(is_instance), verdicts.select("path"))
+    _write_report_content(spark, locator, rows.where(is_instance), verdicts.select("path"), reports)
     if any_stored and stored.join(verdicts.select("path"), "path", "left_semi").take(1):
         merge_or_delete(spark, locator, "dicom_instance", rows, ["path"], keep=is_instance)
         merge_or_delete(spark, locator, "dicom_quarantine", rows, ["path"], keep=~is_instance)
@@ -371,8 +372,8 @@ _CONTENT_ITEMS = ArrayType(StructType([f for f in SR_CONTENT_ITEM.schema.fields
                                        if f.name not in ("path", "sop_instance_uid", "run_id")]))
 
 
-def _write_report_content(spark: SparkSession, locator: TableLocator, instances: DataFrame, paths: DataFrame
-                          ) -> None:
+def _write_report_content(spark: SparkSession, locator: TableLocator, instances: DataFrame, paths: DataFrame,
+                          reports: int) -> None:
     """Structured reports' content items into sr_content_item, replacing those of every path read now.
 
     Written before dicom_instance: a crash in between leaves the inventory unchanged, so the next run reads
@@ -384,7 +385,7 @@ def _write_report_content(spark: SparkSession, locator: TableLocator, instances:
     if may_have_rows(spark, locator, "sr_content_item"):
         (delta_table(spark, locator, "sr_content_item").alias("t")
          .merge(paths.distinct().alias("s"), "t.path = s.path").whenMatchedDelete().execute())
-    if items.take(1):
+    if reports:  # counted with the outcomes: no job of its own to find out
         append(locator, "sr_content_item", items)
 
 
@@ -473,8 +474,8 @@ def extract(spark: SparkSession, locator: TableLocator, settings: Settings, run_
                                F.count_distinct(F.when(is_instance, F.col("sop_instance_uid"))).alias("uids"),
                                F.sum("bytes_read").alias("bytes_read"), F.sum("file_size").alias("file_bytes"),
                                F.count_if(F.col("reason").isin(*_RETRIED_REASONS)).alias("retry"),
-                               F.count_if(F.col("reason") == QuarantineReason.INVALID_UID.value).alias("invalid")
-                               ).first()
+                               F.count_if(F.col("reason") == QuarantineReason.INVALID_UID.value).alias("invalid"),
+                               F.count_if(F.col("sr_content").isNotNull()).alias("reports")).first()
             if read["invalid"] and settings.validation == "raise":
                 _refuse_invalid(results, read["invalid"])
         with phase("verdicts"):
@@ -486,7 +487,7 @@ def extract(spark: SparkSession, locator: TableLocator, settings: Settings, run_
         quarantined = count - instances
         log.info("extract: writing %d instances and %d quarantine rows", instances, quarantined)
         with phase("write"):
-            _write_results(spark, locator, verdicts, run_id, instances, quarantined,
+            _write_results(spark, locator, verdicts, run_id, instances, quarantined, read["reports"],
                            any_stored=stored["dicom_instance"] or stored["dicom_quarantine"])
     missing = states.get(_State.MISSING.value, 0)
     changed = states.get(_State.NEW.value, 0) + states.get(_State.CHANGED.value, 0) + missing
