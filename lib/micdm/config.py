@@ -16,6 +16,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from micdm.dicom.attributes import select_attributes
 from micdm.errors import ConfigError
 
 __all__ = [
@@ -159,24 +160,8 @@ class OccurrenceSettings:
 
 @dataclass(frozen=True)
 class FeatureSettings:
-    acquisition_attributes: tuple[str, ...] = (
-        "SliceThickness",
-        "KVP",
-        "ExposureTime",
-        "XRayTubeCurrent",
-        "Exposure",
-        "SpacingBetweenSlices",
-        "MagneticFieldStrength",
-        "RepetitionTime",
-        "EchoTime",
-        "InversionTime",
-        "FlipAngle",
-        "PixelSpacing",
-        "ConvolutionKernel",
-        "ContrastBolusAgent",
-        "Manufacturer",
-        "ManufacturerModelName",
-    )
+    acquisition_attributes: tuple[str, ...] = ("default",)
+    max_distinct_values: int = 16
     measurement_type_concept_id: int = 32817
     feature_type_concept_id: int = 32817
     sr_type_concept_id: int = 32817
@@ -185,6 +170,14 @@ class FeatureSettings:
     algorithm_type_concept_id: int = 32880
     algorithm_feature_type_concept_id: int = 32880
     text_attributes: Literal["observation", "measurement"] = "observation"
+
+    def __post_init__(self) -> None:
+        try:
+            select_attributes(self.acquisition_attributes)
+        except ValueError as error:
+            raise ConfigError(f"features.acquisition_attributes: {error}") from None
+        if self.max_distinct_values < 1:
+            raise ConfigError(f"features.max_distinct_values: must be 1 or more, got {self.max_distinct_values!r}")
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ from micdm.tables import (
     TableLocator,
     append,
     conform,
+    delete_keys,
     delta_table,
     may_have_rows,
     merge_or_delete,
@@ -383,8 +384,7 @@ def _write_report_content(spark: SparkSession, locator: TableLocator, instances:
         "path", "sop_instance_uid", "run_id", F.explode(F.from_json("sr_content", _CONTENT_ITEMS)).alias("i")
     ).select("path", "sop_instance_uid", "run_id", "i.*")
     if may_have_rows(spark, locator, "sr_content_item"):
-        (delta_table(spark, locator, "sr_content_item").alias("t")
-         .merge(paths.distinct().alias("s"), "t.path = s.path").whenMatchedDelete().execute())
+        delete_keys(spark, locator, "sr_content_item", paths, ["path"])
     if reports:  # counted with the outcomes: no job of its own to find out
         append(locator, "sr_content_item", items)
 

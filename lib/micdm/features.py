@@ -10,98 +10,25 @@ with its code in *_source_value. Ids are allocated once per natural key (id_map)
 from __future__ import annotations
 
 import functools
+import logging
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from micdm.acquisition import acquisition_features
 from micdm.config import Settings
-from micdm.dicom.header import HEADER_ATTRIBUTES
 from micdm.errors import ConfigError
 from micdm.ids import assign_ids_by_namespace
-from micdm.ownership import release_clashing_ids, site_floor, write_site_rows
+from micdm.ownership import release_clashing_ids, remove_site_rows, site_floor, write_site_rows
 from micdm.reports import report_features, write_sr_tables
 from micdm.schema import FEATURE_ROW
 from micdm.series import present_instances
-from micdm.tables import TableLocator, conform, merge_into, overwrite, read_table
-from micdm.vocab import (
-    concepts,
-    dicom_attributes,
-    normalise_body_part,
-    site_relationships,
-    table_concept_id,
-)
+from micdm.tables import TableLocator, conform, delete_keys, merge_into, overwrite, read_table
+from micdm.vocab import concepts, site_relationships, table_concept_id
 
-__all__ = ["ALGORITHM_RESULT_COLUMNS", "acquisition_parameters", "algorithm_features", "read_algorithm_results",
-           "run_features"]
+__all__ = ["ALGORITHM_RESULT_COLUMNS", "algorithm_features", "read_algorithm_results", "run_features"]
 
-def acquisition_parameters(instances: DataFrame, keywords: tuple[str, ...]) -> DataFrame:
-    """Long form (series UID, keyword, tag, unit, number, text, value_code): the first non-NULL value per series.
-
-    A multi-valued attribute (PixelSpacing) keeps its first value as the number and all of them, joined
-    by a backslash as in DICOM, as the text.
-    """
-    known = dicom_attributes()
-    unknown = [k for k in keywords if k not in known or k not in HEADER_ATTRIBUTES]
-    if unknown:
-        raise ConfigError(f"features.acquisition_attributes: {unknown} are not supported; choose from "
-                          f"{sorted(set(known) & set(HEADER_ATTRIBUTES))}")
-    # the value and the header's own text of one instance: the first that has the attribute
-    per_series = instances.groupBy("series_instance_uid").agg(*[
-        F.first(F.when(F.col(HEADER_ATTRIBUTES[k][0]).isNotNull(), F.struct(
-            F.col(HEADER_ATTRIBUTES[k][0]).alias("value"),
-            F.get_json_object("acquisition_text", f"$.{k}").alias("text"))), ignorenulls=True).alias(k)
-        for k in keywords])
-    per_series = per_series.select("series_instance_uid", *[F.col(f"{k}.value").alias(k) for k in keywords],
-                                   *[F.col(f"{k}.text").alias(f"_text_{k}") for k in keywords])
-    dtypes = dict(per_series.dtypes)
-
-    def number(keyword: str) -> Column:
-        if dtypes[keyword].startswith("array"):
-            return F.col(keyword)[0].cast("double")
-        if dtypes[keyword] in ("double", "int", "bigint"):
-            return F.col(keyword).cast("double")
-        return F.lit(None).cast("double")
-
-    def text(keyword: str) -> Column:
-        """The header's own text (trimmed) where extract kept it, else the value written out."""
-        if dtypes[keyword].startswith("array"):
-            written = F.array_join(F.col(keyword).cast("array<string>"), "\\")
-        else:
-            written = F.col(keyword).cast("string")
-        return F.coalesce(F.col(f"_text_{keyword}"), written)
-
-    stacked = F.explode(F.array(*[
-        F.struct(F.lit(k).alias("keyword"), F.lit(known[k][0]).alias("tag"), F.lit(known[k][1]).alias("unit"),
-                 number(k).alias("number"), text(k).alias("text"),
-                 (normalise_body_part(text(k)) if known[k][2] else F.lit(None).cast("string")).alias("value_code"))
-        for k in keywords
-    ]))
-    return per_series.select("series_instance_uid", stacked.alias("p")).select("series_instance_uid", "p.*").where(
-        F.col("text").isNotNull())
-
-
-def _acquisition_features(instances: DataFrame, occurrences: DataFrame, settings: Settings) -> DataFrame:
-    cfg = settings.features
-    params = acquisition_parameters(instances, cfg.acquisition_attributes).join(
-        occurrences, F.col("series_instance_uid") == F.col("image_series_uid"))
-    text_only = F.col("number").isNull() & F.col("value_code").isNull()
-    domain = F.when(text_only & F.lit(cfg.text_attributes == "observation"), F.lit("observation")) \
-        .otherwise(F.lit("measurement"))
-    return conform(params.select(
-        F.concat_ws("|", F.lit("header"), "series_instance_uid", "tag").alias("natural_key"),
-        domain.alias("domain"),
-        "person_id", "image_occurrence_id", "visit_occurrence_id",
-        F.col("image_occurrence_date").alias("event_date"),
-        F.lit("DICOM").alias("concept_vocabulary"), F.col("tag").alias("concept_code"),
-        F.col("tag").alias("source_value"),
-        "number", F.col("unit").alias("unit_code"),
-        F.when(F.col("value_code").isNotNull(), F.lit("DICOM")).alias("value_vocabulary"), "value_code",
-        F.col("text").alias("value_text"),
-        F.col("anatomic_site_concept_id").alias("occurrence_site_concept_id"),
-        F.lit(cfg.measurement_type_concept_id).alias("type_concept_id"),
-        F.lit(cfg.feature_type_concept_id).alias("feature_type_concept_id"),
-    ), FEATURE_ROW)
-
+log = logging.getLogger(__name__)
 
 #: Columns of an algorithm-results file (CSV with a header row, or Parquet); see the README.
 ALGORITHM_RESULT_COLUMNS = {
@@ -268,12 +195,29 @@ def _with_ids(spark: SparkSession, locator: TableLocator, features: DataFrame) -
         "finding_key", "left"), reallocated
 
 
+def _drop_stale_acquisition(spark: SparkSession, locator: TableLocator, rows: DataFrame) -> int:
+    """Remove the acquisition features this run no longer makes (an attribute left the selection, its rule
+    changed, a value left its series, the series went): their image_feature rows, and their measurement and
+    observation rows where those are still as micdm wrote them. Returns how many features went."""
+    stale = read_table(spark, locator, "id_map").where(F.col("natural_key").startswith(_KINDS["acquisition"])).join(
+        rows.select("natural_key"), "natural_key", "left_anti").select("namespace", "id").localCheckpoint()
+    features = stale.where(F.col("namespace") == "image_feature").select(F.col("id").alias("image_feature_id"))
+    held = read_table(spark, locator, "image_feature").join(features, "image_feature_id", "left_semi").count()
+    if not held:
+        return 0
+    for table in _CLINICAL:
+        remove_site_rows(spark, locator, table, stale.where(F.col("namespace") == table).select("id"))
+    delete_keys(spark, locator, "image_feature", features, ["image_feature_id"])
+    log.info("features: %d acquisition feature(s) no longer made were removed", held)
+    return held
+
+
 def run_features(spark: SparkSession, locator: TableLocator, settings: Settings) -> dict[str, int]:
     """MERGE measurement, observation and image_feature rows for every image_occurrence; rebuild
     feature_quarantine. Returns row counts."""
     instances = present_instances(spark, locator)
     occurrences = read_table(spark, locator, "image_occurrence")
-    acquisition = _acquisition_features(instances, occurrences, settings)
+    acquisition = acquisition_features(spark, locator, instances, occurrences, settings.features)
     reported = report_features(spark, locator, instances, occurrences, settings)
     features, quarantine = acquisition.unionByName(reported.features), reported.quarantine
     if settings.features.algorithm_results:
@@ -292,7 +236,8 @@ def run_features(spark: SparkSession, locator: TableLocator, settings: Settings)
         F.col("event_date").alias("measurement_date"), F.col("event_datetime").alias("measurement_datetime"),
         F.col("type_concept_id").alias("measurement_type_concept_id"),
         F.col("number").alias("value_as_number"),
-        F.coalesce("value_meas_value", "value_source").alias("value_as_concept_id"),
+        F.coalesce("value_meas_value", "value_source", F.when(F.col("value_code").isNotNull(), zero))
+        .alias("value_as_concept_id"),
         F.when(F.col("unit_code").isNotNull(), F.coalesce("unit_unit", zero)).alias("unit_concept_id"),
         "visit_occurrence_id",
         F.substring("source_value", 1, 50).alias("measurement_source_value"),
@@ -330,9 +275,10 @@ def run_features(spark: SparkSession, locator: TableLocator, settings: Settings)
     restored = write_site_rows(spark, locator, "measurement", measurements) + write_site_rows(
         spark, locator, "observation", observations)
     merge_into(spark, locator, "image_feature", features_rows, ["image_feature_id"])
+    dropped = _drop_stale_acquisition(spark, locator, rows)
     sr_counts = write_sr_tables(spark, locator, reported, rows.select(
         "natural_key", "finding_key", "measurement_id", "observation_id", "image_finding_id"))
     counts = {**_by_kind(rows), "image_feature": read_table(spark, locator, "image_feature").count(),
               "feature_quarantine": read_table(spark, locator, "feature_quarantine").count(), **sr_counts}
-    changes = {"restored": restored, "reallocated": reallocated}
+    changes = {"restored": restored, "reallocated": reallocated, "acquisition dropped": dropped}
     return {**counts, **{k: v for k, v in changes.items() if v}}

@@ -481,7 +481,7 @@ DICOM_INSTANCE = table("dicom_instance", "bronze", _FILE_COLUMNS + """
     sr_content_reason    string
     sr_content_message   string
     header_digest        string
-""", stats_columns=("path", "sop_instance_uid", "study_instance_uid", "series_instance_uid"))
+""", stats_columns=("path", "sop_instance_uid", "study_instance_uid", "series_instance_uid", "extracted_at"))
 
 DICOM_QUARANTINE = table("dicom_quarantine", "bronze", _FILE_COLUMNS + """
     bytes_read           bigint
@@ -522,6 +522,20 @@ SR_CONTENT_ITEM = table("sr_content_item", "bronze", """
     referenced_content            string
     run_id                        string          required
 """, stats_columns=("path", "sop_instance_uid"))
+
+#: The values of the selected acquisition attributes in each present instance (dicom/attributes.py), read
+#: from its header once per header_digest and selection; an instance holding none has one row of NULLs.
+INSTANCE_ATTRIBUTE = table("instance_attribute", "silver", """
+    path                  string     required
+    header_digest         string
+    series_instance_uid   string
+    instance_number       integer
+    selection             string     required
+    source                string
+    ordinal               integer
+    value_text            string
+    value_number          double
+""", stats_columns=("path", "series_instance_uid"))
 
 DICOM_SERIES = table("dicom_series", "silver", """
     series_instance_uid        string         required
@@ -792,6 +806,7 @@ PIPELINE_TABLES = (
     DICOM_INSTANCE,
     DICOM_QUARANTINE,
     SR_CONTENT_ITEM,
+    INSTANCE_ATTRIBUTE,
     DICOM_SERIES,
     SERIES_LINK,
     LINK_EXCEPTION,

@@ -258,6 +258,12 @@ def merge_into(
     return int(metrics["num_inserted_rows"]) if metrics is not None else 0
 
 
+def delete_keys(spark: SparkSession, locator: TableLocator, name: str, keys: DataFrame, on: Sequence[str]) -> None:
+    """Delete every row of a table whose ``on`` columns equal a row of ``keys`` (one MERGE commit)."""
+    (delta_table(spark, locator, name).alias("t").merge(keys.select(*on).distinct().alias("s"), _key_condition(on))
+     .whenMatchedDelete().execute())
+
+
 def merge_or_delete(spark: SparkSession, locator: TableLocator, name: str, rows: DataFrame, keys: Sequence[str],
                     keep: Column) -> None:
     """One MERGE that upserts the rows where ``keep`` holds and deletes the matching rows where it does not.

@@ -9,15 +9,10 @@ that field takes (the DataQualityDashboard's fkDomain); otherwise the field gets
 
 from __future__ import annotations
 
-import csv
-import io
-import re
-from functools import cache
-from importlib import resources
-
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
+from micdm.resources import rows as resource_rows
 from micdm.tables import TableLocator, read_table
 
 __all__ = [
@@ -26,7 +21,6 @@ __all__ = [
     "coding_scheme_vocabularies",
     "compatible_procedures",
     "concepts",
-    "dicom_attributes",
     "in_domain",
     "modality_concepts",
     "modality_procedures",
@@ -37,13 +31,6 @@ __all__ = [
     "site_relationships",
     "table_concept_id",
 ]
-
-
-@cache
-def resource_rows(name: str) -> tuple[dict[str, str], ...]:
-    """Rows of a CSV shipped in micdm/resources."""
-    text = resources.files("micdm.resources").joinpath(name).read_text(encoding="utf-8")
-    return tuple(csv.DictReader(io.StringIO(text)))
 
 
 def resource_frame(spark: SparkSession, name: str, types: dict[str, str]) -> DataFrame:
@@ -173,15 +160,3 @@ def table_concept_id(table_name: str) -> int:
         if row["table_name"] == table_name:
             return int(row["concept_id"])
     raise KeyError(f"no table concept shipped for {table_name!r}")
-
-
-_KEYWORD = re.compile(r"[A-Za-z]+")
-
-
-def dicom_attributes() -> dict[str, tuple[str, str | None, bool]]:
-    """DICOM keyword -> (8-hex tag, UCUM unit or None, coded) for the attributes micdm can store as features.
-
-    A coded attribute's values are DICOM defined terms, looked up as value-set concepts.
-    """
-    return {row["keyword"]: (row["tag"], row["ucum_unit"] or None, row["coded"] == "yes")
-            for row in resource_rows("dicom_attributes.csv")}

@@ -161,12 +161,13 @@ def test_every_imaging_procedure_is_linked(spark, site) -> None:
 def test_units_resolve_through_the_sites_vocabulary(spark, site) -> None:
     rows = read_table(spark, site["locator"], "measurement").join(
         allocated_ids(spark, site["locator"], "measurement", "measurement_id"), "measurement_id", "left_semi")
-    units = {r.measurement_source_value: (r.unit_source_value, r.unit_concept_id) for r in rows.collect()}
+    tag = {r.measurement_source_value: r.measurement_source_value.partition(":")[0] for r in rows.collect()}
+    units = {tag[r.measurement_source_value]: (r.unit_source_value, r.unit_concept_id) for r in rows.collect()}
     assert units["00180050"] == ("mm", 8588) and units["00280030"] == ("mm", 8588)  # SliceThickness, PixelSpacing
     assert units["00180080"] == ("ms", 9593) and units["00180081"] == ("ms", 9593)  # RepetitionTime, EchoTime
     assert units["00180087"] == ("T", 9646) and units["00181314"] == ("deg", 9484)  # field strength, flip angle
     assert units["00180060"] == ("kV", 0), "kV is not in this vocabulary subset: 0, with the unit kept"
-    values = {r.measurement_source_value: r.value_source_value for r in rows.collect()}
+    values = {tag[r.measurement_source_value]: r.value_source_value for r in rows.collect()}
     assert values["00180060"] in ("110", "76") and values["00180050"] == "5.0", "the header's own text"
 
 

@@ -79,7 +79,7 @@ def test_every_series_has_header_features_that_follow_the_dqd_conventions(spark,
     measurements = read_table(spark, locator, "measurement")
     header = read_table(spark, locator, "image_feature").join(
         measurements, F.col("table_row_id") == F.col("measurement_id")).where(
-        F.col("measurement_source_value").rlike("^[0-9A-F]{8}$"))
+        F.col("measurement_source_value").rlike("^[0-9A-F]{8}(\\.[0-9A-F]{8})*:(first|min|max|distinct)$"))
     assert occurrences.join(header, "image_occurrence_id", "left_anti").count() == 0, "a series without features"
     required = ["measurement_id", "person_id", "measurement_concept_id", "measurement_date",
                 "measurement_type_concept_id"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
 import json
 import re
 import struct
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from pydicom.datadict import tag_for_keyword
+from pydicom.datadict import keyword_for_tag, tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
@@ -160,9 +161,8 @@ _TYPED_COLUMNS: dict[str, tuple[str, str, _Converter | None]] = {
     **{_ATTRIBUTE_KEYS[keyword]: (keyword, column, convert)
        for keyword, (column, convert) in HEADER_ATTRIBUTES.items()},
     **{_ATTRIBUTE_KEYS[keyword]: (keyword, column, None) for keyword, column in _DATE_ATTRIBUTES.items()}}
-#: DICOM JSON keys of the numeric acquisition attributes whose own text is kept (acquisition_text).
-_NUMBER_TEXT_KEYS = frozenset(key for key, (_, _, convert) in _TYPED_COLUMNS.items()
-                              if convert in (_first_number, _numbers))
+#: VRs of the numbers whose text a header holds: that text is kept (acquisition_text), as written.
+_DECIMAL_STRING_VRS = frozenset({"DS", "IS"})
 #: The record of a header holding none of the typed attributes.
 _EMPTY_RECORD = dict.fromkeys([*(column for _, column, _ in _TYPED_COLUMNS.values()), "acquisition_text",
                                "referenced_series"])
@@ -179,7 +179,13 @@ class EncodedHeader:
     failures: dict[str, str]
     """DICOM JSON key -> the error that kept the element out."""
     texts: dict[str, str] = field(default_factory=dict)
-    """DICOM JSON key -> the header's own text of each numeric acquisition attribute (DS, IS), before parsing."""
+    """DICOM JSON key -> the header's own text of each public DS / IS element, before parsing."""
+
+
+@functools.cache
+def _keyword(key: str) -> str:
+    """The keyword of a DICOM JSON key; '' for a private or unknown element."""
+    return keyword_for_tag(int(key, 16)) or ""
 
 
 def _number_text(element: Any) -> str | None:
@@ -216,7 +222,7 @@ def encode_header(dataset: Dataset) -> EncodedHeader:
     charset = _charset(dataset)
     for tag, raw in dataset._dict.items():
         key = f"{int(tag):08X}"
-        if key in _NUMBER_TEXT_KEYS:
+        if (raw.VR or dictionary_vr(raw.tag)) in _DECIMAL_STRING_VRS and _keyword(key):
             text = _number_text(raw)
             if text:
                 texts[key] = text
@@ -298,7 +304,7 @@ def header_record(header: Dataset | EncodedHeader) -> dict[str, Any]:
         warnings.append(f"AnatomicRegionSequence: {type(error).__name__}")
     if encoded.texts:
         record["acquisition_text"] = orjson.dumps(
-            {_TYPED_COLUMNS[key][0]: text for key, text in encoded.texts.items()}).decode("utf-8")
+            {_keyword(key): text for key, text in encoded.texts.items()}).decode("utf-8")
     try:
         record["referenced_series"] = referenced_series(encoded.elements)
     except Exception as error:

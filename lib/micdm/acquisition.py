@@ -1,0 +1,184 @@
+"""Acquisition parameters: the selected header attributes of each series, folded by their rule into features.
+
+Headers are read once: instance_attribute keeps the values of the selected attributes per instance and
+header_digest, so a run reads only the headers of instances it has not seen (or whose file changed) and
+re-reads everything only when the selection changes. Each series' values then become rows by the rule
+of their attribute (dicom/attributes.py): ``first``, ``min``, ``max``, ``min_max`` or ``distinct``; the
+rule that made a row follows the attribute's tag path in its source value (``00181151:max``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterator
+
+import orjson
+import pandas as pd
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from micdm.config import FeatureSettings
+from micdm.dicom.attributes import Attribute, Rule, select_attributes, values_of
+from micdm.schema import FEATURE_ROW, INSTANCE_ATTRIBUTE
+from micdm.tables import TableLocator, append, conform, delete_keys, overwrite, read_table
+from micdm.vocab import normalise_body_part
+
+__all__ = ["acquisition_features", "refresh_instance_attributes", "selection_id"]
+
+log = logging.getLogger(__name__)
+
+_BODY_PART = "00180015"
+_VALUE_COLUMNS = [f.name for f in INSTANCE_ATTRIBUTE.schema.fields]
+
+
+def selection_id(attributes: tuple[Attribute, ...]) -> str:
+    """Names the set of attribute paths read from headers: values read for another set are read again."""
+    return hashlib.sha256("\n".join(sorted(a.source for a in attributes)).encode()).hexdigest()[:16]
+
+
+def _header(row: pd.Series) -> tuple[dict, dict | None]:
+    """The header as DICOM JSON, and the header's own text of its DS / IS values (keyword -> text).
+
+    A header too large to keep (header_json dropped 'all') still has those texts: its numbers count.
+    """
+    texts = orjson.loads(row.acquisition_text) if isinstance(row.acquisition_text, str) else None
+    if isinstance(row.header_json, str):
+        return orjson.loads(row.header_json), texts
+    return {}, texts
+
+
+def _read_values(instances: DataFrame, attributes: tuple[Attribute, ...], selection: str) -> DataFrame:
+    """instance_attribute rows of ``instances``: one per value found, or one of NULLs for an instance with none."""
+    by_keyword = {a.keywords[0]: a for a in attributes if len(a.keys) == 1 and a.kind == "number"}
+
+    def read(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for batch in batches:
+            rows = []
+            for row in batch.itertuples(index=False):
+                header, texts = _header(row)
+                if not header and texts:  # only the texts survived: read the numbers from them
+                    header = {by_keyword[k].tag: {"Value": [float(v) for v in t.split("\\") if v.strip()]}
+                              for k, t in texts.items() if k in by_keyword}
+                number = None if pd.isna(row.instance_number) else int(row.instance_number)
+                base = (row.path, row.header_digest, row.series_instance_uid, number, selection)
+                found = values_of(header, attributes, texts)
+                rows.extend((*base, v.source, v.ordinal, v.text, v.number) for v in found)
+                if not found:
+                    rows.append((*base, None, None, None, None))
+            frame = pd.DataFrame(rows, columns=_VALUE_COLUMNS)
+            yield frame.astype({"instance_number": "Int64", "ordinal": "Int64"})
+
+    columns = ["path", "header_digest", "series_instance_uid", "instance_number", "header_json", "acquisition_text"]
+    return instances.select(*columns).mapInPandas(read, INSTANCE_ATTRIBUTE.schema)
+
+
+def refresh_instance_attributes(spark: SparkSession, locator: TableLocator, instances: DataFrame,
+                                attributes: tuple[Attribute, ...]) -> int:
+    """Bring instance_attribute in line with the present instances; returns how many headers were read.
+
+    Rows of vanished or changed files go first, then the new values are appended: a crash in between
+    leaves those instances unread, and the next run reads them.
+    """
+    selection = selection_id(attributes)
+    stored = read_table(spark, locator, "instance_attribute")
+    if stored.where(F.col("selection") != selection).take(1):
+        log.info("features: the attribute selection changed; reading every header again")
+        overwrite(locator, "instance_attribute", _read_values(instances, attributes, selection))
+        return read_table(spark, locator, "instance_attribute").select("path").distinct().count()
+    key = ["path", "header_digest"]
+    present = instances.select(*key, "extracted_at")
+    held = stored.select(*key).distinct()
+    same = (present["path"] == held["path"]) & present["header_digest"].eqNullSafe(held["header_digest"])
+    todo = present.join(held, same, "left_anti").localCheckpoint()
+    gone = held.join(present, same, "left_anti").localCheckpoint()
+    unread, vanished = todo.count(), gone.count()
+    if not unread and not vanished:
+        return 0
+    delete_keys(spark, locator, "instance_attribute", todo.select("path").unionByName(gone.select("path")), ["path"])
+    if unread:
+        since = todo.agg(F.min("extracted_at")).first()[0]
+        wanted = instances.where(F.col("extracted_at") >= since).alias("i").join(
+            todo.alias("t"), (F.col("i.path") == F.col("t.path"))
+            & F.col("i.header_digest").eqNullSafe(F.col("t.header_digest")), "left_semi")
+        append(locator, "instance_attribute", _read_values(wanted, attributes, selection))
+    return unread
+
+
+def _rows(rule: Column, kind: Column, cap: int) -> Column:
+    """The rows (label, text, number) a series' values become under its attribute's rule."""
+    def row(label: str, value: str) -> Column:
+        return F.struct(F.lit(label).alias("label"), F.col(f"{value}.text").alias("text"),
+                        F.col(f"{value}.number").alias("number"))
+
+    min_max = F.array(row("min", "low"), row("max", "high"))
+    each = F.transform("values", lambda v: F.struct(F.lit("distinct").alias("label"), v["text"].alias("text"),
+                                                    v["number"].alias("number")))
+    overflow = F.when(kind == "number", min_max).otherwise(F.slice(each, 1, cap))
+    return (F.when(rule == Rule.FIRST.value, F.array(row("first", "first")))
+            .when(rule == Rule.MIN.value, F.array(row("min", "low")))
+            .when(rule == Rule.MAX.value, F.array(row("max", "high")))
+            .when(rule == Rule.MIN_MAX.value, min_max)
+            .otherwise(F.when(F.size("values") <= cap, each).otherwise(overflow)))
+
+
+def series_values(spark: SparkSession, locator: TableLocator, attributes: tuple[Attribute, ...], cap: int
+                  ) -> DataFrame:
+    """(series_instance_uid, source, tag, kind, unit, label, text, number): each series' rows by rule.
+
+    Values are first made distinct (numbers by value, other values by text), keeping the first
+    instance's text of each; ``first``, ``min``, ``max`` and the distinct list are taken from those.
+    """
+    described = spark.createDataFrame([(a.source, a.tag, a.rule.value, a.kind, a.unit) for a in attributes],
+                                      "source string, tag string, rule string, kind string, unit string")
+    values = read_table(spark, locator, "instance_attribute").where(
+        (F.col("selection") == selection_id(attributes)) & F.col("source").isNotNull()).join(
+        F.broadcast(described), "source")
+    order = F.struct(F.coalesce("instance_number", F.lit(2**31 - 1)), "path", "ordinal")
+    value = F.struct(F.col("value_text").alias("text"), F.col("value_number").alias("number"))
+    distinct_key = F.when(F.col("kind") == "number", F.col("value_number").cast("string")).otherwise(
+        F.col("value_text"))
+    group = ["series_instance_uid", "source", "tag", "rule", "kind", "unit"]
+    distinct = values.groupBy(*group, distinct_key.alias("_key")).agg(
+        F.min_by(value, order).alias("v"), F.min(order).alias("o"))
+    folded = distinct.groupBy(*group).agg(
+        F.min_by("v", "o").alias("first"), F.min_by("v", "v.number").alias("low"),
+        F.max_by("v", "v.number").alias("high"),
+        F.array_sort(F.collect_list(F.struct(F.col("v.number").alias("number"), F.col("v.text").alias("text"))))
+        .alias("values"))
+    return folded.select(*group[:2], "tag", "kind", "unit", F.explode(_rows(F.col("rule"), F.col("kind"), cap))
+                         .alias("r")).select("series_instance_uid", "source", "tag", "kind", "unit", "r.*")
+
+
+def acquisition_features(spark: SparkSession, locator: TableLocator, instances: DataFrame, occurrences: DataFrame,
+                         settings: FeatureSettings) -> DataFrame:
+    """FEATURE_ROW rows of the selected attributes for every series with an image_occurrence."""
+    attributes = select_attributes(settings.acquisition_attributes)
+    read = refresh_instance_attributes(spark, locator, instances, attributes)
+    log.info("features: %d header(s) read for %d acquisition attribute(s)", read, len(attributes))
+    rows = series_values(spark, locator, attributes, settings.max_distinct_values).join(
+        occurrences, F.col("series_instance_uid") == F.col("image_series_uid"))
+    coded = F.col("kind") == "code"
+    code = F.when(F.col("tag") == _BODY_PART, normalise_body_part(F.col("text"))).otherwise(
+        F.upper(F.trim("text")))
+    text_only = F.col("kind") == "text"
+    domain = F.when(text_only & F.lit(settings.text_attributes == "observation"), F.lit("observation")) \
+        .otherwise(F.lit("measurement"))
+    # a row of rule 'first' keeps the natural key of micdm's earlier single-value rows, so its ids stay
+    suffix = F.when(F.col("label") == "distinct", F.concat(F.lit("|="), "text")).when(
+        F.col("label") != "first", F.concat(F.lit("|"), "label"))
+    return conform(rows.select(
+        F.concat(F.lit("header|"), "series_instance_uid", F.lit("|"), "source", F.coalesce(suffix, F.lit("")))
+        .alias("natural_key"),
+        domain.alias("domain"),
+        "person_id", "image_occurrence_id", "visit_occurrence_id",
+        F.col("image_occurrence_date").alias("event_date"),
+        F.lit("DICOM").alias("concept_vocabulary"), F.col("tag").alias("concept_code"),
+        F.concat_ws(":", "source", "label").alias("source_value"),
+        "number", F.col("unit").alias("unit_code"),
+        F.when(coded, F.lit("DICOM")).alias("value_vocabulary"), F.when(coded, code).alias("value_code"),
+        F.col("text").alias("value_text"),
+        F.col("anatomic_site_concept_id").alias("occurrence_site_concept_id"),
+        F.lit(settings.measurement_type_concept_id).alias("type_concept_id"),
+        F.lit(settings.feature_type_concept_id).alias("feature_type_concept_id"),
+    ), FEATURE_ROW)
