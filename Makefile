@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 CONFIG ?= conf/local.yml
 
-.PHONY: demo test lint bench setup clean
+.PHONY: demo test lint bench bench-acquisition setup clean
 
 $(INSTALLED): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "micdm needs Python 3.10 or newer, found " + sys.version.split()[0])'
@@ -31,3 +31,6 @@ clean:
 
 bench: setup
 	$(BIN)/python bench/extract_bench.py --instances 20000
+
+bench-acquisition: setup
+	$(BIN)/python bench/acquisition_bench.py

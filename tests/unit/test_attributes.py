@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
@@ -21,6 +22,7 @@ from micdm.resources import rows as resource_rows
 from micdm.sources import opener
 
 REPO = Path(__file__).resolve().parents[2]
+DENIED_TAGS = {f"{tag_for_keyword(k):08X}" for k in DENIED if tag_for_keyword(k) is not None}
 
 
 def test_a_selection_names_keywords_tags_and_paths_with_their_rules() -> None:
@@ -80,16 +82,18 @@ def _as_list(value: object) -> list[object]:
     return [v for v in items if v is not None and v != ""]
 
 
-def test_every_value_of_the_real_corpus_equals_pydicoms(shared: Path) -> None:
-    """Read as extract stores headers (header_json, acquisition_text), with ``all`` and the nested defaults."""
+def _compare_with_pydicom(paths: list[Path]) -> tuple[int, int]:
+    """Read each file as extract stores it (header_json, acquisition_text) and compare every value of
+    ``all`` and the nested defaults with pydicom's; returns (files, values compared)."""
     attributes = select_attributes(["all", "default"])
     compared = files = 0
-    for path in sorted((shared / "data" / "dicom").rglob("*.dcm")):
+    for path in paths:
         row = extract_file(opener(str(path), {}), str(path), os.path.getsize(path), ReadOptions())
         if row["outcome"] != "instance" or row["header_json"] is None:
             continue
         dataset = dcmread(path, stop_before_pixels=True, force=True)
         found = values_of(json.loads(row["header_json"]), attributes, json.loads(row["acquisition_text"] or "{}"))
+        assert not {v.source for v in found} & DENIED_TAGS, "an attribute of the deny-list"
         files += 1
         by_source: dict[str, list] = {}
         for value in found:
@@ -107,7 +111,20 @@ def test_every_value_of_the_real_corpus_equals_pydicoms(shared: Path) -> None:
                 else:
                     assert value.text == "\\".join(str(v) for v in values), (path.name, attribute.name)
                 compared += 1
+    return files, compared
+
+
+def test_every_value_of_the_real_corpus_equals_pydicoms(shared: Path) -> None:
+    files, compared = _compare_with_pydicom(sorted((shared / "data" / "dicom").rglob("*.dcm")))
     assert files > 100 and compared > 2000
+
+
+def test_every_value_of_a_synthetic_export_equals_pydicoms(tmp_path: Path) -> None:
+    from micdm.synth import generate
+
+    generate(tmp_path, patients=3, seed=17, pixels="none")
+    files, compared = _compare_with_pydicom(sorted((tmp_path / "dicom").rglob("*.dcm")))
+    assert files > 20 and compared > 10 * files
 
 
 def test_numbers_keep_the_headers_own_text() -> None:

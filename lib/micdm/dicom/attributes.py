@@ -56,8 +56,8 @@ DENIED = frozenset({
     # identifiers and counters of an instance
     "InstanceNumber", "SeriesNumber", "AcquisitionNumber", "ImagesInAcquisition", "TemporalPositionIdentifier",
     "TemporalPositionIndex", "InStackPositionNumber", "InConcatenationNumber", "InConcatenationTotalNumber",
-    "ConcatenationFrameOffsetNumber", "StackID", "FrameNumber", "ReferencedFrameNumber", "SegmentNumber",
-    "ReferencedSegmentNumber", "ImageIndex", "SliceNumberMR",
+    "ConcatenationFrameOffsetNumber", "StackID", "ReferencedFrameNumber", "SegmentNumber",
+    "ReferencedSegmentNumber", "ImageIndex",
     # where the instance sits in the series, how it is displayed
     "ImagePositionPatient", "ImageOrientationPatient", "SliceLocation", "WindowCenter", "WindowWidth",
     "RescaleIntercept", "RescaleSlope", "VOILUTFunction",
