@@ -10,10 +10,11 @@ from __future__ import annotations
 import copy
 import csv
 import datetime as dt
+import math
 import random
 import shutil
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -261,6 +262,24 @@ def _acquisition(ds: FileDataset, modality: str, rng: random.Random) -> None:
         ds.Manufacturer = "ACME ULTRASOUND"
 
 
+def _per_instance(ds: FileDataset, modality: str, dual_echo: bool) -> Callable[[int], None]:
+    """What changes from one instance of a series to the next: a CT's tube current follows the patient's
+    width (dose modulation); about half the MR series are dual-echo, their two echo times alternating."""
+    if modality == "CT":
+        base = int(ds.XRayTubeCurrent)
+
+        def modulate(instance: int) -> None:
+            ds.XRayTubeCurrent = round(base * (0.6 + 0.8 * abs(math.sin(instance / 4))))
+        return modulate
+    if modality == "MR" and dual_echo:
+        first = int(ds.EchoTime)
+
+        def alternate(instance: int) -> None:
+            ds.EchoTime = str(first + 80 * (instance % 2))
+        return alternate
+    return lambda instance: None
+
+
 def _instances(plans: list[PatientPlan]) -> Iterator[tuple[PatientPlan, StudyPlan, SeriesPlan, int]]:
     for patient in plans:
         for study in patient.studies:
@@ -303,10 +322,12 @@ def _write_dicom(out: Path, plans: list[PatientPlan], seed: int, pixels: str) ->
             continue
         rng = random.Random(f"{seed}:{series.series_uid}")
         ds = _series_dataset(patient, study, series, number, pixels, rng)
+        vary = _per_instance(ds, series.modality, dual_echo=series.series_uid[-1] in "13579")
         for instance in range(series.instances):
             uid = _uid(seed, series.series_uid, instance)
             ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = uid
             ds.InstanceNumber = instance + 1
+            vary(instance)
             ds.ImagePositionPatient = [0.0, 0.0, float(instance) * 2.5]
             path = folder / f"{instance + 1:04d}.dcm"
             ds.save_as(path, enforce_file_format=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import pytest
 from pydicom import dcmread
@@ -125,11 +126,25 @@ def test_fast_json_equals_pydicom_json_on_the_corpus(shared) -> None:
 
 
 def test_a_large_multi_frame_header_drops_its_per_frame_groups_before_everything(shared) -> None:
-    """A segmentation of many frames: its segments survive a cap that its per-frame groups exceed."""
+    """A segmentation of many frames: frames alike but for their position keep one description; frames
+    that all differ go, and its segments survive a cap that its per-frame groups exceed."""
+    import copy
+
     seg = shared / "data" / "dicom" / "dcmqi" / "data" / "sr-example" / "seg.dcm"
     ds = dcmread(seg, stop_before_pixels=True)
-    ds.PerFrameFunctionalGroupsSequence = [ds.PerFrameFunctionalGroupsSequence[0]] * 2000
+    frame = ds.PerFrameFunctionalGroupsSequence[0]
+    ds.PerFrameFunctionalGroupsSequence = [copy.deepcopy(frame) for _ in range(600)]
+    for number, item in enumerate(ds.PerFrameFunctionalGroupsSequence):
+        item.FrameContentSequence[0].InStackPositionNumber = number + 1
     whole, dropped = header_json(ds, 10**8)
     assert dropped is None and '"52009230"' in whole
+    alike, dropped = header_json(ds, len(whole.encode()) // 10)
+    assert dropped == "frame_placement" and len(json.loads(alike)["52009230"]["Value"]) == 1
+    assert "00209111" not in json.loads(alike)["52009230"]["Value"][0]
+    for number, item in enumerate(ds.PerFrameFunctionalGroupsSequence):
+        item.SegmentIdentificationSequence[0].ReferencedSegmentNumber = number + 1
+    whole, _ = header_json(ds, 10**8)
     kept, dropped = header_json(ds, len(whole.encode()) // 10)
     assert dropped == "per_frame" and '"52009230"' not in kept and '"00620002"' in kept
+
+

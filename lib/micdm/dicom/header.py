@@ -428,21 +428,40 @@ def _fast_json(raw: RawDataElement, charset: str | None) -> dict[str, Any] | Non
 
 #: PerFrameFunctionalGroupsSequence: a description of every frame, the bulk of a large multi-frame header.
 _PER_FRAME = "52009230"
+#: The macros of a frame's description that place it or set how it is shown (FrameContentSequence,
+#: PlanePositionSequence, FrameVOILUTSequence, PixelValueTransformationSequence): what makes every
+#: frame's description differ when the acquisition parameters do not.
+_FRAME_PLACEMENT = frozenset({"00209111", "00209113", "00289132", "00289145"})
+
+
+def _distinct_frames(element: dict[str, Any]) -> dict[str, Any]:
+    """The per-frame groups without the macros that place or show each frame (and private ones), one item
+    per distinct description: what an enhanced MR's echo times or b-values need, in a few items instead of
+    thousands."""
+    items: dict[bytes, dict[str, Any]] = {}
+    for item in element.get("Value") or ():
+        kept = {key: value for key, value in item.items()
+                if key not in _FRAME_PLACEMENT and not int(key[:4], 16) & 1}
+        items.setdefault(_dumps(kept), kept)
+    return {"vr": "SQ", "Value": list(items.values())}
 
 
 def header_json(header: Dataset | EncodedHeader, max_bytes: int) -> tuple[str | None, str | None]:
     """The header as DICOM JSON (PS3.18 F.2) without bulk data, within ``max_bytes``, and what was dropped.
 
     When the whole header is too large, private elements are left out first ('private'), then the
-    per-frame functional groups ('per_frame': a multi-frame object keeps its shared groups and, for a
-    segmentation, its segments); when it still does not fit, None is returned ('all').
+    macros that place or show each frame, keeping one per-frame item per distinct description
+    ('frame_placement'),
+    then the per-frame functional groups ('per_frame': a multi-frame object keeps its shared groups and,
+    for a segmentation, its segments); when it still does not fit, None is returned ('all').
     """
     elements = _encoded(header).elements
     text = _dumps(elements)
     if len(text) <= max_bytes:
         return text.decode("utf-8"), None
     public = {key: element for key, element in elements.items() if not int(key[:4], 16) & 1}
-    for dropped, kept in (("private", public),
+    distinct = {key: _distinct_frames(e) if key == _PER_FRAME else e for key, e in public.items()}
+    for dropped, kept in (("private", public), ("frame_placement", distinct),
                           ("per_frame", {key: e for key, e in public.items() if key != _PER_FRAME})):
         text = _dumps(kept)
         if len(text) <= max_bytes:
