@@ -21,7 +21,7 @@ from micdm.tables import TableLocator, read_table
 settings = load_settings(dbutils.widgets.get("config"), dbutils.widgets.get("overrides").split())
 locator = TableLocator(settings.storage)
 limit = float(dbutils.widgets.get("max_slice_thickness_mm"))
-SLICE_THICKNESS_TAG = "00180050"
+SLICE_THICKNESS = "00180050:"  # measurement_source_value: tag, then the rule (a series may have several)
 CHEST_TERMS = ("CHEST", "THORAX", "LUNG")
 
 # COMMAND ----------
@@ -32,8 +32,8 @@ series = read_table(spark, locator, "dicom_series").select(
 slice_thickness = (
     read_table(spark, locator, "image_feature")
     .join(read_table(spark, locator, "measurement"), F.col("table_row_id") == F.col("measurement_id"))
-    .where(F.col("measurement_source_value") == SLICE_THICKNESS_TAG)
-    .select("image_occurrence_id", F.col("value_as_number").alias("slice_thickness_mm"))
+    .where(F.col("measurement_source_value").startswith(SLICE_THICKNESS))
+    .groupBy("image_occurrence_id").agg(F.max("value_as_number").alias("slice_thickness_mm"))
 )
 cohort = (
     occurrence.where(F.col("modality") == "CT")
