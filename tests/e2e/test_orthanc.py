@@ -12,7 +12,8 @@ from micdm.config import load_settings
 from micdm.pipeline import run_pipeline
 from micdm.synth import generate
 from micdm.tables import TableLocator, init_tables, load_csv, read_table
-from micdm.testing import Orthanc, orthanc_binary
+
+from support.servers import Orthanc, orthanc_binary
 
 REPO = Path(__file__).resolve().parents[2]
 SERIES_UID_TAG = "0020000E"

@@ -14,7 +14,8 @@ import pytest
 from micdm.spark import resolve_delta_jars
 from micdm.synth import generate
 from micdm.tables import TableLocator, init_tables, load_csv, read_table
-from micdm.testing import SparkStandalone, spark_home
+
+from support.servers import SparkStandalone, spark_home
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -12,7 +12,8 @@ from micdm.errors import SourceError
 from micdm.extract import extract
 from micdm.synth import generate
 from micdm.tables import TableLocator, init_tables, read_table
-from micdm.testing import SeaweedFS, weed_binary
+
+from support.servers import SeaweedFS, weed_binary
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from micdm.synth import evaluate_linkage
+from linkage_eval import evaluate_linkage
 
 
 @pytest.mark.slow

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from micdm.testing import run_notebook
+from support.notebooks import run_notebook
 
 REPO = Path(__file__).resolve().parents[2]
 
