@@ -20,6 +20,7 @@ from pyspark.sql import functions as F
 
 from micdm.config import FeatureSettings
 from micdm.dicom.attributes import Attribute, Rule, select_attributes, values_of
+from micdm.reasons import FeatureDomain
 from micdm.schema import FEATURE_ROW, INSTANCE_ATTRIBUTE
 from micdm.tables import TableLocator, append, conform, delete_keys, overwrite, read_table
 from micdm.vocab import normalise_body_part
@@ -162,8 +163,9 @@ def acquisition_features(spark: SparkSession, locator: TableLocator, instances: 
     code = F.when(F.col("tag") == _BODY_PART, normalise_body_part(F.col("text"))).otherwise(
         F.upper(F.trim("text")))
     text_only = F.col("kind") == "text"
-    domain = F.when(text_only & F.lit(settings.text_attributes == "observation"), F.lit("observation")) \
-        .otherwise(F.lit("measurement"))
+    as_observation = text_only & F.lit(settings.text_attributes == FeatureDomain.OBSERVATION.value)
+    domain = F.when(as_observation, F.lit(FeatureDomain.OBSERVATION.value)).otherwise(
+        F.lit(FeatureDomain.MEASUREMENT.value))
     # a row of rule 'first' keeps the natural key of micdm's earlier single-value rows, so its ids stay
     suffix = F.when(F.col("label") == "distinct", F.concat(F.lit("|="), "text")).when(
         F.col("label") != "first", F.concat(F.lit("|"), "label"))

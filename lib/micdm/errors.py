@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "EnvironmentProblem", "IdOverflowError", "InvalidInputError", "MicdmError",
-           "RunInProgressError", "SchemaMismatchError", "SourceError"]
+__all__ = ["ConfigError", "EnvironmentProblem", "IdOverflowError", "InvalidInputError", "MicdmError", "QualityError",
+           "RunInProgressError", "SchemaMismatchError", "SourceError", "VocabularyError"]
 
 
 class MicdmError(Exception):
@@ -38,3 +38,11 @@ class SourceError(MicdmError):
 class InvalidInputError(MicdmError):
     """With ``validation: raise``, input that breaks a rule (a file with an invalid UID) stops the stage before
     anything is written; the message names the files."""
+
+
+class QualityError(MicdmError):
+    """A fatal quality check failed (exit code 2); dq_result holds the details."""
+
+
+class VocabularyError(MicdmError):
+    """A concept micdm ships is missing from its own resources: the package is damaged or out of date."""

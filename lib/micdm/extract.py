@@ -37,6 +37,7 @@ from micdm.errors import InvalidInputError
 from micdm.schema import EXTRACT_RESULT, FILE_INVENTORY, SR_CONTENT_ITEM
 from micdm.secrets import resolve_references
 from micdm.sources import DiscoveredFile, list_files, opener, read_first_blocks, root_prefix, with_first_block
+from micdm.stage import StageCounts
 from micdm.tables import (
     TableLocator,
     append,
@@ -49,7 +50,7 @@ from micdm.tables import (
     table_properties,
 )
 
-__all__ = ["ExtractSummary", "extract", "read_headers"]
+__all__ = ["ExtractSummary", "extract", "read_headers", "run"]
 
 log = logging.getLogger(__name__)
 
@@ -180,8 +181,8 @@ def _batch_reader(options: ReadOptions, storage_options: dict[str, Any], concurr
         return pa.RecordBatch.from_pydict(columns, schema=arrow_schema)
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        quiet_pydicom()  # before the threads start: it changes process-wide settings
-        with ThreadPoolExecutor(max_workers=1) as ahead:
+        # Entered before the threads start: it changes process-wide settings, and restores them at the end.
+        with quiet_pydicom(), ThreadPoolExecutor(max_workers=1) as ahead:
 
             def first_blocks(chunk: list[dict[str, Any]]) -> list[bytes | BaseException | None]:
                 try:
@@ -504,3 +505,11 @@ def extract(spark: SparkSession, locator: TableLocator, settings: Settings, run_
     log.info("extract: %d instances, %d quarantined, %d missing, %.1f files/s", instances, quarantined,
              missing, summary.files_per_second)
     return summary
+
+
+def run(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: str) -> StageCounts:
+    """The extract stage, counted for the run summary."""
+    summary = extract(spark, locator, settings, run_id=run_id)
+    return {"discovered": summary.discovered, "read": summary.to_read, "instances": summary.instances,
+            "quarantined": summary.quarantined, "missing": summary.missing,
+            "files/s": round(summary.files_per_second, 1)}

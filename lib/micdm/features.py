@@ -20,13 +20,15 @@ from micdm.config import Settings
 from micdm.errors import ConfigError
 from micdm.ids import assign_ids_by_namespace
 from micdm.ownership import release_clashing_ids, remove_site_rows, site_floor, write_site_rows
+from micdm.reasons import FeatureDomain, FeatureReason
 from micdm.reports import report_features, write_sr_tables
 from micdm.schema import FEATURE_ROW
 from micdm.series import present_instances
+from micdm.stage import StageCounts
 from micdm.tables import TableLocator, conform, delete_keys, merge_into, overwrite, read_table
 from micdm.vocab import concepts, site_relationships, table_concept_id
 
-__all__ = ["ALGORITHM_RESULT_COLUMNS", "algorithm_features", "read_algorithm_results", "run_features"]
+__all__ = ["ALGORITHM_RESULT_COLUMNS", "algorithm_features", "read_algorithm_results", "run"]
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +61,11 @@ def algorithm_features(results: DataFrame, occurrences: DataFrame, settings: Set
     observations; a result whose series has no image_occurrence is quarantined."""
     cfg = settings.features
     number = F.col("value_as_number").cast("double")
-    bad = (F.when(F.col("series_instance_uid").isNull() | F.col("feature_code").isNull(), F.lit("alg_missing_key"))
-           .when(F.col("alg_system").isNull(), F.lit("alg_missing_system"))
-           .when(F.col("value_as_number").isNotNull() & number.isNull(), F.lit("alg_bad_value"))
-           .when(F.col("image_occurrence_id").isNull(), F.lit("series_not_in_image_occurrence")))
+    missing_key = F.col("series_instance_uid").isNull() | F.col("feature_code").isNull()
+    bad = (F.when(missing_key, F.lit(FeatureReason.ALG_MISSING_KEY.value))
+           .when(F.col("alg_system").isNull(), F.lit(FeatureReason.ALG_MISSING_SYSTEM.value))
+           .when(F.col("value_as_number").isNotNull() & number.isNull(), F.lit(FeatureReason.ALG_BAD_VALUE.value))
+           .when(F.col("image_occurrence_id").isNull(), F.lit(FeatureReason.SERIES_NOT_IN_IMAGE_OCCURRENCE.value)))
     joined = results.join(occurrences, F.col("series_instance_uid") == F.col("image_series_uid"), "left").withColumn(
         "_reason", bad)
     quarantine = joined.where(F.col("_reason").isNotNull()).select(
@@ -76,7 +79,8 @@ def algorithm_features(results: DataFrame, occurrences: DataFrame, settings: Set
     features = conform(good.select(
         F.concat_ws("|", F.lit("alg"), "alg_system", "series_instance_uid", "feature_vocabulary", "feature_code",
                     F.coalesce("finding_id", F.lit(""))).alias("natural_key"),
-        F.when(coded, F.lit("observation")).otherwise(F.lit("measurement")).alias("domain"),
+        F.when(coded, F.lit(FeatureDomain.OBSERVATION.value))
+        .otherwise(F.lit(FeatureDomain.MEASUREMENT.value)).alias("domain"),
         "person_id", "image_occurrence_id", "visit_occurrence_id",
         F.coalesce(F.to_date(alg_datetime), "image_occurrence_date").alias("event_date"),
         alg_datetime.alias("event_datetime"),
@@ -212,7 +216,7 @@ def _drop_stale_acquisition(spark: SparkSession, locator: TableLocator, rows: Da
     return held
 
 
-def run_features(spark: SparkSession, locator: TableLocator, settings: Settings) -> dict[str, int]:
+def run(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: str) -> StageCounts:
     """MERGE measurement, observation and image_feature rows for every image_occurrence; rebuild
     feature_quarantine. Returns row counts."""
     instances = present_instances(spark, locator)
@@ -230,7 +234,7 @@ def run_features(spark: SparkSession, locator: TableLocator, settings: Settings)
     rows, reallocated = _with_ids(spark, locator, features)
     rows = rows.localCheckpoint()
     zero = F.lit(0)
-    measurements = rows.where(F.col("domain") == "measurement").select(
+    measurements = rows.where(F.col("domain") == FeatureDomain.MEASUREMENT.value).select(
         "measurement_id", "person_id",
         F.coalesce("concept_measurement", zero).alias("measurement_concept_id"),
         F.col("event_date").alias("measurement_date"), F.col("event_datetime").alias("measurement_datetime"),
@@ -245,7 +249,7 @@ def run_features(spark: SparkSession, locator: TableLocator, settings: Settings)
         F.substring("unit_code", 1, 50).alias("unit_source_value"),
         F.substring("value_text", 1, 50).alias("value_source_value"),
     )
-    observations = rows.where(F.col("domain") == "observation").select(
+    observations = rows.where(F.col("domain") == FeatureDomain.OBSERVATION.value).select(
         "observation_id", "person_id",
         F.coalesce("concept_standard", zero).alias("observation_concept_id"),
         F.col("event_date").alias("observation_date"), F.col("event_datetime").alias("observation_datetime"),
@@ -258,7 +262,7 @@ def run_features(spark: SparkSession, locator: TableLocator, settings: Settings)
         F.substring("value_code", 1, 50).alias("value_source_value"),
     )
     measurement_table, observation_table = table_concept_id("measurement"), table_concept_id("observation")
-    is_measurement = F.col("domain") == "measurement"
+    is_measurement = F.col("domain") == FeatureDomain.MEASUREMENT.value
     features_rows = rows.select(
         "image_feature_id", "person_id", "image_occurrence_id",
         F.when(is_measurement, F.lit(measurement_table)).otherwise(F.lit(observation_table)).alias("table_concept_id"),

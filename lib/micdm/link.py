@@ -27,11 +27,12 @@ from pyspark.sql import functions as F
 from micdm.config import OccurrenceSettings, Settings
 from micdm.ids import allocated_ids, assign_ids
 from micdm.ownership import release_clashing_ids, remove_site_rows, site_floor, write_site_rows
+from micdm.stage import StageCounts
 from micdm.tables import TableLocator, append, overwrite, read_table, site_table
 from micdm.vocab import compatible_procedures, modality_procedures
 
 __all__ = ["WARNING_CREATED_ON_PROCEDURE_DAY", "ExceptionReason", "LinkInputs", "LinkRule", "link_studies",
-           "person_key", "run_link", "study_keys"]
+           "person_key", "run", "study_keys"]
 
 log = logging.getLogger(__name__)
 
@@ -251,7 +252,7 @@ def _report(series_links: DataFrame, run_id: str) -> DataFrame:
              "studies")
 
 
-def run_link(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: str) -> dict[str, int]:
+def run(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: str) -> StageCounts:
     """Link every series; rebuild series_link and link_exception; append to link_report.
 
     Returns series counts per rule and per exception reason.

@@ -1,23 +1,17 @@
-"""image_occurrence (gold): one row per linked series, ids stable across runs, MERGE on the series UID.
-
-Optionally the same rows (and image_feature's) are offered under the published MI-CDM 1.0 names, in a
-schema of their own, as views or tables (settings ``publish``).
-"""
+"""image_occurrence (gold): one row per linked series, ids stable across runs, MERGE on the series UID."""
 
 from __future__ import annotations
-
-import dataclasses
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from micdm.config import Settings
 from micdm.ids import assign_ids
-from micdm.schema import PUBLISHED_IMAGE_FEATURE, PUBLISHED_IMAGE_OCCURRENCE, PUBLISHED_TABLES, TableDef
-from micdm.tables import TableLocator, merge_into, overwrite, read_table
-from micdm.vocab import anatomy_sites, modality_concepts, normalise_body_part
+from micdm.stage import StageCounts
+from micdm.tables import TableLocator, merge_into, read_table
+from micdm.vocab import anatomy_sites, normalise_body_part
 
-__all__ = ["build_image_occurrence", "publish", "published_sql", "run_occurrence"]
+__all__ = ["build_image_occurrence", "run"]
 
 
 def build_image_occurrence(series: DataFrame, links: DataFrame, ids: DataFrame, sites: DataFrame,
@@ -56,8 +50,8 @@ def build_image_occurrence(series: DataFrame, links: DataFrame, ids: DataFrame, 
     )
 
 
-def run_occurrence(spark: SparkSession, locator: TableLocator, settings: Settings) -> int:
-    """MERGE image_occurrence from dicom_series + series_link; returns the table's row count.
+def run(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: str) -> StageCounts:
+    """MERGE image_occurrence from dicom_series + series_link; counts the table's rows.
 
     A series that lost its link (its person left the CDM, say) is removed, so the table always equals
     what the current links give.
@@ -71,39 +65,4 @@ def run_occurrence(spark: SparkSession, locator: TableLocator, settings: Setting
     sites = anatomy_sites(spark, locator, settings.occurrence.anatomy_vocabulary)
     rows = build_image_occurrence(linked_series, links, ids, sites, settings)
     merge_into(spark, locator, "image_occurrence", rows, ["image_series_uid"], delete_unmatched=True)
-    return read_table(spark, locator, "image_occurrence").count()
-
-
-def published_sql(locator: TableLocator, table: TableDef) -> str:
-    """The SELECT giving a published-name table from micdm's spec tables (a view's text, or a table's rows).
-
-    modality_concept_id comes from the modality's shipped procedure concept (0 when there is none).
-    """
-    source = {PUBLISHED_IMAGE_OCCURRENCE.name: "image_occurrence", PUBLISHED_IMAGE_FEATURE.name: "image_feature"}
-    renamed = {"image_feature_event_field_concept_id": "table_concept_id", "image_feature_event_id": "table_row_id",
-               "modality_concept_id": "coalesce(m.concept_id, 0)"}
-    columns = ", ".join(f"{renamed.get(f.name, 't.' + f.name)} AS {f.name}" for f in table.schema.fields)
-    sql = f"SELECT {columns} FROM {locator.ref(source[table.name])} t"
-    if table is PUBLISHED_IMAGE_OCCURRENCE:
-        values = ", ".join(f"('{m}', {c})" for m, c in sorted(modality_concepts().items()))
-        sql += f" LEFT JOIN (VALUES {values}) AS m(modality, concept_id) ON t.modality = m.modality"
-    return sql
-
-
-def publish(spark: SparkSession, locator: TableLocator, settings: Settings) -> list[str]:
-    """Write (mode table) or define (mode view) the published-name tables in ``publish.schema``.
-
-    Returns where they are. Views follow the spec tables without a copy; tables are rebuilt each run.
-    """
-    mode = settings.publish.mode
-    if mode == "none":
-        return []
-    target = TableLocator(dataclasses.replace(settings.storage, schema=settings.publish.schema, cdm_schema=None))
-    if mode == "view":
-        spark.sql(f"CREATE SCHEMA IF NOT EXISTS `{settings.storage.catalog}`.`{settings.publish.schema}`")
-    for table in PUBLISHED_TABLES:
-        if mode == "view":
-            spark.sql(f"CREATE OR REPLACE VIEW {target.ref(table.name)} AS {published_sql(locator, table)}")
-        else:
-            overwrite(target, table.name, spark.sql(published_sql(locator, table)), table)
-    return [target.where(table.name) for table in PUBLISHED_TABLES]
+    return {"image_occurrence": read_table(spark, locator, "image_occurrence").count()}

@@ -5,24 +5,16 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from pyspark.sql import SparkSession
 
+from micdm import extract, features, link, occurrence, publish, quality, series, vocabulary
 from micdm.config import Settings
-from micdm.extract import extract
-from micdm.features import run_features
-from micdm.link import run_link
-from micdm.occurrence import publish, run_occurrence
-from micdm.quality import run_quality
 from micdm.report import write_report
-from micdm.runlock import exclusive_run
-from micdm.series import run_series
+from micdm.stage import Stage, StageCounts
 from micdm.tables import TableLocator, init_tables, read_table
-from micdm.vocabulary import run_vocabulary
 
 __all__ = ["STAGES", "STAGE_TABLES", "StageResult", "latest_link_report", "report_folder", "run_pipeline", "run_stage",
            "table_counts"]
@@ -34,32 +26,19 @@ log = logging.getLogger(__name__)
 class StageResult:
     stage: str
     seconds: float
-    counts: dict[str, Any] = field(default_factory=dict)
+    counts: StageCounts = field(default_factory=dict)
 
 
-def _extract(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: str) -> dict[str, Any]:
-    summary = extract(spark, locator, settings, run_id=run_id)
-    return {"discovered": summary.discovered, "read": summary.to_read, "instances": summary.instances,
-            "quarantined": summary.quarantined, "missing": summary.missing,
-            "files/s": round(summary.files_per_second, 1)}
-
-
-def _publish(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: str) -> dict[str, Any]:
-    written = publish(spark, locator, settings)
-    return {"published": ", ".join(written) if written else f"off (publish.mode={settings.publish.mode})"}
-
-
-#: Each stage takes (spark, locator, settings, run_id) and returns counts for the summary.
-STAGES: dict[str, Callable[[SparkSession, TableLocator, Settings, str], dict[str, Any]]] = {
-    "vocabulary": run_vocabulary,
-    "extract": _extract,
-    "series": lambda spark, locator, settings, run_id: {"series": run_series(spark, locator, settings)},
-    "link": run_link,
-    "occurrence": lambda spark, locator, settings, run_id: {
-        "image_occurrence": run_occurrence(spark, locator, settings)},
-    "features": lambda spark, locator, settings, run_id: run_features(spark, locator, settings),
-    "publish": _publish,
-    "quality": run_quality,
+#: The stages in the order a run takes them; each is its module's ``run`` (see micdm.stage).
+STAGES: dict[str, Stage] = {
+    "vocabulary": vocabulary.run,
+    "extract": extract.run,
+    "series": series.run,
+    "link": link.run,
+    "occurrence": occurrence.run,
+    "features": features.run,
+    "publish": publish.run,
+    "quality": quality.run,
 }
 
 
@@ -86,14 +65,16 @@ STAGE_TABLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 
 def run_stage(spark: SparkSession, settings: Settings, stage: str, init: bool = True,
               run_id: str | None = None) -> StageResult:
-    """Run one stage (tables are created first if missing, unless ``init`` is False) and time it."""
+    """Run one stage (tables are created first if missing, unless ``init`` is False) and time it.
+
+    The caller holds the run lock (micdm.runlock.exclusive_run), as the CLI and the jobs do.
+    """
     locator = TableLocator(settings.storage)
-    with exclusive_run(settings.storage):
-        if init:
-            init_tables(spark, locator)
-        log.info("%s starting", stage)
-        started = time.monotonic()
-        counts = STAGES[stage](spark, locator, settings, run_id or uuid.uuid4().hex)
+    if init:
+        init_tables(spark, locator)
+    log.info("%s starting", stage)
+    started = time.monotonic()
+    counts = STAGES[stage](spark, locator, settings, run_id or uuid.uuid4().hex)
     result = StageResult(stage, time.monotonic() - started, counts)
     log.info("%s done in %.1fs: %s", stage, result.seconds, counts)
     return result
@@ -109,12 +90,10 @@ def report_folder(settings: Settings) -> Path | None:
 
 
 def run_pipeline(spark: SparkSession, settings: Settings) -> list[StageResult]:
-    """Every stage in order, then the run report (written even when a stage fails, with what there is)."""
-    with exclusive_run(settings.storage):
-        return _run_stages(spark, settings)
+    """Every stage in order, then the run report (written even when a stage fails, with what there is).
 
-
-def _run_stages(spark: SparkSession, settings: Settings) -> list[StageResult]:
+    The caller holds the run lock, as for run_stage.
+    """
     locator = TableLocator(settings.storage)
     init_tables(spark, locator)
     run_id = uuid.uuid4().hex

@@ -27,14 +27,15 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from micdm.config import Settings
-from micdm.errors import MicdmError
+from micdm.errors import QualityError
 from micdm.ids import allocated_ids
 from micdm.schema import TABLES
+from micdm.stage import StageCounts
 from micdm.tables import TableLocator, append, read_table
 from micdm.vocab import resource_rows, table_concept_id
 
-__all__ = ["CHECKED_TABLES", "CheckResult", "Control", "QualityError", "controls", "export_dqd_thresholds",
-           "run_quality"]
+__all__ = ["CHECKED_TABLES", "CheckResult", "Control", "controls", "export_dqd_thresholds",
+           "run"]
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +50,6 @@ _VOCABULARY_CHECKS = frozenset({"fkDomain", "fkClass", "isStandardValidConcept"}
 _NULL_SOURCE = "\u0000"  # stands for NULL where distinct source values are counted (NULL counts as one)
 _PAIR_KEY = "(table_concept_id)"  # image_feature.table_row_id: the table is named by table_concept_id
 _GENDERS = {"Male": 8507, "Female": 8532}
-
-
-class QualityError(MicdmError):
-    """A fatal check failed; dq_result holds the details."""
 
 
 @dataclass(frozen=True)
@@ -401,7 +398,7 @@ def evaluate(spark: SparkSession, locator: TableLocator) -> list[CheckResult]:
     return results
 
 
-def run_quality(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: str) -> dict[str, int]:
+def run(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: str) -> StageCounts:
     """Run every check, append the results to dq_result; raise QualityError when a fatal one failed."""
     results = evaluate(spark, locator)
     now = dt.datetime.now(dt.timezone.utc)

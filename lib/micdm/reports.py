@@ -22,6 +22,7 @@ from micdm.config import Settings
 from micdm.dicom.seg import segment_items
 from micdm.dicom.sr import analyse_report
 from micdm.dicom.sr_content import SR_CLASS_PREFIX
+from micdm.reasons import FeatureDomain, FeatureReason
 from micdm.schema import FEATURE_ROW, REPORT_GROUP, REPORT_ITEM, REPORT_PROBLEM
 from micdm.tables import TableLocator, conform, overwrite, read_table
 from micdm.vocab import coding_scheme_vocabularies
@@ -46,7 +47,7 @@ def _analyse(content: list[Row] | None, reason: str | None, message: str | None)
     if reason:
         return _refused(reason, message or reason)
     if not content:
-        return _refused("sr_no_content", "no content items stored for this report; re-extract it "
+        return _refused(FeatureReason.SR_NO_CONTENT.value, "no content items stored for this report; re-extract it "
                                          "(extract.full_refresh) if it was read by an older micdm")
     return analyse_report(row.asDict(recursive=True) for row in content).as_row()
 
@@ -135,7 +136,7 @@ def _quarantine(analysed: DataFrame, unplaced: DataFrame) -> DataFrame:
         "path", "sop_instance_uid", "series_instance_uid", "p.reason", "p.message")
     lost = unplaced.join(analysed.select("path", "sop_instance_uid", "series_instance_uid"), "sop_instance_uid") \
         .select("path", "sop_instance_uid", "series_instance_uid",
-                F.lit("series_not_in_image_occurrence").alias("reason"),
+                F.lit(FeatureReason.SERIES_NOT_IN_IMAGE_OCCURRENCE.value).alias("reason"),
                 F.concat(F.when(F.col("group") > 0, F.concat(F.lit("group "), F.col("group").cast("string")))
                          .otherwise(F.lit("report")), F.lit(": "), _placed_by(F.col("tier")),
                          F.lit(" names series not in image_occurrence: "),
@@ -163,7 +164,8 @@ def report_features(spark: SparkSession, locator: TableLocator, instances: DataF
     vocabulary = coding_scheme_vocabularies()
     is_num = F.col("value_type") == "NUM"
     features = conform(located.select(
-        "natural_key", F.when(is_num, F.lit("measurement")).otherwise(F.lit("observation")).alias("domain"),
+        "natural_key", F.when(is_num, F.lit(FeatureDomain.MEASUREMENT.value))
+        .otherwise(F.lit(FeatureDomain.OBSERVATION.value)).alias("domain"),
         "person_id", "image_occurrence_id", "visit_occurrence_id",
         F.coalesce(F.to_date("created"), "image_occurrence_date").alias("event_date"),
         F.col("created").alias("event_datetime"),

@@ -16,17 +16,11 @@ import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
 
 from micdm.config import StorageSettings
 from micdm.errors import RunInProgressError
 
 __all__ = ["exclusive_run", "lock_path"]
-
-#: Locks this process holds, by path, with how many times each was taken: the pipeline takes the lock
-#: again for each stage, and a second flock from the same process would wait on itself.
-_held: dict[Path, tuple[IO[str], int]] = {}
-
 
 def lock_path(storage: StorageSettings) -> Path | None:
     """The lock file of the local warehouse, None when tables live in a catalog."""
@@ -42,32 +36,22 @@ def exclusive_run(storage: StorageSettings) -> Iterator[None]:
     if path is None:
         yield
         return
-    if path in _held:
-        handle, depth = _held[path]
-        _held[path] = (handle, depth + 1)
-    else:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle = path.open("a+", encoding="utf-8")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            handle.close()
-            raise RunInProgressError(f"another micdm run is writing to {path.parent} ({holder}); "
-                                     "wait for it to finish, then run again") from None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = path.open("a+", encoding="utf-8")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise RunInProgressError(f"another micdm run is writing to {path.parent} ({holder}); "
+                                 "wait for it to finish, then run again") from None
+    try:
         handle.seek(0)
         handle.truncate()
         started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         handle.write(f"pid {os.getpid()} on {socket.gethostname()}, since {started}\n")
         handle.flush()
-        _held[path] = (handle, 1)
-    try:
         yield
     finally:
-        handle, depth = _held[path]
-        if depth > 1:
-            _held[path] = (handle, depth - 1)
-        else:
-            del _held[path]
-            handle.close()  # closing releases the flock
+        handle.close()  # closing releases the flock

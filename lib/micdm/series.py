@@ -6,9 +6,10 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from micdm.config import Settings
+from micdm.stage import StageCounts
 from micdm.tables import TableLocator, overwrite, read_table
 
-__all__ = ["build_series", "image_date", "present_instances", "rewrite_prefix", "run_series"]
+__all__ = ["build_series", "image_date", "present_instances", "rewrite_prefix", "run"]
 
 
 def image_date(date_order: tuple[str, ...]) -> tuple[Column, Column]:
@@ -85,8 +86,8 @@ def present_instances(spark: SparkSession, locator: TableLocator) -> DataFrame:
     return read_table(spark, locator, "dicom_instance").join(missing.select("path"), "path", "left_anti")
 
 
-def run_series(spark: SparkSession, locator: TableLocator, settings: Settings) -> int:
-    """Rebuild dicom_series from the present instances in one commit; returns the number of series."""
+def run(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: str) -> StageCounts:
+    """Rebuild dicom_series from the present instances in one commit; counts the series."""
     series = build_series(present_instances(spark, locator), settings)
     overwrite(locator, "dicom_series", series)
-    return read_table(spark, locator, "dicom_series").count()
+    return {"series": read_table(spark, locator, "dicom_series").count()}

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
+from micdm.errors import VocabularyError
 from micdm.resources import rows as resource_rows
 from micdm.tables import TableLocator, read_table
 
@@ -159,4 +160,4 @@ def table_concept_id(table_name: str) -> int:
     for row in resource_rows("table_concepts.csv"):
         if row["table_name"] == table_name:
             return int(row["concept_id"])
-    raise KeyError(f"no table concept shipped for {table_name!r}")
+    raise VocabularyError(f"no table concept shipped for {table_name!r} (resources/table_concepts.csv)")

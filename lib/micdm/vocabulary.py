@@ -17,10 +17,11 @@ from pyspark.sql import functions as F
 
 from micdm.config import Settings, VocabularySettings
 from micdm.schema import CONCEPT
+from micdm.stage import StageCounts
 from micdm.tables import TableLocator, conform, merge_into
 from micdm.vocab import resource_frame
 
-__all__ = ["micdm_concepts", "run_vocabulary"]
+__all__ = ["micdm_concepts", "run"]
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def _named(concepts: DataFrame, column: str, name_column: str, id_column: str) -
         column, F.coalesce(names[F.col(column)], F.col(column)).alias(name_column), F.lit(0).alias(id_column))
 
 
-def run_vocabulary(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: str) -> dict[str, object]:
+def run(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: str) -> StageCounts:
     """Insert the concepts micdm writes, and what they need, where the site's vocabulary lacks them."""
     if not settings.vocabulary.merge:
         return {"vocabulary": "off (vocabulary.merge=false)"}

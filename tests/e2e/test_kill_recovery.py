@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
@@ -132,6 +133,7 @@ def test_killed_runs_then_a_rerun_equal_an_uninterrupted_run(spark, tmp_path: Pa
 
 def test_a_stage_refuses_while_a_run_holds_the_warehouse(tmp_path: Path) -> None:
     """The lock is taken before Spark starts: the refusal names the holder and starts no JVM."""
+    from micdm.errors import RunInProgressError
     from micdm.runlock import exclusive_run
 
     warehouse = tmp_path / "warehouse"
@@ -139,7 +141,7 @@ def test_a_stage_refuses_while_a_run_holds_the_warehouse(tmp_path: Path) -> None
     with exclusive_run(settings.storage):
         result = subprocess.run([sys.executable, "-m", "micdm.cli", "extract", f"storage.warehouse={warehouse}"],
                                 capture_output=True, text=True, timeout=60, check=False)
-        with exclusive_run(settings.storage):  # the same process may nest it (the pipeline's stages do)
+        with pytest.raises(RunInProgressError), exclusive_run(settings.storage):  # taken once, by the entry point
             pass
     assert result.returncode == 2 and f"another micdm run is writing to {warehouse}" in result.stderr
     assert f"pid {os.getpid()}" in result.stderr

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from pyspark.sql import functions as F
 
+from micdm import link, occurrence
 from micdm.config import Settings, load_settings
 from micdm.ids import assign_ids
-from micdm.link import run_link
-from micdm.occurrence import publish, run_occurrence
+from micdm.publish import publish
 from micdm.tables import TableLocator, init_tables, overwrite, read_table
 
 REPO = Path(__file__).resolve().parents[2]
@@ -73,7 +73,7 @@ def test_rules_visits_and_created_procedures(spark, tmp_path) -> None:
     overwrite(locator, "concept", spark.createDataFrame(
         [(4013636, "MRI", "Procedure", "SNOMED", "Procedure", "S", "113091000", D, D, None)],
         read_table(spark, locator, "concept").schema))
-    counts = run_link(spark, locator, settings, "run-1")
+    counts = link.run(spark, locator, settings, "run-1")
     links = _links(spark, locator)
     created = links["C.1"][1]
     assert created == 2_000_000_000, "created ids come from micdm's block, far above the site's"
@@ -99,7 +99,7 @@ def test_rules_visits_and_created_procedures(spark, tmp_path) -> None:
                       ("exception", "person_not_found"): (1, 1), ("exception", "no_image_date"): (1, 1),
                       ("warning", "created_on_site_procedure_day"): (0, 1)}
 
-    run_link(spark, locator, settings, "run-2")
+    link.run(spark, locator, settings, "run-2")
     assert _links(spark, locator) == links, "a re-run links the same way, re-using the created procedure"
     assert read_table(spark, locator, "procedure_occurrence").count() == 3
     assert read_table(spark, locator, "link_report").select("run_id").distinct().count() == 2
@@ -115,7 +115,7 @@ def test_exception_policy_and_crosswalks(spark, tmp_path) -> None:
         "delta").save(str(tmp_path / "warehouse" / "micdm" / "mrn_person"))
     spark.createDataFrame([("ACC9", 11)], "accession_number string, procedure_occurrence_id int").write.format(
         "delta").save(str(tmp_path / "warehouse" / "micdm" / "order_procedure"))
-    run_link(spark, locator, settings, "run-1")
+    link.run(spark, locator, settings, "run-1")
     links = _links(spark, locator)
     # Only NOBODY (issuer H) is in the crosswalk: P1's studies have no person now.
     assert links["D.1"][:4] == (1, 11, 102, "accession")
@@ -128,7 +128,7 @@ def test_no_matching_procedure_is_an_exception_under_that_policy(spark, tmp_path
     settings = _settings(tmp_path, "occurrence.missing_procedure=exception")
     locator = TableLocator(settings.storage)
     _load(spark, locator)
-    run_link(spark, locator, settings, "run-1")
+    link.run(spark, locator, settings, "run-1")
     assert {r.image_series_uid: r.reason for r in read_table(spark, locator, "link_exception").collect()} == {
         "C.1": "no_matching_procedure", "C.2": "no_matching_procedure", "D.1": "person_not_found",
         "E.1": "no_image_date"}
@@ -141,7 +141,7 @@ def test_missing_crosswalk_is_a_config_error(spark, tmp_path) -> None:
     locator = TableLocator(settings.storage)
     _load(spark, locator)
     with pytest.raises(ConfigError, match="absent_table"):
-        run_link(spark, locator, settings, "run-1")
+        link.run(spark, locator, settings, "run-1")
 
 
 def test_occurrence_anatomy_ids_uris_and_published_names(spark, tmp_path) -> None:
@@ -165,8 +165,8 @@ def test_occurrence_anatomy_ids_uris_and_published_names(spark, tmp_path) -> Non
     series = read_table(spark, locator, "dicom_series").withColumn(
         "anatomic_region_code", F.when(F.col("series_instance_uid") == "B.1", F.lit("SCT:39607008")))
     overwrite(locator, "dicom_series", series.localCheckpoint())
-    run_link(spark, locator, settings, "run-1")
-    assert run_occurrence(spark, locator, settings) == 4  # A.1, B.1, C.1, C.2
+    link.run(spark, locator, settings, "run-1")
+    assert occurrence.run(spark, locator, settings, "run-1") == {"image_occurrence": 4}  # A.1, B.1, C.1, C.2
     rows = {r.image_series_uid: r for r in read_table(spark, locator, "image_occurrence").collect()}
     assert rows["A.1"].anatomic_site_concept_id == 4118108  # 'Chest' through the site's 'Maps to'
     assert rows["B.1"].anatomic_site_concept_id == 4213162  # the coded region wins over the text
@@ -176,26 +176,26 @@ def test_occurrence_anatomy_ids_uris_and_published_names(spark, tmp_path) -> Non
 
     publish(spark, locator, settings)
     published = TableLocator(dataclasses.replace(settings.storage, schema=settings.publish.schema))
-    occurrence = read_table(spark, published, "image_occurrence")
-    assert occurrence.columns[9] == "modality_concept_id" and "modality" not in occurrence.columns
-    assert {r.image_series_uid: r.modality_concept_id for r in occurrence.collect()} == {
+    published_occurrence = read_table(spark, published, "image_occurrence")
+    assert published_occurrence.columns[9] == "modality_concept_id" and "modality" not in published_occurrence.columns
+    assert {r.image_series_uid: r.modality_concept_id for r in published_occurrence.collect()} == {
         "A.1": CT, "B.1": CT, "C.1": 4013636, "C.2": 4013636}
     feature = read_table(spark, published, "image_feature")
     assert feature.columns[5:7] == ["image_feature_event_field_concept_id", "image_feature_event_id"]
 
     # A re-run keeps every id; a series whose person leaves the CDM leaves image_occurrence (and comes back
     # with its old id).
-    run_occurrence(spark, locator, settings)
+    occurrence.run(spark, locator, settings, "run-1")
     assert {r.image_series_uid: r.image_occurrence_id for r in
             read_table(spark, locator, "image_occurrence").collect()} == ids
     overwrite(locator, "person", read_table(spark, locator, "person").where("person_id <> 1").localCheckpoint())
-    run_link(spark, locator, settings, "run-2")
-    assert run_occurrence(spark, locator, settings) == 0
+    link.run(spark, locator, settings, "run-2")
+    assert occurrence.run(spark, locator, settings, "run-2") == {"image_occurrence": 0}
     overwrite(locator, "person", spark.createDataFrame(
         [(1, 8507, 1950, 0, 0, "P1")], "person_id int, gender_concept_id int, year_of_birth int, race_concept_id int, "
         "ethnicity_concept_id int, person_source_value string"))
-    run_link(spark, locator, settings, "run-3")
-    run_occurrence(spark, locator, settings)
+    link.run(spark, locator, settings, "run-3")
+    occurrence.run(spark, locator, settings, "run-1")
     assert {r.image_series_uid: r.image_occurrence_id for r in
             read_table(spark, locator, "image_occurrence").collect()} == ids
 

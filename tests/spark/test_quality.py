@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from micdm import quality
 from micdm.config import Settings, load_settings
-from micdm.quality import QualityError, run_quality
+from micdm.errors import QualityError
 from micdm.tables import TableLocator, init_tables, overwrite, read_table
 
 REPO = Path(__file__).resolve().parents[2]
@@ -25,7 +26,7 @@ def empty(spark, tmp_path: Path) -> tuple[Settings, TableLocator]:
 
 def test_demo_output_passes_every_fatal_check(spark, demo) -> None:
     locator = demo["locator"]
-    counts = run_quality(spark, locator, demo["settings"], "quality-demo")
+    counts = quality.run(spark, locator, demo["settings"], "quality-demo")
     results = read_table(spark, locator, "dq_result").where("run_id = 'quality-demo'").toPandas()
     assert len(results) == counts["checks"] > 200
     assert results[results["fatal"]]["status"].isin(["passed", "not_evaluated"]).all()
@@ -52,7 +53,7 @@ def test_a_dangling_person_fails_the_foreign_key_check(spark, empty) -> None:
         "anatomic_site_concept_id int, wadors_uri string, local_path string, image_occurrence_date date, "
         "image_study_uid string, image_series_uid string, modality string"))
     with pytest.raises(QualityError, match=r"isForeignKey image_occurrence\.person_id"):
-        run_quality(spark, locator, settings, "broken")
+        quality.run(spark, locator, settings, "broken")
     results = read_table(spark, locator, "dq_result").toPandas().set_index(["check_name", "table_name", "field_name"])
     person = results.loc[("isForeignKey", "image_occurrence", "person_id")]
     assert (person["rows_violated"], person["rows_checked"], person["status"]) == (2, 2, "failed")
@@ -94,7 +95,7 @@ def test_only_the_rows_micdm_wrote_are_checked_in_the_sites_tables(spark, empty)
         [("procedure_occurrence", "1.2.840.99", 8, dt.datetime(2024, 1, 2))],
         "namespace string, natural_key string, id int, assigned_at timestamp"))
     with pytest.raises(QualityError, match=r"isForeignKey procedure_occurrence\.person_id"):
-        run_quality(spark, locator, settings, "site-rows")
+        quality.run(spark, locator, settings, "site-rows")
     results = read_table(spark, locator, "dq_result").toPandas().set_index(["check_name", "table_name", "field_name"])
     person = results.loc[("isForeignKey", "procedure_occurrence", "person_id")]
     assert (person["rows_violated"], person["rows_checked"]) == (1, 1)  # row 8, micdm's; not row 7, the site's

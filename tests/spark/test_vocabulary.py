@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 
+from micdm import vocabulary
 from micdm.config import VocabularySettings
 from micdm.tables import TableLocator, init_tables, overwrite, read_table
 from micdm.vocab import resource_rows
-from micdm.vocabulary import micdm_concepts, run_vocabulary
+from micdm.vocabulary import micdm_concepts
 
 SLICE_THICKNESS = 2128000817  # the DICOM vocabulary's concept for (0018,0050)
 
@@ -20,7 +21,7 @@ def test_only_missing_rows_are_added_and_a_second_run_adds_none(spark, settings)
                   "DICOM Attributes", None, "00180050", day, day, None),
                  (8588, "millimeter", "Unit", "UCUM", "Unit", "S", "mm", day, day, None)]
     overwrite(locator, "concept", spark.createDataFrame(site_rows, read_table(spark, locator, "concept").schema))
-    first = run_vocabulary(spark, locator, settings, "v1")
+    first = vocabulary.run(spark, locator, settings, "v1")
     shipped = len(resource_rows("concept.csv")) + len(resource_rows("reference_concepts.csv"))
     assert first["concept added"] == shipped - 1, "every shipped concept but the one the site holds"
     concept = {r.concept_id: r for r in read_table(spark, locator, "concept").collect()}
@@ -30,7 +31,7 @@ def test_only_missing_rows_are_added_and_a_second_run_adds_none(spark, settings)
     relationships = read_table(spark, locator, "concept_relationship")
     shipped_relationships = len(resource_rows("concept_relationship.csv"))
     assert relationships.count() == first["concept_relationship added"] == shipped_relationships
-    second = run_vocabulary(spark, locator, settings, "v2")
+    second = vocabulary.run(spark, locator, settings, "v2")
     assert set(second.values()) == {0}
 
 

@@ -104,25 +104,25 @@ def test_fast_json_equals_pydicom_json_on_the_corpus(shared) -> None:
 
     from micdm.dicom.reader import quiet_pydicom
 
-    quiet_pydicom()
-    compared = 0
-    for path in sorted((shared / "data" / "dicom").rglob("*")):
-        if not path.is_file() or path.name == "MANIFEST.tsv":
-            continue
-        try:
-            fast_source = dcmread(path, stop_before_pixels=True, force=True)
-            slow_source = dcmread(path, stop_before_pixels=True, force=True)
-        except Exception:
-            continue
-        text, _ = header_json(fast_source, 10**8)
-        if text is None:
-            continue
-        fast = json.loads(text)
-        slow = json.loads(json.dumps(_pydicom_json(slow_source)))
-        for tag, expected in slow.items():
-            assert fast.get(tag) == expected, (Path(path).name, tag)
-        compared += len(slow)
-    assert compared > 5000
+    with quiet_pydicom():
+        compared = 0
+        for path in sorted((shared / "data" / "dicom").rglob("*")):
+            if not path.is_file() or path.name == "MANIFEST.tsv":
+                continue
+            try:
+                fast_source = dcmread(path, stop_before_pixels=True, force=True)
+                slow_source = dcmread(path, stop_before_pixels=True, force=True)
+            except Exception:
+                continue
+            text, _ = header_json(fast_source, 10**8)
+            if text is None:
+                continue
+            fast = json.loads(text)
+            slow = json.loads(json.dumps(_pydicom_json(slow_source)))
+            for tag, expected in slow.items():
+                assert fast.get(tag) == expected, (Path(path).name, tag)
+            compared += len(slow)
+        assert compared > 5000
 
 
 def test_a_large_multi_frame_header_drops_its_per_frame_groups_before_everything(shared) -> None:

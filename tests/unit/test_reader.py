@@ -281,3 +281,24 @@ def test_a_uid_shortened_or_split_by_nuls_is_invalid(tmp_path: Path, raw: str) -
     row = read(_ct_with(tmp_path, SOPInstanceUID=raw))
     assert (row["outcome"], row["reason"]) == ("quarantine", QuarantineReason.INVALID_UID.value)
     assert row["message"].startswith("SOPInstanceUID ")
+
+
+def test_pydicom_settings_are_restored_after_a_read() -> None:
+    """Reading quiets pydicom only while it reads: validation mode, logger level and warning filters return."""
+    import logging
+    import warnings
+
+    from pydicom import config as pydicom_config
+
+    from micdm.dicom.reader import quiet_pydicom
+
+    before = (pydicom_config.settings.reading_validation_mode, logging.getLogger("pydicom").level,
+              list(warnings.filters))
+    with quiet_pydicom(), quiet_pydicom():
+        assert pydicom_config.settings.reading_validation_mode == pydicom_config.IGNORE
+        assert logging.getLogger("pydicom").level == logging.ERROR
+    path = get_testdata_file("CT_small.dcm")
+    assert extract_file(opener(path, {}), path, os.path.getsize(path), ReadOptions())["outcome"] == "instance"
+    after = (pydicom_config.settings.reading_validation_mode, logging.getLogger("pydicom").level,
+             list(warnings.filters))
+    assert after == before

@@ -8,6 +8,7 @@ file ends as an instance or with a quarantine reason; one bad file never raises 
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import hashlib
 import io
@@ -17,7 +18,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +40,7 @@ from micdm.dicom.header import (
 )
 from micdm.dicom.sr_content import ContentError, content_rows, is_report
 from micdm.dicom.walker import NeedMoreBytes, NotWalkable, ParsedHeader, walk_header
+from micdm.reasons import FeatureReason
 
 __all__ = ["PERMANENT_ERRORS", "Outcome", "QuarantineReason", "RangeReader", "ReadOptions", "extract_file"]
 
@@ -184,23 +186,42 @@ class RangeReader(io.RawIOBase):
 
 
 _quiet_lock = threading.Lock()
-_quieted = False
+_quiet_depth = 0
+_restore: list[Callable[[], None]] = []
 
 
-def quiet_pydicom() -> None:
-    """Keep pydicom's value warnings out of the logs: they quote header values, which may be PHI.
+@contextlib.contextmanager
+def quiet_pydicom() -> Iterator[None]:
+    """Keep pydicom's value warnings out of the logs while the block runs: they quote header values, which
+    may be PHI. pydicom's validation mode, its logger's level and the warning filters are restored after.
 
-    Done once per process: changing the warning filters while other threads warn makes their
-    warnings machinery fail, which would turn good values into NULLs.
+    Counted, not nested: the reader's threads enter it for each file while the task holds it, so the
+    process-wide settings change only when the first enters and the last leaves (changing the warning
+    filters while other threads warn makes their warnings machinery fail, turning good values into NULLs).
     """
-    global _quieted
+    global _quiet_depth
     with _quiet_lock:
-        if _quieted:
-            return
-        _quieted = True
-    pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
-    logging.getLogger("pydicom").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
+        if _quiet_depth == 0:
+            logger, mode = logging.getLogger("pydicom"), pydicom_config.settings.reading_validation_mode
+            level, caught = logger.level, warnings.catch_warnings()
+            caught.__enter__()
+            warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
+            pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
+            logger.setLevel(logging.ERROR)
+
+            def restore() -> None:
+                caught.__exit__(None, None, None)
+                pydicom_config.settings.reading_validation_mode = mode
+                logger.setLevel(level)
+            _restore.append(restore)
+        _quiet_depth += 1
+    try:
+        yield
+    finally:
+        with _quiet_lock:
+            _quiet_depth -= 1
+            if _quiet_depth == 0:
+                _restore.pop()()
 
 
 def _signature(reader: RangeReader) -> str | None:
@@ -295,7 +316,8 @@ def _report_content(encoded: EncodedHeader, max_items: int) -> dict[str, Any]:
     except ContentError as error:
         return {"sr_content_reason": error.reason, "sr_content_message": str(error)[:1000]}
     except (TypeError, ValueError, AttributeError) as error:  # values of unexpected types in a damaged tree
-        return {"sr_content_reason": "sr_malformed", "sr_content_message": f"{type(error).__name__}: {error}"[:1000]}
+        return {"sr_content_reason": FeatureReason.SR_MALFORMED,
+                "sr_content_message": f"{type(error).__name__}: {error}"[:1000]}
     return {"sr_content": orjson.dumps(rows).decode("utf-8")}
 
 
@@ -354,7 +376,8 @@ def extract_file(
     with a deep stack, up to ``options.max_nesting`` levels; deeper still, it is quarantined as parse_error.
     """
     def read() -> dict[str, Any]:
-        return _read_file(fetch, path, size, options, modification_time, etag)
+        with quiet_pydicom():
+            return _read_file(fetch, path, size, options, modification_time, etag)
 
     try:
         return read()
@@ -377,7 +400,6 @@ def _read_file(fetch: Callable[[int, int], bytes], path: str, size: int, options
         "modification_time": modification_time,
         "etag": etag,
     }
-    quiet_pydicom()
     reader = RangeReader(fetch, size, options.block_size, options.max_retries, options.retry_base_seconds)
     try:
         if size == 0:

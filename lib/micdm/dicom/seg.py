@@ -12,6 +12,7 @@ from typing import Any
 
 from micdm.dicom.sr import Code, algorithm_uri, parse_code
 from micdm.dicom.sr_content import first_value
+from micdm.reasons import FeatureReason
 
 __all__ = ["segment_items"]
 
@@ -54,19 +55,19 @@ def _segment_row(segment: dict[str, Any], index: int, software: str | None) -> d
 def segment_items(header_json: str | None) -> tuple[list[dict[str, Any]], str | None, str | None]:
     """One row per segment (value_type 'CODE'), or the quarantine reason and message."""
     if not header_json:
-        return [], "seg_no_header", "no DICOM JSON stored for this segmentation"
+        return [], FeatureReason.SEG_NO_HEADER, "no DICOM JSON stored for this segmentation"
     try:
         header = json.loads(header_json)
         segments = (header.get(_SEGMENTS) or {}).get("Value") or []
     except (ValueError, TypeError, AttributeError) as error:
-        return [], "seg_malformed", f"{type(error).__name__}: {error}"[:500]
+        return [], FeatureReason.SEG_MALFORMED, f"{type(error).__name__}: {error}"[:500]
     if not segments:
-        return [], "seg_no_segments", "SegmentSequence is empty or missing"
+        return [], FeatureReason.SEG_NO_SEGMENTS, "SegmentSequence is empty or missing"
     software = first_value(header, _SOFTWARE_VERSIONS)
     rows = []
     for index, segment in enumerate(segments, start=1):
         row = _segment_row(segment, index, software) if isinstance(segment, dict) else None
         if row is None:
-            return [], "seg_malformed", f"segment {index} is not an item with a property category and type"
+            return [], FeatureReason.SEG_MALFORMED, f"segment {index} is not an item with a property category and type"
         rows.append(row)
     return rows, None, None

@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import quote
 
 from micdm.dicom.sr_content import MAX_DEPTH, ContentError
+from micdm.reasons import FeatureReason
 
 __all__ = ["Analysis", "Code", "algorithm_uri", "analyse_report", "parse_code", "snomed_ct"]
 
@@ -106,7 +107,8 @@ def _key(position: str) -> tuple[int, ...]:
     try:
         return tuple(int(part) for part in position.split("."))
     except ValueError:
-        raise ContentError("sr_malformed", f"content item position {position!r} is not dotted numbers") from None
+        raise ContentError(FeatureReason.SR_MALFORMED,
+                           f"content item position {position!r} is not dotted numbers") from None
 
 
 def _tree(rows: Iterable[dict[str, Any]]) -> tuple[_Node, dict[str, _Node]]:
@@ -115,16 +117,16 @@ def _tree(rows: Iterable[dict[str, Any]]) -> tuple[_Node, dict[str, _Node]]:
         nodes[row["position"]] = _Node(row)
     root = nodes.get("1")
     if root is None:
-        raise ContentError("sr_malformed", "the report has no root content item")
+        raise ContentError(FeatureReason.SR_MALFORMED, "the report has no root content item")
     for position, node in nodes.items():
         if position == "1":
             continue
         parent = nodes.get(position.rpartition(".")[0])
         if parent is None:
-            raise ContentError("sr_malformed", f"content item {position} has no parent")
+            raise ContentError(FeatureReason.SR_MALFORMED, f"content item {position} has no parent")
         parent.children.append(node)
     if max(len(_key(p)) for p in nodes) > MAX_DEPTH + 1:
-        raise ContentError("sr_too_deep", f"content tree deeper than {MAX_DEPTH} levels")
+        raise ContentError(FeatureReason.SR_TOO_DEEP, f"content tree deeper than {MAX_DEPTH} levels")
     return root, nodes
 
 
@@ -136,7 +138,8 @@ def _check_references(nodes: dict[str, _Node]) -> None:
         if target is None:
             continue
         if target not in nodes:
-            raise ContentError("sr_malformed", f"content item {position} refers to {target}, which does not exist")
+            raise ContentError(FeatureReason.SR_MALFORMED,
+                               f"content item {position} refers to {target}, which does not exist")
         edges[position].append(target)
     state: dict[str, int] = {}  # 1: on the current path, 2: done
     for start in nodes:
@@ -151,7 +154,7 @@ def _check_references(nodes: dict[str, _Node]) -> None:
                 state[position] = 2
                 path.pop()
             elif state.get(step) == 1:
-                raise ContentError("sr_reference_cycle", f"by-reference relationships loop through {step}")
+                raise ContentError(FeatureReason.SR_REFERENCE_CYCLE, f"by-reference relationships loop through {step}")
             elif not state.get(step):
                 state[step] = 1
                 path.append((step, iter(edges[step])))
@@ -291,12 +294,12 @@ def _number(node: _Node, group: _Group | None, analysis: Analysis) -> None:
         return  # a NUM with no measured value (a qualifier says why): nothing was measured
     position = row["position"]
     if row.get("number") is None:
-        analysis.problems.append({"position": position, "reason": "sr_bad_value",
+        analysis.problems.append({"position": position, "reason": FeatureReason.SR_BAD_VALUE,
                                   "message": f"NUM {position}: NumericValue {row['text_value']!r} is not a number"})
         return
     unit = parse_code(row.get("unit_scheme"), row.get("unit_code"), row.get("unit_meaning"))
     if unit is None:
-        analysis.problems.append({"position": position, "reason": "sr_no_units",
+        analysis.problems.append({"position": position, "reason": FeatureReason.SR_NO_UNITS,
                                   "message": f"NUM {position} has no measurement units"})
         return
     analysis.items.append(_item(node, group, number=row["number"], unit_code=unit.value,
@@ -317,7 +320,7 @@ def _walk(root: _Node, analysis: Analysis) -> None:
             analysis.groups.append(group.row())
         elif node.is_("NUM"):
             if node.concept is None:
-                analysis.problems.append({"position": node.row["position"], "reason": "sr_malformed",
+                analysis.problems.append({"position": node.row["position"], "reason": FeatureReason.SR_MALFORMED,
                                           "message": f"NUM {node.row['position']} has no concept name"})
             else:
                 _number(node, group, analysis)

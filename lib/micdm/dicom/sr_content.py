@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from micdm.reasons import FeatureReason
+
 __all__ = ["MAX_DEPTH", "SR_CLASS_PREFIX", "ContentError", "content_rows", "first_value", "is_report",
            "referenced_series"]
 
@@ -37,7 +39,7 @@ _CODE_VALUE, _SCHEME, _MEANING, _LONG_CODE_VALUE, _URN_CODE_VALUE = (
 class ContentError(ValueError):
     """A content tree micdm does not keep: the reason goes to the feature quarantine."""
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: FeatureReason, message: str) -> None:
         super().__init__(message)
         self.reason = reason
 
@@ -160,13 +162,14 @@ def content_rows(header: dict[str, Any], max_items: int) -> list[dict[str, Any]]
     while pending:  # iterative: a hostile tree must not exhaust the stack
         item, position, depth = pending.pop()
         if depth > MAX_DEPTH:
-            raise ContentError("sr_too_deep", f"content tree deeper than {MAX_DEPTH} levels at {position}")
+            raise ContentError(FeatureReason.SR_TOO_DEEP, f"content tree deeper than {MAX_DEPTH} levels at {position}")
         if len(rows) >= max_items:
-            raise ContentError("sr_too_many_items", f"more than {max_items} content items "
+            raise ContentError(FeatureReason.SR_TOO_MANY_ITEMS, f"more than {max_items} content items "
                                                     "(extract.sr_max_items); raise it and re-extract")
         children = _values(item.get(_CONTENT))
         if not all(isinstance(child, dict) for child in children):
-            raise ContentError("sr_malformed", f"ContentSequence of {position} holds something other than items")
+            raise ContentError(FeatureReason.SR_MALFORMED,
+                               f"ContentSequence of {position} holds something other than items")
         rows.append(_row(item, position, series_of))
         pending.extend((child, f"{position}.{number}", depth + 1)
                        for number, child in reversed(list(enumerate(children, start=1))))
