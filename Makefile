@@ -1,4 +1,4 @@
-# Every target bootstraps what it needs: a fresh machine with Python 3.10+ and Java 17+ runs `make demo`.
+# Every target bootstraps what it needs: a fresh machine with Python 3.11+ and Java 17+ runs `make demo`.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -8,7 +8,7 @@ CONFIG ?= conf/local.yml
 .PHONY: demo test lint bench bench-acquisition setup clean
 
 $(INSTALLED): pyproject.toml
-	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "micdm needs Python 3.10 or newer, found " + sys.version.split()[0])'
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "micdm needs Python 3.11 or newer, found " + sys.version.split()[0])'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[spark,s3,dev,synth]"
@@ -24,7 +24,8 @@ test: setup
 	$(BIN)/python -m pytest
 
 lint: $(INSTALLED)
-	$(BIN)/ruff check lib jobs tests bench notebooks
+	$(BIN)/ruff check lib jobs tests bench notebooks tools
+	$(BIN)/python -m mypy
 
 clean:
 	rm -rf .micdm demo spark-warehouse

@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     files = _files(root)
     cores = os.cpu_count() or 1
     results: dict[str, object] = {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         # What shapes the figures, not where files went: folders given on the command line are machine paths.
         "command": " ".join(["python", "bench/extract_bench.py", f"--instances {args.instances}", f"--seed {args.seed}",
                              f"--repeats {args.repeats}", *(["--skip-s3"] if args.skip_s3 else [])]),

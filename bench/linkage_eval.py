@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
 
     spark = get_spark(SparkSettings(master="local[2]", conf={"spark.sql.shuffle.partitions": "4"}))
     result = evaluate_linkage(spark, args.work, args.patients, args.seed)
-    result["date"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    result["date"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     result["command"] = " ".join(["python", "bench/linkage_eval.py", *(argv or sys.argv[1:])])
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "linkage.json").write_text(json.dumps(result, indent=2, default=str) + "\n")

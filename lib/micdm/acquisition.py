@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable
+from typing import Any
 
 import orjson
 import pandas as pd
@@ -22,7 +23,7 @@ from micdm.config import FeatureSettings
 from micdm.dicom.attributes import Attribute, Rule, select_attributes, values_of
 from micdm.reasons import FeatureDomain
 from micdm.schema import FEATURE_ROW, INSTANCE_ATTRIBUTE
-from micdm.tables import TableLocator, append, conform, delete_keys, overwrite, read_table
+from micdm.tables import TableLocator, aggregate, append, conform, delete_keys, overwrite, read_table
 from micdm.vocab import normalise_body_part
 
 __all__ = ["acquisition_features", "refresh_instance_attributes", "selection_id"]
@@ -38,31 +39,29 @@ def selection_id(attributes: tuple[Attribute, ...]) -> str:
     return hashlib.sha256("\n".join(sorted(a.source for a in attributes)).encode()).hexdigest()[:16]
 
 
-def _header(row: pd.Series) -> tuple[dict, dict | None]:
+def _header(header_json: Any, acquisition_text: Any) -> tuple[dict[str, Any], dict[str, str] | None]:
     """The header as DICOM JSON, and the header's own text of its DS / IS values (keyword -> text).
 
     A header too large to keep (header_json dropped 'all') still has those texts: its numbers count.
     """
-    texts = orjson.loads(row.acquisition_text) if isinstance(row.acquisition_text, str) else None
-    if isinstance(row.header_json, str):
-        return orjson.loads(row.header_json), texts
-    return {}, texts
+    texts = orjson.loads(acquisition_text) if isinstance(acquisition_text, str) else None
+    return (orjson.loads(header_json) if isinstance(header_json, str) else {}), texts
 
 
 def _read_values(instances: DataFrame, attributes: tuple[Attribute, ...], selection: str) -> DataFrame:
     """instance_attribute rows of ``instances``: one per value found, or one of NULLs for an instance with none."""
     by_keyword = {a.keywords[0]: a for a in attributes if len(a.keys) == 1 and a.kind == "number"}
 
-    def read(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    def read(batches: Iterable[pd.DataFrame]) -> Iterable[pd.DataFrame]:
         for batch in batches:
-            rows = []
-            for row in batch.itertuples(index=False):
-                header, texts = _header(row)
+            rows: list[tuple[Any, ...]] = []
+            for row in batch.to_dict("records"):
+                header, texts = _header(row["header_json"], row["acquisition_text"])
                 if not header and texts:  # only the texts survived: read the numbers from them
                     header = {by_keyword[k].tag: {"Value": [float(v) for v in t.split("\\") if v.strip()]}
                               for k, t in texts.items() if k in by_keyword}
-                number = None if pd.isna(row.instance_number) else int(row.instance_number)
-                base = (row.path, row.header_digest, row.series_instance_uid, number, selection)
+                number = None if pd.isna(row["instance_number"]) else int(row["instance_number"])
+                base = (row["path"], row["header_digest"], row["series_instance_uid"], number, selection)
                 found = values_of(header, attributes, texts)
                 rows.extend((*base, v.source, v.ordinal, v.text, v.number) for v in found)
                 if not found:
@@ -98,7 +97,7 @@ def refresh_instance_attributes(spark: SparkSession, locator: TableLocator, inst
         return 0
     delete_keys(spark, locator, "instance_attribute", todo.select("path").unionByName(gone.select("path")), ["path"])
     if unread:
-        since = todo.agg(F.min("extracted_at")).first()[0]
+        since = aggregate(todo, F.min("extracted_at"))[0]
         wanted = instances.where(F.col("extracted_at") >= since).alias("i").join(
             todo.alias("t"), (F.col("i.path") == F.col("t.path"))
             & F.col("i.header_digest").eqNullSafe(F.col("t.header_digest")), "left_semi")

@@ -52,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _print_table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> None:
+def _print_table(rows: Sequence[tuple[str, ...]], header: tuple[str, ...]) -> None:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, tuple("-" * w for w in widths), *rows]:
         print("  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
@@ -164,10 +164,10 @@ def _run_with_spark(args: argparse.Namespace, settings: Settings) -> None:
 
             results = str((Path(settings.synth.out) / ALGORITHM_RESULTS).resolve())
             settings = replace(settings, features=replace(settings.features, algorithm_results=results))
-    results = run_pipeline(spark, settings) if args.command in ("run", "demo") else [
+    stages = run_pipeline(spark, settings) if args.command in ("run", "demo") else [
         run_stage(spark, settings, args.command)]
     _print_table([(r.stage, f"{r.seconds:.1f}s", ", ".join(f"{k}={v}" for k, v in r.counts.items()))
-                  for r in results], ("stage", "time", "counts"))
+                  for r in stages], ("stage", "time", "counts"))
     _summary(spark, settings)
 
 

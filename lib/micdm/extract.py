@@ -19,7 +19,7 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +40,7 @@ from micdm.sources import DiscoveredFile, list_files, opener, read_first_blocks,
 from micdm.stage import StageCounts
 from micdm.tables import (
     TableLocator,
+    aggregate,
     append,
     conform,
     delete_keys,
@@ -150,7 +151,7 @@ class _OutageBreaker:
         store_failed = isinstance(first, OSError) and not isinstance(first, PERMANENT_ERRORS)
         if store_failed and self.failing >= _STORE_DOWN_AFTER:
             result = _unread(row, QuarantineReason.STORAGE_ERROR,
-                             f"{type(first).__name__}: {first}; the store kept failing, read again next run")
+                             f"{type(first).__name__}: {first!s}; the store kept failing, read again next run")
         else:
             result = read_one(row, first)
         self.failing = self.failing + 1 if result.get("reason") == QuarantineReason.STORAGE_ERROR.value else 0
@@ -163,7 +164,7 @@ _OUTPUT_ROWS = 512
 
 def _batch_reader(options: ReadOptions, storage_options: dict[str, Any], concurrency: int,
                   files_done: Accumulator[int] | None = None,
-                  ) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+                  ) -> Callable[[Iterable[pa.RecordBatch]], Iterable[pa.RecordBatch]]:
     arrow_schema = to_arrow_schema(EXTRACT_RESULT.schema)
 
     def read_one(row: dict[str, Any], first: bytes | BaseException | None) -> dict[str, Any]:
@@ -180,7 +181,7 @@ def _batch_reader(options: ReadOptions, storage_options: dict[str, Any], concurr
         columns = {name: [row.get(name) for row in rows] for name in arrow_schema.names}
         return pa.RecordBatch.from_pydict(columns, schema=arrow_schema)
 
-    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    def run(batches: Iterable[pa.RecordBatch]) -> Iterable[pa.RecordBatch]:
         # Entered before the threads start: it changes process-wide settings, and restores them at the end.
         with quiet_pydicom(), ThreadPoolExecutor(max_workers=1) as ahead:
 
@@ -196,7 +197,9 @@ def _batch_reader(options: ReadOptions, storage_options: dict[str, Any], concurr
                 files = batch.to_pylist()
                 chunks = [files[i:i + _OUTPUT_ROWS] for i in range(0, len(files), _OUTPUT_ROWS)]
                 # The next chunk's first blocks are fetched while this chunk is parsed: I/O and parsing overlap.
-                upcoming = ahead.submit(first_blocks, chunks[0]) if chunks else None
+                if not chunks:
+                    continue
+                upcoming = ahead.submit(first_blocks, chunks[0])
                 for index, chunk in enumerate(chunks):
                     firsts = upcoming.result()
                     if index + 1 < len(chunks):
@@ -242,7 +245,7 @@ def read_headers(files: DataFrame, settings: Settings, files_done: Accumulator[i
     return files.select(*_FILE_FIELDS).mapInArrow(reader, EXTRACT_RESULT.schema)
 
 
-class _State(str, enum.Enum):
+class _State(enum.StrEnum):
     """What one run does with a path it listed or remembers (the plan's ``state`` column)."""
 
     NEW = "new"
@@ -393,7 +396,7 @@ def _write_report_content(spark: SparkSession, locator: TableLocator, instances:
 def _update_inventory(spark: SparkSession, locator: TableLocator, plan: DataFrame, run_id: str,
                       first_load: bool) -> None:
     """Record new and changed files; remembered files no longer listed get missing_since, not deleted."""
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     missing = F.col("state") == _State.MISSING.value
     changes = plan.where(F.col("state").isin(_State.NEW.value, _State.CHANGED.value, _State.MISSING.value)).select(
         *_FILE_FIELDS, "state", F.lit(now).alias("first_seen"), F.lit(now).alias("changed_at"),
@@ -471,12 +474,12 @@ def extract(spark: SparkSession, locator: TableLocator, settings: Settings, run_
             # verdict for each file.
             results = read_headers(to_read.repartition(partitions, "path"), settings, files_done).localCheckpoint(
                 eager=False)
-            read = results.agg(F.count_if(is_instance).alias("instances"),
-                               F.count_distinct(F.when(is_instance, F.col("sop_instance_uid"))).alias("uids"),
-                               F.sum("bytes_read").alias("bytes_read"), F.sum("file_size").alias("file_bytes"),
-                               F.count_if(F.col("reason").isin(*_RETRIED_REASONS)).alias("retry"),
-                               F.count_if(F.col("reason") == QuarantineReason.INVALID_UID.value).alias("invalid"),
-                               F.count_if(F.col("sr_content").isNotNull()).alias("reports")).first()
+            read = aggregate(results, F.count_if(is_instance).alias("instances"),
+                             F.count_distinct(F.when(is_instance, F.col("sop_instance_uid"))).alias("uids"),
+                             F.sum("bytes_read").alias("bytes_read"), F.sum("file_size").alias("file_bytes"),
+                             F.count_if(F.col("reason").isin(*_RETRIED_REASONS)).alias("retry"),
+                             F.count_if(F.col("reason") == QuarantineReason.INVALID_UID.value).alias("invalid"),
+                             F.count_if(F.col("sr_content").isNotNull()).alias("reports"))
             if read["invalid"] and settings.validation == "raise":
                 _refuse_invalid(results, read["invalid"])
         with phase("verdicts"):

@@ -25,7 +25,7 @@ from micdm.reports import report_features, write_sr_tables
 from micdm.schema import FEATURE_ROW
 from micdm.series import present_instances
 from micdm.stage import StageCounts
-from micdm.tables import TableLocator, conform, delete_keys, merge_into, overwrite, read_table
+from micdm.tables import TableLocator, aggregate, conform, delete_keys, merge_into, overwrite, read_table
 from micdm.vocab import concepts, site_relationships, table_concept_id
 
 __all__ = ["ALGORITHM_RESULT_COLUMNS", "algorithm_features", "read_algorithm_results", "run"]
@@ -171,8 +171,8 @@ def _by_kind(features: DataFrame) -> dict[str, int]:
     """Features written per kind (acquisition, structured_report, segmentation, algorithm): what the run made."""
     key = F.col("natural_key")
     segment = key.like(_KINDS["segmentation"])
-    counted = features.agg(*[F.count_if(segment if kind == "segmentation" else key.startswith(prefix) & ~segment)
-                             .alias(kind) for kind, prefix in _KINDS.items()]).first()
+    counted = aggregate(features, *[F.count_if(segment if kind == "segmentation" else key.startswith(prefix)
+                                               & ~segment).alias(kind) for kind, prefix in _KINDS.items()])
     return {kind: counted[kind] for kind in _KINDS}
 
 

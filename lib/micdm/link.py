@@ -44,13 +44,13 @@ _NON_IMAGE_MODALITIES = ("SR", "SEG", "KO", "PR", "RWV", "ANN", "REG", "DOC")
 WARNING_CREATED_ON_PROCEDURE_DAY = "created_on_site_procedure_day"
 
 
-class LinkRule(str, enum.Enum):
+class LinkRule(enum.StrEnum):
     ACCESSION = "accession"
     WINDOW = "window"
     CREATED = "created"
 
 
-class ExceptionReason(str, enum.Enum):
+class ExceptionReason(enum.StrEnum):
     """Why a series has no image_occurrence row."""
 
     PERSON_NOT_FOUND = "person_not_found"

@@ -15,7 +15,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from micdm.schema import TABLES
-from micdm.tables import TableLocator, append, as_stored, conform, delta_table, merge_into, read_table
+from micdm.tables import TableLocator, aggregate, append, as_stored, conform, delta_table, merge_into, read_table
 
 __all__ = ["release_clashing_ids", "remove_site_rows", "site_floor", "write_site_rows"]
 
@@ -30,7 +30,7 @@ def _fingerprint(table: str) -> Column:
 def site_floor(spark: SparkSession, locator: TableLocator, table: str) -> int:
     """The id above which micdm allocates in ``table``: its block, or the table's highest id when the
     site's own ids have reached the block."""
-    highest = read_table(spark, locator, table).agg(F.max(f"{table}_id")).first()[0] or 0
+    highest = aggregate(read_table(spark, locator, table), F.max(f"{table}_id"))[0] or 0
     return max(locator.storage.site_id_block(table) - 1, highest)
 
 

@@ -17,10 +17,11 @@ exception is measurePersonCompleteness, a property of the whole table (see _pers
 from __future__ import annotations
 
 import csv
+import dataclasses
 import datetime as dt
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from pyspark.sql import Column, DataFrame, SparkSession
@@ -31,7 +32,7 @@ from micdm.errors import QualityError
 from micdm.ids import allocated_ids
 from micdm.schema import TABLES
 from micdm.stage import StageCounts
-from micdm.tables import TableLocator, append, read_table
+from micdm.tables import TableLocator, aggregate, append, read_table
 from micdm.vocab import resource_rows, table_concept_id
 
 __all__ = ["CHECKED_TABLES", "CheckResult", "Control", "controls", "export_dqd_thresholds",
@@ -63,7 +64,7 @@ class Control:
     threshold: float
     """Percent of rows allowed to fail; 0 means none may."""
     severity: str
-    params: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
+    params: dict[str, str] = dataclasses.field(default_factory=dict, hash=False, compare=False)
 
     @property
     def concept_id(self) -> int | None:
@@ -193,11 +194,11 @@ class _TableChecks:
 
     def results(self, vocabulary_empty: bool) -> list[CheckResult]:
         """One aggregation: the table's rows, each field's filled rows, each check's counts."""
-        fields = sorted({m.control.field for m in self.measures if m.field_filled is not None})
+        fields = sorted({m.control.field for m in self.measures if m.field_filled is not None and m.control.field})
         aggregates = [F.count(F.lit(1)).alias("rows"), *(F.count(F.col(f)).alias(f"filled_{f}") for f in fields)]
         for index, measure in enumerate(self.measures):
             aggregates += [measure.numerator.alias(f"n{index}"), measure.denominator.alias(f"d{index}")]
-        counts = self.rows.agg(*aggregates).first()
+        counts = aggregate(self.rows, *aggregates)
         results = []
         for index, measure in enumerate(self.measures):
             control = measure.control
@@ -220,8 +221,8 @@ class _TableChecks:
 
 def _repeated(frame: DataFrame, key: str) -> tuple[int, int]:
     """(rows whose ``key`` another row shares, rows)."""
-    row = frame.groupBy(key).count().agg(F.sum(F.when(F.col("count") > 1, F.col("count"))).alias("repeated"),
-                                         F.sum("count").alias("rows")).first()
+    row = aggregate(frame.groupBy(key).count(), F.sum(F.when(F.col("count") > 1, F.col("count"))).alias("repeated"),
+                    F.sum("count").alias("rows"))
     return int(row["repeated"] or 0), int(row["rows"] or 0)
 
 
@@ -344,8 +345,9 @@ def _person_completeness(spark: SparkSession, locator: TableLocator, control: Co
     """
     persons = read_table(spark, locator, "person").select("person_id").distinct()
     rows = read_table(spark, locator, control.table)
-    counted = persons.join(rows.select("person_id").distinct(), "person_id", "left_anti").agg(
-        F.count(F.lit(1)).alias("missing")).crossJoin(persons.agg(F.count(F.lit(1)).alias("persons"))).first()
+    seen = rows.select("person_id").distinct().withColumn("_seen", F.lit(True))
+    counted = aggregate(persons.join(seen, "person_id", "left"), F.count_if(F.col("_seen").isNull()).alias("missing"),
+                        F.count(F.lit(1)).alias("persons"))
     missing, total = int(counted["missing"]), int(counted["persons"])
     if total == 0:
         return CheckResult(control, 0, 0, "not_evaluated", "person is empty")
@@ -367,7 +369,7 @@ def _present_concepts(rows: DataFrame, fields: Iterable[str]) -> set[tuple[str, 
     fields = sorted(set(fields))
     if not fields:
         return set()
-    collected = rows.select(*[F.collect_set(f).alias(f) for f in fields]).first()
+    collected = aggregate(rows, *[F.collect_set(f).alias(f) for f in fields])
     return {(f, int(c)) for f in fields for c in (collected[f] or [])}
 
 
@@ -401,7 +403,7 @@ def evaluate(spark: SparkSession, locator: TableLocator) -> list[CheckResult]:
 def run(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: str) -> StageCounts:
     """Run every check, append the results to dq_result; raise QualityError when a fatal one failed."""
     results = evaluate(spark, locator)
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     rows = [(run_id, now, r.control.check, r.control.level, r.control.table, r.control.field, r.control.concept_id,
              r.control.unit_concept_id, r.violated, r.checked, round(r.percent, 4), r.control.threshold,
              r.control.severity, r.fatal, r.status, r.note) for r in results]
@@ -466,9 +468,9 @@ def export_dqd_thresholds(folder: str | Path) -> list[Path]:
         writer.writeheader()
         writer.writerows(fields.values())
     with table_path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(["cdmTableName", "schema", "isRequired", "conceptPrefix", "measurePersonCompleteness",
+        table_writer = csv.writer(handle, lineterminator="\n")
+        table_writer.writerow(["cdmTableName", "schema", "isRequired", "conceptPrefix", "measurePersonCompleteness",
                          "measurePersonCompletenessThreshold", "measureConditionEraCompleteness",
                          "measureConditionEraCompletenessThreshold"])
-        writer.writerows([table.upper(), "CDM", "No", "", "No", "", "No", ""] for table in _OWN_TABLES)
+        table_writer.writerows([table.upper(), "CDM", "No", "", "No", "", "No", ""] for table in _OWN_TABLES)
     return [field_path, table_path]

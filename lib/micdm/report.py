@@ -62,7 +62,7 @@ def render_report(run_id: str, stages: Sequence[tuple[str, float, dict[str, Any]
                   linkage: Sequence[tuple], quality: Sequence[tuple], distributions: dict[str, Sequence[tuple]]
                   ) -> str:
     """The report's HTML from plain rows (kept apart from Spark so it is tested on its own)."""
-    created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    created = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     failed = [q for q in quality if q[-1] == "failed"]
     unevaluated = [q for q in quality if q[-1] == "not_evaluated"]
     sections = [
@@ -104,7 +104,7 @@ def write_report(spark: SparkSession, locator: TableLocator, run_id: str,
                 r["threshold"], r["severity"], r["status"]) for r in read_table(spark, locator, "dq_result")
                .where(F.col("run_id") == run_id).collect()]
     instances = read_table(spark, locator, "dicom_instance")
-    distributions = {
+    distributions: dict[str, Sequence[tuple[Any, ...]]] = {
         column: [(r[column] if r[column] is not None else "(none)", r["count"]) for r in instances.groupBy(column)
                  .count().orderBy(F.desc("count")).limit(12).collect()]
         for column in ("modality", "manufacturer", "body_part_examined")

@@ -194,9 +194,9 @@ def write_sr_tables(spark: SparkSession, locator: TableLocator, reported: Report
     """Rebuild sr_measurement_group, sr_quantitative and sr_qualitative; ``ids`` maps natural_key to the
     measurement_id / observation_id and finding_key to the image_finding_id the features got."""
     now = F.current_timestamp()
-    placement = ["person_id", "image_occurrence_id", "image_series_uid",
+    placement: list[Column | str] = ["person_id", "image_occurrence_id", "image_series_uid",
                  F.col("series_instance_uid").alias("report_series_uid"), "study_instance_uid"]
-    context = ["tracking_id", "tracking_uid", "finding_scheme", "finding_code", "finding_meaning",
+    context: list[Column | str] = ["tracking_id", "tracking_uid", "finding_scheme", "finding_code", "finding_meaning",
                F.try_element_at("source_series", F.lit(1)).alias("source_series_uid"),
                F.try_element_at("seg_sops", F.lit(1)).alias("segmentation_sop_uid"), "segment_numbers"]
     findings = ids.where(F.col("finding_key").isNotNull()).select("finding_key", "image_finding_id").distinct()
@@ -215,12 +215,12 @@ def write_sr_tables(spark: SparkSession, locator: TableLocator, reported: Report
                                   "finding_meaning", *context[5:])
     items = reported.items.drop("tracking_id").join(group_context, ["sop_instance_uid", "finding_group"], "left") \
         .join(ids.select("natural_key", "measurement_id", "observation_id", "image_finding_id"), "natural_key")
-    item_columns = ["sop_instance_uid", "finding_group", "image_finding_id", *placement, "tracking_id",
-                    "tracking_uid", F.col("_group_finding_scheme").alias("finding_scheme"),
-                    F.col("_group_finding_code").alias("finding_code"), "finding_meaning", "source_series_uid",
-                    "segmentation_sop_uid", "segment_numbers", "position", "concept_scheme", "concept_code",
-                    "concept_meaning", "site_scheme", "site_code", "site_meaning", "derivation", "laterality",
-                    "method", "modifier", "algorithm", now.alias("updated_at")]
+    item_columns: list[Column | str] = [
+        "sop_instance_uid", "finding_group", "image_finding_id", *placement, "tracking_id", "tracking_uid",
+        F.col("_group_finding_scheme").alias("finding_scheme"), F.col("_group_finding_code").alias("finding_code"),
+        "finding_meaning", "source_series_uid", "segmentation_sop_uid", "segment_numbers", "position",
+        "concept_scheme", "concept_code", "concept_meaning", "site_scheme", "site_code", "site_meaning", "derivation",
+        "laterality", "method", "modifier", "algorithm", now.alias("updated_at")]
     quantitative = items.where(F.col("value_type") == "NUM").select(
         *item_columns, F.col("number").alias("value"), "unit_code", "unit_meaning", "measurement_id")
     qualitative = items.where(F.col("value_type") == "CODE").select(

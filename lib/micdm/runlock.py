@@ -49,7 +49,7 @@ def exclusive_run(storage: StorageSettings) -> Iterator[None]:
     try:
         handle.seek(0)
         handle.truncate()
-        started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         handle.write(f"pid {os.getpid()} on {socket.gethostname()}, since {started}\n")
         handle.flush()
         yield

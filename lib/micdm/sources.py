@@ -52,10 +52,10 @@ def _mtime(info: dict[str, Any]) -> dt.datetime | None:
     if value is None:
         return None
     if isinstance(value, (int, float)):
-        return dt.datetime.fromtimestamp(value, tz=dt.timezone.utc)
+        return dt.datetime.fromtimestamp(value, tz=dt.UTC)
     if isinstance(value, str):
         value = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
 def _etag(info: dict[str, Any]) -> str | None:
@@ -238,10 +238,10 @@ def read_first_blocks(paths: list[str], sizes: list[int], block_size: int, stora
         _, indexes, keys = groups.setdefault(id(fs), (fs, [], []))
         indexes.append(index)
         keys.append(stripped)
-    for fs, indexes, stripped in groups.values():
+    for fs, indexes, keys in groups.values():
         ends = [min(sizes[i], block_size) for i in indexes]
         if fs is None:
-            blocks = _local_first_blocks(stripped, ends, concurrency)
+            blocks = _local_first_blocks(keys, ends, concurrency)
         elif _is_s3(fs):
             blocks = fsspec.asyn.sync(fs.loop, _presigned_first_blocks, fs, stripped, ends, concurrency)
         else:
@@ -329,7 +329,7 @@ async def _presigned_first_blocks(fs: Any, keys: list[str], ends: list[int], con
                     if response.status in (200, 206):
                         return (await response.read())[:end]
                     return _HTTP_ERRORS.get(response.status, OSError)(f"HTTP {response.status} from the object store")
-            except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as error:
+            except (TimeoutError, aiohttp.ClientError, OSError) as error:
                 return OSError(f"{type(error).__name__} reading from the object store")
 
         return list(await asyncio.gather(*(get(url, end) for url, end in zip(urls, ends, strict=True))))

@@ -12,7 +12,7 @@ import csv
 import datetime as dt
 import math
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,7 +104,7 @@ class SynthSummary:
     bytes_written: int
 
 
-def _uid(seed: int, *parts: object) -> str:
+def _uid(seed: object, *parts: object) -> str:
     return generate_uid(entropy_srcs=[str(seed), *map(str, parts)])
 
 
@@ -286,7 +286,7 @@ def _instances(plans: list[PatientPlan]) -> Iterator[tuple[PatientPlan, StudyPla
 
 
 def _derived(series: SeriesPlan, images: list[Dataset], segmentations: dict[str, Dataset], seed: str
-             ) -> FileDataset:
+             ) -> Dataset:
     """A report or segmentation of the study's first series (highdicom builds it; imported only here)."""
     try:
         from micdm import synth_reports
@@ -337,7 +337,7 @@ def _write_dicom(out: Path, plans: list[PatientPlan], seed: int, pixels: str) ->
     return instances, written
 
 
-def _write_csv(path: Path, header: list[str], rows: list[list[object]]) -> None:
+def _write_csv(path: Path, header: list[str], rows: Sequence[Sequence[object]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
@@ -346,7 +346,10 @@ def _write_csv(path: Path, header: list[str], rows: list[list[object]]) -> None:
 
 
 def _write_cdm(out: Path, plans: list[PatientPlan]) -> None:
-    person, visit, procedure, truth = [], [], [], []
+    person: list[list[Any]] = []
+    visit: list[list[Any]] = []
+    procedure: list[list[Any]] = []
+    truth: list[list[Any]] = []
     for patient in plans:
         if patient.person_id is not None:
             person.append([patient.person_id, 8507 if patient.sex == "M" else 8532, patient.birth_date.year,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from delta.tables import DeltaTable
 from pyspark.errors import AnalysisException
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
@@ -23,6 +23,7 @@ from micdm.schema import CDM_TABLES, TABLES, TableDef
 
 __all__ = [
     "TableLocator",
+    "aggregate",
     "append",
     "as_stored",
     "conform",
@@ -210,6 +211,13 @@ def site_table(spark: SparkSession, locator: TableLocator, name: str) -> DataFra
                           f"{str(error).splitlines()[0]}") from None
 
 
+def aggregate(frame: DataFrame, *columns: Column) -> Row:
+    """The one row of an aggregation without grouping (Spark gives one even for an empty frame)."""
+    row = frame.agg(*columns).first()
+    assert row is not None, "an aggregation without grouping has one row"
+    return row
+
+
 def read_table(spark: SparkSession, locator: TableLocator, name: str) -> DataFrame:
     return spark.table(locator.ref(name))
 
@@ -274,7 +282,7 @@ def merge_or_delete(spark: SparkSession, locator: TableLocator, name: str, rows:
     table = TABLES[name]
     source = conform(rows.withColumn("_keep", keep), table, carry=["_keep"])
     condition = _key_condition(keys)
-    values = {f"`{f.name}`": f"s.`{f.name}`" for f in table.schema.fields}
+    values: dict[str, str | Column] = {f"`{f.name}`": f"s.`{f.name}`" for f in table.schema.fields}
     (
         delta_table(spark, locator, name).alias("t").merge(source.alias("s"), condition)
         .whenMatchedUpdate(condition="s._keep", set=values)

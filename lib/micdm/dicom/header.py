@@ -22,6 +22,7 @@ from pydicom.datadict import keyword_for_tag, tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
+from pydicom.tag import BaseTag
 
 from micdm.dicom.sr_content import referenced_series
 from micdm.dicom.walker import dictionary_vr
@@ -200,7 +201,7 @@ def _number_text(element: Any) -> str | None:
 
 def _charset(dataset: Dataset) -> str | None:
     """The Python codec of a single-byte or UTF-8 SpecificCharacterSet; None for anything else."""
-    element = dataset._dict.get(_CHARSET_TAG)
+    element = dataset._dict.get(BaseTag(_CHARSET_TAG))
     if element is None:
         return _SIMPLE_CHARSETS[None]
     if isinstance(element, RawDataElement):
@@ -331,7 +332,7 @@ def _padding_problems(dataset: Dataset | None) -> dict[str, str]:
     shortened or split, which removing the padding would turn into another valid-looking UID."""
     problems: dict[str, str] = {}
     for keyword, tag in _UID_TAGS.items():
-        raw = dataset._dict.get(tag) if dataset is not None else None
+        raw = dataset._dict.get(BaseTag(tag)) if dataset is not None and tag is not None else None
         value = raw.value if isinstance(raw, RawDataElement) else None
         if not isinstance(value, bytes) or not value:
             continue

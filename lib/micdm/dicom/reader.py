@@ -47,12 +47,12 @@ __all__ = ["PERMANENT_ERRORS", "Outcome", "QuarantineReason", "RangeReader", "Re
 _DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 
 
-class Outcome(str, enum.Enum):
+class Outcome(enum.StrEnum):
     INSTANCE = "instance"
     QUARANTINE = "quarantine"
 
 
-class QuarantineReason(str, enum.Enum):
+class QuarantineReason(enum.StrEnum):
     """Why a file is not an instance; stored in dicom_quarantine.reason."""
 
     NOT_DICOM = "not_dicom"

@@ -214,4 +214,5 @@ def walk_header(buffer: bytes, file_size: int) -> ParsedHeader:
     if end < walk.limit:
         _, _, length, value_at = walk.element_head(end, implicit)
         pixel_end = None if length == _UNDEFINED else value_at + length
-    return ParsedHeader(Dataset(elements), syntax, _text(meta.get(BaseTag(0x00020002))), end, pixel_end)
+    dataset = Dataset(elements)  # type: ignore[arg-type]  # raw elements, as dcmread keeps them
+    return ParsedHeader(dataset, syntax, _text(meta.get(BaseTag(0x00020002))), end, pixel_end)
