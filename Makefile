@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 CONFIG ?= conf/local.yml
 
-.PHONY: demo test lint bench bench-acquisition setup clean
+.PHONY: demo test test-fast lint bench bench-acquisition setup clean
 
 $(INSTALLED): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "micdm needs Python 3.11 or newer, found " + sys.version.split()[0])'
@@ -22,6 +22,10 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+# The edit loop: unit tests and the quick Spark ones, no server; `make test` (what CI runs) runs everything.
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow and not servers"
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check lib jobs tests bench notebooks tools

@@ -5,12 +5,38 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from micdm.config import Settings, load_settings
 
+if TYPE_CHECKING:
+    from micdm.tables import TableLocator
+
 REPO = Path(__file__).resolve().parents[1]
+
+
+#: What a test needs, by its folder: `make test-fast` leaves out all but the unit tests and the quick
+#: Spark ones (see the README).
+_NEEDS = {"spark": "spark", "e2e": "e2e", "integration": "servers"}
+#: Fixtures that run the whole pipeline or build a large export: a test using one is slow.
+_SLOW_FIXTURES = {"demo", "features", "site"}
+#: Spark modules whose own work takes a minute or more.
+_SLOW_MODULES = {"test_damaged_headers.py", "test_bad_input.py", "test_extract.py", "test_acquisition.py",
+                 "test_vocabulary.py"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        folder = item.path.parent.name
+        if folder in _NEEDS:
+            item.add_marker(_NEEDS[folder])
+        if folder != "unit" and (_SLOW_FIXTURES & set(getattr(item, "fixturenames", ()))
+                                 or item.path.name in _SLOW_MODULES or folder in ("e2e", "integration")):
+            item.add_marker("slow")
+        if item.path.name in ("test_orthanc.py", "test_spark_submit.py"):
+            item.add_marker("servers")
 
 
 def shared_dir() -> Path | None:
@@ -48,6 +74,17 @@ def settings(tmp_path: Path) -> Settings:
     """Settings with a private warehouse, so tests never see each other's tables."""
     return load_settings(REPO / "conf" / "local.yml", [f"storage.warehouse={tmp_path / 'warehouse'}"])
 
+
+
+@pytest.fixture
+def empty(spark, tmp_path: Path) -> tuple[Settings, TableLocator]:
+    """Settings and every table of a new warehouse, for a test to fill with the rows it checks."""
+    from micdm.tables import TableLocator, init_tables
+
+    settings = load_settings(REPO / "conf" / "local.yml", [f"storage.warehouse={tmp_path / 'warehouse'}"])
+    locator = TableLocator(settings.storage)
+    init_tables(spark, locator)
+    return settings, locator
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,9 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -87,3 +90,21 @@ def test_a_demo_run_logs_no_phi_and_shows_every_kind_of_feature(tmp_path) -> Non
     page = reports[0].read_text(encoding="utf-8")
     assert "Linkage" in page and "Quality checks" in page and "isForeignKey" in page
     assert all(patient.patient_id not in page for patient in plan_patients(3, 2))
+
+
+def test_quality_command_exits_non_zero_on_a_fatal_failure(spark, empty, tmp_path) -> None:
+    from micdm.tables import overwrite
+
+    _, locator = empty
+    overwrite(locator, "image_feature", spark.createDataFrame(
+        [(1, 1, 42, 1147330, 7, 0, 32817, None, None, None, None, None)],
+        "image_feature_id int, person_id int, image_occurrence_id int, table_concept_id int, table_row_id int, "
+        "image_feature_concept_id int, image_feature_type_concept_id int, image_finding_concept_id int, "
+        "image_finding_id int, anatomic_site_concept_id int, alg_system string, alg_datetime timestamp"))
+    done = subprocess.run([sys.executable, "-m", "micdm.cli", "quality", "-c", str(REPO / "conf" / "local.yml"),
+                           f"storage.warehouse={tmp_path / 'warehouse'}"], capture_output=True, text=True,
+                          check=False, timeout=600)
+    assert done.returncode == 2
+    message = done.stderr.strip().splitlines()[-1]
+    assert message.startswith("micdm: ") and "isForeignKey image_feature.image_occurrence_id" in message
+    assert "isForeignKey image_feature.table_row_id" in message

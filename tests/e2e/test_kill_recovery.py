@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 from pyspark.sql import DataFrame
-from pyspark.sql import functions as F
 
 from micdm.config import load_settings
 from micdm.pipeline import run_pipeline
@@ -123,8 +122,10 @@ def test_killed_runs_then_a_rerun_equal_an_uninterrupted_run(spark, tmp_path: Pa
         missing, extra = expected.exceptAll(actual).count(), actual.exceptAll(expected).count()
         assert (missing, extra) == (0, 0), f"{name}: {missing} rows missing, {extra} extra after the kills"
     assert duplicates == 0
-    assert read_table(spark, crashed, "image_occurrence").count() > 0
-    assert read_table(spark, crashed, "image_feature").where(F.col("image_feature_id").isNotNull()).count() > 0
+    occurrences = read_table(spark, crashed, "image_occurrence")
+    assert occurrences.count() == read_table(spark, crashed, "series_link").where("exception_reason IS NULL").count()
+    assert occurrences.join(read_table(spark, crashed, "image_feature"), "image_occurrence_id", "left_anti").count() \
+        == 0, "every occurrence has its features after the kills"
     reliability.record("kill_recovery", kills_survived=len(landed), duplicates_found=duplicates,
                        concurrent_runs_refused=len(refused))
     print("kills landed:", *(f"{where} after {seconds}s: last log line {last!r}" for where, last, seconds in landed),

@@ -84,4 +84,6 @@ def test_whole_pipeline_on_a_standalone_cluster(spark, cluster, tmp_path: Path) 
     assert read_table(spark, locator, "dicom_instance").count() == len(files)
     occurrences = {r.image_series_uid for r in read_table(spark, locator, "image_occurrence").collect()}
     assert occurrences == linked
-    assert read_table(spark, locator, "image_feature").count() > 0
+    featureless = read_table(spark, locator, "image_occurrence").join(
+        read_table(spark, locator, "image_feature"), "image_occurrence_id", "left_anti")
+    assert featureless.count() == 0, "every occurrence has its header features"

@@ -6,8 +6,9 @@ from pathlib import Path
 
 from pyspark.sql import functions as F
 
+from micdm.ids import allocated_ids
 from micdm.pipeline import run_pipeline
-from micdm.tables import read_table
+from micdm.tables import TableLocator, read_table
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -16,13 +17,16 @@ def test_both_spec_tables_have_rows(spark, demo) -> None:
     locator = demo["locator"]
     occurrences = read_table(spark, locator, "image_occurrence")
     features = read_table(spark, locator, "image_feature")
-    assert occurrences.count() > 0 and features.count() > 0
+    linked = [uid for uid, row in demo["truth"].items() if row["expected_rule"] != "person_not_found"]
+    assert occurrences.count() == len(linked)
+    assert features.count() == {r.stage: r.counts for r in demo["second"]}["features"]["image_feature"]
     # every feature points at a real occurrence and a real measurement (numbers) or observation (text) row
     assert features.join(occurrences, "image_occurrence_id", "left_anti").count() == 0
     for table, concept in (("measurement", 1147330), ("observation", 1147304)):
         rows = read_table(spark, locator, table)
         pointing = features.where(F.col("table_concept_id") == concept)
-        assert pointing.count() > 0
+        ours = rows.join(allocated_ids(spark, locator, table, f"{table}_id"), f"{table}_id", "left_semi")
+        assert pointing.count() == ours.count(), f"one image_feature per {table} row micdm wrote"
         assert pointing.join(rows, pointing.table_row_id == rows[f"{table}_id"], "left_anti").count() == 0
     assert {r[0] for r in features.select("table_concept_id").distinct().collect()} == {1147330, 1147304}
 
@@ -113,11 +117,20 @@ def test_units_and_anatomy_resolve_through_the_demo_vocabulary(spark, demo) -> N
                                                       .select("concept_id").collect()} | {0}
 
 
-def test_a_series_that_gains_or_loses_an_instance_is_updated_not_duplicated(spark, demo) -> None:
-    """Runs last: it changes the export. The new file joins its series; once deleted, it leaves it again."""
+def test_a_series_that_gains_or_loses_an_instance_is_updated_not_duplicated(spark, demo, tmp_path) -> None:
+    """The new file joins its series; once deleted, it leaves it again. On a copy of the demo's tables, and
+    the file is gone again when the test ends: other tests read the demo as the fixture left it."""
+    import dataclasses
+    import shutil
+
     import pydicom
 
-    settings, locator = demo["settings"], demo["locator"]
+    warehouse = tmp_path / "warehouse"
+    shutil.copytree(demo["settings"].storage.warehouse, warehouse)
+    settings = dataclasses.replace(demo["settings"], storage=dataclasses.replace(
+        demo["settings"].storage, warehouse=str(warehouse)))
+    locator = TableLocator(settings.storage)
+
     def occurrence_ids() -> dict[str, int]:
         return {r.image_series_uid: r.image_occurrence_id for r in
                 read_table(spark, locator, "image_occurrence").collect()}
@@ -128,7 +141,6 @@ def test_a_series_that_gains_or_loses_an_instance_is_updated_not_duplicated(spar
     dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid(
         entropy_srcs=[dataset.SOPInstanceUID, "extra"])  # a valid UID: appending to a 64-character one is not
     added = first.with_name("extra.dcm")
-    dataset.save_as(added, enforce_file_format=True)
     series_uid = dataset.SeriesInstanceUID
 
     def instances() -> int:
@@ -136,9 +148,12 @@ def test_a_series_that_gains_or_loses_an_instance_is_updated_not_duplicated(spar
             "instance_count"]
 
     count = instances()
-    run_pipeline(spark, settings)
-    assert occurrence_ids() == before and instances() == count + 1
-    added.unlink()
+    try:
+        dataset.save_as(added, enforce_file_format=True)
+        run_pipeline(spark, settings)
+        assert occurrence_ids() == before and instances() == count + 1
+    finally:
+        added.unlink(missing_ok=True)
     run_pipeline(spark, settings)
     assert instances() == count, "a file gone from storage no longer counts in its series"
     assert occurrence_ids() == before
