@@ -198,7 +198,7 @@ def _local_first_blocks(paths: list[str], ends: list[int], concurrency: int) -> 
 def _locate(path: str, storage_options: dict[str, Any]) -> tuple[fsspec.AbstractFileSystem | None, str]:
     """The filesystem holding ``path`` (None for a local file) and the path within it.
 
-    A path without a scheme is local and skips fsspec, whose lookup costs a sixth of parsing a header.
+    A path without a scheme is local and skips fsspec, whose lookup is costly next to parsing a header.
     """
     if "://" not in path:
         return None, path
@@ -271,7 +271,7 @@ _PROBE_KEY = "micdm-presign-probe"
 async def _presigned_urls(fs: Any, keys: list[str]) -> list[str]:
     """Presigned GET URLs of many keys, each signed with SigV4 by botocore.
 
-    botocore resolves the endpoint again for every key (about 70 % of a presign's cost), though it
+    botocore resolves the endpoint again for every key (most of a presign's cost), though it
     depends only on the bucket; here s3fs's own client presigns one probe key per bucket, which fixes
     the endpoint and addressing style, and every key is signed on that base (SigV4, with the client's
     region and credentials). Should anything not fit, each key is presigned by s3fs instead.
