@@ -344,7 +344,3 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         values = _merge(_read_yaml(path.parent / base), values)
     return values
 
-
-def settings_as_dict(settings: Settings) -> dict[str, Any]:
-    """Plain-data form of the settings, for --dry-run output and run reports."""
-    return dataclasses.asdict(settings)

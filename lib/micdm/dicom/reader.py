@@ -29,6 +29,7 @@ from pydicom.datadict import dictionary_has_tag
 from pydicom.dataelem import RawDataElement
 from pydicom.errors import InvalidDicomError
 
+from micdm.config import ExtractSettings, Settings
 from micdm.dicom.header import (
     READ_KEYS,
     EncodedHeader,
@@ -76,16 +77,21 @@ class QuarantineReason(enum.StrEnum):
     size and header bytes) or different content."""
 
 
+_EXTRACT = ExtractSettings()
+
+
 @dataclass(frozen=True)
 class ReadOptions:
-    block_size: int = 65536
-    max_retries: int = 3
-    header_json_max_bytes: int = 262144
+    """How one file is read: the extract settings (their defaults here too) and the validation setting."""
+
+    block_size: int = _EXTRACT.block_size
+    max_retries: int = _EXTRACT.max_retries
+    header_json_max_bytes: int = _EXTRACT.header_json_max_bytes
     retry_base_seconds: float = 0.2
-    sr_max_items: int = 200_000
-    max_nesting: int = 10_000
+    sr_max_items: int = _EXTRACT.sr_max_items
+    max_nesting: int = _EXTRACT.max_nesting
     """Deepest nesting of sequences read (a deeper header is quarantined as parse_error)."""
-    validation: str = "warn"
+    validation: str = Settings.validation
     """The validation setting: 'ignore' keeps a file with an invalid UID as an instance (with a parse warning);
     otherwise it is quarantined as invalid_uid."""
 
