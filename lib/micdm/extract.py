@@ -36,7 +36,7 @@ from micdm.dicom.reader import PERMANENT_ERRORS, Outcome, QuarantineReason, Read
 from micdm.errors import InvalidInputError
 from micdm.schema import EXTRACT_RESULT, FILE_INVENTORY, SR_CONTENT_ITEM
 from micdm.secrets import resolve_references
-from micdm.sources import DiscoveredFile, list_files, opener, read_first_blocks, root_prefix, with_first_block
+from micdm.sources import DiscoveredFile, list_files, root_prefix
 from micdm.stage import StageCounts
 from micdm.tables import (
     TableLocator,
@@ -50,6 +50,7 @@ from micdm.tables import (
     read_table,
     table_properties,
 )
+from micdm.transport import opener, read_first_blocks, with_first_block
 
 __all__ = ["ExtractSummary", "extract", "read_headers", "run"]
 

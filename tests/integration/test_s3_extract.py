@@ -13,9 +13,9 @@ from pydicom.data import get_testdata_file
 from micdm.config import load_settings
 from micdm.dicom.reader import ReadOptions, extract_file
 from micdm.extract import extract
-from micdm.sources import opener
 from micdm.synth import generate
 from micdm.tables import TableLocator, init_tables, read_table
+from micdm.transport import opener
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -84,16 +84,17 @@ def test_first_blocks_through_presigned_urls(seaweedfs, export) -> None:
     import fsspec.asyn
     from fsspec.core import url_to_fs
 
-    from micdm import sources
+    from micdm import transport
 
     fs = export["fs"]
     fs.pipe({"dicom/odd names/a b+c~d%20é.dcm": b"0123456789" * 10})
     keys = ["dicom/odd names/a b+c~d%20é.dcm", "dicom/export/multiframe.dcm"]
     storage = {k: seaweedfs[k] for k in ("endpoint_url", "key", "secret")}
     s3, _ = url_to_fs("s3://dicom", **storage)
-    urls = fsspec.asyn.sync(s3.loop, sources._presigned_urls, s3, keys)
-    assert all("X-Amz-Signature=" in url for url in urls)  # signed here, not one by one by s3fs
-    blocks = sources.read_first_blocks([f"s3://{k}" for k in [*keys, "dicom/absent.dcm"]], [100, 2**27, 10], 64,
+    urls = fsspec.asyn.sync(s3.loop, transport._S3Presigner.urls, s3, keys)
+    assert all("X-Amz-Signature=" in url for url in urls)
+    assert not transport._S3Presigner.fell_back, "signed here on one base per bucket, not one by one by s3fs"
+    blocks = transport.read_first_blocks([f"s3://{k}" for k in [*keys, "dicom/absent.dcm"]], [100, 2**27, 10], 64,
                                        storage, 4)
     assert blocks[:2] == [fs.cat_file(keys[0], start=0, end=64), fs.cat_file(keys[1], start=0, end=64)]
     assert isinstance(blocks[2], FileNotFoundError) and "X-Amz" not in str(blocks[2])

@@ -16,8 +16,8 @@ from micdm.config import load_settings
 from micdm.dicom.reader import ReadOptions, extract_file
 from micdm.errors import InvalidInputError
 from micdm.extract import extract
-from micdm.sources import opener
 from micdm.tables import TableLocator, init_tables, read_table
+from micdm.transport import opener
 
 REPO = Path(__file__).resolve().parents[2]
 

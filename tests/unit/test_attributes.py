@@ -19,7 +19,7 @@ from micdm.dicom.attributes import DENIED, Attribute, Rule, _number_text, select
 from micdm.dicom.header import header_json, header_record
 from micdm.dicom.reader import ReadOptions, extract_file
 from micdm.resources import rows as resource_rows
-from micdm.sources import opener
+from micdm.transport import opener
 
 REPO = Path(__file__).resolve().parents[2]
 DENIED_TAGS = {f"{tag_for_keyword(k):08X}" for k in DENIED if tag_for_keyword(k) is not None}

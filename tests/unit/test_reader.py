@@ -11,7 +11,7 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from micdm.dicom.reader import Outcome, QuarantineReason, ReadOptions, extract_file
-from micdm.sources import opener
+from micdm.transport import opener
 
 ABSENT = ("", "<absent>")
 

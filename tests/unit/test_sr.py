@@ -11,7 +11,7 @@ from pydicom.sr._snomed_dict import mapping
 from micdm.dicom.reader import ReadOptions, extract_file
 from micdm.dicom.sr import Analysis, algorithm_uri, analyse_report
 from micdm.dicom.sr_content import MAX_DEPTH, ContentError, content_rows
-from micdm.sources import opener
+from micdm.transport import opener
 
 #: Legacy SNOMED-RT codes as SNOMED CT, by the DICOM standard's table that pydicom ships: reports read as SCT.
 SCT = mapping["SRT"]

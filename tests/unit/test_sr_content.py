@@ -9,7 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 from micdm.dicom.reader import ReadOptions, extract_file
-from micdm.sources import opener
+from micdm.transport import opener
 
 
 def _reports(shared: Path) -> list[dict[str, str]]:

@@ -10,7 +10,7 @@ import pytest
 
 from micdm.dicom import reader
 from micdm.dicom.walker import NeedMoreBytes, NotWalkable, walk_header
-from micdm.sources import opener
+from micdm.transport import opener
 
 
 def _corpus(shared: Path) -> list[Path]:

@@ -1,4 +1,4 @@
-"""Reading first blocks ahead: every file gets its bytes or its own error, and later ranges still work."""
+"""Transport: reading first blocks ahead, every file gets its bytes or its own error, later ranges still work."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from micdm import sources
-from micdm.sources import opener, read_first_blocks, with_first_block
+from micdm import transport
+from micdm.transport import opener, read_first_blocks, with_first_block
 
 
 @pytest.fixture
@@ -20,7 +20,7 @@ def three_files(tmp_path: Path) -> tuple[list[str], list[int]]:
 
 def test_first_blocks_on_a_network_mount_are_read_in_order_with_errors_in_place(
         three_files: tuple[list[str], list[int]], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sources, "on_network_mount", lambda folder: True)
+    monkeypatch.setattr(transport, "on_network_mount", lambda folder: True)
     paths, sizes = three_files
     blocks = read_first_blocks(paths, sizes, 1000, {}, 4)
     assert blocks[0] == Path(paths[0]).read_bytes()[:1000]
@@ -38,16 +38,16 @@ def test_first_blocks_on_a_local_disk_are_left_to_the_reader_but_errors_are_not(
 
 
 def test_network_mounts_are_told_from_local_disks_by_the_mount_table() -> None:
-    mounts = sources.parse_mounts(
+    mounts = transport.parse_mounts(
         "rootfs / ext4 rw 0 0\n"
         "fuse-daemon /Volumes fuse rw 0 0\n"
         "nas:/export /pacs/archive nfs4 rw 0 0\n"
         "scratch /pacs/archive/local\\040disk xfs rw 0 0\n")
-    assert sources.on_network_mount("/Volumes/main/imaging/raw", mounts)
-    assert sources.on_network_mount("/pacs/archive/2024", mounts)
-    assert not sources.on_network_mount("/pacs/archive/local disk/2024", mounts)
-    assert not sources.on_network_mount("/pacs/archive2", mounts)
-    assert not sources.on_network_mount("/data/dicom", mounts)
+    assert transport.on_network_mount("/Volumes/main/imaging/raw", mounts)
+    assert transport.on_network_mount("/pacs/archive/2024", mounts)
+    assert not transport.on_network_mount("/pacs/archive/local disk/2024", mounts)
+    assert not transport.on_network_mount("/pacs/archive2", mounts)
+    assert not transport.on_network_mount("/data/dicom", mounts)
 
 
 def test_with_first_block_serves_the_start_once_then_reads(tmp_path: Path) -> None:
