@@ -4,16 +4,13 @@ Each Spark task takes a batch of paths and parses them chunk by chunk (pure Pyth
 first blocks of the next chunk come in meanwhile: a helper thread fetches them from object storage
 (many concurrent ranged GETs); on a local disk it only hints the kernel, which reads them ahead. Every
 file given to a task comes back as one row, an instance or a quarantine reason, so nothing can fall
-through the cracks. The inventory of seen files is updated last: a crash before that point makes the
-next run read the same files again, and the MERGEs keyed on path make that harmless.
+through the cracks. The inventory of seen files (micdm.inventory) is updated last: a crash before that
+point makes the next run read the same files again, and the MERGEs keyed on path make that harmless.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
-import enum
-import hashlib
 import logging
 import math
 import threading
@@ -26,42 +23,33 @@ from typing import Any
 
 import pyarrow as pa
 from pyspark import Accumulator
-from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import to_arrow_schema
 from pyspark.sql.types import ArrayType, StructType
 
+from micdm import inventory
 from micdm.config import Settings
 from micdm.dicom.reader import PERMANENT_ERRORS, Outcome, QuarantineReason, ReadOptions, extract_file, quiet_pydicom
 from micdm.errors import InvalidInputError
-from micdm.schema import EXTRACT_RESULT, FILE_INVENTORY, SR_CONTENT_ITEM
+from micdm.schema import EXTRACT_RESULT, SR_CONTENT_ITEM
 from micdm.secrets import resolve_references
-from micdm.sources import DiscoveredFile, list_files, root_prefix
+from micdm.sources import list_files
 from micdm.stage import StageCounts
 from micdm.tables import (
     TableLocator,
     aggregate,
     append,
-    conform,
     delete_keys,
-    delta_table,
     may_have_rows,
     merge_or_delete,
     read_table,
-    table_properties,
 )
 from micdm.transport import opener, read_first_blocks, with_first_block
 
 __all__ = ["ExtractSummary", "extract", "read_headers", "run"]
 
 log = logging.getLogger(__name__)
-
-_FILE_FIELDS = ("path", "file_size", "modification_time", "etag")
-#: file_inventory property holding the fingerprint of the last listing that left nothing to do again.
-_SETTLED_LISTING = "micdm.extract.settledListing"
-#: Quarantine reasons worth another try on the next run, file unchanged or not.
-_RETRIED_REASONS = (QuarantineReason.STORAGE_ERROR.value, QuarantineReason.UNREADABLE.value)
-
 
 @dataclass(frozen=True)
 class ExtractSummary:
@@ -243,59 +231,7 @@ def read_headers(files: DataFrame, settings: Settings, files_done: Accumulator[i
     # Secret references are resolved here, on the driver; the tasks get the values in their closure.
     storage_options = resolve_references(dict(settings.sources.storage_options))
     reader = _batch_reader(options, storage_options, cfg.threads_per_task, files_done)
-    return files.select(*_FILE_FIELDS).mapInArrow(reader, EXTRACT_RESULT.schema)
-
-
-class _State(enum.StrEnum):
-    """What one run does with a path it listed or remembers (the plan's ``state`` column)."""
-
-    NEW = "new"
-    CHANGED = "changed"
-    """Size, modification time or ETag differ from the inventory, or the file came back after going missing."""
-    RETRY = "retry"
-    """Unchanged, but read again: a full refresh, or its last read failed for a reason worth another try."""
-    UNCHANGED = "unchanged"
-    MISSING = "missing"
-    """Remembered under these roots, no longer listed."""
-
-
-_TO_READ = (_State.NEW.value, _State.CHANGED.value, _State.RETRY.value)
-
-
-def _listing(spark: SparkSession, files: list[DiscoveredFile]) -> DataFrame:
-    """The listing as a DataFrame, built through Arrow (row tuples would cost seconds per 10,000 files)."""
-    schema = to_arrow_schema(StructType([FILE_INVENTORY.schema[c] for c in _FILE_FIELDS]))
-    columns = {name: [getattr(f, name) for f in files] for name in _FILE_FIELDS}
-    return spark.createDataFrame(pa.Table.from_pydict(columns, schema=schema))
-
-
-def _under(roots: tuple[str, ...], storage_options: dict[str, Any]) -> Column:
-    """Whether a table's ``path`` lies under one of the roots (one array test, however many roots)."""
-    prefixes = F.array(*(F.lit(root_prefix(r, storage_options)) for r in roots))
-    return F.exists(prefixes, lambda prefix: F.col("path").startswith(prefix))
-
-
-def _plan(spark: SparkSession, locator: TableLocator, listing: DataFrame, settings: Settings) -> DataFrame:
-    """Every listed path, and every remembered one under the roots, with its _State."""
-    sources = settings.sources
-    inventory = read_table(spark, locator, "file_inventory").where(_under(sources.roots, sources.storage_options))
-    remembered = inventory.select("path", *(F.col(c).alias(f"known_{c}") for c in (*_FILE_FIELDS[1:], "missing_since")),
-                                  F.lit(True).alias("known"))
-    retry = (read_table(spark, locator, "dicom_quarantine").where(F.col("reason").isin(*_RETRIED_REASONS))
-             .select("path", F.lit(True).alias("retry")))
-    same = ((F.col("file_size") == F.col("known_file_size"))
-            & F.col("modification_time").eqNullSafe(F.col("known_modification_time"))
-            & F.col("etag").eqNullSafe(F.col("known_etag")) & F.col("known_missing_since").isNull())
-    reread = F.lit(settings.extract.full_refresh) | F.col("retry").isNotNull()
-    state = (
-        F.when(F.col("known").isNull(), _State.NEW.value)
-        .when(F.col("listed").isNull(), F.when(F.col("known_missing_since").isNull(), _State.MISSING.value))
-        .when(~same, _State.CHANGED.value)
-        .when(reread, _State.RETRY.value)
-        .otherwise(_State.UNCHANGED.value)
-    )
-    return (listing.withColumn("listed", F.lit(True)).join(remembered, "path", "full_outer")
-            .join(retry, "path", "left").withColumn("state", state).where(F.col("state").isNotNull()))
+    return files.select(*inventory.FILE_FIELDS).mapInArrow(reader, EXTRACT_RESULT.schema)
 
 
 def _with_duplicates(spark: SparkSession, locator: TableLocator, results: DataFrame, repeats_within: bool,
@@ -335,7 +271,7 @@ def _with_duplicates(spark: SparkSession, locator: TableLocator, results: DataFr
                                 "_same": same})
         .where(F.col("_rank") > 1)
         .select(
-            *_FILE_FIELDS, "bytes_read",
+            *inventory.FILE_FIELDS, "bytes_read",
             F.lit(Outcome.QUARANTINE.value).alias("outcome"),
             F.lit(QuarantineReason.DUPLICATE_SOP_INSTANCE.value).alias("reason"),
             F.concat(F.lit("SOPInstanceUID also in "), F.col("_kept"),
@@ -394,120 +330,79 @@ def _write_report_content(spark: SparkSession, locator: TableLocator, instances:
         append(locator, "sr_content_item", items)
 
 
-def _update_inventory(spark: SparkSession, locator: TableLocator, plan: DataFrame, run_id: str,
-                      first_load: bool) -> None:
-    """Record new and changed files; remembered files no longer listed get missing_since, not deleted."""
-    now = dt.datetime.now(dt.UTC)
-    missing = F.col("state") == _State.MISSING.value
-    changes = plan.where(F.col("state").isin(_State.NEW.value, _State.CHANGED.value, _State.MISSING.value)).select(
-        *_FILE_FIELDS, "state", F.lit(now).alias("first_seen"), F.lit(now).alias("changed_at"),
-        F.when(missing, F.lit(now)).alias("missing_since"), F.lit(run_id).alias("run_id"))
-    if first_load:
-        append(locator, "file_inventory", changes)
-        return
-    listed = ("file_size", "modification_time", "etag", "changed_at", "missing_since", "run_id")
-    (
-        delta_table(spark, locator, "file_inventory").alias("t")
-        .merge(conform(changes, FILE_INVENTORY, carry=["state"]).alias("s"), "t.path = s.path")
-        .whenMatchedUpdate(condition=f"s.state = '{_State.MISSING.value}'",
-                           set={"missing_since": "s.missing_since", "run_id": "s.run_id"})
-        .whenMatchedUpdate(set={c: f"s.{c}" for c in listed})
-        .whenNotMatchedInsert(values={f"`{c}`": f"s.`{c}`" for c in FILE_INVENTORY.schema.fieldNames()})
-        .execute()
-    )
+@dataclass(frozen=True)
+class _Written:
+    """What reading the planned files gave: rows written per table, bytes, and reads worth another try."""
+
+    instances: int = 0
+    quarantined: int = 0
+    bytes_read: int = 0
+    file_bytes: int = 0
+    retry_pending: int = 0
 
 
-def _fingerprint(settings: Settings, listed: list[DiscoveredFile]) -> str:
-    """A digest of the roots, the globs and every listed file's path, size, mtime and ETag."""
-    sources = settings.sources
-    digest = hashlib.blake2b(repr((sources.roots, sources.include, sources.exclude)).encode(), digest_size=16)
-    for f in listed:
-        digest.update(f"{f.path}\0{f.file_size}\0{f.modification_time}\0{f.etag}\n".encode())
-    return digest.hexdigest()
-
-
-def _settle(spark: SparkSession, locator: TableLocator, fingerprint: str) -> None:
-    """Remember (or forget, with "") the listing a completed run left nothing to retry in.
-
-    Written after every table of the stage, so a crash before it leaves the old value and the next
-    run plans in full; the value is a hex digest, never user input.
-    """
-    spark.sql(f"ALTER TABLE {locator.ref('file_inventory')} SET TBLPROPERTIES ('{_SETTLED_LISTING}' = '{fingerprint}')")
+def _read_and_write(spark: SparkSession, locator: TableLocator, settings: Settings, plan: inventory.Plan,
+                    run_id: str, phase: _Phases) -> _Written:
+    """Read the planned files' headers once, decide duplicates, write dicom_instance, dicom_quarantine and
+    sr_content_item."""
+    count = plan.to_read
+    partitions = _partitions(spark, count, settings.extract.files_per_partition)
+    log.info("extract: %d to read in %d tasks", count, partitions)
+    files_done = spark.sparkContext.accumulator(0)
+    is_instance = F.col("outcome") == Outcome.INSTANCE.value
+    with phase("read"), _Progress(files_done, count):
+        # Materialised once, by the job that counts the outcomes: every write below must see the same
+        # verdict for each file.
+        results = read_headers(plan.files_to_read().repartition(partitions, "path"), settings,
+                               files_done).localCheckpoint(eager=False)
+        read = aggregate(results, F.count_if(is_instance).alias("instances"),
+                         F.count_distinct(F.when(is_instance, F.col("sop_instance_uid"))).alias("uids"),
+                         F.sum("bytes_read").alias("bytes_read"), F.sum("file_size").alias("file_bytes"),
+                         F.count_if(F.col("reason").isin(*inventory.RETRIED_REASONS)).alias("retry"),
+                         F.count_if(F.col("reason") == QuarantineReason.INVALID_UID.value).alias("invalid"),
+                         F.count_if(F.col("sr_content").isNotNull()).alias("reports"))
+        if read["invalid"] and settings.validation == "raise":
+            _refuse_invalid(results, read["invalid"])
+    with phase("verdicts"):
+        verdicts = _with_duplicates(spark, locator, results, repeats_within=read["uids"] < read["instances"],
+                                    any_stored=plan.stored["dicom_instance"])
+        instances = read["instances"] if verdicts is results else (
+            verdicts.join(results.select("path"), "path", "left_semi").where(is_instance).count())
+    log.info("extract: writing %d instances and %d quarantine rows", instances, count - instances)
+    with phase("write"):
+        _write_results(spark, locator, verdicts, run_id, instances, count - instances, read["reports"],
+                       any_stored=plan.stored["dicom_instance"] or plan.stored["dicom_quarantine"])
+    return _Written(instances, count - instances, read["bytes_read"] or 0, read["file_bytes"] or 0, read["retry"])
 
 
 def extract(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: str | None = None
             ) -> ExtractSummary:
-    """Run the extract stage: list, read what is new or changed, write the verdicts, update the inventory."""
+    """Run the extract stage: list, plan against the inventory, read what is new or changed, write the
+    verdicts, record the inventory."""
     run_id = run_id or uuid.uuid4().hex
-    started = time.monotonic()
-    phase = _Phases()
+    started, phase = time.monotonic(), _Phases()
     with phase("list"):
         listed = list(list_files(settings.sources))
-        fingerprint = _fingerprint(settings, listed)
+        fingerprint = inventory.fingerprint(settings, listed)
     with phase("plan"):
-        settled = table_properties(spark, locator, "file_inventory").get(_SETTLED_LISTING, "")
+        settled = inventory.settled_listing(spark, locator)
     if settled == fingerprint and not settings.extract.full_refresh:
         # The same files as a run that completed with nothing left to retry: the plan would be all UNCHANGED.
-        seconds = time.monotonic() - started
         log.info("extract: %d files listed, unchanged since the last run", len(listed))
-        return ExtractSummary(run_id, len(listed), 0, 0, 0, 0, seconds, phase_seconds=phase.seconds)
+        return ExtractSummary(run_id, len(listed), 0, 0, 0, 0, time.monotonic() - started,
+                              phase_seconds=phase.seconds)
     with phase("plan"):
-        stored = {name: may_have_rows(spark, locator, name)
-                  for name in ("file_inventory", "dicom_instance", "dicom_quarantine")}
-        if any(stored.values()):
-            # Not cached: a no-op run only counts it, and a recomputation gives the same states (NEW and
-            # CHANGED win over RETRY, and the inventory is changed last).
-            plan = _plan(spark, locator, _listing(spark, listed), settings)
-            states = {row["state"]: row["count"] for row in plan.groupBy("state").count().collect()}
-        else:  # a first load: every listed file is new, no join with empty tables
-            plan = _listing(spark, listed).withColumn("state", F.lit(_State.NEW.value))
-            states = {_State.NEW.value: len(listed)} if listed else {}
-    count = sum(states.get(s, 0) for s in _TO_READ)
-    partitions = _partitions(spark, count, settings.extract.files_per_partition)
-    log.info("extract: %d files listed, %d to read in %d tasks", len(listed), count, partitions)
-    instances = quarantined = bytes_read = file_bytes = retry_pending = 0
-    if count:
-        to_read = plan.where(F.col("state").isin(*_TO_READ)).select(*_FILE_FIELDS)
-        files_done = spark.sparkContext.accumulator(0)
-        is_instance = F.col("outcome") == Outcome.INSTANCE.value
-        with phase("read"), _Progress(files_done, count):
-            # Materialised once, by the job that counts the outcomes: every write below must see the same
-            # verdict for each file.
-            results = read_headers(to_read.repartition(partitions, "path"), settings, files_done).localCheckpoint(
-                eager=False)
-            read = aggregate(results, F.count_if(is_instance).alias("instances"),
-                             F.count_distinct(F.when(is_instance, F.col("sop_instance_uid"))).alias("uids"),
-                             F.sum("bytes_read").alias("bytes_read"), F.sum("file_size").alias("file_bytes"),
-                             F.count_if(F.col("reason").isin(*_RETRIED_REASONS)).alias("retry"),
-                             F.count_if(F.col("reason") == QuarantineReason.INVALID_UID.value).alias("invalid"),
-                             F.count_if(F.col("sr_content").isNotNull()).alias("reports"))
-            if read["invalid"] and settings.validation == "raise":
-                _refuse_invalid(results, read["invalid"])
-        with phase("verdicts"):
-            bytes_read, file_bytes, retry_pending = read["bytes_read"] or 0, read["file_bytes"] or 0, read["retry"]
-            verdicts = _with_duplicates(spark, locator, results, repeats_within=read["uids"] < read["instances"],
-                                        any_stored=stored["dicom_instance"])
-            instances = read["instances"] if verdicts is results else (
-                verdicts.join(results.select("path"), "path", "left_semi").where(is_instance).count())
-        quarantined = count - instances
-        log.info("extract: writing %d instances and %d quarantine rows", instances, quarantined)
-        with phase("write"):
-            _write_results(spark, locator, verdicts, run_id, instances, quarantined, read["reports"],
-                           any_stored=stored["dicom_instance"] or stored["dicom_quarantine"])
-    missing = states.get(_State.MISSING.value, 0)
-    changed = states.get(_State.NEW.value, 0) + states.get(_State.CHANGED.value, 0) + missing
-    if changed:  # a run that found nothing new leaves the inventory as it was
-        with phase("inventory"):
-            _update_inventory(spark, locator, plan, run_id, first_load=states.keys() == {_State.NEW.value})
-    settled_now = "" if retry_pending else fingerprint
-    if settled_now != settled:
-        with phase("inventory"):
-            _settle(spark, locator, settled_now)
-    seconds = time.monotonic() - started
-    summary = ExtractSummary(run_id, len(listed), count, instances, quarantined, missing, seconds, bytes_read,
-                             file_bytes, phase.seconds)
-    log.info("extract: %d instances, %d quarantined, %d missing, %.1f files/s", instances, quarantined,
-             missing, summary.files_per_second)
+        plan = inventory.plan(spark, locator, listed, settings)
+    log.info("extract: %d files listed, %d to read", len(listed), plan.to_read)
+    written = _read_and_write(spark, locator, settings, plan, run_id, phase) if plan.to_read else _Written()
+    with phase("inventory"):
+        inventory.record(spark, locator, plan, run_id)
+        if (settled_now := "" if written.retry_pending else fingerprint) != settled:
+            inventory.settle(spark, locator, settled_now)
+    summary = ExtractSummary(run_id, len(listed), plan.to_read, written.instances, written.quarantined, plan.missing,
+                             time.monotonic() - started, written.bytes_read, written.file_bytes, phase.seconds)
+    log.info("extract: %d instances, %d quarantined, %d missing, %.1f files/s", summary.instances,
+             summary.quarantined, summary.missing, summary.files_per_second)
     return summary
 
 

@@ -1,0 +1,178 @@
+"""The file inventory: what a listing means against what micdm remembers of the files under the roots.
+
+Each listed or remembered path gets a State (new, changed, to retry, unchanged, missing); the extract
+stage reads the first three and records the new, changed and missing ones last, so a crash before that
+makes the next run read the same files again. A listing identical to the last one that left nothing to
+retry is recognised by its fingerprint alone, without a Spark job.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.pandas.types import to_arrow_schema
+from pyspark.sql.types import StructType
+
+from micdm.config import Settings
+from micdm.dicom.reader import QuarantineReason
+from micdm.schema import FILE_INVENTORY
+from micdm.sources import DiscoveredFile, root_prefix
+from micdm.tables import TableLocator, append, conform, delta_table, may_have_rows, read_table, table_properties
+
+__all__ = ["FILE_FIELDS", "RETRIED_REASONS", "Plan", "State", "fingerprint", "plan", "record", "settle",
+           "settled_listing"]
+
+FILE_FIELDS = ("path", "file_size", "modification_time", "etag")
+#: file_inventory property holding the fingerprint of the last listing that left nothing to do again.
+_SETTLED_LISTING = "micdm.extract.settledListing"
+#: Quarantine reasons worth another try on the next run, file unchanged or not.
+RETRIED_REASONS = (QuarantineReason.STORAGE_ERROR.value, QuarantineReason.UNREADABLE.value)
+
+
+class State(enum.StrEnum):
+    """What one run does with a path it listed or remembers (the plan's ``state`` column)."""
+
+    NEW = "new"
+    CHANGED = "changed"
+    """Size, modification time or ETag differ from the inventory, or the file came back after going missing."""
+    RETRY = "retry"
+    """Unchanged, but read again: a full refresh, or its last read failed for a reason worth another try."""
+    UNCHANGED = "unchanged"
+    MISSING = "missing"
+    """Remembered under these roots, no longer listed."""
+
+
+TO_READ = (State.NEW.value, State.CHANGED.value, State.RETRY.value)
+
+
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one run does: every path with its state (``frame``), counted per state."""
+
+    frame: DataFrame
+    states: dict[str, int]
+    stored: dict[str, bool]
+    """Whether file_inventory, dicom_instance and dicom_quarantine may hold rows (False: a first load)."""
+
+    @property
+    def to_read(self) -> int:
+        return sum(self.states.get(s, 0) for s in TO_READ)
+
+    @property
+    def missing(self) -> int:
+        return self.states.get(State.MISSING.value, 0)
+
+    def files_to_read(self) -> DataFrame:
+        return self.frame.where(F.col("state").isin(*TO_READ)).select(*FILE_FIELDS)
+
+
+def _listing(spark: SparkSession, files: list[DiscoveredFile]) -> DataFrame:
+    """The listing as a DataFrame, built through Arrow (row tuples would cost seconds per 10,000 files)."""
+    schema = to_arrow_schema(StructType([FILE_INVENTORY.schema[c] for c in FILE_FIELDS]))
+    columns = {name: [getattr(f, name) for f in files] for name in FILE_FIELDS}
+    return spark.createDataFrame(pa.Table.from_pydict(columns, schema=schema))
+
+
+def _under(roots: tuple[str, ...], storage_options: dict[str, Any]) -> Column:
+    """Whether a table's ``path`` lies under one of the roots (one array test, however many roots)."""
+    prefixes = F.array(*(F.lit(root_prefix(r, storage_options)) for r in roots))
+    return F.exists(prefixes, lambda prefix: F.col("path").startswith(prefix))
+
+
+def _states(spark: SparkSession, locator: TableLocator, listing: DataFrame, settings: Settings) -> DataFrame:
+    """Every listed path, and every remembered one under the roots, with its State."""
+    sources = settings.sources
+    inventory = read_table(spark, locator, "file_inventory").where(_under(sources.roots, sources.storage_options))
+    remembered = inventory.select("path", *(F.col(c).alias(f"known_{c}") for c in (*FILE_FIELDS[1:], "missing_since")),
+                                  F.lit(True).alias("known"))
+    retry = (read_table(spark, locator, "dicom_quarantine").where(F.col("reason").isin(*RETRIED_REASONS))
+             .select("path", F.lit(True).alias("retry")))
+    same = ((F.col("file_size") == F.col("known_file_size"))
+            & F.col("modification_time").eqNullSafe(F.col("known_modification_time"))
+            & F.col("etag").eqNullSafe(F.col("known_etag")) & F.col("known_missing_since").isNull())
+    reread = F.lit(settings.extract.full_refresh) | F.col("retry").isNotNull()
+    state = (
+        F.when(F.col("known").isNull(), State.NEW.value)
+        .when(F.col("listed").isNull(), F.when(F.col("known_missing_since").isNull(), State.MISSING.value))
+        .when(~same, State.CHANGED.value)
+        .when(reread, State.RETRY.value)
+        .otherwise(State.UNCHANGED.value)
+    )
+    return (listing.withColumn("listed", F.lit(True)).join(remembered, "path", "full_outer")
+            .join(retry, "path", "left").withColumn("state", state).where(F.col("state").isNotNull()))
+
+
+def plan(spark: SparkSession, locator: TableLocator, listed: list[DiscoveredFile], settings: Settings) -> Plan:
+    """Every listed path, and every remembered one under the roots, with its State, counted."""
+    stored = {name: may_have_rows(spark, locator, name) for name in ("file_inventory", "dicom_instance",
+                                                                     "dicom_quarantine")}
+    if not any(stored.values()):  # a first load: every listed file is new, no join with empty tables
+        frame = _listing(spark, listed).withColumn("state", F.lit(State.NEW.value))
+        return Plan(frame, {State.NEW.value: len(listed)} if listed else {}, stored)
+    # Not cached: a run with nothing to read only counts it, and a recomputation gives the same states
+    # (NEW and CHANGED win over RETRY, and the inventory is changed last).
+    frame = _states(spark, locator, _listing(spark, listed), settings)
+    return Plan(frame, {row["state"]: row["count"] for row in frame.groupBy("state").count().collect()}, stored)
+
+
+def record(spark: SparkSession, locator: TableLocator, plan: Plan, run_id: str) -> None:
+    """Record new and changed files; remembered files no longer listed get missing_since, not deleted.
+    A run that found nothing new leaves the inventory as it was."""
+    changed = sum(plan.states.get(s, 0) for s in (State.NEW.value, State.CHANGED.value, State.MISSING.value))
+    if changed:
+        _update_inventory(spark, locator, plan.frame, run_id, first_load=plan.states.keys() == {State.NEW.value})
+
+
+def _update_inventory(spark: SparkSession, locator: TableLocator, plan: DataFrame, run_id: str,
+                      first_load: bool) -> None:
+    """Record new and changed files; remembered files no longer listed get missing_since, not deleted."""
+    now = dt.datetime.now(dt.UTC)
+    missing = F.col("state") == State.MISSING.value
+    changes = plan.where(F.col("state").isin(State.NEW.value, State.CHANGED.value, State.MISSING.value)).select(
+        *FILE_FIELDS, "state", F.lit(now).alias("first_seen"), F.lit(now).alias("changed_at"),
+        F.when(missing, F.lit(now)).alias("missing_since"), F.lit(run_id).alias("run_id"))
+    if first_load:
+        append(locator, "file_inventory", changes)
+        return
+    listed = ("file_size", "modification_time", "etag", "changed_at", "missing_since", "run_id")
+    (
+        delta_table(spark, locator, "file_inventory").alias("t")
+        .merge(conform(changes, FILE_INVENTORY, carry=["state"]).alias("s"), "t.path = s.path")
+        .whenMatchedUpdate(condition=f"s.state = '{State.MISSING.value}'",
+                           set={"missing_since": "s.missing_since", "run_id": "s.run_id"})
+        .whenMatchedUpdate(set={c: f"s.{c}" for c in listed})
+        .whenNotMatchedInsert(values={f"`{c}`": f"s.`{c}`" for c in FILE_INVENTORY.schema.fieldNames()})
+        .execute()
+    )
+
+
+def fingerprint(settings: Settings, listed: list[DiscoveredFile]) -> str:
+    """A digest of the roots, the globs and every listed file's path, size, mtime and ETag."""
+    sources = settings.sources
+    digest = hashlib.blake2b(repr((sources.roots, sources.include, sources.exclude)).encode(), digest_size=16)
+    for f in listed:
+        digest.update(f"{f.path}\0{f.file_size}\0{f.modification_time}\0{f.etag}\n".encode())
+    return digest.hexdigest()
+
+
+def settle(spark: SparkSession, locator: TableLocator, fingerprint: str) -> None:
+    """Remember (or forget, with "") the listing a completed run left nothing to retry in.
+
+    Written after every table of the stage, so a crash before it leaves the old value and the next
+    run plans in full; the value is a hex digest, never user input.
+    """
+    spark.sql(f"ALTER TABLE {locator.ref('file_inventory')} SET TBLPROPERTIES ('{_SETTLED_LISTING}' = '{fingerprint}')")
+
+
+def settled_listing(spark: SparkSession, locator: TableLocator) -> str:
+    """The fingerprint of the last listing that left nothing to do again ("" when there is none)."""
+    return table_properties(spark, locator, "file_inventory").get(_SETTLED_LISTING, "")
