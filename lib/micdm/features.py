@@ -16,7 +16,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from micdm.acquisition import acquisition_features
-from micdm.config import Settings
+from micdm.config import FeatureSettings, Settings
 from micdm.errors import ConfigError
 from micdm.ids import assign_ids_by_namespace
 from micdm.ownership import release_clashing_ids, remove_site_rows, site_floor, write_site_rows
@@ -55,11 +55,10 @@ def read_algorithm_results(spark: SparkSession, path: str) -> DataFrame:
         "_file", F.lit(path))
 
 
-def algorithm_features(results: DataFrame, occurrences: DataFrame, settings: Settings
+def algorithm_features(results: DataFrame, occurrences: DataFrame, cfg: FeatureSettings
                        ) -> tuple[DataFrame, DataFrame]:
     """(features, quarantine) from imported algorithm results: numbers become measurements, codes
     observations; a result whose series has no image_occurrence is quarantined."""
-    cfg = settings.features
     number = F.col("value_as_number").cast("double")
     missing_key = F.col("series_instance_uid").isNull() | F.col("feature_code").isNull()
     bad = (F.when(missing_key, F.lit(FeatureReason.ALG_MISSING_KEY.value))
@@ -222,11 +221,11 @@ def run(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: 
     instances = present_instances(spark, locator)
     occurrences = read_table(spark, locator, "image_occurrence")
     acquisition = acquisition_features(spark, locator, instances, occurrences, settings.features)
-    reported = report_features(spark, locator, instances, occurrences, settings)
+    reported = report_features(spark, locator, instances, occurrences, settings.features)
     features, quarantine = acquisition.unionByName(reported.features), reported.quarantine
     if settings.features.algorithm_results:
         results = read_algorithm_results(spark, settings.features.algorithm_results)
-        imported, rejected = algorithm_features(results, occurrences, settings)
+        imported, rejected = algorithm_features(results, occurrences, settings.features)
         features = features.unionByName(imported)
         quarantine = quarantine.unionByName(rejected, allowMissingColumns=True)  # results have no SOP UID
     overwrite(locator, "feature_quarantine", quarantine.withColumn("quarantined_at", F.current_timestamp()))

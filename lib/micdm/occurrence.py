@@ -5,7 +5,7 @@ from __future__ import annotations
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from micdm.config import Settings
+from micdm.config import OccurrenceSettings, Settings
 from micdm.ids import assign_ids
 from micdm.stage import StageCounts
 from micdm.tables import TableLocator, merge_into, read_table
@@ -15,14 +15,14 @@ __all__ = ["build_image_occurrence", "run"]
 
 
 def build_image_occurrence(series: DataFrame, links: DataFrame, ids: DataFrame, sites: DataFrame,
-                           settings: Settings) -> DataFrame:
+                           settings: OccurrenceSettings) -> DataFrame:
     """Spec rows from silver series, their links and their ids; unlinked series are left out (see link_exception).
 
     ``sites`` maps anatomy keys (normalised BodyPartExamined, or ``SCHEME:CODE`` of AnatomicRegionSequence)
     to concepts; a coded region wins over the free-text body part, and nothing mapped gives 0.
     """
     linked = links.where(F.col("exception_reason").isNull())
-    root = settings.occurrence.wadors_root
+    root = settings.wadors_root
     wadors = F.concat(F.lit(root.rstrip("/") + "/studies/"), F.col("study_instance_uid")) if root else F.lit(None)
     by_body_part = sites.select(F.col("anatomy_key").alias("body_part"), F.col("anatomic_site_concept_id")
                                 .alias("body_part_site"))
@@ -63,6 +63,6 @@ def run(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: 
     ids = assign_ids(spark, locator, "image_occurrence",
                      linked_series.select(F.col("series_instance_uid").alias("natural_key")))
     sites = anatomy_sites(spark, locator, settings.occurrence.anatomy_vocabulary)
-    rows = build_image_occurrence(linked_series, links, ids, sites, settings)
+    rows = build_image_occurrence(linked_series, links, ids, sites, settings.occurrence)
     merge_into(spark, locator, "image_occurrence", rows, ["image_series_uid"], delete_unmatched=True)
     return {"image_occurrence": read_table(spark, locator, "image_occurrence").count()}

@@ -18,7 +18,7 @@ from pyspark.sql import Column, DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, StructType
 
-from micdm.config import Settings
+from micdm.config import FeatureSettings
 from micdm.dicom.seg import segment_items
 from micdm.dicom.sr import analyse_report
 from micdm.dicom.sr_content import SR_CLASS_PREFIX
@@ -146,9 +146,8 @@ def _quarantine(analysed: DataFrame, unplaced: DataFrame) -> DataFrame:
 
 
 def report_features(spark: SparkSession, locator: TableLocator, instances: DataFrame, occurrences: DataFrame,
-                    settings: Settings) -> ReportFeatures:
+                    cfg: FeatureSettings) -> ReportFeatures:
     """Features, quarantine rows and SR-table parts from every structured report and segmentation."""
-    cfg = settings.features
     analysed = _analysed(spark, locator, instances)
     reports = analysed.select("sop_instance_uid", "series_instance_uid", "study_instance_uid",
                               _content_datetime(F.col("content_date"), F.col("content_time")).alias("created"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from micdm.config import Settings
+from micdm.config import OccurrenceSettings, Settings
 from micdm.stage import StageCounts
 from micdm.tables import TableLocator, overwrite, read_table
 
@@ -32,7 +32,7 @@ def rewrite_prefix(path: Column, rewrites: dict[str, str]) -> Column:
     return rewritten
 
 
-def build_series(instances: DataFrame, settings: Settings) -> DataFrame:
+def build_series(instances: DataFrame, settings: OccurrenceSettings) -> DataFrame:
     """Group instances by series; the representative values are the most common non-NULL ones."""
     def mode(name: str) -> Column:
         return F.mode(F.col(name)).alias(name)
@@ -58,13 +58,13 @@ def build_series(instances: DataFrame, settings: Settings) -> DataFrame:
         mode("manufacturer_model_name"),
         F.array_sort(F.collect_set(_parent(F.col("path")))).alias("_folders"),
     )
-    date, source = image_date(settings.occurrence.date_order)
+    date, source = image_date(settings.date_order)
     # The folder holding the series; when it is spread over folders, their common parent.
     folder = F.when(F.size("_folders") == 1, F.col("_folders")[0]).otherwise(F.expr(_COMMON_FOLDER_SQL))
     return grouped.withColumns({
         "image_date": date,
         "image_date_source": source,
-        "local_path": rewrite_prefix(folder, settings.occurrence.local_path_rewrite),
+        "local_path": rewrite_prefix(folder, settings.local_path_rewrite),
         "updated_at": F.current_timestamp(),
     }).drop("_folders")
 
@@ -88,6 +88,6 @@ def present_instances(spark: SparkSession, locator: TableLocator) -> DataFrame:
 
 def run(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: str) -> StageCounts:
     """Rebuild dicom_series from the present instances in one commit; counts the series."""
-    series = build_series(present_instances(spark, locator), settings)
+    series = build_series(present_instances(spark, locator), settings.occurrence)
     overwrite(locator, "dicom_series", series)
     return {"series": read_table(spark, locator, "dicom_series").count()}
