@@ -26,7 +26,7 @@ from micdm.schema import FEATURE_ROW, INSTANCE_ATTRIBUTE
 from micdm.tables import TableLocator, aggregate, append, conform, delete_keys, overwrite, read_table
 from micdm.vocab import normalise_body_part
 
-__all__ = ["acquisition_features", "refresh_instance_attributes", "selection_id"]
+__all__ = ["acquisition_features", "refresh_instance_attributes", "selection_id", "series_values"]
 
 log = logging.getLogger(__name__)
 

@@ -35,8 +35,7 @@ from micdm.stage import StageCounts
 from micdm.tables import TableLocator, aggregate, append, read_table
 from micdm.vocab import resource_rows, table_concept_id
 
-__all__ = ["CHECKED_TABLES", "CheckResult", "Control", "controls", "export_dqd_thresholds",
-           "run"]
+__all__ = ["CHECKED_TABLES", "CheckResult", "Control", "controls", "evaluate", "export_dqd_thresholds", "run"]
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,8 @@ from pyspark.sql import SparkSession
 from micdm.config import SparkSettings
 from micdm.errors import EnvironmentProblem
 
-__all__ = ["DELTA_PACKAGES", "cache_dir", "check_java", "get_spark", "resolve_delta_jars"]
+__all__ = ["DELTA_PACKAGES", "cache_dir", "check_java", "get_spark", "is_databricks", "is_submitted",
+           "resolve_delta_jars"]
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from micdm.vocab import resource_rows
 
-__all__ = ["SeriesPlan", "SynthSummary", "generate", "plan_patients"]
+__all__ = ["PatientPlan", "SeriesPlan", "StudyPlan", "SynthSummary", "generate", "load_site", "plan_patients"]
 
 _SOP_CLASSES = {
     "CT": "1.2.840.10008.5.1.4.1.1.2",

@@ -21,26 +21,9 @@ from micdm.config import StorageSettings
 from micdm.errors import ConfigError, SchemaMismatchError
 from micdm.schema import CDM_TABLES, TABLES, TableDef
 
-__all__ = [
-    "TableLocator",
-    "aggregate",
-    "append",
-    "as_stored",
-    "conform",
-    "create_table",
-    "delta_table",
-    "init_tables",
-    "load_csv",
-    "may_have_rows",
-    "merge_into",
-    "merge_or_delete",
-    "overwrite",
-    "read_table",
-    "schema_problems",
-    "site_table",
-    "table_problems",
-    "table_properties",
-]
+__all__ = ["TableLocator", "aggregate", "append", "as_stored", "conform", "create_table", "delete_keys", "delta_table",
+           "init_tables", "load_csv", "may_have_rows", "merge_into", "merge_or_delete", "overwrite", "read_table",
+           "schema_problems", "site_table", "table_problems", "table_properties"]
 
 _CDM_NAMES = frozenset(t.name for t in CDM_TABLES)
 

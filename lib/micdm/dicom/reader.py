@@ -43,7 +43,15 @@ from micdm.dicom.sr_content import ContentError, content_rows, is_report
 from micdm.dicom.walker import NeedMoreBytes, NotWalkable, ParsedHeader, walk_header
 from micdm.reasons import FeatureReason
 
-__all__ = ["PERMANENT_ERRORS", "Outcome", "QuarantineReason", "RangeReader", "ReadOptions", "extract_file"]
+__all__ = [
+    "PERMANENT_ERRORS",
+    "Outcome",
+    "QuarantineReason",
+    "RangeReader",
+    "ReadOptions",
+    "extract_file",
+    "quiet_pydicom",
+]
 
 _DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 
