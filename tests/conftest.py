@@ -24,7 +24,7 @@ _NEEDS = {"spark": "spark", "e2e": "e2e", "integration": "servers"}
 _SLOW_FIXTURES = {"demo", "features", "site"}
 #: Spark modules whose own work takes a minute or more.
 _SLOW_MODULES = {"test_damaged_headers.py", "test_bad_input.py", "test_extract.py", "test_acquisition.py",
-                 "test_vocabulary.py"}
+                 "test_link_stage.py", "test_tables.py", "test_vocabulary.py"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
