@@ -337,8 +337,10 @@ class _Written:
     instances: int = 0
     quarantined: int = 0
     bytes_read: int = 0
+    """Bytes fetched from the files read (file_bytes: their whole size)."""
     file_bytes: int = 0
     retry_pending: int = 0
+    """Files quarantined for a reason worth another try: while there are any, the listing is not settled."""
 
 
 def _read_and_write(spark: SparkSession, locator: TableLocator, settings: Settings, plan: inventory.Plan,
