@@ -152,18 +152,18 @@ def read_first_blocks(paths: list[str], sizes: list[int], block_size: int, stora
     found: list[bytes | BaseException | None] = [b""] * len(paths)
     groups: dict[int, tuple[fsspec.AbstractFileSystem | None, list[int], list[str]]] = {}
     for index, path in enumerate(paths):
-        fs, stripped = _locate(path, storage_options)
+        fs, key = _locate(path, storage_options)
         _, indexes, keys = groups.setdefault(id(fs), (fs, [], []))
         indexes.append(index)
-        keys.append(stripped)
+        keys.append(key)
     for fs, indexes, keys in groups.values():
         ends = [min(sizes[i], block_size) for i in indexes]
         if fs is None:
             blocks = _local_first_blocks(keys, ends, concurrency)
         elif _S3Presigner.applies(fs):
-            blocks = fsspec.asyn.sync(fs.loop, _presigned_first_blocks, fs, stripped, ends, concurrency)
+            blocks = fsspec.asyn.sync(fs.loop, _presigned_first_blocks, fs, keys, ends, concurrency)
         else:
-            blocks = fs.cat_ranges(stripped, [0] * len(stripped), ends, batch_size=concurrency, on_error="return")
+            blocks = fs.cat_ranges(keys, [0] * len(keys), ends, batch_size=concurrency, on_error="return")
         for index, block in zip(indexes, blocks, strict=True):
             found[index] = block
     return found
