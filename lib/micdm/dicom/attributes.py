@@ -10,6 +10,7 @@ sequence on the path counts, so a per-frame value of every frame is seen.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import struct
 from collections.abc import Iterable, Iterator
@@ -160,12 +161,8 @@ def parse_attribute(entry: str) -> Attribute:
 def _curated() -> tuple[Attribute, ...]:
     """The ``default`` preset: the shipped table of attributes with their unit and rule."""
     table = resource_rows("acquisition_attributes.csv")
-    return tuple(_with_unit(parse_attribute(f"{row['attribute']}:{row['rule']}"), row["unit"] or None)
+    return tuple(dataclasses.replace(parse_attribute(f"{row['attribute']}:{row['rule']}"), unit=row["unit"] or None)
                  for row in table)
-
-
-def _with_unit(attribute: Attribute, unit: str | None) -> Attribute:
-    return Attribute(attribute.keys, attribute.keywords, attribute.vr, attribute.rule, unit)
 
 
 @cache
@@ -195,7 +192,7 @@ def select_attributes(entries: Iterable[str]) -> tuple[Attribute, ...]:
         if ":" not in entry and known is not None:
             attribute = known
         elif known is not None:
-            attribute = _with_unit(attribute, known.unit)
+            attribute = dataclasses.replace(attribute, unit=known.unit)
         chosen[attribute.source] = attribute
     return tuple(chosen.values())
 
