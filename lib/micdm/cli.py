@@ -29,6 +29,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="setting overrides, e.g. extract.block_size=131072")
     common.add_argument("--dry-run", action="store_true",
                         help="print what would be read and written, and change nothing")
+    common.add_argument("--full-refresh", action="store_true",
+                        help="rebuild from every input, even where nothing changed since the last run")
     commands = parser.add_subparsers(dest="command", required=True, metavar="command")
     commands.add_parser("setup", parents=[common], help="check Java and resolve the Delta jars once (cached)")
     commands.add_parser("init", parents=[common], help="create every table (idempotent)")
@@ -164,8 +166,9 @@ def _run_with_spark(args: argparse.Namespace, settings: Settings) -> None:
 
             results = str((Path(settings.synth.out) / ALGORITHM_RESULTS).resolve())
             settings = replace(settings, features=replace(settings.features, algorithm_results=results))
-    stages = run_pipeline(spark, settings) if args.command in ("run", "demo") else [
-        run_stage(spark, settings, args.command)]
+    refresh = args.full_refresh
+    stages = run_pipeline(spark, settings, refresh) if args.command in ("run", "demo") else [
+        run_stage(spark, settings, args.command, full_refresh=refresh)]
     _print_table([(r.stage, f"{r.seconds:.1f}s", ", ".join(f"{k}={v}" for k, v in r.counts.items()))
                   for r in stages], ("stage", "time", "counts"))
     _summary(spark, settings)

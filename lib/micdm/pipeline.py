@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import uuid
@@ -10,7 +11,7 @@ from pathlib import Path
 
 from pyspark.sql import SparkSession
 
-from micdm import extract, features, link, occurrence, publish, quality, series, vocabulary
+from micdm import extract, features, link, occurrence, publish, quality, series, vocabulary, watermark
 from micdm.config import Settings
 from micdm.report import write_report
 from micdm.stage import Stage, StageCounts
@@ -49,7 +50,8 @@ STAGE_TABLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "extract": (("file_inventory", "dicom_instance", "dicom_quarantine"),
                 ("dicom_instance", "dicom_quarantine", "sr_content_item", "file_inventory")),
     "series": (("dicom_instance", "file_inventory"), ("dicom_series",)),
-    "link": (("dicom_series", "person", "procedure_occurrence", "visit_occurrence", "concept", "id_map"),
+    "link": (("dicom_series", "person", "procedure_occurrence", "visit_occurrence", "concept", "concept_ancestor",
+              "id_map"),
              ("series_link", "link_exception", "link_report", "procedure_occurrence", "id_map")),
     "occurrence": (("dicom_series", "series_link", "concept", "concept_relationship", "id_map"),
                    ("image_occurrence", "id_map")),
@@ -63,18 +65,44 @@ STAGE_TABLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 
 
+def _inputs(spark: SparkSession, locator: TableLocator, settings: Settings, stage: str) -> watermark.Watermark:
+    """The watermark of what ``stage`` reads: its tables, the site's crosswalks, the algorithm results file."""
+    cfg = settings.occurrence
+    crosswalks = [name for name in (cfg.person_crosswalk, cfg.accession_crosswalk) if name] if stage == "link" else []
+    files = [settings.features.algorithm_results] if stage == "features" and settings.features.algorithm_results \
+        else []
+    return watermark.current(spark, locator, settings, STAGE_TABLES[stage][0], crosswalks, files)
+
+
 def run_stage(spark: SparkSession, settings: Settings, stage: str, init: bool = True,
-              run_id: str | None = None) -> StageResult:
+              run_id: str | None = None, full_refresh: bool = False) -> StageResult:
     """Run one stage (tables are created first if missing, unless ``init`` is False) and time it.
 
-    The caller holds the run lock (micdm.runlock.exclusive_run), as the CLI and the jobs do.
+    A stage whose inputs are as they were after its last successful run is skipped (micdm.watermark),
+    unless ``full_refresh``; extract always lists its sources, and with ``full_refresh`` reads every file
+    again. The caller holds the run lock (micdm.runlock.exclusive_run), as the CLI and the jobs do.
     """
     locator = TableLocator(settings.storage)
     if init:
         init_tables(spark, locator)
-    log.info("%s starting", stage)
+    run_id = run_id or uuid.uuid4().hex
     started = time.monotonic()
-    counts = STAGES[stage](spark, locator, settings, run_id or uuid.uuid4().hex)
+    tracked = stage != "extract"
+    if tracked and not full_refresh:
+        last = watermark.stored(spark, locator, stage)
+        changes = _inputs(spark, locator, settings, stage).changes_from(last[0] if last else None)
+        if not changes and last is not None:
+            result = StageResult(stage, time.monotonic() - started, {"skipped": f"nothing changed since run {last[1]}"})
+            log.info("%s skipped: its inputs are as they were after run %s", stage, last[1])
+            return result
+        log.info("%s starting (changed since its last run: %s)", stage, ", ".join(changes))
+    else:
+        log.info("%s starting%s", stage, " (full refresh)" if full_refresh else "")
+    if stage == "extract" and full_refresh:
+        settings = dataclasses.replace(settings, extract=dataclasses.replace(settings.extract, full_refresh=True))
+    counts = STAGES[stage](spark, locator, settings, run_id)
+    if tracked:
+        watermark.record(spark, locator, stage, _inputs(spark, locator, settings, stage), run_id)
     result = StageResult(stage, time.monotonic() - started, counts)
     log.info("%s done in %.1fs: %s", stage, result.seconds, counts)
     return result
@@ -89,7 +117,7 @@ def report_folder(settings: Settings) -> Path | None:
     return None if settings.storage.catalog else Path(settings.storage.warehouse) / "reports"
 
 
-def run_pipeline(spark: SparkSession, settings: Settings) -> list[StageResult]:
+def run_pipeline(spark: SparkSession, settings: Settings, full_refresh: bool = False) -> list[StageResult]:
     """Every stage in order, then the run report (written even when a stage fails, with what there is).
 
     The caller holds the run lock, as for run_stage.
@@ -100,7 +128,7 @@ def run_pipeline(spark: SparkSession, settings: Settings) -> list[StageResult]:
     results: list[StageResult] = []
     try:
         for stage in STAGES:
-            results.append(run_stage(spark, settings, stage, init=False, run_id=run_id))
+            results.append(run_stage(spark, settings, stage, init=False, run_id=run_id, full_refresh=full_refresh))
     finally:
         folder = report_folder(settings)
         if folder is not None:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from micdm.tables import TableLocator, read_table
@@ -93,16 +93,23 @@ def _failures_first(quality: Sequence[tuple]) -> list[tuple]:
     return sorted(quality, key=lambda q: (order.get(q[-1], 2), q[-2] != "fatal", q[0], q[1], q[2] or ""))
 
 
+def _latest(results: DataFrame, at: str) -> DataFrame:
+    """The rows of the last run that wrote any: this run's, or an earlier one's when this run skipped the
+    stage because nothing had changed."""
+    latest = results.orderBy(F.col(at).desc()).select("run_id").limit(1)
+    return results.join(latest, "run_id", "left_semi")
+
+
 def write_report(spark: SparkSession, locator: TableLocator, run_id: str,
                  stages: Sequence[tuple[str, float, dict[str, Any]]], folder: str | Path) -> Path:
     """Gather the run's figures from the tables and write ``<folder>/micdm-run-<run_id>.html``."""
     quarantine = [(r["reason"], r["count"]) for r in read_table(spark, locator, "dicom_quarantine")
                   .groupBy("reason").count().orderBy(F.desc("count")).collect()]
-    report = read_table(spark, locator, "link_report").where(F.col("run_id") == run_id)
+    report = _latest(read_table(spark, locator, "link_report"), "reported_at")
     linkage = [(r["kind"], r["name"], r["series"], r["studies"]) for r in report.orderBy("kind", "name").collect()]
     quality = [(r["check_name"], r["table_name"], r["field_name"], r["rows_violated"], r["rows_checked"],
-                r["threshold"], r["severity"], r["status"]) for r in read_table(spark, locator, "dq_result")
-               .where(F.col("run_id") == run_id).collect()]
+                r["threshold"], r["severity"], r["status"]) for r in _latest(read_table(spark, locator, "dq_result"),
+                                                                             "checked_at").collect()]
     instances = read_table(spark, locator, "dicom_instance")
     distributions: dict[str, Sequence[tuple[Any, ...]]] = {
         column: [(r[column] if r[column] is not None else "(none)", r["count"]) for r in instances.groupBy(column)

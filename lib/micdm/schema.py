@@ -801,6 +801,16 @@ SITE_ROW = table("site_row", "bookkeeping", """
     written_at    datetime   required
 """)
 
+#: Each stage's watermark after its last successful run (micdm.watermark): one row per stage.
+STAGE_STATE = table("stage_state", "bookkeeping", """
+    stage            string     required
+    run_id           string     required
+    inputs           string     required
+    settings_digest  string     required
+    micdm_version    string     required
+    finished_at      datetime   required
+""")
+
 PIPELINE_TABLES = (
     FILE_INVENTORY,
     DICOM_INSTANCE,
@@ -816,6 +826,7 @@ PIPELINE_TABLES = (
     DQ_RESULT,
     ID_MAP,
     SITE_ROW,
+    STAGE_STATE,
 )
 
 #: Every persistent table by name.

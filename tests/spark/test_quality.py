@@ -15,9 +15,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_demo_output_passes_every_fatal_check(spark, demo) -> None:
-    """The quality stage of the demo's last pipeline run, read from dq_result (the demo is not run again)."""
+    """The quality stage of the demo's pipeline run, read from dq_result (the demo is not run again)."""
     locator = demo["locator"]
-    counts = {r.stage: r.counts for r in demo["second"]}["quality"]
+    counts = {r.stage: r.counts for r in demo["first"]}["quality"]
     results = read_table(spark, locator, "dq_result").toPandas()
     results = results[results["checked_at"] == results["checked_at"].max()]
     assert len(results) == counts["checks"] > 200
