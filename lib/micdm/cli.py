@@ -169,8 +169,8 @@ def _run_with_spark(args: argparse.Namespace, settings: Settings) -> None:
     refresh = args.full_refresh
     stages = run_pipeline(spark, settings, refresh) if args.command in ("run", "demo") else [
         run_stage(spark, settings, args.command, full_refresh=refresh)]
-    _print_table([(r.stage, f"{r.seconds:.1f}s", ", ".join(f"{k}={v}" for k, v in r.counts.items()))
-                  for r in stages], ("stage", "time", "counts"))
+    _print_table([(r.stage, f"{r.seconds:.1f}s", str(r.spark_jobs), ", ".join(f"{k}={v}" for k, v in r.counts.items()))
+                  for r in stages], ("stage", "time", "jobs", "counts"))
     _summary(spark, settings)
 
 

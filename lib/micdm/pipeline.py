@@ -28,6 +28,8 @@ class StageResult:
     stage: str
     seconds: float
     counts: StageCounts = field(default_factory=dict)
+    spark_jobs: int = 0
+    """Spark jobs the stage started (the watermark's included): its fixed cost, whatever the data."""
 
 
 #: The stages in the order a run takes them; each is its module's ``run`` (see micdm.stage).
@@ -74,6 +76,10 @@ def _inputs(spark: SparkSession, locator: TableLocator, settings: Settings, stag
     return watermark.current(spark, locator, settings, STAGE_TABLES[stage][0], crosswalks, files)
 
 
+#: Stored watermarks by stage, with the run that left each (micdm.watermark).
+_Marks = dict[str, tuple[watermark.Watermark, str]]
+
+
 def run_stage(spark: SparkSession, settings: Settings, stage: str, init: bool = True,
               run_id: str | None = None, full_refresh: bool = False) -> StageResult:
     """Run one stage (tables are created first if missing, unless ``init`` is False) and time it.
@@ -85,27 +91,49 @@ def run_stage(spark: SparkSession, settings: Settings, stage: str, init: bool = 
     locator = TableLocator(settings.storage)
     if init:
         init_tables(spark, locator)
-    run_id = run_id or uuid.uuid4().hex
-    started = time.monotonic()
-    tracked = stage != "extract"
-    if tracked and not full_refresh:
-        last = watermark.stored(spark, locator, stage)
-        changes = _inputs(spark, locator, settings, stage).changes_from(last[0] if last else None)
-        if not changes and last is not None:
-            result = StageResult(stage, time.monotonic() - started, {"skipped": f"nothing changed since run {last[1]}"})
-            log.info("%s skipped: its inputs are as they were after run %s", stage, last[1])
-            return result
-        log.info("%s starting (changed since its last run: %s)", stage, ", ".join(changes))
-    else:
-        log.info("%s starting%s", stage, " (full refresh)" if full_refresh else "")
-    if stage == "extract" and full_refresh:
-        settings = dataclasses.replace(settings, extract=dataclasses.replace(settings.extract, full_refresh=True))
-    counts = STAGES[stage](spark, locator, settings, run_id)
-    if tracked:
-        watermark.record(spark, locator, stage, _inputs(spark, locator, settings, stage), run_id)
-    result = StageResult(stage, time.monotonic() - started, counts)
-    log.info("%s done in %.1fs: %s", stage, result.seconds, counts)
+    done: _Marks = {}
+    result = _timed_stage(spark, locator, settings, stage, run_id or uuid.uuid4().hex, full_refresh,
+                          watermark.stored(spark, locator), done)
+    watermark.record(spark, locator, done)
     return result
+
+
+def _timed_stage(spark: SparkSession, locator: TableLocator, settings: Settings, stage: str, run_id: str,
+                 full_refresh: bool, marks: _Marks, done: _Marks) -> StageResult:
+    """Run (or skip) one stage, counting its Spark jobs; its new watermark goes into ``done``."""
+    group = f"micdm-{run_id}-{stage}"
+    context = spark.sparkContext
+    context.setJobGroup(group, f"micdm {stage}")
+    started = time.monotonic()
+    try:
+        counts = _run_unless_unchanged(spark, locator, settings, stage, run_id, full_refresh, marks, done)
+    finally:
+        context.setLocalProperty("spark.jobGroup.id", None)  # type: ignore[arg-type]
+        context.setLocalProperty("spark.job.description", None)  # type: ignore[arg-type]
+    result = StageResult(stage, time.monotonic() - started, counts,
+                         len(context.statusTracker().getJobIdsForGroup(group)))
+    log.info("%s done in %.1fs, %d Spark jobs: %s", stage, result.seconds, result.spark_jobs, counts)
+    return result
+
+
+def _run_unless_unchanged(spark: SparkSession, locator: TableLocator, settings: Settings, stage: str, run_id: str,
+                          full_refresh: bool, marks: _Marks, done: _Marks) -> StageCounts:
+    if stage == "extract":
+        if full_refresh:
+            settings = dataclasses.replace(settings, extract=dataclasses.replace(settings.extract, full_refresh=True))
+        log.info("extract starting%s", " (full refresh)" if full_refresh else "")
+        return STAGES[stage](spark, locator, settings, run_id)
+    before = _inputs(spark, locator, settings, stage)
+    last = marks.get(stage)
+    changes = before.changes_from(last[0] if last else None)
+    if last is not None and not changes and not full_refresh:
+        log.info("%s skipped: its inputs are as they were after run %s", stage, last[1])
+        return {"skipped": f"nothing changed since run {last[1]}"}
+    log.info("%s starting (%s)", stage, "full refresh" if full_refresh else f"changed: {', '.join(changes)}")
+    counts = STAGES[stage](spark, locator, settings, run_id)
+    reads, writes = STAGE_TABLES[stage]
+    done[stage] = (watermark.refreshed(spark, locator, before, set(reads) & set(writes)), run_id)
+    return counts
 
 
 def report_folder(settings: Settings) -> Path | None:
@@ -126,10 +154,12 @@ def run_pipeline(spark: SparkSession, settings: Settings, full_refresh: bool = F
     init_tables(spark, locator)
     run_id = uuid.uuid4().hex
     results: list[StageResult] = []
+    marks, done = watermark.stored(spark, locator), _Marks()
     try:
         for stage in STAGES:
-            results.append(run_stage(spark, settings, stage, init=False, run_id=run_id, full_refresh=full_refresh))
+            results.append(_timed_stage(spark, locator, settings, stage, run_id, full_refresh, marks, done))
     finally:
+        watermark.record(spark, locator, done)  # the stages that succeeded need not run again
         folder = report_folder(settings)
         if folder is not None:
             try:

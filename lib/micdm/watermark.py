@@ -5,8 +5,9 @@ rows for a table that is not Delta), a digest of the settings it depends on, the
 tables (algorithm results), and micdm's version. When all of them equal the stored watermark, the
 stage's inputs are what they were after its last successful run, so its output would be the same.
 
-The versions are taken after the stage ran: a table the stage writes and reads again (procedure_occurrence,
-measurement) then counts the stage's own commit as seen. id_map and site_row are left out: every commit to
+The versions are read before the stage runs, so that a site's commit during the run is seen as a change
+the next time; a table the stage writes and reads again (procedure_occurrence, measurement) is read again
+after the run, so that the stage's own commit counts as seen. id_map and site_row are left out: every commit to
 them comes with a commit to the table the ids belong to, which is an input where it matters.
 """
 
@@ -18,15 +19,16 @@ import json
 import logging
 from collections.abc import Iterable
 
+from py4j.protocol import Py4JJavaError
 from pyspark.errors import AnalysisException
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from micdm import __version__
 from micdm.config import Settings
-from micdm.tables import TableLocator, aggregate, merge_into, read_table
+from micdm.tables import TableLocator, aggregate, delta_table, merge_into, read_table
 
-__all__ = ["Watermark", "current", "record", "stored"]
+__all__ = ["Watermark", "current", "record", "refreshed", "stored"]
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +68,25 @@ def _settings_digest(settings: Settings) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _table_version(spark: SparkSession, ref: str) -> str:
-    """``v<n>`` for a Delta table; for anything else (a view, Parquet) a digest of its rows, which reads them."""
+def _history_version(spark: SparkSession, locator: TableLocator, name: str) -> str | None:
+    """The last commit's version of a Delta table (one small job on the table's log); None when not Delta."""
+    try:
+        last = delta_table(spark, locator, name).history(1).select("version").first()
+    except (AnalysisException, Py4JJavaError):
+        return None
+    return f"v{last['version']}" if last is not None else "v-"
+
+
+def _site_version(spark: SparkSession, ref: str) -> str | None:
     try:
         last = spark.sql(f"DESCRIBE HISTORY {ref} LIMIT 1").select("version").first()
-        return f"v{last['version']}" if last is not None else "v-"
     except AnalysisException:
-        pass
+        return None
+    return f"v{last['version']}" if last is not None else "v-"
+
+
+def _digest(spark: SparkSession, ref: str) -> str:
+    """For a table that is not Delta (a view, Parquet): a digest of its rows, which reads them all."""
     try:
         frame = spark.table(ref)
         row = aggregate(frame, F.count(F.lit(1)).alias("n"), F.sum(F.xxhash64(*frame.columns)).alias("h"))
@@ -96,24 +110,36 @@ def current(spark: SparkSession, locator: TableLocator, settings: Settings, tabl
             site_tables: Iterable[str] = (), files: Iterable[str] = ()) -> Watermark:
     """The watermark of the given inputs now: micdm's and the CDM's ``tables``, the site's own
     ``site_tables`` (crosswalks) and ``files``."""
-    inputs = {name: _table_version(spark, locator.ref(name)) for name in tables if name not in _BOOKKEEPING}
-    inputs |= {f"site:{name}": _table_version(spark, locator.site_ref(name)) for name in site_tables}
-    inputs |= {f"file:{path}": _files_version(spark, path) for path in files}
-    return Watermark(inputs, _settings_digest(settings))
+    return Watermark(_versions(spark, locator, tables, site_tables, files), _settings_digest(settings))
 
 
-def stored(spark: SparkSession, locator: TableLocator, stage: str) -> tuple[Watermark, str] | None:
-    """The stage's watermark after its last successful run and that run's id; None before the first."""
-    row = read_table(spark, locator, "stage_state").where(F.col("stage") == stage).first()
-    if row is None:
-        return None
-    return Watermark(json.loads(row["inputs"]), row["settings_digest"], row["micdm_version"]), row["run_id"]
+def _versions(spark: SparkSession, locator: TableLocator, tables: Iterable[str], site_tables: Iterable[str] = (),
+              files: Iterable[str] = ()) -> dict[str, str]:
+    inputs = {name: _history_version(spark, locator, name) or _digest(spark, locator.ref(name))
+              for name in tables if name not in _BOOKKEEPING}
+    inputs |= {f"site:{name}": _site_version(spark, locator.site_ref(name)) or _digest(spark, locator.site_ref(name))
+               for name in site_tables}
+    return inputs | {f"file:{path}": _files_version(spark, path) for path in files}
 
 
-def record(spark: SparkSession, locator: TableLocator, stage: str, watermark: Watermark, run_id: str) -> None:
-    """Store the watermark of a stage that has just succeeded (one row per stage)."""
-    row = spark.createDataFrame([(stage, run_id, json.dumps(watermark.inputs, sort_keys=True),
-                                  watermark.settings_digest, watermark.micdm_version)],
-                                "stage string, run_id string, inputs string, settings_digest string, "
-                                "micdm_version string").withColumn("finished_at", F.current_timestamp())
-    merge_into(spark, locator, "stage_state", row, ["stage"])
+def refreshed(spark: SparkSession, locator: TableLocator, mark: Watermark, tables: Iterable[str]) -> Watermark:
+    """``mark`` with the versions of ``tables`` read again: those a stage has just written and reads too."""
+    again = [name for name in tables if name in mark.inputs]
+    return dataclasses.replace(mark, inputs=mark.inputs | _versions(spark, locator, again))
+
+
+def stored(spark: SparkSession, locator: TableLocator) -> dict[str, tuple[Watermark, str]]:
+    """Every stage's watermark after its last successful run, with that run's id (one read)."""
+    return {row["stage"]: (Watermark(json.loads(row["inputs"]), row["settings_digest"], row["micdm_version"]),
+                           row["run_id"]) for row in read_table(spark, locator, "stage_state").collect()}
+
+
+def record(spark: SparkSession, locator: TableLocator, marks: dict[str, tuple[Watermark, str]]) -> None:
+    """Store the watermarks of stages that have just succeeded (one row per stage, one commit)."""
+    if not marks:
+        return
+    rows = spark.createDataFrame([(stage, run_id, json.dumps(mark.inputs, sort_keys=True), mark.settings_digest,
+                                   mark.micdm_version) for stage, (mark, run_id) in sorted(marks.items())],
+                                 "stage string, run_id string, inputs string, settings_digest string, "
+                                 "micdm_version string").withColumn("finished_at", F.current_timestamp())
+    merge_into(spark, locator, "stage_state", rows, ["stage"])
