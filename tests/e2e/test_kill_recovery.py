@@ -16,12 +16,13 @@ import time
 from pathlib import Path
 
 import pytest
-from pyspark.sql import DataFrame
 
 from micdm.config import load_settings
 from micdm.pipeline import run_pipeline
 from micdm.synth import generate, load_site
 from micdm.tables import TableLocator, read_table
+
+from support.snapshots import COMPARED, difference
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -34,28 +35,6 @@ KILLS = [
     (r"occurrence starting", 1.5, "mid-MERGE of image_occurrence"),
     (r"features starting", 3.0, "mid-features (measurement, observation, image_feature)"),
 ]
-
-#: Tables a run rewrites to the same content; link_report and dq_result gain rows per run by design.
-COMPARED = ("dicom_instance", "dicom_quarantine", "file_inventory", "dicom_series", "series_link", "link_exception",
-            "procedure_occurrence", "image_occurrence", "measurement", "observation", "image_feature",
-            "feature_quarantine", "id_map", "sr_content_item", "sr_measurement_group", "sr_quantitative",
-            "sr_qualitative")
-#: Each compared table's key, which no row may repeat (exceptAll below also compares row multiplicity).
-KEYS = {"dicom_instance": ["path"], "dicom_quarantine": ["path"], "file_inventory": ["path"],
-        "dicom_series": ["series_instance_uid"], "series_link": ["image_series_uid"],
-        "link_exception": ["image_series_uid"], "procedure_occurrence": ["procedure_occurrence_id"],
-        "image_occurrence": ["image_occurrence_id"], "measurement": ["measurement_id"],
-        "observation": ["observation_id"], "image_feature": ["image_feature_id"],
-        "id_map": ["namespace", "natural_key"], "sr_content_item": ["path", "position"],
-        "sr_measurement_group": ["sop_instance_uid", "finding_group"],
-        "sr_quantitative": ["sop_instance_uid", "position"], "sr_qualitative": ["sop_instance_uid", "position"]}
-
-
-def _comparable(df: DataFrame) -> DataFrame:
-    """The table without what depends on when or in which run a row was written."""
-    volatile = [c for c in df.columns if c == "run_id" or c.endswith("_at") or c == "first_seen"]
-    return df.drop(*volatile)
-
 
 def _cli(*args: str, **popen: object) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "micdm.cli", *args], text=True, start_new_session=True,
@@ -113,15 +92,11 @@ def test_killed_runs_then_a_rerun_equal_an_uninterrupted_run(spark, tmp_path: Pa
     assert "another micdm run is writing to" in refused[0].stderr
 
     run_pipeline(spark, crashed_settings)  # the re-run after the last kill
-    duplicates = 0
-    for name in COMPARED:
-        expected = _comparable(read_table(spark, baseline, name))
-        actual = _comparable(read_table(spark, crashed, name))
-        if name in KEYS:
-            duplicates += actual.count() - actual.select(*KEYS[name]).distinct().count()
-        missing, extra = expected.exceptAll(actual).count(), actual.exceptAll(expected).count()
-        assert (missing, extra) == (0, 0), f"{name}: {missing} rows missing, {extra} extra after the kills"
-    assert duplicates == 0
+    differences = {name: difference(read_table(spark, baseline, name), read_table(spark, crashed, name), name)
+                   for name in COMPARED}
+    assert {name: found for name, found in differences.items() if any(found)} == {}, \
+        "(rows missing, extra, duplicated) after the kills"
+    duplicates = sum(duplicated for _, _, duplicated in differences.values())
     occurrences = read_table(spark, crashed, "image_occurrence")
     assert occurrences.count() == read_table(spark, crashed, "series_link").where("exception_reason IS NULL").count()
     assert occurrences.join(read_table(spark, crashed, "image_feature"), "image_occurrence_id", "left_anti").count() \
