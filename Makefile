@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 CONFIG ?= conf/local.yml
 
-.PHONY: demo test test-fast lint bench bench-acquisition setup clean
+.PHONY: demo test test-fast lint bench bench-acquisition bench-pipeline setup clean
 
 $(INSTALLED): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "micdm needs Python 3.11 or newer, found " + sys.version.split()[0])'
@@ -39,3 +39,6 @@ bench: setup
 
 bench-acquisition: setup
 	$(BIN)/python bench/acquisition_bench.py
+
+bench-pipeline: setup
+	$(BIN)/python bench/pipeline_bench.py

@@ -1,0 +1,188 @@
+"""The whole pipeline on synthetic archives of three sizes, each run as a user runs it: a fresh `micdm run`.
+
+Reproduce with ``make bench-pipeline`` (or ``.venv/bin/python bench/pipeline_bench.py``; ``--sizes small``
+for one size). Figures go to bench/results/pipeline.json and bench/results/pipeline.md after each size;
+nothing here passes or fails a test.
+
+Per size: ``micdm synth`` (headers only, ``synth.pixels=none``, ``max_instances_per_series`` to get many
+series cheaply) with 1 % of the patients' folders held back, then four runs, each a new process:
+full (first run on an empty warehouse), nothing new, 1 % new files (the held-back folders arrive),
+1 % of the CDM's procedures changed (their date moved by a day, as a site reload would). For each run:
+seconds and Spark jobs per stage (from the CLI's stage table), wall time of the process, and the peak
+resident memory of the JVM (driver and local executor) and of the largest Python worker, sampled from
+/proc every half second (Linux only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results"
+MICDM = [sys.executable, "-m", "micdm.cli"]
+#: name -> (patients, max_instances_per_series)
+SIZES = {"small": (300, 16), "medium": (1000, 24), "large": (3000, 24)}
+RUNS = ("full", "nothing new", "1% new files", "1% procedures changed")
+_STAGE_LINE = re.compile(r"^(\w+)\s+([\d.]+)s\s+(\d+)\s")
+
+
+class _PeakMemory(threading.Thread):
+    """Largest resident set of the JVM and of one Python worker under a process, sampled from /proc."""
+
+    def __init__(self, root: int) -> None:
+        super().__init__(daemon=True)
+        self.root, self.jvm, self.worker = root, 0, 0
+        self.running = True
+
+    def _tree(self) -> list[int]:
+        parents: dict[int, int] = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    stat = Path(f"/proc/{entry}/stat").read_text()
+                    parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+                except (OSError, ValueError, IndexError):
+                    continue
+        found, frontier = [], [self.root]
+        while frontier:
+            pid = frontier.pop()
+            found.append(pid)
+            frontier.extend(child for child, parent in parents.items() if parent == pid)
+        return found
+
+    def run(self) -> None:
+        while self.running:
+            for pid in self._tree():
+                if pid == self.root:
+                    continue
+                try:
+                    command = Path(f"/proc/{pid}/cmdline").read_bytes()
+                    status = Path(f"/proc/{pid}/status").read_text()
+                except OSError:
+                    continue
+                rss = next((int(line.split()[1]) * 1024 for line in status.splitlines()
+                            if line.startswith("VmRSS:")), 0)
+                if b"java" in command.split(b"\0")[0]:
+                    self.jvm = max(self.jvm, rss)
+                elif b"python" in command:
+                    self.worker = max(self.worker, rss)
+            time.sleep(0.5)
+
+
+def _micdm(*args: str, cwd: Path) -> dict:
+    """Run the CLI in a new process; its wall time, stage table and peak memory."""
+    started = time.monotonic()
+    process = subprocess.Popen([*MICDM, *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    memory = _PeakMemory(process.pid)
+    memory.start()
+    out, err = process.communicate()
+    memory.running = False
+    if process.returncode != 0:
+        raise RuntimeError(f"micdm {' '.join(args)} failed ({process.returncode}):\n{err[-3000:]}")
+    stages = {m.group(1): {"seconds": float(m.group(2)), "jobs": int(m.group(3))}
+              for m in map(_STAGE_LINE.match, out.splitlines()) if m}
+    return {"wall_seconds": round(time.monotonic() - started, 1), "stages": stages,
+            "jvm_peak_mb": round(memory.jvm / 2**20), "python_worker_peak_mb": round(memory.worker / 2**20)}
+
+
+def shift_procedures(warehouse: str) -> int:
+    """Move 1 % of the CDM's procedures (every hundredth id) by a day; returns how many moved."""
+    from micdm.config import load_settings
+    from micdm.spark import get_spark
+    from micdm.tables import TableLocator, delta_table
+
+    settings = load_settings(REPO / "conf" / "local.yml", [f"storage.warehouse={warehouse}"])
+    spark = get_spark(settings.spark)
+    table = delta_table(spark, TableLocator(settings.storage), "procedure_occurrence")
+    condition = "procedure_occurrence_id % 100 = 0"
+    moved = table.toDF().where(condition).count()
+    table.update(condition, {"procedure_date": "date_add(procedure_date, 1)"})
+    return moved
+
+
+def _size(name: str, patients: int, cap: int, work: Path) -> dict:
+    folder = work / name
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    common = ["--config", str(REPO / "conf" / "local.yml"), f"storage.warehouse={folder / 'warehouse'}",
+              f"synth.out={folder / 'export'}", f"synth.patients={patients}", "synth.pixels=none",
+              f"synth.max_instances_per_series={cap}", f"sources.roots=[{folder / 'export' / 'dicom'}]",
+              f"report.folder={folder / 'reports'}"]
+    started = time.monotonic()
+    _micdm("synth", *common, cwd=folder)
+    synth_seconds = time.monotonic() - started
+    patient_folders = sorted((folder / "export" / "dicom").iterdir())
+    held = patient_folders[::100]
+    for path in held:
+        shutil.move(path, folder / path.name)
+    files = sum(1 for _ in (folder / "export" / "dicom").rglob("*.dcm"))
+    arriving = sum(1 for path in held for _ in (folder / path.name).rglob("*.dcm"))
+    runs = {"full": _micdm("run", *common, cwd=folder), "nothing new": _micdm("run", *common, cwd=folder)}
+    for path in held:
+        shutil.move(folder / path.name, path)
+    runs["1% new files"] = _micdm("run", *common, cwd=folder)
+    moved = subprocess.run([sys.executable, __file__, "--shift-procedures", str(folder / "warehouse")],
+                           check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+    runs["1% procedures changed"] = _micdm("run", *common, cwd=folder)
+    return {"patients": patients, "max_instances_per_series": cap, "files_first_run": files,
+            "files_arriving": arriving, "procedures_moved": int(moved), "synth_seconds": round(synth_seconds, 1),
+            "runs": runs}
+
+
+def _markdown(results: dict) -> str:
+    lines = [f"# Pipeline benchmark ({results['date']})", "",
+             f"Command: `{results['command']}`. Machine: {results['machine']}. Every run is a fresh `micdm run` "
+             "process; seconds per stage as the CLI prints them (jobs: Spark jobs the stage started).", ""]
+    stages = ("vocabulary", "extract", "series", "link", "occurrence", "features", "publish", "quality")
+    for name, size in results["sizes"].items():
+        lines += [f"## {name}: {size['files_first_run'] + size['files_arriving']:,} files, {size['patients']:,} "
+                  f"patients (max {size['max_instances_per_series']} instances per series)", "",
+                  "| run | wall s | " + " | ".join(stages) + " | stages s | JVM peak MB | worker peak MB |",
+                  "|---|---|" + "---|" * len(stages) + "---|---|---|"]
+        for run, figures in size["runs"].items():
+            cells = [f"{figures['stages'][s]['seconds']:.1f} ({figures['stages'][s]['jobs']})"
+                     if s in figures["stages"] else "-" for s in stages]
+            total = sum(stage["seconds"] for stage in figures["stages"].values())
+            lines.append(f"| {run} | {figures['wall_seconds']} | " + " | ".join(cells)
+                         + f" | {total:.1f} | {figures['jvm_peak_mb']} | {figures['python_worker_peak_mb']} |")
+        full = sum(s["seconds"] for s in size["runs"]["full"]["stages"].values())
+        shares = ", ".join(f"{run}: {sum(s['seconds'] for s in size['runs'][run]['stages'].values()) / full:.0%}"
+                           for run in RUNS[1:] if run in size["runs"])
+        lines += ["", f"Share of the full run's stage seconds: {shares}.", ""]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default=",".join(SIZES), help=f"comma-separated, of {', '.join(SIZES)}")
+    parser.add_argument("--work", default=None, help="scratch folder (default: a folder under the system temp)")
+    parser.add_argument("--shift-procedures", metavar="WAREHOUSE", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.shift_procedures:
+        print(shift_procedures(args.shift_procedures))
+        return
+    work = Path(args.work or Path(os.environ.get("TMPDIR", "/tmp")) / "micdm-pipeline-bench")
+    results: dict = {"date": dt.date.today().isoformat(), "command": " ".join(["python", "bench/pipeline_bench.py",
+                                                                                *sys.argv[1:]]),
+                     "machine": f"{os.cpu_count()} cores, {platform.system()} {platform.machine()}", "sizes": {}}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    for name in args.sizes.split(","):
+        results["sizes"][name] = _size(name, *SIZES[name], work)
+        (RESULTS / "pipeline.json").write_text(json.dumps(results, indent=2) + "\n")
+        (RESULTS / "pipeline.md").write_text(_markdown(results))
+        print(_markdown(results))
+
+
+if __name__ == "__main__":
+    main()

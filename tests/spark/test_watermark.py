@@ -1,0 +1,46 @@
+"""Stage watermarks: a stage runs again exactly when something it reads changed, or when asked to."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from micdm import watermark
+from micdm.pipeline import run_stage
+from micdm.tables import append
+
+
+def _ran(spark, settings, stage: str, **options) -> bool:
+    return "skipped" not in run_stage(spark, settings, stage, init=False, **options).counts
+
+
+def test_a_stage_runs_again_only_when_an_input_changed(spark, empty) -> None:
+    settings, locator = empty
+    assert _ran(spark, settings, "series") and _ran(spark, settings, "link"), "no earlier run"
+    assert not _ran(spark, settings, "link")
+    assert _ran(spark, settings, "link", full_refresh=True)
+    assert not _ran(spark, settings, "link")
+    append(locator, "person", spark.createDataFrame(
+        [(1, 8507, 1950, 0, 0, "MRN1")], "person_id int, gender_concept_id int, year_of_birth int, "
+        "race_concept_id int, ethnicity_concept_id int, person_source_value string"))
+    assert _ran(spark, settings, "link"), "the site's person table changed"
+    assert not _ran(spark, settings, "series"), "series does not read person"
+    changed = dataclasses.replace(settings, occurrence=dataclasses.replace(settings.occurrence,
+                                                                          link_window_days=3))
+    assert _ran(spark, changed, "link"), "a setting changed"
+    assert not _ran(spark, changed, "link")
+    stored = watermark.stored(spark, locator)
+    assert set(stored) == {"link", "series"}
+    assert stored["link"][0].inputs["person"] == "v1" and "id_map" not in stored["link"][0].inputs
+
+
+def test_the_algorithm_results_file_is_an_input(spark, empty, tmp_path: Path) -> None:
+    settings, locator = empty
+    results = tmp_path / "results.csv"
+    results.write_text("a,b\n1,2\n")
+    before = watermark.current(spark, locator, settings, ["image_occurrence"], files=[str(results)])
+    results.write_text("a,b\n1,2\n3,4\n")
+    after = watermark.current(spark, locator, settings, ["image_occurrence"], files=[str(results)])
+    assert after.changes_from(before) == [f"file:{results}"]
+    assert after.changes_from(after) == []
+    assert after.changes_from(None) == ["no earlier run"]
