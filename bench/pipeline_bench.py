@@ -4,13 +4,13 @@ Reproduce with ``make bench-pipeline`` (or ``.venv/bin/python bench/pipeline_ben
 for one size). Figures go to bench/results/pipeline.json and bench/results/pipeline.md after each size;
 nothing here passes or fails a test.
 
-Per size: ``micdm synth`` (headers only, ``synth.pixels=none``, ``max_instances_per_series`` to get many
-series cheaply) with 1 % of the patients' folders held back, then four runs, each a new process:
-full (first run on an empty warehouse), nothing new, 1 % new files (the held-back folders arrive),
-1 % of the CDM's procedures changed (their date moved by a day, as a site reload would). For each run:
-seconds and Spark jobs per stage (from the CLI's stage table), wall time of the process, and the peak
-resident memory of the JVM (driver and local executor) and of the largest Python worker, sampled from
-/proc every half second (Linux only).
+Sizes measured in an earlier run stay in the results until measured again. Per size: ``micdm synth``
+(headers only, ``synth.pixels=none``, ``max_instances_per_series`` to get many series cheaply) with 1 %
+of the patients' folders held back, then four runs, each a new process: full (first run on an empty
+warehouse), nothing new, 1 % new files (the held-back folders arrive), 1 % of the CDM's procedures changed
+(their date moved by a day, as a site reload would). For each run: seconds and Spark jobs per stage (from
+the CLI's stage table), wall time of the process, and the peak resident memory of the JVM (driver and
+local executor) and of the largest Python worker, sampled from /proc every half second (Linux only).
 """
 
 from __future__ import annotations
@@ -173,12 +173,15 @@ def main() -> None:
         print(shift_procedures(args.shift_procedures))
         return
     work = Path(args.work or Path(os.environ.get("TMPDIR", "/tmp")) / "micdm-pipeline-bench")
-    results: dict = {"date": dt.date.today().isoformat(), "command": " ".join(["python", "bench/pipeline_bench.py",
-                                                                                *sys.argv[1:]]),
-                     "machine": f"{os.cpu_count()} cores, {platform.system()} {platform.machine()}", "sizes": {}}
+    stored = RESULTS / "pipeline.json"
+    earlier = json.loads(stored.read_text())["sizes"] if stored.exists() else {}
+    results: dict = {"date": dt.date.today().isoformat(), "command": "python bench/pipeline_bench.py [--sizes ...]",
+                     "machine": f"{os.cpu_count()} cores, {platform.system()} {platform.machine()}",
+                     "sizes": {name: earlier[name] for name in SIZES if name in earlier}}
     RESULTS.mkdir(parents=True, exist_ok=True)
     for name in args.sizes.split(","):
         results["sizes"][name] = _size(name, *SIZES[name], work)
+        results["sizes"] = {size: results["sizes"][size] for size in SIZES if size in results["sizes"]}
         (RESULTS / "pipeline.json").write_text(json.dumps(results, indent=2) + "\n")
         (RESULTS / "pipeline.md").write_text(_markdown(results))
         print(_markdown(results))

@@ -385,7 +385,7 @@ def extract(spark: SparkSession, locator: TableLocator, settings: Settings, run_
     started, phase = time.monotonic(), _Phases()
     with phase("list"):
         listed = list(list_files(settings.sources))
-        fingerprint = inventory.fingerprint(settings, listed)
+        fingerprint = inventory.fingerprint(settings.sources, listed)
     with phase("plan"):
         settled = inventory.settled_listing(spark, locator)
     if settled == fingerprint and not settings.extract.full_refresh:
@@ -394,7 +394,7 @@ def extract(spark: SparkSession, locator: TableLocator, settings: Settings, run_
         return ExtractSummary(run_id, len(listed), 0, 0, 0, 0, time.monotonic() - started,
                               phase_seconds=phase.seconds)
     with phase("plan"):
-        plan = inventory.plan(spark, locator, listed, settings)
+        plan = inventory.plan(spark, locator, listed, settings.sources, settings.extract.full_refresh)
     log.info("extract: %d files listed, %d to read", len(listed), plan.to_read)
     written = _read_and_write(spark, locator, settings, plan, run_id, phase) if plan.to_read else _Written()
     with phase("inventory"):

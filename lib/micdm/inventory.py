@@ -20,7 +20,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import to_arrow_schema
 from pyspark.sql.types import StructType
 
-from micdm.config import Settings
+from micdm.config import SourceSettings
 from micdm.dicom.reader import QuarantineReason
 from micdm.schema import FILE_INVENTORY
 from micdm.sources import DiscoveredFile, root_prefix
@@ -88,9 +88,9 @@ def _under(roots: tuple[str, ...], storage_options: dict[str, Any]) -> Column:
     return F.exists(prefixes, lambda prefix: F.col("path").startswith(prefix))
 
 
-def _states(spark: SparkSession, locator: TableLocator, listing: DataFrame, settings: Settings) -> DataFrame:
+def _states(spark: SparkSession, locator: TableLocator, listing: DataFrame, sources: SourceSettings,
+            reread_all: bool) -> DataFrame:
     """Every listed path, and every remembered one under the roots, with its State."""
-    sources = settings.sources
     inventory = read_table(spark, locator, "file_inventory").where(_under(sources.roots, sources.storage_options))
     remembered = inventory.select("path", *(F.col(c).alias(f"known_{c}") for c in (*FILE_FIELDS[1:], "missing_since")),
                                   F.lit(True).alias("known"))
@@ -99,7 +99,7 @@ def _states(spark: SparkSession, locator: TableLocator, listing: DataFrame, sett
     same = ((F.col("file_size") == F.col("known_file_size"))
             & F.col("modification_time").eqNullSafe(F.col("known_modification_time"))
             & F.col("etag").eqNullSafe(F.col("known_etag")) & F.col("known_missing_since").isNull())
-    reread = F.lit(settings.extract.full_refresh) | F.col("retry").isNotNull()
+    reread = F.lit(reread_all) | F.col("retry").isNotNull()
     state = (
         F.when(F.col("known").isNull(), State.NEW.value)
         .when(F.col("listed").isNull(), F.when(F.col("known_missing_since").isNull(), State.MISSING.value))
@@ -111,8 +111,10 @@ def _states(spark: SparkSession, locator: TableLocator, listing: DataFrame, sett
             .join(retry, "path", "left").withColumn("state", state).where(F.col("state").isNotNull()))
 
 
-def plan(spark: SparkSession, locator: TableLocator, listed: list[DiscoveredFile], settings: Settings) -> Plan:
-    """Every listed path, and every remembered one under the roots, with its State, counted."""
+def plan(spark: SparkSession, locator: TableLocator, listed: list[DiscoveredFile], sources: SourceSettings,
+         reread_all: bool = False) -> Plan:
+    """Every listed path, and every remembered one under the roots, with its State, counted; ``reread_all``
+    (extract.full_refresh) makes every unchanged file one to read again."""
     stored = {name: may_have_rows(spark, locator, name) for name in ("file_inventory", "dicom_instance",
                                                                      "dicom_quarantine")}
     if not any(stored.values()):  # a first load: every listed file is new, no join with empty tables
@@ -120,7 +122,7 @@ def plan(spark: SparkSession, locator: TableLocator, listed: list[DiscoveredFile
         return Plan(frame, {State.NEW.value: len(listed)} if listed else {}, stored)
     # Not cached: a run with nothing to read only counts it, and a recomputation gives the same states
     # (NEW and CHANGED win over RETRY, and the inventory is changed last).
-    frame = _states(spark, locator, _listing(spark, listed), settings)
+    frame = _states(spark, locator, _listing(spark, listed), sources, reread_all)
     return Plan(frame, {row["state"]: row["count"] for row in frame.groupBy("state").count().collect()}, stored)
 
 
@@ -155,9 +157,8 @@ def _update_inventory(spark: SparkSession, locator: TableLocator, plan: DataFram
     )
 
 
-def fingerprint(settings: Settings, listed: list[DiscoveredFile]) -> str:
+def fingerprint(sources: SourceSettings, listed: list[DiscoveredFile]) -> str:
     """A digest of the roots, the globs and every listed file's path, size, mtime and ETag."""
-    sources = settings.sources
     digest = hashlib.blake2b(repr((sources.roots, sources.include, sources.exclude)).encode(), digest_size=16)
     for f in listed:
         digest.update(f"{f.path}\0{f.file_size}\0{f.modification_time}\0{f.etag}\n".encode())

@@ -171,7 +171,7 @@ def _containing_visits(links: DataFrame, visit: DataFrame) -> DataFrame:
     ).select("study_instance_uid", F.col("visit_occurrence_id").alias("containing_visit"))
 
 
-def _create_procedures(spark: SparkSession, locator: TableLocator, settings: Settings, unlinked: DataFrame
+def _create_procedures(spark: SparkSession, locator: TableLocator, cfg: OccurrenceSettings, unlinked: DataFrame
                        ) -> tuple[DataFrame, int]:
     """Allocate and write one procedure_occurrence per unlinked study; returns (study -> procedure id, rows
     restored after a reload of the site's table).
@@ -192,7 +192,7 @@ def _create_procedures(spark: SparkSession, locator: TableLocator, settings: Set
         "person_id",
         F.coalesce("procedure_concept_id", F.lit(0)).alias("procedure_concept_id"),
         F.col("image_date").alias("procedure_date"),
-        F.lit(settings.occurrence.procedure_type_concept_id).alias("procedure_type_concept_id"),
+        F.lit(cfg.procedure_type_concept_id).alias("procedure_type_concept_id"),
         F.col("containing_visit").alias("visit_occurrence_id"),
         # varchar(50): the accession number, else the tail of the study UID (UIDs run to 64 characters)
         F.coalesce(F.substring("accession_number", 1, 50), F.expr("right(study_instance_uid, 50)"))
@@ -272,7 +272,7 @@ def run(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: 
                            & F.col("image_date").isNotNull())
     restored, same_day = 0, 0
     if cfg.missing_procedure == "create" and unlinked.take(1):
-        created, restored = _create_procedures(spark, locator, settings, unlinked)
+        created, restored = _create_procedures(spark, locator, cfg, unlinked)
         same_day = unlinked.join(site_procedures.select("person_id", F.col("procedure_date").alias("image_date")),
                                  ["person_id", "image_date"], "left_semi").count()
         links = links.join(created, "study_instance_uid", "left").withColumns({
