@@ -29,6 +29,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="setting overrides, e.g. extract.block_size=131072")
     common.add_argument("--dry-run", action="store_true",
                         help="print what would be read and written, and change nothing")
+    common.add_argument("--summary", action="store_true",
+                        help="also print the rows of each table micdm writes (a scan per table; demo always does)")
     common.add_argument("--full-refresh", action="store_true",
                         help="rebuild from every input, even where nothing changed since the last run")
     commands = parser.add_subparsers(dest="command", required=True, metavar="command")
@@ -60,12 +62,15 @@ def _print_table(rows: Sequence[tuple[str, ...]], header: tuple[str, ...]) -> No
         print("  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
 
 
-def _summary(spark: object, settings: Settings) -> None:
+def _summary(spark: object, settings: Settings, rows: bool) -> None:
+    """The last linkage report and, with ``rows``, the rows of every table micdm writes (a scan each: a
+    scheduled run's log has the stage counts, which say what changed)."""
     from micdm.pipeline import latest_link_report, table_counts
 
-    counts = table_counts(spark, settings, _SUMMARY_TABLES)  # type: ignore[arg-type]
-    print()
-    _print_table([(name, str(n), where) for name, (n, where) in counts.items()], ("table", "rows", "location"))
+    if rows:
+        counts = table_counts(spark, settings, _SUMMARY_TABLES)  # type: ignore[arg-type]
+        print()
+        _print_table([(name, str(n), where) for name, (n, where) in counts.items()], ("table", "rows", "location"))
     report = latest_link_report(spark, settings)  # type: ignore[arg-type]
     links = [row for row in report if row[0] != "warning"]
     if links:
@@ -171,7 +176,7 @@ def _run_with_spark(args: argparse.Namespace, settings: Settings) -> None:
         run_stage(spark, settings, args.command, full_refresh=refresh)]
     _print_table([(r.stage, f"{r.seconds:.1f}s", str(r.spark_jobs), ", ".join(f"{k}={v}" for k, v in r.counts.items()))
                   for r in stages], ("stage", "time", "jobs", "counts"))
-    _summary(spark, settings)
+    _summary(spark, settings, rows=args.command == "demo" or args.summary)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
