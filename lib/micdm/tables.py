@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import reduce
 from pathlib import Path
 
 from delta.tables import DeltaTable
@@ -233,13 +234,19 @@ def merge_into(
 ) -> int:
     """MERGE ``updates`` into a table on natural ``keys``: re-running with the same input changes nothing.
 
-    ``delete_unmatched`` makes the table equal ``updates``: rows no update matches are deleted. Returns the
-    number of rows inserted (from the commit's metrics, no extra job).
+    Only rows the table lacks, or holds with other values, are merged: an unchanged row's file is not
+    rewritten, and when nothing changed there is no commit at all (a later stage's watermark stays).
+    ``delete_unmatched`` makes the table equal ``updates``: rows no update matches are deleted (every
+    update is then merged). Returns the number of rows inserted (from the commit's metrics).
     """
     target = delta_table(spark, locator, name)
     condition = _key_condition(keys)
-    builder = target.alias("t").merge(as_stored(spark, locator, name, conform(updates, TABLES[name])).alias("s"),
-                                      condition)
+    source = as_stored(spark, locator, name, conform(updates, TABLES[name]))
+    if not delete_unmatched:
+        source = _changed_rows(source, read_table(spark, locator, name), keys, update_existing).localCheckpoint()
+        if not source.take(1):
+            return 0
+    builder = target.alias("t").merge(source.alias("s"), condition)
     if update_existing:
         builder = builder.whenMatchedUpdateAll()
     builder = builder.whenNotMatchedInsertAll()
@@ -247,6 +254,21 @@ def merge_into(
         builder = builder.whenNotMatchedBySourceDelete()
     metrics = builder.execute().first()
     return int(metrics["num_inserted_rows"]) if metrics is not None else 0
+
+
+def _changed_rows(source: DataFrame, stored: DataFrame, keys: Sequence[str], compare_values: bool) -> DataFrame:
+    """The rows of ``source`` whose key ``stored`` lacks, or (``compare_values``) holds with other values.
+
+    Values are compared through a 64-bit hash of the row, as ownership.py fingerprints the site's rows.
+    """
+    columns = list(keys)
+    if compare_values:
+        digest = F.xxhash64(*[F.col(f"`{c}`") for c in source.columns])
+        source, stored = source.withColumn("_digest", digest), stored.select(*source.columns).withColumn(
+            "_digest", digest)
+        columns.append("_digest")
+    match = reduce(lambda a, b: a & b, [F.col(f"s.`{c}`").eqNullSafe(F.col(f"t.`{c}`")) for c in columns])
+    return source.alias("s").join(stored.select(*columns).alias("t"), match, "left_anti").drop("_digest")
 
 
 def delete_keys(spark: SparkSession, locator: TableLocator, name: str, keys: DataFrame, on: Sequence[str]) -> None:
