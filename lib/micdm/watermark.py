@@ -19,6 +19,7 @@ import json
 import logging
 from collections.abc import Iterable
 
+from delta.tables import DeltaTable
 from py4j.protocol import Py4JJavaError
 from pyspark.errors import AnalysisException
 from pyspark.sql import SparkSession
@@ -26,7 +27,7 @@ from pyspark.sql import functions as F
 
 from micdm import __version__
 from micdm.config import Settings
-from micdm.tables import TableLocator, aggregate, delta_table, merge_into, read_table
+from micdm.tables import TableLocator, aggregate, merge_into, read_table
 
 __all__ = ["Watermark", "current", "record", "refreshed", "stored"]
 
@@ -68,19 +69,11 @@ def _settings_digest(settings: Settings) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _history_version(spark: SparkSession, locator: TableLocator, name: str) -> str | None:
+def _delta_version(spark: SparkSession, ref: str) -> str | None:
     """The last commit's version of a Delta table (one small job on the table's log); None when not Delta."""
     try:
-        last = delta_table(spark, locator, name).history(1).select("version").first()
+        last = DeltaTable.forName(spark, ref).history(1).select("version").first()
     except (AnalysisException, Py4JJavaError):
-        return None
-    return f"v{last['version']}" if last is not None else "v-"
-
-
-def _site_version(spark: SparkSession, ref: str) -> str | None:
-    try:
-        last = spark.sql(f"DESCRIBE HISTORY {ref} LIMIT 1").select("version").first()
-    except AnalysisException:
         return None
     return f"v{last['version']}" if last is not None else "v-"
 
@@ -115,10 +108,11 @@ def current(spark: SparkSession, locator: TableLocator, settings: Settings, tabl
 
 def _versions(spark: SparkSession, locator: TableLocator, tables: Iterable[str], site_tables: Iterable[str] = (),
               files: Iterable[str] = ()) -> dict[str, str]:
-    inputs = {name: _history_version(spark, locator, name) or _digest(spark, locator.ref(name))
-              for name in tables if name not in _BOOKKEEPING}
-    inputs |= {f"site:{name}": _site_version(spark, locator.site_ref(name)) or _digest(spark, locator.site_ref(name))
-               for name in site_tables}
+    def state(ref: str) -> str:
+        return _delta_version(spark, ref) or _digest(spark, ref)
+
+    inputs = {name: state(locator.ref(name)) for name in tables if name not in _BOOKKEEPING}
+    inputs |= {f"site:{name}": state(locator.site_ref(name)) for name in site_tables}
     return inputs | {f"file:{path}": _files_version(spark, path) for path in files}
 
 
