@@ -15,7 +15,17 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from micdm.schema import TABLES
-from micdm.tables import TableLocator, aggregate, append, as_stored, conform, delta_table, merge_into, read_table
+from micdm.tables import (
+    TableLocator,
+    aggregate,
+    append,
+    as_stored,
+    conform,
+    delta_table,
+    merge_into,
+    read_table,
+    row_digest,
+)
 
 __all__ = ["release_clashing_ids", "remove_site_rows", "site_floor", "write_site_rows"]
 
@@ -24,7 +34,7 @@ log = logging.getLogger(__name__)
 
 def _fingerprint(table: str) -> Column:
     """One number for a row as stored: each of the table's CDM columns, in the stored types."""
-    return F.xxhash64(*[F.col(f"`{c}`") for c in TABLES[table].schema.fieldNames()])
+    return row_digest(TABLES[table].schema.fieldNames())
 
 
 def site_floor(spark: SparkSession, locator: TableLocator, table: str) -> int:

@@ -24,7 +24,7 @@ from micdm.schema import CDM_TABLES, TABLES, TableDef
 
 __all__ = ["TableLocator", "aggregate", "append", "as_stored", "conform", "create_table", "delete_keys", "delta_table",
            "init_tables", "load_csv", "may_have_rows", "merge_into", "merge_or_delete", "overwrite", "read_table",
-           "schema_problems", "site_table", "table_problems", "table_properties"]
+           "row_digest", "schema_problems", "site_table", "table_problems", "table_properties"]
 
 _CDM_NAMES = frozenset(t.name for t in CDM_TABLES)
 
@@ -256,14 +256,19 @@ def merge_into(
     return int(metrics["num_inserted_rows"]) if metrics is not None else 0
 
 
+def row_digest(columns: Iterable[str]) -> Column:
+    """A 64-bit hash of a row's values in ``columns``: how micdm tells whether a stored row changed."""
+    return F.xxhash64(*[F.col(f"`{c}`") for c in columns])
+
+
 def _changed_rows(source: DataFrame, stored: DataFrame, keys: Sequence[str], compare_values: bool) -> DataFrame:
     """The rows of ``source`` whose key ``stored`` lacks, or (``compare_values``) holds with other values.
 
-    Values are compared through a 64-bit hash of the row, as ownership.py fingerprints the site's rows.
+    Values are compared through row_digest, as ownership.py fingerprints the site's rows.
     """
     columns = list(keys)
     if compare_values:
-        digest = F.xxhash64(*[F.col(f"`{c}`") for c in source.columns])
+        digest = row_digest(source.columns)
         source, stored = source.withColumn("_digest", digest), stored.select(*source.columns).withColumn(
             "_digest", digest)
         columns.append("_digest")

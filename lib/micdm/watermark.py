@@ -27,7 +27,7 @@ from pyspark.sql import functions as F
 
 from micdm import __version__
 from micdm.config import Settings
-from micdm.tables import TableLocator, aggregate, merge_into, read_table
+from micdm.tables import TableLocator, aggregate, merge_into, read_table, row_digest
 
 __all__ = ["Watermark", "current", "record", "refreshed", "stored"]
 
@@ -82,7 +82,7 @@ def _digest(spark: SparkSession, ref: str) -> str:
     """For a table that is not Delta (a view, Parquet): a digest of its rows, which reads them all."""
     try:
         frame = spark.table(ref)
-        row = aggregate(frame, F.count(F.lit(1)).alias("n"), F.sum(F.xxhash64(*frame.columns)).alias("h"))
+        row = aggregate(frame, F.count(F.lit(1)).alias("n"), F.sum(row_digest(frame.columns)).alias("h"))
     except AnalysisException:
         return "absent"
     log.info("watermark: %s is not a Delta table; its rows were read to tell whether it changed", ref)
