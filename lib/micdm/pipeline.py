@@ -13,7 +13,7 @@ from pyspark.sql import SparkSession
 
 from micdm import extract, features, link, occurrence, publish, quality, series, vocabulary, watermark
 from micdm.config import Settings
-from micdm.report import write_report
+from micdm.report import latest_run_rows, write_report
 from micdm.stage import Stage, StageCounts
 from micdm.tables import TableLocator, init_tables, read_table
 
@@ -179,9 +179,6 @@ def table_counts(spark: SparkSession, settings: Settings, names: tuple[str, ...]
 
 def latest_link_report(spark: SparkSession, settings: Settings) -> list[tuple[str, str, int, int]]:
     """The last link run's (kind, rule or reason, series, studies), rules first."""
-    report = read_table(spark, TableLocator(settings.storage), "link_report")
-    latest = report.orderBy(report["reported_at"].desc()).select("run_id").first()
-    if latest is None:
-        return []
-    rows = report.where(report["run_id"] == latest["run_id"]).orderBy(report["kind"].desc(), "name").collect()
+    report = latest_run_rows(read_table(spark, TableLocator(settings.storage), "link_report"), "reported_at")
+    rows = report.orderBy(report["kind"].desc(), "name").collect()
     return [(r["kind"], r["name"], r["series"], r["studies"]) for r in rows]

@@ -17,7 +17,7 @@ from pyspark.sql import functions as F
 
 from micdm.tables import TableLocator, read_table
 
-__all__ = ["bar_chart", "render_report", "write_report"]
+__all__ = ["bar_chart", "latest_run_rows", "render_report", "write_report"]
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2rem; color: #222; }
@@ -93,7 +93,7 @@ def _failures_first(quality: Sequence[tuple]) -> list[tuple]:
     return sorted(quality, key=lambda q: (order.get(q[-1], 2), q[-2] != "fatal", q[0], q[1], q[2] or ""))
 
 
-def _latest(results: DataFrame, at: str) -> DataFrame:
+def latest_run_rows(results: DataFrame, at: str) -> DataFrame:
     """The rows of the last run that wrote any: this run's, or an earlier one's when this run skipped the
     stage because nothing had changed."""
     latest = results.orderBy(F.col(at).desc()).select("run_id").limit(1)
@@ -105,11 +105,11 @@ def write_report(spark: SparkSession, locator: TableLocator, run_id: str,
     """Gather the run's figures from the tables and write ``<folder>/micdm-run-<run_id>.html``."""
     quarantine = [(r["reason"], r["count"]) for r in read_table(spark, locator, "dicom_quarantine")
                   .groupBy("reason").count().orderBy(F.desc("count")).collect()]
-    report = _latest(read_table(spark, locator, "link_report"), "reported_at")
+    report = latest_run_rows(read_table(spark, locator, "link_report"), "reported_at")
     linkage = [(r["kind"], r["name"], r["series"], r["studies"]) for r in report.orderBy("kind", "name").collect()]
+    checks = latest_run_rows(read_table(spark, locator, "dq_result"), "checked_at")
     quality = [(r["check_name"], r["table_name"], r["field_name"], r["rows_violated"], r["rows_checked"],
-                r["threshold"], r["severity"], r["status"]) for r in _latest(read_table(spark, locator, "dq_result"),
-                                                                             "checked_at").collect()]
+                r["threshold"], r["severity"], r["status"]) for r in checks.collect()]
     instances = read_table(spark, locator, "dicom_instance")
     distributions: dict[str, Sequence[tuple[Any, ...]]] = {
         column: [(r[column] if r[column] is not None else "(none)", r["count"]) for r in instances.groupBy(column)
