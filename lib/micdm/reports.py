@@ -112,10 +112,10 @@ def _placements(analysed: DataFrame, groups: DataFrame, items: DataFrame, instan
     keys = groups.select(*key).unionByName(items.select(*key)).distinct()
     candidates = _candidates(analysed, groups, keys, instances)
     decisive = candidates.groupBy(*key).agg(F.min("tier").alias("tier"))
-    named = candidates.join(decisive, [*key, "tier"])
+    named = candidates.join(decisive, [*key, "tier"]).localCheckpoint()
     placed = named.join(occurrences, F.col("series") == F.col("image_series_uid")).groupBy(*key).agg(
         F.min_by(F.struct("tier", *[F.col(c) for c in occurrences.columns]), "rank").alias("o")) \
-        .select(*key, "o.*").withColumn("placed_by", _placed_by(F.col("tier"))).drop("tier")
+        .select(*key, "o.*").withColumn("placed_by", _placed_by(F.col("tier"))).drop("tier").localCheckpoint()
     unplaced = named.join(placed.select(*key), key, "left_anti").groupBy(*key, "tier").agg(
         F.array_join(F.array_sort(F.collect_set("series")), ", ").alias("series"))
     return placed, unplaced
