@@ -17,7 +17,9 @@ import dataclasses
 import hashlib
 import json
 import logging
+import re
 from collections.abc import Iterable
+from pathlib import Path
 
 from delta.tables import DeltaTable
 from py4j.protocol import Py4JJavaError
@@ -70,12 +72,27 @@ def _settings_digest(settings: Settings) -> str:
 
 
 def _delta_version(spark: SparkSession, ref: str) -> str | None:
-    """The last commit's version of a Delta table (one small job on the table's log); None when not Delta."""
+    """The last commit's version of a Delta table; None when it is not Delta.
+
+    A table in a local folder is read from its log's file names (the highest commit file, as the Delta
+    protocol numbers them), without a Spark job; any other through its history (one small job).
+    """
+    folder = _local_folder(ref)
+    if folder is not None:
+        commits = [int(p.stem) for p in (folder / "_delta_log").glob("*.json") if p.stem.isdigit()]
+        if commits:
+            return f"v{max(commits)}"
     try:
         last = DeltaTable.forName(spark, ref).history(1).select("version").first()
     except (AnalysisException, Py4JJavaError):
         return None
     return f"v{last['version']}" if last is not None else "v-"
+
+
+def _local_folder(ref: str) -> Path | None:
+    """The folder of a ``delta.`path``` reference on the local file system, else None."""
+    match = re.fullmatch(r"delta\.`(?:file:)?(/[^`]*)`", ref)
+    return Path(match.group(1)) if match and Path(match.group(1), "_delta_log").is_dir() else None
 
 
 def _digest(spark: SparkSession, ref: str) -> str:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from micdm import watermark
 from micdm.pipeline import run_stage
-from micdm.tables import append
+from micdm.tables import append, delta_table
 
 
 def _ran(spark, settings, stage: str, **options) -> bool:
@@ -44,3 +44,15 @@ def test_the_algorithm_results_file_is_an_input(spark, empty, tmp_path: Path) ->
     assert after.changes_from(before) == [f"file:{results}"]
     assert after.changes_from(after) == []
     assert after.changes_from(None) == ["no earlier run"]
+
+
+def test_a_local_table_version_read_from_its_log_is_the_one_delta_reports(spark, empty) -> None:
+    settings, locator = empty
+    append(locator, "person", spark.createDataFrame(
+        [(2, 8532, 1960, 0, 0, "MRN2")], "person_id int, gender_concept_id int, year_of_birth int, "
+        "race_concept_id int, ethnicity_concept_id int, person_source_value string"))
+    from_log = watermark.current(spark, locator, settings, ["person", "image_occurrence"]).inputs
+    history = {name: delta_table(spark, locator, name).history(1).first()["version"]
+               for name in ("person", "image_occurrence")}
+    assert from_log == {name: f"v{version}" for name, version in history.items()}
+    assert history["person"] == 1
