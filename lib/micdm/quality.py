@@ -28,6 +28,7 @@ from pathlib import Path
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from micdm.concurrency import run_concurrently
 from micdm.config import Settings
 from micdm.errors import QualityError
 from micdm.ids import allocated_ids
@@ -392,10 +393,13 @@ def evaluate(spark: SparkSession, locator: TableLocator) -> list[CheckResult]:
     by_table: dict[str, list[Control]] = {}
     for control in controls():
         by_table.setdefault(control.table, []).append(control)
-    written = {name: _written_rows(spark, locator, name).localCheckpoint() for name in CHECKED_TABLES}
+    written = dict(zip(CHECKED_TABLES, run_concurrently(
+        *[functools.partial(lambda name: _written_rows(spark, locator, name).localCheckpoint(), name)
+          for name in CHECKED_TABLES]), strict=True))
     used = _concepts_used(concept, written.values())
-    results: list[CheckResult] = []
-    for name, rows in written.items():
+
+    def check(name: str) -> list[CheckResult]:
+        rows = written[name]
         table = _TableChecks(spark, locator, name, rows, used)
         kinds = {f.name: f.dataType.typeName() for f in rows.schema.fields}
         present = _present_concepts(rows, {c.field for c in by_table.get(name, []) if c.level == "CONCEPT"
@@ -408,8 +412,10 @@ def evaluate(spark: SparkSession, locator: TableLocator) -> list[CheckResult]:
                     _concept_check(table, control)
             else:
                 _field_check(table, control, kinds)
-        results += table.results(vocabulary_empty)
-    return results
+        return table.results(vocabulary_empty)
+
+    return [result for results in run_concurrently(*[functools.partial(check, name) for name in CHECKED_TABLES])
+            for result in results]
 
 
 def run(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: str) -> StageCounts:

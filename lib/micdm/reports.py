@@ -11,6 +11,7 @@ ingested is quarantined (series_not_in_image_occurrence), never put on another s
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,7 @@ from pyspark.sql import Column, DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, StructType
 
+from micdm.concurrency import run_concurrently
 from micdm.config import FeatureSettings
 from micdm.dicom.seg import segment_items
 from micdm.dicom.sr import analyse_report
@@ -225,6 +227,5 @@ def write_sr_tables(spark: SparkSession, locator: TableLocator, reported: Report
     qualitative = items.where(F.col("value_type") == "CODE").select(
         *item_columns, "value_scheme", "value_code", "value_meaning", "observation_id")
     written = {"sr_measurement_group": group_rows, "sr_quantitative": quantitative, "sr_qualitative": qualitative}
-    for name, rows in written.items():
-        overwrite(locator, name, rows)
+    run_concurrently(*[functools.partial(overwrite, locator, name, rows) for name, rows in written.items()])
     return {name: read_table(spark, locator, name).count() for name in written}
