@@ -59,6 +59,10 @@ class TableLocator:
         """SQL reference of a table the site keeps beside its CDM (a crosswalk), in the CDM schema."""
         return self._sql_ref(self.storage.cdm_schema or self.storage.schema, name)
 
+    def site_path(self, name: str) -> str | None:
+        """The Delta folder of a table of the site's beside its CDM (a crosswalk), None in a catalog."""
+        return self._folder(self.storage.cdm_schema or self.storage.schema, name)
+
     def _folder(self, schema: str, name: str) -> str | None:
         if self.storage.catalog:
             return None

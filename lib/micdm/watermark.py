@@ -17,7 +17,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -71,28 +70,21 @@ def _settings_digest(settings: Settings) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _delta_version(spark: SparkSession, ref: str) -> str | None:
+def _delta_version(spark: SparkSession, ref: str, folder: str | None) -> str | None:
     """The last commit's version of a Delta table; None when it is not Delta.
 
-    A table in a local folder is read from its log's file names (the highest commit file, as the Delta
+    A table in a local ``folder`` is read from its log's file names (the highest commit file, as the Delta
     protocol numbers them), without a Spark job; any other through its history (one small job).
     """
-    folder = _local_folder(ref)
-    if folder is not None:
-        commits = [int(p.stem) for p in (folder / "_delta_log").glob("*.json") if p.stem.isdigit()]
-        if commits:
-            return f"v{max(commits)}"
+    log_folder = Path(folder, "_delta_log") if folder is not None and "://" not in folder else None
+    commits = [int(p.stem) for p in log_folder.glob("*.json") if p.stem.isdigit()] if log_folder else []
+    if commits:
+        return f"v{max(commits)}"
     try:
         last = DeltaTable.forName(spark, ref).history(1).select("version").first()
     except (AnalysisException, Py4JJavaError):
         return None
     return f"v{last['version']}" if last is not None else "v-"
-
-
-def _local_folder(ref: str) -> Path | None:
-    """The folder of a ``delta.`path``` reference on the local file system, else None."""
-    match = re.fullmatch(r"delta\.`(?:file:)?(/[^`]*)`", ref)
-    return Path(match.group(1)) if match and Path(match.group(1), "_delta_log").is_dir() else None
 
 
 def _digest(spark: SparkSession, ref: str) -> str:
@@ -125,11 +117,11 @@ def current(spark: SparkSession, locator: TableLocator, settings: Settings, tabl
 
 def _versions(spark: SparkSession, locator: TableLocator, tables: Iterable[str], site_tables: Iterable[str] = (),
               files: Iterable[str] = ()) -> dict[str, str]:
-    def state(ref: str) -> str:
-        return _delta_version(spark, ref) or _digest(spark, ref)
+    def state(ref: str, folder: str | None) -> str:
+        return _delta_version(spark, ref, folder) or _digest(spark, ref)
 
-    inputs = {name: state(locator.ref(name)) for name in tables if name not in _BOOKKEEPING}
-    inputs |= {f"site:{name}": state(locator.site_ref(name)) for name in site_tables}
+    inputs = {name: state(locator.ref(name), locator.path(name)) for name in tables if name not in _BOOKKEEPING}
+    inputs |= {f"site:{name}": state(locator.site_ref(name), locator.site_path(name)) for name in site_tables}
     return inputs | {f"file:{path}": _files_version(spark, path) for path in files}
 
 
