@@ -16,12 +16,13 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from micdm.acquisition import acquisition_features
+from micdm.concurrency import run_concurrently
 from micdm.config import FeatureSettings, Settings
 from micdm.errors import ConfigError
 from micdm.ids import assign_ids_by_namespace
 from micdm.ownership import release_clashing_ids, remove_site_rows, site_floor, write_site_rows
 from micdm.reasons import FeatureDomain, FeatureReason
-from micdm.reports import report_features, write_sr_tables
+from micdm.reports import ReportFeatures, report_features, write_sr_tables
 from micdm.schema import FEATURE_ROW
 from micdm.series import present_instances
 from micdm.stage import StageCounts
@@ -220,15 +221,17 @@ def run(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: 
     feature_quarantine. Returns row counts."""
     instances = present_instances(spark, locator)
     occurrences = read_table(spark, locator, "image_occurrence")
-    acquisition = acquisition_features(spark, locator, instances, occurrences, settings.features)
-    reported = report_features(spark, locator, instances, occurrences, settings.features)
+    acquisition: DataFrame
+    reported: ReportFeatures
+    acquisition, reported = run_concurrently(
+        lambda: acquisition_features(spark, locator, instances, occurrences, settings.features),
+        lambda: report_features(spark, locator, instances, occurrences, settings.features))
     features, quarantine = acquisition.unionByName(reported.features), reported.quarantine
     if settings.features.algorithm_results:
         results = read_algorithm_results(spark, settings.features.algorithm_results)
         imported, rejected = algorithm_features(results, occurrences, settings.features)
         features = features.unionByName(imported)
         quarantine = quarantine.unionByName(rejected, allowMissingColumns=True)  # results have no SOP UID
-    overwrite(locator, "feature_quarantine", quarantine.withColumn("quarantined_at", F.current_timestamp()))
     features = _resolve_concepts(features.localCheckpoint(), spark, locator).localCheckpoint()
     rows, reallocated = _with_ids(spark, locator, features)
     rows = rows.localCheckpoint()
@@ -275,12 +278,17 @@ def run(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: 
         F.coalesce("site_site", "occurrence_site_concept_id").alias("anatomic_site_concept_id"),
         "alg_system", "alg_datetime",
     )
-    restored = write_site_rows(spark, locator, "measurement", measurements) + write_site_rows(
-        spark, locator, "observation", observations)
-    merge_into(spark, locator, "image_feature", features_rows, ["image_feature_id"])
+    # Tables apart are written side by side; the two clinical tables one after the other, as each
+    # write reads and appends to site_row.
+    restored, _, _, sr_counts = run_concurrently(
+        lambda: write_site_rows(spark, locator, "measurement", measurements) + write_site_rows(
+            spark, locator, "observation", observations),
+        lambda: merge_into(spark, locator, "image_feature", features_rows, ["image_feature_id"]),
+        lambda: overwrite(locator, "feature_quarantine", quarantine.withColumn("quarantined_at",
+                                                                               F.current_timestamp())),
+        lambda: write_sr_tables(spark, locator, reported, rows.select(
+            "natural_key", "finding_key", "measurement_id", "observation_id", "image_finding_id")))
     dropped = _drop_stale_acquisition(spark, locator, rows)
-    sr_counts = write_sr_tables(spark, locator, reported, rows.select(
-        "natural_key", "finding_key", "measurement_id", "observation_id", "image_finding_id"))
     counts = {**_by_kind(rows), "image_feature": read_table(spark, locator, "image_feature").count(),
               "feature_quarantine": read_table(spark, locator, "feature_quarantine").count(), **sr_counts}
     changes = {"restored": restored, "reallocated": reallocated, "acquisition dropped": dropped}

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
+from micdm.concurrency import run_concurrently
 from micdm.config import OccurrenceSettings, Settings
 from micdm.ids import allocated_ids, assign_ids
 from micdm.ownership import release_clashing_ids, remove_site_rows, site_floor, write_site_rows
@@ -297,11 +298,6 @@ def run(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: 
     stored = read_table(spark, locator, "series_link")
     exceptions = stored.where(F.col("exception_reason").isNotNull())
     details = F.create_map(*[F.lit(x) for reason, text in _DETAILS.items() for x in (reason.value, text)])
-    overwrite(locator, "link_exception", exceptions.select(
-        "image_series_uid", "image_study_uid", F.col("exception_reason").alias("reason"),
-        details[F.col("exception_reason")].alias("detail"),
-        "updated_at"))
-    _remove_unused_procedures(spark, locator, stored)
     report = _report(stored, run_id)
     if same_day:
         log.warning("link: %d procedure(s) created on a day the site has a procedure for the same person; if those "
@@ -313,7 +309,12 @@ def run(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: 
             "run_id", F.current_timestamp().alias("reported_at"), "kind", "name", F.lit(None).cast("int").alias(
                 "series"), "studies"))
     report = report.localCheckpoint(eager=True)
-    append(locator, "link_report", report.fillna(0, ["series"]))
+    run_concurrently(
+        lambda: overwrite(locator, "link_exception", exceptions.select(
+            "image_series_uid", "image_study_uid", F.col("exception_reason").alias("reason"),
+            details[F.col("exception_reason")].alias("detail"), "updated_at")),
+        lambda: _remove_unused_procedures(spark, locator, stored),
+        lambda: append(locator, "link_report", report.fillna(0, ["series"])))
     counts = {row["name"]: row["series"] for row in report.where(F.col("kind") != "warning")
               .orderBy("kind", "name").collect()}
     if same_day:

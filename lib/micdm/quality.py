@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import datetime as dt
+import functools
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from pathlib import Path
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from micdm.concurrency import run_concurrently
 from micdm.config import Settings
 from micdm.errors import QualityError
 from micdm.ids import allocated_ids
@@ -144,12 +146,14 @@ class _TableChecks:
         self.special: list[CheckResult] = []
         self._joined: set[str] = set()
 
-    def _join(self, prefix: str, other: DataFrame, key: str, on: str) -> None:
-        """Left-join ``other`` (one row per ``key``, columns renamed ``prefix<column>``) on ``on``, once."""
+    def _join(self, prefix: str, other: DataFrame, key: str, on: str, unique: bool = False) -> None:
+        """Left-join ``other`` (one row per ``key``, columns renamed ``prefix<column>``) on ``on``, once;
+        ``unique`` says ``other`` already has one row per key."""
         if prefix in self._joined:
             return
         self._joined.add(prefix)
-        renamed = other.dropDuplicates([key]).select(*(F.col(c).alias(f"{prefix}{c}") for c in other.columns))
+        deduplicated = other if unique else other.dropDuplicates([key])
+        renamed = deduplicated.select(*(F.col(c).alias(f"{prefix}{c}") for c in other.columns))
         self.rows = self.rows.join(renamed, F.col(on) == F.col(f"{prefix}{key}"), "left")
 
     def person(self) -> str:
@@ -171,7 +175,7 @@ class _TableChecks:
 
     def concept_of(self, field_name: str) -> str:
         prefix = f"_c_{field_name}_"
-        self._join(prefix, self.concept, "concept_id", field_name)
+        self._join(prefix, self.concept, "concept_id", field_name, unique=True)
         return prefix
 
     def foreign(self, field_name: str, table: str, key: str) -> str:
@@ -372,6 +376,15 @@ def _present_concepts(rows: DataFrame, fields: Iterable[str]) -> set[tuple[str, 
     return {(f, int(c)) for f in fields for c in (collected[f] or [])}
 
 
+def _concepts_used(concept: DataFrame, tables: Iterable[DataFrame]) -> DataFrame:
+    """The CONCEPT rows that the checked rows' *_concept_id fields name, one per id: every concept check
+    joins this small frame instead of the site's whole vocabulary."""
+    ids = [rows.select(F.col(f.name).alias("concept_id")) for rows in tables for f in rows.schema.fields
+           if f.name.endswith("concept_id")]
+    named = functools.reduce(DataFrame.unionByName, ids).distinct()
+    return concept.join(named, "concept_id", "left_semi").dropDuplicates(["concept_id"]).localCheckpoint()
+
+
 def evaluate(spark: SparkSession, locator: TableLocator) -> list[CheckResult]:
     """Every shipped check on the rows micdm wrote, one aggregation per table plus one per unique key."""
     concept = read_table(spark, locator, "concept").select(
@@ -380,10 +393,14 @@ def evaluate(spark: SparkSession, locator: TableLocator) -> list[CheckResult]:
     by_table: dict[str, list[Control]] = {}
     for control in controls():
         by_table.setdefault(control.table, []).append(control)
-    results: list[CheckResult] = []
-    for name in CHECKED_TABLES:
-        rows = _written_rows(spark, locator, name).localCheckpoint()
-        table = _TableChecks(spark, locator, name, rows, concept)
+    written = dict(zip(CHECKED_TABLES, run_concurrently(
+        *[functools.partial(lambda name: _written_rows(spark, locator, name).localCheckpoint(), name)
+          for name in CHECKED_TABLES]), strict=True))
+    used = _concepts_used(concept, written.values())
+
+    def check(name: str) -> list[CheckResult]:
+        rows = written[name]
+        table = _TableChecks(spark, locator, name, rows, used)
         kinds = {f.name: f.dataType.typeName() for f in rows.schema.fields}
         present = _present_concepts(rows, {c.field for c in by_table.get(name, []) if c.level == "CONCEPT"
                                            and c.field})
@@ -395,8 +412,10 @@ def evaluate(spark: SparkSession, locator: TableLocator) -> list[CheckResult]:
                     _concept_check(table, control)
             else:
                 _field_check(table, control, kinds)
-        results += table.results(vocabulary_empty)
-    return results
+        return table.results(vocabulary_empty)
+
+    return [result for results in run_concurrently(*[functools.partial(check, name) for name in CHECKED_TABLES])
+            for result in results]
 
 
 def run(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: str) -> StageCounts:

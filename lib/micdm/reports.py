@@ -11,6 +11,7 @@ ingested is quarantined (series_not_in_image_occurrence), never put on another s
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,7 @@ from pyspark.sql import Column, DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, StructType
 
+from micdm.concurrency import run_concurrently
 from micdm.config import FeatureSettings
 from micdm.dicom.seg import segment_items
 from micdm.dicom.sr import analyse_report
@@ -112,10 +114,10 @@ def _placements(analysed: DataFrame, groups: DataFrame, items: DataFrame, instan
     keys = groups.select(*key).unionByName(items.select(*key)).distinct()
     candidates = _candidates(analysed, groups, keys, instances)
     decisive = candidates.groupBy(*key).agg(F.min("tier").alias("tier"))
-    named = candidates.join(decisive, [*key, "tier"])
+    named = candidates.join(decisive, [*key, "tier"]).localCheckpoint()
     placed = named.join(occurrences, F.col("series") == F.col("image_series_uid")).groupBy(*key).agg(
         F.min_by(F.struct("tier", *[F.col(c) for c in occurrences.columns]), "rank").alias("o")) \
-        .select(*key, "o.*").withColumn("placed_by", _placed_by(F.col("tier"))).drop("tier")
+        .select(*key, "o.*").withColumn("placed_by", _placed_by(F.col("tier"))).drop("tier").localCheckpoint()
     unplaced = named.join(placed.select(*key), key, "left_anti").groupBy(*key, "tier").agg(
         F.array_join(F.array_sort(F.collect_set("series")), ", ").alias("series"))
     return placed, unplaced
@@ -225,6 +227,5 @@ def write_sr_tables(spark: SparkSession, locator: TableLocator, reported: Report
     qualitative = items.where(F.col("value_type") == "CODE").select(
         *item_columns, "value_scheme", "value_code", "value_meaning", "observation_id")
     written = {"sr_measurement_group": group_rows, "sr_quantitative": quantitative, "sr_qualitative": qualitative}
-    for name, rows in written.items():
-        overwrite(locator, name, rows)
+    run_concurrently(*[functools.partial(overwrite, locator, name, rows) for name, rows in written.items()])
     return {name: read_table(spark, locator, name).count() for name in written}

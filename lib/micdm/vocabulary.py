@@ -15,6 +15,7 @@ import logging
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from micdm.concurrency import run_concurrently
 from micdm.config import Settings, VocabularySettings
 from micdm.schema import CONCEPT
 from micdm.stage import StageCounts
@@ -61,20 +62,21 @@ def run(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: 
                                    {"concept_id_1": "int", "concept_id_2": "int", "relationship_id": "string"})
     relationships = relationships.withColumns({"valid_start_date": F.lit(_VALID_FROM).cast("date"),
                                                "valid_end_date": F.lit(_VALID_TO).cast("date")})
-    added = {
-        "concept": merge_into(spark, locator, "concept", concepts, ["concept_id"], update_existing=False),
-        "concept_relationship": merge_into(spark, locator, "concept_relationship", relationships,
-                                           ["concept_id_1", "concept_id_2", "relationship_id"],
-                                           update_existing=False),
-        "vocabulary": merge_into(spark, locator, "vocabulary", _named(
+    merges = {
+        "concept": lambda: merge_into(spark, locator, "concept", concepts, ["concept_id"], update_existing=False),
+        "concept_relationship": lambda: merge_into(spark, locator, "concept_relationship", relationships,
+                                                   ["concept_id_1", "concept_id_2", "relationship_id"],
+                                                   update_existing=False),
+        "vocabulary": lambda: merge_into(spark, locator, "vocabulary", _named(
             concepts, "vocabulary_id", "vocabulary_name", "vocabulary_concept_id"), ["vocabulary_id"],
             update_existing=False),
-        "domain": merge_into(spark, locator, "domain", _named(concepts, "domain_id", "domain_name",
-                                                              "domain_concept_id"), ["domain_id"],
-                             update_existing=False),
-        "concept_class": merge_into(spark, locator, "concept_class", _named(
+        "domain": lambda: merge_into(spark, locator, "domain", _named(concepts, "domain_id", "domain_name",
+                                                                      "domain_concept_id"), ["domain_id"],
+                                     update_existing=False),
+        "concept_class": lambda: merge_into(spark, locator, "concept_class", _named(
             concepts, "concept_class_id", "concept_class_name", "concept_class_concept_id"), ["concept_class_id"],
             update_existing=False),
     }
+    added = dict(zip(merges, run_concurrently(*merges.values()), strict=True))
     log.info("vocabulary: rows added where the site lacked them: %s", added)
     return {f"{table} added": count for table, count in added.items()}
