@@ -40,6 +40,10 @@ _TABLE_REFERENCE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}(\.[A-Za-z_][A-Za-z0
 _CDM_TABLE_NAME = re.compile(r"[a-z_]+")
 
 
+#: How the tables micdm creates are laid out: by the keys schema.py declares, by Databricks' choice
+#: (CLUSTER BY AUTO: Unity Catalog managed tables with predictive optimization), or not clustered.
+_CLUSTERING = ("keys", "auto", "none")
+
 #: The site tables micdm adds rows to, and the first id of the block micdm allocates from in each.
 _SITE_ID_BLOCKS = {"procedure_occurrence": 2_000_000_000, "measurement": 2_000_000_000, "observation": 2_000_000_000}
 
@@ -52,8 +56,11 @@ class StorageSettings:
     cdm_schema: str | None = None
     site_id_blocks: dict[str, int] = field(default_factory=lambda: dict(_SITE_ID_BLOCKS))
     cdm_tables: dict[str, str] = field(default_factory=dict)
+    clustering: str = "keys"
 
     def __post_init__(self) -> None:
+        if self.clustering not in _CLUSTERING:
+            raise ConfigError(f"storage.clustering: {self.clustering!r} is not one of {list(_CLUSTERING)}")
         for key in ("catalog", "schema", "cdm_schema"):
             value = getattr(self, key)
             if value is not None and not _IDENTIFIER.fullmatch(value):

@@ -10,7 +10,7 @@ from pyspark.sql import SparkSession
 from micdm.config import Settings
 from micdm.schema import PUBLISHED_IMAGE_FEATURE, PUBLISHED_IMAGE_OCCURRENCE, PUBLISHED_TABLES, TableDef
 from micdm.stage import StageCounts
-from micdm.tables import TableLocator, overwrite
+from micdm.tables import TableLocator, create_table, overwrite
 from micdm.vocab import modality_concepts
 
 __all__ = ["publish", "published_sql", "run"]
@@ -47,6 +47,7 @@ def publish(spark: SparkSession, locator: TableLocator, settings: Settings) -> l
         if mode == "view":
             spark.sql(f"CREATE OR REPLACE VIEW {target.ref(table.name)} AS {published_sql(locator, table)}")
         else:
+            create_table(spark, target, table)
             overwrite(target, table.name, spark.sql(published_sql(locator, table)), table)
     return [target.where(table.name) for table in PUBLISHED_TABLES]
 

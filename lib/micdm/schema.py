@@ -83,6 +83,8 @@ class TableDef:
 
     Wide tables name their keys here: statistics on every column cost more per write than the rest of it.
     """
+    cluster_by: tuple[str, ...] = ()
+    """Liquid clustering keys: the columns users filter on and micdm MERGEs on, so those read few files."""
 
     @property
     def required_columns(self) -> list[str]:
@@ -104,7 +106,8 @@ class TableDef:
         return ", ".join(f"`{f.name}` {ddl_type(f)}{'' if f.nullable else ' NOT NULL'}" for f in self.schema.fields)
 
 
-def table(name: str, layer: str, columns: str, stats_columns: tuple[str, ...] = ()) -> TableDef:
+def table(name: str, layer: str, columns: str, stats_columns: tuple[str, ...] = (),
+          cluster_by: tuple[str, ...] = ()) -> TableDef:
     """Declare a table from lines of ``name  type  [required]``."""
     fields = []
     for line in columns.strip().splitlines():
@@ -122,7 +125,12 @@ def table(name: str, layer: str, columns: str, stats_columns: tuple[str, ...] = 
     unknown = set(stats_columns) - set(schema.fieldNames())
     if unknown:
         raise ValueError(f"table {name!r}: statistics on unknown columns {sorted(unknown)}")
-    return TableDef(name, layer, schema, stats_columns)
+    # Delta clusters by a column's min/max statistics, which it keeps for neither VARCHAR nor unlisted columns.
+    unclusterable = [c for c in cluster_by if c not in schema.fieldNames() or max_length(schema[c]) is not None
+                     or (stats_columns and c not in stats_columns)]
+    if unclusterable:
+        raise ValueError(f"table {name!r}: cannot cluster by {unclusterable} (unknown, varchar, or without statistics)")
+    return TableDef(name, layer, schema, stats_columns, cluster_by)
 
 
 def max_length(field: StructField) -> int | None:
@@ -144,7 +152,7 @@ IMAGE_OCCURRENCE = table("image_occurrence", "gold", """
     image_study_uid            varchar(250)  required
     image_series_uid           varchar(250)  required
     modality                   varchar(250)  required
-""")
+""", cluster_by=("person_id", "image_occurrence_id"))
 
 IMAGE_FEATURE = table("image_feature", "gold", """
     image_feature_id                integer       required
@@ -159,7 +167,7 @@ IMAGE_FEATURE = table("image_feature", "gold", """
     anatomic_site_concept_id        integer
     alg_system                      varchar(max)
     alg_datetime                    datetime
-""")
+""", cluster_by=("person_id", "image_occurrence_id"))
 
 SPEC_TABLES = (IMAGE_OCCURRENCE, IMAGE_FEATURE)
 
@@ -177,7 +185,7 @@ PUBLISHED_IMAGE_OCCURRENCE = table("image_occurrence", "published", """
     image_series_uid           varchar(250)  required
     modality_concept_id        integer       required
     anatomic_site_concept_id   integer
-""")
+""", cluster_by=("person_id", "image_occurrence_id"))
 
 PUBLISHED_IMAGE_FEATURE = table("image_feature", "published", """
     image_feature_id                      integer       required
@@ -192,7 +200,7 @@ PUBLISHED_IMAGE_FEATURE = table("image_feature", "published", """
     anatomic_site_concept_id              integer
     alg_system                            varchar(max)
     alg_datetime                          datetime
-""")
+""", cluster_by=("person_id", "image_occurrence_id"))
 
 PUBLISHED_TABLES = (PUBLISHED_IMAGE_OCCURRENCE, PUBLISHED_IMAGE_FEATURE)
 
@@ -282,7 +290,7 @@ MEASUREMENT = table("measurement", "cdm", """
     value_source_value             varchar(50)
     measurement_event_id           integer
     meas_event_field_concept_id    integer
-""")
+""", cluster_by=("person_id", "measurement_id"))
 
 OBSERVATION = table("observation", "cdm", """
     observation_id                 integer      required
@@ -306,7 +314,7 @@ OBSERVATION = table("observation", "cdm", """
     value_source_value             varchar(50)
     observation_event_id           integer
     obs_event_field_concept_id     integer
-""")
+""", cluster_by=("person_id", "observation_id"))
 
 CONCEPT = table("concept", "cdm", """
     concept_id        integer       required
@@ -481,7 +489,8 @@ DICOM_INSTANCE = table("dicom_instance", "bronze", _FILE_COLUMNS + """
     sr_content_reason    string
     sr_content_message   string
     header_digest        string
-""", stats_columns=("path", "sop_instance_uid", "study_instance_uid", "series_instance_uid", "extracted_at"))
+""", stats_columns=("path", "sop_instance_uid", "study_instance_uid", "series_instance_uid", "extracted_at"),
+   cluster_by=("series_instance_uid",))
 
 DICOM_QUARANTINE = table("dicom_quarantine", "bronze", _FILE_COLUMNS + """
     bytes_read           bigint

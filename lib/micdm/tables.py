@@ -22,9 +22,10 @@ from micdm.config import StorageSettings
 from micdm.errors import ConfigError, SchemaMismatchError
 from micdm.schema import CDM_TABLES, TABLES, TableDef
 
-__all__ = ["TableLocator", "aggregate", "append", "as_stored", "conform", "create_table", "delete_keys", "delta_table",
-           "init_tables", "load_csv", "may_have_rows", "merge_into", "merge_or_delete", "overwrite", "read_table",
-           "row_digest", "schema_problems", "site_table", "table_problems", "table_properties"]
+__all__ = ["TableLocator", "aggregate", "append", "as_stored", "clustering_clause", "conform", "create_table",
+           "delete_keys", "delta_table", "init_tables", "load_csv", "may_have_rows", "merge_into",
+           "merge_or_delete", "overwrite", "read_table", "row_digest", "schema_problems", "site_table",
+           "table_problems", "table_properties"]
 
 _CDM_NAMES = frozenset(t.name for t in CDM_TABLES)
 
@@ -104,13 +105,23 @@ def create_table(spark: SparkSession, locator: TableLocator, table: TableDef) ->
         properties = ""
         if table.stats_columns:
             properties = f" TBLPROPERTIES ('delta.dataSkippingStatsColumns' = '{','.join(table.stats_columns)}')"
-        spark.sql(f"CREATE TABLE IF NOT EXISTS {ref} ({table.ddl_columns()}) USING DELTA{properties}")
+        layout = clustering_clause(locator.storage.clustering, table)
+        spark.sql(f"CREATE TABLE IF NOT EXISTS {ref} ({table.ddl_columns()}) USING DELTA{layout}{properties}")
     else:
         _add_new_columns(spark, ref, table)
         problems = schema_problems(table, spark.table(ref).schema)
         if problems:
             raise SchemaMismatchError(_mismatch_message(locator, table, problems))
     return created
+
+
+def clustering_clause(clustering: str, table: TableDef) -> str:
+    """The CLUSTER BY clause micdm creates a table with, from storage.clustering."""
+    if clustering == "none" or not table.cluster_by:
+        return ""
+    if clustering == "auto":
+        return " CLUSTER BY AUTO"
+    return f" CLUSTER BY ({', '.join(f'`{c}`' for c in table.cluster_by)})"
 
 
 def _add_new_columns(spark: SparkSession, ref: str, table: TableDef) -> None:
@@ -333,6 +344,10 @@ def _write(locator: TableLocator, name: str, rows: DataFrame, mode: str, table: 
     if table is None:
         shaped = as_stored(shaped.sparkSession, locator, name, shaped)
     writer = shaped.write.format("delta").mode(mode)
+    if mode == "overwrite":
+        # A plain overwrite redefines the table's layout (Delta drops its clustering); replacing every row
+        # keeps the table as created: its clustering, properties and constraints.
+        writer = writer.option("replaceWhere", "true")
     path = locator.path(name)
     if path is not None:
         writer.save(path)

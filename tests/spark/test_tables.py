@@ -8,7 +8,7 @@ from pyspark.sql.types import StructType
 
 from micdm import schema
 from micdm.schema import TABLES
-from micdm.tables import TableLocator, init_tables, read_table
+from micdm.tables import TableLocator, clustering_clause, init_tables, overwrite, read_table
 
 
 def _occurrence_row(**changes: object) -> Row:
@@ -44,6 +44,33 @@ def test_wide_tables_keep_statistics_on_their_keys_only(spark, settings) -> None
     assert "delta.dataSkippingStatsColumns" not in plain
     with pytest.raises(ValueError, match="statistics on unknown columns"):
         schema.table("broken", "bronze", "path string required", stats_columns=("paht",))
+
+
+def test_tables_are_clustered_by_their_keys_and_an_overwrite_keeps_it(spark, settings) -> None:
+    locator = TableLocator(settings.storage)
+    init_tables(spark, locator, ["dicom_instance", "image_occurrence", "measurement"])
+
+    def clustering(name: str) -> list[str]:
+        return spark.sql(f"DESCRIBE DETAIL {locator.ref(name)}").first()["clusteringColumns"]
+
+    assert clustering("dicom_instance") == ["series_instance_uid"]
+    assert clustering("measurement") == ["person_id", "measurement_id"]
+    assert clustering("image_occurrence") == ["person_id", "image_occurrence_id"]
+    occurrence = TABLES["image_occurrence"].schema
+    overwrite(locator, "image_occurrence", spark.createDataFrame([_occurrence_row()], occurrence))
+    overwrite(locator, "image_occurrence", spark.createDataFrame([_occurrence_row(image_occurrence_id=2)], occurrence))
+    assert clustering("image_occurrence") == ["person_id", "image_occurrence_id"]
+    assert [r.image_occurrence_id for r in read_table(spark, locator, "image_occurrence").collect()] == [2]
+    with pytest.raises(ValueError, match="cannot cluster by"):
+        schema.table("broken", "bronze", "uid varchar(64)", cluster_by=("uid",))
+
+
+def test_clustering_setting_chooses_the_clause() -> None:
+    occurrence = TABLES["image_occurrence"]
+    assert clustering_clause("keys", occurrence) == " CLUSTER BY (`person_id`, `image_occurrence_id`)"
+    assert clustering_clause("auto", occurrence) == " CLUSTER BY AUTO"
+    assert clustering_clause("none", occurrence) == ""
+    assert clustering_clause("keys", TABLES["stage_state"]) == ""
 
 
 def test_delta_rejects_null_in_required_column_and_overlong_uid(spark, settings) -> None:
