@@ -11,8 +11,13 @@ $(INSTALLED): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "micdm needs Python 3.11 or newer, found " + sys.version.split()[0])'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[spark,s3,dev,synth]"
+	$(BIN)/python -m pip install --quiet -e ".[spark,s3,gcs,azure,dev,synth]"
 	touch $(INSTALLED)
+
+# Azurite, the Azure storage server the abfss:// tests run on (npm; Node.js 18 or newer).
+AZURITE := build/azurite/node_modules/.bin/azurite-blob
+$(AZURITE):
+	npm install --silent --no-audit --no-fund --prefix build/azurite azurite@3.37.0
 
 setup: $(INSTALLED)
 	$(BIN)/micdm setup -c $(CONFIG)
@@ -20,7 +25,7 @@ setup: $(INSTALLED)
 demo: setup
 	$(BIN)/micdm demo -c $(CONFIG)
 
-test: setup
+test: setup $(AZURITE)
 	$(BIN)/python -m pytest
 
 # The edit loop: unit tests and the quick Spark ones, no server; `make test` (what CI runs) runs everything.

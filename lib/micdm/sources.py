@@ -70,14 +70,23 @@ def _resolve_root(root: str, storage_options: dict[str, Any]) -> tuple[fsspec.Ab
 
 
 def root_prefix(root: str, storage_options: dict[str, Any]) -> str:
-    """The form paths under ``root`` take in the tables: absolute local paths, or full URLs."""
-    fs, root_path, local = _resolve_root(root, storage_options)
-    return root_path if local else fs.unstrip_protocol(root_path)
+    """The form paths under ``root`` take in the tables: absolute local paths, or URLs as the root is written.
+
+    The root's own URL is kept rather than the filesystem's: ``abfss://container@account.dfs.core.windows.net``
+    names the storage account, which adlfs's short form (``abfs://container``) drops.
+    """
+    _, root_path, local = _resolve_root(root, storage_options)
+    return root_path if local else root.rstrip("/")
 
 
 def _relative(path: str, base: str) -> str:
     """``path`` below ``base`` (which ends with a slash); a slice, as relpath costs more than the listing."""
     return path[len(base):] if path.startswith(base) else posixpath.relpath(path, base)
+
+
+def _as_written(path: str, base: str, prefix: str, fs: fsspec.AbstractFileSystem) -> str:
+    """A listed object's URL under the root as the user wrote it (a root naming a single object: its own)."""
+    return prefix + path[len(base):] if path.startswith(base) else fs.unstrip_protocol(path)
 
 
 def list_files(settings: SourceSettings) -> Iterator[DiscoveredFile]:
@@ -91,6 +100,7 @@ def list_files(settings: SourceSettings) -> Iterator[DiscoveredFile]:
         except Exception as error:
             raise SourceError(f"cannot list {root}: {type(error).__name__}: {error}"[:500]) from None
         base = root_path.rstrip("/") + "/"
+        prefix = root.rstrip("/") + "/"  # the root as written: it may name what the short form drops
         select_all = settings.include == ("**",) and not settings.exclude
         for path, info in sorted(found.items()):
             if info.get("type") not in (None, "file") and not info.get("islink"):
@@ -98,7 +108,7 @@ def list_files(settings: SourceSettings) -> Iterator[DiscoveredFile]:
             if not select_all and not _selected(_relative(path, base), settings.include, settings.exclude):
                 continue
             yield DiscoveredFile(
-                path=path if local else fs.unstrip_protocol(path),
+                path=path if local else _as_written(path, base, prefix, fs),
                 file_size=int(info.get("size") or 0),
                 modification_time=_mtime(info),
                 etag=_etag(info),

