@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 CONFIG ?= conf/local.yml
 
-.PHONY: demo test test-fast lint bench bench-acquisition bench-pipeline setup clean
+.PHONY: demo test test-fast lint bench bench-acquisition bench-header bench-pipeline setup clean
 
 $(INSTALLED): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "micdm needs Python 3.11 or newer, found " + sys.version.split()[0])'
@@ -44,6 +44,9 @@ bench: setup
 
 bench-acquisition: setup
 	$(BIN)/python bench/acquisition_bench.py
+
+bench-header: setup
+	$(BIN)/python bench/header_format_bench.py
 
 bench-pipeline: setup
 	$(BIN)/python bench/pipeline_bench.py

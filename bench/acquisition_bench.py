@@ -12,14 +12,13 @@ minimum, maximum, per modality), rows per series, distinct attributes seen.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import os
-import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
+
+import figures
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -36,7 +35,7 @@ def _measure(spark, name: str, root: Path, work: Path, selection: list[str]) -> 
 
     settings = load_settings(REPO / "conf" / "local.yml", [
         f"storage.warehouse={work / name}", f"sources.roots=[{root}]", "sources.exclude=[MANIFEST.tsv]"])
-    locator = TableLocator(settings.storage)
+    locator = TableLocator.of(settings)
     init_tables(spark, locator)
     extract(spark, locator, settings)
     attributes = select_attributes(selection)
@@ -110,13 +109,8 @@ def main() -> None:
         generate(work / "demo", patients=args.patients, seed=11, pixels="none")
         corpora[f"synthetic demo ({args.patients} patients)"] = _measure(spark, "demo", work / "demo" / "dicom",
                                                                          work, selection)
-    results = {"selection": ", ".join(selection), "date": dt.date.today().isoformat(),
-               "machine": f"{os.cpu_count()} cores, {platform.python_implementation()} {platform.python_version()}",
-               "command": "make bench-acquisition", "corpora": corpora}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "acquisition.json").write_text(json.dumps(results, indent=2) + "\n")
-    (args.out / "acquisition.md").write_text(_markdown(results))
-    print(_markdown(results))
+    figures.write(args.out, "acquisition", figures.stamp("make bench-acquisition", selection=", ".join(selection),
+                                                         corpora=corpora), _markdown)
 
 
 if __name__ == "__main__":

@@ -125,7 +125,7 @@ def _extract(spark, settings, cold: bool = False) -> dict[str, float]:
     from micdm.extract import extract
     from micdm.tables import TableLocator, init_tables, read_table
 
-    locator = TableLocator(settings.storage)
+    locator = TableLocator.of(settings)
     init_tables(spark, locator)
     dropped = _drop_page_cache() if cold else False
     summary = extract(spark, locator, settings)

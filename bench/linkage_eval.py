@@ -95,7 +95,7 @@ def evaluate_linkage(spark: Any, work: Path, patients: int, seed: int, *override
     generate(export, patients=patients, seed=seed, pixels="none", max_instances=1)
     settings = load_settings(None, [
         f"storage.warehouse={work / 'warehouse'}", f"sources.roots=[{export / 'dicom'}]", *overrides])
-    locator = TableLocator(settings.storage)
+    locator = TableLocator.of(settings)
     load_site(spark, locator, export)
     started = time.monotonic()
     stages = [run_stage(spark, settings, stage, init=False) for stage in ("extract", "series", "link", "occurrence")]

@@ -104,7 +104,7 @@ def shift_procedures(warehouse: str) -> int:
 
     settings = load_settings(REPO / "conf" / "local.yml", [f"storage.warehouse={warehouse}"])
     spark = get_spark(settings.spark)
-    table = delta_table(spark, TableLocator(settings.storage), "procedure_occurrence")
+    table = delta_table(spark, TableLocator.of(settings), "procedure_occurrence")
     condition = "procedure_occurrence_id % 100 = 0"
     moved = table.toDF().where(condition).count()
     table.update(condition, {"procedure_date": "date_add(procedure_date, 1)"})

@@ -18,7 +18,7 @@ from micdm.config import load_settings
 from micdm.tables import TableLocator, read_table
 
 settings = load_settings(dbutils.widgets.get("config"), dbutils.widgets.get("overrides").split())
-locator = TableLocator(settings.storage)
+locator = TableLocator.of(settings)
 instances = read_table(spark, locator, "dicom_instance")
 quarantine = read_table(spark, locator, "dicom_quarantine")
 print(f"{instances.count()} instances, {quarantine.count()} files quarantined")

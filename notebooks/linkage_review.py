@@ -19,7 +19,7 @@ from micdm.config import load_settings
 from micdm.tables import TableLocator, read_table
 
 settings = load_settings(dbutils.widgets.get("config"), dbutils.widgets.get("overrides").split())
-locator = TableLocator(settings.storage)
+locator = TableLocator.of(settings)
 links = read_table(spark, locator, "series_link")
 exceptions = read_table(spark, locator, "link_exception")
 

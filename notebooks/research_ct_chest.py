@@ -19,7 +19,7 @@ from micdm.config import load_settings
 from micdm.tables import TableLocator, read_table
 
 settings = load_settings(dbutils.widgets.get("config"), dbutils.widgets.get("overrides").split())
-locator = TableLocator(settings.storage)
+locator = TableLocator.of(settings)
 limit = float(dbutils.widgets.get("max_slice_thickness_mm"))
 SLICE_THICKNESS = "00180050:"  # measurement_source_value: tag, then the rule (a series may have several)
 CHEST_TERMS = ("CHEST", "THORAX", "LUNG")

@@ -89,7 +89,7 @@ def empty(spark, tmp_path: Path) -> tuple[Settings, TableLocator]:
     from micdm.tables import TableLocator, init_tables
 
     settings = load_settings(REPO / "conf" / "local.yml", [f"storage.warehouse={tmp_path / 'warehouse'}"])
-    locator = TableLocator(settings.storage)
+    locator = TableLocator.of(settings)
     init_tables(spark, locator)
     return settings, locator
 
@@ -129,7 +129,7 @@ def demo(spark, tmp_path_factory):
     settings = load_settings(REPO / "conf" / "local.yml", [
         f"storage.warehouse={root / 'warehouse'}", f"sources.roots=[{root / 'export' / 'dicom'}]",
         "extract.files_per_partition=200"])
-    locator = TableLocator(settings.storage)
+    locator = TableLocator.of(settings)
     load_site(spark, locator, root / "export")
     first = run_pipeline(spark, settings)
     snapshot = {name: read_table(spark, locator, name).toPandas() for name in

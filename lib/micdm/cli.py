@@ -92,7 +92,7 @@ def _synth(spark: object, settings: Settings, load: bool) -> None:
     print(f"synth: {summary.patients} patients, {summary.studies} studies, {summary.series} series, "
           f"{summary.instances} instances ({summary.bytes_written / 1e6:.1f} MB) in {summary.out}/dicom")
     if load:
-        locator = TableLocator(settings.storage)
+        locator = TableLocator.of(settings)
         for name, rows in load_site(spark, locator, cfg.out).items():
             print(f"synth: loaded {rows} rows into {locator.where(name)}")
 
@@ -103,7 +103,7 @@ def _dry_run(settings: Settings, stages: list[str]) -> None:
     from micdm.sources import list_files
     from micdm.tables import TableLocator
 
-    locator = TableLocator(settings.storage)
+    locator = TableLocator.of(settings)
     print(f"dry run: {', '.join(stages)}; nothing is written")
     if "extract" in stages:
         files = list(list_files(settings.sources))
@@ -159,7 +159,7 @@ def _run_with_spark(args: argparse.Namespace, settings: Settings) -> None:
 
     spark = get_spark(settings.spark)
     if args.command == "init":
-        created = init_tables(spark, TableLocator(settings.storage))
+        created = init_tables(spark, TableLocator.of(settings))
         print(f"init: {sum(created.values())} created, {len(created) - sum(created.values())} already there")
         return
     if args.command in ("synth", "demo"):

@@ -44,6 +44,9 @@ _CDM_TABLE_NAME = re.compile(r"[a-z_]+")
 #: (CLUSTER BY AUTO: Unity Catalog managed tables with predictive optimization), or not clustered.
 _CLUSTERING = ("keys", "auto", "none")
 
+#: How dicom_instance keeps each header: DICOM JSON text (header_json) or a VARIANT (header).
+_HEADER_FORMATS = ("json", "variant")
+
 #: The site tables micdm adds rows to, and the first id of the block micdm allocates from in each.
 _SITE_ID_BLOCKS = {"procedure_occurrence": 2_000_000_000, "measurement": 2_000_000_000, "observation": 2_000_000_000}
 
@@ -105,8 +108,11 @@ class ExtractSettings:
     sr_max_items: int = 200_000
     max_nesting: int = 10_000
     full_refresh: bool = False
+    header_format: str = "json"
 
     def __post_init__(self) -> None:
+        if self.header_format not in _HEADER_FORMATS:
+            raise ConfigError(f"extract.header_format: {self.header_format!r} is not one of {list(_HEADER_FORMATS)}")
         for key in ("block_size", "threads_per_task", "files_per_partition", "header_json_max_bytes",
                     "sr_max_items", "max_nesting"):
             if getattr(self, key) < 1:

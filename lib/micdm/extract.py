@@ -306,6 +306,8 @@ def _write_results(spark: SparkSession, locator: TableLocator, verdicts: DataFra
     """
     now = F.current_timestamp()
     rows = verdicts.withColumns({"extracted_at": now, "quarantined_at": now, "run_id": F.lit(run_id)})
+    if locator.header_format == "variant":
+        rows = rows.withColumn("header", F.parse_json("header_json"))
     is_instance = F.col("outcome") == Outcome.INSTANCE.value
     stored = read_table(spark, locator, "dicom_instance").select("path").unionByName(
         read_table(spark, locator, "dicom_quarantine").select("path"))

@@ -88,7 +88,7 @@ def run_stage(spark: SparkSession, settings: Settings, stage: str, init: bool = 
     unless ``full_refresh``; extract always lists its sources, and with ``full_refresh`` reads every file
     again. The caller holds the run lock (micdm.runlock.exclusive_run), as the CLI and the jobs do.
     """
-    locator = TableLocator(settings.storage)
+    locator = TableLocator.of(settings)
     if init:
         init_tables(spark, locator)
     done: _Marks = {}
@@ -150,7 +150,7 @@ def run_pipeline(spark: SparkSession, settings: Settings, full_refresh: bool = F
 
     The caller holds the run lock, as for run_stage.
     """
-    locator = TableLocator(settings.storage)
+    locator = TableLocator.of(settings)
     init_tables(spark, locator)
     run_id = uuid.uuid4().hex
     results: list[StageResult] = []
@@ -173,12 +173,12 @@ def run_pipeline(spark: SparkSession, settings: Settings, full_refresh: bool = F
 
 def table_counts(spark: SparkSession, settings: Settings, names: tuple[str, ...]) -> dict[str, tuple[int, str]]:
     """Rows per table and where each lives, for summaries."""
-    locator = TableLocator(settings.storage)
+    locator = TableLocator.of(settings)
     return {name: (read_table(spark, locator, name).count(), locator.where(name)) for name in names}
 
 
 def latest_link_report(spark: SparkSession, settings: Settings) -> list[tuple[str, str, int, int]]:
     """The last link run's (kind, rule or reason, series, studies), rules first."""
-    report = latest_run_rows(read_table(spark, TableLocator(settings.storage), "link_report"), "reported_at")
+    report = latest_run_rows(read_table(spark, TableLocator.of(settings), "link_report"), "reported_at")
     rows = report.orderBy(report["kind"].desc(), "name").collect()
     return [(r["kind"], r["name"], r["series"], r["studies"]) for r in rows]

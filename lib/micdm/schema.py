@@ -12,6 +12,7 @@ function turns any table into DDL, constraints or an empty DataFrame.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 
@@ -27,6 +28,7 @@ from pyspark.sql.types import (
     StructField,
     StructType,
     TimestampType,
+    VariantType,
 )
 
 __all__ = [
@@ -40,6 +42,7 @@ __all__ = [
     "TableDef",
     "max_length",
     "table",
+    "with_header_format",
 ]
 
 #: Field-metadata key holding a varchar's declared length.
@@ -840,3 +843,13 @@ PIPELINE_TABLES = (
 
 #: Every persistent table by name.
 TABLES: dict[str, TableDef] = {t.name: t for t in (*SPEC_TABLES, *CDM_TABLES, *PIPELINE_TABLES)}
+
+
+def with_header_format(table: TableDef, header_format: str) -> TableDef:
+    """``table`` as stored under extract.header_format: with `variant`, its header_json column (DICOM JSON
+    text) becomes `header`, a VARIANT users query by path (``header:['00180050'].Value[0]::double``)."""
+    if header_format != "variant" or "header_json" not in table.schema.fieldNames():
+        return table
+    fields = [StructField("header", VariantType(), nullable=True) if f.name == "header_json" else f
+              for f in table.schema.fields]
+    return dataclasses.replace(table, schema=StructType(fields))

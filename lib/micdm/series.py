@@ -83,7 +83,10 @@ _COMMON_FOLDER_SQL = """
 def present_instances(spark: SparkSession, locator: TableLocator) -> DataFrame:
     """dicom_instance without the files the last listing no longer found (their rows stay, marked missing)."""
     missing = read_table(spark, locator, "file_inventory").where(F.col("missing_since").isNotNull())
-    return read_table(spark, locator, "dicom_instance").join(missing.select("path"), "path", "left_anti")
+    instances = read_table(spark, locator, "dicom_instance").join(missing.select("path"), "path", "left_anti")
+    if "header" in instances.columns:  # kept as a VARIANT (extract.header_format): readers take the JSON text
+        instances = instances.withColumn("header_json", F.to_json("header"))
+    return instances
 
 
 def run(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: str) -> StageCounts:

@@ -22,7 +22,7 @@ from micdm.config import SourceSettings
 from micdm.errors import SourceError
 from micdm.secrets import resolve_references
 
-__all__ = ["DiscoveredFile", "is_local", "list_files", "root_prefix"]
+__all__ = ["DiscoveredFile", "is_local", "list_files", "open_filesystem", "root_prefix"]
 
 _LOCAL_PROTOCOLS = {"file", "local"}
 
@@ -63,8 +63,22 @@ def _selected(relative: str, include: tuple[str, ...], exclude: tuple[str, ...])
     return matches(include) and not matches(exclude)
 
 
+#: The Azure SDK's retry settings (by default three retries, backing off from 15 s), which adlfs accepts
+#: among its options but does not hand to the SDK: micdm adds them to the options of every read.
+_AZURE_RETRY_OPTIONS = ("retry_total", "retry_connect", "retry_read", "retry_status")
+
+
+def open_filesystem(url: str, storage_options: dict[str, Any]) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The filesystem holding ``url`` and the path within it, with the storage options applied."""
+    fs, path = url_to_fs(url, **storage_options)
+    per_request = getattr(fs, "_timeout_kwargs", None)  # adlfs: the options it passes to each SDK read
+    if isinstance(per_request, dict):
+        per_request.update({k: storage_options[k] for k in _AZURE_RETRY_OPTIONS if k in storage_options})
+    return fs, path
+
+
 def _resolve_root(root: str, storage_options: dict[str, Any]) -> tuple[fsspec.AbstractFileSystem, str, bool]:
-    fs, root_path = url_to_fs(root, **resolve_references(storage_options))
+    fs, root_path = open_filesystem(root, resolve_references(storage_options))
     local = is_local(fs)
     return fs, fs._strip_protocol(root_path) if local else root_path, local
 

@@ -18,9 +18,9 @@ from pyspark.sql import Column, DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
-from micdm.config import StorageSettings
+from micdm.config import Settings, StorageSettings
 from micdm.errors import ConfigError, SchemaMismatchError
-from micdm.schema import CDM_TABLES, TABLES, TableDef
+from micdm.schema import CDM_TABLES, TABLES, TableDef, with_header_format
 
 __all__ = ["TableLocator", "aggregate", "append", "as_stored", "clustering_clause", "conform", "create_table",
            "delete_keys", "delta_table", "init_tables", "load_csv", "may_have_rows", "merge_into",
@@ -32,9 +32,19 @@ _CDM_NAMES = frozenset(t.name for t in CDM_TABLES)
 
 @dataclass(frozen=True)
 class TableLocator:
-    """Maps a table name to its SQL reference, from the storage settings."""
+    """Maps a table name to its SQL reference and its definition, from the settings."""
 
     storage: StorageSettings
+    header_format: str = "json"
+    """extract.header_format: how dicom_instance keeps each header (it decides that table's columns)."""
+
+    @classmethod
+    def of(cls, settings: Settings) -> TableLocator:
+        return cls(settings.storage, settings.extract.header_format)
+
+    def definition(self, name: str) -> TableDef:
+        """The table micdm creates and writes under this name."""
+        return with_header_format(TABLES[name], self.header_format)
 
     def schema_of(self, name: str) -> str:
         if name in _CDM_NAMES and self.storage.cdm_schema:
@@ -168,13 +178,16 @@ def _mismatch_message(locator: TableLocator, table: TableDef, problems: list[str
     else:
         fix = (f"this is one of micdm's own tables: point storage.schema elsewhere, or drop "
                f"{locator.where(table.name)} and let micdm create it again")
+    if {p.split(":")[0] for p in problems} & {"header", "header_json"}:
+        fix = ("set extract.header_format to the format the table was created with (json: header_json, "
+               f"variant: header), or {fix}")
     return f"{locator.where(table.name)} cannot be used as {table.name}: {'; '.join(problems)}. Fix: {fix}"
 
 
 def table_problems(spark: SparkSession, locator: TableLocator) -> list[str]:
     """What create_table would refuse, for every table that exists: one message per unusable table."""
     problems = []
-    for table in TABLES.values():
+    for table in map(locator.definition, TABLES):
         if _exists(spark, locator, table.name):
             found = schema_problems(table, spark.table(locator.ref(table.name)).schema)
             if found:
@@ -184,7 +197,7 @@ def table_problems(spark: SparkSession, locator: TableLocator) -> list[str]:
 
 def init_tables(spark: SparkSession, locator: TableLocator, names: Iterable[str] | None = None) -> dict[str, bool]:
     """Create every table (or the named ones) idempotently; returns name -> created now."""
-    return {name: create_table(spark, locator, TABLES[name]) for name in (names or TABLES)}
+    return {name: create_table(spark, locator, locator.definition(name)) for name in (names or TABLES)}
 
 
 def may_have_rows(spark: SparkSession, locator: TableLocator, name: str) -> bool:
@@ -256,7 +269,7 @@ def merge_into(
     """
     target = delta_table(spark, locator, name)
     condition = _key_condition(keys)
-    source = as_stored(spark, locator, name, conform(updates, TABLES[name]))
+    source = as_stored(spark, locator, name, conform(updates, locator.definition(name)))
     if not delete_unmatched:
         source = _changed_rows(source, read_table(spark, locator, name), keys, update_existing).localCheckpoint()
         if not source.take(1):
@@ -304,7 +317,7 @@ def merge_or_delete(spark: SparkSession, locator: TableLocator, name: str, rows:
     Used where each input decides which of two tables a key belongs in, so that moving a key from one
     table to the other is one commit per table.
     """
-    table = TABLES[name]
+    table = locator.definition(name)
     source = conform(rows.withColumn("_keep", keep), table, carry=["_keep"])
     condition = _key_condition(keys)
     values: dict[str, str | Column] = {f"`{f.name}`": f"s.`{f.name}`" for f in table.schema.fields}
@@ -340,7 +353,7 @@ def as_stored(spark: SparkSession, locator: TableLocator, name: str, rows: DataF
 
 
 def _write(locator: TableLocator, name: str, rows: DataFrame, mode: str, table: TableDef | None = None) -> None:
-    shaped = conform(rows, table or TABLES[name])
+    shaped = conform(rows, table or locator.definition(name))
     if table is None:
         shaped = as_stored(shaped.sparkSession, locator, name, shaped)
     writer = shaped.write.format("delta").mode(mode)

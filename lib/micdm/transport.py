@@ -21,9 +21,8 @@ from urllib.parse import quote, urlsplit
 
 import fsspec
 import fsspec.asyn
-from fsspec.core import url_to_fs
 
-from micdm.sources import is_local
+from micdm.sources import is_local, open_filesystem
 
 __all__ = ["Fetch", "on_network_mount", "opener", "parse_mounts", "read_first_blocks", "with_first_block"]
 
@@ -120,7 +119,7 @@ def _locate(path: str, storage_options: dict[str, Any]) -> tuple[fsspec.Abstract
     """
     if "://" not in path:
         return None, path
-    fs, stripped = url_to_fs(path, **storage_options)
+    fs, stripped = open_filesystem(path, storage_options)
     return (None, stripped) if is_local(fs) else (fs, stripped)
 
 

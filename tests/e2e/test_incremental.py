@@ -48,7 +48,7 @@ def test_each_incremental_run_equals_a_full_rebuild(spark, tmp_path: Path) -> No
     settings = load_settings(REPO / "conf" / "local.yml", [
         f"storage.warehouse={tmp_path / 'warehouse'}", f"sources.roots=[{export / 'dicom'}]",
         f"features.algorithm_results={export / ALGORITHM_RESULTS}"])
-    locator = TableLocator(settings.storage)
+    locator = TableLocator.of(settings)
     load_site(spark, locator, export)
     with (export / "truth.csv").open(newline="") as handle:
         truth = list(csv.DictReader(handle))

@@ -65,7 +65,7 @@ def test_killed_runs_then_a_rerun_equal_an_uninterrupted_run(spark, tmp_path: Pa
 
     def prepared(name: str):
         settings = load_settings(REPO / "conf" / "local.yml", [f"storage.warehouse={tmp_path / name}", roots])
-        locator = TableLocator(settings.storage)
+        locator = TableLocator.of(settings)
         load_site(spark, locator, tmp_path / "export")
         return settings, locator
 

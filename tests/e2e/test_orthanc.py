@@ -43,7 +43,7 @@ def test_every_wadors_uri_resolves(spark, orthanc, tmp_path: Path) -> None:
     settings = load_settings(REPO / "conf" / "local.yml", [
         f"storage.warehouse={tmp_path / 'warehouse'}", f"sources.roots=[{export / 'dicom'}]",
         f"occurrence.wadors_root={orthanc.dicomweb_root}/"])
-    locator = TableLocator(settings.storage)
+    locator = TableLocator.of(settings)
     init_tables(spark, locator)
     for name in ("person", "visit_occurrence", "procedure_occurrence"):
         load_csv(spark, locator, name, str(export / "cdm" / f"{name}.csv"))

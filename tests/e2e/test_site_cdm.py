@@ -144,7 +144,7 @@ def site(spark, export: SiteExport, tmp_path_factory):
     root = tmp_path_factory.mktemp("site")
     settings = export.warehouse(root / "warehouse", SITE_CONCEPTS)
     run_pipeline(spark, settings)  # raises QualityError if a fatal check failed
-    return dict(settings=settings, locator=TableLocator(settings.storage), imaging=export.imaging, root=root)
+    return dict(settings=settings, locator=TableLocator.of(settings), imaging=export.imaging, root=root)
 
 
 def test_the_official_ddl_is_accepted_and_its_types_kept(spark, site) -> None:
@@ -263,7 +263,7 @@ def reloaded(spark, export: SiteExport, tmp_path_factory):
     root = tmp_path_factory.mktemp("reloaded")
     settings = export.warehouse(root / "warehouse", SITE_CONCEPTS.replace(", MR: [44784284]", ""),
                                 "occurrence.missing_procedure=exception")
-    locator = TableLocator(settings.storage)
+    locator = TableLocator.of(settings)
     schemas = {name: read_table(spark, locator, name).schema for name in SITE_TABLES}
     first = {r.stage: r.counts for r in run_pipeline(spark, settings)}
     after_first = {name: _site_rows(spark, locator, name) for name in SITE_TABLES}

@@ -68,7 +68,7 @@ def test_whole_pipeline_on_a_standalone_cluster(spark, cluster, tmp_path: Path) 
 
     overrides = [f"storage.warehouse={tmp_path / 'warehouse'}", f"sources.roots=[{export / 'dicom'}]"]
     settings = load_settings(REPO / "conf" / "local.yml", overrides)
-    locator = TableLocator(settings.storage)
+    locator = TableLocator.of(settings)
     init_tables(spark, locator)
     for name in ("person", "visit_occurrence", "procedure_occurrence"):
         load_csv(spark, locator, name, str(export / "cdm" / f"{name}.csv"))

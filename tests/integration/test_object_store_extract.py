@@ -48,7 +48,7 @@ def test_extract_matches_local_and_reads_headers_only(spark, store: ObjectStore,
     settings = load_settings(REPO / "conf" / "local.yml", [
         f"storage.warehouse={tmp_path / 'warehouse'}", *store.source_settings("export"),
         "extract.files_per_partition=40"])
-    locator = TableLocator(settings.storage)
+    locator = TableLocator.of(settings)
     init_tables(spark, locator)
     summary = extract(spark, locator, settings)
     local_files = sorted(p for p in local_export.rglob("*") if p.is_file())

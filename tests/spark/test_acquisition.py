@@ -45,7 +45,7 @@ def extracted(spark, tmp_path: Path):
     _write_series(root)
     settings = load_settings(REPO / "conf" / "local.yml", [f"storage.warehouse={tmp_path / 'warehouse'}",
                                                            f"sources.roots=[{root}]"])
-    locator = TableLocator(settings.storage)
+    locator = TableLocator.of(settings)
     init_tables(spark, locator)
     extract(spark, locator, settings)
     return root, settings, locator

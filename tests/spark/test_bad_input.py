@@ -96,7 +96,7 @@ def test_bad_input_corpus_is_fully_accounted_for(spark, tmp_path: Path, monkeypa
     expected = _write_corpus(root)
     settings = load_settings(REPO / "conf" / "local.yml", [
         f"storage.warehouse={tmp_path / 'warehouse'}", f"sources.roots=[{root}]", "extract.files_per_partition=8"])
-    locator = TableLocator(settings.storage)
+    locator = TableLocator.of(settings)
     init_tables(spark, locator)
     real_listing = micdm.extract.list_files
 

@@ -119,7 +119,7 @@ def test_every_damaged_file_lands_in_exactly_one_table(spark, damaged, tmp_path:
     root, expected = damaged
     settings = load_settings(REPO / "conf" / "local.yml", [
         f"storage.warehouse={tmp_path / 'warehouse'}", f"sources.roots=[{root}]", "extract.files_per_partition=64"])
-    locator = TableLocator(settings.storage)
+    locator = TableLocator.of(settings)
     init_tables(spark, locator)
     summary = extract(spark, locator, settings)
     instances = {r.path: tuple(r[c] for c in UIDS) for r in read_table(spark, locator, "dicom_instance").collect()}

@@ -40,7 +40,7 @@ def _outcomes(spark, locator) -> dict[str, str]:
 def test_corpus_on_spark_matches_the_pure_reader(spark, shared: Path, tmp_path: Path) -> None:
     root = shared / "data" / "dicom"
     settings = _settings(tmp_path, root, "sources.exclude=[MANIFEST.tsv]")
-    locator = TableLocator(settings.storage)
+    locator = TableLocator.of(settings)
     init_tables(spark, locator)
     summary = extract(spark, locator, settings)
     assert summary.discovered == 151
@@ -75,7 +75,7 @@ def test_duplicates_and_incremental_runs(spark, tmp_path: Path) -> None:
     shutil.copy(get_testdata_file("MR_small.dcm"), root / "mr.dcm")
     (root / "empty.dcm").write_bytes(b"")
     settings = _settings(tmp_path, root)
-    locator = TableLocator(settings.storage)
+    locator = TableLocator.of(settings)
     init_tables(spark, locator)
 
     first = extract(spark, locator, settings)
@@ -103,7 +103,7 @@ def test_full_refresh_reads_everything_again(spark, tmp_path: Path) -> None:
     root.mkdir()
     shutil.copy(get_testdata_file("CT_small.dcm"), root / "a.dcm")
     settings = _settings(tmp_path, root)
-    locator = TableLocator(settings.storage)
+    locator = TableLocator.of(settings)
     init_tables(spark, locator)
     extract(spark, locator, settings)
     refreshed = extract(spark, locator, _settings(tmp_path, root, "extract.full_refresh=true"))
@@ -116,7 +116,7 @@ def test_an_unchanged_listing_is_settled_without_planning(spark, tmp_path: Path,
     for name in ("a.dcm", "b.dcm"):
         shutil.copy(get_testdata_file("CT_small.dcm" if name == "a.dcm" else "MR_small.dcm"), root / name)
     settings = _settings(tmp_path, root)
-    locator = TableLocator(settings.storage)
+    locator = TableLocator.of(settings)
     init_tables(spark, locator)
     real_listing = micdm.extract.list_files
 

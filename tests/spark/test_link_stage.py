@@ -67,7 +67,7 @@ def _links(spark, locator) -> dict[str, tuple]:
 
 def test_rules_visits_and_created_procedures(spark, tmp_path) -> None:
     settings = _settings(tmp_path)
-    locator = TableLocator(settings.storage)
+    locator = TableLocator.of(settings)
     _load(spark, locator)
     # the site's vocabulary holds the MR procedure concept shipped for the modality: created procedures take it
     overwrite(locator, "concept", spark.createDataFrame(
@@ -108,7 +108,7 @@ def test_rules_visits_and_created_procedures(spark, tmp_path) -> None:
 def test_exception_policy_and_crosswalks(spark, tmp_path) -> None:
     settings = _settings(tmp_path, "occurrence.missing_procedure=exception",
                          "occurrence.person_crosswalk=mrn_person", "occurrence.accession_crosswalk=order_procedure")
-    locator = TableLocator(settings.storage)
+    locator = TableLocator.of(settings)
     _load(spark, locator)
     spark.createDataFrame([("NOBODY", "H", 1), ("NOBODY", "OTHER", 2)],
                           "patient_id string, issuer_of_patient_id string, person_id int").write.format(
@@ -126,7 +126,7 @@ def test_exception_policy_and_crosswalks(spark, tmp_path) -> None:
 
 def test_no_matching_procedure_is_an_exception_under_that_policy(spark, tmp_path) -> None:
     settings = _settings(tmp_path, "occurrence.missing_procedure=exception")
-    locator = TableLocator(settings.storage)
+    locator = TableLocator.of(settings)
     _load(spark, locator)
     link.run(spark, locator, settings, "run-1")
     assert {r.image_series_uid: r.reason for r in read_table(spark, locator, "link_exception").collect()} == {
@@ -138,7 +138,7 @@ def test_missing_crosswalk_is_a_config_error(spark, tmp_path) -> None:
     from micdm.errors import ConfigError
 
     settings = _settings(tmp_path, "occurrence.person_crosswalk=absent_table")
-    locator = TableLocator(settings.storage)
+    locator = TableLocator.of(settings)
     _load(spark, locator)
     with pytest.raises(ConfigError, match="absent_table"):
         link.run(spark, locator, settings, "run-1")
@@ -147,7 +147,7 @@ def test_missing_crosswalk_is_a_config_error(spark, tmp_path) -> None:
 def test_occurrence_anatomy_ids_uris_and_published_names(spark, tmp_path) -> None:
     settings = _settings(tmp_path, "occurrence.anatomy_vocabulary=site", "publish.mode=table",
                          "occurrence.wadors_root=http://pacs.example/dicom-web/")
-    locator = TableLocator(settings.storage)
+    locator = TableLocator.of(settings)
     _load(spark, locator)
     # The site's vocabulary maps CHEST elsewhere than the shipped table, and knows one SNOMED region code.
     concept = ("concept_id int, concept_name string, domain_id string, vocabulary_id string, concept_class_id string, "

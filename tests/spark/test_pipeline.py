@@ -131,7 +131,7 @@ def test_a_series_that_gains_or_loses_an_instance_is_updated_not_duplicated(spar
     shutil.copytree(demo["settings"].storage.warehouse, warehouse)
     settings = dataclasses.replace(demo["settings"], storage=dataclasses.replace(
         demo["settings"].storage, warehouse=str(warehouse)))
-    locator = TableLocator(settings.storage)
+    locator = TableLocator.of(settings)
 
     def occurrence_ids() -> dict[str, int]:
         return {r.image_series_uid: r.image_occurrence_id for r in
@@ -159,3 +159,28 @@ def test_a_series_that_gains_or_loses_an_instance_is_updated_not_duplicated(spar
     run_pipeline(spark, settings)
     assert instances() == count, "a file gone from storage no longer counts in its series"
     assert occurrence_ids() == before
+
+
+def test_headers_kept_as_variant_give_the_same_rows(spark, demo, tmp_path) -> None:
+    """extract.header_format=variant changes how dicom_instance keeps the header, not what micdm makes of it."""
+    from micdm.config import load_settings
+    from micdm.synth import load_site
+
+    export = Path(demo["settings"].sources.roots[0]).parent
+    settings = load_settings(REPO / "conf" / "local.yml", [
+        f"storage.warehouse={tmp_path / 'warehouse'}", f"sources.roots=[{export / 'dicom'}]",
+        "extract.files_per_partition=200", "extract.header_format=variant"])
+    locator = TableLocator.of(settings)
+    load_site(spark, locator, export)
+    run_pipeline(spark, settings)
+    instances = read_table(spark, locator, "dicom_instance")
+    assert dict(instances.dtypes)["header"] == "variant" and "header_json" not in instances.columns
+    thickness = instances.where("slice_thickness IS NOT NULL").selectExpr(
+        "slice_thickness", "variant_get(header, '$[\"00180050\"].Value[0]', 'double') AS from_header")
+    assert thickness.count() > 0 and thickness.where("from_header <=> slice_thickness").count() == thickness.count()
+    for name, expected in demo["snapshot"].items():
+        found = read_table(spark, locator, name).toPandas()
+        drop = [c for c in found.columns if c == "updated_at"]
+        key = found.columns[0]
+        assert expected.drop(columns=drop).sort_values(key).reset_index(drop=True).equals(
+            found.drop(columns=drop).sort_values(key).reset_index(drop=True)), name

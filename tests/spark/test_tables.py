@@ -23,7 +23,7 @@ def _occurrence_row(**changes: object) -> Row:
 
 
 def test_init_creates_every_table_with_its_schema(spark, settings) -> None:
-    locator = TableLocator(settings.storage)
+    locator = TableLocator.of(settings)
     created = init_tables(spark, locator)
     assert set(created) == set(TABLES) and all(created.values())
     for name, table in TABLES.items():
@@ -35,7 +35,7 @@ def test_init_creates_every_table_with_its_schema(spark, settings) -> None:
 
 
 def test_wide_tables_keep_statistics_on_their_keys_only(spark, settings) -> None:
-    locator = TableLocator(settings.storage)
+    locator = TableLocator.of(settings)
     init_tables(spark, locator, ["dicom_instance", "image_occurrence"])
     properties = {r.key: r.value for r in spark.sql(f"SHOW TBLPROPERTIES {locator.ref('dicom_instance')}").collect()}
     assert properties["delta.dataSkippingStatsColumns"] == ",".join(TABLES["dicom_instance"].stats_columns)
@@ -47,7 +47,7 @@ def test_wide_tables_keep_statistics_on_their_keys_only(spark, settings) -> None
 
 
 def test_tables_are_clustered_by_their_keys_and_an_overwrite_keeps_it(spark, settings) -> None:
-    locator = TableLocator(settings.storage)
+    locator = TableLocator.of(settings)
     init_tables(spark, locator, ["dicom_instance", "image_occurrence", "measurement"])
 
     def clustering(name: str) -> list[str]:
@@ -74,7 +74,7 @@ def test_clustering_setting_chooses_the_clause() -> None:
 
 
 def test_delta_rejects_null_in_required_column_and_overlong_uid(spark, settings) -> None:
-    locator = TableLocator(settings.storage)
+    locator = TableLocator.of(settings)
     init_tables(spark, locator, ["image_occurrence"])
     schema = TABLES["image_occurrence"].schema
     target = locator.path("image_occurrence")
@@ -96,7 +96,7 @@ def test_delta_rejects_null_in_required_column_and_overlong_uid(spark, settings)
 def test_a_column_a_newer_micdm_appends_is_added_in_place(spark, settings) -> None:
     """An upgrade adds dicom_instance.acquisition_text and the columns after it (header_json_dropped,
     referenced_series, ...) to an existing table: its rows stay."""
-    locator = TableLocator(settings.storage)
+    locator = TableLocator.of(settings)
     table = TABLES["dicom_instance"]
     names = table.schema.fieldNames()
     added = names[names.index("acquisition_text"):]
@@ -109,3 +109,19 @@ def test_a_column_a_newer_micdm_appends_is_added_in_place(spark, settings) -> No
     stored = read_table(spark, locator, "dicom_instance")
     assert stored.columns == table.schema.fieldNames()
     assert [(r.path, *(r[c] for c in added)) for r in stored.collect()] == [("/data/a.dcm", *[None] * len(added))]
+
+
+def test_the_header_format_decides_the_header_column_and_a_mismatch_says_which(spark, settings) -> None:
+    import dataclasses
+
+    from micdm.errors import SchemaMismatchError
+
+    variant = TableLocator(settings.storage, header_format="variant")
+    init_tables(spark, variant, ["dicom_instance"])
+    stored = dict(read_table(spark, variant, "dicom_instance").dtypes)
+    assert stored["header"] == "variant" and "header_json" not in stored
+    assert list(stored) == variant.definition("dicom_instance").schema.fieldNames()
+    assert TableLocator.of(dataclasses.replace(settings, extract=dataclasses.replace(
+        settings.extract, header_format="variant"))) == variant
+    with pytest.raises(SchemaMismatchError, match=r"header_json: missing.*set extract\.header_format"):
+        init_tables(spark, TableLocator.of(settings), ["dicom_instance"])

@@ -14,7 +14,7 @@ SLICE_THICKNESS = 2128000817  # the DICOM vocabulary's concept for (0018,0050)
 
 
 def test_only_missing_rows_are_added_and_a_second_run_adds_none(spark, settings) -> None:
-    locator = TableLocator(settings.storage)
+    locator = TableLocator.of(settings)
     init_tables(spark, locator)
     day = dt.date(2020, 1, 1)
     site_rows = [(SLICE_THICKNESS, "Slice thickness, as the site loaded it", "Measurement", "DICOM",

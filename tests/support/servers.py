@@ -243,7 +243,7 @@ class Azurite(ObjectStore):
     scheme = "abfss"
     account = "micdmtest"
     connection_variable = "MICDM_TEST_AZURE_CONNECTION"
-    missing = None if azurite_binary() else "Azurite not installed: make setup (npm install azurite)"
+    missing = None if azurite_binary() else "Azurite not installed: `make test` installs it (npm, build/azurite)"
 
     def __init__(self, data: Path, bucket: str = "dicom", start_timeout: float = 60.0) -> None:
         super().__init__(data, bucket, start_timeout)

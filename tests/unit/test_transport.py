@@ -109,3 +109,17 @@ def test_a_chunk_whose_every_first_block_failed_finds_the_store_down() -> None:
     verdict = remote.read(read_one, {"path": "abfss://c@a.dfs.core.windows.net/a.dcm"}, down)
     assert tried == ["/data/a.dcm"], "the store is down: no file is retried"
     assert verdict["reason"] == "storage_error" and "read again next run" in verdict["message"]
+
+
+def test_the_azure_sdks_retry_settings_reach_every_read() -> None:
+    """adlfs takes retry_total among its options but hands it to no request: micdm adds it to each read's."""
+    pytest.importorskip("adlfs", reason="the azure extra (adlfs) is not installed")
+    from micdm.sources import open_filesystem
+
+    connection = ("DefaultEndpointsProtocol=http;AccountName=micdmunit;AccountKey=a2V5;"
+                  "BlobEndpoint=http://127.0.0.1:9/micdmunit;")
+    fs, path = open_filesystem("abfs://dicom/export/0001.dcm", {"connection_string": connection, "retry_total": 0})
+    assert path == "dicom/export/0001.dcm"
+    assert fs._timeout_kwargs["retry_total"] == 0
+    plain, _ = open_filesystem("abfs://dicom/x.dcm", {"connection_string": connection})
+    assert "retry_total" not in plain._timeout_kwargs

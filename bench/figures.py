@@ -1,0 +1,24 @@
+"""Where a benchmark's figures go: ``<name>.json`` and ``<name>.md`` under bench/results (or ``--out``)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+def stamp(command: str, **figures: Any) -> dict[str, Any]:
+    """The figures with the day, the machine and the command that reproduces them."""
+    machine = f"{os.cpu_count()} cores, {platform.python_implementation()} {platform.python_version()}"
+    return {"date": dt.date.today().isoformat(), "machine": machine, "command": command, **figures}
+
+
+def write(out: Path, name: str, results: dict[str, Any], markdown: Callable[[dict[str, Any]], str]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / f"{name}.md").write_text(markdown(results))
+    print(markdown(results))
