@@ -174,8 +174,9 @@ def _run_with_spark(args: argparse.Namespace, settings: Settings) -> None:
     refresh = args.full_refresh
     stages = run_pipeline(spark, settings, refresh) if args.command in ("run", "demo") else [
         run_stage(spark, settings, args.command, full_refresh=refresh)]
-    _print_table([(r.stage, f"{r.seconds:.1f}s", str(r.spark_jobs), ", ".join(f"{k}={v}" for k, v in r.counts.items()))
-                  for r in stages], ("stage", "time", "jobs", "counts"))
+    _print_table([(r.stage, f"{r.seconds:.1f}s", "-" if r.spark_jobs is None else str(r.spark_jobs),
+                   ", ".join(f"{k}={v}" for k, v in r.counts.items())) for r in stages],
+                 ("stage", "time", "jobs", "counts"))
     _summary(spark, settings, rows=args.command == "demo" or args.summary)
 
 

@@ -35,6 +35,7 @@ from micdm.errors import InvalidInputError
 from micdm.schema import EXTRACT_RESULT, SR_CONTENT_ITEM
 from micdm.secrets import resolve_references
 from micdm.sources import list_files
+from micdm.spark import classic_context, cores
 from micdm.stage import StageCounts
 from micdm.tables import (
     TableLocator,
@@ -93,7 +94,7 @@ class _Phases:
 class _Progress:
     """Logs files done / total and the rate every few seconds while the read runs (driver side)."""
 
-    def __init__(self, files_done: Accumulator[int], total: int, interval: float = 10.0) -> None:
+    def __init__(self, files_done: Accumulator[int] | None, total: int, interval: float = 10.0) -> None:
         self._done = files_done
         self._total = total
         self._interval = interval
@@ -102,6 +103,7 @@ class _Progress:
         self._started = time.monotonic()
 
     def _report(self) -> None:
+        assert self._done is not None, "started only with an accumulator"
         while not self._stop.wait(self._interval):
             elapsed = time.monotonic() - self._started
             done = self._done.value
@@ -109,12 +111,14 @@ class _Progress:
                      100 * done / max(self._total, 1), done / elapsed, elapsed)
 
     def __enter__(self) -> _Progress:
-        self._thread.start()
+        if self._done is not None:  # Spark Connect has no accumulators: no progress lines
+            self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        self._thread.join()
+        if self._thread.is_alive():
+            self._thread.join()
 
 
 #: Storage errors in a row (each after its retries) after which a task stops retrying files whose first
@@ -226,8 +230,8 @@ def _partitions(spark: SparkSession, files: int, files_per_partition: int) -> in
     Each Python task costs a fixed fraction of a second to start, so tasks are large; a task's memory
     does not grow with its size (results leave it in chunks of _OUTPUT_ROWS).
     """
-    cores = max(1, spark.sparkContext.defaultParallelism)
-    return cores * max(1, math.ceil(files / (cores * files_per_partition)))
+    wave = cores(spark)
+    return wave * max(1, math.ceil(files / (wave * files_per_partition)))
 
 
 def read_headers(files: DataFrame, settings: Settings, files_done: Accumulator[int] | None = None) -> DataFrame:
@@ -363,7 +367,8 @@ def _read_and_write(spark: SparkSession, locator: TableLocator, settings: Settin
     count = plan.to_read
     partitions = _partitions(spark, count, settings.extract.files_per_partition)
     log.info("extract: %d to read in %d tasks", count, partitions)
-    files_done = spark.sparkContext.accumulator(0)
+    context = classic_context(spark)
+    files_done = context.accumulator(0) if context is not None else None  # none over Spark Connect
     is_instance = F.col("outcome") == Outcome.INSTANCE.value
     with phase("read"), _Progress(files_done, count):
         # Materialised once, by the job that counts the outcomes: every write below must see the same

@@ -14,6 +14,7 @@ from pyspark.sql import SparkSession
 from micdm import extract, features, link, occurrence, publish, quality, series, vocabulary, watermark
 from micdm.config import Settings
 from micdm.report import latest_run_rows, write_report
+from micdm.spark import classic_context
 from micdm.stage import Stage, StageCounts
 from micdm.tables import TableLocator, init_tables, read_table
 
@@ -28,8 +29,9 @@ class StageResult:
     stage: str
     seconds: float
     counts: StageCounts = field(default_factory=dict)
-    spark_jobs: int = 0
-    """Spark jobs the stage started (the watermark's included): its fixed cost, whatever the data."""
+    spark_jobs: int | None = 0
+    """Spark jobs the stage started (the watermark's included): its fixed cost, whatever the data. None
+    over Spark Connect, which does not tell."""
 
 
 #: The stages in the order a run takes them; each is its module's ``run`` (see micdm.stage).
@@ -102,17 +104,19 @@ def _timed_stage(spark: SparkSession, locator: TableLocator, settings: Settings,
                  full_refresh: bool, marks: _Marks, done: _Marks) -> StageResult:
     """Run (or skip) one stage, counting its Spark jobs; its new watermark goes into ``done``."""
     group = f"micdm-{run_id}-{stage}"
-    context = spark.sparkContext
-    context.setJobGroup(group, f"micdm {stage}")
+    context = classic_context(spark)
+    if context is not None:
+        context.setJobGroup(group, f"micdm {stage}")
     started = time.monotonic()
     try:
         counts = _run_unless_unchanged(spark, locator, settings, stage, run_id, full_refresh, marks, done)
     finally:
-        context.setLocalProperty("spark.jobGroup.id", None)  # type: ignore[arg-type]
-        context.setLocalProperty("spark.job.description", None)  # type: ignore[arg-type]
-    result = StageResult(stage, time.monotonic() - started, counts,
-                         len(context.statusTracker().getJobIdsForGroup(group)))
-    log.info("%s done in %.1fs, %d Spark jobs: %s", stage, result.seconds, result.spark_jobs, counts)
+        if context is not None:
+            context.setLocalProperty("spark.jobGroup.id", None)  # type: ignore[arg-type]
+            context.setLocalProperty("spark.job.description", None)  # type: ignore[arg-type]
+    jobs = len(context.statusTracker().getJobIdsForGroup(group)) if context is not None else None
+    result = StageResult(stage, time.monotonic() - started, counts, jobs)
+    log.info("%s done in %.1fs, %s Spark jobs: %s", stage, result.seconds, "?" if jobs is None else jobs, counts)
     return result
 
 

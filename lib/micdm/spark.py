@@ -17,13 +17,14 @@ import sys
 import tempfile
 from pathlib import Path
 
+from pyspark import SparkContext
 from pyspark.sql import SparkSession
 
 from micdm.config import SparkSettings
 from micdm.errors import EnvironmentProblem
 
-__all__ = ["DELTA_PACKAGES", "cache_dir", "check_java", "get_spark", "is_databricks", "is_submitted",
-           "resolve_delta_jars"]
+__all__ = ["DELTA_PACKAGES", "cache_dir", "check_java", "classic_context", "cores", "get_spark", "is_databricks",
+           "is_submitted", "resolve_delta_jars"]
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +147,29 @@ _DELTA_SESSION: dict[str, bool | float | int | str | None] = {
     "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
     "spark.sql.session.timeZone": "UTC",
 }
+
+
+def classic_context(spark: SparkSession) -> SparkContext | None:
+    """The session's SparkContext; None over Spark Connect (Databricks serverless, ``remote``), which has
+    no SparkContext, so no accumulators, job groups or status tracker."""
+    if type(spark).__module__.startswith("pyspark.sql.connect"):
+        return None
+    return spark.sparkContext
+
+
+#: Cores assumed over Spark Connect when the session does not say (serverless scales its workers itself).
+_CONNECT_CORES = 8
+
+
+def cores(spark: SparkSession) -> int:
+    """The cores a wave of tasks should fill."""
+    context = classic_context(spark)
+    if context is not None:
+        return max(1, context.defaultParallelism)
+    try:
+        return max(1, int(spark.conf.get("spark.default.parallelism", str(_CONNECT_CORES)) or _CONNECT_CORES))
+    except Exception:  # a serverless session may refuse to read the setting at all
+        return _CONNECT_CORES
 
 
 def get_spark(settings: SparkSettings | None = None, app_name: str = "micdm") -> SparkSession:

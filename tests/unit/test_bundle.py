@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
+import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -37,6 +40,16 @@ def _bundle() -> dict:
     return bundle
 
 
+def _job(bundle: dict, target: str) -> dict:
+    """The pipeline job as ``target`` deploys it: the target's settings over the job's, tasks merged by key."""
+    base = bundle["resources"]["jobs"]["micdm_pipeline"]
+    override = bundle["targets"][target].get("resources", {}).get("jobs", {}).get("micdm_pipeline", {})
+    by_key = {task["task_key"]: task for task in override.get("tasks", [])}
+    unknown = set(by_key) - {task["task_key"] for task in base["tasks"]}
+    assert not unknown, f"target {target} sets tasks the job lacks: {unknown}"
+    return {**base, **override, "tasks": [{**task, **by_key.get(task["task_key"], {})} for task in base["tasks"]]}
+
+
 def _fill(text: str, bundle: dict, target: str) -> str:
     """Replace ${var.x}, ${workspace.file_path} and {{job.parameters.x}} with what a run would pass."""
     variables = {name: spec.get("default") for name, spec in bundle["variables"].items()}
@@ -61,17 +74,27 @@ def test_bundle_matches_the_databricks_schema(shared: Path) -> None:
     assert not errors, "\n".join(f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in errors[:10])
 
 
+def test_check_jsonschema_validates_the_bundle_files(shared: Path) -> None:
+    """The bundle's files through check-jsonschema, a validator of its own, as a site's CI would run it."""
+    command = shutil.which("check-jsonschema", path=str(Path(sys.executable).parent))
+    assert command, "check-jsonschema is part of the dev extra"
+    result = subprocess.run([command, "--schemafile", str(shared / "spec" / "databricks" / "bundle_schema.json"),
+                             str(REPO / "databricks.yml"), *map(str, sorted((REPO / "resources").glob("*.yml")))],
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+
+
 def test_schema_check_catches_a_broken_bundle(shared: Path) -> None:
     broken = _bundle()
     broken["resources"]["jobs"]["micdm_pipeline"]["tasks"][0]["max_retries"] = "twice"
     assert list(jsonschema.Draft202012Validator(_schema(shared)).iter_errors(broken))
 
 
-@pytest.mark.parametrize("target", ["dev", "prod"])
+@pytest.mark.parametrize("target", ["dev", "prod", "serverless"])
 def test_every_task_runs_a_micdm_stage_with_valid_settings(target: str) -> None:
     bundle = _bundle()
     scripts = {script.name for script in entry_points(group="console_scripts") if script.module == "micdm.cli"}
-    tasks = bundle["resources"]["jobs"]["micdm_pipeline"]["tasks"]
+    tasks = _job(bundle, target)["tasks"]
     stages = []
     for task in tasks:
         wheel = task["python_wheel_task"]
@@ -95,3 +118,23 @@ def test_targets_and_schedule() -> None:
     assert all(task.get("max_retries", 0) >= 1 for task in job["tasks"] if task["task_key"] != "quality")
     assert (REPO / "jobs").is_dir() and all((REPO / "jobs" / f"{task['task_key']}.py").is_file()
                                             for task in job["tasks"]), "each stage has a spark-submit entry"
+
+
+@pytest.mark.parametrize("target", ["dev", "prod", "serverless"])
+def test_every_task_of_every_target_has_compute_with_the_wheel(target: str) -> None:
+    """A job cluster with the wheel as a library, or (serverless) an environment that installs the wheel."""
+    bundle = _bundle()
+    job = _job(bundle, target)
+    wheel = bundle["artifacts"]["micdm_wheel"]
+    assert wheel["type"] == "whl" and "--wheel-dir dist" in wheel["build"]
+    clusters = {c["job_cluster_key"] for c in job.get("job_clusters", [])}
+    environments = {e["environment_key"]: e["spec"] for e in job.get("environments", [])}
+    for task in job["tasks"]:
+        if "environment_key" in task:  # serverless: no cluster, no task libraries
+            assert "job_cluster_key" not in task and "libraries" not in task, task["task_key"]
+            spec = environments[task["environment_key"]]
+            assert "./dist/*.whl" in spec["dependencies"] and int(spec["environment_version"]) >= 4
+        else:
+            assert task["job_cluster_key"] in clusters, task["task_key"]
+            assert {"whl": "./dist/*.whl"} in task["libraries"], task["task_key"]
+    assert bool(environments) == (target == "serverless") and bool(clusters) == (target != "serverless")
