@@ -44,6 +44,9 @@ _CDM_TABLE_NAME = re.compile(r"[a-z_]+")
 #: (CLUSTER BY AUTO: Unity Catalog managed tables with predictive optimization), or not clustered.
 _CLUSTERING = ("keys", "auto", "none")
 
+#: Where a root is listed: by the driver alone, or split by folder into Spark tasks.
+_LISTINGS = ("driver", "split")
+
 #: How dicom_instance keeps each header: DICOM JSON text (header_json) or a VARIANT (header).
 _HEADER_FORMATS = ("json", "variant")
 
@@ -96,6 +99,14 @@ class SourceSettings:
     exclude: tuple[str, ...] = ()
     storage_options: dict[str, Any] = field(default_factory=dict)
     """fsspec options (nested ones too, e.g. config_kwargs); strings may be secret references (secrets.py)."""
+    listing: str = "driver"
+    listing_depth: int = 2
+
+    def __post_init__(self) -> None:
+        if self.listing not in _LISTINGS:
+            raise ConfigError(f"sources.listing: {self.listing!r} is not one of {list(_LISTINGS)}")
+        if self.listing_depth < 1:
+            raise ConfigError(f"sources.listing_depth: must be at least 1, got {self.listing_depth!r}")
 
 
 @dataclass(frozen=True)

@@ -402,24 +402,24 @@ def extract(spark: SparkSession, locator: TableLocator, settings: Settings, run_
     run_id = run_id or uuid.uuid4().hex
     started, phase = time.monotonic(), _Phases()
     with phase("list"):
-        listed = list(list_files(settings.sources))
-        fingerprint = inventory.fingerprint(settings.sources, listed)
+        listing = (inventory.split_listing(spark, settings.sources) if settings.sources.listing == "split"
+                   else inventory.driver_listing(spark, settings.sources, list(list_files(settings.sources))))
     with phase("plan"):
         settled = inventory.settled_listing(spark, locator)
-    if settled == fingerprint and not settings.extract.full_refresh:
+    if settled == listing.fingerprint and not settings.extract.full_refresh:
         # The same files as a run that completed with nothing left to retry: the plan would be all UNCHANGED.
-        log.info("extract: %d files listed, unchanged since the last run", len(listed))
-        return ExtractSummary(run_id, len(listed), 0, 0, 0, 0, time.monotonic() - started,
+        log.info("extract: %d files listed, unchanged since the last run", listing.files)
+        return ExtractSummary(run_id, listing.files, 0, 0, 0, 0, time.monotonic() - started,
                               phase_seconds=phase.seconds)
     with phase("plan"):
-        plan = inventory.plan(spark, locator, listed, settings.sources, settings.extract.full_refresh)
-    log.info("extract: %d files listed, %d to read", len(listed), plan.to_read)
+        plan = inventory.plan(spark, locator, listing, settings.sources, settings.extract.full_refresh)
+    log.info("extract: %d files listed, %d to read", listing.files, plan.to_read)
     written = _read_and_write(spark, locator, settings, plan, run_id, phase) if plan.to_read else _Written()
     with phase("inventory"):
         inventory.record(spark, locator, plan, run_id)
-        if (settled_now := "" if written.retry_pending else fingerprint) != settled:
+        if (settled_now := "" if written.retry_pending else listing.fingerprint) != settled:
             inventory.settle(spark, locator, settled_now)
-    summary = ExtractSummary(run_id, len(listed), plan.to_read, written.instances, written.quarantined, plan.missing,
+    summary = ExtractSummary(run_id, listing.files, plan.to_read, written.instances, written.quarantined, plan.missing,
                              time.monotonic() - started, written.bytes_read, written.file_bytes, phase.seconds)
     log.info("extract: %d instances, %d quarantined, %d missing, %.1f files/s", summary.instances,
              summary.quarantined, summary.missing, summary.files_per_second)

@@ -8,9 +8,12 @@ retry is recognised by its fingerprint alone, without a Spark job.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import enum
 import hashlib
+import itertools
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,16 +21,28 @@ import pyarrow as pa
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import to_arrow_schema
-from pyspark.sql.types import StructType
+from pyspark.sql.types import StringType, StructField, StructType
 
 from micdm.config import SourceSettings
 from micdm.dicom.reader import QuarantineReason
+from micdm.errors import SourceError
 from micdm.schema import FILE_INVENTORY
-from micdm.sources import DiscoveredFile, root_prefix
-from micdm.tables import TableLocator, append, conform, delta_table, may_have_rows, read_table, table_properties
+from micdm.secrets import resolve_references
+from micdm.sources import DiscoveredFile, list_below, list_prefixes, root_prefix
+from micdm.spark import cores
+from micdm.tables import (
+    TableLocator,
+    aggregate,
+    append,
+    conform,
+    delta_table,
+    may_have_rows,
+    read_table,
+    table_properties,
+)
 
-__all__ = ["FILE_FIELDS", "RETRIED_REASONS", "Plan", "State", "fingerprint", "plan", "record", "settle",
-           "settled_listing"]
+__all__ = ["FILE_FIELDS", "RETRIED_REASONS", "Listing", "Plan", "State", "driver_listing", "plan", "record",
+           "settle", "settled_listing", "split_listing"]
 
 FILE_FIELDS = ("path", "file_size", "modification_time", "etag")
 #: file_inventory property holding the fingerprint of the last listing that left nothing to do again.
@@ -75,11 +90,83 @@ class Plan:
         return self.frame.where(F.col("state").isin(*TO_READ)).select(*FILE_FIELDS)
 
 
+_FILE_SCHEMA = StructType([FILE_INVENTORY.schema[c] for c in FILE_FIELDS])
+#: What a listing task returns: the files it found, or one row saying why it could not list.
+_LISTED_SCHEMA = StructType([*_FILE_SCHEMA.fields, StructField("error", StringType())])
+#: Folders each listing task lists at once (a listing mostly waits on the store), and files per batch out.
+_FOLDERS_AT_ONCE = 16
+_LISTED_BATCH = 4096
+
+
+@dataclass(frozen=True)
+class Listing:
+    """What one listing found: how many files, their fingerprint, and (built on demand) the files."""
+
+    files: int
+    fingerprint: str
+    frame: Callable[[], DataFrame]
+
+
+def _arrow(files: list[DiscoveredFile], schema: StructType = _FILE_SCHEMA) -> pa.Table:
+    columns: dict[str, list[Any]] = {name: [getattr(f, name) for f in files] for name in FILE_FIELDS}
+    if "error" in schema.fieldNames():
+        columns["error"] = [None] * len(files)
+    return pa.Table.from_pydict(columns, schema=to_arrow_schema(schema))
+
+
 def _listing(spark: SparkSession, files: list[DiscoveredFile]) -> DataFrame:
     """The listing as a DataFrame, built through Arrow (row tuples would cost seconds per 10,000 files)."""
-    schema = to_arrow_schema(StructType([FILE_INVENTORY.schema[c] for c in FILE_FIELDS]))
-    columns = {name: [getattr(f, name) for f in files] for name in FILE_FIELDS}
-    return spark.createDataFrame(pa.Table.from_pydict(columns, schema=schema))
+    return spark.createDataFrame(_arrow(files))
+
+
+def _fingerprint(sources: SourceSettings, files: int, digest: int | str) -> str:
+    text = repr((sources.roots, sources.include, sources.exclude, sources.listing, files, digest))
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def driver_listing(spark: SparkSession, sources: SourceSettings, files: list[DiscoveredFile]) -> Listing:
+    """A listing the driver made: every file's path, size, mtime and ETag in one digest."""
+    digest = hashlib.blake2b(digest_size=16)
+    for f in files:
+        digest.update(f"{f.path}\0{f.file_size}\0{f.modification_time}\0{f.etag}\n".encode())
+    return Listing(len(files), _fingerprint(sources, len(files), digest.hexdigest()),
+                   lambda: _listing(spark, files))
+
+
+def split_listing(spark: SparkSession, sources: SourceSettings) -> Listing:
+    """A listing made by Spark tasks, each listing a share of the roots' folders ``listing_depth`` levels
+    down: the driver holds those folders, never the files, which stay with the executors (checkpointed).
+    Counted and fingerprinted by one job; a folder that cannot be listed stops the stage (SourceError)."""
+    # Secret references are resolved here, on the driver; the tasks get the values in their closure.
+    resolved = dataclasses.replace(sources, storage_options=resolve_references(dict(sources.storage_options)))
+    folders, shallow = list_prefixes(resolved)
+
+    def list_task(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            by_root: dict[str, list[str]] = {}
+            for root, folder in zip(batch.column("root").to_pylist(), batch.column("folder").to_pylist(),
+                                    strict=True):
+                by_root.setdefault(root, []).append(folder)
+            for root, under in by_root.items():
+                try:
+                    found = list_below(resolved, root, under, _FOLDERS_AT_ONCE)
+                    while chunk := list(itertools.islice(found, _LISTED_BATCH)):
+                        yield from _arrow(chunk, _LISTED_SCHEMA).to_batches()
+                except SourceError as error:
+                    yield pa.RecordBatch.from_pydict({**{c: [None] for c in FILE_FIELDS}, "error": [str(error)]},
+                                                     schema=to_arrow_schema(_LISTED_SCHEMA))
+
+    tasks = max(1, min(len(folders), cores(spark) * 4))
+    listed = (spark.createDataFrame(folders or [("", "")], "root string, folder string").where("folder != ''")
+              .repartition(tasks).mapInArrow(list_task, _LISTED_SCHEMA)
+              .unionByName(_listing(spark, shallow).withColumn("error", F.lit(None).cast("string")))
+              .localCheckpoint(eager=False))
+    row = aggregate(listed, F.count("path").alias("files"), F.first("error", ignorenulls=True).alias("error"),
+                    F.bit_xor(F.xxhash64(*FILE_FIELDS)).alias("digest"))
+    if row["error"]:
+        raise SourceError(row["error"])
+    files = listed.select(*FILE_FIELDS)
+    return Listing(row["files"], _fingerprint(sources, row["files"], row["digest"] or 0), lambda: files)
 
 
 def _under(roots: tuple[str, ...], storage_options: dict[str, Any]) -> Column:
@@ -111,18 +198,18 @@ def _states(spark: SparkSession, locator: TableLocator, listing: DataFrame, sour
             .join(retry, "path", "left").withColumn("state", state).where(F.col("state").isNotNull()))
 
 
-def plan(spark: SparkSession, locator: TableLocator, listed: list[DiscoveredFile], sources: SourceSettings,
+def plan(spark: SparkSession, locator: TableLocator, listing: Listing, sources: SourceSettings,
          reread_all: bool = False) -> Plan:
     """Every listed path, and every remembered one under the roots, with its State, counted; ``reread_all``
     (extract.full_refresh) makes every unchanged file one to read again."""
     stored = {name: may_have_rows(spark, locator, name) for name in ("file_inventory", "dicom_instance",
                                                                      "dicom_quarantine")}
     if not any(stored.values()):  # a first load: every listed file is new, no join with empty tables
-        frame = _listing(spark, listed).withColumn("state", F.lit(State.NEW.value))
-        return Plan(frame, {State.NEW.value: len(listed)} if listed else {}, stored)
+        frame = listing.frame().withColumn("state", F.lit(State.NEW.value))
+        return Plan(frame, {State.NEW.value: listing.files} if listing.files else {}, stored)
     # Not cached: a run with nothing to read only counts it, and a recomputation gives the same states
     # (NEW and CHANGED win over RETRY, and the inventory is changed last).
-    frame = _states(spark, locator, _listing(spark, listed), sources, reread_all)
+    frame = _states(spark, locator, listing.frame(), sources, reread_all)
     return Plan(frame, {row["state"]: row["count"] for row in frame.groupBy("state").count().collect()}, stored)
 
 
@@ -155,14 +242,6 @@ def _update_inventory(spark: SparkSession, locator: TableLocator, plan: DataFram
         .whenNotMatchedInsert(values={f"`{c}`": f"s.`{c}`" for c in FILE_INVENTORY.schema.fieldNames()})
         .execute()
     )
-
-
-def fingerprint(sources: SourceSettings, listed: list[DiscoveredFile]) -> str:
-    """A digest of the roots, the globs and every listed file's path, size, mtime and ETag."""
-    digest = hashlib.blake2b(repr((sources.roots, sources.include, sources.exclude)).encode(), digest_size=16)
-    for f in listed:
-        digest.update(f"{f.path}\0{f.file_size}\0{f.modification_time}\0{f.etag}\n".encode())
-    return digest.hexdigest()
 
 
 def settle(spark: SparkSession, locator: TableLocator, fingerprint: str) -> None:

@@ -1,7 +1,8 @@
 """Discovery: list DICOM candidates under the configured roots on any fsspec filesystem.
 
-Listing happens on the driver (object stores list a thousand keys per request); what is new or
-changed since the last run is found by comparing the listing with the file_inventory table
+A root is listed on the driver (object stores list a thousand keys per request), or (sources.listing:
+split) its folders a few levels down are found on the driver and listed apart, by Spark tasks. What is
+new or changed since the last run is found by comparing the listing with the file_inventory table
 (micdm.inventory). Reading the files' bytes is micdm.transport's.
 """
 
@@ -11,6 +12,7 @@ import datetime as dt
 import fnmatch
 import posixpath
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +24,7 @@ from micdm.config import SourceSettings
 from micdm.errors import SourceError
 from micdm.secrets import resolve_references
 
-__all__ = ["DiscoveredFile", "is_local", "list_files", "open_filesystem", "root_prefix"]
+__all__ = ["DiscoveredFile", "is_local", "list_below", "list_files", "list_prefixes", "open_filesystem", "root_prefix"]
 
 _LOCAL_PROTOCOLS = {"file", "local"}
 
@@ -103,27 +105,78 @@ def _as_written(path: str, base: str, prefix: str, fs: fsspec.AbstractFileSystem
     return prefix + path[len(base):] if path.startswith(base) else fs.unstrip_protocol(path)
 
 
+def _listed(root: str, settings: SourceSettings) -> tuple[fsspec.AbstractFileSystem, str, bool]:
+    """The filesystem of ``root`` and its path there; a root that cannot be opened is a SourceError."""
+    try:
+        return _resolve_root(root, settings.storage_options)
+    except Exception as error:
+        raise SourceError(f"cannot list {root}: {type(error).__name__}: {error}"[:500]) from None
+
+
+def _find(fs: fsspec.AbstractFileSystem, path: str, root: str) -> dict[str, dict[str, Any]]:
+    try:
+        found: dict[str, dict[str, Any]] = fs.find(path, detail=True)
+        if not found and not fs.exists(path):
+            raise FileNotFoundError(f"no such folder or prefix: {path}")
+    except Exception as error:
+        raise SourceError(f"cannot list {root}: {type(error).__name__}: {error}"[:500]) from None
+    return found
+
+
+def _selected_files(found: dict[str, dict[str, Any]], root: str, root_path: str, local: bool,
+                    fs: fsspec.AbstractFileSystem, settings: SourceSettings) -> Iterator[DiscoveredFile]:
+    """The files among ``found`` (a listing below ``root``) that the globs select, in path order."""
+    base = root_path.rstrip("/") + "/"
+    prefix = root.rstrip("/") + "/"  # the root as written: it may name what the short form drops
+    select_all = settings.include == ("**",) and not settings.exclude
+    for path, info in sorted(found.items()):
+        if info.get("type") not in (None, "file") and not info.get("islink"):
+            continue  # directories; a dangling link stays, so its read fails and it is accounted for
+        if not select_all and not _selected(_relative(path, base), settings.include, settings.exclude):
+            continue
+        yield DiscoveredFile(
+            path=path if local else _as_written(path, base, prefix, fs),
+            file_size=int(info.get("size") or 0),
+            modification_time=_mtime(info),
+            etag=_etag(info),
+        )
+
+
 def list_files(settings: SourceSettings) -> Iterator[DiscoveredFile]:
     """Every file under the roots that the include/exclude globs select, with size, mtime and etag."""
     for root in settings.roots:
-        fs, root_path, local = _resolve_root(root, settings.storage_options)
-        try:
-            found = fs.find(root_path, detail=True)
-            if not found and not fs.exists(root_path):
-                raise FileNotFoundError(f"no such folder or prefix: {root_path}")
-        except Exception as error:
-            raise SourceError(f"cannot list {root}: {type(error).__name__}: {error}"[:500]) from None
-        base = root_path.rstrip("/") + "/"
-        prefix = root.rstrip("/") + "/"  # the root as written: it may name what the short form drops
-        select_all = settings.include == ("**",) and not settings.exclude
-        for path, info in sorted(found.items()):
-            if info.get("type") not in (None, "file") and not info.get("islink"):
-                continue  # directories; a dangling link stays, so its read fails and it is accounted for
-            if not select_all and not _selected(_relative(path, base), settings.include, settings.exclude):
-                continue
-            yield DiscoveredFile(
-                path=path if local else _as_written(path, base, prefix, fs),
-                file_size=int(info.get("size") or 0),
-                modification_time=_mtime(info),
-                etag=_etag(info),
-            )
+        fs, root_path, local = _listed(root, settings)
+        yield from _selected_files(_find(fs, root_path, root), root, root_path, local, fs, settings)
+
+
+def list_prefixes(settings: SourceSettings) -> tuple[list[tuple[str, str]], list[DiscoveredFile]]:
+    """Each root's folders ``settings.listing_depth`` levels down, as (root, folder) pairs to list apart,
+    and the files found above that level (a PACS export's levels: patient, study, series)."""
+    prefixes: list[tuple[str, str]] = []
+    files: list[DiscoveredFile] = []
+    for root in settings.roots:
+        fs, root_path, local = _listed(root, settings)
+        fs.invalidate_cache()  # a listing is of now: an earlier find leaves folders out of the cached ones
+        level = [root_path]
+        for _ in range(settings.listing_depth):
+            entries: dict[str, dict[str, Any]] = {}
+            for folder in level:
+                try:
+                    entries.update({info["name"]: info for info in fs.ls(folder, detail=True)})
+                except Exception as error:
+                    raise SourceError(f"cannot list {root}: {type(error).__name__}: {error}"[:500]) from None
+            level = sorted(name for name, info in entries.items() if info.get("type") == "directory")
+            files += _selected_files({n: i for n, i in entries.items() if i.get("type") != "directory"},
+                                     root, root_path, local, fs, settings)
+        prefixes += [(root, folder) for folder in level]
+    return prefixes, files
+
+
+def list_below(settings: SourceSettings, root: str, folders: list[str], concurrency: int
+               ) -> Iterator[DiscoveredFile]:
+    """Every selected file below ``folders`` of ``root``, the folders listed ``concurrency`` at a time (a
+    listing mostly waits on the store)."""
+    fs, root_path, local = _listed(root, settings)
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        for found in pool.map(lambda folder: _find(fs, folder, root), folders):
+            yield from _selected_files(found, root, root_path, local, fs, settings)

@@ -1,8 +1,10 @@
 """Extraction from object stores on real servers (s3:// on SeaweedFS, gs:// on fake-gcs-server, abfss:// on
-Azurite): the same verdicts as local disk, header bytes only, nothing read again on a re-run."""
+Azurite): the same verdicts as local disk, header bytes only, nothing read again on a re-run, the same
+files listed by the driver or by Spark tasks."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -10,9 +12,11 @@ import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 
+from micdm import inventory
 from micdm.config import load_settings
 from micdm.dicom.reader import ReadOptions, extract_file
 from micdm.extract import extract
+from micdm.sources import list_files
 from micdm.synth import generate
 from micdm.tables import TableLocator, init_tables, read_table
 from micdm.transport import opener
@@ -67,6 +71,14 @@ def test_extract_matches_local_and_reads_headers_only(spark, store: ObjectStore,
 
     again = extract(spark, locator, settings)
     assert (again.discovered, again.to_read) == (summary.discovered, 0)
+
+    # Listed again by Spark tasks, one share of the patient / study folders each: the same files.
+    split = dataclasses.replace(settings, sources=dataclasses.replace(settings.sources, listing="split"))
+    listing = inventory.split_listing(spark, split.sources)
+    listed = sorted((r.path, r.file_size, r.etag) for r in listing.frame().collect())
+    assert listed == sorted((f.path, f.file_size, f.etag) for f in list_files(settings.sources))
+    by_tasks = extract(spark, locator, split)
+    assert (by_tasks.discovered, by_tasks.to_read) == (summary.discovered, 0)
 
 
 def test_bytes_fetched_from_the_server(store: ObjectStore) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from pathlib import Path
@@ -161,3 +162,40 @@ def test_validation_raise_stops_before_writing_and_warn_quarantines(spark, tmp_p
     summary = extract(spark, locator, _settings(tmp_path, root))
     assert (summary.instances, summary.quarantined) == (1, 1)
     assert _outcomes(spark, locator) == {str(root / "good.dcm"): "instance", str(root / "bad.dcm"): "invalid_uid"}
+
+
+def test_a_listing_split_by_folder_finds_what_the_driver_finds(spark, tmp_path: Path) -> None:
+    """Folders two levels down are listed by Spark tasks, files above them by the driver; the same files,
+    the same globs, settled when nothing changed, and a folder that cannot be listed is a SourceError."""
+    from micdm import inventory
+    from micdm.errors import SourceError
+    from micdm.sources import list_files
+
+    root = tmp_path / "export"
+    for patient, study, series in (("P1", "S1", "CT"), ("P1", "S2", "MR"), ("P2", "S3", "CT")):
+        folder = root / patient / study / series
+        folder.mkdir(parents=True)
+        shutil.copy(get_testdata_file("CT_small.dcm" if series == "CT" else "MR_small.dcm"), folder / "1.dcm")
+        (folder / "notes.txt").write_text("not DICOM")
+    shutil.copy(get_testdata_file("MR_small.dcm"), root / "top.dcm")  # above the split: the driver's
+    (root / "P2" / "loose.dcm").write_bytes(b"")
+    settings = _settings(tmp_path, root, "sources.exclude=['*.txt']", "sources.listing=split",
+                         "sources.listing_depth=2")
+    driver = sorted((f.path, f.file_size) for f in list_files(settings.sources))
+    split = inventory.split_listing(spark, settings.sources)
+    assert sorted((r.path, r.file_size) for r in split.frame().collect()) == driver and split.files == len(driver) == 5
+
+    locator = TableLocator.of(settings)
+    init_tables(spark, locator)
+    first = extract(spark, locator, settings)
+    assert (first.discovered, first.instances, first.quarantined) == (5, 2, 3)  # two copies, an empty file
+    again = extract(spark, locator, settings)
+    assert (again.discovered, again.to_read) == (5, 0) and "plan" in again.phase_seconds
+    assert "read" not in again.phase_seconds
+
+    shutil.rmtree(root / "P2" / "S3")
+    (root / "P2" / "S3").write_bytes(b"")  # a folder become a file: still listed, by the driver now
+    gone = extract(spark, locator, settings)
+    assert (gone.discovered, gone.missing) == (5, 1)
+    with pytest.raises(SourceError, match="cannot list"):
+        inventory.split_listing(spark, dataclasses.replace(settings.sources, roots=(str(tmp_path / "absent"),)))

@@ -46,6 +46,8 @@ def test_overrides_are_typed_and_layered() -> None:
     ("storage.cdm_schema=cdm.person", r"storage\.cdm_schema: .* is not a plain identifier"),
     ("storage.clustering=sorted", r"storage\.clustering: .sorted. is not one of"),
     ("extract.header_format=bson", r"extract\.header_format: .bson. is not one of"),
+    ("sources.listing=parallel", r"sources\.listing: .parallel. is not one of"),
+    ("sources.listing_depth=0", r"sources\.listing_depth: must be at least 1"),
     ("publish.schema=mi`; DROP SCHEMA cdm CASCADE; --", r"publish\.schema: .* is not a plain"),
     ("occurrence.person_crosswalk=xwalk`, person", r"occurrence\.person_crosswalk: .* is not a plain table name"),
     ("occurrence.date_order=[visit_date]", r"occurrence\.date_order"),
