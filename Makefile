@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 CONFIG ?= conf/local.yml
 
-.PHONY: demo test test-fast lint bench bench-acquisition bench-header bench-pipeline setup clean
+.PHONY: demo test test-fast lint bench bench-acquisition bench-header bench-listing bench-pipeline setup clean
 
 $(INSTALLED): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "micdm needs Python 3.11 or newer, found " + sys.version.split()[0])'
@@ -41,6 +41,10 @@ clean:
 
 bench: setup
 	$(BIN)/python bench/extract_bench.py --instances 20000
+	$(BIN)/python bench/listing_bench.py
+
+bench-listing: setup
+	$(BIN)/python bench/listing_bench.py
 
 bench-acquisition: setup
 	$(BIN)/python bench/acquisition_bench.py

@@ -44,8 +44,9 @@ _CDM_TABLE_NAME = re.compile(r"[a-z_]+")
 #: (CLUSTER BY AUTO: Unity Catalog managed tables with predictive optimization), or not clustered.
 _CLUSTERING = ("keys", "auto", "none")
 
-#: Where a root is listed: by the driver alone, or split by folder into Spark tasks.
-_LISTINGS = ("driver", "split")
+#: How the files are found: listed by the driver alone, listed by folder in Spark tasks, or (Databricks Auto
+#: Loader) streamed as they arrive.
+_LISTINGS = ("driver", "split", "autoloader")
 
 #: How dicom_instance keeps each header: DICOM JSON text (header_json) or a VARIANT (header).
 _HEADER_FORMATS = ("json", "variant")
@@ -101,6 +102,9 @@ class SourceSettings:
     """fsspec options (nested ones too, e.g. config_kwargs); strings may be secret references (secrets.py)."""
     listing: str = "driver"
     listing_depth: int = 2
+    autoloader_format: str = "cloudFiles"
+    autoloader_options: dict[str, str] = field(default_factory=dict)
+    autoloader_checkpoint: str | None = None
 
     def __post_init__(self) -> None:
         if self.listing not in _LISTINGS:

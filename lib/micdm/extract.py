@@ -29,7 +29,7 @@ from pyspark.sql.pandas.types import to_arrow_schema
 from pyspark.sql.types import ArrayType, StructType
 
 from micdm import inventory
-from micdm.config import Settings
+from micdm.config import Settings, SourceSettings
 from micdm.dicom.reader import PERMANENT_ERRORS, Outcome, QuarantineReason, ReadOptions, extract_file, quiet_pydicom
 from micdm.errors import InvalidInputError
 from micdm.schema import EXTRACT_RESULT, SR_CONTENT_ITEM
@@ -395,6 +395,14 @@ def _read_and_write(spark: SparkSession, locator: TableLocator, settings: Settin
     return _Written(instances, count - instances, read["bytes_read"] or 0, read["file_bytes"] or 0, read["retry"])
 
 
+def _listing(spark: SparkSession, locator: TableLocator, sources: SourceSettings) -> inventory.Listing:
+    if sources.listing == "split":
+        return inventory.split_listing(spark, sources)
+    if sources.listing == "autoloader":
+        return inventory.autoloader_listing(spark, locator, sources)
+    return inventory.driver_listing(spark, sources, list(list_files(sources)))
+
+
 def extract(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: str | None = None
             ) -> ExtractSummary:
     """Run the extract stage: list, plan against the inventory, read what is new or changed, write the
@@ -402,11 +410,10 @@ def extract(spark: SparkSession, locator: TableLocator, settings: Settings, run_
     run_id = run_id or uuid.uuid4().hex
     started, phase = time.monotonic(), _Phases()
     with phase("list"):
-        listing = (inventory.split_listing(spark, settings.sources) if settings.sources.listing == "split"
-                   else inventory.driver_listing(spark, settings.sources, list(list_files(settings.sources))))
+        listing = _listing(spark, locator, settings.sources)
     with phase("plan"):
         settled = inventory.settled_listing(spark, locator)
-    if settled == listing.fingerprint and not settings.extract.full_refresh:
+    if listing.complete and settled == listing.fingerprint and not settings.extract.full_refresh:
         # The same files as a run that completed with nothing left to retry: the plan would be all UNCHANGED.
         log.info("extract: %d files listed, unchanged since the last run", listing.files)
         return ExtractSummary(run_id, listing.files, 0, 0, 0, 0, time.monotonic() - started,
@@ -417,7 +424,8 @@ def extract(spark: SparkSession, locator: TableLocator, settings: Settings, run_
     written = _read_and_write(spark, locator, settings, plan, run_id, phase) if plan.to_read else _Written()
     with phase("inventory"):
         inventory.record(spark, locator, plan, run_id)
-        if (settled_now := "" if written.retry_pending else listing.fingerprint) != settled:
+        listing.done()
+        if listing.complete and (settled_now := "" if written.retry_pending else listing.fingerprint) != settled:
             inventory.settle(spark, locator, settled_now)
     summary = ExtractSummary(run_id, listing.files, plan.to_read, written.instances, written.quarantined, plan.missing,
                              time.monotonic() - started, written.bytes_read, written.file_bytes, phase.seconds)

@@ -11,21 +11,24 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import enum
+import fnmatch
 import hashlib
 import itertools
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from functools import reduce
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import to_arrow_schema
 from pyspark.sql.types import StringType, StructField, StructType
 
 from micdm.config import SourceSettings
 from micdm.dicom.reader import QuarantineReason
-from micdm.errors import SourceError
+from micdm.errors import ConfigError, SourceError
 from micdm.schema import FILE_INVENTORY
 from micdm.secrets import resolve_references
 from micdm.sources import DiscoveredFile, list_below, list_prefixes, root_prefix
@@ -35,14 +38,15 @@ from micdm.tables import (
     aggregate,
     append,
     conform,
+    delete_keys,
     delta_table,
     may_have_rows,
     read_table,
     table_properties,
 )
 
-__all__ = ["FILE_FIELDS", "RETRIED_REASONS", "Listing", "Plan", "State", "driver_listing", "plan", "record",
-           "settle", "settled_listing", "split_listing"]
+__all__ = ["FILE_FIELDS", "RETRIED_REASONS", "Listing", "Plan", "State", "autoloader_listing", "driver_listing",
+           "plan", "record", "settle", "settled_listing", "split_listing"]
 
 FILE_FIELDS = ("path", "file_size", "modification_time", "etag")
 #: file_inventory property holding the fingerprint of the last listing that left nothing to do again.
@@ -105,6 +109,10 @@ class Listing:
     files: int
     fingerprint: str
     frame: Callable[[], DataFrame]
+    complete: bool = True
+    """False for a listing of what arrived since the last run (Auto Loader): it says nothing of the rest."""
+    done: Callable[[], None] = lambda: None
+    """Called once the inventory holds what the listing found (Auto Loader's files leave its staging table)."""
 
 
 def _arrow(files: list[DiscoveredFile], schema: StructType = _FILE_SCHEMA) -> pa.Table:
@@ -169,6 +177,70 @@ def split_listing(spark: SparkSession, sources: SourceSettings) -> Listing:
     return Listing(row["files"], _fingerprint(sources, row["files"], row["digest"] or 0), lambda: files)
 
 
+#: The columns of Spark's binaryFile source; the content column is never read (column pruning).
+_BINARY_FILE_SCHEMA = "path string, modificationTime timestamp, length bigint, content binary"
+
+
+def _glob_filter(root: str, sources: SourceSettings) -> Column:
+    """sources.include / exclude on a streamed ``path``: a pattern matches the path below the root or the
+    file name, as on the other listings."""
+    below = F.substring(F.col("path"), len(root.rstrip("/")) + 2, 1 << 20)
+    name = F.regexp_extract(F.col("path"), r"([^/]*)$", 1)
+
+    def matches(patterns: tuple[str, ...]) -> Column:
+        regexes = [fnmatch.translate(p) for p in patterns]
+        return reduce(lambda a, b: a | b, [below.rlike(r) | name.rlike(r) for r in regexes], F.lit(False))
+
+    return matches(sources.include) & ~matches(sources.exclude)
+
+
+def autoloader_listing(spark: SparkSession, locator: TableLocator, sources: SourceSettings) -> Listing:
+    """The files that arrived since the last run, from a file stream (Databricks Auto Loader, ``cloudFiles``,
+    with file events where the site's storage has them) run to what is available now.
+
+    Each batch lands in file_discovery before the stream's checkpoint moves on, and leaves it once the
+    inventory holds it (``Listing.done``): a crash in between finds the same files again, none lost.
+    """
+    if sources.autoloader_checkpoint:
+        checkpoint = sources.autoloader_checkpoint.rstrip("/")
+    elif (table_folder := locator.path("file_discovery")) is not None:
+        checkpoint = str(Path(table_folder).parent / "_checkpoints" / "file_discovery")
+    else:
+        raise ConfigError("sources.autoloader_checkpoint: set a folder for Auto Loader's checkpoint (e.g. a Unity "
+                          "Catalog volume) when the tables live in a catalog")
+    target = delta_table(spark, locator, "file_discovery")
+
+    def land(batch: DataFrame, _batch_id: int) -> None:
+        target.alias("t").merge(batch.alias("s"), "t.path = s.path AND t.modification_time <=> s.modification_time") \
+            .whenNotMatchedInsertAll().execute()
+
+    for index, root in enumerate(sources.roots):
+        reader = spark.readStream.format(sources.autoloader_format).schema(_BINARY_FILE_SCHEMA)
+        if sources.autoloader_format == "cloudFiles":
+            reader = reader.option("cloudFiles.format", "binaryFile")
+        for key, value in sources.autoloader_options.items():
+            reader = reader.option(key, value)
+        found = (reader.load(root)
+                 .select(F.regexp_replace("path", "^file:(//)?", "").alias("path"),
+                         F.col("length").alias("file_size"), F.col("modificationTime").alias("modification_time"),
+                         F.lit(None).cast("string").alias("etag"), F.current_timestamp().alias("discovered_at"))
+                 .where(_glob_filter(root, sources)))
+        (found.writeStream.foreachBatch(land).trigger(availableNow=True)
+         .option("checkpointLocation", f"{checkpoint}/{index}").start().awaitTermination())
+    staged = read_table(spark, locator, "file_discovery").where(_under(sources.roots, sources.storage_options))
+    latest = Window.partitionBy("path").orderBy(F.col("modification_time").desc_nulls_last())
+    files = staged.withColumn("_rank", F.row_number().over(latest)).where("_rank = 1").select(*FILE_FIELDS) \
+        .localCheckpoint()
+    count = files.count()
+    landed = staged.select("path", "modification_time").localCheckpoint()
+
+    def done() -> None:
+        if count:
+            delete_keys(spark, locator, "file_discovery", landed, ["path", "modification_time"])
+
+    return Listing(count, "", lambda: files, complete=False, done=done)
+
+
 def _under(roots: tuple[str, ...], storage_options: dict[str, Any]) -> Column:
     """Whether a table's ``path`` lies under one of the roots (one array test, however many roots)."""
     prefixes = F.array(*(F.lit(root_prefix(r, storage_options)) for r in roots))
@@ -176,8 +248,11 @@ def _under(roots: tuple[str, ...], storage_options: dict[str, Any]) -> Column:
 
 
 def _states(spark: SparkSession, locator: TableLocator, listing: DataFrame, sources: SourceSettings,
-            reread_all: bool) -> DataFrame:
-    """Every listed path, and every remembered one under the roots, with its State."""
+            reread_all: bool, complete: bool) -> DataFrame:
+    """Every listed path, and every remembered one under the roots, with its State. A listing that is not
+    ``complete`` (Auto Loader's: the files that arrived since) says nothing of the files it leaves out:
+    they are missing only from a complete one, and read again (with what the inventory knows of them) on
+    a full refresh or when their last read is worth another try."""
     inventory = read_table(spark, locator, "file_inventory").where(_under(sources.roots, sources.storage_options))
     remembered = inventory.select("path", *(F.col(c).alias(f"known_{c}") for c in (*FILE_FIELDS[1:], "missing_since")),
                                   F.lit(True).alias("known"))
@@ -187,15 +262,20 @@ def _states(spark: SparkSession, locator: TableLocator, listing: DataFrame, sour
             & F.col("modification_time").eqNullSafe(F.col("known_modification_time"))
             & F.col("etag").eqNullSafe(F.col("known_etag")) & F.col("known_missing_since").isNull())
     reread = F.lit(reread_all) | F.col("retry").isNotNull()
+    present = F.col("known_missing_since").isNull()
+    unlisted = (F.when(present, State.MISSING.value) if complete
+                else F.when(present & reread, State.RETRY.value))
     state = (
         F.when(F.col("known").isNull(), State.NEW.value)
-        .when(F.col("listed").isNull(), F.when(F.col("known_missing_since").isNull(), State.MISSING.value))
+        .when(F.col("listed").isNull(), unlisted)
         .when(~same, State.CHANGED.value)
         .when(reread, State.RETRY.value)
         .otherwise(State.UNCHANGED.value)
     )
+    known = {c: F.when(F.col("listed").isNull(), F.col(f"known_{c}")).otherwise(F.col(c)) for c in FILE_FIELDS[1:]}
     return (listing.withColumn("listed", F.lit(True)).join(remembered, "path", "full_outer")
-            .join(retry, "path", "left").withColumn("state", state).where(F.col("state").isNotNull()))
+            .join(retry, "path", "left").withColumn("state", state).where(F.col("state").isNotNull())
+            .withColumns(known))
 
 
 def plan(spark: SparkSession, locator: TableLocator, listing: Listing, sources: SourceSettings,
@@ -209,7 +289,7 @@ def plan(spark: SparkSession, locator: TableLocator, listing: Listing, sources: 
         return Plan(frame, {State.NEW.value: listing.files} if listing.files else {}, stored)
     # Not cached: a run with nothing to read only counts it, and a recomputation gives the same states
     # (NEW and CHANGED win over RETRY, and the inventory is changed last).
-    frame = _states(spark, locator, listing.frame(), sources, reread_all)
+    frame = _states(spark, locator, listing.frame(), sources, reread_all, listing.complete)
     return Plan(frame, {row["state"]: row["count"] for row in frame.groupBy("state").count().collect()}, stored)
 
 

@@ -814,6 +814,12 @@ SITE_ROW = table("site_row", "bookkeeping", """
 """)
 
 #: Each stage's watermark after its last successful run (micdm.watermark): one row per stage.
+#: Files a streaming discovery (sources.listing: autoloader) found and the inventory does not hold yet:
+#: the stream's checkpoint moves on when they land here, and they leave once the inventory records them.
+FILE_DISCOVERY = table("file_discovery", "bookkeeping", _FILE_COLUMNS + """
+    discovered_at        datetime   required
+""")
+
 STAGE_STATE = table("stage_state", "bookkeeping", """
     stage            string     required
     run_id           string     required
@@ -825,6 +831,7 @@ STAGE_STATE = table("stage_state", "bookkeeping", """
 
 PIPELINE_TABLES = (
     FILE_INVENTORY,
+    FILE_DISCOVERY,
     DICOM_INSTANCE,
     DICOM_QUARANTINE,
     SR_CONTENT_ITEM,

@@ -199,3 +199,42 @@ def test_a_listing_split_by_folder_finds_what_the_driver_finds(spark, tmp_path: 
     assert (gone.discovered, gone.missing) == (5, 1)
     with pytest.raises(SourceError, match="cannot list"):
         inventory.split_listing(spark, dataclasses.replace(settings.sources, roots=(str(tmp_path / "absent"),)))
+
+
+def test_a_streamed_discovery_reads_what_arrived_and_loses_nothing(spark, tmp_path: Path, monkeypatch) -> None:
+    """sources.listing=autoloader, run here on Spark's own file stream (`binaryFile`): Databricks' Auto
+    Loader (`cloudFiles`) is the same stream API with file events, and cannot run outside Databricks."""
+    from micdm import inventory
+
+    root = tmp_path / "export"
+    (root / "a").mkdir(parents=True)
+    shutil.copy(get_testdata_file("CT_small.dcm"), root / "a" / "ct.dcm")
+    (root / "a" / "notes.txt").write_text("not DICOM")
+    settings = _settings(tmp_path, root, "sources.listing=autoloader", "sources.autoloader_format=binaryFile",
+                         "sources.exclude=['*.txt']", "sources.autoloader_options={recursiveFileLookup: 'true'}")
+    locator = TableLocator.of(settings)
+    init_tables(spark, locator)
+    first = extract(spark, locator, settings)
+    assert (first.discovered, first.instances, first.quarantined) == (1, 1, 0)
+    assert read_table(spark, locator, "file_discovery").count() == 0, "recorded files leave the staging table"
+    assert [r.path for r in read_table(spark, locator, "file_inventory").collect()] == [str(root / "a" / "ct.dcm")]
+
+    nothing = extract(spark, locator, settings)  # nothing arrived: nothing listed, nothing missing
+    assert (nothing.discovered, nothing.to_read, nothing.missing) == (0, 0, 0)
+
+    (root / "b").mkdir()
+    shutil.copy(get_testdata_file("MR_small.dcm"), root / "b" / "mr.dcm")
+    real_record = inventory.record
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("killed before the inventory was written")
+
+    monkeypatch.setattr(inventory, "record", crash)
+    with pytest.raises(RuntimeError, match="killed"):
+        extract(spark, locator, settings)
+    monkeypatch.setattr(inventory, "record", real_record)
+    assert read_table(spark, locator, "file_discovery").count() == 1, "the stream moved on; the file waits here"
+    after_crash = extract(spark, locator, settings)
+    assert (after_crash.discovered, after_crash.instances) == (1, 1)
+    assert read_table(spark, locator, "dicom_instance").count() == 2
+    assert read_table(spark, locator, "file_discovery").count() == 0
