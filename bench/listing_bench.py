@@ -60,7 +60,8 @@ def _time_listing(spark: Any, sources: Any, repeats: int) -> dict[str, Any]:
 def _markdown(results: dict[str, Any]) -> str:
     lines = ["# Listing an S3 bucket: the driver alone or split into Spark tasks", "",
              f"Measured {results['date']} on {results['machine']}, SeaweedFS on the same cores; reproduce with "
-             f"`{results['command']}`. Median of {results['repeats']} runs in a warm session.", "",
+             f"`{results['command']}`. Median of {results['repeats']} runs in a warm session; the split listing lists "
+             f"the folders {results['depth']} levels down.", "",
              "| objects | listing | seconds | files/s | driver heap peak, MB | split / driver |",
              "|---|---|---|---|---|---|"]
     for size, modes in results["sizes"].items():
@@ -75,6 +76,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[50_000, 200_000])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--depth", type=int, default=1, help="sources.listing_depth of the split listing")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args()
 
@@ -94,11 +96,12 @@ def main() -> None:
             sizes[str(size)] = {}
             for mode in ("driver", "split"):
                 settings = load_settings(REPO / "conf" / "local.yml", [
-                    *server.source_settings(str(size)), f"sources.listing={mode}", "sources.listing_depth=2"])
+                    *server.source_settings(str(size)), f"sources.listing={mode}",
+                    f"sources.listing_depth={args.depth}"])
                 sizes[str(size)][mode] = _time_listing(spark, settings.sources, args.repeats)
                 print(size, mode, sizes[str(size)][mode], flush=True)
-    figures.write(args.out, "listing", figures.stamp("make bench-listing", repeats=args.repeats, sizes=sizes),
-                  _markdown)
+    figures.write(args.out, "listing", figures.stamp("make bench-listing", repeats=args.repeats, depth=args.depth,
+                                                     sizes=sizes), _markdown)
 
 
 if __name__ == "__main__":

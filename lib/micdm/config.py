@@ -101,7 +101,7 @@ class SourceSettings:
     storage_options: dict[str, Any] = field(default_factory=dict)
     """fsspec options (nested ones too, e.g. config_kwargs); strings may be secret references (secrets.py)."""
     listing: str = "driver"
-    listing_depth: int = 2
+    listing_depth: int = 1
     autoloader_format: str = "cloudFiles"
     autoloader_options: dict[str, str] = field(default_factory=dict)
     autoloader_checkpoint: str | None = None

@@ -97,8 +97,7 @@ class Plan:
 _FILE_SCHEMA = StructType([FILE_INVENTORY.schema[c] for c in FILE_FIELDS])
 #: What a listing task returns: the files it found, or one row saying why it could not list.
 _LISTED_SCHEMA = StructType([*_FILE_SCHEMA.fields, StructField("error", StringType())])
-#: Folders each listing task lists at once (a listing mostly waits on the store), and files per batch out.
-_FOLDERS_AT_ONCE = 16
+#: Files per batch a listing task returns.
 _LISTED_BATCH = 4096
 
 
@@ -157,7 +156,7 @@ def split_listing(spark: SparkSession, sources: SourceSettings) -> Listing:
                 by_root.setdefault(root, []).append(folder)
             for root, under in by_root.items():
                 try:
-                    found = list_below(resolved, root, under, _FOLDERS_AT_ONCE)
+                    found = list_below(resolved, root, under)
                     while chunk := list(itertools.islice(found, _LISTED_BATCH)):
                         yield from _arrow(chunk, _LISTED_SCHEMA).to_batches()
                 except SourceError as error:

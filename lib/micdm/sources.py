@@ -149,6 +149,10 @@ def list_files(settings: SourceSettings) -> Iterator[DiscoveredFile]:
         yield from _selected_files(_find(fs, root_path, root), root, root_path, local, fs, settings)
 
 
+#: Folders listed at once (by the driver, and by each listing task): a listing mostly waits on the store.
+_FOLDERS_AT_ONCE = 16
+
+
 def list_prefixes(settings: SourceSettings) -> tuple[list[tuple[str, str]], list[DiscoveredFile]]:
     """Each root's folders ``settings.listing_depth`` levels down, as (root, folder) pairs to list apart,
     and the files found above that level (a PACS export's levels: patient, study, series)."""
@@ -157,14 +161,17 @@ def list_prefixes(settings: SourceSettings) -> tuple[list[tuple[str, str]], list
     for root in settings.roots:
         fs, root_path, local = _listed(root, settings)
         fs.invalidate_cache()  # a listing is of now: an earlier find leaves folders out of the cached ones
+
+        def entries_of(folder: str, root: str = root, fs: fsspec.AbstractFileSystem = fs) -> list[dict[str, Any]]:
+            try:
+                return list(fs.ls(folder, detail=True))
+            except Exception as error:
+                raise SourceError(f"cannot list {root}: {type(error).__name__}: {error}"[:500]) from None
+
         level = [root_path]
         for _ in range(settings.listing_depth):
-            entries: dict[str, dict[str, Any]] = {}
-            for folder in level:
-                try:
-                    entries.update({info["name"]: info for info in fs.ls(folder, detail=True)})
-                except Exception as error:
-                    raise SourceError(f"cannot list {root}: {type(error).__name__}: {error}"[:500]) from None
+            with ThreadPoolExecutor(max_workers=_FOLDERS_AT_ONCE) as pool:
+                entries = {info["name"]: info for listed in pool.map(entries_of, level) for info in listed}
             level = sorted(name for name, info in entries.items() if info.get("type") == "directory")
             files += _selected_files({n: i for n, i in entries.items() if i.get("type") != "directory"},
                                      root, root_path, local, fs, settings)
@@ -172,11 +179,9 @@ def list_prefixes(settings: SourceSettings) -> tuple[list[tuple[str, str]], list
     return prefixes, files
 
 
-def list_below(settings: SourceSettings, root: str, folders: list[str], concurrency: int
-               ) -> Iterator[DiscoveredFile]:
-    """Every selected file below ``folders`` of ``root``, the folders listed ``concurrency`` at a time (a
-    listing mostly waits on the store)."""
+def list_below(settings: SourceSettings, root: str, folders: list[str]) -> Iterator[DiscoveredFile]:
+    """Every selected file below ``folders`` of ``root``, several folders listed at once."""
     fs, root_path, local = _listed(root, settings)
-    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+    with ThreadPoolExecutor(max_workers=_FOLDERS_AT_ONCE) as pool:
         for found in pool.map(lambda folder: _find(fs, folder, root), folders):
             yield from _selected_files(found, root, root_path, local, fs, settings)
