@@ -26,7 +26,7 @@ def test_wrong_setting_gives_one_line_and_exit_2() -> None:
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "micdm: extract.block_sise: unknown setting; known keys here: ['block_size', 'files_per_partition', "
-        "'full_refresh', 'header_json_max_bytes', 'max_nesting', 'max_retries', 'sr_max_items', "
+        "'full_refresh', 'header_format', 'header_json_max_bytes', 'max_nesting', 'max_retries', 'sr_max_items', "
         "'threads_per_task']"]
 
 
