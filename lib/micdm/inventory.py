@@ -226,12 +226,12 @@ def autoloader_listing(spark: SparkSession, locator: TableLocator, sources: Sour
                  .where(_glob_filter(root, sources)))
         (found.writeStream.foreachBatch(land).trigger(availableNow=True)
          .option("checkpointLocation", f"{checkpoint}/{index}").start().awaitTermination())
-    staged = read_table(spark, locator, "file_discovery").where(_under(sources.roots, sources.storage_options))
-    latest = Window.partitionBy("path").orderBy(F.col("modification_time").desc_nulls_last())
-    files = staged.withColumn("_rank", F.row_number().over(latest)).where("_rank = 1").select(*FILE_FIELDS) \
+    staged = read_table(spark, locator, "file_discovery").where(_under(sources.roots, sources.storage_options)) \
         .localCheckpoint()
+    latest = Window.partitionBy("path").orderBy(F.col("modification_time").desc_nulls_last())
+    files = staged.withColumn("_rank", F.row_number().over(latest)).where("_rank = 1").select(*FILE_FIELDS)
     count = files.count()
-    landed = staged.select("path", "modification_time").localCheckpoint()
+    landed = staged.select("path", "modification_time")
 
     def done() -> None:
         if count:

@@ -105,12 +105,16 @@ def _as_written(path: str, base: str, prefix: str, fs: fsspec.AbstractFileSystem
     return prefix + path[len(base):] if path.startswith(base) else fs.unstrip_protocol(path)
 
 
+def _cannot_list(root: str, error: Exception) -> SourceError:
+    return SourceError(f"cannot list {root}: {type(error).__name__}: {error}"[:500])
+
+
 def _listed(root: str, settings: SourceSettings) -> tuple[fsspec.AbstractFileSystem, str, bool]:
     """The filesystem of ``root`` and its path there; a root that cannot be opened is a SourceError."""
     try:
         return _resolve_root(root, settings.storage_options)
     except Exception as error:
-        raise SourceError(f"cannot list {root}: {type(error).__name__}: {error}"[:500]) from None
+        raise _cannot_list(root, error) from None
 
 
 def _find(fs: fsspec.AbstractFileSystem, path: str, root: str) -> dict[str, dict[str, Any]]:
@@ -119,7 +123,7 @@ def _find(fs: fsspec.AbstractFileSystem, path: str, root: str) -> dict[str, dict
         if not found and not fs.exists(path):
             raise FileNotFoundError(f"no such folder or prefix: {path}")
     except Exception as error:
-        raise SourceError(f"cannot list {root}: {type(error).__name__}: {error}"[:500]) from None
+        raise _cannot_list(root, error) from None
     return found
 
 
@@ -166,7 +170,7 @@ def list_prefixes(settings: SourceSettings) -> tuple[list[tuple[str, str]], list
             try:
                 return list(fs.ls(folder, detail=True))
             except Exception as error:
-                raise SourceError(f"cannot list {root}: {type(error).__name__}: {error}"[:500]) from None
+                raise _cannot_list(root, error) from None
 
         level = [root_path]
         for _ in range(settings.listing_depth):

@@ -227,7 +227,7 @@ class FakeGCS(ObjectStore):
 
 
 def azurite_binary() -> str | None:
-    """Azurite's blob server, as ``make setup`` installs it (npm, into build/azurite) or on PATH."""
+    """Azurite's blob server, as ``make test`` installs it (npm, into build/azurite) or on PATH."""
     beside = REPO / "build" / "azurite" / "node_modules" / ".bin" / "azurite-blob"
     return str(beside) if beside.exists() else shutil.which("azurite-blob")
 
