@@ -122,9 +122,10 @@ def _rows(rule: Column, kind: Column, cap: int) -> Column:
             .otherwise(F.when(F.size("values") <= cap, each).otherwise(overflow)))
 
 
-def series_values(spark: SparkSession, locator: TableLocator, attributes: tuple[Attribute, ...], cap: int
-                  ) -> DataFrame:
-    """(series_instance_uid, source, tag, kind, unit, label, text, number): each series' rows by rule.
+def series_values(spark: SparkSession, locator: TableLocator, attributes: tuple[Attribute, ...], cap: int,
+                  series: DataFrame | None = None) -> DataFrame:
+    """(series_instance_uid, source, tag, kind, unit, label, text, number): each series' rows by rule, for
+    every series or those in ``series`` (a frame with series_instance_uid).
 
     Values are first made distinct (numbers by value, other values by text), keeping the first
     instance's text of each; ``first``, ``min``, ``max`` and the distinct list are taken from those.
@@ -132,8 +133,10 @@ def series_values(spark: SparkSession, locator: TableLocator, attributes: tuple[
     described = spark.createDataFrame([(a.source, a.tag, a.rule.value, a.kind, a.unit) for a in attributes],
                                       "source string, tag string, rule string, kind string, unit string")
     values = read_table(spark, locator, "instance_attribute").where(
-        (F.col("selection") == selection_id(attributes)) & F.col("source").isNotNull()).join(
-        F.broadcast(described), "source")
+        (F.col("selection") == selection_id(attributes)) & F.col("source").isNotNull())
+    if series is not None:
+        values = values.join(series.select("series_instance_uid"), "series_instance_uid", "left_semi")
+    values = values.join(F.broadcast(described), "source")
     order = F.struct(F.coalesce("instance_number", F.lit(2**31 - 1)), "path", "ordinal")
     value = F.struct(F.col("value_text").alias("text"), F.col("value_number").alias("number"))
     distinct_key = F.when(F.col("kind") == "number", F.col("value_number").cast("string")).otherwise(
@@ -156,7 +159,8 @@ def acquisition_features(spark: SparkSession, locator: TableLocator, instances: 
     attributes = select_attributes(settings.acquisition_attributes)
     read = refresh_instance_attributes(spark, locator, instances, attributes)
     log.info("features: %d header(s) read for %d acquisition attribute(s)", read, len(attributes))
-    rows = series_values(spark, locator, attributes, settings.max_distinct_values).join(
+    rows = series_values(spark, locator, attributes, settings.max_distinct_values, occurrences.select(
+        F.col("image_series_uid").alias("series_instance_uid"))).join(
         occurrences, F.col("series_instance_uid") == F.col("image_series_uid"))
     coded = F.col("kind") == "code"
     code = F.when(F.col("tag") == _BODY_PART, normalise_body_part(F.col("text"))).otherwise(

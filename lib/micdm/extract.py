@@ -29,6 +29,7 @@ from pyspark.sql.pandas.types import to_arrow_schema
 from pyspark.sql.types import ArrayType, StructType
 
 from micdm import inventory
+from micdm.changes import Changes
 from micdm.config import Settings, SourceSettings
 from micdm.dicom.reader import PERMANENT_ERRORS, Outcome, QuarantineReason, ReadOptions, extract_file, quiet_pydicom
 from micdm.errors import InvalidInputError
@@ -434,7 +435,8 @@ def extract(spark: SparkSession, locator: TableLocator, settings: Settings, run_
     return summary
 
 
-def run(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: str) -> StageCounts:
+def run(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: str,
+        changes: Changes | None = None) -> StageCounts:
     """The extract stage, counted for the run summary."""
     summary = extract(spark, locator, settings, run_id=run_id)
     return {"discovered": summary.discovered, "read": summary.to_read, "instances": summary.instances,

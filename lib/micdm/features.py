@@ -16,6 +16,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from micdm.acquisition import acquisition_features
+from micdm.changes import Changes, changed_keys
 from micdm.concurrency import run_concurrently
 from micdm.config import FeatureSettings, Settings
 from micdm.errors import ConfigError
@@ -24,7 +25,7 @@ from micdm.ownership import release_clashing_ids, remove_site_rows, site_floor, 
 from micdm.reasons import FeatureDomain, FeatureReason
 from micdm.reports import ReportFeatures, report_features, write_sr_tables
 from micdm.schema import FEATURE_ROW
-from micdm.series import present_instances
+from micdm.series import present_instances, series_of_paths
 from micdm.stage import StageCounts
 from micdm.tables import TableLocator, aggregate, conform, delete_keys, merge_into, overwrite, read_table
 from micdm.vocab import concepts, site_relationships, table_concept_id
@@ -199,12 +200,17 @@ def _with_ids(spark: SparkSession, locator: TableLocator, features: DataFrame) -
         "finding_key", "left"), reallocated
 
 
-def _drop_stale_acquisition(spark: SparkSession, locator: TableLocator, rows: DataFrame) -> int:
+def _drop_stale_acquisition(spark: SparkSession, locator: TableLocator, rows: DataFrame,
+                            scope: DataFrame | None) -> int:
     """Remove the acquisition features this run no longer makes (an attribute left the selection, its rule
-    changed, a value left its series, the series went): their image_feature rows, and their measurement and
-    observation rows where those are still as micdm wrote them. Returns how many features went."""
-    stale = read_table(spark, locator, "id_map").where(F.col("natural_key").startswith(_KINDS["acquisition"])).join(
-        rows.select("natural_key"), "natural_key", "left_anti").select("namespace", "id").localCheckpoint()
+    changed, a value left its series, the series went) among the series in ``scope`` (every series when
+    None): their image_feature rows, and their measurement and observation rows where those are still as
+    micdm wrote them. Returns how many features went."""
+    made = read_table(spark, locator, "id_map").where(F.col("natural_key").startswith(_KINDS["acquisition"]))
+    if scope is not None:  # an acquisition key is header|<series UID>|<attribute>...
+        made = made.join(scope, F.split("natural_key", r"\|")[1] == F.col("key"), "left_semi")
+    stale = made.join(rows.select("natural_key"), "natural_key", "left_anti").select("namespace", "id") \
+        .localCheckpoint()
     features = stale.where(F.col("namespace") == "image_feature").select(F.col("id").alias("image_feature_id"))
     held = read_table(spark, locator, "image_feature").join(features, "image_feature_id", "left_semi").count()
     if not held:
@@ -216,15 +222,28 @@ def _drop_stale_acquisition(spark: SparkSession, locator: TableLocator, rows: Da
     return held
 
 
-def run(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: str) -> StageCounts:
+def run(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: str,
+        changes: Changes | None = None) -> StageCounts:
     """MERGE measurement, observation and image_feature rows for every image_occurrence; rebuild
-    feature_quarantine. Returns row counts."""
+    feature_quarantine. Returns row counts.
+
+    Acquisition parameters are redone for the series whose occurrence or instances changed (``changes``);
+    reports and algorithm results, which may place a feature on any series, are redone whole.
+    """
     instances = present_instances(spark, locator)
     occurrences = read_table(spark, locator, "image_occurrence")
+    scope = changed_keys(spark, locator, changes, {
+        "image_occurrence": lambda feed: feed.select("image_series_uid"),
+        "dicom_instance": lambda feed: feed.select("series_instance_uid"),
+        "file_inventory": series_of_paths(spark, locator),
+        "instance_attribute": lambda feed: feed.select("series_instance_uid"),
+        "sr_content_item": lambda feed: feed.select(F.lit(None).cast("string"))})  # reports are redone whole
+    acquired = occurrences if scope is None else occurrences.join(
+        scope.select(F.col("key").alias("image_series_uid")), "image_series_uid", "left_semi")
     acquisition: DataFrame
     reported: ReportFeatures
     acquisition, reported = run_concurrently(
-        lambda: acquisition_features(spark, locator, instances, occurrences, settings.features),
+        lambda: acquisition_features(spark, locator, instances, acquired, settings.features),
         lambda: report_features(spark, locator, instances, occurrences, settings.features))
     features, quarantine = acquisition.unionByName(reported.features), reported.quarantine
     if settings.features.algorithm_results:
@@ -288,8 +307,9 @@ def run(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: 
                                                                                F.current_timestamp())),
         lambda: write_sr_tables(spark, locator, reported, rows.select(
             "natural_key", "finding_key", "measurement_id", "observation_id", "image_finding_id")))
-    dropped = _drop_stale_acquisition(spark, locator, rows)
+    dropped = _drop_stale_acquisition(spark, locator, rows, scope)
     counts = {**_by_kind(rows), "image_feature": read_table(spark, locator, "image_feature").count(),
               "feature_quarantine": read_table(spark, locator, "feature_quarantine").count(), **sr_counts}
-    changes = {"restored": restored, "reallocated": reallocated, "acquisition dropped": dropped}
-    return {**counts, **{k: v for k, v in changes.items() if v}}
+    events = {"restored": restored, "reallocated": reallocated, "acquisition dropped": dropped,
+              "series redone": "all" if scope is None else scope.count()}
+    return {**counts, **{k: v for k, v in events.items() if v}}

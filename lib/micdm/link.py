@@ -24,12 +24,13 @@ from dataclasses import dataclass
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
+from micdm.changes import Changes
 from micdm.concurrency import run_concurrently
 from micdm.config import OccurrenceSettings, Settings
 from micdm.ids import allocated_ids, assign_ids
 from micdm.ownership import release_clashing_ids, remove_site_rows, site_floor, write_site_rows
 from micdm.stage import StageCounts
-from micdm.tables import TableLocator, append, overwrite, read_table, site_table
+from micdm.tables import TableLocator, append, read_table, site_table, sync_rows
 from micdm.vocab import compatible_procedures, modality_procedures
 
 __all__ = ["WARNING_CREATED_ON_PROCEDURE_DAY", "ExceptionReason", "LinkInputs", "LinkRule", "link_studies",
@@ -253,8 +254,10 @@ def _report(series_links: DataFrame, run_id: str) -> DataFrame:
              "studies")
 
 
-def run(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: str) -> StageCounts:
-    """Link every series; rebuild series_link and link_exception; append to link_report.
+def run(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: str,
+        changes: Changes | None = None) -> StageCounts:
+    """Link every series; bring series_link and link_exception in line (only rows that changed are written,
+    so the next stages redo only those); append to link_report.
 
     Returns series counts per rule and per exception reason.
     """
@@ -294,7 +297,7 @@ def run(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: 
                                       F.col("procedure_visit"))
         .otherwise(F.coalesce("containing_visit", "procedure_visit"))).drop("_start", "_end")
     series_links = _series_links(series, links)
-    overwrite(locator, "series_link", series_links)
+    sync_rows(spark, locator, "series_link", series_links, ["image_series_uid"], ignored=("updated_at",))
     stored = read_table(spark, locator, "series_link")
     exceptions = stored.where(F.col("exception_reason").isNotNull())
     details = F.create_map(*[F.lit(x) for reason, text in _DETAILS.items() for x in (reason.value, text)])
@@ -310,9 +313,10 @@ def run(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: 
                 "series"), "studies"))
     report = report.localCheckpoint(eager=True)
     run_concurrently(
-        lambda: overwrite(locator, "link_exception", exceptions.select(
+        lambda: sync_rows(spark, locator, "link_exception", exceptions.select(
             "image_series_uid", "image_study_uid", F.col("exception_reason").alias("reason"),
-            details[F.col("exception_reason")].alias("detail"), "updated_at")),
+            details[F.col("exception_reason")].alias("detail"), "updated_at"), ["image_series_uid"],
+            ignored=("updated_at",)),
         lambda: _remove_unused_procedures(spark, locator, stored),
         lambda: append(locator, "link_report", report.fillna(0, ["series"])))
     counts = {row["name"]: row["series"] for row in report.where(F.col("kind") != "warning")

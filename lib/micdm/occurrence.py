@@ -5,10 +5,11 @@ from __future__ import annotations
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from micdm.changes import Changes, changed_keys
 from micdm.config import OccurrenceSettings, Settings
 from micdm.ids import assign_ids
 from micdm.stage import StageCounts
-from micdm.tables import TableLocator, merge_into, read_table
+from micdm.tables import TableLocator, read_table, sync_rows
 from micdm.vocab import anatomy_sites, normalise_body_part
 
 __all__ = ["build_image_occurrence", "run"]
@@ -50,13 +51,21 @@ def build_image_occurrence(series: DataFrame, links: DataFrame, ids: DataFrame, 
     )
 
 
-def run(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: str) -> StageCounts:
-    """MERGE image_occurrence from dicom_series + series_link; counts the table's rows.
+def run(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: str,
+        changes: Changes | None = None) -> StageCounts:
+    """Bring image_occurrence in line with dicom_series + series_link for the series either changed in
+    (``changes``; every series without it); counts the table's rows.
 
     A series that lost its link (its person left the CDM, say) is removed, so the table always equals
     what the current links give.
     """
+    scope = changed_keys(spark, locator, changes, {
+        "dicom_series": lambda feed: feed.select("series_instance_uid"),
+        "series_link": lambda feed: feed.select("image_series_uid")})
     series = read_table(spark, locator, "dicom_series")
+    if scope is not None:
+        series = series.join(scope.select(F.col("key").alias("series_instance_uid")), "series_instance_uid",
+                             "left_semi")
     links = read_table(spark, locator, "series_link")
     linked_series = series.join(links.where(F.col("exception_reason").isNull()).select(
         F.col("image_series_uid").alias("series_instance_uid")), "series_instance_uid", "left_semi")
@@ -64,5 +73,6 @@ def run(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: 
                      linked_series.select(F.col("series_instance_uid").alias("natural_key")))
     sites = anatomy_sites(spark, locator, settings.occurrence.anatomy_vocabulary)
     rows = build_image_occurrence(linked_series, links, ids, sites, settings.occurrence)
-    merge_into(spark, locator, "image_occurrence", rows, ["image_series_uid"], delete_unmatched=True)
+    sync_rows(spark, locator, "image_occurrence", rows, ["image_series_uid"],
+              None if scope is None else ("image_series_uid", scope))
     return {"image_occurrence": read_table(spark, locator, "image_occurrence").count()}

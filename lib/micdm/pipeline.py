@@ -12,6 +12,7 @@ from pathlib import Path
 from pyspark.sql import SparkSession
 
 from micdm import extract, features, link, occurrence, publish, quality, series, vocabulary, watermark
+from micdm.changes import Changes
 from micdm.config import Settings
 from micdm.report import latest_run_rows, write_report
 from micdm.spark import classic_context
@@ -134,7 +135,8 @@ def _run_unless_unchanged(spark: SparkSession, locator: TableLocator, settings: 
         log.info("%s skipped: its inputs are as they were after run %s", stage, last[1])
         return {"skipped": f"nothing changed since run {last[1]}"}
     log.info("%s starting (%s)", stage, "full refresh" if full_refresh else f"changed: {', '.join(changes)}")
-    counts = STAGES[stage](spark, locator, settings, run_id)
+    counts = STAGES[stage](spark, locator, settings, run_id,
+                           None if last is None or full_refresh else Changes(last[0], before))
     reads, writes = STAGE_TABLES[stage]
     done[stage] = (watermark.refreshed(spark, locator, before, set(reads) & set(writes)), run_id)
     return counts

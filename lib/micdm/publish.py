@@ -7,6 +7,7 @@ import dataclasses
 
 from pyspark.sql import SparkSession
 
+from micdm.changes import Changes
 from micdm.config import Settings
 from micdm.schema import PUBLISHED_IMAGE_FEATURE, PUBLISHED_IMAGE_OCCURRENCE, PUBLISHED_TABLES, TableDef
 from micdm.stage import StageCounts
@@ -52,7 +53,8 @@ def publish(spark: SparkSession, locator: TableLocator, settings: Settings) -> l
     return [target.where(table.name) for table in PUBLISHED_TABLES]
 
 
-def run(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: str) -> StageCounts:
+def run(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: str,
+        changes: Changes | None = None) -> StageCounts:
     """The publish stage: where the published tables are, or that publishing is off."""
     written = publish(spark, locator, settings)
     return {"published": ", ".join(written) if written else f"off (publish.mode={settings.publish.mode})"}

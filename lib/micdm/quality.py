@@ -28,6 +28,7 @@ from pathlib import Path
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from micdm.changes import Changes
 from micdm.concurrency import run_concurrently
 from micdm.config import Settings
 from micdm.errors import QualityError
@@ -418,7 +419,8 @@ def evaluate(spark: SparkSession, locator: TableLocator) -> list[CheckResult]:
             for result in results]
 
 
-def run(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: str) -> StageCounts:
+def run(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: str,
+        changes: Changes | None = None) -> StageCounts:
     """Run every check, append the results to dq_result; raise QualityError when a fatal one failed."""
     results = evaluate(spark, locator)
     now = dt.datetime.now(dt.UTC)

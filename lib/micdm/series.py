@@ -5,11 +5,13 @@ from __future__ import annotations
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from micdm.changes import Changes, KeyOf, changed_keys
 from micdm.config import OccurrenceSettings, Settings
 from micdm.stage import StageCounts
-from micdm.tables import TableLocator, overwrite, read_table
+from micdm.tables import TableLocator, read_table, sync_rows
 
-__all__ = ["build_series", "image_date", "present_instances", "rewrite_prefix", "run"]
+__all__ = ["build_series", "changed_series", "image_date", "present_instances", "rewrite_prefix", "run",
+           "series_of_paths"]
 
 
 def image_date(date_order: tuple[str, ...]) -> tuple[Column, Column]:
@@ -89,8 +91,32 @@ def present_instances(spark: SparkSession, locator: TableLocator) -> DataFrame:
     return instances
 
 
-def run(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: str) -> StageCounts:
-    """Rebuild dicom_series from the present instances in one commit; counts the series."""
-    series = build_series(present_instances(spark, locator), settings.occurrence)
-    overwrite(locator, "dicom_series", series)
-    return {"series": read_table(spark, locator, "dicom_series").count()}
+def series_of_paths(spark: SparkSession, locator: TableLocator) -> KeyOf:
+    """file_inventory's changes -> the series of the files that went missing or came back."""
+    def series(feed: DataFrame) -> DataFrame:
+        moved = feed.where(F.col("missing_since").isNotNull() | (F.col("_change_type") == "delete")).select("path")
+        return read_table(spark, locator, "dicom_instance").join(moved, "path", "left_semi").select(
+            "series_instance_uid")
+    return series
+
+
+def changed_series(spark: SparkSession, locator: TableLocator, changes: Changes | None) -> DataFrame | None:
+    """The series whose instances changed since ``changes`` was taken (None: every series)."""
+    return changed_keys(spark, locator, changes, {
+        "dicom_instance": lambda feed: feed.select("series_instance_uid"),
+        "file_inventory": series_of_paths(spark, locator)})
+
+
+def run(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: str,
+        changes: Changes | None = None) -> StageCounts:
+    """Bring dicom_series in line with the present instances of the series that changed (every series
+    without ``changes``), in one commit; counts the series and the rows written."""
+    scope = changed_series(spark, locator, changes)
+    instances = present_instances(spark, locator)
+    if scope is not None:
+        instances = instances.join(scope.select(F.col("key").alias("series_instance_uid")), "series_instance_uid",
+                                   "left_semi")
+    written = sync_rows(spark, locator, "dicom_series", build_series(instances, settings.occurrence),
+                        ["series_instance_uid"], None if scope is None else ("series_instance_uid", scope),
+                        ignored=("updated_at",))
+    return {"series": read_table(spark, locator, "dicom_series").count(), "series written": written}

@@ -6,6 +6,7 @@ from typing import Protocol
 
 from pyspark.sql import SparkSession
 
+from micdm.changes import Changes
 from micdm.config import Settings
 from micdm.tables import TableLocator
 
@@ -16,7 +17,11 @@ StageCounts = dict[str, int | float | str]
 
 
 class Stage(Protocol):
-    """``run(spark, locator, settings, run_id)`` of a stage module: reads tables, writes tables, counts."""
+    """``run(spark, locator, settings, run_id, changes)`` of a stage module: reads tables, writes tables, counts.
 
-    def __call__(self, spark: SparkSession, locator: TableLocator, settings: Settings, run_id: str
-                 ) -> StageCounts: ...
+    ``changes`` says what changed in the stage's inputs since its last successful run (micdm.changes); a
+    stage that can redo only that does so, and without it (a first run, a full refresh) redoes everything.
+    """
+
+    def __call__(self, spark: SparkSession, locator: TableLocator, settings: Settings, run_id: str,
+                 changes: Changes | None = None) -> StageCounts: ...

@@ -25,7 +25,7 @@ from micdm.schema import CDM_TABLES, TABLES, TableDef, with_header_format
 __all__ = ["TableLocator", "aggregate", "append", "as_stored", "clustering_clause", "conform", "create_table",
            "delete_keys", "delta_table", "init_tables", "load_csv", "may_have_rows", "merge_into",
            "merge_or_delete", "overwrite", "read_table", "row_digest", "schema_problems", "site_table",
-           "table_problems", "table_properties"]
+           "sync_rows", "table_problems", "table_properties"]
 
 _CDM_NAMES = frozenset(t.name for t in CDM_TABLES)
 
@@ -112,9 +112,10 @@ def create_table(spark: SparkSession, locator: TableLocator, table: TableDef) ->
     if created:
         if locator.storage.catalog and table.name not in locator.storage.cdm_tables:
             spark.sql(f"CREATE SCHEMA IF NOT EXISTS `{locator.storage.catalog}`.`{locator.schema_of(table.name)}`")
-        properties = ""
+        settings = {_CHANGE_FEED: "true"} if table.layer in CHANGE_FEED_LAYERS else {}
         if table.stats_columns:
-            properties = f" TBLPROPERTIES ('delta.dataSkippingStatsColumns' = '{','.join(table.stats_columns)}')"
+            settings["delta.dataSkippingStatsColumns"] = ",".join(table.stats_columns)
+        properties = f" TBLPROPERTIES ({', '.join(f'{k!r} = {v!r}' for k, v in settings.items())})" if settings else ""
         layout = clustering_clause(locator.storage.clustering, table)
         spark.sql(f"CREATE TABLE IF NOT EXISTS {ref} ({table.ddl_columns()}) USING DELTA{layout}{properties}")
     else:
@@ -122,7 +123,17 @@ def create_table(spark: SparkSession, locator: TableLocator, table: TableDef) ->
         problems = schema_problems(table, spark.table(ref).schema)
         if problems:
             raise SchemaMismatchError(_mismatch_message(locator, table, problems))
+        feed = table_properties(spark, locator, table.name).get(_CHANGE_FEED) if table.layer in CHANGE_FEED_LAYERS \
+            else "true"
+        if feed != "true":
+            spark.sql(f"ALTER TABLE {ref} SET TBLPROPERTIES ('{_CHANGE_FEED}' = 'true')")
     return created
+
+
+#: The layers of micdm's own tables that keep a Change Data Feed, so the stages reading them redo only
+#: the rows that changed (micdm.changes); the site's tables are never altered.
+CHANGE_FEED_LAYERS = frozenset({"bronze", "silver", "gold"})
+_CHANGE_FEED = "delta.enableChangeDataFeed"
 
 
 def clustering_clause(clustering: str, table: TableDef) -> str:
@@ -289,14 +300,16 @@ def row_digest(columns: Iterable[str]) -> Column:
     return F.xxhash64(*[F.col(f"`{c}`") for c in columns])
 
 
-def _changed_rows(source: DataFrame, stored: DataFrame, keys: Sequence[str], compare_values: bool) -> DataFrame:
-    """The rows of ``source`` whose key ``stored`` lacks, or (``compare_values``) holds with other values.
+def _changed_rows(source: DataFrame, stored: DataFrame, keys: Sequence[str], compare_values: bool,
+                  ignored: Sequence[str] = ()) -> DataFrame:
+    """The rows of ``source`` whose key ``stored`` lacks, or (``compare_values``) holds with other values
+    (other than in the ``ignored`` columns).
 
     Values are compared through row_digest, as ownership.py fingerprints the site's rows.
     """
     columns = list(keys)
     if compare_values:
-        digest = row_digest(source.columns)
+        digest = row_digest([c for c in source.columns if c not in ignored])
         source, stored = source.withColumn("_digest", digest), stored.select(*source.columns).withColumn(
             "_digest", digest)
         columns.append("_digest")
@@ -328,6 +341,32 @@ def merge_or_delete(spark: SparkSession, locator: TableLocator, name: str, rows:
         .whenNotMatchedInsert(condition="s._keep", values=values)
         .execute()
     )
+
+
+def sync_rows(spark: SparkSession, locator: TableLocator, name: str, rows: DataFrame, keys: Sequence[str],
+              scope: tuple[str, DataFrame] | None = None, ignored: Sequence[str] = ()) -> int:
+    """Make a table hold exactly ``rows``, writing only what differs, in one MERGE; returns the rows written.
+
+    With ``scope`` (a column and a one-column frame of its values) only the stored rows with one of those
+    values are compared, so a stage redoing some series leaves every other row alone. Rows that are new or
+    differ (outside the ``ignored`` columns, such as a timestamp) are upserted and stored rows ``rows``
+    lacks are deleted; an unchanged row is not rewritten, so the table's change feed holds real changes
+    only and a run that changes nothing makes no commit.
+    """
+    source = as_stored(spark, locator, name, conform(rows, locator.definition(name))).localCheckpoint()
+    stored = read_table(spark, locator, name)
+    if scope is not None:
+        column, values = scope
+        stored = stored.join(values.select(F.col(values.columns[0]).alias(column)), column, "left_semi")
+    upserts = _changed_rows(source, stored, keys, True, ignored)
+    match = reduce(lambda a, b: a & b, [F.col(f"s.`{k}`").eqNullSafe(F.col(f"t.`{k}`")) for k in keys])
+    gone = stored.select(*keys).alias("t").join(source.select(*keys).alias("s"), match, "left_anti")
+    changed = upserts.withColumn("_keep", F.lit(True)).unionByName(
+        gone.withColumn("_keep", F.lit(False)), allowMissingColumns=True).localCheckpoint()
+    written = changed.count()
+    if written:
+        merge_or_delete(spark, locator, name, changed, keys, F.col("_keep"))
+    return written
 
 
 def overwrite(locator: TableLocator, name: str, rows: DataFrame, table: TableDef | None = None) -> None:

@@ -15,6 +15,7 @@ import logging
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from micdm.changes import Changes
 from micdm.concurrency import run_concurrently
 from micdm.config import Settings, VocabularySettings
 from micdm.schema import CONCEPT
@@ -53,7 +54,8 @@ def _named(concepts: DataFrame, column: str, name_column: str, id_column: str) -
         column, F.coalesce(names[F.col(column)], F.col(column)).alias(name_column), F.lit(0).alias(id_column))
 
 
-def run(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: str) -> StageCounts:
+def run(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: str,
+        changes: Changes | None = None) -> StageCounts:
     """Insert the concepts micdm writes, and what they need, where the site's vocabulary lacks them."""
     if not settings.vocabulary.merge:
         return {"vocabulary": "off (vocabulary.merge=false)"}
