@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from py4j.protocol import Py4JJavaError
-from pyspark.errors import AnalysisException
+from pyspark.errors import AnalysisException, PySparkException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -97,4 +97,8 @@ def changed_keys(spark: SparkSession, locator: TableLocator, changes: Changes | 
     if not keys:
         return spark.createDataFrame([], "key string")
     union = functools.reduce(lambda a, b: a.unionByName(b), [k.toDF("key") for k in keys])
-    return union.where(F.col("key").isNotNull()).distinct().localCheckpoint()
+    try:
+        return union.where(F.col("key").isNotNull()).distinct().localCheckpoint()
+    except (Py4JJavaError, PySparkException) as error:  # the feed's files went (VACUUM): redo everything
+        log.info("redoing everything: the change feed cannot be read (%s)", str(error).splitlines()[0][:160])
+        return None

@@ -27,7 +27,7 @@ from micdm.reports import ReportFeatures, report_features, write_sr_tables
 from micdm.schema import FEATURE_ROW
 from micdm.series import present_instances, series_of_paths
 from micdm.stage import StageCounts
-from micdm.tables import TableLocator, aggregate, conform, delete_keys, merge_into, overwrite, read_table
+from micdm.tables import TableLocator, aggregate, conform, delete_keys, merge_into, read_table, sync_rows
 from micdm.vocab import concepts, site_relationships, table_concept_id
 
 __all__ = ["ALGORITHM_RESULT_COLUMNS", "algorithm_features", "read_algorithm_results", "run"]
@@ -303,8 +303,8 @@ def run(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: 
         lambda: write_site_rows(spark, locator, "measurement", measurements) + write_site_rows(
             spark, locator, "observation", observations),
         lambda: merge_into(spark, locator, "image_feature", features_rows, ["image_feature_id"]),
-        lambda: overwrite(locator, "feature_quarantine", quarantine.withColumn("quarantined_at",
-                                                                               F.current_timestamp())),
+        lambda: sync_rows(spark, locator, "feature_quarantine", quarantine.withColumn(
+            "quarantined_at", F.current_timestamp()), None, ignored=("quarantined_at",)),
         lambda: write_sr_tables(spark, locator, reported, rows.select(
             "natural_key", "finding_key", "measurement_id", "observation_id", "image_finding_id")))
     dropped = _drop_stale_acquisition(spark, locator, rows, scope)

@@ -90,7 +90,9 @@ def write_site_rows(spark: SparkSession, locator: TableLocator, table: str, rows
         read_table(spark, locator, table).select(key), key, "left_anti").count()
     fresh = shaped.select(F.lit(table).alias("table_name"), F.col(key).alias("id"),
                           _fingerprint(table).alias("fingerprint"), F.current_timestamp().alias("written_at"))
-    append(locator, "site_row", fresh.join(recorded, ["id", "fingerprint"], "left_anti"))
+    unrecorded = fresh.join(recorded, ["id", "fingerprint"], "left_anti").localCheckpoint()
+    if unrecorded.take(1):
+        append(locator, "site_row", unrecorded)
     merge_into(spark, locator, table, shaped, [key])
     if restored:
         log.info("%s: %d row(s) micdm wrote before were missing (the site reloaded its table) and are restored",

@@ -26,7 +26,7 @@ from micdm.dicom.sr import analyse_report
 from micdm.dicom.sr_content import SR_CLASS_PREFIX
 from micdm.reasons import FeatureDomain, FeatureReason
 from micdm.schema import FEATURE_ROW, REPORT_GROUP, REPORT_ITEM, REPORT_PROBLEM
-from micdm.tables import TableLocator, conform, overwrite, read_table
+from micdm.tables import TableLocator, conform, read_table, sync_rows
 from micdm.vocab import coding_scheme_vocabularies
 
 __all__ = ["SEG_CLASSES", "ReportFeatures", "report_features", "write_sr_tables"]
@@ -192,7 +192,8 @@ def report_features(spark: SparkSession, locator: TableLocator, instances: DataF
 
 def write_sr_tables(spark: SparkSession, locator: TableLocator, reported: ReportFeatures, ids: DataFrame
                     ) -> dict[str, int]:
-    """Rebuild sr_measurement_group, sr_quantitative and sr_qualitative; ``ids`` maps natural_key to the
+    """Bring sr_measurement_group, sr_quantitative and sr_qualitative in line (rows that changed only);
+    ``ids`` maps natural_key to the
     measurement_id / observation_id and finding_key to the image_finding_id the features got."""
     now = F.current_timestamp()
     placement: list[Column | str] = ["person_id", "image_occurrence_id", "image_series_uid",
@@ -227,5 +228,6 @@ def write_sr_tables(spark: SparkSession, locator: TableLocator, reported: Report
     qualitative = items.where(F.col("value_type") == "CODE").select(
         *item_columns, "value_scheme", "value_code", "value_meaning", "observation_id")
     written = {"sr_measurement_group": group_rows, "sr_quantitative": quantitative, "sr_qualitative": qualitative}
-    run_concurrently(*[functools.partial(overwrite, locator, name, rows) for name, rows in written.items()])
+    run_concurrently(*[functools.partial(sync_rows, spark, locator, name, rows, None, ignored=("updated_at",))
+                       for name, rows in written.items()])
     return {name: read_table(spark, locator, name).count() for name in written}

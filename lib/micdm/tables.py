@@ -343,7 +343,7 @@ def merge_or_delete(spark: SparkSession, locator: TableLocator, name: str, rows:
     )
 
 
-def sync_rows(spark: SparkSession, locator: TableLocator, name: str, rows: DataFrame, keys: Sequence[str],
+def sync_rows(spark: SparkSession, locator: TableLocator, name: str, rows: DataFrame, keys: Sequence[str] | None,
               scope: tuple[str, DataFrame] | None = None, ignored: Sequence[str] = ()) -> int:
     """Make a table hold exactly ``rows``, writing only what differs, in one MERGE; returns the rows written.
 
@@ -351,9 +351,12 @@ def sync_rows(spark: SparkSession, locator: TableLocator, name: str, rows: DataF
     values are compared, so a stage redoing some series leaves every other row alone. Rows that are new or
     differ (outside the ``ignored`` columns, such as a timestamp) are upserted and stored rows ``rows``
     lacks are deleted; an unchanged row is not rewritten, so the table's change feed holds real changes
-    only and a run that changes nothing makes no commit.
+    only and a run that changes nothing makes no commit. ``keys`` None: a table without a natural key,
+    whose rows are told apart by all their columns but the ``ignored``.
     """
     source = as_stored(spark, locator, name, conform(rows, locator.definition(name))).localCheckpoint()
+    if keys is None:
+        keys = [c for c in source.columns if c not in ignored]
     stored = read_table(spark, locator, name)
     if scope is not None:
         column, values = scope

@@ -1,0 +1,77 @@
+"""Change feeds between two watermarks name the keys a stage redoes; sync_rows writes only what differs."""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+from pathlib import Path
+
+from pyspark.sql import functions as F
+
+from micdm import watermark
+from micdm.changes import Changes, changed_keys
+from micdm.tables import delta_table, read_table, sync_rows, table_properties
+
+_LINK = "image_series_uid string, image_study_uid string, person_id int, procedure_occurrence_id int, " \
+        "visit_occurrence_id int, link_rule string, exception_reason string, updated_at timestamp"
+
+
+def _links(spark, rows: list[tuple[str, int | None]]):
+    now = dt.datetime(2026, 1, 1)
+    return spark.createDataFrame([(uid, "study", person, None, None, "accession" if person else None,
+                                   None if person else "person_not_found", now) for uid, person in rows], _LINK)
+
+
+def _version(spark, locator, name: str) -> int:
+    return delta_table(spark, locator, name).history(1).first()["version"]
+
+
+def test_only_rows_that_differ_are_written_and_the_feed_names_them(spark, empty) -> None:
+    settings, locator = empty
+    assert table_properties(spark, locator, "series_link")["delta.enableChangeDataFeed"] == "true"
+    assert "delta.enableChangeDataFeed" not in table_properties(spark, locator, "person"), "a CDM table is left as is"
+    assert sync_rows(spark, locator, "series_link", _links(spark, [("1.1", 1), ("1.2", 2), ("1.3", 3)]),
+                     ["image_series_uid"], ignored=("updated_at",)) == 3
+    since = watermark.current(spark, locator, settings, ["series_link", "concept"])
+    version = _version(spark, locator, "series_link")
+    same = _links(spark, [("1.1", 1), ("1.2", 2), ("1.3", 3)]).withColumn("updated_at", F.current_timestamp())
+    assert sync_rows(spark, locator, "series_link", same, ["image_series_uid"], ignored=("updated_at",)) == 0
+    assert _version(spark, locator, "series_link") == version, "nothing differed: no commit"
+
+    # 1.2 changes person, 1.3 goes, 1.4 arrives; within a scope of 1.1 and 1.3 only, 1.2 is left alone
+    assert sync_rows(spark, locator, "series_link", _links(spark, [("1.1", 1), ("1.2", 7), ("1.4", 4)]),
+                     ["image_series_uid"], ignored=("updated_at",)) == 3
+    now = watermark.current(spark, locator, settings, ["series_link", "concept"])
+    keys = changed_keys(spark, locator, Changes(since, now),
+                        {"series_link": lambda feed: feed.select("image_series_uid")})
+    assert sorted(row.key for row in keys.collect()) == ["1.2", "1.3", "1.4"]
+    scope = spark.createDataFrame([("1.1",), ("1.3",)], "key string")
+    assert sync_rows(spark, locator, "series_link", _links(spark, [("1.1", 9)]), ["image_series_uid"],
+                     ("image_series_uid", scope), ignored=("updated_at",)) == 1
+    stored = {row.image_series_uid: row.person_id for row in read_table(spark, locator, "series_link").collect()}
+    assert stored == {"1.1": 9, "1.2": 7, "1.4": 4}
+
+
+def test_what_the_feed_cannot_key_redoes_everything(spark, empty) -> None:
+    settings, locator = empty
+    sync_rows(spark, locator, "series_link", _links(spark, [("2.1", 1)]), ["image_series_uid"])
+    since = watermark.current(spark, locator, settings, ["series_link", "person"])
+    keyed = {"series_link": lambda feed: feed.select("image_series_uid")}
+    assert changed_keys(spark, locator, Changes(since, since), keyed).count() == 0, "nothing changed"
+    assert changed_keys(spark, locator, None, keyed) is None, "a first run or a full refresh"
+    sync_rows(spark, locator, "series_link", _links(spark, [("2.1", 2)]), ["image_series_uid"])
+    person = spark.createDataFrame([(1, 8507, 1950, 0, 0, "MRN1")], "person_id int, gender_concept_id int, "
+                                   "year_of_birth int, race_concept_id int, ethnicity_concept_id int, "
+                                   "person_source_value string")
+    person.write.format("delta").mode("append").save(locator.path("person"))
+    now = watermark.current(spark, locator, settings, ["series_link", "person"])
+    assert changed_keys(spark, locator, Changes(since, now), keyed) is None, "person is not keyed"
+    other_settings = watermark.Watermark(since.inputs, "another digest")
+    assert changed_keys(spark, locator, Changes(other_settings, since), keyed) is None, "settings changed"
+    # the feed's files are gone (as VACUUM leaves them): the stage rebuilds rather than fail
+    before = watermark.current(spark, locator, settings, ["series_link"])
+    sync_rows(spark, locator, "series_link", _links(spark, [("2.1", 3)]), ["image_series_uid"])
+    after = watermark.current(spark, locator, settings, ["series_link"])
+    assert changed_keys(spark, locator, Changes(before, after), keyed).count() == 1
+    shutil.rmtree(Path(locator.path("series_link")) / "_change_data")
+    assert changed_keys(spark, locator, Changes(before, after), keyed) is None
