@@ -19,7 +19,7 @@ from pyspark.errors import AnalysisException, PySparkException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from micdm.tables import TableLocator
+from micdm.tables import TableLocator, keep_change_feed
 from micdm.watermark import Watermark
 
 __all__ = ["Changes", "KeyOf", "changed_keys"]
@@ -54,21 +54,14 @@ class Changes:
         return None
 
     def rows(self, spark: SparkSession, locator: TableLocator, name: str) -> DataFrame | None:
-        """The table's change feed between the two versions (None when the feed does not cover them)."""
+        """The table's change feed between the two versions (None when they are not two Delta versions)."""
         start, end = _version(self.since.inputs.get(name)), _version(self.now.inputs.get(name))
         if start is None or end is None or end < start:
             return None
         reader = (spark.read.format("delta").option("readChangeFeed", "true")
                   .option("startingVersion", start + 1).option("endingVersion", end))
         path = locator.path(name)
-        try:
-            feed = reader.load(path) if path is not None else reader.table(locator.ref(name))
-            feed.schema  # noqa: B018 - resolving the relation is what finds a version the feed lacks
-        except (AnalysisException, Py4JJavaError) as error:
-            log.info("%s: no change feed from version %d (%s); redoing everything", name, start + 1,
-                     str(error).splitlines()[0][:160])
-            return None
-        return feed
+        return reader.load(path) if path is not None else reader.table(locator.ref(name))
 
 
 def changed_keys(spark: SparkSession, locator: TableLocator, changes: Changes | None,
@@ -76,8 +69,8 @@ def changed_keys(spark: SparkSession, locator: TableLocator, changes: Changes | 
     """The keys a stage must redo, from the changes of the tables in ``keyed``; None means everything.
 
     Every other changed input (a vocabulary table, the site's CDM) makes the stage redo everything, as
-    does a change ``changes`` cannot give rows for. The keys are checkpointed: the stage reads them more
-    than once, and the feed's versions may be cleaned up meanwhile.
+    does a change whose feed cannot be read (turned off by an older micdm, which turns it on, or
+    vacuumed). The keys are checkpointed: the stage reads them more than once.
     """
     if changes is None:
         return None
@@ -88,17 +81,18 @@ def changed_keys(spark: SparkSession, locator: TableLocator, changes: Changes | 
     if reason is not None:
         log.info("redoing everything: %s", reason)
         return None
-    keys: list[DataFrame] = []
+    keys = [spark.createDataFrame([], "key string")]
     for name in changes.changed_tables():
-        feed = changes.rows(spark, locator, name)
-        if feed is None:
+        try:
+            feed = changes.rows(spark, locator, name)
+            if feed is None:
+                log.info("redoing everything: %s has no Delta versions to compare", name)
+                return None
+            keys.append(keyed[name](feed).toDF("key").where(F.col("key").isNotNull()).localCheckpoint())
+        except (AnalysisException, Py4JJavaError, PySparkException) as error:  # off, or its files vacuumed
+            log.info("redoing everything: %s's change feed cannot be read (%s)", name,
+                     str(error).splitlines()[0][:160])
+            if keep_change_feed(spark, locator, name):
+                log.info("%s: its change feed is on from now", name)
             return None
-        keys.append(keyed[name](feed))
-    if not keys:
-        return spark.createDataFrame([], "key string")
-    union = functools.reduce(lambda a, b: a.unionByName(b), [k.toDF("key") for k in keys])
-    try:
-        return union.where(F.col("key").isNotNull()).distinct().localCheckpoint()
-    except (Py4JJavaError, PySparkException) as error:  # the feed's files went (VACUUM): redo everything
-        log.info("redoing everything: the change feed cannot be read (%s)", str(error).splitlines()[0][:160])
-        return None
+    return functools.reduce(DataFrame.unionByName, keys).distinct().localCheckpoint()

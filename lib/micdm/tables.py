@@ -23,7 +23,7 @@ from micdm.errors import ConfigError, SchemaMismatchError
 from micdm.schema import CDM_TABLES, TABLES, TableDef, with_header_format
 
 __all__ = ["TableLocator", "aggregate", "append", "as_stored", "clustering_clause", "conform", "create_table",
-           "delete_keys", "delta_table", "init_tables", "load_csv", "may_have_rows", "merge_into",
+           "delete_keys", "delta_table", "init_tables", "keep_change_feed", "load_csv", "may_have_rows", "merge_into",
            "merge_or_delete", "overwrite", "read_table", "row_digest", "schema_problems", "site_table",
            "sync_rows", "table_problems", "table_properties"]
 
@@ -123,10 +123,6 @@ def create_table(spark: SparkSession, locator: TableLocator, table: TableDef) ->
         problems = schema_problems(table, spark.table(ref).schema)
         if problems:
             raise SchemaMismatchError(_mismatch_message(locator, table, problems))
-        feed = table_properties(spark, locator, table.name).get(_CHANGE_FEED) if table.layer in CHANGE_FEED_LAYERS \
-            else "true"
-        if feed != "true":
-            spark.sql(f"ALTER TABLE {ref} SET TBLPROPERTIES ('{_CHANGE_FEED}' = 'true')")
     return created
 
 
@@ -134,6 +130,17 @@ def create_table(spark: SparkSession, locator: TableLocator, table: TableDef) ->
 #: the rows that changed (micdm.changes); the site's tables are never altered.
 CHANGE_FEED_LAYERS = frozenset({"bronze", "silver", "gold"})
 _CHANGE_FEED = "delta.enableChangeDataFeed"
+
+
+def keep_change_feed(spark: SparkSession, locator: TableLocator, name: str) -> bool:
+    """Turn the change feed on for one of micdm's tables created without it (by an older micdm); True
+    when it was off. Called when a feed cannot be read, rather than on every run: reading a table's
+    properties rebuilds its Delta state, a Spark job."""
+    if locator.definition(name).layer not in CHANGE_FEED_LAYERS or \
+            table_properties(spark, locator, name).get(_CHANGE_FEED) == "true":
+        return False
+    spark.sql(f"ALTER TABLE {locator.ref(name)} SET TBLPROPERTIES ('{_CHANGE_FEED}' = 'true')")
+    return True
 
 
 def clustering_clause(clustering: str, table: TableDef) -> str:

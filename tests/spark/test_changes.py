@@ -75,3 +75,18 @@ def test_what_the_feed_cannot_key_redoes_everything(spark, empty) -> None:
     assert changed_keys(spark, locator, Changes(before, after), keyed).count() == 1
     shutil.rmtree(Path(locator.path("series_link")) / "_change_data")
     assert changed_keys(spark, locator, Changes(before, after), keyed) is None
+
+
+def test_a_table_from_an_older_micdm_gets_its_feed_when_first_needed(spark, empty) -> None:
+    settings, locator = empty
+    spark.sql(f"ALTER TABLE {locator.ref('series_link')} SET TBLPROPERTIES ('delta.enableChangeDataFeed' = 'false')")
+    keyed = {"series_link": lambda feed: feed.select("image_series_uid")}
+    since = watermark.current(spark, locator, settings, ["series_link"])
+    sync_rows(spark, locator, "series_link", _links(spark, [("3.1", 1)]), ["image_series_uid"])
+    now = watermark.current(spark, locator, settings, ["series_link"])
+    assert changed_keys(spark, locator, Changes(since, now), keyed) is None, "no feed: the stage rebuilds"
+    assert table_properties(spark, locator, "series_link")["delta.enableChangeDataFeed"] == "true"
+    # the next run reads from the version its watermark holds, before the feed was turned on
+    sync_rows(spark, locator, "series_link", _links(spark, [("3.1", 1), ("3.2", 2)]), ["image_series_uid"])
+    later = watermark.current(spark, locator, settings, ["series_link"])
+    assert [row.key for row in changed_keys(spark, locator, Changes(now, later), keyed).collect()] == ["3.2"]
