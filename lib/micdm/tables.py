@@ -370,7 +370,7 @@ def sync_rows(spark: SparkSession, locator: TableLocator, name: str, rows: DataF
         stored = stored.join(values.select(F.col(values.columns[0]).alias(column)), column, "left_semi")
     upserts = _changed_rows(source, stored, keys, True, ignored)
     match = reduce(lambda a, b: a & b, [F.col(f"s.`{k}`").eqNullSafe(F.col(f"t.`{k}`")) for k in keys])
-    gone = stored.select(*keys).alias("t").join(source.select(*keys).alias("s"), match, "left_anti")
+    gone = stored.select(*keys).distinct().alias("t").join(source.select(*keys).alias("s"), match, "left_anti")
     changed = upserts.withColumn("_keep", F.lit(True)).unionByName(
         gone.withColumn("_keep", F.lit(False)), allowMissingColumns=True).localCheckpoint()
     written = changed.count()

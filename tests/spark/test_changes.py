@@ -90,3 +90,19 @@ def test_a_table_from_an_older_micdm_gets_its_feed_when_first_needed(spark, empt
     sync_rows(spark, locator, "series_link", _links(spark, [("3.1", 1), ("3.2", 2)]), ["image_series_uid"])
     later = watermark.current(spark, locator, settings, ["series_link"])
     assert [row.key for row in changed_keys(spark, locator, Changes(now, later), keyed).collect()] == ["3.2"]
+
+
+def test_a_table_without_a_key_is_synced_by_all_its_columns_duplicates_included(spark, empty) -> None:
+    _, locator = empty
+    schema = "path string, sop_instance_uid string, series_instance_uid string, reason string, message string"
+    twice = spark.createDataFrame([("r.csv", None, "1.1", "bad_value", "feature X:1")] * 2, schema)
+    other = spark.createDataFrame([("r.csv", None, "1.2", "bad_value", "feature X:2")], schema)
+
+    def sync(rows) -> int:
+        return sync_rows(spark, locator, "feature_quarantine", rows.withColumn("quarantined_at", F.current_timestamp()),
+                         None, ignored=("quarantined_at",))
+
+    assert sync(twice.unionByName(other)) == 3
+    assert sync(twice.unionByName(other)) == 0, "the same rows again: nothing written"
+    assert sync(other) == 1, "the repeated row goes, both copies"
+    assert [row.series_instance_uid for row in read_table(spark, locator, "feature_quarantine").collect()] == ["1.2"]
