@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from py4j.protocol import Py4JJavaError
-from pyspark.errors import AnalysisException, PySparkException
+from pyspark.errors import PySparkException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -75,21 +75,22 @@ def changed_keys(spark: SparkSession, locator: TableLocator, changes: Changes | 
     if changes is None:
         return None
     reason = changes.whole()
-    unkeyed = [name for name in changes.changed_tables() if name not in keyed]
+    changed = changes.changed_tables()
+    unkeyed = [name for name in changed if name not in keyed]
     if reason is None and unkeyed:
         reason = f"{', '.join(unkeyed)} changed"
     if reason is not None:
         log.info("redoing everything: %s", reason)
         return None
     keys = [spark.createDataFrame([], "key string")]
-    for name in changes.changed_tables():
+    for name in changed:
         try:
             feed = changes.rows(spark, locator, name)
             if feed is None:
                 log.info("redoing everything: %s has no Delta versions to compare", name)
                 return None
             keys.append(keyed[name](feed).toDF("key").where(F.col("key").isNotNull()).localCheckpoint())
-        except (AnalysisException, Py4JJavaError, PySparkException) as error:  # off, or its files vacuumed
+        except (Py4JJavaError, PySparkException) as error:  # off, or its files vacuumed
             log.info("redoing everything: %s's change feed cannot be read (%s)", name,
                      str(error).splitlines()[0][:160])
             if keep_change_feed(spark, locator, name):

@@ -27,7 +27,7 @@ from micdm.reports import ReportFeatures, report_features, write_sr_tables
 from micdm.schema import FEATURE_ROW
 from micdm.series import present_instances, series_of_paths
 from micdm.stage import StageCounts
-from micdm.tables import TableLocator, aggregate, conform, delete_keys, merge_into, read_table, sync_rows
+from micdm.tables import TableLocator, aggregate, conform, delete_keys, merge_into, read_table, sync_rows, within
 from micdm.vocab import concepts, site_relationships, table_concept_id
 
 __all__ = ["ALGORITHM_RESULT_COLUMNS", "algorithm_features", "read_algorithm_results", "run"]
@@ -238,8 +238,7 @@ def run(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: 
         "file_inventory": series_of_paths(spark, locator),
         "instance_attribute": lambda feed: feed.select("series_instance_uid"),
         "sr_content_item": lambda feed: feed.select(F.lit(None).cast("string"))})  # reports are redone whole
-    acquired = occurrences if scope is None else occurrences.join(
-        scope.select(F.col("key").alias("image_series_uid")), "image_series_uid", "left_semi")
+    acquired = within(occurrences, "image_series_uid", scope)
     acquisition: DataFrame
     reported: ReportFeatures
     acquisition, reported = run_concurrently(

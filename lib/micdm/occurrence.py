@@ -9,7 +9,7 @@ from micdm.changes import Changes, changed_keys
 from micdm.config import OccurrenceSettings, Settings
 from micdm.ids import assign_ids
 from micdm.stage import StageCounts
-from micdm.tables import TableLocator, read_table, sync_rows
+from micdm.tables import TableLocator, read_table, sync_rows, within
 from micdm.vocab import anatomy_sites, normalise_body_part
 
 __all__ = ["build_image_occurrence", "run"]
@@ -53,8 +53,8 @@ def build_image_occurrence(series: DataFrame, links: DataFrame, ids: DataFrame, 
 
 def run(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: str,
         changes: Changes | None = None) -> StageCounts:
-    """Bring image_occurrence in line with dicom_series + series_link for the series either changed in
-    (``changes``; every series without it); counts the table's rows.
+    """Bring image_occurrence in line with dicom_series + series_link for the series whose row changed in
+    either (``changes``; every series without it); counts the table's rows.
 
     A series that lost its link (its person left the CDM, say) is removed, so the table always equals
     what the current links give.
@@ -62,10 +62,7 @@ def run(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: 
     scope = changed_keys(spark, locator, changes, {
         "dicom_series": lambda feed: feed.select("series_instance_uid"),
         "series_link": lambda feed: feed.select("image_series_uid")})
-    series = read_table(spark, locator, "dicom_series")
-    if scope is not None:
-        series = series.join(scope.select(F.col("key").alias("series_instance_uid")), "series_instance_uid",
-                             "left_semi")
+    series = within(read_table(spark, locator, "dicom_series"), "series_instance_uid", scope)
     links = read_table(spark, locator, "series_link")
     linked_series = series.join(links.where(F.col("exception_reason").isNull()).select(
         F.col("image_series_uid").alias("series_instance_uid")), "series_instance_uid", "left_semi")

@@ -193,8 +193,8 @@ def report_features(spark: SparkSession, locator: TableLocator, instances: DataF
 def write_sr_tables(spark: SparkSession, locator: TableLocator, reported: ReportFeatures, ids: DataFrame
                     ) -> dict[str, int]:
     """Bring sr_measurement_group, sr_quantitative and sr_qualitative in line (rows that changed only);
-    ``ids`` maps natural_key to the
-    measurement_id / observation_id and finding_key to the image_finding_id the features got."""
+    ``ids`` maps natural_key to the measurement_id / observation_id and finding_key to the
+    image_finding_id the features got."""
     now = F.current_timestamp()
     placement: list[Column | str] = ["person_id", "image_occurrence_id", "image_series_uid",
                  F.col("series_instance_uid").alias("report_series_uid"), "study_instance_uid"]

@@ -8,7 +8,7 @@ from pyspark.sql import functions as F
 from micdm.changes import Changes, KeyOf, changed_keys
 from micdm.config import OccurrenceSettings, Settings
 from micdm.stage import StageCounts
-from micdm.tables import TableLocator, read_table, sync_rows
+from micdm.tables import TableLocator, read_table, sync_rows, within
 
 __all__ = ["build_series", "changed_series", "image_date", "present_instances", "rewrite_prefix", "run",
            "series_of_paths"]
@@ -112,10 +112,7 @@ def run(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: 
     """Bring dicom_series in line with the present instances of the series that changed (every series
     without ``changes``), in one commit; counts the series and the rows written."""
     scope = changed_series(spark, locator, changes)
-    instances = present_instances(spark, locator)
-    if scope is not None:
-        instances = instances.join(scope.select(F.col("key").alias("series_instance_uid")), "series_instance_uid",
-                                   "left_semi")
+    instances = within(present_instances(spark, locator), "series_instance_uid", scope)
     written = sync_rows(spark, locator, "dicom_series", build_series(instances, settings.occurrence),
                         ["series_instance_uid"], None if scope is None else ("series_instance_uid", scope),
                         ignored=("updated_at",))

@@ -25,7 +25,7 @@ from micdm.schema import CDM_TABLES, TABLES, TableDef, with_header_format
 __all__ = ["TableLocator", "aggregate", "append", "as_stored", "clustering_clause", "conform", "create_table",
            "delete_keys", "delta_table", "init_tables", "keep_change_feed", "load_csv", "may_have_rows", "merge_into",
            "merge_or_delete", "overwrite", "read_table", "row_digest", "schema_problems", "site_table",
-           "sync_rows", "table_problems", "table_properties"]
+           "sync_rows", "table_problems", "table_properties", "within"]
 
 _CDM_NAMES = frozenset(t.name for t in CDM_TABLES)
 
@@ -320,8 +320,20 @@ def _changed_rows(source: DataFrame, stored: DataFrame, keys: Sequence[str], com
         source, stored = source.withColumn("_digest", digest), stored.select(*source.columns).withColumn(
             "_digest", digest)
         columns.append("_digest")
-    match = reduce(lambda a, b: a & b, [F.col(f"s.`{c}`").eqNullSafe(F.col(f"t.`{c}`")) for c in columns])
-    return source.alias("s").join(stored.select(*columns).alias("t"), match, "left_anti").drop("_digest")
+    return source.alias("s").join(stored.select(*columns).alias("t"), _matching(columns), "left_anti").drop(
+        "_digest")
+
+
+def _matching(columns: Sequence[str]) -> Column:
+    """Join condition of frames aliased ``s`` and ``t`` on ``columns``, NULL-safe (as _key_condition in SQL)."""
+    return reduce(lambda a, b: a & b, [F.col(f"s.`{c}`").eqNullSafe(F.col(f"t.`{c}`")) for c in columns])
+
+
+def within(frame: DataFrame, column: str, keys: DataFrame | None) -> DataFrame:
+    """The rows of ``frame`` whose ``column`` is one of ``keys`` (a one-column frame); all when None."""
+    if keys is None:
+        return frame
+    return frame.join(keys.select(F.col(keys.columns[0]).alias(column)), column, "left_semi")
 
 
 def delete_keys(spark: SparkSession, locator: TableLocator, name: str, keys: DataFrame, on: Sequence[str]) -> None:
@@ -362,15 +374,12 @@ def sync_rows(spark: SparkSession, locator: TableLocator, name: str, rows: DataF
     whose rows are told apart by all their columns but the ``ignored``.
     """
     source = as_stored(spark, locator, name, conform(rows, locator.definition(name))).localCheckpoint()
-    if keys is None:
-        keys = [c for c in source.columns if c not in ignored]
-    stored = read_table(spark, locator, name)
-    if scope is not None:
-        column, values = scope
-        stored = stored.join(values.select(F.col(values.columns[0]).alias(column)), column, "left_semi")
-    upserts = _changed_rows(source, stored, keys, True, ignored)
-    match = reduce(lambda a, b: a & b, [F.col(f"s.`{k}`").eqNullSafe(F.col(f"t.`{k}`")) for k in keys])
-    gone = stored.select(*keys).distinct().alias("t").join(source.select(*keys).alias("s"), match, "left_anti")
+    keyed = keys is not None
+    keys = keys if keys is not None else [c for c in source.columns if c not in ignored]
+    stored = read_table(spark, locator, name) if scope is None else within(read_table(spark, locator, name), *scope)
+    upserts = _changed_rows(source, stored, keys, keyed, ignored)  # keyless: the key is every compared value
+    gone = stored.select(*keys).distinct().alias("t").join(source.select(*keys).alias("s"), _matching(keys),
+                                                           "left_anti")
     changed = upserts.withColumn("_keep", F.lit(True)).unionByName(
         gone.withColumn("_keep", F.lit(False)), allowMissingColumns=True).localCheckpoint()
     written = changed.count()
