@@ -1,4 +1,5 @@
-"""The Java check gives one line saying what to install, not a stack trace."""
+"""The Java check gives one line saying what to install, not a stack trace; a local session's defaults give
+way to the user's settings."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from micdm.config import SparkSettings
 from micdm.errors import EnvironmentProblem
-from micdm.spark import check_java
+from micdm.spark import LOCAL_DEFAULTS, check_java, local_conf
 
 
 def _fake_java(home: Path, version_line: str) -> Path:
@@ -34,3 +36,12 @@ def test_missing_java_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 def test_current_java_is_accepted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("JAVA_HOME", str(_fake_java(tmp_path, 'openjdk version "21.0.2" 2024-01-16')))
     assert check_java() == 21
+
+
+def test_a_users_setting_replaces_the_local_default_of_its_key() -> None:
+    flags = "-Xss4m"
+    conf = local_conf(SparkSettings(conf={"spark.driver.extraJavaOptions": flags, "spark.sql.shuffle.partitions": "3"}))
+    assert conf["spark.driver.extraJavaOptions"] == flags
+    assert conf["spark.sql.shuffle.partitions"] == "3"
+    assert conf["spark.sql.codegen.cache.maxEntries"] == LOCAL_DEFAULTS["spark.sql.codegen.cache.maxEntries"]
+    assert local_conf(SparkSettings())["spark.driver.extraJavaOptions"] == "-XX:+UseParallelGC"
