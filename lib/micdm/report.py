@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import html
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from pyspark.sql import functions as F
 
 from micdm.tables import TableLocator, read_table
 
-__all__ = ["bar_chart", "latest_run_rows", "render_report", "write_report"]
+__all__ = ["bar_chart", "latest_run_rows", "render_report", "value_distributions", "write_report"]
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2rem; color: #222; }
@@ -59,7 +59,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], classes: Sequen
 
 
 def render_report(run_id: str, stages: Sequence[tuple[str, float, dict[str, Any]]], quarantine: Sequence[tuple],
-                  linkage: Sequence[tuple], quality: Sequence[tuple], distributions: dict[str, Sequence[tuple]]
+                  linkage: Sequence[tuple], quality: Sequence[tuple], distributions: Mapping[str, Sequence[tuple]]
                   ) -> str:
     """The report's HTML from plain rows (kept apart from Spark so it is tested on its own)."""
     created = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
@@ -100,6 +100,15 @@ def latest_run_rows(results: DataFrame, at: str) -> DataFrame:
     return results.join(latest, "run_id", "left_semi")
 
 
+def value_distributions(frame: DataFrame, columns: Sequence[str], top: int = 12) -> dict[str, list[tuple[str, int]]]:
+    """The ``top`` most common values of each column (NULL as "(none)", ties by value), in one scan."""
+    value = {c: F.coalesce(F.col(c).cast("string"), F.lit("(none)")) for c in columns}
+    pairs = F.explode(F.array(*[F.struct(F.lit(c).alias("column"), value[c].alias("value")) for c in columns]))
+    counted = frame.select(pairs.alias("p")).groupBy("p.column", "p.value").count().collect()
+    ranked = sorted(counted, key=lambda r: (-r["count"], r["value"]))
+    return {c: [(r["value"], r["count"]) for r in ranked if r["column"] == c][:top] for c in columns}
+
+
 def write_report(spark: SparkSession, locator: TableLocator, run_id: str,
                  stages: Sequence[tuple[str, float, dict[str, Any]]], folder: str | Path) -> Path:
     """Gather the run's figures from the tables and write ``<folder>/micdm-run-<run_id>.html``."""
@@ -110,12 +119,8 @@ def write_report(spark: SparkSession, locator: TableLocator, run_id: str,
     checks = latest_run_rows(read_table(spark, locator, "dq_result"), "checked_at")
     quality = [(r["check_name"], r["table_name"], r["field_name"], r["rows_violated"], r["rows_checked"],
                 r["threshold"], r["severity"], r["status"]) for r in checks.collect()]
-    instances = read_table(spark, locator, "dicom_instance")
-    distributions: dict[str, Sequence[tuple[Any, ...]]] = {
-        column: [(r[column] if r[column] is not None else "(none)", r["count"]) for r in instances.groupBy(column)
-                 .count().orderBy(F.desc("count")).limit(12).collect()]
-        for column in ("modality", "manufacturer", "body_part_examined")
-    }
+    distributions = value_distributions(read_table(spark, locator, "dicom_instance"),
+                                         ("modality", "manufacturer", "body_part_examined"))
     target = Path(folder) / f"micdm-run-{run_id}.html"
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(render_report(run_id, stages, quarantine, linkage, quality, distributions), encoding="utf-8")

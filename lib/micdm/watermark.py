@@ -98,8 +98,22 @@ def _digest(spark: SparkSession, ref: str) -> str:
     return f"d{row['n']}:{row['h']}"
 
 
+def _local_files(path: str) -> list[tuple[str, int, str]] | None:
+    """(path, size, modification time) of a local file or of the files under a local folder; None for a
+    URI or a glob, which Spark lists."""
+    if "://" in path or any(c in path for c in "*?[{"):
+        return None
+    root = Path(path.removeprefix("file:"))
+    found = [root] if root.is_file() else sorted(f for f in root.rglob("*") if f.is_file())
+    return [(str(f), f.stat().st_size, str(f.stat().st_mtime_ns)) for f in found]
+
+
 def _files_version(spark: SparkSession, path: str) -> str:
-    """Size and modification time of the files under ``path`` (their content is not read)."""
+    """Size and modification time of the files under ``path`` (their content is not read); a local path
+    is read from the file system, without a Spark job."""
+    local = _local_files(path)
+    if local is not None:
+        return hashlib.sha256(json.dumps(local).encode()).hexdigest()[:16] if local else "absent"
     try:
         files = spark.read.format("binaryFile").load(path).select("path", "length", "modificationTime")
         rows = sorted((r["path"], r["length"], str(r["modificationTime"])) for r in files.collect())

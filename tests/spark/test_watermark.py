@@ -56,3 +56,26 @@ def test_a_local_table_version_read_from_its_log_is_the_one_delta_reports(spark,
                for name in ("person", "image_occurrence")}
     assert from_log == {name: f"v{version}" for name, version in history.items()}
     assert history["person"] == 1
+
+
+def test_a_local_results_folder_is_versioned_from_the_file_system(spark, empty, tmp_path: Path) -> None:
+    """A file added in a subfolder is a change, and telling so starts no Spark job."""
+    settings, locator = empty
+    folder = tmp_path / "results"
+    (folder / "day1").mkdir(parents=True)
+    (folder / "day1" / "a.csv").write_text("a,b\n1,2\n")
+    context, group = spark.sparkContext, "watermark-of-local-files"
+    context.setJobGroup(group, "local files")
+    try:
+        before = watermark.current(spark, locator, settings, ["image_occurrence"], files=[str(folder)])
+        (folder / "day2").mkdir()
+        (folder / "day2" / "b.csv").write_text("a,b\n3,4\n")
+        after = watermark.current(spark, locator, settings, ["image_occurrence"], files=[str(folder)])
+        jobs = context.statusTracker().getJobIdsForGroup(group)
+    finally:
+        context.setLocalProperty("spark.jobGroup.id", None)
+        context.setLocalProperty("spark.job.description", None)
+    assert after.changes_from(before) == [f"file:{folder}"]
+    assert jobs == []
+    missing = watermark.current(spark, locator, settings, [], files=[str(tmp_path / "nowhere")])
+    assert missing.inputs == {f"file:{tmp_path / 'nowhere'}": "absent"}
