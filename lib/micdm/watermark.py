@@ -105,7 +105,7 @@ def _local_files(path: str) -> list[tuple[str, int, str]] | None:
         return None
     root = Path(path.removeprefix("file:"))
     found = [root] if root.is_file() else sorted(f for f in root.rglob("*") if f.is_file())
-    return [(str(f), f.stat().st_size, str(f.stat().st_mtime_ns)) for f in found]
+    return [(str(f), stat.st_size, str(stat.st_mtime_ns)) for f in found for stat in (f.stat(),)]
 
 
 def _files_version(spark: SparkSession, path: str) -> str:
