@@ -134,10 +134,25 @@ def demo(spark, tmp_path_factory):
     first = run_pipeline(spark, settings)
     snapshot = {name: read_table(spark, locator, name).toPandas() for name in
                 ("image_occurrence", "image_feature", "measurement", "series_link")}
+    before = _marker_job(spark)
     second = run_pipeline(spark, settings)
+    jobs_of_second = _marker_job(spark) - before - 1
     with (root / "export" / "truth.csv").open(newline="") as handle:
         truth = {row["series_instance_uid"]: row for row in csv.DictReader(handle)}
-    return dict(settings=settings, locator=locator, first=first, second=second, snapshot=snapshot, truth=truth)
+    return dict(settings=settings, locator=locator, first=first, second=second, snapshot=snapshot, truth=truth,
+                jobs_of_second=jobs_of_second)
+
+
+def _marker_job(spark) -> int:
+    """The id of a job started now: Spark numbers jobs in order, so two markers bound the jobs between them."""
+    context, group = spark.sparkContext, "micdm-test-marker"
+    context.setJobGroup(group, "marker")
+    try:
+        spark.range(1).collect()
+        return max(context.statusTracker().getJobIdsForGroup(group))
+    finally:
+        context.setLocalProperty("spark.jobGroup.id", None)
+        context.setLocalProperty("spark.job.description", None)
 
 
 def _concepts_missing(spark, locator) -> set[tuple[str, str, int]]:

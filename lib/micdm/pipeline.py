@@ -14,7 +14,7 @@ from pyspark.sql import SparkSession
 from micdm import extract, features, link, occurrence, publish, quality, series, vocabulary, watermark
 from micdm.changes import Changes
 from micdm.config import Settings
-from micdm.report import latest_run_rows, write_report
+from micdm.report import FIGURE_TABLES, RunFigures, cached_figures, latest_run_rows, write_report
 from micdm.spark import classic_context
 from micdm.stage import Stage, StageCounts
 from micdm.tables import TableLocator, init_tables, read_table
@@ -169,8 +169,8 @@ def run_pipeline(spark: SparkSession, settings: Settings, full_refresh: bool = F
         folder = report_folder(settings)
         if folder is not None:
             try:
-                path = write_report(spark, locator, run_id, [(r.stage, r.seconds, r.counts) for r in results],
-                                    folder)
+                path = write_report(run_id, [(r.stage, r.seconds, r.counts) for r in results],
+                                    _report_figures(spark, locator, folder), folder)
                 log.info("run report: %s", path)
             except Exception as error:  # a report must never hide the run's own outcome
                 log.warning("run report not written: %s: %s", type(error).__name__, error)
@@ -183,8 +183,24 @@ def table_counts(spark: SparkSession, settings: Settings, names: tuple[str, ...]
     return {name: (read_table(spark, locator, name).count(), locator.where(name)) for name in names}
 
 
+#: The file in the report folder that keeps the last report's figures.
+_FIGURES_CACHE = ".micdm-report-figures.json"
+
+
+def _report_figures(spark: SparkSession, locator: TableLocator, folder: Path) -> RunFigures:
+    """The run report's figures, cached in ``folder`` for as long as their tables keep their versions and
+    the stages' last runs stay the same (so a rebuilt warehouse is never mistaken for the old one)."""
+    runs = sorted({run for _, run in watermark.stored(spark, locator).values()})
+    state = {"tables": watermark.versions(spark, locator, FIGURE_TABLES), "runs": runs}
+    return cached_figures(spark, locator, folder / _FIGURES_CACHE, state)
+
+
 def latest_link_report(spark: SparkSession, settings: Settings) -> list[tuple[str, str, int, int]]:
     """The last link run's (kind, rule or reason, series, studies), rules first."""
-    report = latest_run_rows(read_table(spark, TableLocator.of(settings), "link_report"), "reported_at")
+    locator, folder = TableLocator.of(settings), report_folder(settings)
+    if folder is not None:
+        linkage = _report_figures(spark, locator, folder).linkage
+        return sorted(sorted(linkage, key=lambda row: row[1]), key=lambda row: row[0], reverse=True)
+    report = latest_run_rows(read_table(spark, locator, "link_report"), "reported_at")
     rows = report.orderBy(report["kind"].desc(), "name").collect()
     return [(r["kind"], r["name"], r["series"], r["studies"]) for r in rows]

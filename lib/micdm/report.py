@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import datetime as dt
 import html
+import json
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,8 @@ from pyspark.sql import functions as F
 
 from micdm.tables import TableLocator, read_table
 
-__all__ = ["bar_chart", "latest_run_rows", "render_report", "value_distributions", "write_report"]
+__all__ = ["FIGURE_TABLES", "RunFigures", "bar_chart", "cached_figures", "latest_run_rows", "read_figures",
+           "render_report", "value_distributions", "write_report"]
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2rem; color: #222; }
@@ -109,9 +112,21 @@ def value_distributions(frame: DataFrame, columns: Sequence[str], top: int = 12)
     return {c: [(r["value"], r["count"]) for r in ranked if r["column"] == c][:top] for c in columns}
 
 
-def write_report(spark: SparkSession, locator: TableLocator, run_id: str,
-                 stages: Sequence[tuple[str, float, dict[str, Any]]], folder: str | Path) -> Path:
-    """Gather the run's figures from the tables and write ``<folder>/micdm-run-<run_id>.html``."""
+@dataclass(frozen=True)
+class RunFigures:
+    """What a report shows besides its run's stages, read from the tables."""
+
+    quarantine: list[tuple[str, int]]
+    linkage: list[tuple[str, str, int, int]]
+    quality: list[tuple[Any, ...]]
+    distributions: dict[str, list[tuple[str, int]]]
+
+
+#: The tables a report's figures come from.
+FIGURE_TABLES = ("dicom_quarantine", "link_report", "dq_result", "dicom_instance")
+
+
+def read_figures(spark: SparkSession, locator: TableLocator) -> RunFigures:
     quarantine = [(r["reason"], r["count"]) for r in read_table(spark, locator, "dicom_quarantine")
                   .groupBy("reason").count().orderBy(F.desc("count")).collect()]
     report = latest_run_rows(read_table(spark, locator, "link_report"), "reported_at")
@@ -120,8 +135,34 @@ def write_report(spark: SparkSession, locator: TableLocator, run_id: str,
     quality = [(r["check_name"], r["table_name"], r["field_name"], r["rows_violated"], r["rows_checked"],
                 r["threshold"], r["severity"], r["status"]) for r in checks.collect()]
     distributions = value_distributions(read_table(spark, locator, "dicom_instance"),
-                                         ("modality", "manufacturer", "body_part_examined"))
+                                        ("modality", "manufacturer", "body_part_examined"))
+    return RunFigures(quarantine, linkage, quality, distributions)
+
+
+def cached_figures(spark: SparkSession, locator: TableLocator, cache: Path, state: Mapping[str, Any]) -> RunFigures:
+    """The figures, read from the tables only when ``state`` (what they depend on: the versions of
+    FIGURE_TABLES and the runs that left the tables as they are) differs from the state ``cache`` was
+    written in. A run that changed nothing then reports without a Spark query."""
+    try:
+        cached = json.loads(cache.read_text(encoding="utf-8"))
+        if cached["state"] == state:
+            found = cached["figures"]
+            return RunFigures([tuple(r) for r in found["quarantine"]], [tuple(r) for r in found["linkage"]],
+                              [tuple(r) for r in found["quality"]],
+                              {c: [tuple(r) for r in rows] for c, rows in found["distributions"].items()})
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # no cache yet, or one an older micdm wrote: read the tables
+    figures = read_figures(spark, locator)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps({"state": state, "figures": asdict(figures)}), encoding="utf-8")
+    return figures
+
+
+def write_report(run_id: str, stages: Sequence[tuple[str, float, dict[str, Any]]], figures: RunFigures,
+                 folder: str | Path) -> Path:
+    """Write ``<folder>/micdm-run-<run_id>.html``."""
     target = Path(folder) / f"micdm-run-{run_id}.html"
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(render_report(run_id, stages, quarantine, linkage, quality, distributions), encoding="utf-8")
+    target.write_text(render_report(run_id, stages, figures.quarantine, figures.linkage, figures.quality,
+                                    figures.distributions), encoding="utf-8")
     return target

@@ -7,10 +7,14 @@ the tables persist across sessions without a metastore.
 
 from __future__ import annotations
 
+import datetime as dt
+import json
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import reduce
 from pathlib import Path
+from typing import Any
 
 from delta.tables import DeltaTable
 from pyspark.errors import AnalysisException
@@ -25,7 +29,9 @@ from micdm.schema import CDM_TABLES, TABLES, TableDef, with_header_format
 __all__ = ["TableLocator", "aggregate", "append", "as_stored", "clustering_clause", "conform", "create_table",
            "delete_keys", "delta_table", "init_tables", "keep_change_feed", "load_csv", "may_have_rows", "merge_into",
            "merge_or_delete", "overwrite", "read_table", "row_digest", "schema_problems", "site_table",
-           "sync_rows", "table_problems", "table_properties", "within"]
+           "small_table_rows", "stored_schema", "sync_rows", "table_problems", "table_properties", "within"]
+
+log = logging.getLogger(__name__)
 
 _CDM_NAMES = frozenset(t.name for t in CDM_TABLES)
 
@@ -89,11 +95,47 @@ class TableLocator:
             f"{self.storage.catalog}.{self.schema_of(name)}.{name}"
 
 
-def _exists(spark: SparkSession, locator: TableLocator, name: str) -> bool:
+class _Absent(Exception):
+    """No Delta table where the locator puts one."""
+
+
+def _local_delta_log(locator: TableLocator, name: str) -> Any | None:
+    """The table's Delta log read with delta-rs (the ``deltalake`` package, in micdm's ``spark`` extra):
+    for a table in a local folder, when delta-rs is installed and can read it; else None, and Spark reads.
+
+    A Spark process's first Delta queries cost seconds of JVM warm-up; checking micdm's tables and reading
+    its bookkeeping this way lets a run that finds nothing new skip them. Raises _Absent when the folder
+    holds no Delta table.
+    """
+    folder = locator.path(name)
+    if folder is None or "://" in folder:
+        return None
+    try:
+        from deltalake import DeltaTable as RustDeltaTable
+        from deltalake.exceptions import TableNotFoundError
+    except ImportError:
+        return None
+    try:
+        return RustDeltaTable(folder)
+    except TableNotFoundError:
+        raise _Absent(name) from None
+    except Exception as error:  # a table feature delta-rs does not read: Spark reads the table instead
+        log.debug("%s is read with Spark: %s", name, error)
+        return None
+
+
+def stored_schema(spark: SparkSession, locator: TableLocator, name: str) -> StructType | None:
+    """The schema of the table as stored; None when there is no table."""
+    try:
+        local = _local_delta_log(locator, name)
+    except _Absent:
+        return None
+    if local is not None:
+        return StructType.fromJson(json.loads(local.schema().to_json()))
     path = locator.path(name)
-    if path is not None:
-        return DeltaTable.isDeltaTable(spark, path)
-    return spark.catalog.tableExists(locator.where(name))
+    exists = DeltaTable.isDeltaTable(spark, path) if path is not None else \
+        spark.catalog.tableExists(locator.where(name))
+    return spark.table(locator.ref(name)).schema if exists else None
 
 
 def delta_table(spark: SparkSession, locator: TableLocator, name: str) -> DeltaTable:
@@ -108,8 +150,8 @@ def create_table(spark: SparkSession, locator: TableLocator, table: TableDef) ->
     SchemaMismatchError rather than being altered behind the user's back.
     """
     ref = locator.ref(table.name)
-    created = not _exists(spark, locator, table.name)
-    if created:
+    stored = stored_schema(spark, locator, table.name)
+    if stored is None:
         if locator.storage.catalog and table.name not in locator.storage.cdm_tables:
             spark.sql(f"CREATE SCHEMA IF NOT EXISTS `{locator.storage.catalog}`.`{locator.schema_of(table.name)}`")
         settings = {_CHANGE_FEED: "true"} if table.layer in CHANGE_FEED_LAYERS else {}
@@ -118,12 +160,13 @@ def create_table(spark: SparkSession, locator: TableLocator, table: TableDef) ->
         properties = f" TBLPROPERTIES ({', '.join(f'{k!r} = {v!r}' for k, v in settings.items())})" if settings else ""
         layout = clustering_clause(locator.storage.clustering, table)
         spark.sql(f"CREATE TABLE IF NOT EXISTS {ref} ({table.ddl_columns()}) USING DELTA{layout}{properties}")
-    else:
-        _add_new_columns(spark, ref, table)
-        problems = schema_problems(table, spark.table(ref).schema)
-        if problems:
-            raise SchemaMismatchError(_mismatch_message(locator, table, problems))
-    return created
+        return True
+    if _add_new_columns(spark, ref, table, stored):
+        stored = spark.table(ref).schema
+    problems = schema_problems(table, stored)
+    if problems:
+        raise SchemaMismatchError(_mismatch_message(locator, table, problems))
+    return False
 
 
 #: The layers of micdm's own tables that keep a Change Data Feed, so the stages reading them redo only
@@ -152,16 +195,18 @@ def clustering_clause(clustering: str, table: TableDef) -> str:
     return f" CLUSTER BY ({', '.join(f'`{c}`' for c in table.cluster_by)})"
 
 
-def _add_new_columns(spark: SparkSession, ref: str, table: TableDef) -> None:
+def _add_new_columns(spark: SparkSession, ref: str, table: TableDef, schema: StructType) -> bool:
     """Columns a newer micdm appends to one of its own tables (nullable, after the stored ones) are added
-    to an existing table in place, so an upgrade keeps the rows; the site's tables are never altered."""
-    stored = [f.name for f in spark.table(ref).schema.fields]
+    to an existing table in place, so an upgrade keeps the rows; the site's tables are never altered.
+    True when columns were added."""
+    stored = [f.name for f in schema.fields]
     declared = table.schema.fields
     new = declared[len(stored):]
     if table.layer == "cdm" or not new or [f.name for f in declared[:len(stored)]] != stored \
             or not all(f.nullable for f in new):
-        return
+        return False
     spark.sql(f"ALTER TABLE {ref} ADD COLUMNS ({', '.join(f'`{f.name}` {f.dataType.simpleString()}' for f in new)})")
+    return True
 
 
 #: Stored types micdm reads and writes in place of its own: the widths a site's DDL may choose (the
@@ -206,8 +251,9 @@ def table_problems(spark: SparkSession, locator: TableLocator) -> list[str]:
     """What create_table would refuse, for every table that exists: one message per unusable table."""
     problems = []
     for table in map(locator.definition, TABLES):
-        if _exists(spark, locator, table.name):
-            found = schema_problems(table, spark.table(locator.ref(table.name)).schema)
+        stored = stored_schema(spark, locator, table.name)
+        if stored is not None:
+            found = schema_problems(table, stored)
             if found:
                 problems.append(_mismatch_message(locator, table, found))
     return problems
@@ -229,6 +275,10 @@ def may_have_rows(spark: SparkSession, locator: TableLocator, name: str) -> bool
 
 
 def table_properties(spark: SparkSession, locator: TableLocator, name: str) -> dict[str, str]:
+    """The properties set on the table (TBLPROPERTIES)."""
+    local = _local_delta_log(locator, name)
+    if local is not None:
+        return dict(local.metadata().configuration)
     return {row["key"]: row["value"] for row in spark.sql(f"SHOW TBLPROPERTIES {locator.ref(name)}").collect()}
 
 
@@ -250,6 +300,16 @@ def aggregate(frame: DataFrame, *columns: Column) -> Row:
 
 def read_table(spark: SparkSession, locator: TableLocator, name: str) -> DataFrame:
     return spark.table(locator.ref(name))
+
+
+def small_table_rows(spark: SparkSession, locator: TableLocator, name: str) -> list[dict[str, Any]]:
+    """Every row of one of micdm's small tables (a few rows per stage or per run), without a Spark job
+    where delta-rs can read it."""
+    local = _local_delta_log(locator, name)
+    if local is not None:  # timestamps as PySpark collects them: naive, in the local time zone
+        return [{k: v.astimezone().replace(tzinfo=None) if isinstance(v, dt.datetime) and v.tzinfo else v
+                 for k, v in row.items()} for row in local.to_pyarrow_table().to_pylist()]
+    return [row.asDict() for row in read_table(spark, locator, name).collect()]
 
 
 def conform(df: DataFrame, table: TableDef, carry: Sequence[str] = ()) -> DataFrame:

@@ -28,9 +28,9 @@ from pyspark.sql import functions as F
 
 from micdm import __version__
 from micdm.config import Settings
-from micdm.tables import TableLocator, aggregate, merge_into, read_table, row_digest
+from micdm.tables import TableLocator, aggregate, merge_into, row_digest, small_table_rows
 
-__all__ = ["Watermark", "current", "record", "refreshed", "stored"]
+__all__ = ["Watermark", "current", "record", "refreshed", "stored", "versions"]
 
 log = logging.getLogger(__name__)
 
@@ -126,11 +126,12 @@ def current(spark: SparkSession, locator: TableLocator, settings: Settings, tabl
             site_tables: Iterable[str] = (), files: Iterable[str] = ()) -> Watermark:
     """The watermark of the given inputs now: micdm's and the CDM's ``tables``, the site's own
     ``site_tables`` (crosswalks) and ``files``."""
-    return Watermark(_versions(spark, locator, tables, site_tables, files), _settings_digest(settings))
+    return Watermark(versions(spark, locator, tables, site_tables, files), _settings_digest(settings))
 
 
-def _versions(spark: SparkSession, locator: TableLocator, tables: Iterable[str], site_tables: Iterable[str] = (),
-              files: Iterable[str] = ()) -> dict[str, str]:
+def versions(spark: SparkSession, locator: TableLocator, tables: Iterable[str], site_tables: Iterable[str] = (),
+             files: Iterable[str] = ()) -> dict[str, str]:
+    """The version of each table (and crosswalk and file) as a watermark holds it."""
     def state(ref: str, folder: str | None) -> str:
         return _delta_version(spark, ref, folder) or _digest(spark, ref)
 
@@ -142,13 +143,13 @@ def _versions(spark: SparkSession, locator: TableLocator, tables: Iterable[str],
 def refreshed(spark: SparkSession, locator: TableLocator, mark: Watermark, tables: Iterable[str]) -> Watermark:
     """``mark`` with the versions of ``tables`` read again: those a stage has just written and reads too."""
     again = [name for name in tables if name in mark.inputs]
-    return dataclasses.replace(mark, inputs=mark.inputs | _versions(spark, locator, again))
+    return dataclasses.replace(mark, inputs=mark.inputs | versions(spark, locator, again))
 
 
 def stored(spark: SparkSession, locator: TableLocator) -> dict[str, tuple[Watermark, str]]:
     """Every stage's watermark after its last successful run, with that run's id (one read)."""
     return {row["stage"]: (Watermark(json.loads(row["inputs"]), row["settings_digest"], row["micdm_version"]),
-                           row["run_id"]) for row in read_table(spark, locator, "stage_state").collect()}
+                           row["run_id"]) for row in small_table_rows(spark, locator, "stage_state")}
 
 
 def record(spark: SparkSession, locator: TableLocator, marks: dict[str, tuple[Watermark, str]]) -> None:

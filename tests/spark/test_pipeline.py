@@ -67,6 +67,7 @@ def test_rerun_changes_nothing(spark, demo) -> None:
     first_run = read_table(spark, locator, "stage_state").where(F.col("stage") == "series").first().run_id
     assert {stage: counts for stage, counts in second.items() if stage != "extract"} == {
         stage: {"skipped": f"nothing changed since run {first_run}"} for stage in second if stage != "extract"}
+    assert demo["jobs_of_second"] == 0, "a run that finds nothing new reports from the figures it kept"
 
 
 def test_occurrence_values(spark, demo) -> None:

@@ -1,11 +1,14 @@
-"""The run report's value distributions agree with a count made in Python over the same rows."""
+"""The run report: its value distributions agree with a count made in Python over the same rows, and its
+figures are read again exactly when what they come from changed."""
 
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
-from micdm.report import value_distributions
+from micdm.report import cached_figures, read_figures, value_distributions
+from micdm.tables import append
 
 
 def test_each_columns_most_common_values_come_from_one_scan(spark: Any) -> None:
@@ -20,3 +23,18 @@ def test_each_columns_most_common_values_come_from_one_scan(spark: Any) -> None:
         assert found[column] == expected, column
     assert found["modality"] == [("CT", 3), ("MR", 2)]
     assert found["body_part_examined"] == [("(none)", 3), ("CHEST", 3)]
+
+
+def test_figures_are_kept_until_their_state_changes(spark: Any, empty: Any, tmp_path: Path) -> None:
+    _, locator = empty
+    cache = tmp_path / "reports" / "figures.json"
+    first = cached_figures(spark, locator, cache, {"tables": {"dicom_quarantine": "v0"}})
+    assert first.quarantine == [] and cache.is_file()
+    append(locator, "dicom_quarantine", spark.sql(
+        "SELECT '/data/a.dcm' AS path, 'not_dicom' AS reason, current_timestamp() AS quarantined_at, 'r1' AS run_id"))
+    assert cached_figures(spark, locator, cache, {"tables": {"dicom_quarantine": "v0"}}) == first, \
+        "the same state: the kept figures, whatever the tables hold now"
+    changed = cached_figures(spark, locator, cache, {"tables": {"dicom_quarantine": "v1"}})
+    assert changed.quarantine == [("not_dicom", 1)] and changed == read_figures(spark, locator)
+    cache.write_text("{not json", encoding="utf-8")
+    assert cached_figures(spark, locator, cache, {"tables": {"dicom_quarantine": "v1"}}) == changed

@@ -125,3 +125,34 @@ def test_the_header_format_decides_the_header_column_and_a_mismatch_says_which(s
         settings.extract, header_format="variant"))) == variant
     with pytest.raises(SchemaMismatchError, match=r"header_json: missing.*set extract\.header_format"):
         init_tables(spark, TableLocator.of(settings), ["dicom_instance"])
+
+
+@pytest.mark.parametrize("delta_rs", [True, False], ids=["delta-rs", "spark"])
+def test_a_local_table_read_without_spark_is_what_spark_reads(spark, empty, monkeypatch, tmp_path,
+                                                                delta_rs: bool) -> None:
+    """Schemas, properties and small tables read from the Delta log by delta-rs equal Spark's reads; without
+    delta-rs installed, Spark reads them."""
+    import dataclasses
+    import datetime as dt
+    import sys
+
+    from micdm.tables import append, small_table_rows, stored_schema, table_properties
+
+    if not delta_rs:
+        monkeypatch.setitem(sys.modules, "deltalake", None)  # as if it were not installed
+    _, locator = empty
+    append(locator, "stage_state", spark.createDataFrame(
+        [("series", "r1", "{}", "abc", "0.1.0", dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC))],
+        TABLES["stage_state"].schema))
+    spark_rows = [row.asDict() for row in read_table(spark, locator, "stage_state").collect()]
+    assert small_table_rows(spark, locator, "stage_state") == spark_rows and len(spark_rows) == 1
+    for name in ("dicom_instance", "person", "stage_state"):
+        spark_schema = read_table(spark, locator, name).schema
+        assert [(f.name, f.dataType.simpleString(), f.nullable) for f in stored_schema(spark, locator, name)] == [
+            (f.name, f.dataType.simpleString(), f.nullable) for f in spark_schema], name
+    shown = {r.key: r.value for r in spark.sql(f"SHOW TBLPROPERTIES {locator.ref('dicom_instance')}").collect()}
+    properties = table_properties(spark, locator, "dicom_instance")
+    assert properties["delta.enableChangeDataFeed"] == "true"
+    assert properties.items() <= shown.items()
+    nowhere = dataclasses.replace(locator, storage=dataclasses.replace(locator.storage, warehouse=str(tmp_path)))
+    assert stored_schema(spark, nowhere, "person") is None
