@@ -99,7 +99,7 @@ class _Absent(Exception):
     """No Delta table where the locator puts one."""
 
 
-def _local_delta_log(locator: TableLocator, name: str) -> Any | None:
+def _open_local_delta_log(locator: TableLocator, name: str) -> Any | None:
     """The table's Delta log read with delta-rs (the ``deltalake`` package, in micdm's ``spark`` extra):
     for a table in a local folder, when delta-rs is installed and can read it; else None, and Spark reads.
 
@@ -124,10 +124,18 @@ def _local_delta_log(locator: TableLocator, name: str) -> Any | None:
         return None
 
 
+def _local_delta_log(locator: TableLocator, name: str) -> Any | None:
+    """As _open_local_delta_log, but None for a missing table too: Spark then says it is missing."""
+    try:
+        return _open_local_delta_log(locator, name)
+    except _Absent:
+        return None
+
+
 def stored_schema(spark: SparkSession, locator: TableLocator, name: str) -> StructType | None:
     """The schema of the table as stored; None when there is no table."""
     try:
-        local = _local_delta_log(locator, name)
+        local = _open_local_delta_log(locator, name)
     except _Absent:
         return None
     if local is not None:
@@ -265,11 +273,13 @@ def init_tables(spark: SparkSession, locator: TableLocator, names: Iterable[str]
 
 
 def may_have_rows(spark: SparkSession, locator: TableLocator, name: str) -> bool:
-    """False only while the table is as its CREATE TABLE left it.
-
-    Read from its last commit alone: DESCRIBE DETAIL would count its files by rebuilding the table's
-    state, a Spark job per table.
+    """False only when the table holds no row: read from its log, without a Spark job where delta-rs reads
+    it, else from its last commit alone (False while the table is as its CREATE TABLE left it): DESCRIBE
+    DETAIL would count its files by rebuilding the table's state, a Spark job per table.
     """
+    local = _local_delta_log(locator, name)
+    if local is not None:
+        return bool(local.file_uris())
     last = delta_table(spark, locator, name).history(1).select("version", "operation").first()
     return last is None or last["version"] > 0 or last["operation"] != "CREATE TABLE"
 
@@ -348,6 +358,8 @@ def merge_into(
     target = delta_table(spark, locator, name)
     condition = _key_condition(keys)
     source = as_stored(spark, locator, name, conform(updates, locator.definition(name)))
+    if _empty_by_its_log(locator, name):
+        return _fill(locator, name, source.localCheckpoint())
     if not delete_unmatched:
         source = _changed_rows(source, read_table(spark, locator, name), keys, update_existing).localCheckpoint()
         if not source.take(1):
@@ -434,6 +446,8 @@ def sync_rows(spark: SparkSession, locator: TableLocator, name: str, rows: DataF
     whose rows are told apart by all their columns but the ``ignored``.
     """
     source = as_stored(spark, locator, name, conform(rows, locator.definition(name))).localCheckpoint()
+    if _empty_by_its_log(locator, name):
+        return _fill(locator, name, source)
     keyed = keys is not None
     keys = keys if keys is not None else [c for c in source.columns if c not in ignored]
     stored = read_table(spark, locator, name) if scope is None else within(read_table(spark, locator, name), *scope)
@@ -445,6 +459,22 @@ def sync_rows(spark: SparkSession, locator: TableLocator, name: str, rows: DataF
     written = changed.count()
     if written:
         merge_or_delete(spark, locator, name, changed, keys, F.col("_keep"))
+    return written
+
+
+def _empty_by_its_log(locator: TableLocator, name: str) -> bool:
+    """True when delta-rs reads the table's log and finds no data file. Elsewhere False without asking:
+    there, telling would cost every write a Spark job, to spare one in a table's first write."""
+    local = _local_delta_log(locator, name)
+    return local is not None and not local.file_uris()
+
+
+def _fill(locator: TableLocator, name: str, rows: DataFrame) -> int:
+    """Write every row of ``rows`` (checkpointed) into an empty table: what a MERGE into it would do, in
+    one append rather than a comparison with nothing and a MERGE. Returns the rows written."""
+    written = rows.count()
+    if written:
+        append(locator, name, rows)
     return written
 
 
