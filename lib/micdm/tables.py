@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import reduce
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from delta.tables import DeltaTable
 from pyspark.errors import AnalysisException
@@ -25,6 +25,9 @@ from pyspark.sql.types import StructType
 from micdm.config import Settings, StorageSettings
 from micdm.errors import ConfigError, SchemaMismatchError
 from micdm.schema import CDM_TABLES, TABLES, TableDef, with_header_format
+
+if TYPE_CHECKING:
+    from deltalake import DeltaTable as RustDeltaTable
 
 __all__ = ["TableLocator", "aggregate", "append", "as_stored", "clustering_clause", "conform", "create_table",
            "delete_keys", "delta_table", "init_tables", "keep_change_feed", "load_csv", "may_have_rows", "merge_into",
@@ -99,7 +102,7 @@ class _Absent(Exception):
     """No Delta table where the locator puts one."""
 
 
-def _open_local_delta_log(locator: TableLocator, name: str) -> Any | None:
+def _open_local_delta_log(locator: TableLocator, name: str) -> RustDeltaTable | None:
     """The table's Delta log read with delta-rs (the ``deltalake`` package, in micdm's ``spark`` extra):
     for a table in a local folder, when delta-rs is installed and can read it; else None, and Spark reads.
 
@@ -124,7 +127,7 @@ def _open_local_delta_log(locator: TableLocator, name: str) -> Any | None:
         return None
 
 
-def _local_delta_log(locator: TableLocator, name: str) -> Any | None:
+def _local_delta_log(locator: TableLocator, name: str) -> RustDeltaTable | None:
     """As _open_local_delta_log, but None for a missing table too: Spark then says it is missing."""
     try:
         return _open_local_delta_log(locator, name)
