@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import html
 import json
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,6 +22,8 @@ from micdm.tables import TableLocator, read_table
 
 __all__ = ["FIGURE_TABLES", "RunFigures", "bar_chart", "cached_figures", "latest_run_rows", "read_figures",
            "render_report", "value_distributions", "write_report"]
+
+log = logging.getLogger(__name__)
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2rem; color: #222; }
@@ -153,8 +156,11 @@ def cached_figures(spark: SparkSession, locator: TableLocator, cache: Path, stat
     except (OSError, ValueError, KeyError, TypeError):
         pass  # no cache yet, or one an older micdm wrote: read the tables
     figures = read_figures(spark, locator)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps({"state": state, "figures": asdict(figures)}), encoding="utf-8")
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps({"state": state, "figures": asdict(figures)}), encoding="utf-8")
+    except OSError as error:  # the figures are still right; the next report reads the tables again
+        log.warning("run report: figures not kept in %s: %s", cache, error)
     return figures
 
 

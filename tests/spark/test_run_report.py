@@ -38,3 +38,5 @@ def test_figures_are_kept_until_their_state_changes(spark: Any, empty: Any, tmp_
     assert changed.quarantine == [("not_dicom", 1)] and changed == read_figures(spark, locator)
     cache.write_text("{not json", encoding="utf-8")
     assert cached_figures(spark, locator, cache, {"tables": {"dicom_quarantine": "v1"}}) == changed
+    unwritable = cache / "figures.json"  # under a file: the figures are returned, only not kept
+    assert cached_figures(spark, locator, unwritable, {"tables": {"dicom_quarantine": "v1"}}) == changed
