@@ -34,7 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--full-refresh", action="store_true",
                         help="rebuild from every input, even where nothing changed since the last run")
     commands = parser.add_subparsers(dest="command", required=True, metavar="command")
-    commands.add_parser("setup", parents=[common], help="check Java and resolve the Delta jars once (cached)")
+    commands.add_parser("setup", parents=[common],
+                        help="check Java, resolve the Delta jars and archive Spark's classes, once (cached)")
     commands.add_parser("init", parents=[common], help="create every table (idempotent)")
     synth = commands.add_parser("synth", parents=[common], help="write the synthetic PACS export and CDM")
     synth.add_argument("--no-load", action="store_true", help="write files only; do not load the CDM tables")
@@ -143,10 +144,11 @@ def _run(args: argparse.Namespace) -> None:
         _dry_run(settings, list(STAGES) if args.command == "run" else [args.command])
         return
     from micdm.runlock import exclusive_run
-    from micdm.spark import check_java, resolve_delta_jars
+    from micdm.spark import check_java, make_class_archive, resolve_delta_jars
 
     if args.command == "setup":
         print(f"setup: Java {check_java()}; Delta jars: {', '.join(resolve_delta_jars())}")
+        print(f"setup: class archive: {make_class_archive() or 'none (sessions read classes from the jars)'}")
         return
     with exclusive_run(settings.storage):  # before Spark starts: a second run fails in a second, not a minute
         _run_with_spark(args, settings)

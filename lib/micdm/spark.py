@@ -8,6 +8,7 @@ are reused from then on without the network.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -15,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from pyspark import SparkContext
@@ -23,8 +25,8 @@ from pyspark.sql import SparkSession
 from micdm.config import SparkSettings
 from micdm.errors import EnvironmentProblem
 
-__all__ = ["DELTA_PACKAGES", "LOCAL_DEFAULTS", "cache_dir", "check_java", "classic_context", "cores", "get_spark",
-           "is_databricks", "is_submitted", "local_conf", "resolve_delta_jars"]
+__all__ = ["DELTA_PACKAGES", "LOCAL_DEFAULTS", "cache_dir", "check_java", "class_archive", "classic_context", "cores",
+           "get_spark", "is_databricks", "is_submitted", "local_conf", "make_class_archive", "resolve_delta_jars"]
 
 log = logging.getLogger(__name__)
 
@@ -184,9 +186,91 @@ LOCAL_DEFAULTS: dict[str, str] = {
 }
 
 
-def local_conf(settings: SparkSettings) -> dict[str, str]:
-    """The settings of a local session: micdm's defaults, each replaced by the user's value for its key."""
-    return {**LOCAL_DEFAULTS, **settings.conf}
+def local_conf(settings: SparkSettings, classes: Path | None = None) -> dict[str, str]:
+    """The settings of a local session: micdm's defaults, each replaced by the user's value for its key.
+
+    ``classes`` (class_archive) joins micdm's default JVM flags; flags of the user's own are left as given.
+    """
+    defaults = dict(LOCAL_DEFAULTS)
+    if classes is not None:
+        defaults[_JVM_FLAGS] += f' "-XX:SharedArchiveFile={classes}" -Xlog:cds*=off'
+    return {**defaults, **settings.conf}
+
+
+_JVM_FLAGS = "spark.driver.extraJavaOptions"
+_ARCHIVE_PREFIX = "spark-classes-"
+
+
+def class_archive(cache: Path | None = None) -> Path | None:
+    """The archive of Spark's loaded classes that make_class_archive left for this Java and these Spark
+    jars, None when there is none.
+
+    A local session started from it maps the classes a run loads instead of reading, parsing and
+    verifying them from the jars again: seconds of every process's start (the JVM's class data sharing).
+    The name carries the Java runtime and the jar set it was made with, so a new Java or a new pyspark
+    finds no archive rather than one the JVM would refuse.
+    """
+    archive = (cache or cache_dir()) / f"{_ARCHIVE_PREFIX}{_runtime_key()}.jsa"
+    return archive if archive.is_file() else None
+
+
+def _runtime_key() -> str:
+    """A digest of the Java binary, the jars on a local driver's class path and the Delta release."""
+    import pyspark
+
+    java = _java_binary()
+    jars = Path(pyspark.__file__).parent / "jars"
+    parts = [str(Path(java).resolve()) if java else "", *sorted(p.name for p in jars.glob("*.jar")), *DELTA_PACKAGES]
+    if java:
+        stat = Path(java).resolve().stat()
+        parts.append(f"{stat.st_size}:{stat.st_mtime_ns}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def make_class_archive(cache: Path | None = None) -> Path | None:
+    """Make class_archive's file, once: a fresh JVM runs a few Delta queries and writes the classes they
+    loaded as it exits. Returns the archive, or None (with a warning) when the JVM did not write one; a
+    session then starts as before, reading its classes from the jars."""
+    cache = cache or cache_dir()
+    existing = class_archive(cache)
+    if existing is not None:
+        return existing
+    target = cache / f"{_ARCHIVE_PREFIX}{_runtime_key()}.jsa"
+    partial = target.with_suffix(".partial")
+    partial.unlink(missing_ok=True)
+    script = f"from micdm.spark import _load_classes_and_exit; _load_classes_and_exit({str(partial)!r})"
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False,
+                            timeout=600)
+    if not partial.is_file():
+        log.warning("no class archive was made (%s); local sessions read their classes from the jars",
+                    (result.stderr.strip().splitlines() or ["the JVM wrote none"])[-1])
+        return None
+    for stale in cache.glob(f"{_ARCHIVE_PREFIX}*.jsa"):  # made for an earlier Java or pyspark
+        stale.unlink()
+    partial.replace(target)
+    log.info("class archive made in %.0fs: %s", time.monotonic() - started, target)
+    return target
+
+
+def _load_classes_and_exit(archive: str) -> None:
+    """What make_class_archive's JVM runs: the kinds of queries a stage makes (Delta writes, a MERGE,
+    joins, aggregates), then System.exit, the exit at which the JVM writes the archive."""
+    from delta.tables import DeltaTable
+
+    spark = get_spark(SparkSettings(master="local[2]", conf={
+        _JVM_FLAGS: f'{LOCAL_DEFAULTS[_JVM_FLAGS]} "-XX:ArchiveClassesAtExit={archive}"'}), "micdm-class-archive")
+    with tempfile.TemporaryDirectory() as folder:
+        table = str(Path(folder) / "table")
+        spark.range(200).selectExpr("id", "CAST(id % 7 AS STRING) AS kind", "current_timestamp() AS at") \
+            .write.format("delta").save(table)
+        updates = spark.range(100, 300).selectExpr("id", "'new' AS kind", "current_timestamp() AS at")
+        (DeltaTable.forPath(spark, table).alias("t").merge(updates.alias("s"), "t.id = s.id")
+         .whenMatchedUpdateAll().whenNotMatchedInsertAll().execute())
+        stored = spark.read.format("delta").load(table)
+        stored.groupBy("kind").count().join(stored, "kind", "left").localCheckpoint().count()
+        spark.sql(f"SELECT kind, max(at) FROM delta.`{table}` GROUP BY kind").collect()
+    spark.sparkContext._jvm.System.exit(0)  # type: ignore[union-attr]
 
 
 def get_spark(settings: SparkSettings | None = None, app_name: str = "micdm") -> SparkSession:
@@ -210,7 +294,7 @@ def get_spark(settings: SparkSettings | None = None, app_name: str = "micdm") ->
         .config("spark.jars", ",".join(jars))
         .config(map=_DELTA_SESSION)
     )
-    for key, value in local_conf(settings).items():
+    for key, value in local_conf(settings, class_archive()).items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")

@@ -9,7 +9,7 @@ import pytest
 
 from micdm.config import SparkSettings
 from micdm.errors import EnvironmentProblem
-from micdm.spark import LOCAL_DEFAULTS, check_java, local_conf
+from micdm.spark import LOCAL_DEFAULTS, check_java, class_archive, local_conf
 
 
 def _fake_java(home: Path, version_line: str) -> Path:
@@ -45,3 +45,17 @@ def test_a_users_setting_replaces_the_local_default_of_its_key() -> None:
     assert conf["spark.sql.shuffle.partitions"] == "3"
     assert conf["spark.sql.codegen.cache.maxEntries"] == LOCAL_DEFAULTS["spark.sql.codegen.cache.maxEntries"]
     assert local_conf(SparkSettings())["spark.driver.extraJavaOptions"] == "-XX:+UseParallelGC"
+
+
+def test_the_class_archive_joins_micdms_flags_only(tmp_path: Path) -> None:
+    archive = tmp_path / "classes.jsa"
+    flags = local_conf(SparkSettings(), archive)["spark.driver.extraJavaOptions"].split()
+    assert flags[0] == "-XX:+UseParallelGC" and f'"-XX:SharedArchiveFile={archive}"' in flags
+    assert local_conf(SparkSettings(conf={"spark.driver.extraJavaOptions": "-Xss4m"}), archive)[
+        "spark.driver.extraJavaOptions"] == "-Xss4m", "a user's flags are theirs: no archive added"
+
+
+def test_an_archive_for_another_runtime_is_not_offered(tmp_path: Path) -> None:
+    """The archive's name carries the Java binary and the jar set: a stale one is not found."""
+    (tmp_path / "spark-classes-0000000000000000.jsa").write_bytes(b"made for another Java")
+    assert class_archive(tmp_path) is None
