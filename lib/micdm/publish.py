@@ -42,7 +42,7 @@ def publish(spark: SparkSession, locator: TableLocator, settings: Settings) -> l
     if mode == "none":
         return []
     target = TableLocator(dataclasses.replace(settings.storage, schema=settings.publish.schema, cdm_schema=None))
-    if mode == "view":
+    if settings.storage.catalog:
         spark.sql(f"CREATE SCHEMA IF NOT EXISTS `{settings.storage.catalog}`.`{settings.publish.schema}`")
     for table in PUBLISHED_TABLES:
         if mode == "view":

@@ -156,7 +156,8 @@ def delta_table(spark: SparkSession, locator: TableLocator, name: str) -> DeltaT
 
 
 def create_table(spark: SparkSession, locator: TableLocator, table: TableDef) -> bool:
-    """Create ``table`` if absent, with its NOT NULL columns and VARCHAR lengths enforced by Delta.
+    """Create ``table`` if absent, with its NOT NULL columns and VARCHAR lengths enforced by Delta. In a
+    catalog its schema must exist (init_tables makes micdm's schemas first).
 
     Returns True when the table was created. An existing table with other columns raises
     SchemaMismatchError rather than being altered behind the user's back.
@@ -164,8 +165,6 @@ def create_table(spark: SparkSession, locator: TableLocator, table: TableDef) ->
     ref = locator.ref(table.name)
     stored = stored_schema(spark, locator, table.name)
     if stored is None:
-        if locator.storage.catalog and table.name not in locator.storage.cdm_tables:
-            spark.sql(f"CREATE SCHEMA IF NOT EXISTS `{locator.storage.catalog}`.`{locator.schema_of(table.name)}`")
         settings = {_CHANGE_FEED: "true"} if table.layer in CHANGE_FEED_LAYERS else {}
         if table.stats_columns:
             settings["delta.dataSkippingStatsColumns"] = ",".join(table.stats_columns)
