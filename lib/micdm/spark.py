@@ -215,12 +215,15 @@ def class_archive(cache: Path | None = None) -> Path | None:
 
 
 def _runtime_key() -> str:
-    """A digest of the Java binary, the jars on a local driver's class path and the Delta release."""
+    """A digest of the Java binary, the jars on a local driver's class path (folder and names) and the
+    Delta release."""
     import pyspark
 
     java = _java_binary()
     jars = Path(pyspark.__file__).parent / "jars"
-    parts = [str(Path(java).resolve()) if java else "", *sorted(p.name for p in jars.glob("*.jar")), *DELTA_PACKAGES]
+    # The JVM maps an archive only for the class path it was made with: the jars' folder, not just their names.
+    parts = [str(Path(java).resolve()) if java else "", str(jars.resolve()),
+             *sorted(p.name for p in jars.glob("*.jar")), *DELTA_PACKAGES]
     if java:
         stat = Path(java).resolve().stat()
         parts.append(f"{stat.st_size}:{stat.st_mtime_ns}")
@@ -246,8 +249,6 @@ def make_class_archive(cache: Path | None = None) -> Path | None:
         log.warning("no class archive was made (%s); local sessions read their classes from the jars",
                     (result.stderr.strip().splitlines() or ["the JVM wrote none"])[-1])
         return None
-    for stale in cache.glob(f"{_ARCHIVE_PREFIX}*.jsa"):  # made for an earlier Java or pyspark
-        stale.unlink()
     partial.replace(target)
     log.info("class archive made in %.0fs: %s", time.monotonic() - started, target)
     return target
