@@ -5,7 +5,7 @@
 
 import sys
 
-from micdm.cli import main
+from micdm.cli import exit_process, main
 
 if __name__ == "__main__":
-    sys.exit(main(["occurrence", *sys.argv[1:]]))
+    exit_process(main(["occurrence", *sys.argv[1:]]))

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import NoReturn
 
 from micdm.config import Settings, load_settings
 from micdm.errors import MicdmError
@@ -195,5 +197,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def exit_process(code: int) -> NoReturn:
+    """End a process that ran main, without the interpreter's teardown, where the native threads of the
+    deltalake package can abort a process whose work is done (delta-rs issue 2184): spark-submit jobs and
+    ``python -m micdm.cli``. Logs and output are flushed first."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())
