@@ -210,35 +210,33 @@ def class_archive(cache: Path | None = None) -> Path | None:
     The name carries the Java runtime and the jar set it was made with, so a new Java or a new pyspark
     finds no archive rather than one the JVM would refuse.
     """
-    archive = (cache or cache_dir()) / f"{_ARCHIVE_PREFIX}{_runtime_key()}.jsa"
+    archive = _archive_path(cache or cache_dir())
     return archive if archive.is_file() else None
 
 
-def _runtime_key() -> str:
-    """A digest of the Java binary, the jars on a local driver's class path (folder and names) and the
-    Delta release."""
+def _archive_path(cache: Path) -> Path:
+    """Where the archive for this runtime goes: named by a digest of the Java binary, the jars on a local
+    driver's class path (folder and names) and the Delta release."""
     import pyspark
 
     java = _java_binary()
     jars = Path(pyspark.__file__).parent / "jars"
     # The JVM maps an archive only for the class path it was made with: the jars' folder, not just their names.
-    parts = [str(Path(java).resolve()) if java else "", str(jars.resolve()),
-             *sorted(p.name for p in jars.glob("*.jar")), *DELTA_PACKAGES]
+    parts = [str(jars.resolve()), *sorted(p.name for p in jars.glob("*.jar")), *DELTA_PACKAGES]
     if java:
-        stat = Path(java).resolve().stat()
-        parts.append(f"{stat.st_size}:{stat.st_mtime_ns}")
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+        binary = Path(java).resolve()
+        stat = binary.stat()
+        parts += [str(binary), f"{stat.st_size}:{stat.st_mtime_ns}"]
+    return cache / f"{_ARCHIVE_PREFIX}{hashlib.sha256(chr(10).join(parts).encode()).hexdigest()[:16]}.jsa"
 
 
 def make_class_archive(cache: Path | None = None) -> Path | None:
     """Make class_archive's file, once: a fresh JVM runs a few Delta queries and writes the classes they
     loaded as it exits. Returns the archive, or None (with a warning) when the JVM did not write one; a
     session then starts as before, reading its classes from the jars."""
-    cache = cache or cache_dir()
-    existing = class_archive(cache)
-    if existing is not None:
-        return existing
-    target = cache / f"{_ARCHIVE_PREFIX}{_runtime_key()}.jsa"
+    target = _archive_path(cache or cache_dir())
+    if target.is_file():
+        return target
     partial = target.with_suffix(".partial")
     partial.unlink(missing_ok=True)
     script = f"from micdm.spark import _load_classes_and_exit; _load_classes_and_exit({str(partial)!r})"
