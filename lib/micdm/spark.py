@@ -175,12 +175,14 @@ def cores(spark: SparkSession) -> int:
 
 
 #: Defaults of a local session, each replaced by the same key in ``spark.conf``. A micdm run is hundreds of
-#: small queries, so a cold JVM spends most of its CPU compiling them: the throughput collector leaves
-#: the second core to that work where G1's concurrent threads compete for it, and a larger cache of
-#: generated classes lets a query shape seen in an earlier stage skip Janino.
+#: small queries, so a cold JVM spends most of its CPU compiling them: expressions are interpreted rather
+#: than compiled to Java classes (Janino's compile of each new query shape costs more than evaluating the
+#: few thousand rows a local run holds), and the throughput collector leaves the second core to the JIT
+#: where G1's concurrent threads compete for it.
 LOCAL_DEFAULTS: dict[str, str] = {
     "spark.driver.extraJavaOptions": "-XX:+UseParallelGC",
-    "spark.sql.codegen.cache.maxEntries": "1000",
+    "spark.sql.codegen.wholeStage": "false",
+    "spark.sql.codegen.factoryMode": "NO_CODEGEN",
     "spark.databricks.delta.snapshotPartitions": "2",
     "spark.ui.showConsoleProgress": "false",
 }

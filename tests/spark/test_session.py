@@ -3,19 +3,60 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from micdm.spark import LOCAL_DEFAULTS, class_archive
+from micdm.spark import class_archive
 
 
-def test_the_local_session_runs_the_parallel_collector_and_a_larger_codegen_cache(spark: Any) -> None:
+def test_the_local_session_runs_the_parallel_collector(spark: Any) -> None:
     beans = spark._jvm.java.lang.management.ManagementFactory.getGarbageCollectorMXBeans()
     collectors = {bean.getName() for bean in beans}
     assert collectors == {"PS Scavenge", "PS MarkSweep"}, collectors
-    maximum = spark.conf.get("spark.sql.codegen.cache.maxEntries")
-    assert maximum == LOCAL_DEFAULTS["spark.sql.codegen.cache.maxEntries"] != "100"
+
+
+def _compiled_by(spark: Any, workload: Callable[[], object]) -> int:
+    """Classes Janino compiled while ``workload`` ran (Spark's own count of code generation)."""
+    compilations = spark._jvm.org.apache.spark.metrics.source.CodegenMetrics.METRIC_COMPILATION_TIME()
+    before = compilations.getCount()
+    workload()
+    return int(compilations.getCount() - before)
+
+
+def test_the_local_session_interprets_queries_instead_of_compiling_them(spark: Any, tmp_path: Path) -> None:
+    """A filter, a join, an aggregate, a sort and a Delta MERGE compile next to nothing under micdm's
+    defaults, and dozens of classes under Spark's (set for this test only, then put back)."""
+    from delta.tables import DeltaTable
+    from pyspark.sql import functions as F
+
+    left = spark.range(500).withColumn("word", F.concat(F.lit("w"), (F.col("id") % 17).cast("string")))
+    right = spark.range(0, 500, 3).withColumnRenamed("id", "key").withColumn("half", F.col("key") / 2)
+    path = str(tmp_path / "merged")
+    left.write.format("delta").save(path)
+    results: list[object] = []
+
+    def workload() -> None:
+        joined = left.join(right, left.id == right.key).where(F.col("half") > 7.25)
+        results.append(len(joined.groupBy("word").agg(F.sum("half").alias("total")).orderBy("total").collect()))
+        (DeltaTable.forPath(spark, path).alias("t").merge(right.alias("s"), "t.id = s.key")
+         .whenMatchedUpdate(set={"word": F.upper("t.word")}).execute())
+        results.append(spark.read.format("delta").load(path).where(F.col("word").startswith("W")).count())
+
+    interpreted = _compiled_by(spark, workload)
+    spark_defaults = {"spark.sql.codegen.wholeStage": "true", "spark.sql.codegen.factoryMode": "FALLBACK"}
+    ours = {key: spark.conf.get(key) for key in spark_defaults}
+    try:
+        for key, value in spark_defaults.items():
+            spark.conf.set(key, value)
+        compiled = _compiled_by(spark, workload)
+    finally:
+        for key, value in ours.items():
+            spark.conf.set(key, value)
+    assert results == [17, 167, 17, 167]
+    assert interpreted * 5 < compiled, (interpreted, compiled)
 
 
 def _vm_info(spark: Any) -> str:

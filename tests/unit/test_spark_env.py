@@ -43,7 +43,7 @@ def test_a_users_setting_replaces_the_local_default_of_its_key() -> None:
     conf = local_conf(SparkSettings(conf={"spark.driver.extraJavaOptions": flags, "spark.sql.shuffle.partitions": "3"}))
     assert conf["spark.driver.extraJavaOptions"] == flags
     assert conf["spark.sql.shuffle.partitions"] == "3"
-    assert conf["spark.sql.codegen.cache.maxEntries"] == LOCAL_DEFAULTS["spark.sql.codegen.cache.maxEntries"]
+    assert conf["spark.sql.codegen.factoryMode"] == LOCAL_DEFAULTS["spark.sql.codegen.factoryMode"]
     assert local_conf(SparkSettings())["spark.driver.extraJavaOptions"] == "-XX:+UseParallelGC"
 
 
