@@ -80,7 +80,7 @@ class _PeakMemory(threading.Thread):
             time.sleep(0.5)
 
 
-def _micdm(*args: str, cwd: Path) -> dict:
+def run_cli(*args: str, cwd: Path) -> dict:
     """Run the CLI in a new process; its wall time, stage table and peak memory."""
     started = time.monotonic()
     process = subprocess.Popen([*MICDM, *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -120,7 +120,7 @@ def _size(name: str, patients: int, cap: int, work: Path) -> dict:
               f"synth.max_instances_per_series={cap}", f"sources.roots=[{folder / 'export' / 'dicom'}]",
               f"report.folder={folder / 'reports'}"]
     started = time.monotonic()
-    _micdm("synth", *common, cwd=folder)
+    run_cli("synth", *common, cwd=folder)
     synth_seconds = time.monotonic() - started
     patient_folders = sorted((folder / "export" / "dicom").iterdir())
     held = patient_folders[::100]
@@ -128,13 +128,13 @@ def _size(name: str, patients: int, cap: int, work: Path) -> dict:
         shutil.move(path, folder / path.name)
     files = sum(1 for _ in (folder / "export" / "dicom").rglob("*.dcm"))
     arriving = sum(1 for path in held for _ in (folder / path.name).rglob("*.dcm"))
-    runs = {"full": _micdm("run", *common, cwd=folder), "nothing new": _micdm("run", *common, cwd=folder)}
+    runs = {"full": run_cli("run", *common, cwd=folder), "nothing new": run_cli("run", *common, cwd=folder)}
     for path in held:
         shutil.move(folder / path.name, path)
-    runs["1% new files"] = _micdm("run", *common, cwd=folder)
+    runs["1% new files"] = run_cli("run", *common, cwd=folder)
     moved = subprocess.run([sys.executable, __file__, "--shift-procedures", str(folder / "warehouse")],
                            check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
-    runs["1% procedures changed"] = _micdm("run", *common, cwd=folder)
+    runs["1% procedures changed"] = run_cli("run", *common, cwd=folder)
     return {"patients": patients, "max_instances_per_series": cap, "files_first_run": files,
             "files_arriving": arriving, "procedures_moved": int(moved), "synth_seconds": round(synth_seconds, 1),
             "runs": runs}

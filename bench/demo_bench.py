@@ -1,0 +1,77 @@
+"""The demo's run, stage by stage, each a new process: micdm's local session against Spark's code generation.
+
+Reproduce with ``make bench-demo`` (or ``.venv/bin/python bench/demo_bench.py``). Figures go to
+bench/results/demo.json and bench/results/demo.md; nothing here passes or fails a test.
+
+The demo's archive and site CDM (``micdm synth`` with conf/local.yml, as ``make demo`` makes them) are made
+once; each run is ``micdm run`` on a fresh copy of that warehouse, the demo's first run. The two settings
+alternate so that a machine's drift falls on both. "Code generation" gives back Spark's own values of the
+two settings a local micdm session changes (whole-stage code generation, generated expression classes),
+and nothing else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+from pathlib import Path
+from typing import Any
+
+from figures import stamp, write
+from pipeline_bench import REPO, RESULTS, run_cli
+
+SETTINGS = {
+    "micdm's defaults": [],
+    "code generation": ["spark.conf={spark.sql.codegen.wholeStage: 'true', spark.sql.codegen.factoryMode: FALLBACK}"],
+}
+#: Stages before the ones the demo's target counts: the vocabulary load and reading the files.
+_BEFORE = ("vocabulary", "extract")
+
+
+def _after_extract(run: dict[str, Any]) -> float:
+    return round(sum(s["seconds"] for name, s in run["stages"].items() if name not in _BEFORE), 1)
+
+
+def _markdown(results: dict[str, Any]) -> str:
+    stages = list(next(iter(results["runs"].values()))[0]["stages"])
+    lines = [f"# Demo benchmark ({results['date']})", "",
+             f"Command: `{results['command']}`. Machine: {results['machine']}. {results['files']:,} files; "
+             f"each run a new `micdm run` process on a copy of the demo's warehouse, {results['repeats']} of each "
+             "setting, alternating. Medians, seconds.", "",
+             "| setting | wall | " + " | ".join(stages) + " | after extract | after extract, each run |",
+             "|---|---|" + "---|" * len(stages) + "---|---|"]
+    for name, runs in results["runs"].items():
+        cells = [f"{statistics.median(r['stages'][s]['seconds'] for r in runs):.1f}" for s in stages]
+        after = [_after_extract(r) for r in runs]
+        lines.append(f"| {name} | {statistics.median(r['wall_seconds'] for r in runs):.1f} | " + " | ".join(cells)
+                     + f" | {statistics.median(after):.1f} | {', '.join(map(str, after))} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--work", default=None, help="scratch folder (default: a folder under the system temp)")
+    args = parser.parse_args()
+    work = Path(args.work or Path(os.environ.get("TMPDIR", "/tmp")) / "micdm-demo-bench")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    template, copy = work / "template", work / "warehouse"
+    common = ["--config", str(REPO / "conf" / "local.yml"), f"synth.out={work / 'export'}",
+              f"sources.roots=[{work / 'export' / 'dicom'}]", f"report.folder={work / 'reports'}"]
+    run_cli("synth", *common, f"storage.warehouse={template}", cwd=work)
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in SETTINGS}
+    for _ in range(args.repeats):
+        for name, overrides in SETTINGS.items():
+            shutil.rmtree(copy, ignore_errors=True)
+            shutil.copytree(template, copy)
+            runs[name].append(run_cli("run", *common, f"storage.warehouse={copy}", *overrides, cwd=work))
+    files = sum(1 for _ in (work / "export" / "dicom").rglob("*.dcm"))
+    write(RESULTS, "demo", stamp("python bench/demo_bench.py", files=files, repeats=args.repeats, runs=runs),
+          _markdown)
+
+
+if __name__ == "__main__":
+    main()
