@@ -176,9 +176,9 @@ def cores(spark: SparkSession) -> int:
 
 #: Defaults of a local session, each replaced by the same key in ``spark.conf``. A micdm run is hundreds of
 #: small queries, so a cold JVM spends most of its CPU compiling them: expressions are interpreted rather
-#: than compiled to Java classes (Janino's compile of each new query shape costs more than evaluating the
-#: few thousand rows a local run holds), and the throughput collector leaves the second core to the JIT
-#: where G1's concurrent threads compete for it.
+#: than compiled to Java classes (compiling each new query shape with Janino, then with the JIT, costs
+#: more than it saves on the rows a local machine holds, the benchmark's largest archive included), and
+#: the throughput collector leaves the second core to the JIT where G1's concurrent threads compete for it.
 LOCAL_DEFAULTS: dict[str, str] = {
     "spark.driver.extraJavaOptions": "-XX:+UseParallelGC",
     "spark.sql.codegen.wholeStage": "false",
