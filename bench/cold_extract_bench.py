@@ -17,7 +17,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from extract_bench import _drop_page_cache, _export, _files
+from extract_bench import drop_page_cache, files_under, realistic_export
 from figures import stamp, write
 from pipeline_bench import REPO, RESULTS, run_cli
 
@@ -47,13 +47,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--work", type=Path, default=REPO / ".micdm" / "bench")
     args = parser.parse_args()
-    root = _export(args.work, args.instances, args.seed)
-    files = _files(root)
+    root = realistic_export(args.work, args.instances, args.seed)
+    files = files_under(root)
     warehouse = args.work / "cold-extract-warehouse"
     dropped, runs = False, []
     for _ in range(args.repeats):
         shutil.rmtree(warehouse, ignore_errors=True)
-        dropped = _drop_page_cache()
+        dropped = drop_page_cache()
         runs.append(run_cli("extract", "--config", str(REPO / "conf" / "local.yml"),
                             f"storage.warehouse={warehouse}", f"sources.roots=[{root}]", cwd=args.work))
     results = stamp("python bench/cold_extract_bench.py", files=len(files), page_cache_dropped=dropped,

@@ -36,7 +36,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _export(work: Path, instances: int, seed: int) -> Path:
+def realistic_export(work: Path, instances: int, seed: int) -> Path:
     """Generate (or reuse) a realistic export with at least ``instances`` files."""
     from micdm.synth import generate, plan_patients
 
@@ -54,11 +54,11 @@ def _export(work: Path, instances: int, seed: int) -> Path:
     return out / "dicom"
 
 
-def _files(root: Path) -> list[Path]:
+def files_under(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file())
 
 
-def _drop_page_cache() -> bool:
+def drop_page_cache() -> bool:
     """Empty the kernel's page cache so the next run reads from disk; False when not allowed (not root)."""
     os.sync()
     try:
@@ -78,7 +78,7 @@ def _ceiling(files: list[Path], cold: bool) -> dict[str, float]:
     from pydicom import dcmread
 
     if cold:
-        _drop_page_cache()
+        drop_page_cache()
     started = time.monotonic()
     for path in files:
         dcmread(path, stop_before_pixels=True)
@@ -127,7 +127,7 @@ def _extract(spark, settings, cold: bool = False) -> dict[str, float]:
 
     locator = TableLocator.of(settings)
     init_tables(spark, locator)
-    dropped = _drop_page_cache() if cold else False
+    dropped = drop_page_cache() if cold else False
     summary = extract(spark, locator, settings)
     instances = read_table(spark, locator, "dicom_instance")
     within = instances.where("bytes_read <= header_bytes + 65536").count()
@@ -192,8 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     from support.servers import SeaweedFS
 
     args.work.mkdir(parents=True, exist_ok=True)
-    root = _export(args.work, args.instances, args.seed)
-    files = _files(root)
+    root = realistic_export(args.work, args.instances, args.seed)
+    files = files_under(root)
     cores = os.cpu_count() or 1
     results: dict[str, object] = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         "export": {"files": len(files), "bytes": sum(p.stat().st_size for p in files)},
     }
     print(f"bench: {len(files)} files, {results['export']['bytes'] / 1e9:.1f} GB")  # type: ignore[index]
-    results["page_cache_dropped"] = _drop_page_cache()
+    results["page_cache_dropped"] = drop_page_cache()
     results["repeats"] = args.repeats
     results["ceiling"] = _repeated(lambda: _ceiling(files, cold=True), args.repeats)
     results["ceiling_warm"] = _repeated(lambda: _ceiling(files, cold=False), args.repeats)
@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     results["micdm_1gb_file"] = _extract(spark, big_settings)
     results["worker_peak_rss_kib_after_1gb"] = _worker_peak_rss(spark)
 
-    _drop_page_cache()
+    drop_page_cache()
     results["naive_spark"] = _naive(spark, root)
     print(f"bench: naive {results['naive_spark']}")
 
