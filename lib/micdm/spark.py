@@ -229,7 +229,8 @@ def _archive_path(cache: Path) -> Path:
         binary = Path(java).resolve()
         stat = binary.stat()
         parts += [str(binary), f"{stat.st_size}:{stat.st_mtime_ns}"]
-    return cache / f"{_ARCHIVE_PREFIX}{hashlib.sha256(chr(10).join(parts).encode()).hexdigest()[:16]}.jsa"
+    digest = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+    return cache / f"{_ARCHIVE_PREFIX}{digest}.jsa"
 
 
 def make_class_archive(cache: Path | None = None) -> Path | None:
