@@ -8,6 +8,7 @@ are reused from then on without the network.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -213,24 +214,33 @@ def class_archive(cache: Path | None = None) -> Path | None:
     finds no archive rather than one the JVM would refuse.
     """
     archive = _archive_path(cache or cache_dir())
-    return archive if archive.is_file() else None
+    if not archive.is_file():
+        return None
+    with contextlib.suppress(OSError):  # marks it in use, so pruning keeps it; a read-only cache is fine
+        os.utime(archive)
+    return archive
 
 
 def _archive_path(cache: Path) -> Path:
     """Where the archive for this runtime goes: named by a digest of the Java binary, the jars on a local
-    driver's class path (folder and names) and the Delta release."""
+    driver's class path and the Delta release."""
     import pyspark
 
     java = _java_binary()
     jars = Path(pyspark.__file__).parent / "jars"
-    # The JVM maps an archive only for the class path it was made with: the jars' folder, not just their names.
-    parts = [str(jars.resolve()), *sorted(p.name for p in jars.glob("*.jar")), *DELTA_PACKAGES]
+    # The JVM maps an archive only for the class path it was made with, each jar at the same path, size and
+    # modification time: pyspark installed again at the same place (a new virtualenv) needs a new archive.
+    parts = [str(jars.resolve()), *sorted(_file_identity(jar) for jar in jars.glob("*.jar")), *DELTA_PACKAGES]
     if java:
         binary = Path(java).resolve()
-        stat = binary.stat()
-        parts += [str(binary), f"{stat.st_size}:{stat.st_mtime_ns}"]
+        parts += [str(binary), _file_identity(binary)]
     digest = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
     return cache / f"{_ARCHIVE_PREFIX}{digest}.jsa"
+
+
+def _file_identity(path: Path) -> str:
+    stat = path.stat()
+    return f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}"
 
 
 def make_class_archive(cache: Path | None = None) -> Path | None:
@@ -252,7 +262,22 @@ def make_class_archive(cache: Path | None = None) -> Path | None:
         return None
     partial.replace(target)
     log.info("class archive made in %.0fs: %s", time.monotonic() - started, target)
+    prune_class_archives(target.parent)
     return target
+
+
+#: Archives kept in the cache folder, the most recently used: each is ~180 MB, and a new Java, a new
+#: pyspark or a new virtualenv each leave one that nothing will use again.
+ARCHIVES_KEPT = 3
+
+
+def prune_class_archives(cache: Path) -> list[Path]:
+    """Delete all but the ARCHIVES_KEPT most recently used archives (class_archive marks its use); returns
+    those deleted."""
+    archives = sorted(cache.glob(f"{_ARCHIVE_PREFIX}*.jsa"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for stale in archives[ARCHIVES_KEPT:]:
+        stale.unlink(missing_ok=True)
+    return archives[ARCHIVES_KEPT:]
 
 
 def _load_classes_and_exit(archive: str) -> None:

@@ -3,13 +3,22 @@ way to the user's settings."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from micdm.config import SparkSettings
 from micdm.errors import EnvironmentProblem
-from micdm.spark import LOCAL_DEFAULTS, check_java, class_archive, local_conf
+from micdm.spark import (
+    ARCHIVES_KEPT,
+    LOCAL_DEFAULTS,
+    _archive_path,
+    check_java,
+    class_archive,
+    local_conf,
+    prune_class_archives,
+)
 
 
 def _fake_java(home: Path, version_line: str) -> Path:
@@ -59,3 +68,35 @@ def test_an_archive_for_another_runtime_is_not_offered(tmp_path: Path) -> None:
     """The archive's name carries the Java binary and the jar set: a stale one is not found."""
     (tmp_path / "spark-classes-0000000000000000.jsa").write_bytes(b"made for another Java")
     assert class_archive(tmp_path) is None
+
+
+def test_pyspark_installed_again_in_place_finds_no_archive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new virtualenv at the same path holds the same jars with new modification times, and the JVM
+    ignores an archive made with the old ones: it is not offered, so setup makes a new one."""
+    import pyspark
+
+    jar = tmp_path / "pyspark" / "jars" / "spark-core.jar"
+    jar.parent.mkdir(parents=True)
+    jar.write_bytes(b"classes")
+    monkeypatch.setattr(pyspark, "__file__", str(jar.parent.parent / "__init__.py"))
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    archive = _archive_path(cache)
+    archive.write_bytes(b"an archive")
+    os.utime(archive, (1_000_000, 1_000_000))
+    assert class_archive(cache) == archive
+    assert archive.stat().st_mtime > 1_000_000, "a use marks the archive, so pruning keeps it"
+    modified = jar.stat().st_mtime_ns + 1_000_000_000
+    os.utime(jar, ns=(modified, modified))
+    assert class_archive(cache) is None
+
+
+def test_only_the_most_recently_used_archives_are_kept(tmp_path: Path) -> None:
+    archives = [tmp_path / f"spark-classes-{n:016x}.jsa" for n in range(ARCHIVES_KEPT + 2)]
+    for age, archive in enumerate(archives):
+        archive.write_bytes(b"an archive")
+        os.utime(archive, (1_000_000 - age, 1_000_000 - age))
+    (tmp_path / "delta-core.jar").write_bytes(b"not an archive")
+    assert prune_class_archives(tmp_path) == archives[ARCHIVES_KEPT:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [a.name for a in archives[:ARCHIVES_KEPT]] + ["delta-core.jar"])
