@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import random
 import secrets
 import shutil
 import socket
@@ -25,21 +26,35 @@ REPO = Path(__file__).resolve().parents[2]
 def free_port(taken: set[int] | frozenset[int] = frozenset()) -> int:
     """A port free on 127.0.0.1 together with port + 10000 (where SeaweedFS puts its gRPC listener).
 
+    Both lie below the kernel's ephemeral range: a port from that range may be handed to some process's
+    outgoing connection between this choice and the server's start, and the server then cannot bind it.
     Neither may meet a port in ``taken`` or its gRPC twin: SeaweedFS refuses such a set of ports.
     """
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        if port + 10000 >= 65536 or {port, port + 10000} & {p + d for p in taken for d in (0, 10000)}:
+    ceiling = max(_ephemeral_floor() - 10000, 12000)
+    for _ in range(200):
+        port = random.randrange(10000, ceiling)
+        if {port, port + 10000} & {p + d for p in taken for d in (0, 10000)}:
             continue
-        with socket.socket() as grpc:
-            try:
-                grpc.bind(("127.0.0.1", port + 10000))
-            except OSError:
-                continue
-        return port
+        if _bindable(port) and _bindable(port + 10000):
+            return port
     raise RuntimeError("no free port pair found on 127.0.0.1")
+
+
+def _ephemeral_floor() -> int:
+    """The lowest port the kernel hands out for outgoing connections (Linux's default where unreadable)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def weed_binary() -> str | None:
