@@ -284,7 +284,7 @@ class Azurite(ObjectStore):
         if binary is None:
             raise FileNotFoundError(self.missing)
         return [binary, "--blobHost", "127.0.0.1", "--blobPort", str(self.port), "--location",
-                str(self.data / "blobs"), "--skipApiVersionCheck", "--silent"]
+                str(self.data / "blobs"), "--skipApiVersionCheck", "--silent", "--disableTelemetry"]
 
     def environment(self) -> dict[str, str]:
         return {**os.environ, "AZURITE_ACCOUNTS": f"{self.account}:{self._key}"}
