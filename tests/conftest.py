@@ -86,11 +86,13 @@ def settings(tmp_path: Path) -> Settings:
 @pytest.fixture
 def empty(spark, tmp_path: Path) -> tuple[Settings, TableLocator]:
     """Settings and every table of a new warehouse, for a test to fill with the rows it checks."""
-    from micdm.tables import TableLocator, init_tables
+    from micdm.tables import TableLocator
+
+    from support.warehouse import new_tables
 
     settings = load_settings(REPO / "conf" / "local.yml", [f"storage.warehouse={tmp_path / 'warehouse'}"])
     locator = TableLocator.of(settings)
-    init_tables(spark, locator)
+    new_tables(spark, locator)
     return settings, locator
 
 
@@ -124,12 +126,15 @@ def demo(spark, tmp_path_factory):
     from micdm.synth import generate, load_site
     from micdm.tables import TableLocator, read_table
 
+    from support.warehouse import new_tables
+
     root = tmp_path_factory.mktemp("demo")
     generate(root / "export", patients=14, seed=11, pixels="none")
     settings = load_settings(REPO / "conf" / "local.yml", [
         f"storage.warehouse={root / 'warehouse'}", f"sources.roots=[{root / 'export' / 'dicom'}]",
         "extract.files_per_partition=200"])
     locator = TableLocator.of(settings)
+    new_tables(spark, locator)
     load_site(spark, locator, root / "export")
     first = run_pipeline(spark, settings)
     snapshot = {name: read_table(spark, locator, name).toPandas() for name in

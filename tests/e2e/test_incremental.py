@@ -16,6 +16,7 @@ from micdm.synth import ALGORITHM_RESULTS, generate, load_site
 from micdm.tables import TableLocator, append, delta_table, read_table
 
 from support.snapshots import COMPARED, difference
+from support.warehouse import new_tables
 
 REPO = Path(__file__).resolve().parents[2]
 HELD_BACK = "MRN000001"  # its files arrive in the first step
@@ -49,6 +50,7 @@ def test_each_incremental_run_equals_a_full_rebuild(spark, tmp_path: Path) -> No
         f"storage.warehouse={tmp_path / 'warehouse'}", f"sources.roots=[{export / 'dicom'}]",
         f"features.algorithm_results={export / ALGORITHM_RESULTS}"])
     locator = TableLocator.of(settings)
+    new_tables(spark, locator)
     load_site(spark, locator, export)
     with (export / "truth.csv").open(newline="") as handle:
         truth = list(csv.DictReader(handle))

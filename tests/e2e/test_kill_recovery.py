@@ -23,6 +23,7 @@ from micdm.synth import generate, load_site
 from micdm.tables import TableLocator, read_table
 
 from support.snapshots import COMPARED, difference
+from support.warehouse import new_tables
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -66,6 +67,7 @@ def test_killed_runs_then_a_rerun_equal_an_uninterrupted_run(spark, tmp_path: Pa
     def prepared(name: str):
         settings = load_settings(REPO / "conf" / "local.yml", [f"storage.warehouse={tmp_path / name}", roots])
         locator = TableLocator.of(settings)
+        new_tables(spark, locator)
         load_site(spark, locator, tmp_path / "export")
         return settings, locator
 

@@ -11,9 +11,10 @@ import pytest
 from micdm.config import load_settings
 from micdm.pipeline import run_pipeline
 from micdm.synth import generate
-from micdm.tables import TableLocator, init_tables, load_csv, read_table
+from micdm.tables import TableLocator, load_csv, read_table
 
 from support.servers import Orthanc, orthanc_binary
+from support.warehouse import new_tables
 
 REPO = Path(__file__).resolve().parents[2]
 SERIES_UID_TAG = "0020000E"
@@ -44,7 +45,7 @@ def test_every_wadors_uri_resolves(spark, orthanc, tmp_path: Path) -> None:
         f"storage.warehouse={tmp_path / 'warehouse'}", f"sources.roots=[{export / 'dicom'}]",
         f"occurrence.wadors_root={orthanc.dicomweb_root}/"])
     locator = TableLocator.of(settings)
-    init_tables(spark, locator)
+    new_tables(spark, locator)
     for name in ("person", "visit_occurrence", "procedure_occurrence"):
         load_csv(spark, locator, name, str(export / "cdm" / f"{name}.csv"))
     run_pipeline(spark, settings)

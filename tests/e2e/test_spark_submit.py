@@ -13,9 +13,10 @@ import pytest
 
 from micdm.spark import resolve_delta_jars
 from micdm.synth import generate
-from micdm.tables import TableLocator, init_tables, load_csv, read_table
+from micdm.tables import TableLocator, load_csv, read_table
 
 from support.servers import SparkStandalone, spark_home
+from support.warehouse import new_tables
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -69,7 +70,7 @@ def test_whole_pipeline_on_a_standalone_cluster(spark, cluster, tmp_path: Path) 
     overrides = [f"storage.warehouse={tmp_path / 'warehouse'}", f"sources.roots=[{export / 'dicom'}]"]
     settings = load_settings(REPO / "conf" / "local.yml", overrides)
     locator = TableLocator.of(settings)
-    init_tables(spark, locator)
+    new_tables(spark, locator)
     for name in ("person", "visit_occurrence", "procedure_occurrence"):
         load_csv(spark, locator, name, str(export / "cdm" / f"{name}.csv"))
 

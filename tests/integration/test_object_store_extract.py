@@ -18,10 +18,11 @@ from micdm.dicom.reader import ReadOptions, extract_file
 from micdm.extract import extract
 from micdm.sources import list_files
 from micdm.synth import generate
-from micdm.tables import TableLocator, init_tables, read_table
+from micdm.tables import TableLocator, read_table
 from micdm.transport import opener
 
 from support.servers import OBJECT_STORES, ObjectStore
+from support.warehouse import new_tables
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -53,7 +54,7 @@ def test_extract_matches_local_and_reads_headers_only(spark, store: ObjectStore,
         f"storage.warehouse={tmp_path / 'warehouse'}", *store.source_settings("export"),
         "extract.files_per_partition=40"])
     locator = TableLocator.of(settings)
-    init_tables(spark, locator)
+    new_tables(spark, locator)
     summary = extract(spark, locator, settings)
     local_files = sorted(p for p in local_export.rglob("*") if p.is_file())
     assert summary.discovered == len(local_files) == summary.instances

@@ -12,9 +12,10 @@ from micdm.config import load_settings
 from micdm.errors import SourceError
 from micdm.extract import extract
 from micdm.synth import generate
-from micdm.tables import TableLocator, init_tables, read_table
+from micdm.tables import TableLocator, read_table
 
 from support.servers import OBJECT_STORES, ObjectStore
+from support.warehouse import new_tables
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -49,7 +50,7 @@ def test_an_outage_is_quarantined_for_retry_and_the_next_run_recovers(spark, sto
         f"storage.warehouse={tmp_path / 'warehouse'}", "extract.max_retries=2",
         *store.source_settings("export", **_BOUNDED_RETRIES[store.scheme])])
     locator = TableLocator.of(settings)
-    init_tables(spark, locator)
+    new_tables(spark, locator)
 
     if store.scheme not in _LISTING_RETRIES_UNBOUNDED:
         store.stop()  # down before the listing: a clear error, and nothing written

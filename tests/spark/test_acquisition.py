@@ -14,7 +14,9 @@ from micdm.config import load_settings
 from micdm.dicom.attributes import select_attributes
 from micdm.extract import extract
 from micdm.series import present_instances
-from micdm.tables import TableLocator, init_tables, read_table
+from micdm.tables import TableLocator, read_table
+
+from support.warehouse import new_tables
 
 REPO = Path(__file__).resolve().parents[2]
 CT_SERIES, MR_SERIES = "1.2.826.0.1.3680043.8.498.17001", "1.2.826.0.1.3680043.8.498.17002"
@@ -46,7 +48,7 @@ def extracted(spark, tmp_path: Path):
     settings = load_settings(REPO / "conf" / "local.yml", [f"storage.warehouse={tmp_path / 'warehouse'}",
                                                            f"sources.roots=[{root}]"])
     locator = TableLocator.of(settings)
-    init_tables(spark, locator)
+    new_tables(spark, locator)
     extract(spark, locator, settings)
     return root, settings, locator
 

@@ -15,7 +15,9 @@ from pyspark.sql import functions as F
 import micdm.extract
 from micdm.config import load_settings
 from micdm.extract import extract
-from micdm.tables import TableLocator, init_tables, read_table
+from micdm.tables import TableLocator, read_table
+
+from support.warehouse import new_tables
 
 REPO = Path(__file__).resolve().parents[2]
 CT = Path(get_testdata_file("CT_small.dcm"))
@@ -97,7 +99,7 @@ def test_bad_input_corpus_is_fully_accounted_for(spark, tmp_path: Path, monkeypa
     settings = load_settings(REPO / "conf" / "local.yml", [
         f"storage.warehouse={tmp_path / 'warehouse'}", f"sources.roots=[{root}]", "extract.files_per_partition=8"])
     locator = TableLocator.of(settings)
-    init_tables(spark, locator)
+    new_tables(spark, locator)
     real_listing = micdm.extract.list_files
 
     def listing_then_delete(sources):

@@ -16,8 +16,10 @@ from pydicom.data import get_testdata_file
 from micdm.config import load_settings
 from micdm.dicom.reader import ReadOptions, extract_file
 from micdm.extract import extract
-from micdm.tables import TableLocator, init_tables, read_table
+from micdm.tables import TableLocator, read_table
 from micdm.transport import opener
+
+from support.warehouse import new_tables
 
 REPO = Path(__file__).resolve().parents[2]
 SEED = 18
@@ -120,7 +122,7 @@ def test_every_damaged_file_lands_in_exactly_one_table(spark, damaged, tmp_path:
     settings = load_settings(REPO / "conf" / "local.yml", [
         f"storage.warehouse={tmp_path / 'warehouse'}", f"sources.roots=[{root}]", "extract.files_per_partition=64"])
     locator = TableLocator.of(settings)
-    init_tables(spark, locator)
+    new_tables(spark, locator)
     summary = extract(spark, locator, settings)
     instances = {r.path: tuple(r[c] for c in UIDS) for r in read_table(spark, locator, "dicom_instance").collect()}
     quarantined = {r.path for r in read_table(spark, locator, "dicom_quarantine").select("path").collect()}

@@ -17,8 +17,10 @@ from micdm.config import load_settings
 from micdm.dicom.reader import ReadOptions, extract_file
 from micdm.errors import InvalidInputError
 from micdm.extract import extract
-from micdm.tables import TableLocator, init_tables, read_table
+from micdm.tables import TableLocator, read_table
 from micdm.transport import opener
+
+from support.warehouse import new_tables
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -42,7 +44,7 @@ def test_corpus_on_spark_matches_the_pure_reader(spark, shared: Path, tmp_path: 
     root = shared / "data" / "dicom"
     settings = _settings(tmp_path, root, "sources.exclude=[MANIFEST.tsv]")
     locator = TableLocator.of(settings)
-    init_tables(spark, locator)
+    new_tables(spark, locator)
     summary = extract(spark, locator, settings)
     assert summary.discovered == 151
     assert summary.instances + summary.quarantined == 151
@@ -77,7 +79,7 @@ def test_duplicates_and_incremental_runs(spark, tmp_path: Path) -> None:
     (root / "empty.dcm").write_bytes(b"")
     settings = _settings(tmp_path, root)
     locator = TableLocator.of(settings)
-    init_tables(spark, locator)
+    new_tables(spark, locator)
 
     first = extract(spark, locator, settings)
     assert (first.discovered, first.instances, first.quarantined) == (5, 2, 3)
@@ -105,7 +107,7 @@ def test_full_refresh_reads_everything_again(spark, tmp_path: Path) -> None:
     shutil.copy(get_testdata_file("CT_small.dcm"), root / "a.dcm")
     settings = _settings(tmp_path, root)
     locator = TableLocator.of(settings)
-    init_tables(spark, locator)
+    new_tables(spark, locator)
     extract(spark, locator, settings)
     refreshed = extract(spark, locator, _settings(tmp_path, root, "extract.full_refresh=true"))
     assert refreshed.to_read == 1 and read_table(spark, locator, "dicom_instance").count() == 1
@@ -118,7 +120,7 @@ def test_an_unchanged_listing_is_settled_without_planning(spark, tmp_path: Path,
         shutil.copy(get_testdata_file("CT_small.dcm" if name == "a.dcm" else "MR_small.dcm"), root / name)
     settings = _settings(tmp_path, root)
     locator = TableLocator.of(settings)
-    init_tables(spark, locator)
+    new_tables(spark, locator)
     real_listing = micdm.extract.list_files
 
     def listing_then_vanish(sources):  # b.dcm disappears after the listing, before its read
@@ -154,7 +156,7 @@ def test_validation_raise_stops_before_writing_and_warn_quarantines(spark, tmp_p
     ds.save_as(root / "bad.dcm")
     strict = _settings(tmp_path, root, "validation=raise")
     locator = TableLocator(strict.storage)
-    init_tables(spark, locator)
+    new_tables(spark, locator)
     with pytest.raises(InvalidInputError, match=r"bad\.dcm"):
         extract(spark, locator, strict)
     assert read_table(spark, locator, "dicom_instance").count() == 0
@@ -186,7 +188,7 @@ def test_a_listing_split_by_folder_finds_what_the_driver_finds(spark, tmp_path: 
     assert sorted((r.path, r.file_size) for r in split.frame().collect()) == driver and split.files == len(driver) == 5
 
     locator = TableLocator.of(settings)
-    init_tables(spark, locator)
+    new_tables(spark, locator)
     first = extract(spark, locator, settings)
     assert (first.discovered, first.instances, first.quarantined) == (5, 2, 3)  # two copies, an empty file
     again = extract(spark, locator, settings)
@@ -213,7 +215,7 @@ def test_a_streamed_discovery_reads_what_arrived_and_loses_nothing(spark, tmp_pa
     settings = _settings(tmp_path, root, "sources.listing=autoloader", "sources.autoloader_format=binaryFile",
                          "sources.exclude=['*.txt']", "sources.autoloader_options={recursiveFileLookup: 'true'}")
     locator = TableLocator.of(settings)
-    init_tables(spark, locator)
+    new_tables(spark, locator)
     first = extract(spark, locator, settings)
     assert (first.discovered, first.instances, first.quarantined) == (1, 1, 0)
     assert read_table(spark, locator, "file_discovery").count() == 0, "recorded files leave the staging table"

@@ -15,6 +15,8 @@ from micdm.ids import assign_ids
 from micdm.publish import publish
 from micdm.tables import TableLocator, init_tables, overwrite, read_table
 
+from support.warehouse import new_tables
+
 REPO = Path(__file__).resolve().parents[2]
 D = dt.date(2024, 3, 10)
 CT = 4300757
@@ -36,7 +38,7 @@ def _settings(tmp_path, *overrides: str) -> Settings:
 
 
 def _load(spark, locator: TableLocator) -> None:
-    init_tables(spark, locator)
+    new_tables(spark, locator)
     now = dt.datetime(2024, 4, 1)
     series = []
     for study, (patient, accession, modality, date) in STUDIES.items():

@@ -10,6 +10,8 @@ from micdm.ids import allocated_ids
 from micdm.pipeline import run_pipeline
 from micdm.tables import TableLocator, read_table
 
+from support.warehouse import new_tables
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -172,6 +174,7 @@ def test_headers_kept_as_variant_give_the_same_rows(spark, demo, tmp_path) -> No
         f"storage.warehouse={tmp_path / 'warehouse'}", f"sources.roots=[{export / 'dicom'}]",
         "extract.files_per_partition=200", "extract.header_format=variant"])
     locator = TableLocator.of(settings)
+    new_tables(spark, locator)
     load_site(spark, locator, export)
     run_pipeline(spark, settings)
     instances = read_table(spark, locator, "dicom_instance")

@@ -6,16 +6,18 @@ import datetime as dt
 
 from micdm import vocabulary
 from micdm.config import VocabularySettings
-from micdm.tables import TableLocator, init_tables, overwrite, read_table
+from micdm.tables import TableLocator, overwrite, read_table
 from micdm.vocab import resource_rows
 from micdm.vocabulary import micdm_concepts
+
+from support.warehouse import new_tables
 
 SLICE_THICKNESS = 2128000817  # the DICOM vocabulary's concept for (0018,0050)
 
 
 def test_only_missing_rows_are_added_and_a_second_run_adds_none(spark, settings) -> None:
     locator = TableLocator.of(settings)
-    init_tables(spark, locator)
+    new_tables(spark, locator)
     day = dt.date(2020, 1, 1)
     site_rows = [(SLICE_THICKNESS, "Slice thickness, as the site loaded it", "Measurement", "DICOM",
                   "DICOM Attributes", None, "00180050", day, day, None),
