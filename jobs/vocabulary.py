@@ -3,9 +3,7 @@
     spark-submit [spark options] jobs/vocabulary.py --config conf/<env>.yml [key=value ...]
 """
 
-import sys
-
-from micdm.cli import exit_process, main
+from micdm.cli import run_job
 
 if __name__ == "__main__":
-    exit_process(main(["vocabulary", *sys.argv[1:]]))
+    run_job("vocabulary")

@@ -14,7 +14,7 @@ from typing import NoReturn
 from micdm.config import Settings, load_settings
 from micdm.errors import MicdmError
 
-__all__ = ["main"]
+__all__ = ["exit_process", "main", "run_job"]
 
 log = logging.getLogger("micdm")
 
@@ -205,6 +205,13 @@ def exit_process(code: int) -> NoReturn:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+
+def run_job(command: str) -> NoReturn:
+    """A spark-submit entry point in jobs/: ``micdm <command>`` with the job's own arguments, then
+    exit_process with its code."""
+    exit_process(main([command, *sys.argv[1:]]))
 
 
 if __name__ == "__main__":
