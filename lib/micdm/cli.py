@@ -207,7 +207,6 @@ def exit_process(code: int) -> NoReturn:
     os._exit(code)
 
 
-
 def run_job(command: str) -> NoReturn:
     """A spark-submit entry point in jobs/: ``micdm <command>`` with the job's own arguments, then
     exit_process with its code."""
