@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
@@ -14,7 +13,7 @@ from typing import NoReturn
 from micdm.config import Settings, load_settings
 from micdm.errors import MicdmError
 
-__all__ = ["exit_process", "main", "run_job"]
+__all__ = ["main", "run_job"]
 
 log = logging.getLogger("micdm")
 
@@ -197,21 +196,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def exit_process(code: int) -> NoReturn:
-    """End a process that ran main, without the interpreter's teardown, where the native threads of the
-    deltalake package can abort a process whose work is done (delta-rs issue 2184): spark-submit jobs and
-    ``python -m micdm.cli``. Logs and output are flushed first."""
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-
 def run_job(command: str) -> NoReturn:
-    """A spark-submit entry point in jobs/: ``micdm <command>`` with the job's own arguments, then
-    exit_process with its code."""
-    exit_process(main([command, *sys.argv[1:]]))
+    """A spark-submit entry point in jobs/: ``micdm <command>`` with the job's own arguments."""
+    sys.exit(main([command, *sys.argv[1:]]))
 
 
 if __name__ == "__main__":
-    exit_process(main())
+    sys.exit(main())

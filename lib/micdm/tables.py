@@ -16,6 +16,7 @@ from functools import partial, reduce
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pyarrow.fs as pa_fs
 from delta.tables import DeltaTable
 from pyspark.errors import AnalysisException
 from pyspark.sql import Column, DataFrame, Row, SparkSession
@@ -330,9 +331,15 @@ def small_table_rows(spark: SparkSession, locator: TableLocator, name: str) -> l
     """Every row of one of micdm's small tables (a few rows per stage or per run), without a Spark job
     where delta-rs can read it."""
     local = _local_delta_log(locator, name)
-    if local is not None:  # timestamps as PySpark collects them: naive, in the local time zone
+    folder = locator.path(name)
+    if local is not None and folder is not None:
+        # Pyarrow's own file system, not delta-rs's default (a Python one): a scan through Python files
+        # leaves arrow threads that need the GIL after the interpreter has gone, and the process aborts
+        # at exit ("terminate called without an active exception") though its work is done.
+        files = pa_fs.SubTreeFileSystem(str(Path(folder).resolve()), pa_fs.LocalFileSystem())
+        # timestamps as PySpark collects them: naive, in the local time zone
         return [{k: v.astimezone().replace(tzinfo=None) if isinstance(v, dt.datetime) and v.tzinfo else v
-                 for k, v in row.items()} for row in local.to_pyarrow_table().to_pylist()]
+                 for k, v in row.items()} for row in local.to_pyarrow_table(filesystem=files).to_pylist()]
     return [row.asDict() for row in read_table(spark, locator, name).collect()]
 
 

@@ -156,3 +156,33 @@ def test_a_local_table_read_without_spark_is_what_spark_reads(spark, empty, monk
     assert properties.items() <= shown.items()
     nowhere = dataclasses.replace(locator, storage=dataclasses.replace(locator.storage, warehouse=str(tmp_path)))
     assert stored_schema(spark, nowhere, "person") is None
+
+
+_READ_AND_EXIT = """
+import sys
+from micdm.config import StorageSettings
+from micdm.tables import TableLocator, small_table_rows
+rows = small_table_rows(None, TableLocator(StorageSettings(warehouse=sys.argv[1])), "stage_state")
+print(len(rows))
+"""
+
+
+def test_a_process_that_read_a_small_table_exits_cleanly(spark, empty) -> None:
+    """A process that read micdm's bookkeeping with delta-rs ends with its own exit code. Read through a
+    Python file system, arrow threads outlive the interpreter and abort about one process in two at exit;
+    eight processes all ending cleanly by chance would happen less than once in a hundred."""
+    import datetime as dt
+    import subprocess
+    import sys
+
+    from micdm.tables import append
+
+    _, locator = empty
+    for stage in ("series", "link", "occurrence", "features"):  # a file each: a scan reads ahead of the next one
+        append(locator, "stage_state", spark.createDataFrame(
+            [(stage, "r1", "{}", "abc", "0.1.0", dt.datetime(2026, 1, 2, tzinfo=dt.UTC))],
+            TABLES["stage_state"].schema))
+    processes = [subprocess.Popen([sys.executable, "-c", _READ_AND_EXIT, locator.storage.warehouse],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(8)]
+    ended = [(p.communicate(timeout=120), p.returncode) for p in processes]
+    assert [(code, out.strip()) for (out, _), code in ended] == [(0, "4")] * 8, [err[-300:] for (_, err), _ in ended]
