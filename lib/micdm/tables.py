@@ -337,9 +337,14 @@ def small_table_rows(spark: SparkSession, locator: TableLocator, name: str) -> l
         # leaves arrow threads that need the GIL after the interpreter has gone, and the process aborts
         # at exit ("terminate called without an active exception") though its work is done.
         files = pa_fs.SubTreeFileSystem(str(Path(folder).resolve()), pa_fs.LocalFileSystem())
-        # timestamps as PySpark collects them: naive, in the local time zone
-        return [{k: v.astimezone().replace(tzinfo=None) if isinstance(v, dt.datetime) and v.tzinfo else v
-                 for k, v in row.items()} for row in local.to_pyarrow_table(filesystem=files).to_pylist()]
+        from deltalake.exceptions import DeltaProtocolError
+        try:
+            rows = local.to_pyarrow_table(filesystem=files).to_pylist()
+        except DeltaProtocolError as error:  # deletion vectors or column mapping: Spark reads those
+            log.debug("%s is read with Spark: %s", name, error)
+        else:  # timestamps as PySpark collects them: naive, in the local time zone
+            return [{k: v.astimezone().replace(tzinfo=None) if isinstance(v, dt.datetime) and v.tzinfo else v
+                     for k, v in row.items()} for row in rows]
     return [row.asDict() for row in read_table(spark, locator, name).collect()]
 
 

@@ -158,6 +158,20 @@ def test_a_local_table_read_without_spark_is_what_spark_reads(spark, empty, monk
     assert stored_schema(spark, nowhere, "person") is None
 
 
+def test_a_small_table_with_deletion_vectors_is_read_by_spark(spark, empty) -> None:
+    """delta-rs reads no deletion vectors through pyarrow: such a table is read with Spark, rows intact."""
+    import datetime as dt
+
+    from micdm.tables import append, small_table_rows
+
+    _, locator = empty
+    spark.sql(f"ALTER TABLE {locator.ref('stage_state')} SET TBLPROPERTIES ('delta.enableDeletionVectors' = true)")
+    append(locator, "stage_state", spark.createDataFrame(
+        [(stage, "r1", "{}", "abc", "0.1.0", dt.datetime(2026, 1, 2, tzinfo=dt.UTC)) for stage in ("series", "link")],
+        TABLES["stage_state"].schema))
+    spark.sql(f"DELETE FROM {locator.ref('stage_state')} WHERE stage = 'link'")
+    assert [row["stage"] for row in small_table_rows(spark, locator, "stage_state")] == ["series"]
+
 _READ_AND_EXIT = """
 import sys
 from micdm.config import StorageSettings
