@@ -86,18 +86,22 @@ def refresh_instance_attributes(spark: SparkSession, locator: TableLocator, inst
         log.info("features: the attribute selection changed; reading every header again")
         overwrite(locator, "instance_attribute", _read_values(instances, attributes, selection))
         return read_table(spark, locator, "instance_attribute").select("path").distinct().count()
-    key = ["path", "header_digest"]
-    present = instances.select(*key, "extracted_at")
-    held = stored.select(*key).distinct()
-    same = (present["path"] == held["path"]) & present["header_digest"].eqNullSafe(held["header_digest"])
-    todo = present.join(held, same, "left_anti").localCheckpoint()
-    gone = held.join(present, same, "left_anti").localCheckpoint()
-    unread, vanished = todo.count(), gone.count()
-    if not unread and not vanished:
+    present = instances.select("path", "header_digest", "extracted_at").alias("p")
+    held = stored.select("path", "header_digest").distinct().alias("h")
+    same = (F.col("p.path") == F.col("h.path")) & F.col("p.header_digest").eqNullSafe(F.col("h.header_digest"))
+    unread_now = F.col("h.path").isNull()
+    # One pass finds both sides: the instances not read yet and the rows of files no longer present.
+    differing = present.join(held, same, "full_outer").where(unread_now | F.col("p.path").isNull()).select(
+        F.coalesce("p.path", "h.path").alias("path"), F.col("p.header_digest").alias("header_digest"),
+        "p.extracted_at", unread_now.alias("unread")).localCheckpoint()
+    counted = aggregate(differing, F.count_if("unread").alias("unread"), F.count_if(~F.col("unread")).alias("gone"),
+                        F.min(F.when(F.col("unread"), F.col("extracted_at"))).alias("since"))
+    unread, since = counted["unread"], counted["since"]
+    if not unread and not counted["gone"]:
         return 0
-    delete_keys(spark, locator, "instance_attribute", todo.select("path").unionByName(gone.select("path")), ["path"])
+    delete_keys(spark, locator, "instance_attribute", differing.select("path"), ["path"])
     if unread:
-        since = aggregate(todo, F.min("extracted_at"))[0]
+        todo = differing.where("unread")
         wanted = instances.where(F.col("extracted_at") >= since).alias("i").join(
             todo.alias("t"), (F.col("i.path") == F.col("t.path"))
             & F.col("i.header_digest").eqNullSafe(F.col("t.header_digest")), "left_semi")

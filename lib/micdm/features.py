@@ -27,7 +27,17 @@ from micdm.reports import ReportFeatures, report_features, write_sr_tables
 from micdm.schema import FEATURE_ROW
 from micdm.series import present_instances, series_of_paths
 from micdm.stage import StageCounts
-from micdm.tables import TableLocator, aggregate, conform, delete_keys, merge_into, read_table, sync_rows, within
+from micdm.tables import (
+    TableLocator,
+    aggregate,
+    conform,
+    delete_keys,
+    merge_into,
+    read_table,
+    row_count,
+    sync_rows,
+    within,
+)
 from micdm.vocab import concepts, site_relationships, table_concept_id
 
 __all__ = ["ALGORITHM_RESULT_COLUMNS", "algorithm_features", "read_algorithm_results", "run"]
@@ -307,8 +317,8 @@ def run(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: 
         lambda: write_sr_tables(spark, locator, reported, rows.select(
             "natural_key", "finding_key", "measurement_id", "observation_id", "image_finding_id")))
     dropped = _drop_stale_acquisition(spark, locator, rows, scope)
-    counts = {**_by_kind(rows), "image_feature": read_table(spark, locator, "image_feature").count(),
-              "feature_quarantine": read_table(spark, locator, "feature_quarantine").count(), **sr_counts}
+    counts = {**_by_kind(rows), "image_feature": row_count(spark, locator, "image_feature"),
+              "feature_quarantine": row_count(spark, locator, "feature_quarantine"), **sr_counts}
     events = {"restored": restored, "reallocated": reallocated, "acquisition dropped": dropped,
               "series redone": "all" if scope is None else scope.count()}
     return {**counts, **{k: v for k, v in events.items() if v}}

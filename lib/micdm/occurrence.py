@@ -9,7 +9,7 @@ from micdm.changes import Changes, changed_keys
 from micdm.config import OccurrenceSettings, Settings
 from micdm.ids import assign_ids
 from micdm.stage import StageCounts
-from micdm.tables import TableLocator, read_table, sync_rows, within
+from micdm.tables import TableLocator, read_table, row_count, sync_rows, within
 from micdm.vocab import anatomy_sites, normalise_body_part
 
 __all__ = ["build_image_occurrence", "run"]
@@ -72,4 +72,4 @@ def run(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: 
     rows = build_image_occurrence(linked_series, links, ids, sites, settings.occurrence)
     sync_rows(spark, locator, "image_occurrence", rows, ["image_series_uid"],
               None if scope is None else ("image_series_uid", scope))
-    return {"image_occurrence": read_table(spark, locator, "image_occurrence").count()}
+    return {"image_occurrence": row_count(spark, locator, "image_occurrence")}

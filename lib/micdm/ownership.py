@@ -64,14 +64,13 @@ def release_clashing_ids(spark: SparkSession, locator: TableLocator, table: str,
     recorded = _recorded(spark, locator, table)
     if not recorded.take(1):
         return 0
-    clashing = _stored_at(spark, locator, table, ids).join(recorded, ["id", "fingerprint"], "left_anti").select(
-        "id").localCheckpoint()
+    clashing = _stored_at(spark, locator, table, ids).join(recorded, ["id", "fingerprint"], "left_anti").select("id")
     count = clashing.count()
-    if count:
+    if count:  # rare: only then are the ids kept, for the MERGE that changes what they were read from
         log.warning("%s: %d id(s) micdm had allocated now hold rows micdm did not write (the site reused them); "
                     "their rows get new ids", table, count)
         delta_table(spark, locator, "id_map").alias("t").merge(
-            clashing.withColumn("namespace", F.lit(table)).alias("s"),
+            clashing.localCheckpoint().withColumn("namespace", F.lit(table)).alias("s"),
             "t.namespace = s.namespace AND t.id = s.id").whenMatchedDelete().execute()
     return count
 
@@ -81,19 +80,26 @@ def write_site_rows(spark: SparkSession, locator: TableLocator, table: str, rows
     them were missing although micdm had written them before (a reload dropped them) and are restored.
 
     The fingerprints are appended before the MERGE, so a crash between the two leaves rows that a re-run
-    still recognises as micdm's.
+    still recognises as micdm's. Each row is compared once with what site_row recorded and what the table
+    holds; only rows the table lacks or holds otherwise are merged.
     """
     key = f"{table}_id"
-    shaped = as_stored(spark, locator, table, conform(rows, TABLES[table])).localCheckpoint()
-    recorded = _recorded(spark, locator, table)
-    restored = recorded.select(F.col("id").alias(key)).distinct().join(shaped.select(key), key, "left_semi").join(
-        read_table(spark, locator, table).select(key), key, "left_anti").count()
-    fresh = shaped.select(F.lit(table).alias("table_name"), F.col(key).alias("id"),
-                          _fingerprint(table).alias("fingerprint"), F.current_timestamp().alias("written_at"))
-    unrecorded = fresh.join(recorded, ["id", "fingerprint"], "left_anti").localCheckpoint()
-    if unrecorded.take(1):
-        append(locator, "site_row", unrecorded)
-    merge_into(spark, locator, table, shaped, [key])
+    recorded = _recorded(spark, locator, table).groupBy(F.col("id").alias(key)).agg(
+        F.collect_set("fingerprint").alias("_recorded"))
+    stored = read_table(spark, locator, table).select(key, _fingerprint(table).alias("_stored"))
+    marked = as_stored(spark, locator, table, conform(rows, TABLES[table])).withColumn(
+        "_fingerprint", _fingerprint(table)).join(recorded, key, "left").join(stored, key, "left").localCheckpoint()
+    unrecorded = ~F.coalesce(F.array_contains("_recorded", F.col("_fingerprint")), F.lit(False))
+    changed = ~F.col("_stored").eqNullSafe(F.col("_fingerprint"))
+    counts = aggregate(marked, F.count_if(F.col("_recorded").isNotNull() & F.col("_stored").isNull()).alias("restored"),
+                       F.count_if(unrecorded).alias("unrecorded"), F.count_if(changed).alias("changed"))
+    if counts["unrecorded"]:
+        append(locator, "site_row", marked.where(unrecorded).select(
+            F.lit(table).alias("table_name"), F.col(key).alias("id"), F.col("_fingerprint").alias("fingerprint"),
+            F.current_timestamp().alias("written_at")))
+    if counts["changed"]:
+        merge_into(spark, locator, table, marked.where(changed), [key], compared=True)
+    restored: int = counts["restored"]
     if restored:
         log.info("%s: %d row(s) micdm wrote before were missing (the site reloaded its table) and are restored",
                  table, restored)
@@ -104,9 +110,9 @@ def remove_site_rows(spark: SparkSession, locator: TableLocator, table: str, ids
     """Delete the rows of ``table`` at ``ids`` (one column ``id``) that are still as micdm wrote them; a row
     the site has put at such an id stays. Returns how many were deleted."""
     ours = _stored_at(spark, locator, table, ids).join(_recorded(spark, locator, table), ["id", "fingerprint"],
-                                                       "left_semi").select("id").localCheckpoint()
+                                                       "left_semi").select("id")
     count = ours.count()
-    if count:
-        delta_table(spark, locator, table).alias("t").merge(ours.alias("s"), f"t.`{table}_id` = s.id") \
-            .whenMatchedDelete().execute()
+    if count:  # kept first: the MERGE changes the table they were read from
+        delta_table(spark, locator, table).alias("t").merge(ours.localCheckpoint().alias("s"),
+                                                            f"t.`{table}_id` = s.id").whenMatchedDelete().execute()
     return count

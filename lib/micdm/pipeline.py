@@ -17,7 +17,7 @@ from micdm.config import Settings
 from micdm.report import FIGURE_TABLES, RunFigures, cached_figures, latest_run_rows, write_report
 from micdm.spark import classic_context
 from micdm.stage import Stage, StageCounts
-from micdm.tables import TableLocator, init_tables, read_table
+from micdm.tables import TableLocator, init_tables, read_table, row_count
 
 __all__ = ["STAGES", "STAGE_TABLES", "StageResult", "latest_link_report", "report_folder", "run_pipeline", "run_stage",
            "table_counts"]
@@ -180,7 +180,7 @@ def run_pipeline(spark: SparkSession, settings: Settings, full_refresh: bool = F
 def table_counts(spark: SparkSession, settings: Settings, names: tuple[str, ...]) -> dict[str, tuple[int, str]]:
     """Rows per table and where each lives, for summaries."""
     locator = TableLocator.of(settings)
-    return {name: (read_table(spark, locator, name).count(), locator.where(name)) for name in names}
+    return {name: (row_count(spark, locator, name), locator.where(name)) for name in names}
 
 
 #: The file in the report folder that keeps the last report's figures.

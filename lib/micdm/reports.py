@@ -26,7 +26,7 @@ from micdm.dicom.sr import analyse_report
 from micdm.dicom.sr_content import SR_CLASS_PREFIX
 from micdm.reasons import FeatureDomain, FeatureReason
 from micdm.schema import FEATURE_ROW, REPORT_GROUP, REPORT_ITEM, REPORT_PROBLEM
-from micdm.tables import TableLocator, conform, read_table, sync_rows
+from micdm.tables import TableLocator, conform, read_table, row_count, sync_rows
 from micdm.vocab import coding_scheme_vocabularies
 
 __all__ = ["SEG_CLASSES", "ReportFeatures", "report_features", "write_sr_tables"]
@@ -230,4 +230,4 @@ def write_sr_tables(spark: SparkSession, locator: TableLocator, reported: Report
     written = {"sr_measurement_group": group_rows, "sr_quantitative": quantitative, "sr_qualitative": qualitative}
     run_concurrently(*[functools.partial(sync_rows, spark, locator, name, rows, None, ignored=("updated_at",))
                        for name, rows in written.items()])
-    return {name: read_table(spark, locator, name).count() for name in written}
+    return {name: row_count(spark, locator, name) for name in written}

@@ -8,7 +8,7 @@ from pyspark.sql import functions as F
 from micdm.changes import Changes, KeyOf, changed_keys
 from micdm.config import OccurrenceSettings, Settings
 from micdm.stage import StageCounts
-from micdm.tables import TableLocator, read_table, sync_rows, within
+from micdm.tables import TableLocator, read_table, row_count, sync_rows, within
 
 __all__ = ["build_series", "changed_series", "image_date", "present_instances", "rewrite_prefix", "run",
            "series_of_paths"]
@@ -116,4 +116,4 @@ def run(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: 
     written = sync_rows(spark, locator, "dicom_series", build_series(instances, settings.occurrence),
                         ["series_instance_uid"], None if scope is None else ("series_instance_uid", scope),
                         ignored=("updated_at",))
-    return {"series": read_table(spark, locator, "dicom_series").count(), "series written": written}
+    return {"series": row_count(spark, locator, "dicom_series"), "series written": written}

@@ -16,6 +16,8 @@ from functools import partial, reduce
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pa_fs
 from delta.tables import DeltaTable
 from pyspark.errors import AnalysisException
@@ -33,7 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = ["TableLocator", "aggregate", "append", "as_stored", "clustering_clause", "conform", "create_table",
            "delete_keys", "delta_table", "init_tables", "keep_change_feed", "load_csv", "may_have_rows", "merge_into",
-           "merge_or_delete", "overwrite", "read_table", "row_digest", "schema_problems", "site_table",
+           "merge_or_delete", "overwrite", "read_table", "row_count", "row_digest", "schema_problems", "site_table",
            "small_table_rows", "stored_schema", "sync_rows", "table_problems", "table_properties", "within"]
 
 log = logging.getLogger(__name__)
@@ -348,6 +350,17 @@ def small_table_rows(spark: SparkSession, locator: TableLocator, name: str) -> l
     return [row.asDict() for row in read_table(spark, locator, name).collect()]
 
 
+def row_count(spark: SparkSession, locator: TableLocator, name: str) -> int:
+    """Rows in a table, for a summary: added up from the Delta log's file statistics where delta-rs reads a
+    local table (no Spark job), else counted by Spark (deletion vectors, a catalog, files without statistics)."""
+    local = _local_delta_log(locator, name)
+    if local is not None and "deletionVectors" not in (local.protocol().reader_features or ()):
+        records = pa.table(local.get_add_actions(flatten=True)).column("num_records")
+        if records.null_count == 0:
+            return int(pc.sum(records).as_py() or 0)
+    return read_table(spark, locator, name).count()
+
+
 def conform(df: DataFrame, table: TableDef, carry: Sequence[str] = ()) -> DataFrame:
     """Select and cast ``df`` to the table's columns, in order; missing nullable columns become NULL.
 
@@ -373,20 +386,22 @@ def merge_into(
     keys: Sequence[str],
     update_existing: bool = True,
     delete_unmatched: bool = False,
+    compared: bool = False,
 ) -> int:
     """MERGE ``updates`` into a table on natural ``keys``: re-running with the same input changes nothing.
 
     Only rows the table lacks, or holds with other values, are merged: an unchanged row's file is not
     rewritten, and when nothing changed there is no commit at all (a later stage's watermark stays).
-    ``delete_unmatched`` makes the table equal ``updates``: rows no update matches are deleted (every
-    update is then merged). Returns the number of rows inserted (from the commit's metrics).
+    ``compared`` says the caller kept only such rows already. ``delete_unmatched`` makes the table equal
+    ``updates``: rows no update matches are deleted (every update is then merged). Returns the number of
+    rows inserted (from the commit's metrics).
     """
     target = delta_table(spark, locator, name)
     condition = _key_condition(keys)
     source = as_stored(spark, locator, name, conform(updates, locator.definition(name)))
     if _empty_by_its_log(locator, name):
         return _fill(locator, name, source.localCheckpoint())
-    if not delete_unmatched:
+    if not delete_unmatched and not compared:
         source = _changed_rows(source, read_table(spark, locator, name), keys, update_existing).localCheckpoint()
         if not source.take(1):
             return 0
@@ -546,4 +561,4 @@ def load_csv(spark: SparkSession, locator: TableLocator, name: str, path: str) -
     """Replace a CDM table's rows with a CSV export of it (header row, CDM column names)."""
     raw = spark.read.option("header", True).option("inferSchema", False).csv(path)
     overwrite(locator, name, raw)
-    return read_table(spark, locator, name).count()
+    return row_count(spark, locator, name)
