@@ -73,7 +73,9 @@ def assign_ids_by_namespace(
             .alias("id"),
             F.current_timestamp().alias("assigned_at"),
         )
-        merge_into(spark, locator, "id_map", numbered, ["namespace", "natural_key"], update_existing=False)
+        # ``fresh`` holds only keys id_map lacks: nothing to compare before the MERGE.
+        merge_into(spark, locator, "id_map", numbered, ["namespace", "natural_key"], update_existing=False,
+                   compared=True)
     ids = read_table(spark, locator, "id_map")
     return {namespace: keys.join(ids.where(F.col("namespace") == namespace).select("natural_key", "id"), "natural_key")
             for namespace, keys in wanted.items()}
