@@ -93,7 +93,7 @@ def refresh_instance_attributes(spark: SparkSession, locator: TableLocator, inst
     # One pass finds both sides: the instances not read yet and the rows of files no longer present.
     differing = present.join(held, same, "full_outer").where(unread_now | F.col("p.path").isNull()).select(
         F.coalesce("p.path", "h.path").alias("path"), F.col("p.header_digest").alias("header_digest"),
-        "p.extracted_at", unread_now.alias("unread")).localCheckpoint()
+        "p.extracted_at", unread_now.alias("unread")).localCheckpoint(eager=False)  # kept by the counts
     counted = aggregate(differing, F.count_if("unread").alias("unread"), F.count_if(~F.col("unread")).alias("gone"),
                         F.min(F.when(F.col("unread"), F.col("extracted_at"))).alias("since"))
     unread, since = counted["unread"], counted["since"]

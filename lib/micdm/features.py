@@ -220,7 +220,7 @@ def _drop_stale_acquisition(spark: SparkSession, locator: TableLocator, rows: Da
     if scope is not None:  # an acquisition key is header|<series UID>|<attribute>...
         made = made.join(scope, F.split("natural_key", r"\|")[1] == F.col("key"), "left_semi")
     stale = made.join(rows.select("natural_key"), "natural_key", "left_anti").select("namespace", "id") \
-        .localCheckpoint()
+        .localCheckpoint(eager=False)  # kept by the count just below
     features = stale.where(F.col("namespace") == "image_feature").select(F.col("id").alias("image_feature_id"))
     held = read_table(spark, locator, "image_feature").join(features, "image_feature_id", "left_semi").count()
     if not held:

@@ -88,7 +88,8 @@ def write_site_rows(spark: SparkSession, locator: TableLocator, table: str, rows
         F.collect_set("fingerprint").alias("_recorded"))
     stored = read_table(spark, locator, table).select(key, _fingerprint(table).alias("_stored"))
     marked = as_stored(spark, locator, table, conform(rows, TABLES[table])).withColumn(
-        "_fingerprint", _fingerprint(table)).join(recorded, key, "left").join(stored, key, "left").localCheckpoint()
+        "_fingerprint", _fingerprint(table)).join(recorded, key, "left").join(stored, key, "left").localCheckpoint(
+        eager=False)  # kept by the counts just below
     unrecorded = ~F.coalesce(F.array_contains("_recorded", F.col("_fingerprint")), F.lit(False))
     changed = ~F.col("_stored").eqNullSafe(F.col("_fingerprint"))
     counts = aggregate(marked, F.count_if(F.col("_recorded").isNotNull() & F.col("_stored").isNull()).alias("restored"),

@@ -400,10 +400,12 @@ def merge_into(
     condition = _key_condition(keys)
     source = as_stored(spark, locator, name, conform(updates, locator.definition(name)))
     if _empty_by_its_log(locator, name):
-        return _fill(locator, name, source.localCheckpoint())
+        return _fill(locator, name, source.localCheckpoint(eager=False))  # kept by _fill's count
     if not delete_unmatched and not compared:
-        source = _changed_rows(source, read_table(spark, locator, name), keys, update_existing).localCheckpoint()
-        if not source.take(1):
+        # Kept by the count, the one job before the MERGE.
+        source = _changed_rows(source, read_table(spark, locator, name), keys, update_existing).localCheckpoint(
+            eager=False)
+        if not source.count():
             return 0
     builder = target.alias("t").merge(source.alias("s"), condition)
     if update_existing:
@@ -496,8 +498,8 @@ def sync_rows(spark: SparkSession, locator: TableLocator, name: str, rows: DataF
     gone = stored.select(*keys).distinct().alias("t").join(source.select(*keys).alias("s"), _matching(keys),
                                                            "left_anti")
     changed = upserts.withColumn("_keep", F.lit(True)).unionByName(
-        gone.withColumn("_keep", F.lit(False)), allowMissingColumns=True).localCheckpoint()
-    written = changed.count()
+        gone.withColumn("_keep", F.lit(False)), allowMissingColumns=True).localCheckpoint(eager=False)
+    written = changed.count()  # keeps `changed` too
     if written:
         merge_or_delete(spark, locator, name, changed, keys, F.col("_keep"))
     return written
