@@ -86,12 +86,16 @@ def write_site_rows(spark: SparkSession, locator: TableLocator, table: str, rows
     key = f"{table}_id"
     recorded = _recorded(spark, locator, table).groupBy(F.col("id").alias(key)).agg(
         F.collect_set("fingerprint").alias("_recorded"))
-    stored = read_table(spark, locator, table).select(key, _fingerprint(table).alias("_stored"))
+    # Fingerprints as sets per id: an id the site's table holds twice still gives one row to merge.
+    stored = read_table(spark, locator, table).groupBy(key).agg(F.collect_set(_fingerprint(table)).alias("_stored"))
     marked = as_stored(spark, locator, table, conform(rows, TABLES[table])).withColumn(
         "_fingerprint", _fingerprint(table)).join(recorded, key, "left").join(stored, key, "left").localCheckpoint(
         eager=False)  # kept by the counts just below
-    unrecorded = ~F.coalesce(F.array_contains("_recorded", F.col("_fingerprint")), F.lit(False))
-    changed = ~F.col("_stored").eqNullSafe(F.col("_fingerprint"))
+
+    def lacking(fingerprints: str) -> Column:
+        return ~F.coalesce(F.array_contains(fingerprints, F.col("_fingerprint")), F.lit(False))
+
+    unrecorded, changed = lacking("_recorded"), lacking("_stored")
     counts = aggregate(marked, F.count_if(F.col("_recorded").isNotNull() & F.col("_stored").isNull()).alias("restored"),
                        F.count_if(unrecorded).alias("unrecorded"), F.count_if(changed).alias("changed"))
     if counts["unrecorded"]:
