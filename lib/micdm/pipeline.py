@@ -76,7 +76,8 @@ def _inputs(spark: SparkSession, locator: TableLocator, settings: Settings, stag
     crosswalks = [name for name in (cfg.person_crosswalk, cfg.accession_crosswalk) if name] if stage == "link" else []
     files = [settings.features.algorithm_results] if stage == "features" and settings.features.algorithm_results \
         else []
-    return watermark.current(spark, locator, settings, STAGE_TABLES[stage][0], crosswalks, files)
+    return watermark.current(spark, locator, settings, STAGE_TABLES[stage][0], crosswalks, files,
+                             located=stage == "publish")
 
 
 #: Stored watermarks by stage, with the run that left each (micdm.watermark).

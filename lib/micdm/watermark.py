@@ -61,9 +61,14 @@ class Watermark:
         return changed
 
 
-def _settings_digest(settings: Settings) -> str:
+def _settings_digest(settings: Settings, located: bool) -> str:
+    """The settings a stage depends on. The warehouse's folder counts only for a ``located`` stage (one that
+    writes it down elsewhere): stage_state lives in the warehouse, so a warehouse copied or moved keeps
+    watermarks that describe its own tables."""
     sections = {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)
                 if f.name not in _UNREAD_SECTIONS}
+    if not located:
+        sections["storage"] = dataclasses.replace(settings.storage, warehouse="")
     text = json.dumps({name: dataclasses.asdict(value)
                        if dataclasses.is_dataclass(value) and not isinstance(value, type) else value
                        for name, value in sections.items()}, sort_keys=True, default=str)
@@ -123,10 +128,11 @@ def _files_version(spark: SparkSession, path: str) -> str:
 
 
 def current(spark: SparkSession, locator: TableLocator, settings: Settings, tables: Iterable[str],
-            site_tables: Iterable[str] = (), files: Iterable[str] = ()) -> Watermark:
+            site_tables: Iterable[str] = (), files: Iterable[str] = (), located: bool = False) -> Watermark:
     """The watermark of the given inputs now: micdm's and the CDM's ``tables``, the site's own
-    ``site_tables`` (crosswalks) and ``files``."""
-    return Watermark(versions(spark, locator, tables, site_tables, files), _settings_digest(settings))
+    ``site_tables`` (crosswalks) and ``files``; ``located`` for a stage whose output names the warehouse's
+    folder (publish's views), which must run again when the warehouse moves."""
+    return Watermark(versions(spark, locator, tables, site_tables, files), _settings_digest(settings, located))
 
 
 def versions(spark: SparkSession, locator: TableLocator, tables: Iterable[str], site_tables: Iterable[str] = (),

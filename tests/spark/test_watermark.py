@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from pathlib import Path
 
 from micdm import watermark
@@ -79,3 +80,16 @@ def test_a_local_results_folder_is_versioned_from_the_file_system(spark, empty, 
     assert jobs == []
     missing = watermark.current(spark, locator, settings, [], files=[str(tmp_path / "nowhere")])
     assert missing.inputs == {f"file:{tmp_path / 'nowhere'}": "absent"}
+
+
+def test_a_moved_warehouse_keeps_its_watermarks_but_publishes_again(spark, empty, tmp_path: Path) -> None:
+    """stage_state travels with the warehouse and describes its own tables; only publish, whose views name
+    the warehouse's folder, runs again in the new place."""
+    settings, _ = empty
+    assert _ran(spark, settings, "series") and _ran(spark, settings, "link") and _ran(spark, settings, "publish")
+    moved = tmp_path / "moved"
+    shutil.copytree(settings.storage.warehouse, moved)
+    elsewhere = dataclasses.replace(settings, storage=dataclasses.replace(settings.storage, warehouse=str(moved)))
+    assert not _ran(spark, elsewhere, "series") and not _ran(spark, elsewhere, "link")
+    assert _ran(spark, elsewhere, "publish"), "publish's views would still name the old folder"
+    assert not _ran(spark, elsewhere, "publish")
