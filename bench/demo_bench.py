@@ -47,6 +47,17 @@ def _markdown(results: dict[str, Any]) -> str:
         after = [_after_extract(r) for r in runs]
         lines.append(f"| {name} | {statistics.median(r['wall_seconds'] for r in runs):.1f} | " + " | ".join(cells)
                      + f" | {statistics.median(after):.1f} | {', '.join(map(str, after))} |")
+    kinds = list(next(iter(results["runs"].values()))[0]["jvm_cpu_seconds"])
+    lines += ["", "Where the JVM's CPU went, medians of CPU seconds by kind of thread (jit: the C1 and C2 "
+              "compilers; tasks: Spark's task threads; driver: planning, py4j and the rest), against the wall:", "",
+              "| setting | wall | " + " | ".join(kinds) + " | JVM CPU | share of the cores |",
+              "|---|---|" + "---|" * len(kinds) + "---|---|"]
+    for name, runs in results["runs"].items():
+        cpu = {kind: statistics.median(r["jvm_cpu_seconds"][kind] for r in runs) for kind in kinds}
+        wall = statistics.median(r["wall_seconds"] for r in runs)
+        total = statistics.median(sum(r["jvm_cpu_seconds"].values()) for r in runs)
+        lines.append(f"| {name} | {wall:.1f} | " + " | ".join(f"{cpu[k]:.1f}" for k in kinds)
+                     + f" | {total:.1f} | {total / ((os.cpu_count() or 1) * wall):.0%} |")
     return "\n".join(lines) + "\n"
 
 

@@ -10,7 +10,8 @@ of the patients' folders held back, then four runs, each a new process: full (fi
 warehouse), nothing new, 1 % new files (the held-back folders arrive), 1 % of the CDM's procedures changed
 (their date moved by a day, as a site reload would). For each run: seconds and Spark jobs per stage (from
 the CLI's stage table), wall time of the process, and the peak resident memory of the JVM (driver and
-local executor) and of the largest Python worker, sampled from /proc every half second (Linux only).
+local executor) and of the largest Python worker, and the JVM's CPU seconds by kind of thread, sampled
+from /proc every half second (Linux only).
 """
 
 from __future__ import annotations
@@ -37,13 +38,26 @@ RUNS = ("full", "nothing new", "1% new files", "1% procedures changed")
 _STAGE_LINE = re.compile(r"^(\w+)\s+([\d.]+)s\s+(\d+)\s")
 
 
-class _PeakMemory(threading.Thread):
-    """Largest resident set of the JVM and of one Python worker under a process, sampled from /proc."""
+#: JVM threads by what they do, from the names the JVM gives them (/proc/<pid>/task/<tid>/comm, 15 characters).
+_THREAD_KINDS = (("jit", re.compile(r"^C[12] CompilerThre")), ("gc", re.compile(r"^(GC Thread|VM Thread|G1 )")),
+                 ("tasks", re.compile(r"^Executor task")))
+
+
+def _thread_kind(name: str) -> str:
+    return next((kind for kind, pattern in _THREAD_KINDS if pattern.match(name)), "driver")
+
+
+class _ProcessSampler(threading.Thread):
+    """Largest resident set of the JVM and of one Python worker under a process, and the JVMs' CPU seconds
+    by kind of thread (JIT compilers, garbage collector, Spark tasks, the rest: the driver's planning and
+    py4j), sampled from /proc every half second (the last half second of a thread is not seen)."""
 
     def __init__(self, root: int) -> None:
         super().__init__(daemon=True)
         self.root, self.jvm, self.worker = root, 0, 0
+        self.threads: dict[tuple[int, str], tuple[str, float]] = {}
         self.running = True
+        self._tick = os.sysconf("SC_CLK_TCK")
 
     def _tree(self) -> list[int]:
         parents: dict[int, int] = {}
@@ -61,6 +75,26 @@ class _PeakMemory(threading.Thread):
             frontier.extend(child for child, parent in parents.items() if parent == pid)
         return found
 
+    def _sample_threads(self, pid: int) -> None:
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            return
+        for task in tasks:
+            try:
+                name = Path(f"/proc/{pid}/task/{task}/comm").read_text().strip()
+                fields = Path(f"/proc/{pid}/task/{task}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            self.threads[(pid, task)] = (name, (int(fields[11]) + int(fields[12])) / self._tick)
+
+    def jvm_cpu(self) -> dict[str, float]:
+        """CPU seconds of the JVMs' threads by kind."""
+        totals = dict.fromkeys((*(kind for kind, _ in _THREAD_KINDS), "driver"), 0.0)
+        for name, seconds in self.threads.values():
+            totals[_thread_kind(name)] += seconds
+        return {kind: round(seconds, 1) for kind, seconds in totals.items()}
+
     def run(self) -> None:
         while self.running:
             for pid in self._tree():
@@ -75,25 +109,28 @@ class _PeakMemory(threading.Thread):
                             if line.startswith("VmRSS:")), 0)
                 if b"java" in command.split(b"\0")[0]:
                     self.jvm = max(self.jvm, rss)
+                    self._sample_threads(pid)
                 elif b"python" in command:
                     self.worker = max(self.worker, rss)
             time.sleep(0.5)
 
 
 def run_cli(*args: str, cwd: Path) -> dict:
-    """Run the CLI in a new process; its wall time, stage table and peak memory."""
+    """Run the CLI in a new process; its wall time, stage table, peak memory and JVM CPU by kind of thread."""
     started = time.monotonic()
     process = subprocess.Popen([*MICDM, *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    memory = _PeakMemory(process.pid)
+    memory = _ProcessSampler(process.pid)
     memory.start()
     out, err = process.communicate()
     memory.running = False
+    memory.join()
     if process.returncode != 0:
         raise RuntimeError(f"micdm {' '.join(args)} failed ({process.returncode}):\n{err[-3000:]}")
     stages = {m.group(1): {"seconds": float(m.group(2)), "jobs": int(m.group(3))}
               for m in map(_STAGE_LINE.match, out.splitlines()) if m}
     return {"wall_seconds": round(time.monotonic() - started, 1), "stages": stages,
-            "jvm_peak_mb": round(memory.jvm / 2**20), "python_worker_peak_mb": round(memory.worker / 2**20)}
+            "jvm_peak_mb": round(memory.jvm / 2**20), "python_worker_peak_mb": round(memory.worker / 2**20),
+            "jvm_cpu_seconds": memory.jvm_cpu()}
 
 
 def shift_procedures(warehouse: str) -> int:
