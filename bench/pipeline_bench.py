@@ -119,18 +119,18 @@ def run_cli(*args: str, cwd: Path) -> dict:
     """Run the CLI in a new process; its wall time, stage table, peak memory and JVM CPU by kind of thread."""
     started = time.monotonic()
     process = subprocess.Popen([*MICDM, *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    memory = _ProcessSampler(process.pid)
-    memory.start()
+    sampler = _ProcessSampler(process.pid)
+    sampler.start()
     out, err = process.communicate()
-    memory.running = False
-    memory.join()
+    sampler.running = False
+    sampler.join()
     if process.returncode != 0:
         raise RuntimeError(f"micdm {' '.join(args)} failed ({process.returncode}):\n{err[-3000:]}")
     stages = {m.group(1): {"seconds": float(m.group(2)), "jobs": int(m.group(3))}
               for m in map(_STAGE_LINE.match, out.splitlines()) if m}
     return {"wall_seconds": round(time.monotonic() - started, 1), "stages": stages,
-            "jvm_peak_mb": round(memory.jvm / 2**20), "python_worker_peak_mb": round(memory.worker / 2**20),
-            "jvm_cpu_seconds": memory.jvm_cpu()}
+            "jvm_peak_mb": round(sampler.jvm / 2**20), "python_worker_peak_mb": round(sampler.worker / 2**20),
+            "jvm_cpu_seconds": sampler.jvm_cpu()}
 
 
 def shift_procedures(warehouse: str) -> int:
