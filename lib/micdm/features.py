@@ -210,25 +210,35 @@ def _with_ids(spark: SparkSession, locator: TableLocator, features: DataFrame) -
         "finding_key", "left"), reallocated
 
 
-def _drop_stale_acquisition(spark: SparkSession, locator: TableLocator, rows: DataFrame,
-                            scope: DataFrame | None) -> int:
-    """Remove the acquisition features this run no longer makes (an attribute left the selection, its rule
-    changed, a value left its series, the series went) among the series in ``scope`` (every series when
-    None): their image_feature rows, and their measurement and observation rows where those are still as
-    micdm wrote them. Returns how many features went."""
-    made = read_table(spark, locator, "id_map").where(F.col("natural_key").startswith(_KINDS["acquisition"]))
+def _drop_stale(spark: SparkSession, locator: TableLocator, rows: DataFrame, scope: DataFrame | None) -> int:
+    """Remove the features this run no longer makes among those it redid: acquisition parameters of the
+    series in ``scope`` (every series when None; an attribute left the selection, a value left its series,
+    the series went), and every report and algorithm feature (a report or a result row went, a group lost
+    its series, a value moved between measurement and observation). Their image_feature rows go, and
+    their measurement and observation rows where those are still as micdm wrote them; their ids stay in
+    id_map for a feature that comes back. Returns how many features went."""
+    made = read_table(spark, locator, "id_map").where(F.col("namespace").isin("image_feature", *_CLINICAL))
+    key = F.col("natural_key")
+    acquired = made.where(key.startswith(_KINDS["acquisition"]))
     if scope is not None:  # an acquisition key is header|<series UID>|<attribute>...
-        made = made.join(scope, F.split("natural_key", r"\|")[1] == F.col("key"), "left_semi")
-    stale = made.join(rows.select("natural_key"), "natural_key", "left_anti").select("namespace", "id") \
-        .localCheckpoint(eager=False)  # kept by the count just below
-    features = stale.where(F.col("namespace") == "image_feature").select(F.col("id").alias("image_feature_id"))
-    held = read_table(spark, locator, "image_feature").join(features, "image_feature_id", "left_semi").count()
-    if not held:
-        return 0
-    for table in _CLINICAL:
-        remove_site_rows(spark, locator, table, stale.where(F.col("namespace") == table).select("id"))
-    delete_keys(spark, locator, "image_feature", features, ["image_feature_id"])
-    log.info("features: %d acquisition feature(s) no longer made were removed", held)
+        acquired = acquired.join(scope, F.split("natural_key", r"\|")[1] == F.col("key"), "left_semi")
+    redone = acquired.unionByName(made.where(key.startswith(_KINDS["structured_report"])
+                                             | key.startswith(_KINDS["algorithm"])))
+    kept = rows.select("natural_key", F.col("domain").alias("namespace")).unionByName(
+        rows.select("natural_key", F.lit("image_feature").alias("namespace")))
+    stale = redone.join(kept, ["namespace", "natural_key"], "left_anti").select("namespace", "id").localCheckpoint()
+    # ids of features dropped by an earlier run stay stale: only namespaces with such ids are looked at
+    namespaces = {row.namespace for row in stale.select("namespace").distinct().collect()}
+    removed = sum(remove_site_rows(spark, locator, table, stale.where(F.col("namespace") == table).select("id"))
+                  for table in _CLINICAL if table in namespaces)
+    held = 0
+    if "image_feature" in namespaces:
+        features = stale.where(F.col("namespace") == "image_feature").select(F.col("id").alias("image_feature_id"))
+        held = read_table(spark, locator, "image_feature").join(features, "image_feature_id", "left_semi").count()
+        if held:
+            delete_keys(spark, locator, "image_feature", features, ["image_feature_id"])
+    if held or removed:
+        log.info("features: %d feature(s) and %d clinical row(s) no longer made were removed", held, removed)
     return held
 
 
@@ -316,9 +326,9 @@ def run(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: 
             "quarantined_at", F.current_timestamp()), None, ignored=("quarantined_at",)),
         lambda: write_sr_tables(spark, locator, reported, rows.select(
             "natural_key", "finding_key", "measurement_id", "observation_id", "image_finding_id")))
-    dropped = _drop_stale_acquisition(spark, locator, rows, scope)
+    dropped = _drop_stale(spark, locator, rows, scope)
     counts = {**_by_kind(rows), "image_feature": row_count(spark, locator, "image_feature"),
               "feature_quarantine": row_count(spark, locator, "feature_quarantine"), **sr_counts}
-    events = {"restored": restored, "reallocated": reallocated, "acquisition dropped": dropped,
+    events = {"restored": restored, "reallocated": reallocated, "dropped": dropped,
               "series redone": "all" if scope is None else scope.count()}
     return {**counts, **{k: v for k, v in events.items() if v}}

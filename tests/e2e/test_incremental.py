@@ -37,6 +37,14 @@ def _rebuild_differences(spark, locator, settings) -> dict[str, tuple[int, int, 
     return {name: counts for name, counts in found.items() if any(counts)}
 
 
+def _features_from(spark, locator, prefix: str) -> int:
+    """Rows of image_feature, measurement and observation made from the features whose key starts so."""
+    made = read_table(spark, locator, "id_map").where(F.col("natural_key").startswith(prefix))
+    return sum(read_table(spark, locator, table).join(
+        made.where(F.col("namespace") == table).select(F.col("id").alias(f"{table}_id")), f"{table}_id",
+        "left_semi").count() for table in ("image_feature", "measurement", "observation"))
+
+
 def _counts(results: list[StageResult]) -> dict[str, dict]:
     return {result.stage: result.counts for result in results}
 
@@ -56,7 +64,7 @@ def test_each_incremental_run_equals_a_full_rebuild(spark, tmp_path: Path) -> No
         truth = list(csv.DictReader(handle))
     run_pipeline(spark, settings)
 
-    # 1. new files (a patient's studies arrive), a changed file and a deleted one
+    # 1. new files (a patient's studies arrive), a changed file, a deleted image and a deleted report
     shutil.move(held, export / "dicom" / HELD_BACK)
     files = sorted((export / "dicom" / "MRN000000").rglob("*.dcm"))
     changed, deleted = files[0], files[-1]
@@ -64,13 +72,19 @@ def test_each_incremental_run_equals_a_full_rebuild(spark, tmp_path: Path) -> No
     dataset.SeriesDescription = "re-sent with a new description"
     dataset.save_as(changed)
     deleted.unlink()
+    report = next((export / "dicom" / "MRN000003").rglob("*_SR/*.dcm"))
+    report_features = f"sr|{pydicom.dcmread(report, stop_before_pixels=True).SOPInstanceUID}|"
+    assert _features_from(spark, locator, report_features) > 0
+    report.unlink()
     arrived = sorted((export / "dicom" / HELD_BACK).rglob("*.dcm"))
     counts = _counts(run_pipeline(spark, settings))
-    assert counts["extract"]["read"] == len(arrived) + 1 and counts["extract"]["missing"] == 1
+    assert counts["extract"]["read"] == len(arrived) + 1 and counts["extract"]["missing"] == 2
+    assert _features_from(spark, locator, report_features) == 0, "the deleted report's features are gone"
     every_series = counts["series"]["series"]
     touched = read_table(spark, locator, "dicom_instance").where(
         (F.col("patient_id") == HELD_BACK) | F.col("path").endswith(f"/{changed.relative_to(export)}")
-        | F.col("path").endswith(f"/{deleted.relative_to(export)}")).select("series_instance_uid").distinct().count()
+        | F.col("path").endswith(f"/{deleted.relative_to(export)}")
+        | F.col("path").endswith(f"/{report.relative_to(export)}")).select("series_instance_uid").distinct().count()
     # only the series the new, changed and deleted files belong to are grouped and featured again
     assert counts["series"]["series written"] == touched < every_series, counts["series"]
     assert counts["features"]["series redone"] == touched, counts["features"]
@@ -114,3 +128,14 @@ def test_each_incremental_run_equals_a_full_rebuild(spark, tmp_path: Path) -> No
     missing = {row["series_instance_uid"] for row in truth if row["patient_id"] == MISSING_PERSON}
     assert {row.person_id for row in links.collect() if row.image_series_uid in missing} == {person_id}
     assert _rebuild_differences(spark, locator, settings) == {}, "(missing, extra, duplicated) after the CDM changed"
+
+    # 3. an algorithm result is withdrawn from the results file: its features go
+    results = (export / ALGORITHM_RESULTS).read_text().splitlines()
+    withdrawn = next(csv.DictReader(results[:2]))
+    result_features = "|".join(["alg", withdrawn["alg_system"], withdrawn["series_instance_uid"],
+                                withdrawn["feature_vocabulary"], withdrawn["feature_code"], ""])
+    assert _features_from(spark, locator, result_features) > 0
+    (export / ALGORITHM_RESULTS).write_text("\n".join(results[:1] + results[2:]) + "\n")
+    counts = _counts(run_pipeline(spark, settings))
+    assert counts["features"]["algorithm"] == len(results) - 3, counts["features"]  # header, withdrawn, unknown
+    assert _features_from(spark, locator, result_features) == 0, "the withdrawn result's features are gone"
