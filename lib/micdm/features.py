@@ -16,14 +16,14 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from micdm.acquisition import acquisition_features
-from micdm.changes import Changes, changed_keys
+from micdm.changes import Changes, KeyOf, changed_keys
 from micdm.concurrency import run_concurrently
 from micdm.config import FeatureSettings, Settings
 from micdm.errors import ConfigError
 from micdm.ids import assign_ids_by_namespace
 from micdm.ownership import release_clashing_ids, remove_site_rows, site_floor, write_site_rows
 from micdm.reasons import FeatureDomain, FeatureReason
-from micdm.reports import ReportFeatures, report_features, write_sr_tables
+from micdm.reports import ReportFeatures, is_report_or_segmentation, report_features, write_sr_tables
 from micdm.schema import FEATURE_ROW
 from micdm.series import present_instances, series_of_paths
 from micdm.stage import StageCounts
@@ -210,20 +210,29 @@ def _with_ids(spark: SparkSession, locator: TableLocator, features: DataFrame) -
         "finding_key", "left"), reallocated
 
 
-def _drop_stale(spark: SparkSession, locator: TableLocator, rows: DataFrame, scope: DataFrame | None) -> int:
+def _source_of_key() -> Column:
+    """The second part of a feature's natural key: the series of an acquisition parameter
+    (header|<series UID>|<attribute>...), the report of a report's value (sr|<SOP instance UID>|<position>)."""
+    return F.split("natural_key", r"\|")[1]
+
+
+def _drop_stale(spark: SparkSession, locator: TableLocator, rows: DataFrame, scope: DataFrame | None,
+                reports: DataFrame | None) -> int:
     """Remove the features this run no longer makes among those it redid: acquisition parameters of the
     series in ``scope`` (every series when None; an attribute left the selection, a value left its series,
-    the series went), and every report and algorithm feature (a report or a result row went, a group lost
-    its series, a value moved between measurement and observation). Their image_feature rows go, and
-    their measurement and observation rows where those are still as micdm wrote them; their ids stay in
-    id_map for a feature that comes back. Returns how many features went."""
+    the series went), those of the reports in ``reports`` (every report when None; a report went, a group
+    lost its series, a value moved between measurement and observation) and every algorithm feature (a
+    result row went). Their image_feature rows go, and their measurement and observation rows where those
+    are still as micdm wrote them; their ids stay in id_map for a feature that comes back. Returns how many
+    features went."""
     made = read_table(spark, locator, "id_map").where(F.col("namespace").isin("image_feature", *_CLINICAL))
     key = F.col("natural_key")
     acquired = made.where(key.startswith(_KINDS["acquisition"]))
-    if scope is not None:  # an acquisition key is header|<series UID>|<attribute>...
-        acquired = acquired.join(scope, F.split("natural_key", r"\|")[1] == F.col("key"), "left_semi")
-    redone = acquired.unionByName(made.where(key.startswith(_KINDS["structured_report"])
-                                             | key.startswith(_KINDS["algorithm"])))
+    if scope is not None:
+        acquired = acquired.join(scope, _source_of_key() == F.col("key"), "left_semi")
+    reported = within(made.where(key.startswith(_KINDS["structured_report"])).withColumn(
+        "sop_instance_uid", _source_of_key()), "sop_instance_uid", reports).drop("sop_instance_uid")
+    redone = acquired.unionByName(reported).unionByName(made.where(key.startswith(_KINDS["algorithm"])))
     kept = rows.select("natural_key", F.col("domain").alias("namespace")).unionByName(
         rows.select("natural_key", F.lit("image_feature").alias("namespace")))
     stale = redone.join(kept, ["namespace", "natural_key"], "left_anti").select("namespace", "id").localCheckpoint()
@@ -242,13 +251,49 @@ def _drop_stale(spark: SparkSession, locator: TableLocator, rows: DataFrame, sco
     return held
 
 
+def _reports_to_redo(spark: SparkSession, locator: TableLocator, scope: DataFrame | None) -> DataFrame | None:
+    """SOP instance UIDs of the reports and segmentations to redo (None: all): every one of a patient one of
+    whose series is in ``scope``, as a report names images of its own patient only (priors included), and
+    any that made features or quarantine rows but whose instance row is gone."""
+    if scope is None:
+        return None
+    instances = read_table(spark, locator, "dicom_instance").withColumn("_patient",
+                                                                        F.coalesce("patient_id", F.lit("")))
+    patients = within(instances, "series_instance_uid", scope).select("_patient")
+    theirs = instances.where(is_report_or_segmentation(F.col("sop_class_uid"))).join(
+        patients, "_patient", "left_semi").select("sop_instance_uid")
+    made = read_table(spark, locator, "id_map").where(F.col("natural_key").startswith(_KINDS["structured_report"])) \
+        .select(_source_of_key().alias("sop_instance_uid")).unionByName(
+        read_table(spark, locator, "feature_quarantine").select("sop_instance_uid"))
+    gone = made.where(F.col("sop_instance_uid").isNotNull()).join(instances, "sop_instance_uid", "left_anti")
+    return theirs.unionByName(gone).distinct().localCheckpoint()
+
+
+def _quarantine_scope(spark: SparkSession, locator: TableLocator, reports: DataFrame | None
+                      ) -> tuple[str, DataFrame] | None:
+    """The feature_quarantine rows a run redoes, by path: the reports' and every algorithm result's."""
+    if reports is None:
+        return None
+    stored = read_table(spark, locator, "feature_quarantine")
+    return "path", stored.where(F.col("sop_instance_uid").isNull()).select("path").unionByName(
+        within(stored, "sop_instance_uid", reports).select("path"))
+
+
+def _series_of_content(spark: SparkSession, locator: TableLocator) -> KeyOf:
+    """sr_content_item's changes -> the series of the reports whose content items changed."""
+    def series(feed: DataFrame) -> DataFrame:
+        return read_table(spark, locator, "dicom_instance").join(feed.select("path"), "path", "left_semi").select(
+            "series_instance_uid")
+    return series
+
+
 def run(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: str,
         changes: Changes | None = None) -> StageCounts:
     """MERGE measurement, observation and image_feature rows for every image_occurrence; rebuild
     feature_quarantine. Returns row counts.
 
-    Acquisition parameters are redone for the series whose occurrence or instances changed (``changes``);
-    reports and algorithm results, which may place a feature on any series, are redone whole.
+    Acquisition parameters are redone for the series whose occurrence or instances changed (``changes``),
+    reports and segmentations for the patients of those series, algorithm results whole.
     """
     instances = present_instances(spark, locator)
     occurrences = read_table(spark, locator, "image_occurrence")
@@ -257,13 +302,14 @@ def run(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: 
         "dicom_instance": lambda feed: feed.select("series_instance_uid"),
         "file_inventory": series_of_paths(spark, locator),
         "instance_attribute": lambda feed: feed.select("series_instance_uid"),
-        "sr_content_item": lambda feed: feed.select(F.lit(None).cast("string"))})  # reports are redone whole
+        "sr_content_item": _series_of_content(spark, locator)})
     acquired = within(occurrences, "image_series_uid", scope)
+    redone = _reports_to_redo(spark, locator, scope)
     acquisition: DataFrame
     reported: ReportFeatures
     acquisition, reported = run_concurrently(
         lambda: acquisition_features(spark, locator, instances, acquired, settings.features),
-        lambda: report_features(spark, locator, instances, occurrences, settings.features))
+        lambda: report_features(spark, locator, instances, occurrences, settings.features, redone))
     features, quarantine = acquisition.unionByName(reported.features), reported.quarantine
     if settings.features.algorithm_results:
         results = read_algorithm_results(spark, settings.features.algorithm_results)
@@ -323,12 +369,14 @@ def run(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: 
             spark, locator, "observation", observations),
         lambda: merge_into(spark, locator, "image_feature", features_rows, ["image_feature_id"]),
         lambda: sync_rows(spark, locator, "feature_quarantine", quarantine.withColumn(
-            "quarantined_at", F.current_timestamp()), None, ignored=("quarantined_at",)),
+            "quarantined_at", F.current_timestamp()), None, _quarantine_scope(spark, locator, redone),
+            ignored=("quarantined_at",)),
         lambda: write_sr_tables(spark, locator, reported, rows.select(
-            "natural_key", "finding_key", "measurement_id", "observation_id", "image_finding_id")))
-    dropped = _drop_stale(spark, locator, rows, scope)
+            "natural_key", "finding_key", "measurement_id", "observation_id", "image_finding_id"), redone))
+    dropped = _drop_stale(spark, locator, rows, scope, redone)
     counts = {**_by_kind(rows), "image_feature": row_count(spark, locator, "image_feature"),
               "feature_quarantine": row_count(spark, locator, "feature_quarantine"), **sr_counts}
     events = {"restored": restored, "reallocated": reallocated, "dropped": dropped,
-              "series redone": "all" if scope is None else scope.count()}
+              "series redone": "all" if scope is None else scope.count(),
+              "reports redone": "all" if redone is None else redone.count()}
     return {**counts, **{k: v for k, v in events.items() if v}}

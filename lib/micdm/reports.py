@@ -26,15 +26,19 @@ from micdm.dicom.sr import analyse_report
 from micdm.dicom.sr_content import SR_CLASS_PREFIX
 from micdm.reasons import FeatureDomain, FeatureReason
 from micdm.schema import FEATURE_ROW, REPORT_GROUP, REPORT_ITEM, REPORT_PROBLEM
-from micdm.tables import TableLocator, conform, read_table, row_count, sync_rows
+from micdm.tables import TableLocator, conform, read_table, row_count, sync_rows, within
 from micdm.vocab import coding_scheme_vocabularies
 
-__all__ = ["SEG_CLASSES", "ReportFeatures", "report_features", "write_sr_tables"]
+__all__ = ["SEG_CLASSES", "ReportFeatures", "is_report_or_segmentation", "report_features", "write_sr_tables"]
 
 #: SOP classes of segmentations (.66.4, label maps .66.7).
 SEG_CLASSES = ("1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7")
 #: How a group found its series, by precedence (the sr_measurement_group.placed_by values).
 PLACED_BY = {1: "image_reference", 2: "source_series", 3: "segmentation", 4: "evidence", 5: "report"}
+
+def is_report_or_segmentation(sop_class_uid: Column) -> Column:
+    return sop_class_uid.startswith(SR_CLASS_PREFIX) | sop_class_uid.isin(*SEG_CLASSES)
+
 
 _ANALYSIS = (StructType().add("items", ArrayType(REPORT_ITEM)).add("groups", ArrayType(REPORT_GROUP))
              .add("problems", ArrayType(REPORT_PROBLEM)))
@@ -72,9 +76,10 @@ class ReportFeatures:
     """The placed values of structured reports (not segmentations), with their natural and finding keys."""
 
 
-def _analysed(spark: SparkSession, locator: TableLocator, instances: DataFrame) -> DataFrame:
+def _analysed(spark: SparkSession, locator: TableLocator, instances: DataFrame, redone: DataFrame | None
+              ) -> DataFrame:
     is_report = F.col("sop_class_uid").startswith(SR_CLASS_PREFIX)
-    reports = instances.where(is_report | F.col("sop_class_uid").isin(*SEG_CLASSES))
+    reports = within(instances.where(is_report_or_segmentation(F.col("sop_class_uid"))), "sop_instance_uid", redone)
     content = read_table(spark, locator, "sr_content_item").join(
         reports.where(is_report).select("path", "sop_instance_uid"), ["path", "sop_instance_uid"], "left_semi")
     columns = [c for c in content.columns if c not in ("path", "sop_instance_uid", "run_id")]
@@ -148,9 +153,11 @@ def _quarantine(analysed: DataFrame, unplaced: DataFrame) -> DataFrame:
 
 
 def report_features(spark: SparkSession, locator: TableLocator, instances: DataFrame, occurrences: DataFrame,
-                    cfg: FeatureSettings) -> ReportFeatures:
-    """Features, quarantine rows and SR-table parts from every structured report and segmentation."""
-    analysed = _analysed(spark, locator, instances)
+                    cfg: FeatureSettings, redone: DataFrame | None = None) -> ReportFeatures:
+    """Features, quarantine rows and SR-table parts from the structured reports and segmentations whose SOP
+    instance UID is in ``redone`` (every one when None); ``instances`` and ``occurrences`` whole, as a
+    report may name any of them."""
+    analysed = _analysed(spark, locator, instances, redone)
     reports = analysed.select("sop_instance_uid", "series_instance_uid", "study_instance_uid",
                               _content_datetime(F.col("content_date"), F.col("content_time")).alias("created"))
     groups = analysed.select("sop_instance_uid", F.explode("a.groups").alias("g")).select(
@@ -190,11 +197,11 @@ def report_features(spark: SparkSession, locator: TableLocator, instances: DataF
                           located.join(sr_reports, "sop_instance_uid", "left_semi"))
 
 
-def write_sr_tables(spark: SparkSession, locator: TableLocator, reported: ReportFeatures, ids: DataFrame
-                    ) -> dict[str, int]:
-    """Bring sr_measurement_group, sr_quantitative and sr_qualitative in line (rows that changed only);
-    ``ids`` maps natural_key to the measurement_id / observation_id and finding_key to the
-    image_finding_id the features got."""
+def write_sr_tables(spark: SparkSession, locator: TableLocator, reported: ReportFeatures, ids: DataFrame,
+                    redone: DataFrame | None = None) -> dict[str, int]:
+    """Bring sr_measurement_group, sr_quantitative and sr_qualitative in line (rows that changed only) for
+    the reports in ``redone`` (every report when None); ``ids`` maps natural_key to the measurement_id /
+    observation_id and finding_key to the image_finding_id the features got."""
     now = F.current_timestamp()
     placement: list[Column | str] = ["person_id", "image_occurrence_id", "image_series_uid",
                  F.col("series_instance_uid").alias("report_series_uid"), "study_instance_uid"]
@@ -228,6 +235,7 @@ def write_sr_tables(spark: SparkSession, locator: TableLocator, reported: Report
     qualitative = items.where(F.col("value_type") == "CODE").select(
         *item_columns, "value_scheme", "value_code", "value_meaning", "observation_id")
     written = {"sr_measurement_group": group_rows, "sr_quantitative": quantitative, "sr_qualitative": qualitative}
-    run_concurrently(*[functools.partial(sync_rows, spark, locator, name, rows, None, ignored=("updated_at",))
+    scope = None if redone is None else ("sop_instance_uid", redone)
+    run_concurrently(*[functools.partial(sync_rows, spark, locator, name, rows, None, scope, ignored=("updated_at",))
                        for name, rows in written.items()])
     return {name: row_count(spark, locator, name) for name in written}

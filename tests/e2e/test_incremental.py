@@ -11,7 +11,8 @@ import pydicom
 from pyspark.sql import functions as F
 
 from micdm.config import load_settings
-from micdm.pipeline import StageResult, run_pipeline
+from micdm.pipeline import StageResult, run_pipeline, run_stage
+from micdm.reports import is_report_or_segmentation
 from micdm.synth import ALGORITHM_RESULTS, generate, load_site
 from micdm.tables import TableLocator, append, delta_table, read_table
 
@@ -88,6 +89,10 @@ def test_each_incremental_run_equals_a_full_rebuild(spark, tmp_path: Path) -> No
     # only the series the new, changed and deleted files belong to are grouped and featured again
     assert counts["series"]["series written"] == touched < every_series, counts["series"]
     assert counts["features"]["series redone"] == touched, counts["features"]
+    reports = read_table(spark, locator, "dicom_instance").where(is_report_or_segmentation(F.col("sop_class_uid")))
+    of_touched_patients = reports.where(F.col("patient_id").isin(HELD_BACK, "MRN000000", "MRN000003")).count()
+    # reports and segmentations are redone for the patients of those series
+    assert counts["features"]["reports redone"] == of_touched_patients < reports.count(), counts["features"]
     instances = read_table(spark, locator, "dicom_instance")
     # The file's own path: its name alone (0001.dcm) ends a path in every series.
     assert instances.where(F.col("path").endswith(f"/{changed.relative_to(export)}")).first().series_description \
@@ -129,13 +134,13 @@ def test_each_incremental_run_equals_a_full_rebuild(spark, tmp_path: Path) -> No
     assert {row.person_id for row in links.collect() if row.image_series_uid in missing} == {person_id}
     assert _rebuild_differences(spark, locator, settings) == {}, "(missing, extra, duplicated) after the CDM changed"
 
-    # 3. an algorithm result is withdrawn from the results file: its features go
+    # 3. an algorithm result is withdrawn from the results file: its features go (the stage alone)
     results = (export / ALGORITHM_RESULTS).read_text().splitlines()
     withdrawn = next(csv.DictReader(results[:2]))
     result_features = "|".join(["alg", withdrawn["alg_system"], withdrawn["series_instance_uid"],
                                 withdrawn["feature_vocabulary"], withdrawn["feature_code"], ""])
     assert _features_from(spark, locator, result_features) > 0
     (export / ALGORITHM_RESULTS).write_text("\n".join(results[:1] + results[2:]) + "\n")
-    counts = _counts(run_pipeline(spark, settings))
-    assert counts["features"]["algorithm"] == len(results) - 3, counts["features"]  # header, withdrawn, unknown
+    counts = run_stage(spark, settings, "features").counts
+    assert counts["algorithm"] == len(results) - 3, counts  # the header, the withdrawn row, an unknown series
     assert _features_from(spark, locator, result_features) == 0, "the withdrawn result's features are gone"
