@@ -48,10 +48,24 @@ def _recorded(spark: SparkSession, locator: TableLocator, table: str) -> DataFra
     return read_table(spark, locator, "site_row").where(F.col("table_name") == table).select("id", "fingerprint")
 
 
-def _stored_at(spark: SparkSession, locator: TableLocator, table: str, ids: DataFrame) -> DataFrame:
-    """(id, fingerprint) of the rows ``table`` holds now at ``ids`` (one column ``id``)."""
+def _id_range(ids: DataFrame) -> tuple[int, int] | None:
+    """The lowest and highest of ``ids`` (one column), None when there is none."""
+    low, high = aggregate(ids, F.min(ids.columns[0]), F.max(ids.columns[0]))
+    return None if low is None else (low, high)
+
+
+def _in_range(table: str, bounds: tuple[int, int]) -> str:
+    """A condition on the table's id alone. micdm's ids lie in a block of their own, so with it Delta skips
+    the site's files by their statistics rather than reading every row of a table that may hold billions."""
+    return f"`{table}_id` BETWEEN {bounds[0]} AND {bounds[1]}"
+
+
+def _stored_at(spark: SparkSession, locator: TableLocator, table: str, ids: DataFrame,
+               bounds: tuple[int, int]) -> DataFrame:
+    """(id, fingerprint) of the rows ``table`` holds now at ``ids`` (one column ``id``, within ``bounds``)."""
     key = f"{table}_id"
-    stored = read_table(spark, locator, table).join(ids.select(F.col("id").alias(key)).distinct(), key, "left_semi")
+    stored = read_table(spark, locator, table).where(_in_range(table, bounds)).join(
+        ids.select(F.col("id").alias(key)).distinct(), key, "left_semi")
     return stored.select(F.col(key).alias("id"), _fingerprint(table).alias("fingerprint"))
 
 
@@ -64,7 +78,11 @@ def release_clashing_ids(spark: SparkSession, locator: TableLocator, table: str,
     recorded = _recorded(spark, locator, table)
     if not recorded.take(1):
         return 0
-    clashing = _stored_at(spark, locator, table, ids).join(recorded, ["id", "fingerprint"], "left_anti").select("id")
+    bounds = _id_range(ids)
+    if bounds is None:
+        return 0
+    clashing = _stored_at(spark, locator, table, ids, bounds).join(recorded, ["id", "fingerprint"], "left_anti") \
+        .select("id")
     count = clashing.count()
     if count:  # rare: only then are the ids kept, for the MERGE that changes what they were read from
         log.warning("%s: %d id(s) micdm had allocated now hold rows micdm did not write (the site reused them); "
@@ -84,10 +102,14 @@ def write_site_rows(spark: SparkSession, locator: TableLocator, table: str, rows
     holds; only rows the table lacks or holds otherwise are merged.
     """
     key = f"{table}_id"
+    bounds = _id_range(rows.select(key))
+    if bounds is None:
+        return 0
     recorded = _recorded(spark, locator, table).groupBy(F.col("id").alias(key)).agg(
         F.collect_set("fingerprint").alias("_recorded"))
     # Fingerprints as sets per id: an id the site's table holds twice still gives one row to merge.
-    stored = read_table(spark, locator, table).groupBy(key).agg(F.collect_set(_fingerprint(table)).alias("_stored"))
+    stored = read_table(spark, locator, table).where(_in_range(table, bounds)).groupBy(key).agg(
+        F.collect_set(_fingerprint(table)).alias("_stored"))
     marked = as_stored(spark, locator, table, conform(rows, TABLES[table])).withColumn(
         "_fingerprint", _fingerprint(table)).join(recorded, key, "left").join(stored, key, "left").localCheckpoint(
         eager=False)  # kept by the counts just below
@@ -103,7 +125,8 @@ def write_site_rows(spark: SparkSession, locator: TableLocator, table: str, rows
             F.lit(table).alias("table_name"), F.col(key).alias("id"), F.col("_fingerprint").alias("fingerprint"),
             F.current_timestamp().alias("written_at")))
     if counts["changed"]:
-        merge_into(spark, locator, table, marked.where(changed), [key], compared=True)
+        merge_into(spark, locator, table, marked.where(changed), [key], compared=True,
+                   target_only=f"t.{_in_range(table, bounds)}")
     restored: int = counts["restored"]
     if restored:
         log.info("%s: %d row(s) micdm wrote before were missing (the site reloaded its table) and are restored",
@@ -114,10 +137,14 @@ def write_site_rows(spark: SparkSession, locator: TableLocator, table: str, rows
 def remove_site_rows(spark: SparkSession, locator: TableLocator, table: str, ids: DataFrame) -> int:
     """Delete the rows of ``table`` at ``ids`` (one column ``id``) that are still as micdm wrote them; a row
     the site has put at such an id stays. Returns how many were deleted."""
-    ours = _stored_at(spark, locator, table, ids).join(_recorded(spark, locator, table), ["id", "fingerprint"],
-                                                       "left_semi").select("id")
+    bounds = _id_range(ids)
+    if bounds is None:
+        return 0
+    ours = _stored_at(spark, locator, table, ids, bounds).join(_recorded(spark, locator, table),
+                                                               ["id", "fingerprint"], "left_semi").select("id")
     count = ours.count()
     if count:  # kept first: the MERGE changes the table they were read from
-        delta_table(spark, locator, table).alias("t").merge(ours.localCheckpoint().alias("s"),
-                                                            f"t.`{table}_id` = s.id").whenMatchedDelete().execute()
+        delta_table(spark, locator, table).alias("t").merge(
+            ours.localCheckpoint().alias("s"), f"t.{_in_range(table, bounds)} AND t.`{table}_id` = s.id") \
+            .whenMatchedDelete().execute()
     return count

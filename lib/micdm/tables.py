@@ -387,17 +387,19 @@ def merge_into(
     update_existing: bool = True,
     delete_unmatched: bool = False,
     compared: bool = False,
+    target_only: str | None = None,
 ) -> int:
     """MERGE ``updates`` into a table on natural ``keys``: re-running with the same input changes nothing.
 
     Only rows the table lacks, or holds with other values, are merged: an unchanged row's file is not
     rewritten, and when nothing changed there is no commit at all (a later stage's watermark stays).
     ``compared`` says the caller kept only such rows already. ``delete_unmatched`` makes the table equal
-    ``updates``: rows no update matches are deleted (every update is then merged). Returns the number of
-    rows inserted (from the commit's metrics).
+    ``updates``: rows no update matches are deleted (every update is then merged). ``target_only``, a
+    condition on the table's columns alone (``t.<column>``), is added to the keys' so that Delta reads only
+    the files whose statistics can match it. Returns the number of rows inserted (from the commit's metrics).
     """
     target = delta_table(spark, locator, name)
-    condition = _key_condition(keys)
+    condition = _key_condition(keys) if target_only is None else f"{target_only} AND {_key_condition(keys)}"
     source = as_stored(spark, locator, name, conform(updates, locator.definition(name)))
     if _empty_by_its_log(locator, name):
         return _fill(locator, name, source.localCheckpoint(eager=False))  # kept by _fill's count

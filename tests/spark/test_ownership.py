@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 
 def test_an_id_the_site_table_holds_twice_is_merged_once(spark, empty) -> None:
@@ -25,3 +26,38 @@ def test_an_id_the_site_table_holds_twice_is_merged_once(spark, empty) -> None:
     assert write_site_rows(spark, locator, "measurement", rows(2.0)) == 0
     stored = read_table(spark, locator, "measurement").select("measurement_id", "value_as_number").collect()
     assert sorted(tuple(row) for row in stored) == [(2_000_000_001, 2.0)] * 2
+
+
+def test_micdm_reads_none_of_the_site_files_beside_its_rows(spark, empty) -> None:
+    """micdm's rows live in an id block of their own, so writing, checking and removing them opens only the
+    files whose statistics can hold those ids. The site's data file is deleted here (standing for the
+    billions of rows a site's table holds): every operation on micdm's rows still succeeds."""
+    from urllib.parse import unquote, urlparse
+
+    from pyspark.sql import functions as F
+
+    from micdm.ownership import release_clashing_ids, remove_site_rows, write_site_rows
+    from micdm.tables import append, read_table
+
+    _, locator = empty
+    columns = "measurement_id int, person_id int, measurement_concept_id int, measurement_date date, " \
+              "measurement_type_concept_id int, value_as_number double"
+    day = dt.date(2026, 1, 2)
+    append(locator, "measurement", spark.createDataFrame([(i, 1, 0, day, 32817, 1.0) for i in (1, 2, 3)], columns))
+
+    def ours(value: float):
+        return spark.createDataFrame([(2_000_000_001, 1, 0, day, 32817, value)], columns)
+
+    assert write_site_rows(spark, locator, "measurement", ours(1.0)) == 0
+    site_files = {row.file for row in read_table(spark, locator, "measurement").where("measurement_id < 10")
+                  .select(F.input_file_name().alias("file")).distinct().collect()}
+    assert site_files
+    for file in site_files:
+        Path(unquote(urlparse(file).path)).unlink()
+
+    assert write_site_rows(spark, locator, "measurement", ours(2.0)) == 0
+    assert read_table(spark, locator, "measurement").where("measurement_id > 10").first().value_as_number == 2.0
+    ids = spark.createDataFrame([(2_000_000_001,)], "id long")
+    assert release_clashing_ids(spark, locator, "measurement", ids) == 0
+    assert remove_site_rows(spark, locator, "measurement", ids) == 1
+    assert read_table(spark, locator, "measurement").where("measurement_id > 10").count() == 0
