@@ -78,7 +78,7 @@ def release_clashing_ids(spark: SparkSession, locator: TableLocator, table: str,
     recorded = _recorded(spark, locator, table)
     if not recorded.take(1):
         return 0
-    bounds = _id_range(ids)
+    bounds = _id_range(ids.select("id"))
     if bounds is None:
         return 0
     clashing = _stored_at(spark, locator, table, ids, bounds).join(recorded, ["id", "fingerprint"], "left_anti") \
@@ -137,7 +137,7 @@ def write_site_rows(spark: SparkSession, locator: TableLocator, table: str, rows
 def remove_site_rows(spark: SparkSession, locator: TableLocator, table: str, ids: DataFrame) -> int:
     """Delete the rows of ``table`` at ``ids`` (one column ``id``) that are still as micdm wrote them; a row
     the site has put at such an id stays. Returns how many were deleted."""
-    bounds = _id_range(ids)
+    bounds = _id_range(ids.select("id"))
     if bounds is None:
         return 0
     ours = _stored_at(spark, locator, table, ids, bounds).join(_recorded(spark, locator, table),
