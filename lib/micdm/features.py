@@ -16,7 +16,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from micdm.acquisition import acquisition_features
-from micdm.changes import Changes, KeyOf, changed_keys
+from micdm.changes import Changes, changed_keys
 from micdm.concurrency import run_concurrently
 from micdm.config import FeatureSettings, Settings
 from micdm.errors import ConfigError
@@ -279,14 +279,6 @@ def _quarantine_scope(spark: SparkSession, locator: TableLocator, reports: DataF
         within(stored, "sop_instance_uid", reports).select("path"))
 
 
-def _series_of_content(spark: SparkSession, locator: TableLocator) -> KeyOf:
-    """sr_content_item's changes -> the series of the reports whose content items changed."""
-    def series(feed: DataFrame) -> DataFrame:
-        return read_table(spark, locator, "dicom_instance").join(feed.select("path"), "path", "left_semi").select(
-            "series_instance_uid")
-    return series
-
-
 def run(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: str,
         changes: Changes | None = None) -> StageCounts:
     """MERGE measurement, observation and image_feature rows for every image_occurrence; rebuild
@@ -302,7 +294,7 @@ def run(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: 
         "dicom_instance": lambda feed: feed.select("series_instance_uid"),
         "file_inventory": series_of_paths(spark, locator),
         "instance_attribute": lambda feed: feed.select("series_instance_uid"),
-        "sr_content_item": _series_of_content(spark, locator)})
+        "sr_content_item": series_of_paths(spark, locator, paths=lambda feed: feed)})  # the reports' series
     acquired = within(occurrences, "image_series_uid", scope)
     redone = _reports_to_redo(spark, locator, scope)
     acquisition: DataFrame

@@ -36,7 +36,9 @@ SEG_CLASSES = ("1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7")
 #: How a group found its series, by precedence (the sr_measurement_group.placed_by values).
 PLACED_BY = {1: "image_reference", 2: "source_series", 3: "segmentation", 4: "evidence", 5: "report"}
 
+
 def is_report_or_segmentation(sop_class_uid: Column) -> Column:
+    """The instances whose content the features stage reads beyond their header's attributes."""
     return sop_class_uid.startswith(SR_CLASS_PREFIX) | sop_class_uid.isin(*SEG_CLASSES)
 
 

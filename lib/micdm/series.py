@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -91,12 +93,18 @@ def present_instances(spark: SparkSession, locator: TableLocator) -> DataFrame:
     return instances
 
 
-def series_of_paths(spark: SparkSession, locator: TableLocator) -> KeyOf:
-    """file_inventory's changes -> the series of the files that went missing or came back."""
+def _gone_or_back(inventory_feed: DataFrame) -> DataFrame:
+    """file_inventory's changes -> the files that went missing or came back."""
+    return inventory_feed.where(F.col("missing_since").isNotNull() | (F.col("_change_type") == "delete"))
+
+
+def series_of_paths(spark: SparkSession, locator: TableLocator,
+                    paths: Callable[[DataFrame], DataFrame] = _gone_or_back) -> KeyOf:
+    """A change feed -> the series of the instances at the paths ``paths`` picks from it (by default
+    file_inventory's files that went missing or came back)."""
     def series(feed: DataFrame) -> DataFrame:
-        moved = feed.where(F.col("missing_since").isNotNull() | (F.col("_change_type") == "delete")).select("path")
-        return read_table(spark, locator, "dicom_instance").join(moved, "path", "left_semi").select(
-            "series_instance_uid")
+        return read_table(spark, locator, "dicom_instance").join(paths(feed).select("path"), "path",
+                                                                 "left_semi").select("series_instance_uid")
     return series
 
 
