@@ -40,7 +40,7 @@ from micdm.tables import (
 )
 from micdm.vocab import concepts, site_relationships, table_concept_id
 
-__all__ = ["ALGORITHM_RESULT_COLUMNS", "algorithm_features", "read_algorithm_results", "run"]
+__all__ = ["ALGORITHM_RESULT_COLUMNS", "algorithm_features", "read_algorithm_results", "reports_to_redo", "run"]
 
 log = logging.getLogger(__name__)
 
@@ -251,22 +251,25 @@ def _drop_stale(spark: SparkSession, locator: TableLocator, rows: DataFrame, sco
     return held
 
 
-def _reports_to_redo(spark: SparkSession, locator: TableLocator, scope: DataFrame | None) -> DataFrame | None:
+def reports_to_redo(spark: SparkSession, locator: TableLocator, scope: DataFrame | None) -> DataFrame | None:
     """SOP instance UIDs of the reports and segmentations to redo (None: all): every one of a patient one of
-    whose series is in ``scope``, as a report names images of its own patient only (priors included), and
-    any that made features or quarantine rows but whose instance row is gone."""
+    whose series is in ``scope`` (a report names images of its own patient, priors included), every one that
+    names a series in ``scope`` (images filed under another PatientID, as after a merge in the PACS), and any
+    that made features or quarantine rows but whose instance row is gone."""
     if scope is None:
         return None
     instances = read_table(spark, locator, "dicom_instance").withColumn("_patient",
                                                                         F.coalesce("patient_id", F.lit("")))
     patients = within(instances, "series_instance_uid", scope).select("_patient")
-    theirs = instances.where(is_report_or_segmentation(F.col("sop_class_uid"))).join(
-        patients, "_patient", "left_semi").select("sop_instance_uid")
+    reports = instances.where(is_report_or_segmentation(F.col("sop_class_uid")))
+    theirs = reports.join(patients, "_patient", "left_semi").select("sop_instance_uid")
+    naming = within(reports.select("sop_instance_uid", F.explode("referenced_series").alias("series_instance_uid")),
+                    "series_instance_uid", scope).select("sop_instance_uid")
     made = read_table(spark, locator, "id_map").where(F.col("natural_key").startswith(_KINDS["structured_report"])) \
         .select(_source_of_key().alias("sop_instance_uid")).unionByName(
         read_table(spark, locator, "feature_quarantine").select("sop_instance_uid"))
     gone = made.where(F.col("sop_instance_uid").isNotNull()).join(instances, "sop_instance_uid", "left_anti")
-    return theirs.unionByName(gone).distinct().localCheckpoint()
+    return theirs.unionByName(naming).unionByName(gone).distinct().localCheckpoint()
 
 
 def _quarantine_scope(spark: SparkSession, locator: TableLocator, reports: DataFrame | None
@@ -285,7 +288,7 @@ def run(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: 
     feature_quarantine. Returns row counts.
 
     Acquisition parameters are redone for the series whose occurrence or instances changed (``changes``),
-    reports and segmentations for the patients of those series, algorithm results whole.
+    reports and segmentations of those series' patients or naming those series, algorithm results whole.
     """
     instances = present_instances(spark, locator)
     occurrences = read_table(spark, locator, "image_occurrence")
@@ -296,7 +299,7 @@ def run(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: 
         "instance_attribute": lambda feed: feed.select("series_instance_uid"),
         "sr_content_item": series_of_paths(spark, locator, paths=lambda feed: feed)})  # the reports' series
     acquired = within(occurrences, "image_series_uid", scope)
-    redone = _reports_to_redo(spark, locator, scope)
+    redone = reports_to_redo(spark, locator, scope)
     acquisition: DataFrame
     reported: ReportFeatures
     acquisition, reported = run_concurrently(
