@@ -49,7 +49,7 @@ from micdm.tables import (
 )
 from micdm.transport import opener, read_first_blocks, with_first_block
 
-__all__ = ["ExtractSummary", "extract", "read_headers", "run"]
+__all__ = ["PYTHON_WORKERS_GROUP", "ExtractSummary", "extract", "read_headers", "run", "start_readers"]
 
 log = logging.getLogger(__name__)
 
@@ -248,6 +248,44 @@ def read_headers(files: DataFrame, settings: Settings, files_done: Accumulator[i
     storage_options = resolve_references(dict(settings.sources.storage_options))
     reader = _batch_reader(options, storage_options, cfg.threads_per_task, files_done)
     return files.select(*inventory.FILE_FIELDS).mapInArrow(reader, EXTRACT_RESULT.schema)
+
+
+def _worker_ready(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """A task whose unpickling imports this module, as the read's tasks do: the worker that ran it keeps
+    pydicom, pyarrow and the reader loaded for them."""
+    for batch in batches:
+        yield pa.RecordBatch.from_pydict({"id": pa.array([batch.num_rows], pa.int64())})
+
+
+#: The Spark job group of start_readers' job, as the Spark UI shows it.
+PYTHON_WORKERS_GROUP = "micdm-python-workers"
+
+
+def start_readers(spark: SparkSession) -> threading.Thread | None:
+    """Start a local session's Python workers in the background, one per core, with the reader imported.
+
+    A fresh process otherwise starts them when the read's tasks arrive, each task waiting for an
+    interpreter to start and import the reader while the driver has nothing else to do; started while
+    the driver prepares the tables and lists the files, they are idle and ready by then (Spark keeps an
+    idle worker for a minute and hands it to the session's next Python task). Over a cluster or Spark
+    Connect nothing is started: executors come and go, and their workers are theirs to keep.
+    """
+    context = classic_context(spark)
+    if context is None or not (context.master or "").startswith("local"):
+        return None
+    workers = cores(spark)
+    frame = spark.range(0, workers, 1, workers).mapInArrow(_worker_ready, "id long")
+
+    def start() -> None:
+        context.setJobGroup(PYTHON_WORKERS_GROUP, "micdm: starting Python workers")
+        try:
+            frame.collect()
+        except Exception as error:  # only a head start: the read starts its own workers
+            log.debug("Python workers not started ahead: %s: %s", type(error).__name__, error)
+
+    thread = threading.Thread(target=start, name="micdm-python-workers", daemon=True)
+    thread.start()
+    return thread
 
 
 def _with_duplicates(spark: SparkSession, locator: TableLocator, results: DataFrame, repeats_within: bool,

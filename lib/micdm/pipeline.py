@@ -93,6 +93,8 @@ def run_stage(spark: SparkSession, settings: Settings, stage: str, init: bool = 
     again. The caller holds the run lock (micdm.runlock.exclusive_run), as the CLI and the jobs do.
     """
     locator = TableLocator.of(settings)
+    if stage == "extract":
+        extract.start_readers(spark)
     if init:
         init_tables(spark, locator)
     done: _Marks = {}
@@ -158,6 +160,7 @@ def run_pipeline(spark: SparkSession, settings: Settings, full_refresh: bool = F
     The caller holds the run lock, as for run_stage.
     """
     locator = TableLocator.of(settings)
+    extract.start_readers(spark)
     init_tables(spark, locator)
     run_id = uuid.uuid4().hex
     results: list[StageResult] = []

@@ -16,7 +16,7 @@ import micdm.extract
 from micdm.config import load_settings
 from micdm.dicom.reader import ReadOptions, extract_file
 from micdm.errors import InvalidInputError
-from micdm.extract import extract
+from micdm.extract import PYTHON_WORKERS_GROUP, extract, start_readers
 from micdm.tables import TableLocator, read_table
 from micdm.transport import opener
 
@@ -240,3 +240,17 @@ def test_a_streamed_discovery_reads_what_arrived_and_loses_nothing(spark, tmp_pa
     assert (after_crash.discovered, after_crash.instances) == (1, 1)
     assert read_table(spark, locator, "dicom_instance").count() == 2
     assert read_table(spark, locator, "file_discovery").count() == 0
+
+
+def test_python_workers_are_started_ahead_one_per_core(spark) -> None:
+    tracker = spark.sparkContext.statusTracker()
+    before = set(tracker.getJobIdsForGroup(PYTHON_WORKERS_GROUP))
+    thread = start_readers(spark)
+    assert thread is not None, "a local session starts its workers ahead"
+    thread.join(timeout=300)
+    assert not thread.is_alive()
+    (job,) = set(tracker.getJobIdsForGroup(PYTHON_WORKERS_GROUP)) - before
+    info = tracker.getJobInfo(job)
+    assert info is not None and info.status == "SUCCEEDED"
+    (stage,) = (tracker.getStageInfo(s) for s in info.stageIds)
+    assert stage is not None and stage.numCompletedTasks == stage.numTasks == spark.sparkContext.defaultParallelism
