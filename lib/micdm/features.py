@@ -255,7 +255,11 @@ def reports_to_redo(spark: SparkSession, locator: TableLocator, scope: DataFrame
     """SOP instance UIDs of the reports and segmentations to redo (None: all): every one of a patient one of
     whose series is in ``scope`` (a report names images of its own patient, priors included), every one that
     names a series in ``scope`` (images filed under another PatientID, as after a merge in the PACS), and any
-    that made features or quarantine rows but whose instance row is gone."""
+    that made features or quarantine rows but whose instance row is gone.
+
+    A report names series in its header (``referenced_series``: evidence, referenced series) and in its
+    content items: a source series (UIDREF), an image or a segmentation by its SOP instance UID. Each counts.
+    """
     if scope is None:
         return None
     instances = read_table(spark, locator, "dicom_instance").withColumn("_patient",
@@ -265,6 +269,14 @@ def reports_to_redo(spark: SparkSession, locator: TableLocator, scope: DataFrame
     theirs = reports.join(patients, "_patient", "left_semi").select("sop_instance_uid")
     naming = within(reports.select("sop_instance_uid", F.explode("referenced_series").alias("series_instance_uid")),
                     "series_instance_uid", scope).select("sop_instance_uid")
+    items = read_table(spark, locator, "sr_content_item")
+    sources = within(items.where(F.col("value_type") == "UIDREF").select(
+        "sop_instance_uid", F.col("text_value").alias("series_instance_uid")), "series_instance_uid", scope)
+    # Images of the scope, and segmentations naming it: a report pointing at one is placed through it.
+    touched = within(instances, "series_instance_uid", scope).select("sop_instance_uid").unionByName(naming)
+    pointing = within(items.select("sop_instance_uid", F.col("referenced_sop_instance_uid").alias("_named")),
+                      "_named", touched)
+    naming = naming.unionByName(sources.select("sop_instance_uid")).unionByName(pointing.select("sop_instance_uid"))
     made = read_table(spark, locator, "id_map").where(F.col("natural_key").startswith(_KINDS["structured_report"])) \
         .select(_source_of_key().alias("sop_instance_uid")).unionByName(
         read_table(spark, locator, "feature_quarantine").select("sop_instance_uid"))
