@@ -46,6 +46,7 @@ from micdm.tables import (
     may_have_rows,
     merge_or_delete,
     read_table,
+    stored_schema,
 )
 from micdm.transport import opener, read_first_blocks, with_first_block
 
@@ -261,8 +262,10 @@ def _worker_ready(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]
 PYTHON_WORKERS_GROUP = "micdm-python-workers"
 
 
-def start_readers(spark: SparkSession) -> threading.Thread | None:
-    """Start a local session's Python workers in the background, one per core, with the reader imported.
+def start_readers(spark: SparkSession, locator: TableLocator, full_refresh: bool = False) -> threading.Thread | None:
+    """Start a local session's Python workers in the background, one per core, with the reader imported,
+    when the run is to read files: a full refresh, or no listing settled yet (a first load, or files left
+    to retry). A run that may find nothing new starts no job.
 
     A fresh process otherwise starts them when the read's tasks arrive, each task waiting for an
     interpreter to start and import the reader while the driver has nothing else to do; started while
@@ -272,6 +275,9 @@ def start_readers(spark: SparkSession) -> threading.Thread | None:
     """
     context = classic_context(spark)
     if context is None or not (context.master or "").startswith("local"):
+        return None
+    if not full_refresh and stored_schema(spark, locator, "file_inventory") is not None \
+            and inventory.settled_listing(spark, locator):
         return None
     workers = cores(spark)
     frame = spark.range(0, workers, 1, workers).mapInArrow(_worker_ready, "id long")

@@ -94,7 +94,7 @@ def run_stage(spark: SparkSession, settings: Settings, stage: str, init: bool = 
     """
     locator = TableLocator.of(settings)
     if stage == "extract":
-        extract.start_readers(spark)
+        extract.start_readers(spark, locator, full_refresh)
     if init:
         init_tables(spark, locator)
     done: _Marks = {}
@@ -160,7 +160,7 @@ def run_pipeline(spark: SparkSession, settings: Settings, full_refresh: bool = F
     The caller holds the run lock, as for run_stage.
     """
     locator = TableLocator.of(settings)
-    extract.start_readers(spark)
+    extract.start_readers(spark, locator, full_refresh)
     init_tables(spark, locator)
     run_id = uuid.uuid4().hex
     results: list[StageResult] = []

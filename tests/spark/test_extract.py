@@ -17,6 +17,7 @@ from micdm.config import load_settings
 from micdm.dicom.reader import ReadOptions, extract_file
 from micdm.errors import InvalidInputError
 from micdm.extract import PYTHON_WORKERS_GROUP, extract, start_readers
+from micdm.inventory import settle
 from micdm.tables import TableLocator, read_table
 from micdm.transport import opener
 
@@ -242,11 +243,12 @@ def test_a_streamed_discovery_reads_what_arrived_and_loses_nothing(spark, tmp_pa
     assert read_table(spark, locator, "file_discovery").count() == 0
 
 
-def test_python_workers_are_started_ahead_one_per_core(spark) -> None:
+def test_python_workers_are_started_ahead_one_per_core_unless_the_listing_is_settled(spark, tmp_path: Path) -> None:
+    locator = TableLocator.of(_settings(tmp_path, tmp_path / "export"))
     tracker = spark.sparkContext.statusTracker()
     before = set(tracker.getJobIdsForGroup(PYTHON_WORKERS_GROUP))
-    thread = start_readers(spark)
-    assert thread is not None, "a local session starts its workers ahead"
+    thread = start_readers(spark, locator)
+    assert thread is not None, "a first load starts its workers ahead"
     thread.join(timeout=300)
     assert not thread.is_alive()
     (job,) = set(tracker.getJobIdsForGroup(PYTHON_WORKERS_GROUP)) - before
@@ -254,3 +256,10 @@ def test_python_workers_are_started_ahead_one_per_core(spark) -> None:
     assert info is not None and info.status == "SUCCEEDED"
     (stage,) = (tracker.getStageInfo(s) for s in info.stageIds)
     assert stage is not None and stage.numCompletedTasks == stage.numTasks == spark.sparkContext.defaultParallelism
+
+    new_tables(spark, locator)
+    settle(spark, locator, "a listing read in full")
+    assert start_readers(spark, locator) is None, "a run that may find nothing new starts no job"
+    settled = start_readers(spark, locator, full_refresh=True)
+    assert settled is not None, "a full refresh reads every file again"
+    settled.join(timeout=300)
