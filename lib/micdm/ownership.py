@@ -54,10 +54,11 @@ def _id_range(ids: DataFrame) -> tuple[int, int] | None:
     return None if low is None else (low, high)
 
 
-def _in_range(table: str, bounds: tuple[int, int]) -> str:
-    """A condition on the table's id alone. micdm's ids lie in a block of their own, so with it Delta skips
-    the site's files by their statistics rather than reading every row of a table that may hold billions."""
-    return f"`{table}_id` BETWEEN {bounds[0]} AND {bounds[1]}"
+def _in_range(table: str, bounds: tuple[int, int], alias: str = "") -> str:
+    """A condition on the table's id alone (of the MERGE side ``alias``, when given). micdm's ids lie in a
+    block of their own, so with it Delta skips the site's files by their statistics rather than reading
+    every row of a table that may hold billions."""
+    return f"{alias + '.' if alias else ''}`{table}_id` BETWEEN {bounds[0]} AND {bounds[1]}"
 
 
 def _stored_at(spark: SparkSession, locator: TableLocator, table: str, ids: DataFrame,
@@ -126,7 +127,7 @@ def write_site_rows(spark: SparkSession, locator: TableLocator, table: str, rows
             F.current_timestamp().alias("written_at")))
     if counts["changed"]:
         merge_into(spark, locator, table, marked.where(changed), [key], compared=True,
-                   target_only=f"t.{_in_range(table, bounds)}")
+                   target_only=_in_range(table, bounds, "t"))
     restored: int = counts["restored"]
     if restored:
         log.info("%s: %d row(s) micdm wrote before were missing (the site reloaded its table) and are restored",
@@ -145,6 +146,6 @@ def remove_site_rows(spark: SparkSession, locator: TableLocator, table: str, ids
     count = ours.count()
     if count:  # kept first: the MERGE changes the table they were read from
         delta_table(spark, locator, table).alias("t").merge(
-            ours.localCheckpoint().alias("s"), f"t.{_in_range(table, bounds)} AND t.`{table}_id` = s.id") \
+            ours.localCheckpoint().alias("s"), f"{_in_range(table, bounds, 't')} AND t.`{table}_id` = s.id") \
             .whenMatchedDelete().execute()
     return count
