@@ -264,24 +264,24 @@ def reports_to_redo(spark: SparkSession, locator: TableLocator, scope: DataFrame
         return None
     instances = read_table(spark, locator, "dicom_instance").withColumn("_patient",
                                                                         F.coalesce("patient_id", F.lit("")))
-    patients = within(instances, "series_instance_uid", scope).select("_patient")
+    in_scope = within(instances, "series_instance_uid", scope)
     reports = instances.where(is_report_or_segmentation(F.col("sop_class_uid")))
-    theirs = reports.join(patients, "_patient", "left_semi").select("sop_instance_uid")
-    naming = within(reports.select("sop_instance_uid", F.explode("referenced_series").alias("series_instance_uid")),
-                    "series_instance_uid", scope).select("sop_instance_uid")
+    theirs = reports.join(in_scope.select("_patient"), "_patient", "left_semi").select("sop_instance_uid")
+    by_header = within(reports.select("sop_instance_uid", F.explode("referenced_series").alias("series_instance_uid")),
+                       "series_instance_uid", scope).select("sop_instance_uid")
     items = read_table(spark, locator, "sr_content_item")
-    sources = within(items.where(F.col("value_type") == "UIDREF").select(
-        "sop_instance_uid", F.col("text_value").alias("series_instance_uid")), "series_instance_uid", scope)
+    by_source = within(items.where(F.col("value_type") == "UIDREF").select(
+        "sop_instance_uid", F.col("text_value").alias("series_instance_uid")), "series_instance_uid", scope
+    ).select("sop_instance_uid")
     # Images of the scope, and segmentations naming it: a report pointing at one is placed through it.
-    touched = within(instances, "series_instance_uid", scope).select("sop_instance_uid").unionByName(naming)
-    pointing = within(items.select("sop_instance_uid", F.col("referenced_sop_instance_uid").alias("_named")),
-                      "_named", touched)
-    naming = naming.unionByName(sources.select("sop_instance_uid")).unionByName(pointing.select("sop_instance_uid"))
+    by_pointer = within(items.select("sop_instance_uid", F.col("referenced_sop_instance_uid").alias("_named")),
+                        "_named", in_scope.select("sop_instance_uid").unionByName(by_header)).select("sop_instance_uid")
     made = read_table(spark, locator, "id_map").where(F.col("natural_key").startswith(_KINDS["structured_report"])) \
         .select(_source_of_key().alias("sop_instance_uid")).unionByName(
         read_table(spark, locator, "feature_quarantine").select("sop_instance_uid"))
     gone = made.where(F.col("sop_instance_uid").isNotNull()).join(instances, "sop_instance_uid", "left_anti")
-    return theirs.unionByName(naming).unionByName(gone).distinct().localCheckpoint()
+    return theirs.unionByName(by_header).unionByName(by_source).unionByName(by_pointer).unionByName(gone) \
+        .distinct().localCheckpoint()
 
 
 def _quarantine_scope(spark: SparkSession, locator: TableLocator, reports: DataFrame | None
