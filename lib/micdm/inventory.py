@@ -297,18 +297,23 @@ def record(spark: SparkSession, locator: TableLocator, plan: Plan, run_id: str) 
     A run that found nothing new leaves the inventory as it was."""
     changed = sum(plan.states.get(s, 0) for s in (State.NEW.value, State.CHANGED.value, State.MISSING.value))
     if changed:
-        _update_inventory(spark, locator, plan.frame, run_id, first_load=plan.states.keys() == {State.NEW.value})
+        only_new = not any(plan.states.get(s) for s in (State.CHANGED.value, State.MISSING.value))
+        _update_inventory(spark, locator, plan.frame, run_id, only_new)
 
 
 def _update_inventory(spark: SparkSession, locator: TableLocator, plan: DataFrame, run_id: str,
-                      first_load: bool) -> None:
-    """Record new and changed files; remembered files no longer listed get missing_since, not deleted."""
+                      only_new: bool) -> None:
+    """Record new and changed files; remembered files no longer listed get missing_since, not deleted.
+
+    When every change is a new file (a first load, a night's arrivals) no remembered row changes and the
+    rows are appended: a MERGE would join the whole inventory to add them.
+    """
     now = dt.datetime.now(dt.UTC)
     missing = F.col("state") == State.MISSING.value
     changes = plan.where(F.col("state").isin(State.NEW.value, State.CHANGED.value, State.MISSING.value)).select(
         *FILE_FIELDS, "state", F.lit(now).alias("first_seen"), F.lit(now).alias("changed_at"),
         F.when(missing, F.lit(now)).alias("missing_since"), F.lit(run_id).alias("run_id"))
-    if first_load:
+    if only_new:
         append(locator, "file_inventory", changes)
         return
     listed = ("file_size", "modification_time", "etag", "changed_at", "missing_since", "run_id")
