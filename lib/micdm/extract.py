@@ -265,7 +265,8 @@ PYTHON_WORKERS_GROUP = "micdm-python-workers"
 def start_readers(spark: SparkSession, locator: TableLocator, full_refresh: bool = False) -> threading.Thread | None:
     """Start a local session's Python workers in the background, one per core, with the reader imported,
     when the run is to read files: a full refresh, or no listing settled yet (a first load, or files left
-    to retry). A run that may find nothing new starts no job.
+    to retry). A run that may find nothing new starts no job here; extract() starts them once its listing
+    differs from the settled one, while the plan is made.
 
     A fresh process otherwise starts them when the read's tasks arrive, each task waiting for an
     interpreter to start and import the reader while the driver has nothing else to do; started while
@@ -273,11 +274,15 @@ def start_readers(spark: SparkSession, locator: TableLocator, full_refresh: bool
     idle worker for a minute and hands it to the session's next Python task). Over a cluster or Spark
     Connect nothing is started: executors come and go, and their workers are theirs to keep.
     """
-    context = classic_context(spark)
-    if context is None or not (context.master or "").startswith("local"):
-        return None
     if not full_refresh and stored_schema(spark, locator, "file_inventory") is not None \
             and inventory.settled_listing(spark, locator):
+        return None  # extract() starts them once the listing shows a change
+    return _start_python_workers(spark)
+
+
+def _start_python_workers(spark: SparkSession) -> threading.Thread | None:
+    context = classic_context(spark)
+    if context is None or not (context.master or "").startswith("local"):
         return None
     workers = cores(spark)
     frame = spark.range(0, workers, 1, workers).mapInArrow(_worker_ready, "id long")
@@ -463,6 +468,8 @@ def extract(spark: SparkSession, locator: TableLocator, settings: Settings, run_
         log.info("extract: %d files listed, unchanged since the last run", listing.files)
         return ExtractSummary(run_id, listing.files, 0, 0, 0, 0, time.monotonic() - started,
                               phase_seconds=phase.seconds)
+    if settled and not settings.extract.full_refresh:  # start_readers left them to this moment
+        _start_python_workers(spark)
     with phase("plan"):
         plan = inventory.plan(spark, locator, listing, settings.sources, settings.extract.full_refresh)
     log.info("extract: %d files listed, %d to read", listing.files, plan.to_read)

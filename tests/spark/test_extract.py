@@ -241,10 +241,13 @@ def test_a_streamed_discovery_reads_what_arrived_and_loses_nothing(spark, tmp_pa
     assert (after_crash.discovered, after_crash.instances) == (1, 1)
     assert read_table(spark, locator, "dicom_instance").count() == 2
     assert read_table(spark, locator, "file_discovery").count() == 0
+    assert sorted(r.path for r in read_table(spark, locator, "file_inventory").collect()) == [
+        str(root / "a" / "ct.dcm"), str(root / "b" / "mr.dcm")], "a new file is recorded once"
 
 
 def test_python_workers_are_started_ahead_one_per_core_unless_the_listing_is_settled(spark, tmp_path: Path) -> None:
-    locator = TableLocator.of(_settings(tmp_path, tmp_path / "export"))
+    settings = _settings(tmp_path, tmp_path / "export")
+    locator = TableLocator.of(settings)
     tracker = spark.sparkContext.statusTracker()
     before = set(tracker.getJobIdsForGroup(PYTHON_WORKERS_GROUP))
     thread = start_readers(spark, locator)
@@ -263,3 +266,13 @@ def test_python_workers_are_started_ahead_one_per_core_unless_the_listing_is_set
     settled = start_readers(spark, locator, full_refresh=True)
     assert settled is not None, "a full refresh reads every file again"
     settled.join(timeout=300)
+
+    (tmp_path / "export").mkdir()
+    shutil.copy(get_testdata_file("CT_small.dcm"), tmp_path / "export" / "ct.dcm")
+    started = set(tracker.getJobIdsForGroup(PYTHON_WORKERS_GROUP))
+    assert extract(spark, locator, settings).instances == 1
+    assert len(set(tracker.getJobIdsForGroup(PYTHON_WORKERS_GROUP)) - started) == 1, \
+        "a listing that differs from the settled one starts them while the plan is made"
+    started = set(tracker.getJobIdsForGroup(PYTHON_WORKERS_GROUP))
+    assert extract(spark, locator, settings).to_read == 0
+    assert set(tracker.getJobIdsForGroup(PYTHON_WORKERS_GROUP)) == started, "the same listing again: none"
