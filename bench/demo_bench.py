@@ -19,7 +19,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from figures import stamp, write
+from figures import machine_speed, stamp, write
 from pipeline_bench import REPO, RESULTS, run_cli
 
 SETTINGS = {
@@ -39,14 +39,17 @@ def _markdown(results: dict[str, Any]) -> str:
     lines = [f"# Demo benchmark ({results['date']})", "",
              f"Command: `{results['command']}`. Machine: {results['machine']}. {results['files']:,} files; "
              f"each run a new `micdm run` process on a copy of the demo's warehouse, {results['repeats']} of each "
-             "setting, alternating. Medians, seconds.", "",
-             "| setting | wall | " + " | ".join(stages) + " | after extract | after extract, each run |",
-             "|---|---|" + "---|" * len(stages) + "---|---|"]
+             "setting, alternating. Medians, seconds. Speed probe: seconds one core took for a fixed Python loop just "
+             "before the run (bench/figures.py), to tell the machine's drift from the code's.", "",
+             "| setting | wall | " + " | ".join(stages) + " | after extract | after extract, each run | speed probe, "
+             "each run |",
+             "|---|---|" + "---|" * len(stages) + "---|---|---|"]
     for name, runs in results["runs"].items():
         cells = [f"{statistics.median(r['stages'][s]['seconds'] for r in runs):.1f}" for s in stages]
         after = [_after_extract(r) for r in runs]
         lines.append(f"| {name} | {statistics.median(r['wall_seconds'] for r in runs):.1f} | " + " | ".join(cells)
-                     + f" | {statistics.median(after):.1f} | {', '.join(map(str, after))} |")
+                     + f" | {statistics.median(after):.1f} | {', '.join(map(str, after))} | "
+                     + ", ".join(str(r.get("machine_speed_seconds", "")) for r in runs) + " |")
     kinds = list(next(iter(results["runs"].values()))[0]["jvm_cpu_seconds"])
     lines += ["", "Where the JVM's CPU went, medians of CPU seconds by kind of thread (jit: the C1 and C2 "
               "compilers; tasks: Spark's task threads; driver: planning, py4j and the rest), against the wall:", "",
@@ -78,7 +81,9 @@ def main() -> None:
         for name, overrides in SETTINGS.items():
             shutil.rmtree(copy, ignore_errors=True)
             shutil.copytree(template, copy)
-            runs[name].append(run_cli("run", *common, f"storage.warehouse={copy}", *overrides, cwd=work))
+            speed = machine_speed()
+            runs[name].append({**run_cli("run", *common, f"storage.warehouse={copy}", *overrides, cwd=work),
+                               "machine_speed_seconds": speed})
     files = sum(1 for _ in (work / "export" / "dicom").rglob("*.dcm"))
     write(RESULTS, "demo", stamp("python bench/demo_bench.py", files=files, repeats=args.repeats, runs=runs),
           _markdown)

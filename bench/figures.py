@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import os
 import platform
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,15 @@ def stamp(command: str, **figures: Any) -> dict[str, Any]:
     """The figures with the day, the machine and the command that reproduces them."""
     machine = f"{os.cpu_count()} cores, {platform.python_implementation()} {platform.python_version()}"
     return {"date": dt.date.today().isoformat(), "machine": machine, "command": command, **figures}
+
+
+def machine_speed() -> float:
+    """Seconds one core takes for a fixed pure-Python loop, taken beside a run: this machine's speed drifts
+    by more than many changes gain, and the figure says how fast it was when a run was measured."""
+    started, total = time.perf_counter(), 0
+    for number in range(10_000_000):
+        total += number
+    return round(time.perf_counter() - started, 2)
 
 
 def write(out: Path, name: str, results: dict[str, Any], markdown: Callable[[dict[str, Any]], str]) -> None:
