@@ -41,6 +41,7 @@ def _submit(cluster: SparkStandalone, package: Path, script: Path, *arguments: s
                "--jars", ",".join(resolve_delta_jars()), "--py-files", str(package),
                "--conf", f"spark.pyspark.python={sys.executable}", "--conf", "spark.executor.memory=1g",
                "--conf", "spark.driver.memory=1g", "--conf", "spark.sql.shuffle.partitions=4",
+               "--conf", "spark.databricks.delta.snapshotPartitions=2",
                str(script), *arguments]
     environment = {**os.environ, "SPARK_HOME": str(spark_home()), "PYSPARK_PYTHON": sys.executable}
     done = subprocess.run(command, capture_output=True, text=True, timeout=900, env=environment, check=False)
