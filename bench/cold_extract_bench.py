@@ -37,7 +37,9 @@ def _markdown(results: dict[str, Any]) -> str:
         f"| process, start to exit, s | {statistics.median(wall):.1f} | "
         f"{results['files'] / statistics.median(wall):,.0f} | {', '.join(map(str, wall))} |",
         f"| JVM peak, MB | {statistics.median(run['jvm_peak_mb'] for run in runs):.0f} | | "
-        f"{', '.join(str(run['jvm_peak_mb']) for run in runs)} |", ""])
+        f"{', '.join(str(run['jvm_peak_mb']) for run in runs)} |",
+        f"| speed probe before the run, s (bench/figures.py) | | | "
+        f"{', '.join(str(run.get('machine_speed_seconds', '-')) for run in runs)} |", ""])
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from figures import machine_speed, stamp, write
+from figures import stamp, write
 from pipeline_bench import REPO, RESULTS, run_cli
 
 SETTINGS = {
@@ -81,9 +81,7 @@ def main() -> None:
         for name, overrides in SETTINGS.items():
             shutil.rmtree(copy, ignore_errors=True)
             shutil.copytree(template, copy)
-            speed = machine_speed()
-            runs[name].append({**run_cli("run", *common, f"storage.warehouse={copy}", *overrides, cwd=work),
-                               "machine_speed_seconds": speed})
+            runs[name].append(run_cli("run", *common, f"storage.warehouse={copy}", *overrides, cwd=work))
     files = sum(1 for _ in (work / "export" / "dicom").rglob("*.dcm"))
     write(RESULTS, "demo", stamp("python bench/demo_bench.py", files=files, repeats=args.repeats, runs=runs),
           _markdown)

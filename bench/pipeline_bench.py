@@ -29,6 +29,8 @@ import threading
 import time
 from pathlib import Path
 
+from figures import machine_speed
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 MICDM = [sys.executable, "-m", "micdm.cli"]
@@ -116,7 +118,9 @@ class _ProcessSampler(threading.Thread):
 
 
 def run_cli(*args: str, cwd: Path) -> dict:
-    """Run the CLI in a new process; its wall time, stage table, peak memory and JVM CPU by kind of thread."""
+    """Run the CLI in a new process; its wall time, stage table, peak memory and JVM CPU by kind of thread,
+    with the machine's speed just before it (figures.machine_speed)."""
+    speed = machine_speed()
     started = time.monotonic()
     process = subprocess.Popen([*MICDM, *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     sampler = _ProcessSampler(process.pid)
@@ -130,7 +134,7 @@ def run_cli(*args: str, cwd: Path) -> dict:
               for m in map(_STAGE_LINE.match, out.splitlines()) if m}
     return {"wall_seconds": round(time.monotonic() - started, 1), "stages": stages,
             "jvm_peak_mb": round(sampler.jvm / 2**20), "python_worker_peak_mb": round(sampler.worker / 2**20),
-            "jvm_cpu_seconds": sampler.jvm_cpu()}
+            "jvm_cpu_seconds": sampler.jvm_cpu(), "machine_speed_seconds": speed}
 
 
 def shift_procedures(warehouse: str) -> int:
@@ -180,19 +184,22 @@ def _size(name: str, patients: int, cap: int, work: Path) -> dict:
 def _markdown(results: dict) -> str:
     lines = [f"# Pipeline benchmark ({results['date']})", "",
              f"Command: `{results['command']}`. Machine: {results['machine']}. Every run is a fresh `micdm run` "
-             "process; seconds per stage as the CLI prints them (jobs: Spark jobs the stage started).", ""]
+             "process; seconds per stage as the CLI prints them (jobs: Spark jobs the stage started); speed probe: "
+             "seconds one core took for a fixed Python loop just before the run (bench/figures.py).", ""]
     stages = ("vocabulary", "extract", "series", "link", "occurrence", "features", "publish", "quality")
     for name, size in results["sizes"].items():
         lines += [f"## {name}: {size['files_first_run'] + size['files_arriving']:,} files, {size['patients']:,} "
                   f"patients (max {size['max_instances_per_series']} instances per series)", "",
-                  "| run | wall s | " + " | ".join(stages) + " | stages s | JVM peak MB | worker peak MB |",
-                  "|---|---|" + "---|" * len(stages) + "---|---|---|"]
+                  "| run | wall s | " + " | ".join(stages)
+                  + " | stages s | JVM peak MB | worker peak MB | speed probe s |",
+                  "|---|---|" + "---|" * len(stages) + "---|---|---|---|"]
         for run, figures in size["runs"].items():
             cells = [f"{figures['stages'][s]['seconds']:.1f} ({figures['stages'][s]['jobs']})"
                      if s in figures["stages"] else "-" for s in stages]
             total = sum(stage["seconds"] for stage in figures["stages"].values())
             lines.append(f"| {run} | {figures['wall_seconds']} | " + " | ".join(cells)
-                         + f" | {total:.1f} | {figures['jvm_peak_mb']} | {figures['python_worker_peak_mb']} |")
+                         + f" | {total:.1f} | {figures['jvm_peak_mb']} | {figures['python_worker_peak_mb']} | "
+                         + f"{figures.get('machine_speed_seconds', '-')} |")
         full = sum(s["seconds"] for s in size["runs"]["full"]["stages"].values())
         shares = ", ".join(f"{run}: {sum(s['seconds'] for s in size['runs'][run]['stages'].values()) / full:.0%}"
                            for run in RUNS[1:] if run in size["runs"])
