@@ -23,7 +23,7 @@ from micdm.config import FeatureSettings
 from micdm.dicom.attributes import Attribute, Rule, select_attributes, values_of
 from micdm.reasons import FeatureDomain
 from micdm.schema import FEATURE_ROW, INSTANCE_ATTRIBUTE
-from micdm.tables import TableLocator, aggregate, append, conform, delete_keys, overwrite, read_table
+from micdm.tables import TableLocator, aggregate, append, conform, delete_keys, overwrite, read_table, within
 from micdm.vocab import normalise_body_part
 
 __all__ = ["acquisition_features", "refresh_instance_attributes", "selection_id", "series_values"]
@@ -74,11 +74,14 @@ def _read_values(instances: DataFrame, attributes: tuple[Attribute, ...], select
 
 
 def refresh_instance_attributes(spark: SparkSession, locator: TableLocator, instances: DataFrame,
-                                attributes: tuple[Attribute, ...]) -> int:
-    """Bring instance_attribute in line with the present instances; returns how many headers were read.
+                                attributes: tuple[Attribute, ...], series: DataFrame | None = None) -> int:
+    """Bring instance_attribute in line with the present instances of ``series`` (a frame of
+    series_instance_uid; every series when None); returns how many headers were read.
 
-    Rows of vanished or changed files go first, then the new values are appended: a crash in between
-    leaves those instances unread, and the next run reads them.
+    Only those series are compared, both sides: a nightly run whose new, changed and vanished files
+    belong to a few series compares those, not the archive. Rows of vanished or changed files go first,
+    then the new values are appended: a crash in between leaves those instances unread, and the next run
+    (whose changes still name those series) reads them.
     """
     selection = selection_id(attributes)
     stored = read_table(spark, locator, "instance_attribute")
@@ -86,8 +89,9 @@ def refresh_instance_attributes(spark: SparkSession, locator: TableLocator, inst
         log.info("features: the attribute selection changed; reading every header again")
         overwrite(locator, "instance_attribute", _read_values(instances, attributes, selection))
         return read_table(spark, locator, "instance_attribute").select("path").distinct().count()
-    present = instances.select("path", "header_digest", "extracted_at").alias("p")
-    held = stored.select("path", "header_digest").distinct().alias("h")
+    present = within(instances, "series_instance_uid", series).select(
+        "path", "header_digest", "extracted_at").alias("p")
+    held = within(stored, "series_instance_uid", series).select("path", "header_digest").distinct().alias("h")
     same = (F.col("p.path") == F.col("h.path")) & F.col("p.header_digest").eqNullSafe(F.col("h.header_digest"))
     unread_now = F.col("h.path").isNull()
     # One pass finds both sides: the instances not read yet and the rows of files no longer present.
@@ -158,10 +162,11 @@ def series_values(spark: SparkSession, locator: TableLocator, attributes: tuple[
 
 
 def acquisition_features(spark: SparkSession, locator: TableLocator, instances: DataFrame, occurrences: DataFrame,
-                         settings: FeatureSettings) -> DataFrame:
-    """FEATURE_ROW rows of the selected attributes for every series with an image_occurrence."""
+                         settings: FeatureSettings, changed: DataFrame | None = None) -> DataFrame:
+    """FEATURE_ROW rows of the selected attributes for every series with an image_occurrence; the headers
+    of the ``changed`` series (every series when None) are compared with instance_attribute first."""
     attributes = select_attributes(settings.acquisition_attributes)
-    read = refresh_instance_attributes(spark, locator, instances, attributes)
+    read = refresh_instance_attributes(spark, locator, instances, attributes, changed)
     log.info("features: %d header(s) read for %d acquisition attribute(s)", read, len(attributes))
     rows = series_values(spark, locator, attributes, settings.max_distinct_values, occurrences.select(
         F.col("image_series_uid").alias("series_instance_uid"))).join(

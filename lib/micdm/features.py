@@ -315,7 +315,7 @@ def run(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: 
     acquisition: DataFrame
     reported: ReportFeatures
     acquisition, reported = run_concurrently(
-        lambda: acquisition_features(spark, locator, instances, acquired, settings.features),
+        lambda: acquisition_features(spark, locator, instances, acquired, settings.features, scope),
         lambda: report_features(spark, locator, instances, occurrences, settings.features, redone))
     features, quarantine = acquisition.unionByName(reported.features), reported.quarantine
     if settings.features.algorithm_results:

@@ -94,7 +94,11 @@ def test_headers_are_read_again_only_where_a_file_changed_or_the_selection_did(s
     changed.save_as(root / "ct3.dcm")
     (root / "mr6.dcm").unlink()
     extract(spark, locator, settings)
-    assert refresh_instance_attributes(spark, locator, present_instances(spark, locator), attributes) == 1
+    ct_only = spark.createDataFrame([(CT_SERIES,)], "series_instance_uid string")
+    assert refresh_instance_attributes(spark, locator, present_instances(spark, locator), attributes, ct_only) == 1
+    assert read_table(spark, locator, "instance_attribute").where(F.col("path").endswith("mr6.dcm")).count() > 0, \
+        "a series out of the changed ones is not compared"
+    assert refresh_instance_attributes(spark, locator, present_instances(spark, locator), attributes) == 0
     stored = read_table(spark, locator, "instance_attribute")
     assert stored.select("path").distinct().count() == 13, "the deleted file's values went"
     assert _rows(spark, locator, attributes)[(CT_SERIES, "00181151")] == [("max", 400.0, "400"), ("min", 98.0, "98")]
