@@ -7,7 +7,7 @@ nothing here passes or fails a test.
 Sizes measured in an earlier run stay in the results until measured again. Per size: ``micdm synth``
 (headers only, ``synth.pixels=none``, ``max_instances_per_series`` to get many series cheaply) with 1 %
 of the patients' folders held back, then four runs, each a new process: full (first run on an empty
-warehouse), nothing new, 1 % new files (the held-back folders arrive), 1 % of the CDM's procedures changed
+warehouse), nothing new, 1 % new files (the held-back folders arrive), 1 % of the site's procedures changed
 (their date moved by a day, as a site reload would). For each run: seconds and Spark jobs per stage (from
 the CLI's stage table), wall time of the process, and the peak resident memory of the JVM (driver and
 local executor) and of the largest Python worker, and the JVM's CPU seconds by kind of thread, sampled
@@ -138,7 +138,8 @@ def run_cli(*args: str, cwd: Path) -> dict:
 
 
 def shift_procedures(warehouse: str) -> int:
-    """Move 1 % of the CDM's procedures (every hundredth id) by a day; returns how many moved."""
+    """Move 1 % of the site's procedures (every hundredth id below micdm's block) by a day, as the site's
+    ETL would; returns how many moved. micdm's own rows stay as micdm wrote them."""
     from micdm.config import load_settings
     from micdm.spark import get_spark
     from micdm.tables import TableLocator, delta_table
@@ -146,7 +147,8 @@ def shift_procedures(warehouse: str) -> int:
     settings = load_settings(REPO / "conf" / "local.yml", [f"storage.warehouse={warehouse}"])
     spark = get_spark(settings.spark)
     table = delta_table(spark, TableLocator.of(settings), "procedure_occurrence")
-    condition = "procedure_occurrence_id % 100 = 0"
+    block = settings.storage.site_id_block("procedure_occurrence")
+    condition = f"procedure_occurrence_id % 100 = 0 AND procedure_occurrence_id < {block}"
     moved = table.toDF().where(condition).count()
     table.update(condition, {"procedure_date": "date_add(procedure_date, 1)"})
     return moved
