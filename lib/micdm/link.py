@@ -24,17 +24,17 @@ from dataclasses import dataclass
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from micdm.changes import Changes
+from micdm.changes import Changes, changed_keys
 from micdm.concurrency import run_concurrently
 from micdm.config import OccurrenceSettings, Settings
 from micdm.ids import allocated_ids, assign_ids
 from micdm.ownership import release_clashing_ids, remove_site_rows, site_floor, write_site_rows
 from micdm.stage import StageCounts
-from micdm.tables import TableLocator, append, read_table, site_table, sync_rows
+from micdm.tables import TableLocator, append, read_table, site_table, sync_rows, within
 from micdm.vocab import compatible_procedures, modality_procedures
 
 __all__ = ["WARNING_CREATED_ON_PROCEDURE_DAY", "ExceptionReason", "LinkInputs", "LinkRule", "link_studies",
-           "person_key", "run", "study_keys"]
+           "person_key", "run", "studies_to_relink", "study_keys"]
 
 log = logging.getLogger(__name__)
 
@@ -204,6 +204,37 @@ def _create_procedures(spark: SparkSession, locator: TableLocator, cfg: Occurren
     return created.select("study_instance_uid", F.col("id").alias("_created")), restored
 
 
+def _patient_key(cfg: OccurrenceSettings) -> Column:
+    """The key a series' patient is looked up by: person_source_value as the template spells it, or the
+    PatientID itself with a crosswalk."""
+    if cfg.person_crosswalk:
+        return F.col("patient_id")
+    return person_key(cfg.person_source_value, F.col("patient_id"), F.col("issuer_of_patient_id"))
+
+
+def _keys_of_series(series: DataFrame) -> DataFrame:
+    """Series rows (changed ones, before and after) -> their study UIDs and patient keys, in one column."""
+    return series.select(F.explode(F.array("study_instance_uid", "patient_id")))
+
+
+def studies_to_relink(series: DataFrame, persons: DataFrame, keys: DataFrame | None) -> DataFrame | None:
+    """The studies to link again (None: all), from ``keys``, study UIDs and patient keys alike: each study
+    named, and every study of a patient key named or of a person one of those keys resolves to.
+
+    A person's studies are linked together (a procedure one claims by accession is not the window rule's
+    for another), so a change to one study relinks all of them; a UID that is also someone's key only
+    widens the set, which costs time, never a wrong link.
+    """
+    if keys is None:
+        return None
+    named = keys.select(F.col(keys.columns[0]).alias("key"))
+    people = persons.join(named.select(F.col("key").alias("patient_id")), "patient_id", "left_semi").select("person_id")
+    keys_of_people = persons.join(people, "person_id", "left_semi").select(F.col("patient_id").alias("key"))
+    of_patients = within(series, "patient_id", named.unionByName(keys_of_people))
+    return of_patients.select(F.col("study_instance_uid").alias("key")).unionByName(named).distinct() \
+        .localCheckpoint()
+
+
 def _site_persons(spark: SparkSession, locator: TableLocator, cfg: OccurrenceSettings) -> DataFrame:
     """patient_id, issuer_of_patient_id, person_id: the crosswalk, or person_source_value read backwards.
 
@@ -256,22 +287,28 @@ def _report(series_links: DataFrame, run_id: str) -> DataFrame:
 
 def run(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: str,
         changes: Changes | None = None) -> StageCounts:
-    """Link every series; bring series_link and link_exception in line (only rows that changed are written,
-    so the next stages redo only those); append to link_report.
+    """Link every series (after a change to dicom_series alone, the series of the studies studies_to_relink
+    names); bring series_link and link_exception in line (only rows that changed are written, so the next
+    stages redo only those); append to link_report.
 
-    Returns series counts per rule and per exception reason.
+    Returns series counts per rule and per exception reason, over every series. A change to the site's CDM
+    or to the vocabulary relinks every study: the site's tables keep no change feed to tell which.
     """
     cfg = settings.occurrence
-    series = read_table(spark, locator, "dicom_series").withColumn(
-        "patient_id", person_key(cfg.person_source_value, F.col("patient_id"), F.col("issuer_of_patient_id"))
-        if not cfg.person_crosswalk else F.col("patient_id"))
+    every_series = read_table(spark, locator, "dicom_series").withColumn("patient_id", _patient_key(cfg))
+    persons = _site_persons(spark, locator, cfg)
+    studies = studies_to_relink(every_series, persons, changed_keys(spark, locator, changes, {
+        "dicom_series": lambda feed: _keys_of_series(feed.withColumn("patient_id", _patient_key(cfg)))}))
+    series = within(every_series, "study_instance_uid", studies)
+    scope = None if studies is None else ("image_study_uid", studies)
     site_procedures = _site_procedures(spark, locator, cfg)
-    inputs = LinkInputs(series=series, persons=_site_persons(spark, locator, cfg), procedures=site_procedures,
+    inputs = LinkInputs(series=series, persons=persons, procedures=site_procedures,
                         compatible=compatible_procedures(spark, locator, cfg.procedure_concepts,
                                                          cfg.imaging_procedure_roots))
     links = link_studies(inputs, cfg.link_window_days).localCheckpoint(eager=True)  # read twice just below
     links = links.join(_containing_visits(links, read_table(spark, locator, "visit_occurrence")),
                        "study_instance_uid", "left").localCheckpoint(eager=True)
+    redone = "all" if studies is None else links.count()
     unlinked = links.where(F.col("procedure_occurrence_id").isNull() & F.col("person_id").isNotNull()
                            & F.col("image_date").isNotNull())
     restored, same_day = 0, 0
@@ -297,9 +334,9 @@ def run(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: 
                                       F.col("procedure_visit"))
         .otherwise(F.coalesce("containing_visit", "procedure_visit"))).drop("_start", "_end")
     series_links = _series_links(series, links)
-    sync_rows(spark, locator, "series_link", series_links, ["image_series_uid"], ignored=("updated_at",))
+    sync_rows(spark, locator, "series_link", series_links, ["image_series_uid"], scope, ignored=("updated_at",))
     stored = read_table(spark, locator, "series_link")
-    exceptions = stored.where(F.col("exception_reason").isNotNull())
+    exceptions = within(stored, "image_study_uid", studies).where(F.col("exception_reason").isNotNull())
     details = F.create_map(*[F.lit(x) for reason, text in _DETAILS.items() for x in (reason.value, text)])
     report = _report(stored, run_id)
     if same_day:
@@ -315,7 +352,7 @@ def run(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: 
     run_concurrently(
         lambda: sync_rows(spark, locator, "link_exception", exceptions.select(
             "image_series_uid", "image_study_uid", F.col("exception_reason").alias("reason"),
-            details[F.col("exception_reason")].alias("detail"), "updated_at"), ["image_series_uid"],
+            details[F.col("exception_reason")].alias("detail"), "updated_at"), ["image_series_uid"], scope,
             ignored=("updated_at",)),
         lambda: _remove_unused_procedures(spark, locator, stored),
         lambda: append(locator, "link_report", report.fillna(0, ["series"])))
@@ -323,7 +360,8 @@ def run(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: 
               .orderBy("kind", "name").collect()}
     if same_day:
         counts[WARNING_CREATED_ON_PROCEDURE_DAY] = same_day
-    return {**counts, "restored": restored} if restored else counts
+    events = {"restored": restored, "studies redone": redone}
+    return {**counts, **{k: v for k, v in events.items() if v}}
 
 
 def _remove_unused_procedures(spark: SparkSession, locator: TableLocator, links: DataFrame) -> None:

@@ -8,7 +8,8 @@ import pytest
 from chispa import assert_df_equality
 from pyspark.sql import functions as F
 
-from micdm.link import LinkInputs, link_studies, person_key
+from micdm.link import LinkInputs, link_studies, person_key, studies_to_relink
+from micdm.tables import within
 
 D = dt.date(2024, 3, 10)
 SERIES = ("series_instance_uid string, study_instance_uid string, patient_id string, issuer_of_patient_id string, "
@@ -85,6 +86,28 @@ def test_window_skips_a_procedure_another_study_claimed_by_accession(spark) -> N
     assert_df_equality(_links(spark, series, procedures),
                        _expected(spark, [("stA", 1, 10, "accession"), ("stB", 1, None, None)]),
                        ignore_row_order=True, ignore_nullable=True)
+
+
+def test_a_changed_study_relinks_every_study_of_its_person_and_those_alone(spark) -> None:
+    """stA arrives with the accession of procedure 10, which stB (filed under another PatientID of the same
+    person) had by the window rule: stB must be linked again with it, P2's study need not be."""
+    persons = [("P1", None, 1), ("P1-old", None, 1), ("P2", None, 2)]
+    series = [("a", "stA", "P1", None, "ACC1", "CT", D), ("b", "stB", "P1-old", None, None, "CT", D),
+              ("c", "stC", "P2", None, None, "CT", D), ("n", "stN", None, None, None, "CT", D)]
+    inputs = _inputs(spark, series, [(10, 1, D, CT, "ACC1"), (20, 2, D, CT, None)], persons)
+    changed = spark.createDataFrame([("stA",), ("P1",), ("stGone",), ("stN",)], "key string")  # stGone: deleted
+    relinked = studies_to_relink(inputs.series, inputs.persons, changed)
+    assert {r.key for r in relinked.collect()} >= {"stA", "stB", "stN", "stGone"}
+    assert relinked.where(F.col("key") == "stC").count() == 0
+    assert studies_to_relink(inputs.series, inputs.persons, None) is None  # None: every study
+    scoped = LinkInputs(within(inputs.series, "study_instance_uid", relinked), inputs.persons, inputs.procedures,
+                        inputs.compatible)
+    columns = ("study_instance_uid", "person_id", "procedure_occurrence_id", "link_rule")
+    assert_df_equality(link_studies(scoped, 0).select(*columns),
+                       link_studies(inputs, 0).where(F.col("study_instance_uid") != "stC").select(*columns),
+                       ignore_row_order=True, ignore_nullable=True)
+    assert {r.study_instance_uid: r.procedure_occurrence_id for r in link_studies(scoped, 0).collect()} == \
+        {"stA": 10, "stB": None, "stN": None}
 
 
 def test_every_series_of_a_study_shares_one_link_and_the_imaging_modality_decides(spark) -> None:

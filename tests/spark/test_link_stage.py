@@ -89,7 +89,7 @@ def test_rules_visits_and_created_procedures(spark, tmp_path) -> None:
     }
     # study C (MR) got a procedure on a day the site has (CT) procedures for the same person: a warning
     assert counts == {"accession": 1, "created": 2, "window": 1, "no_image_date": 1, "person_not_found": 1,
-                      "created_on_site_procedure_day": 1}
+                      "created_on_site_procedure_day": 1, "studies redone": "all"}
     made = read_table(spark, locator, "procedure_occurrence").where(F.col("procedure_occurrence_id") == created)
     assert [(r.procedure_concept_id, r.procedure_date, r.visit_occurrence_id, r.procedure_source_value)
             for r in made.collect()] == [(4013636, D, 102, "C")]
