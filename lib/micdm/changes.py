@@ -3,8 +3,10 @@
 A stage's stored watermark holds the Delta version of each table it read; the current one holds the
 versions now. micdm's own tables keep a Change Data Feed, so the rows written between the two versions
 can be read back, and a stage maps them to the keys it must redo (the series whose instances changed,
-say). Whenever that cannot be told (no earlier run, a full refresh, changed settings or micdm version,
-a changed table the stage cannot key, a feed that was not kept), the stage rebuilds in full.
+say). The site's tables keep none (micdm never alters them): where one is Delta, its two versions are
+read by time travel and compared row by row. Whenever the change cannot be told (no earlier run, a full
+refresh, changed settings or micdm version, a changed table the stage cannot key, a feed that was not
+kept, a site version vacuumed or a site table that is not Delta), the stage rebuilds in full.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pyspark.errors import PySparkException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from micdm.tables import TableLocator, keep_change_feed
+from micdm.tables import CHANGE_FEED_LAYERS, TableLocator, keep_change_feed
 from micdm.watermark import Watermark
 
 __all__ = ["Changes", "KeyOf", "changed_keys"]
@@ -54,10 +56,16 @@ class Changes:
         return None
 
     def rows(self, spark: SparkSession, locator: TableLocator, name: str) -> DataFrame | None:
-        """The table's change feed between the two versions (None when they are not two Delta versions)."""
+        """The rows that changed between the two versions (None when they are not two Delta versions): the
+        change feed of one of micdm's tables; for a table of the site's, every row one version holds and
+        the other does not, as each version stores it."""
         start, end = _version(self.since.inputs.get(name)), _version(self.now.inputs.get(name))
         if start is None or end is None or end < start:
             return None
+        if locator.definition(name).layer not in CHANGE_FEED_LAYERS:
+            before, after = (spark.sql(f"SELECT * FROM {locator.ref(name)} VERSION AS OF {version}")
+                             for version in (start, end))
+            return before.exceptAll(after).unionByName(after.exceptAll(before))
         reader = (spark.read.format("delta").option("readChangeFeed", "true")
                   .option("startingVersion", start + 1).option("endingVersion", end))
         path = locator.path(name)
@@ -68,9 +76,9 @@ def changed_keys(spark: SparkSession, locator: TableLocator, changes: Changes | 
                  keyed: Mapping[str, KeyOf]) -> DataFrame | None:
     """The keys a stage must redo, from the changes of the tables in ``keyed``; None means everything.
 
-    Every other changed input (a vocabulary table, the site's CDM) makes the stage redo everything, as
-    does a change whose feed cannot be read (turned off by an older micdm, which turns it on, or
-    vacuumed). The keys are checkpointed: the stage reads them more than once.
+    Every other changed input (a vocabulary table, a site table the stage does not key) makes the stage
+    redo everything, as does a change that cannot be read (a feed turned off by an older micdm, which
+    turns it on, or versions vacuumed). The keys are checkpointed: the stage reads them more than once.
     """
     if changes is None:
         return None
@@ -91,8 +99,7 @@ def changed_keys(spark: SparkSession, locator: TableLocator, changes: Changes | 
                 return None
             keys.append(keyed[name](feed).toDF("key").where(F.col("key").isNotNull()).localCheckpoint())
         except (Py4JJavaError, PySparkException) as error:  # off, or its files vacuumed
-            log.info("redoing everything: %s's change feed cannot be read (%s)", name,
-                     str(error).splitlines()[0][:160])
+            log.info("redoing everything: %s's changes cannot be read (%s)", name, str(error).splitlines()[0][:160])
             if keep_change_feed(spark, locator, name):
                 log.info("%s: its change feed is on from now", name)
             return None

@@ -217,18 +217,24 @@ def _keys_of_series(series: DataFrame) -> DataFrame:
     return series.select(F.explode(F.array("study_instance_uid", "patient_id")))
 
 
+def _persons_of(rows: DataFrame) -> DataFrame:
+    return rows.select(F.col("person_id").cast("string"))
+
+
 def studies_to_relink(series: DataFrame, persons: DataFrame, keys: DataFrame | None) -> DataFrame | None:
-    """The studies to link again (None: all), from ``keys``, study UIDs and patient keys alike: each study
-    named, and every study of a patient key named or of a person one of those keys resolves to.
+    """The studies to link again (None: all), from ``keys``, study UIDs, patient keys and person ids alike:
+    each study named, and every study of a patient key named or of a person named or resolved to.
 
     A person's studies are linked together (a procedure one claims by accession is not the window rule's
-    for another), so a change to one study relinks all of them; a UID that is also someone's key only
-    widens the set, which costs time, never a wrong link.
+    for another), so a change to one study relinks all of them; a key that names more than one thing
+    only widens the set, which costs time, never a wrong link.
     """
     if keys is None:
         return None
     named = keys.select(F.col(keys.columns[0]).alias("key"))
-    people = persons.join(named.select(F.col("key").alias("patient_id")), "patient_id", "left_semi").select("person_id")
+    people = within(persons, "patient_id", named).select("person_id").unionByName(
+        within(persons.select(F.col("person_id").cast("string").alias("_person"), "person_id"), "_person", named)
+        .select("person_id"))
     keys_of_people = persons.join(people, "person_id", "left_semi").select(F.col("patient_id").alias("key"))
     of_patients = within(series, "patient_id", named.unionByName(keys_of_people))
     return of_patients.select(F.col("study_instance_uid").alias("key")).unionByName(named).distinct() \
@@ -287,18 +293,24 @@ def _report(series_links: DataFrame, run_id: str) -> DataFrame:
 
 def run(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: str,
         changes: Changes | None = None) -> StageCounts:
-    """Link every series (after a change to dicom_series alone, the series of the studies studies_to_relink
-    names); bring series_link and link_exception in line (only rows that changed are written, so the next
-    stages redo only those); append to link_report.
+    """Link every series (after a change to dicom_series or to the site's rows, the series of the studies
+    studies_to_relink names); bring series_link and link_exception in line (only rows that changed are
+    written, so the next stages redo only those); append to link_report.
 
-    Returns series counts per rule and per exception reason, over every series. A change to the site's CDM
-    or to the vocabulary relinks every study: the site's tables keep no change feed to tell which.
+    Returns series counts per rule and per exception reason, over every series. A change to the site's
+    person, procedure_occurrence or visit_occurrence rows relinks the studies of the persons they name
+    (told by comparing the table's two Delta versions); a change to the vocabulary, a crosswalk or a site
+    table that is not Delta relinks every study.
     """
     cfg = settings.occurrence
     every_series = read_table(spark, locator, "dicom_series").withColumn("patient_id", _patient_key(cfg))
     persons = _site_persons(spark, locator, cfg)
     studies = studies_to_relink(every_series, persons, changed_keys(spark, locator, changes, {
-        "dicom_series": lambda feed: _keys_of_series(feed.withColumn("patient_id", _patient_key(cfg)))}))
+        "dicom_series": lambda feed: _keys_of_series(feed.withColumn("patient_id", _patient_key(cfg))),
+        # the site's rows that changed, by their person (and its source value: the key it was found by)
+        "person": lambda rows: rows.select(F.explode(F.array(F.col("person_id").cast("string"),
+                                                             "person_source_value"))),
+        "procedure_occurrence": _persons_of, "visit_occurrence": _persons_of}))
     series = within(every_series, "study_instance_uid", studies)
     scope = None if studies is None else ("image_study_uid", studies)
     site_procedures = _site_procedures(spark, locator, cfg)

@@ -77,6 +77,35 @@ def test_what_the_feed_cannot_key_redoes_everything(spark, empty) -> None:
     assert changed_keys(spark, locator, Changes(before, after), keyed) is None
 
 
+def test_a_site_table_is_compared_between_its_versions_and_a_vacuumed_one_redoes_everything(spark, empty) -> None:
+    """The site's tables keep no change feed: the rows one version holds and the other does not are the
+    change, however the site wrote them (here a reload that rewrites every row and changes one)."""
+    settings, locator = empty
+    schema = "person_id int, gender_concept_id int, year_of_birth int, race_concept_id int, " \
+             "ethnicity_concept_id int, person_source_value string"
+    path = locator.path("person")
+
+    def load(rows: list[tuple[int, int, str]]) -> watermark.Watermark:
+        spark.createDataFrame([(i, 8507, year, 0, 0, mrn) for i, year, mrn in rows], schema) \
+            .write.format("delta").mode("overwrite").save(path)
+        return watermark.current(spark, locator, settings, ["person"])
+
+    keyed = {"person": lambda rows: rows.select(F.col("person_id").cast("string"))}
+    since = load([(1, 1950, "MRN1"), (2, 1960, "MRN2"), (3, 1970, "MRN3")])
+    now = load([(1, 1950, "MRN1"), (2, 1961, "MRN2"), (4, 1980, "MRN4")])  # 2 corrected, 3 gone, 4 new
+    assert sorted(row.key for row in changed_keys(spark, locator, Changes(since, now), keyed).collect()) == \
+        ["2", "3", "4"]
+    assert "delta.enableChangeDataFeed" not in table_properties(spark, locator, "person"), "the site's, untouched"
+    spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ('delta.logRetentionDuration' = 'interval 0 hours', "
+              "'delta.deletedFileRetentionDuration' = 'interval 0 hours')")  # only for the vacuum below
+    spark.conf.set("spark.databricks.delta.retentionDurationCheck.enabled", "false")
+    try:
+        spark.sql(f"VACUUM delta.`{path}` RETAIN 0 HOURS")
+    finally:
+        spark.conf.unset("spark.databricks.delta.retentionDurationCheck.enabled")
+    assert changed_keys(spark, locator, Changes(since, now), keyed) is None, "the old version's files are gone"
+
+
 def test_a_table_from_an_older_micdm_gets_its_feed_when_first_needed(spark, empty) -> None:
     settings, locator = empty
     spark.sql(f"ALTER TABLE {locator.ref('series_link')} SET TBLPROPERTIES ('delta.enableChangeDataFeed' = 'false')")
