@@ -63,9 +63,12 @@ class Changes:
         if start is None or end is None or end < start:
             return None
         if locator.definition(name).layer not in CHANGE_FEED_LAYERS:
-            before, after = (spark.sql(f"SELECT * FROM {locator.ref(name)} VERSION AS OF {version}")
-                             for version in (start, end))
-            return before.exceptAll(after).unionByName(after.exceptAll(before))
+            # each version read once, in one aggregation: a row counts +1 in the new, -1 in the old
+            both = functools.reduce(DataFrame.unionByName, (
+                spark.sql(f"SELECT * FROM {locator.ref(name)} VERSION AS OF {version}").withColumn("_side", F.lit(side))
+                for version, side in ((start, -1), (end, 1))))
+            return both.groupBy(*[c for c in both.columns if c != "_side"]).agg(F.sum("_side").alias("_side")) \
+                .where(F.col("_side") != 0).drop("_side")
         reader = (spark.read.format("delta").option("readChangeFeed", "true")
                   .option("startingVersion", start + 1).option("endingVersion", end))
         path = locator.path(name)
