@@ -1,13 +1,13 @@
-"""The demo's run, stage by stage, each a new process: micdm's local session against Spark's code generation.
+"""The demo's run, stage by stage, each a new process: micdm's local session against Spark's own defaults.
 
 Reproduce with ``make bench-demo`` (or ``.venv/bin/python bench/demo_bench.py``). Figures go to
 bench/results/demo.json and bench/results/demo.md; nothing here passes or fails a test.
 
 The demo's archive and site CDM (``micdm synth`` with conf/local.yml, as ``make demo`` makes them) are made
 once; each run is ``micdm run`` on a fresh copy of that warehouse, the demo's first run. The two settings
-alternate so that a machine's drift falls on both. "Code generation" gives back Spark's own values of the
-two settings a local micdm session changes (whole-stage code generation, generated expression classes),
-and nothing else.
+alternate so that a machine's drift falls on each. "Code generation" gives back Spark's own values of the
+two settings by which a local micdm session interprets expressions (whole-stage code generation, generated
+expression classes), "adaptive execution" Spark's adaptive query execution, and nothing else.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from pipeline_bench import REPO, RESULTS, run_cli
 SETTINGS = {
     "micdm's defaults": [],
     "code generation": ["spark.conf={spark.sql.codegen.wholeStage: 'true', spark.sql.codegen.factoryMode: FALLBACK}"],
+    "adaptive execution": ["spark.conf={spark.sql.adaptive.enabled: 'true'}"],
 }
 #: Stages before the ones the demo's target counts: the vocabulary load and reading the files.
 _BEFORE = ("vocabulary", "extract")

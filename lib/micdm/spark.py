@@ -180,13 +180,25 @@ def cores(spark: SparkSession) -> int:
 #: than compiled to Java classes (compiling each new query shape with Janino, then with the JIT, costs
 #: more than it saves on the rows a local machine holds, the benchmark's largest archive included), and
 #: the throughput collector leaves the second core to the JIT where G1's concurrent threads compete for it.
+#: Adaptive query execution is off: it runs each shuffle of a query as a job of its own and plans the rest
+#: again after each, driver work that buys nothing on one machine's few partitions. Without it nothing
+#: coalesces Spark's 200 shuffle partitions, so local_conf sets two per core of the master.
 LOCAL_DEFAULTS: dict[str, str] = {
     "spark.driver.extraJavaOptions": "-XX:+UseParallelGC",
     "spark.sql.codegen.wholeStage": "false",
     "spark.sql.codegen.factoryMode": "NO_CODEGEN",
+    "spark.sql.adaptive.enabled": "false",
     "spark.databricks.delta.snapshotPartitions": "2",
     "spark.ui.showConsoleProgress": "false",
 }
+
+
+def _local_cores(master: str) -> int:
+    """The task threads of a ``local``, ``local[N]``, ``local[*]`` or ``local[N,retries]`` master."""
+    found = re.fullmatch(r"local(?:\[(\d+|\*)(?:,\d+)?\])?", master.strip())
+    if found is None or found.group(1) == "*":
+        return os.cpu_count() or 1
+    return int(found.group(1) or 1)
 
 
 def local_conf(settings: SparkSettings, classes: Path | None = None) -> dict[str, str]:
@@ -194,7 +206,7 @@ def local_conf(settings: SparkSettings, classes: Path | None = None) -> dict[str
 
     ``classes`` (class_archive) joins micdm's default JVM flags; flags of the user's own are left as given.
     """
-    defaults = dict(LOCAL_DEFAULTS)
+    defaults = {**LOCAL_DEFAULTS, "spark.sql.shuffle.partitions": str(2 * _local_cores(settings.master))}
     if classes is not None:
         defaults[_JVM_FLAGS] += f' "-XX:SharedArchiveFile={classes}" -Xlog:cds*=off'
     return {**defaults, **settings.conf}

@@ -56,6 +56,16 @@ def test_a_users_setting_replaces_the_local_default_of_its_key() -> None:
     assert local_conf(SparkSettings())["spark.driver.extraJavaOptions"] == "-XX:+UseParallelGC"
 
 
+def test_a_local_session_plans_without_adaptive_execution_and_two_shuffle_partitions_per_core() -> None:
+    assert local_conf(SparkSettings(master="local[3]"))["spark.sql.shuffle.partitions"] == "6"
+    assert local_conf(SparkSettings(master="local"))["spark.sql.shuffle.partitions"] == "2"
+    every_core = local_conf(SparkSettings(master="local[*]"))
+    assert every_core["spark.sql.shuffle.partitions"] == str(2 * (os.cpu_count() or 1))
+    assert every_core["spark.sql.adaptive.enabled"] == "false"
+    adaptive = {"spark.sql.adaptive.enabled": "true"}
+    assert local_conf(SparkSettings(conf=adaptive))["spark.sql.adaptive.enabled"] == "true", "the user's value wins"
+
+
 def test_the_class_archive_joins_micdms_flags_only(tmp_path: Path) -> None:
     archive = tmp_path / "classes.jsa"
     flags = local_conf(SparkSettings(), archive)["spark.driver.extraJavaOptions"].split()
