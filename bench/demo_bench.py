@@ -4,7 +4,7 @@ Reproduce with ``make bench-demo`` (or ``.venv/bin/python bench/demo_bench.py``)
 bench/results/demo.json and bench/results/demo.md; nothing here passes or fails a test.
 
 The demo's archive and site CDM (``micdm synth`` with conf/local.yml, as ``make demo`` makes them) are made
-once; each run is ``micdm run`` on a fresh copy of that warehouse, the demo's first run. The two settings
+once; each run is ``micdm run`` on a fresh copy of that warehouse, the demo's first run. The settings
 alternate so that a machine's drift falls on each. "Code generation" gives back Spark's own values of the
 two settings by which a local micdm session interprets expressions (whole-stage code generation, generated
 expression classes), "adaptive execution" Spark's adaptive query execution, and nothing else.
