@@ -21,11 +21,11 @@ import dataclasses
 import datetime as dt
 import functools
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 
 from micdm.changes import Changes
@@ -35,7 +35,7 @@ from micdm.errors import QualityError
 from micdm.ids import allocated_ids
 from micdm.schema import TABLES
 from micdm.stage import StageCounts
-from micdm.tables import TableLocator, aggregate, append, read_table
+from micdm.tables import TableLocator, aggregate, append, read_table, row_count
 from micdm.vocab import resource_rows, table_concept_id
 
 __all__ = ["CHECKED_TABLES", "CheckResult", "Control", "controls", "evaluate", "export_dqd_thresholds", "run"]
@@ -141,19 +141,18 @@ class _TableChecks:
     """A table's rows, each lookup left-joined once, and every check read from them in one aggregation."""
 
     def __init__(self, spark: SparkSession, locator: TableLocator, name: str, rows: DataFrame,
-                 concept: DataFrame) -> None:
-        self.spark, self.locator, self.name, self.rows, self.concept = spark, locator, name, rows, concept
+                 concepts: dict[int, Row]) -> None:
+        self.spark, self.locator, self.name, self.rows, self.concepts = spark, locator, name, rows, concepts
         self.measures: list[_Measure] = []
         self.special: list[CheckResult] = []
         self._joined: set[str] = set()
 
-    def _join(self, prefix: str, other: DataFrame, key: str, on: str, unique: bool = False) -> None:
-        """Left-join ``other`` (one row per ``key``, columns renamed ``prefix<column>``) on ``on``, once;
-        ``unique`` says ``other`` already has one row per key."""
+    def _join(self, prefix: str, other: DataFrame, key: str, on: str) -> None:
+        """Left-join ``other`` (one row per ``key``, columns renamed ``prefix<column>``) on ``on``, once."""
         if prefix in self._joined:
             return
         self._joined.add(prefix)
-        deduplicated = other if unique else other.dropDuplicates([key])
+        deduplicated = other.dropDuplicates([key])
         renamed = deduplicated.select(*(F.col(c).alias(f"{prefix}{c}") for c in other.columns))
         self.rows = self.rows.join(renamed, F.col(on) == F.col(f"{prefix}{key}"), "left")
 
@@ -174,15 +173,17 @@ class _TableChecks:
             "visit_occurrence_id", "visit_start_date", "visit_end_date"), "visit_occurrence_id", "visit_occurrence_id")
         return "_visit_"
 
-    def concept_of(self, field_name: str) -> str:
-        prefix = f"_c_{field_name}_"
-        self._join(prefix, self.concept, "concept_id", field_name, unique=True)
-        return prefix
+    def among_concepts(self, field_name: str, chosen: Callable[[Row], bool]) -> Column:
+        """Whether the field names a concept that ``chosen`` picks: a set lookup, where a join with CONCEPT
+        would broadcast a pruned copy of it for every concept field."""
+        ids = sorted(concept_id for concept_id, row in self.concepts.items() if chosen(row))
+        return F.col(field_name).isin(ids) if ids else F.lit(False)
 
     def foreign(self, field_name: str, table: str, key: str) -> str:
         prefix = f"_fk_{field_name}_{table}_"
-        if table == "concept":
-            return self.concept_of(field_name) + "concept_id"
+        shared = {"person": self.person, "visit_occurrence": self.visit}.get(table)
+        if shared is not None and field_name == key:  # the lookup other checks join anyway
+            return shared() + key
         if table not in TABLES:  # a CDM table micdm neither reads nor writes (provider, visit_detail)
             if prefix not in self._joined:
                 self._joined.add(prefix)
@@ -258,19 +259,20 @@ def _field_check(table: _TableChecks, control: Control, kinds: dict[str, str]) -
         table.add(control, column.isNotNull() & ~(
             ((target == table_concept_id("measurement")) & F.col(pairs["measurement"]).isNotNull())
             | ((target == table_concept_id("observation")) & F.col(pairs["observation"]).isNotNull())))
+    elif check == "isForeignKey" and params["fk_table"] == "concept":
+        table.add(control, column.isNotNull() & ~table.among_concepts(name, lambda concept: True))
     elif check == "isForeignKey":
         found = table.foreign(name, params["fk_table"], params["fk_field"])
         table.add(control, column.isNotNull() & F.col(found).isNull())
-    elif check in ("fkDomain", "fkClass", "isStandardValidConcept"):
-        prefix = table.concept_of(name)
-        coded = F.col(f"{prefix}concept_id").isNotNull() & (F.col(f"{prefix}concept_id") != 0)
-        if check == "fkDomain":
-            table.add(control, coded & (F.col(f"{prefix}domain_id") != params["fk_domain"]))
-        elif check == "fkClass":
-            table.add(control, coded & (F.col(f"{prefix}concept_class_id") != params["fk_class"]))
-        else:
-            table.add(control, coded & ((F.coalesce(F.col(f"{prefix}standard_concept"), F.lit("")) != "S")
-                                        | F.col(f"{prefix}invalid_reason").isNotNull()), column.isNotNull())
+    elif check == "fkDomain":  # concept 0 (no matching concept) is never a wrong domain, class or standard
+        table.add(control, table.among_concepts(name, lambda concept: concept.concept_id != 0 and concept.domain_id
+                                                not in (None, params["fk_domain"])))
+    elif check == "fkClass":
+        table.add(control, table.among_concepts(name, lambda concept: concept.concept_id != 0
+                                                and concept.concept_class_id not in (None, params["fk_class"])))
+    elif check == "isStandardValidConcept":
+        table.add(control, table.among_concepts(name, lambda concept: concept.concept_id != 0 and (
+            concept.standard_concept != "S" or concept.invalid_reason is not None)), column.isNotNull())
     elif check in ("standardConceptRecordCompleteness", "sourceConceptRecordCompleteness"):
         unit_source = F.col("unit_source_value") if name in ("unit_concept_id", "unit_source_concept_id") else None
         if unit_source is None:
@@ -341,21 +343,27 @@ def _concept_check(table: _TableChecks, control: Control) -> None:
         raise ValueError(f"resources/dqd_checks.csv names a concept check micdm does not know: {control.check}")
 
 
-def _person_completeness(spark: SparkSession, locator: TableLocator, control: Control) -> CheckResult:
-    """measurePersonCompleteness: persons with no row in the table, of all persons.
+def _person_completeness(spark: SparkSession, locator: TableLocator,
+                         checks: Sequence[Control]) -> dict[Control, CheckResult]:
+    """measurePersonCompleteness: persons with no row in the table, of all persons; every table's in one
+    query, so that the person table is read once for all of them.
 
     A property of the whole table, so it is read whole (the site's rows included): micdm's rows can only
     lower it, and on micdm's rows alone it would count every person never imaged.
     """
     persons = read_table(spark, locator, "person").select("person_id").distinct()
-    rows = read_table(spark, locator, control.table)
-    seen = rows.select("person_id").distinct().withColumn("_seen", F.lit(True))
-    counted = aggregate(persons.join(seen, "person_id", "left"), F.count_if(F.col("_seen").isNull()).alias("missing"),
-                        F.count(F.lit(1)).alias("persons"))
-    missing, total = int(counted["missing"]), int(counted["persons"])
+    for index, control in enumerate(checks):
+        seen = read_table(spark, locator, control.table).select("person_id").distinct()
+        persons = persons.join(seen.withColumn(f"_seen{index}", F.lit(True)), "person_id", "left")
+    counted = aggregate(persons, F.count(F.lit(1)).alias("persons"),
+                        *[F.count_if(F.col(f"_seen{index}").isNull()).alias(f"missing{index}")
+                          for index in range(len(checks))])
+    total = int(counted["persons"])
     if total == 0:
-        return CheckResult(control, 0, 0, "not_evaluated", "person is empty")
-    return CheckResult(control, missing, total, _verdict(control, missing, total), "the whole table")
+        return {control: CheckResult(control, 0, 0, "not_evaluated", "person is empty") for control in checks}
+    return {control: CheckResult(control, int(counted[f"missing{index}"]), total,
+                                 _verdict(control, int(counted[f"missing{index}"]), total), "the whole table")
+            for index, control in enumerate(checks)}
 
 
 def _written_rows(spark: SparkSession, locator: TableLocator, name: str) -> DataFrame:
@@ -377,20 +385,21 @@ def _present_concepts(rows: DataFrame, fields: Iterable[str]) -> set[tuple[str, 
     return {(f, int(c)) for f in fields for c in (collected[f] or [])}
 
 
-def _concepts_used(concept: DataFrame, tables: Iterable[DataFrame]) -> DataFrame:
-    """The CONCEPT rows that the checked rows' *_concept_id fields name, one per id: every concept check
-    joins this small frame instead of the site's whole vocabulary."""
+def _concepts_used(concept: DataFrame, tables: Iterable[DataFrame]) -> dict[int, Row]:
+    """The CONCEPT rows that the checked rows' *_concept_id fields name, by id: few (the concepts of
+    micdm's features, units, anatomy and types), so every concept check reads them on the driver instead of
+    joining the site's whole vocabulary."""
     ids = [rows.select(F.col(f.name).alias("concept_id")) for rows in tables for f in rows.schema.fields
            if f.name.endswith("concept_id")]
     named = functools.reduce(DataFrame.unionByName, ids).distinct()
-    return concept.join(named, "concept_id", "left_semi").dropDuplicates(["concept_id"]).localCheckpoint()
+    return {row.concept_id: row for row in concept.join(named, "concept_id", "left_semi").collect()}
 
 
 def evaluate(spark: SparkSession, locator: TableLocator) -> list[CheckResult]:
     """Every shipped check on the rows micdm wrote, one aggregation per table plus one per unique key."""
     concept = read_table(spark, locator, "concept").select(
         "concept_id", "domain_id", "concept_class_id", "standard_concept", "invalid_reason")
-    vocabulary_empty = concept.limit(1).count() == 0
+    vocabulary_empty = row_count(spark, locator, "concept") == 0
     by_table: dict[str, list[Control]] = {}
     for control in controls():
         by_table.setdefault(control.table, []).append(control)
@@ -398,6 +407,7 @@ def evaluate(spark: SparkSession, locator: TableLocator) -> list[CheckResult]:
         *[functools.partial(lambda name: _written_rows(spark, locator, name).localCheckpoint(), name)
           for name in CHECKED_TABLES]), strict=True))
     used = _concepts_used(concept, written.values())
+    completeness = _person_completeness(spark, locator, [c for c in controls() if c.level == "TABLE"])
 
     def check(name: str) -> list[CheckResult]:
         rows = written[name]
@@ -407,7 +417,7 @@ def evaluate(spark: SparkSession, locator: TableLocator) -> list[CheckResult]:
                                            and c.field})
         for control in by_table.get(name, []):
             if control.level == "TABLE":
-                table.special.append(_person_completeness(spark, locator, control))
+                table.special.append(completeness[control])
             elif control.level == "CONCEPT":
                 if (control.field, control.concept_id) in present:
                     _concept_check(table, control)
