@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 CONFIG ?= conf/local.yml
 
-.PHONY: demo test test-fast lint bench bench-acquisition bench-header bench-listing bench-pipeline bench-startup bench-site-rows bench-demo bench-cold-extract setup clean
+.PHONY: demo test test-fast lint bench bench-acquisition bench-header bench-listing bench-pipeline bench-startup bench-site-rows bench-demo bench-settings-large bench-cold-extract setup clean
 
 $(INSTALLED): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "micdm needs Python 3.11 or newer, found " + sys.version.split()[0])'
@@ -63,6 +63,9 @@ bench-startup: setup
 
 bench-demo: setup
 	$(BIN)/python bench/demo_bench.py
+
+bench-settings-large: setup
+	$(BIN)/python bench/demo_bench.py --size large --repeats 2
 
 bench-cold-extract: setup
 	$(BIN)/python bench/cold_extract_bench.py

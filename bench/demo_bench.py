@@ -1,7 +1,10 @@
 """The demo's run, stage by stage, each a new process: micdm's local session against Spark's own defaults.
 
 Reproduce with ``make bench-demo`` (or ``.venv/bin/python bench/demo_bench.py``). Figures go to
-bench/results/demo.json and bench/results/demo.md; nothing here passes or fails a test.
+bench/results/demo.json and bench/results/demo.md; nothing here passes or fails a test. ``--size large``
+(a size of bench/pipeline_bench.py; ``make bench-settings-large``) does the same on that archive instead of
+the demo's, to tell whether a default chosen on the demo holds at size; figures to
+bench/results/settings_large.{json,md}.
 
 The demo's archive and site CDM (``micdm synth`` with conf/local.yml, as ``make demo`` makes them) are made
 once; each run is ``micdm run`` on a fresh copy of that warehouse, the demo's first run. The settings
@@ -20,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from figures import stamp, write
-from pipeline_bench import REPO, RESULTS, run_cli
+from pipeline_bench import REPO, RESULTS, SIZES, run_cli
 
 SETTINGS = {
     "micdm's defaults": [],
@@ -37,11 +40,11 @@ def _after_extract(run: dict[str, Any]) -> float:
 
 def _markdown(results: dict[str, Any]) -> str:
     stages = list(next(iter(results["runs"].values()))[0]["stages"])
-    lines = [f"# Demo benchmark ({results['date']})", "",
+    lines = [f"# Settings benchmark, {results['size']} archive ({results['date']})", "",
              f"Command: `{results['command']}`. Machine: {results['machine']}. {results['files']:,} files; "
-             f"each run a new `micdm run` process on a copy of the demo's warehouse, {results['repeats']} of each "
-             "setting, alternating. Medians, seconds. Speed probe: seconds one core took for a fixed Python loop just "
-             "before the run (bench/figures.py), to tell the machine's drift from the code's.", "",
+             f"each run a new `micdm run` process on a copy of the warehouse `micdm synth` left, {results['repeats']} "
+             "of each setting, alternating. Medians, seconds. Speed probe: seconds one core took for a fixed Python "
+             "loop just before the run (bench/figures.py), to tell the machine's drift from the code's.", "",
              "| setting | wall | " + " | ".join(stages) + " | after extract | after extract, each run | speed probe, "
              "each run |",
              "|---|---|" + "---|" * len(stages) + "---|---|---|"]
@@ -68,14 +71,18 @@ def _markdown(results: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--size", choices=list(SIZES), default=None,
+                        help="a synthetic archive of bench/pipeline_bench.py instead of the demo's")
     parser.add_argument("--work", default=None, help="scratch folder (default: a folder under the system temp)")
     args = parser.parse_args()
     work = Path(args.work or Path(os.environ.get("TMPDIR", "/tmp")) / "micdm-demo-bench")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     template, copy = work / "template", work / "warehouse"
+    archive = [] if args.size is None else [f"synth.patients={SIZES[args.size][0]}", "synth.pixels=none",
+                                             f"synth.max_instances_per_series={SIZES[args.size][1]}"]
     common = ["--config", str(REPO / "conf" / "local.yml"), f"synth.out={work / 'export'}",
-              f"sources.roots=[{work / 'export' / 'dicom'}]", f"report.folder={work / 'reports'}"]
+              f"sources.roots=[{work / 'export' / 'dicom'}]", f"report.folder={work / 'reports'}", *archive]
     run_cli("synth", *common, f"storage.warehouse={template}", cwd=work)
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in SETTINGS}
     for _ in range(args.repeats):
@@ -84,7 +91,10 @@ def main() -> None:
             shutil.copytree(template, copy)
             runs[name].append(run_cli("run", *common, f"storage.warehouse={copy}", *overrides, cwd=work))
     files = sum(1 for _ in (work / "export" / "dicom").rglob("*.dcm"))
-    write(RESULTS, "demo", stamp("python bench/demo_bench.py", files=files, repeats=args.repeats, runs=runs),
+    name = "demo" if args.size is None else f"settings_{args.size}"
+    command = " ".join(["python bench/demo_bench.py", *(["--size", args.size] if args.size else []),
+                        *(["--repeats", str(args.repeats)] if args.repeats != 3 else [])])
+    write(RESULTS, name, stamp(command, size=args.size or "demo", files=files, repeats=args.repeats, runs=runs),
           _markdown)
 
 
