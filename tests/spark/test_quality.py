@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -73,3 +76,54 @@ def test_only_the_rows_micdm_wrote_are_checked_in_the_sites_tables(spark, empty)
     person = results.loc[("isForeignKey", "procedure_occurrence", "person_id")]
     assert (person["rows_violated"], person["rows_checked"]) == (1, 1)  # row 8, micdm's; not row 7, the site's
     assert results.loc[("isPrimaryKey", "procedure_occurrence", "procedure_occurrence_id")]["rows_checked"] == 1
+
+
+def test_concept_checks_count_what_the_dashboards_sql_counts(spark, empty, shared: Path, tmp_path: Path) -> None:
+    """Measurements naming a good concept, one of another domain, a non-standard one, an invalid one, concept 0,
+    an id CONCEPT lacks and none: micdm's counts of every concept check are the ones DQD's own SQL gives."""
+    pytest.importorskip("duckdb", reason="the DataQualityDashboard runner needs duckdb, deltalake and sqlglot")
+    settings, locator = empty
+    day = dt.date(2020, 1, 1)
+    concepts = [(0, "No matching concept", "Metadata", "None", "Undefined", None, None),
+                (3000001, "a measurement", "Measurement", "LOINC", "Lab Test", "S", None),
+                (3000002, "an observation", "Observation", "LOINC", "Clinical Observation", "S", None),
+                (3000003, "not standard", "Measurement", "LOINC", "Lab Test", None, None),
+                (3000004, "deprecated", "Measurement", "LOINC", "Lab Test", "S", "D"),
+                (8582, "centimeter", "Unit", "UCUM", "Unit", "S", None),
+                (32817, "EHR", "Type Concept", "Type Concept", "Type Concept", "S", None)]
+    overwrite(locator, "concept", spark.createDataFrame(
+        [(cid, name, domain, vocabulary, kind, standard, cid and str(cid), day, day, invalid)
+         for cid, name, domain, vocabulary, kind, standard, invalid in concepts],
+        "concept_id int, concept_name string, domain_id string, vocabulary_id string, concept_class_id string, "
+        "standard_concept string, concept_code string, valid_start_date date, valid_end_date date, "
+        "invalid_reason string"))
+    overwrite(locator, "person", spark.createDataFrame([(1, 8507, 1950, 0, 0)], "person_id int, "
+                                                       "gender_concept_id int, year_of_birth int, race_concept_id int, "
+                                                       "ethnicity_concept_id int"))
+    named = [3000001, 3000002, 3000003, 3000004, 0, 4999999, 3000001]
+    units = [8582, 3000001, None, 3000004, 8582, 0, 4999999]
+    overwrite(locator, "measurement", spark.createDataFrame(
+        [(index + 1, 1, concept, day, 32817, unit, 1.0)
+         for index, (concept, unit) in enumerate(zip(named, units, strict=True))],
+        "measurement_id int, person_id int, measurement_concept_id int, measurement_date date, "
+        "measurement_type_concept_id int, unit_concept_id int, value_as_number double"))
+    overwrite(locator, "id_map", spark.createDataFrame(
+        [("measurement", f"key{index}", index + 1, dt.datetime(2024, 1, 2)) for index in range(len(named))],
+        "namespace string, natural_key string, id int, assigned_at timestamp"))
+    with pytest.raises(QualityError, match=r"isForeignKey measurement\.measurement_concept_id"):
+        quality.run(spark, locator, settings, "concepts")
+
+    copy = tmp_path / "dqd"
+    for name in ("measurement", "person", "concept"):
+        read_table(spark, locator, name).write.format("delta").save(str(copy / name))
+    report = tmp_path / "dqd.json"
+    subprocess.run([sys.executable, str(shared / "tools" / "dqd" / "run_dqd.py"), "--delta-root", str(copy),
+                    "--tables", "measurement", "--json", str(report)], check=True, capture_output=True, timeout=600)
+    theirs = {(c["checkName"], (c["cdmFieldName"] or "").lower()): c for c in json.loads(report.read_text())["checks"]
+              if not c.get("conceptId")}
+    ours = read_table(spark, locator, "dq_result").where(
+        "table_name = 'measurement' AND check_name IN ('isForeignKey', 'fkDomain', 'isStandardValidConcept') "
+        "AND field_name IN ('measurement_concept_id', 'unit_concept_id', 'measurement_type_concept_id')").collect()
+    compared = {(row.check_name, row.field_name): (row.rows_violated, row.rows_checked) for row in ours}
+    assert compared == {key: (theirs[key]["numViolatedRows"], theirs[key]["numDenominatorRows"]) for key in compared}
+    assert len(compared) == 9 and sum(violated > 0 for violated, _ in compared.values()) >= 5, compared
