@@ -35,7 +35,7 @@ from micdm.errors import QualityError
 from micdm.ids import allocated_ids
 from micdm.schema import TABLES
 from micdm.stage import StageCounts
-from micdm.tables import TableLocator, aggregate, append, read_table, row_count
+from micdm.tables import TableLocator, aggregate, append, read_table
 from micdm.vocab import resource_rows, table_concept_id
 
 __all__ = ["CHECKED_TABLES", "CheckResult", "Control", "controls", "evaluate", "export_dqd_thresholds", "run"]
@@ -264,13 +264,12 @@ def _field_check(table: _TableChecks, control: Control, kinds: dict[str, str]) -
     elif check == "isForeignKey":
         found = table.foreign(name, params["fk_table"], params["fk_field"])
         table.add(control, column.isNotNull() & F.col(found).isNull())
-    elif check == "fkDomain":  # concept 0 (no matching concept) is never a wrong domain, class or standard
-        table.add(control, table.among_concepts(name, lambda concept: concept.concept_id != 0 and concept.domain_id
-                                                not in (None, params["fk_domain"])))
-    elif check == "fkClass":
-        table.add(control, table.among_concepts(name, lambda concept: concept.concept_id != 0
-                                                and concept.concept_class_id not in (None, params["fk_class"])))
-    elif check == "isStandardValidConcept":
+    elif check in ("fkDomain", "fkClass"):  # concept 0 (no matching concept) is never a wrong domain or class
+        attribute, expected = (("domain_id", params["fk_domain"]) if check == "fkDomain"
+                               else ("concept_class_id", params["fk_class"]))
+        table.add(control, table.among_concepts(
+            name, lambda concept: concept.concept_id != 0 and concept[attribute] not in (None, expected)))
+    elif check == "isStandardValidConcept":  # nor a non-standard one
         table.add(control, table.among_concepts(name, lambda concept: concept.concept_id != 0 and (
             concept.standard_concept != "S" or concept.invalid_reason is not None)), column.isNotNull())
     elif check in ("standardConceptRecordCompleteness", "sourceConceptRecordCompleteness"):
@@ -399,15 +398,16 @@ def evaluate(spark: SparkSession, locator: TableLocator) -> list[CheckResult]:
     """Every shipped check on the rows micdm wrote, one aggregation per table plus one per unique key."""
     concept = read_table(spark, locator, "concept").select(
         "concept_id", "domain_id", "concept_class_id", "standard_concept", "invalid_reason")
-    vocabulary_empty = row_count(spark, locator, "concept") == 0
+    vocabulary_empty = concept.limit(1).count() == 0
+    checks = controls()
     by_table: dict[str, list[Control]] = {}
-    for control in controls():
+    for control in checks:
         by_table.setdefault(control.table, []).append(control)
     written = dict(zip(CHECKED_TABLES, run_concurrently(
         *[functools.partial(lambda name: _written_rows(spark, locator, name).localCheckpoint(), name)
           for name in CHECKED_TABLES]), strict=True))
     used = _concepts_used(concept, written.values())
-    completeness = _person_completeness(spark, locator, [c for c in controls() if c.level == "TABLE"])
+    completeness = _person_completeness(spark, locator, [c for c in checks if c.level == "TABLE"])
 
     def check(name: str) -> list[CheckResult]:
         rows = written[name]
