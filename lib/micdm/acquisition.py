@@ -103,7 +103,8 @@ def refresh_instance_attributes(spark: SparkSession, locator: TableLocator, inst
     unread, since = counted["unread"], counted["since"]
     if not unread and not counted["gone"]:
         return 0
-    delete_keys(spark, locator, "instance_attribute", differing.select("path"), ["path"])
+    if counted["gone"]:  # stored rows of vanished or changed files; a new file has none to delete
+        delete_keys(spark, locator, "instance_attribute", differing.where(~F.col("unread")).select("path"), ["path"])
     if unread:
         todo = differing.where("unread")
         wanted = instances.where(F.col("extracted_at") >= since).alias("i").join(

@@ -75,9 +75,10 @@ TO_READ = (State.NEW.value, State.CHANGED.value, State.RETRY.value)
 
 @dataclass(frozen=True)
 class Plan:
-    """What one run does: every path with its state (``frame``), counted per state."""
+    """What one run does: the paths it acts on with their state (``frame``), counted per state."""
 
     frame: DataFrame
+    """Every path the run reads or records (all but the unchanged ones)."""
     states: dict[str, int]
     stored: dict[str, bool]
     """Whether file_inventory, dicom_instance and dicom_quarantine may hold rows (False: a first load)."""
@@ -286,9 +287,10 @@ def plan(spark: SparkSession, locator: TableLocator, listing: Listing, sources: 
     if not any(stored.values()):  # a first load: every listed file is new, no join with empty tables
         frame = listing.frame().withColumn("state", F.lit(State.NEW.value))
         return Plan(frame, {State.NEW.value: listing.files} if listing.files else {}, stored)
-    # Not cached: a run with nothing to read only counts it, and a recomputation gives the same states
-    # (NEW and CHANGED win over RETRY, and the inventory is changed last).
-    frame = _states(spark, locator, listing.frame(), sources, reread_all, listing.complete)
+    # Only the paths this run acts on are kept (the counts keep them): the read and the inventory's update
+    # take them from there rather than joining the whole listing with the whole inventory again.
+    frame = _states(spark, locator, listing.frame(), sources, reread_all, listing.complete).where(
+        F.col("state") != State.UNCHANGED.value).localCheckpoint(eager=False)
     return Plan(frame, {row["state"]: row["count"] for row in frame.groupBy("state").count().collect()}, stored)
 
 

@@ -120,14 +120,17 @@ def write_site_rows(spark: SparkSession, locator: TableLocator, table: str, rows
 
     unrecorded, changed = lacking("_recorded"), lacking("_stored")
     counts = aggregate(marked, F.count_if(F.col("_recorded").isNotNull() & F.col("_stored").isNull()).alias("restored"),
-                       F.count_if(unrecorded).alias("unrecorded"), F.count_if(changed).alias("changed"))
+                       F.count_if(unrecorded).alias("unrecorded"), F.count_if(changed).alias("changed"),
+                       F.count_if(changed & F.col("_stored").isNotNull()).alias("replacing"))
     if counts["unrecorded"]:
         append(locator, "site_row", marked.where(unrecorded).select(
             F.lit(table).alias("table_name"), F.col(key).alias("id"), F.col("_fingerprint").alias("fingerprint"),
             F.current_timestamp().alias("written_at")))
-    if counts["changed"]:
+    if counts["replacing"]:
         merge_into(spark, locator, table, marked.where(changed), [key], compared=True,
                    target_only=_in_range(table, bounds, "t"))
+    elif counts["changed"]:  # only ids the table lacks: appended, with no MERGE to read its files for matches
+        append(locator, table, marked.where(changed))
     restored: int = counts["restored"]
     if restored:
         log.info("%s: %d row(s) micdm wrote before were missing (the site reloaded its table) and are restored",

@@ -393,23 +393,28 @@ def merge_into(
 
     Only rows the table lacks, or holds with other values, are merged: an unchanged row's file is not
     rewritten, and when nothing changed there is no commit at all (a later stage's watermark stays).
-    ``compared`` says the caller kept only such rows already. ``delete_unmatched`` makes the table equal
+    When every such row is a key the table lacks, they are appended: a MERGE would read the whole table
+    again only to find no match. ``compared`` says the caller kept only such rows already (with
+    ``update_existing`` False: only keys the table lacks). ``delete_unmatched`` makes the table equal
     ``updates``: rows no update matches are deleted (every update is then merged). ``target_only``, a
     condition on the table's columns alone (``t.<column>``), is added to the keys' so that Delta reads only
     the files whose statistics can match it. Returns the number of rows inserted (from the commit's metrics).
     """
-    target = delta_table(spark, locator, name)
-    condition = _key_condition(keys) if target_only is None else f"{target_only} AND {_key_condition(keys)}"
     source = as_stored(spark, locator, name, conform(updates, locator.definition(name)))
     if _empty_by_its_log(locator, name):
         return _fill(locator, name, source.localCheckpoint(eager=False))  # kept by _fill's count
     if not delete_unmatched and not compared:
-        # Kept by the count, the one job before the MERGE.
+        # Kept by the counts, the one job before the write.
         source = _changed_rows(source, read_table(spark, locator, name), keys, update_existing).localCheckpoint(
             eager=False)
-        if not source.count():
-            return 0
-    builder = target.alias("t").merge(source.alias("s"), condition)
+        counted = aggregate(source, F.count(F.lit(1)).alias("rows"), F.count_if(~F.col("_new")).alias("held"))
+        if not counted["held"]:
+            return _fill(locator, name, source.drop("_new"), counted["rows"])
+        source = source.drop("_new")
+    elif not update_existing and not delete_unmatched:  # compared: every row is a key the table lacks
+        return _fill(locator, name, source.localCheckpoint(eager=False))
+    condition = _key_condition(keys) if target_only is None else f"{target_only} AND {_key_condition(keys)}"
+    builder = delta_table(spark, locator, name).alias("t").merge(source.alias("s"), condition)
     if update_existing:
         builder = builder.whenMatchedUpdateAll()
     builder = builder.whenNotMatchedInsertAll()
@@ -427,18 +432,19 @@ def row_digest(columns: Iterable[str]) -> Column:
 def _changed_rows(source: DataFrame, stored: DataFrame, keys: Sequence[str], compare_values: bool,
                   ignored: Sequence[str] = ()) -> DataFrame:
     """The rows of ``source`` whose key ``stored`` lacks, or (``compare_values``) holds with other values
-    (other than in the ``ignored`` columns).
+    (other than in the ``ignored`` columns), with ``_new`` true for the first kind: rows that can be
+    appended rather than merged.
 
     Values are compared through row_digest, as ownership.py fingerprints the site's rows.
     """
-    columns = list(keys)
-    if compare_values:
-        digest = row_digest([c for c in source.columns if c not in ignored])
-        source, stored = source.withColumn("_digest", digest), stored.select(*source.columns).withColumn(
-            "_digest", digest)
-        columns.append("_digest")
-    return source.alias("s").join(stored.select(*columns).alias("t"), _matching(columns), "left_anti").drop(
-        "_digest")
+    if not compare_values:
+        return source.alias("s").join(stored.select(*keys).alias("t"), _matching(keys), "left_anti").withColumn(
+            "_new", F.lit(True))
+    digest = row_digest([c for c in source.columns if c not in ignored])
+    held = stored.select(*source.columns).select(*keys, digest.alias("_held"))
+    return source.withColumn("_digest", digest).alias("s").join(held.alias("t"), _matching(keys), "left").where(
+        F.col("t._held").isNull() | (F.col("t._held") != F.col("s._digest"))).select(
+        "s.*", F.col("t._held").isNull().alias("_new")).drop("_digest")
 
 
 def _matching(columns: Sequence[str]) -> Column:
@@ -501,9 +507,13 @@ def sync_rows(spark: SparkSession, locator: TableLocator, name: str, rows: DataF
                                                            "left_anti")
     changed = upserts.withColumn("_keep", F.lit(True)).unionByName(
         gone.withColumn("_keep", F.lit(False)), allowMissingColumns=True).localCheckpoint(eager=False)
-    written = changed.count()  # keeps `changed` too
-    if written:
-        merge_or_delete(spark, locator, name, changed, keys, F.col("_keep"))
+    # kept by the counts; a stored row to replace or delete needs the MERGE, new rows alone an append
+    counted = aggregate(changed, F.count(F.lit(1)).alias("rows"),
+                        F.count_if(~F.coalesce("_new", F.lit(False))).alias("merged"))
+    if not counted["merged"]:
+        return _fill(locator, name, changed.drop("_keep", "_new"), counted["rows"])
+    merge_or_delete(spark, locator, name, changed, keys, F.col("_keep"))
+    written: int = counted["rows"]
     return written
 
 
@@ -514,10 +524,11 @@ def _empty_by_its_log(locator: TableLocator, name: str) -> bool:
     return local is not None and not local.file_uris()
 
 
-def _fill(locator: TableLocator, name: str, rows: DataFrame) -> int:
-    """Write every row of ``rows`` (checkpointed) into an empty table: what a MERGE into it would do, in
-    one append rather than a comparison with nothing and a MERGE. Returns the rows written."""
-    written = rows.count()
+def _fill(locator: TableLocator, name: str, rows: DataFrame, written: int | None = None) -> int:
+    """Append every row of ``rows`` (checkpointed; ``written`` of them, when counted already), rows whose
+    keys the table lacks: what a MERGE would do, in one append rather than a MERGE that reads the table
+    for matches it cannot find. Returns the rows written."""
+    written = rows.count() if written is None else written
     if written:
         append(locator, name, rows)
     return written

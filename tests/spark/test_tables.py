@@ -203,3 +203,41 @@ def test_a_process_that_read_a_small_table_exits_cleanly(spark, empty) -> None:
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(8)]
     ended = [(p.communicate(timeout=120), p.returncode) for p in processes]
     assert [(code, out.strip()) for (out, _), code in ended] == [(0, "4")] * 8, [err[-300:] for (_, err), _ in ended]
+
+
+def test_rows_for_new_keys_are_appended_and_a_changed_row_is_merged(spark, empty) -> None:
+    """A write of rows whose keys the table lacks is one append (no MERGE reading the table for matches);
+    a changed or vanished row needs the MERGE. Either way the table ends holding what was written."""
+    from micdm.tables import delta_table, merge_into, sync_rows
+
+    _, locator = empty
+    occurrence = TABLES["image_occurrence"].schema
+
+    def rows(*values: Row) -> object:
+        return spark.createDataFrame(list(values), occurrence)
+
+    def last_operation() -> str:
+        return delta_table(spark, locator, "image_occurrence").history(1).first()["operation"]
+
+    def stored() -> dict[str, str]:
+        return {r.image_series_uid: r.modality for r in read_table(spark, locator, "image_occurrence").collect()}
+
+    first, second = _occurrence_row(), _occurrence_row(image_occurrence_id=2, image_series_uid="1.2.3.5")
+    third = _occurrence_row(image_occurrence_id=3, image_series_uid="1.2.3.6", modality="MR")
+    key = ["image_series_uid"]
+    assert sync_rows(spark, locator, "image_occurrence", rows(first, second), key) == 2
+    assert sync_rows(spark, locator, "image_occurrence", rows(first, second, third), key) == 1
+    assert last_operation() == "WRITE" and stored() == {"1.2.3.4": "CT", "1.2.3.5": "CT", "1.2.3.6": "MR"}
+    assert sync_rows(spark, locator, "image_occurrence", rows(first, third), key) == 1  # the second vanished
+    assert last_operation() == "MERGE" and stored() == {"1.2.3.4": "CT", "1.2.3.6": "MR"}
+    assert sync_rows(spark, locator, "image_occurrence", rows(first, _occurrence_row(
+        image_occurrence_id=3, image_series_uid="1.2.3.6", modality="PT")), key) == 1
+    assert last_operation() == "MERGE" and stored() == {"1.2.3.4": "CT", "1.2.3.6": "PT"}
+
+    assert merge_into(spark, locator, "image_occurrence", rows(first, second), key) == 1
+    assert last_operation() == "WRITE" and stored() == {"1.2.3.4": "CT", "1.2.3.5": "CT", "1.2.3.6": "PT"}
+    assert merge_into(spark, locator, "image_occurrence", rows(_occurrence_row(modality="MG")), key) == 0
+    assert last_operation() == "MERGE" and stored() == {"1.2.3.4": "MG", "1.2.3.5": "CT", "1.2.3.6": "PT"}
+    versions = delta_table(spark, locator, "image_occurrence").history().count()
+    assert merge_into(spark, locator, "image_occurrence", rows(first, second), key, update_existing=False) == 0
+    assert delta_table(spark, locator, "image_occurrence").history().count() == versions, "nothing new, no commit"
