@@ -23,7 +23,17 @@ from micdm.config import FeatureSettings
 from micdm.dicom.attributes import Attribute, Rule, select_attributes, values_of
 from micdm.reasons import FeatureDomain
 from micdm.schema import FEATURE_ROW, INSTANCE_ATTRIBUTE
-from micdm.tables import TableLocator, aggregate, append, conform, delete_keys, overwrite, read_table, within
+from micdm.tables import (
+    TableLocator,
+    aggregate,
+    append,
+    conform,
+    delete_keys,
+    has_rows,
+    overwrite,
+    read_table,
+    within,
+)
 from micdm.vocab import normalise_body_part
 
 __all__ = ["acquisition_features", "refresh_instance_attributes", "selection_id", "series_values"]
@@ -85,7 +95,7 @@ def refresh_instance_attributes(spark: SparkSession, locator: TableLocator, inst
     """
     selection = selection_id(attributes)
     stored = read_table(spark, locator, "instance_attribute")
-    if stored.where(F.col("selection") != selection).take(1):
+    if has_rows(stored.where(F.col("selection") != selection)):
         log.info("features: the attribute selection changed; reading every header again")
         overwrite(locator, "instance_attribute", _read_values(instances, attributes, selection))
         return read_table(spark, locator, "instance_attribute").select("path").distinct().count()
@@ -103,8 +113,8 @@ def refresh_instance_attributes(spark: SparkSession, locator: TableLocator, inst
     unread, since = counted["unread"], counted["since"]
     if not unread and not counted["gone"]:
         return 0
-    if counted["gone"]:  # stored rows of vanished or changed files; a new file has none to delete
-        delete_keys(spark, locator, "instance_attribute", differing.where(~F.col("unread")).select("path"), ["path"])
+    if counted["gone"]:  # stored rows of vanished or changed files; new files alone have none to delete
+        delete_keys(spark, locator, "instance_attribute", differing.select("path"), ["path"])
     if unread:
         todo = differing.where("unread")
         wanted = instances.where(F.col("extracted_at") >= since).alias("i").join(

@@ -43,6 +43,7 @@ from micdm.tables import (
     aggregate,
     append,
     delete_keys,
+    has_rows,
     may_have_rows,
     merge_or_delete,
     read_table,
@@ -322,7 +323,7 @@ def _with_duplicates(spark: SparkSession, locator: TableLocator, results: DataFr
     elif not repeats_within:  # the usual first load: nothing to resolve, no further job
         return results
     shared_uids = keys.groupBy("sop_instance_uid").count().where(F.col("count") > 1).select("sop_instance_uid")
-    if not shared_uids.take(1):  # the usual case: nothing to resolve, no window over the headers
+    if not has_rows(shared_uids):  # the usual case: nothing to resolve, no window over the headers
         return results
     shared_uids = shared_uids.localCheckpoint(eager=True)
     candidates = fresh.join(shared_uids, "sop_instance_uid", "left_semi").unionByName(
@@ -366,7 +367,7 @@ def _write_results(spark: SparkSession, locator: TableLocator, verdicts: DataFra
     stored = read_table(spark, locator, "dicom_instance").select("path").unionByName(
         read_table(spark, locator, "dicom_quarantine").select("path"))
     _write_report_content(spark, locator, rows.where(is_instance), verdicts.select("path"), reports)
-    if any_stored and stored.join(verdicts.select("path"), "path", "left_semi").take(1):
+    if any_stored and has_rows(stored.join(verdicts.select("path"), "path", "left_semi")):
         merge_or_delete(spark, locator, "dicom_instance", rows, ["path"], keep=is_instance)
         merge_or_delete(spark, locator, "dicom_quarantine", rows, ["path"], keep=~is_instance)
     else:

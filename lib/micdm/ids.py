@@ -45,7 +45,7 @@ def assign_ids_by_namespace(
     locator: TableLocator,
     requests: Mapping[str, tuple[DataFrame, int]],
 ) -> dict[str, DataFrame]:
-    """:func:`assign_ids` for several namespaces (namespace -> (keys, floor)) with one MERGE into id_map.
+    """:func:`assign_ids` for several namespaces (namespace -> (keys, floor)) with one commit to id_map.
 
     One commit instead of one per namespace: the new ids of all namespaces land together or not at all.
     """
@@ -73,12 +73,13 @@ def assign_ids_by_namespace(
             .alias("id"),
             F.current_timestamp().alias("assigned_at"),
         )
-        # ``fresh`` holds only keys id_map lacks: nothing to compare before the MERGE.
+        # ``fresh`` holds only keys id_map lacks: appended as they are, nothing to compare.
         merge_into(spark, locator, "id_map", numbered, ["namespace", "natural_key"], update_existing=False,
                    compared=True)
-    ids = read_table(spark, locator, "id_map")
-    return {namespace: keys.join(ids.where(F.col("namespace") == namespace).select("natural_key", "id"), "natural_key")
-            for namespace, keys in wanted.items()}
+    # Read once for every namespace: callers join, count and range-check these ids several times over.
+    ids = every_key.join(read_table(spark, locator, "id_map").select("namespace", "natural_key", "id"),
+                         ["namespace", "natural_key"]).localCheckpoint()
+    return {namespace: ids.where(F.col("namespace") == namespace).select("natural_key", "id") for namespace in wanted}
 
 
 def allocated_ids(spark: SparkSession, locator: TableLocator, namespace: str, alias: str = "id") -> DataFrame:

@@ -30,7 +30,7 @@ from micdm.config import OccurrenceSettings, Settings
 from micdm.ids import allocated_ids, assign_ids
 from micdm.ownership import release_clashing_ids, remove_site_rows, site_floor, write_site_rows
 from micdm.stage import StageCounts
-from micdm.tables import TableLocator, append, read_table, site_table, sync_rows, within
+from micdm.tables import TableLocator, append, has_rows, read_table, site_table, sync_rows, within
 from micdm.vocab import compatible_procedures, modality_procedures
 
 __all__ = ["WARNING_CREATED_ON_PROCEDURE_DAY", "ExceptionReason", "LinkInputs", "LinkRule", "link_studies",
@@ -324,7 +324,7 @@ def run(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: 
     unlinked = links.where(F.col("procedure_occurrence_id").isNull() & F.col("person_id").isNotNull()
                            & F.col("image_date").isNotNull())
     restored, same_day = 0, 0
-    if cfg.missing_procedure == "create" and unlinked.take(1):
+    if cfg.missing_procedure == "create" and has_rows(unlinked):
         created, restored = _create_procedures(spark, locator, cfg, unlinked)
         same_day = unlinked.join(site_procedures.select("person_id", F.col("procedure_date").alias("image_date")),
                                  ["person_id", "image_date"], "left_semi").count()

@@ -22,6 +22,7 @@ from micdm.tables import (
     as_stored,
     conform,
     delta_table,
+    has_rows,
     merge_into,
     read_table,
     row_digest,
@@ -77,7 +78,7 @@ def release_clashing_ids(spark: SparkSession, locator: TableLocator, table: str,
     A table for which micdm has recorded nothing yet (a warehouse from before fingerprints) is trusted as is.
     """
     recorded = _recorded(spark, locator, table)
-    if not recorded.take(1):
+    if not has_rows(recorded):
         return 0
     bounds = _id_range(ids.select("id"))
     if bounds is None:

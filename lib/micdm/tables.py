@@ -34,9 +34,10 @@ if TYPE_CHECKING:
     from deltalake import DeltaTable as RustDeltaTable
 
 __all__ = ["TableLocator", "aggregate", "append", "as_stored", "clustering_clause", "conform", "create_table",
-           "delete_keys", "delta_table", "init_tables", "keep_change_feed", "load_csv", "may_have_rows", "merge_into",
-           "merge_or_delete", "overwrite", "read_table", "row_count", "row_digest", "schema_problems", "site_table",
-           "small_table_rows", "stored_schema", "sync_rows", "table_problems", "table_properties", "within"]
+           "delete_keys", "delta_table", "has_rows", "init_tables", "keep_change_feed", "load_csv", "may_have_rows",
+           "merge_into", "merge_or_delete", "overwrite", "read_table", "row_count", "row_digest", "schema_problems",
+           "site_table", "small_table_rows", "stored_schema", "sync_rows", "table_problems", "table_properties",
+           "within"]
 
 log = logging.getLogger(__name__)
 
@@ -318,6 +319,12 @@ def site_table(spark: SparkSession, locator: TableLocator, name: str) -> DataFra
                           f"{str(error).splitlines()[0]}") from None
 
 
+def has_rows(frame: DataFrame) -> bool:
+    """Whether ``frame`` has a row, in one Spark job: ``take(1)`` starts another job for each wave of
+    partitions it finds empty, and an empty answer is the common one where micdm asks."""
+    return frame.limit(1).count() > 0
+
+
 def aggregate(frame: DataFrame, *columns: Column) -> Row:
     """The one row of an aggregation without grouping (Spark gives one even for an empty frame)."""
     row = frame.agg(*columns).first()
@@ -510,11 +517,20 @@ def sync_rows(spark: SparkSession, locator: TableLocator, name: str, rows: DataF
     # kept by the counts; a stored row to replace or delete needs the MERGE, new rows alone an append
     counted = aggregate(changed, F.count(F.lit(1)).alias("rows"),
                         F.count_if(~F.coalesce("_new", F.lit(False))).alias("merged"))
-    if not counted["merged"]:
+    if not counted["merged"] and not (keyed and scope is not None and _held_outside(
+            spark, locator, name, changed.select(*keys), keys)):
         return _fill(locator, name, changed.drop("_keep", "_new"), counted["rows"])
     merge_or_delete(spark, locator, name, changed, keys, F.col("_keep"))
     written: int = counted["rows"]
     return written
+
+
+def _held_outside(spark: SparkSession, locator: TableLocator, name: str, keys: DataFrame,
+                  columns: Sequence[str]) -> bool:
+    """Whether the table holds any of ``keys`` at all: a key new to a sync's scope may be stored outside it
+    (a series filed under another study until now), and its row is then merged, never added twice."""
+    stored = read_table(spark, locator, name).select(*columns)
+    return has_rows(stored.alias("t").join(keys.alias("s"), _matching(columns), "left_semi"))
 
 
 def _empty_by_its_log(locator: TableLocator, name: str) -> bool:

@@ -241,3 +241,10 @@ def test_rows_for_new_keys_are_appended_and_a_changed_row_is_merged(spark, empty
     versions = delta_table(spark, locator, "image_occurrence").history().count()
     assert merge_into(spark, locator, "image_occurrence", rows(first, second), key, update_existing=False) == 0
     assert delta_table(spark, locator, "image_occurrence").history().count() == versions, "nothing new, no commit"
+    # A series new to the scope but stored under another study is moved, not added a second time.
+    moved = _occurrence_row(image_occurrence_id=2, image_series_uid="1.2.3.5", image_study_uid="9.9")
+    scope = ("image_study_uid", spark.createDataFrame([("9.9",)], "uid string"))
+    assert sync_rows(spark, locator, "image_occurrence", rows(moved), key, scope) == 1
+    assert last_operation() == "MERGE" and sorted(
+        (r.image_series_uid, r.image_study_uid) for r in read_table(spark, locator, "image_occurrence").collect()) == [
+        ("1.2.3.4", "1.2.3"), ("1.2.3.5", "9.9"), ("1.2.3.6", "1.2.3")]
