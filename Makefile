@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 CONFIG ?= conf/local.yml
 
-.PHONY: demo test test-fast lint bench bench-acquisition bench-header bench-listing bench-pipeline bench-startup bench-site-rows bench-demo bench-settings-large bench-cold-extract setup clean
+.PHONY: demo test test-fast lint bench bench-acquisition bench-header bench-listing bench-pipeline bench-startup bench-site-rows bench-new-keys bench-demo bench-settings-large bench-cold-extract setup clean
 
 $(INSTALLED): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "micdm needs Python 3.11 or newer, found " + sys.version.split()[0])'
@@ -57,6 +57,9 @@ bench-pipeline: setup
 
 bench-site-rows: setup
 	$(BIN)/python bench/site_rows_bench.py
+
+bench-new-keys: setup
+	$(BIN)/python bench/new_keys_bench.py
 
 bench-startup: setup
 	$(BIN)/python bench/startup_bench.py
