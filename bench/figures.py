@@ -32,3 +32,19 @@ def write(out: Path, name: str, results: dict[str, Any], markdown: Callable[[dic
     (out / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / f"{name}.md").write_text(markdown(results))
     print(markdown(results))
+
+
+def measure_sizes(name: str, command: str, sizes: list[int], repeats: int, out: Path,
+                  measure: Callable[[Any, int], dict[str, Any]], markdown: Callable[[dict[str, Any]], str]) -> None:
+    """Each size measured in one warm two-core session (printed as it comes), then the figures written."""
+    from micdm.config import SparkSettings
+    from micdm.spark import get_spark
+
+    spark = get_spark(SparkSettings(master="local[2]", conf={"spark.sql.shuffle.partitions": "4",
+                                                             "spark.ui.enabled": "false",
+                                                             "spark.driver.memory": "4g"}), app_name="bench")
+    measured = []
+    for size in sizes:
+        measured.append(measure(spark, size))
+        print(measured[-1], flush=True)
+    write(out, name, stamp(command, repeats=repeats, sizes=measured), markdown)

@@ -78,19 +78,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args()
-
-    from micdm.config import SparkSettings
-    from micdm.spark import get_spark
-
-    spark = get_spark(SparkSettings(master="local[2]", conf={"spark.sql.shuffle.partitions": "4",
-                                                             "spark.ui.enabled": "false",
-                                                             "spark.driver.memory": "4g"}), app_name="bench")
-    sizes = []
-    for size in args.sizes:
-        sizes.append(_measure(spark, size, args.new, args.repeats))
-        print(sizes[-1], flush=True)
-    figures.write(args.out, "new_keys", figures.stamp("make bench-new-keys", repeats=args.repeats, sizes=sizes),
-                  _markdown)
+    figures.measure_sizes("new_keys", "make bench-new-keys", args.sizes, args.repeats, args.out,
+                          lambda spark, size: _measure(spark, size, args.new, args.repeats), _markdown)
 
 
 if __name__ == "__main__":
