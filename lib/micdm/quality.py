@@ -35,7 +35,7 @@ from micdm.errors import QualityError
 from micdm.ids import allocated_ids
 from micdm.schema import TABLES
 from micdm.stage import StageCounts
-from micdm.tables import TableLocator, aggregate, append, read_table
+from micdm.tables import TableLocator, aggregate, append, has_rows, read_table
 from micdm.vocab import resource_rows, table_concept_id
 
 __all__ = ["CHECKED_TABLES", "CheckResult", "Control", "controls", "evaluate", "export_dqd_thresholds", "run"]
@@ -398,7 +398,7 @@ def evaluate(spark: SparkSession, locator: TableLocator) -> list[CheckResult]:
     """Every shipped check on the rows micdm wrote, one aggregation per table plus one per unique key."""
     concept = read_table(spark, locator, "concept").select(
         "concept_id", "domain_id", "concept_class_id", "standard_concept", "invalid_reason")
-    vocabulary_empty = concept.limit(1).count() == 0
+    vocabulary_empty = not has_rows(concept)
     checks = controls()
     by_table: dict[str, list[Control]] = {}
     for control in checks:
