@@ -55,9 +55,15 @@ def assign_ids_by_namespace(
     known = read_table(spark, locator, "id_map").where(F.col("namespace").isin(*namespaces))
     every_key = reduce(DataFrame.unionByName, (keys.select(F.lit(namespace).alias("namespace"), "natural_key")
                                                for namespace, keys in wanted.items()))
-    fresh = every_key.join(known.select("namespace", "natural_key"), ["namespace", "natural_key"], "left_anti")
+    # One pass over the callers' keys and id_map: every key with its stored id, NULL for a key id_map lacks.
+    # The counts, the new ids and the ids returned all come from it, not from id_map read again.
+    held = every_key.join(known.select("namespace", "natural_key", "id"), ["namespace", "natural_key"],
+                          "left").localCheckpoint()
+    fresh = held.where(F.col("id").isNull()).drop("id")
     counts = {row["namespace"]: row["count"] for row in fresh.groupBy("namespace").count().collect()}
-    if counts:
+    if not counts:
+        ids = held
+    else:
         highest = {row["namespace"]: row["highest"] for row in
                    known.groupBy("namespace").agg(F.max("id").alias("highest")).collect()}
         starts = {namespace: max(highest.get(namespace) or 0, requests[namespace][1]) for namespace in counts}
@@ -72,13 +78,11 @@ def assign_ids_by_namespace(
             (start + F.row_number().over(Window.partitionBy("namespace").orderBy("natural_key"))).cast("int")
             .alias("id"),
             F.current_timestamp().alias("assigned_at"),
-        )
+        ).localCheckpoint()  # the rows written are the ids returned
         # ``fresh`` holds only keys id_map lacks: appended as they are, nothing to compare.
         merge_into(spark, locator, "id_map", numbered, ["namespace", "natural_key"], update_existing=False,
                    compared=True)
-    # Read once for every namespace: callers join, count and range-check these ids several times over.
-    ids = every_key.join(read_table(spark, locator, "id_map").select("namespace", "natural_key", "id"),
-                         ["namespace", "natural_key"]).localCheckpoint()
+        ids = held.where(F.col("id").isNotNull()).unionByName(numbered.drop("assigned_at"))
     return {namespace: ids.where(F.col("namespace") == namespace).select("natural_key", "id") for namespace in wanted}
 
 

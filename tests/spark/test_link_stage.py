@@ -213,3 +213,24 @@ def test_id_overflow_is_refused_before_it_happens(spark, tmp_path) -> None:
         assign_ids(spark, locator, "image_occurrence", keys, floor=MAX_ID - 1)
     assert [r.id for r in assign_ids(spark, locator, "image_occurrence", keys.limit(1), floor=MAX_ID - 1)
             .collect()] == [MAX_ID]
+
+
+def test_known_keys_keep_their_ids_and_new_keys_are_numbered_in_key_order(spark, tmp_path) -> None:
+    from micdm.ids import assign_ids_by_namespace
+
+    locator = TableLocator(_settings(tmp_path).storage)
+    init_tables(spark, locator, ["id_map"])
+
+    def keys(*names: str | None):
+        return spark.createDataFrame([(name,) for name in names], "natural_key string")
+
+    first = assign_ids_by_namespace(spark, locator, {"measurement": (keys("m2", "m1"), 100),
+                                                     "image_feature": (keys("f1"), 0)})
+    assert sorted(tuple(r) for r in first["measurement"].collect()) == [("m1", 101), ("m2", 102)]
+    second = assign_ids_by_namespace(spark, locator, {"measurement": (keys("m3", "m1", None), 0),
+                                                      "image_feature": (keys("f1", "f0"), 0)})
+    returned = {(namespace, r.natural_key, r.id) for namespace, frame in second.items() for r in frame.collect()}
+    assert returned == {("measurement", "m1", 101), ("measurement", "m3", 103), ("image_feature", "f1", 1),
+                        ("image_feature", "f0", 2)}
+    stored = {(r.namespace, r.natural_key, r.id) for r in read_table(spark, locator, "id_map").collect()}
+    assert returned < stored and len(stored) == 5, "the ids returned are the ids id_map keeps"
