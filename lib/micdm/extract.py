@@ -28,7 +28,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import to_arrow_schema
 from pyspark.sql.types import ArrayType, StructType
 
-from micdm import inventory
+from micdm import inventory, watermark
 from micdm.changes import Changes
 from micdm.config import Settings, SourceSettings
 from micdm.dicom.reader import PERMANENT_ERRORS, Outcome, QuarantineReason, ReadOptions, extract_file, quiet_pydicom
@@ -351,13 +351,14 @@ def _with_duplicates(spark: SparkSession, locator: TableLocator, results: DataFr
 
 
 def _write_results(spark: SparkSession, locator: TableLocator, verdicts: DataFrame, run_id: str,
-                   instances: int, quarantined: int, reports: int, any_stored: bool) -> None:
+                   instances: int, quarantined: int, reports: int, any_stored: bool, items_stored: bool) -> None:
     """Each file's row goes to the table of its outcome and leaves the other one.
 
     When no path of this run is in either table yet (``any_stored`` false: a first load; or new files) the
     rows are appended, ``instances`` and ``quarantined`` of them (an empty append would still cost a
     commit); otherwise one MERGE per table moves each path to where its verdict puts it. ``reports`` counts
-    the structured reports read, whose content items go to sr_content_item.
+    the structured reports read, whose content items go to sr_content_item (``items_stored`` false when it
+    holds none of these paths).
     """
     now = F.current_timestamp()
     rows = verdicts.withColumns({"extracted_at": now, "quarantined_at": now, "run_id": F.lit(run_id)})
@@ -366,7 +367,7 @@ def _write_results(spark: SparkSession, locator: TableLocator, verdicts: DataFra
     is_instance = F.col("outcome") == Outcome.INSTANCE.value
     stored = read_table(spark, locator, "dicom_instance").select("path").unionByName(
         read_table(spark, locator, "dicom_quarantine").select("path"))
-    _write_report_content(spark, locator, rows.where(is_instance), verdicts.select("path"), reports)
+    _write_report_content(spark, locator, rows.where(is_instance), verdicts.select("path"), reports, items_stored)
     if any_stored and has_rows(stored.join(verdicts.select("path"), "path", "left_semi")):
         merge_or_delete(spark, locator, "dicom_instance", rows, ["path"], keep=is_instance)
         merge_or_delete(spark, locator, "dicom_quarantine", rows, ["path"], keep=~is_instance)
@@ -383,7 +384,7 @@ _CONTENT_ITEMS = ArrayType(StructType([f for f in SR_CONTENT_ITEM.schema.fields
 
 
 def _write_report_content(spark: SparkSession, locator: TableLocator, instances: DataFrame, paths: DataFrame,
-                          reports: int) -> None:
+                          reports: int, items_stored: bool) -> None:
     """Structured reports' content items into sr_content_item, replacing those of every path read now.
 
     Written before dicom_instance: a crash in between leaves the inventory unchanged, so the next run reads
@@ -392,7 +393,7 @@ def _write_report_content(spark: SparkSession, locator: TableLocator, instances:
     items = instances.where(F.col("sr_content").isNotNull()).select(
         "path", "sop_instance_uid", "run_id", F.explode(F.from_json("sr_content", _CONTENT_ITEMS)).alias("i")
     ).select("path", "sop_instance_uid", "run_id", "i.*")
-    if may_have_rows(spark, locator, "sr_content_item"):
+    if items_stored and may_have_rows(spark, locator, "sr_content_item"):
         delete_keys(spark, locator, "sr_content_item", paths, ["path"])
     if reports:  # counted with the outcomes: no job of its own to find out
         append(locator, "sr_content_item", items)
@@ -412,9 +413,9 @@ class _Written:
 
 
 def _read_and_write(spark: SparkSession, locator: TableLocator, settings: Settings, plan: inventory.Plan,
-                    run_id: str, phase: _Phases) -> _Written:
+                    run_id: str, phase: _Phases, rows_of_paths: bool) -> _Written:
     """Read the planned files' headers once, decide duplicates, write dicom_instance, dicom_quarantine and
-    sr_content_item."""
+    sr_content_item; ``rows_of_paths`` False when those tables cannot hold a row of the files read."""
     count = plan.to_read
     partitions = _partitions(spark, count, settings.extract.files_per_partition)
     log.info("extract: %d to read in %d tasks", count, partitions)
@@ -442,7 +443,8 @@ def _read_and_write(spark: SparkSession, locator: TableLocator, settings: Settin
     log.info("extract: writing %d instances and %d quarantine rows", instances, count - instances)
     with phase("write"):
         _write_results(spark, locator, verdicts, run_id, instances, count - instances, read["reports"],
-                       any_stored=plan.stored["dicom_instance"] or plan.stored["dicom_quarantine"])
+                       rows_of_paths and (plan.stored["dicom_instance"] or plan.stored["dicom_quarantine"]),
+                       rows_of_paths)
     return _Written(instances, count - instances, read["bytes_read"] or 0, read["file_bytes"] or 0, read["retry"])
 
 
@@ -454,6 +456,16 @@ def _listing(spark: SparkSession, locator: TableLocator, sources: SourceSettings
     return inventory.driver_listing(spark, sources, list(list_files(sources)))
 
 
+def _no_row_stored(spark: SparkSession, locator: TableLocator, plan: inventory.Plan, last: inventory.Settled) -> bool:
+    """Whether no table extract writes can hold a row of the files to read: each file is new to the
+    inventory, and none of those tables changed since the last extract completed. A run killed after its
+    writes and before the inventory's record leaves rows of files that are new again, and leaves the tables
+    at versions no completed run recorded: the next run then looks for those rows and replaces them."""
+    if not last.written or plan.to_read != plan.states.get(inventory.State.NEW.value, 0):
+        return False
+    return watermark.versions(spark, locator, inventory.WRITTEN_TABLES) == last.written
+
+
 def extract(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: str | None = None
             ) -> ExtractSummary:
     """Run the extract stage: list, plan against the inventory, read what is new or changed, write the
@@ -463,23 +475,26 @@ def extract(spark: SparkSession, locator: TableLocator, settings: Settings, run_
     with phase("list"):
         listing = _listing(spark, locator, settings.sources)
     with phase("plan"):
-        settled = inventory.settled_listing(spark, locator)
-    if listing.complete and settled == listing.fingerprint and not settings.extract.full_refresh:
+        last = inventory.settled(spark, locator)
+    if listing.complete and last.listing == listing.fingerprint and not settings.extract.full_refresh:
         # The same files as a run that completed with nothing left to retry: the plan would be all UNCHANGED.
         log.info("extract: %d files listed, unchanged since the last run", listing.files)
         return ExtractSummary(run_id, listing.files, 0, 0, 0, 0, time.monotonic() - started,
                               phase_seconds=phase.seconds)
-    if settled and not settings.extract.full_refresh:  # start_readers left them to this moment
+    if last.listing and not settings.extract.full_refresh:  # start_readers left them to this moment
         _start_python_workers(spark)
     with phase("plan"):
         plan = inventory.plan(spark, locator, listing, settings.sources, settings.extract.full_refresh)
+        rows_of_paths = bool(plan.to_read) and not _no_row_stored(spark, locator, plan, last)
     log.info("extract: %d files listed, %d to read", listing.files, plan.to_read)
-    written = _read_and_write(spark, locator, settings, plan, run_id, phase) if plan.to_read else _Written()
+    written = _read_and_write(spark, locator, settings, plan, run_id, phase, rows_of_paths) if plan.to_read \
+        else _Written()
     with phase("inventory"):
         inventory.record(spark, locator, plan, run_id)
         listing.done()
-        if listing.complete and (settled_now := "" if written.retry_pending else listing.fingerprint) != settled:
-            inventory.settle(spark, locator, settled_now)
+        settled_now = ("" if written.retry_pending else listing.fingerprint) if listing.complete else last.listing
+        inventory.settle(spark, locator, None if settled_now == last.listing else settled_now,
+                         watermark.versions(spark, locator, inventory.WRITTEN_TABLES) if plan.to_read else None)
     summary = ExtractSummary(run_id, listing.files, plan.to_read, written.instances, written.quarantined, plan.missing,
                              time.monotonic() - started, written.bytes_read, written.file_bytes, phase.seconds)
     log.info("extract: %d instances, %d quarantined, %d missing, %.1f files/s", summary.instances,

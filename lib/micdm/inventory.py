@@ -14,6 +14,7 @@ import enum
 import fnmatch
 import hashlib
 import itertools
+import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import reduce
@@ -45,12 +46,17 @@ from micdm.tables import (
     table_properties,
 )
 
-__all__ = ["FILE_FIELDS", "RETRIED_REASONS", "Listing", "Plan", "State", "autoloader_listing", "driver_listing",
-           "plan", "record", "settle", "settled_listing", "split_listing"]
+__all__ = ["FILE_FIELDS", "RETRIED_REASONS", "WRITTEN_TABLES", "Listing", "Plan", "Settled", "State",
+           "autoloader_listing", "driver_listing", "plan", "record", "settle", "settled", "settled_listing",
+           "split_listing"]
 
 FILE_FIELDS = ("path", "file_size", "modification_time", "etag")
 #: file_inventory property holding the fingerprint of the last listing that left nothing to do again.
 _SETTLED_LISTING = "micdm.extract.settledListing"
+#: file_inventory property holding the versions of WRITTEN_TABLES when the last extract completed.
+_WRITTEN_VERSIONS = "micdm.extract.writtenVersions"
+#: The tables extract writes a file's rows to before the inventory records the file.
+WRITTEN_TABLES = ("dicom_instance", "dicom_quarantine", "sr_content_item")
 #: Quarantine reasons worth another try on the next run, file unchanged or not.
 RETRIED_REASONS = (QuarantineReason.STORAGE_ERROR.value, QuarantineReason.UNREADABLE.value)
 
@@ -330,15 +336,39 @@ def _update_inventory(spark: SparkSession, locator: TableLocator, plan: DataFram
     )
 
 
-def settle(spark: SparkSession, locator: TableLocator, fingerprint: str) -> None:
-    """Remember (or forget, with "") the listing a completed run left nothing to retry in.
+def settle(spark: SparkSession, locator: TableLocator, fingerprint: str | None, written: dict[str, str] | None = None
+           ) -> None:
+    """Remember (or forget, with "") the listing a completed run left nothing to retry in, and the versions
+    the tables extract writes had when it completed (``written``); None leaves a value as it was.
 
-    Written after every table of the stage, so a crash before it leaves the old value and the next
-    run plans in full; the value is a hex digest, never user input.
+    Written after every table of the stage, in one commit, so a crash before it leaves the old values: the
+    next run plans in full, and finds the tables changed since, so it looks for rows of the files it reads.
+    The values are hex digests and table versions, never user input.
     """
-    spark.sql(f"ALTER TABLE {locator.ref('file_inventory')} SET TBLPROPERTIES ('{_SETTLED_LISTING}' = '{fingerprint}')")
+    values = {_SETTLED_LISTING: fingerprint} if fingerprint is not None else {}
+    if written is not None:
+        values[_WRITTEN_VERSIONS] = json.dumps(written, sort_keys=True)
+    if values:
+        pairs = ", ".join(f"'{key}' = '{value}'" for key, value in values.items())
+        spark.sql(f"ALTER TABLE {locator.ref('file_inventory')} SET TBLPROPERTIES ({pairs})")
+
+
+@dataclass(frozen=True)
+class Settled:
+    """What the last completed extract left in file_inventory's properties."""
+
+    listing: str
+    """The fingerprint of its listing, when it left nothing to retry ("" otherwise)."""
+    written: dict[str, str]
+    """The versions of the tables it writes (WRITTEN_TABLES) as it completed; empty before any."""
+
+
+def settled(spark: SparkSession, locator: TableLocator) -> Settled:
+    """The listing and table versions the last completed extract left (one read of the properties)."""
+    properties = table_properties(spark, locator, "file_inventory")
+    return Settled(properties.get(_SETTLED_LISTING, ""), json.loads(properties.get(_WRITTEN_VERSIONS, "{}")))
 
 
 def settled_listing(spark: SparkSession, locator: TableLocator) -> str:
     """The fingerprint of the last listing that left nothing to do again ("" when there is none)."""
-    return table_properties(spark, locator, "file_inventory").get(_SETTLED_LISTING, "")
+    return settled(spark, locator).listing

@@ -148,6 +148,59 @@ def test_an_unchanged_listing_is_settled_without_planning(spark, tmp_path: Path,
     assert read_table(spark, locator, "dicom_instance").count() == 2
 
 
+def test_files_new_again_after_a_crash_replace_their_rows_and_new_files_after_a_completed_run_append(
+        spark, tmp_path: Path, monkeypatch) -> None:
+    """A run killed after its writes, before the inventory's record, leaves rows of files the next run finds
+    new again: it replaces them, a report's content items included. New files after a completed run are
+    appended without looking for rows of theirs (no MERGE, no delete)."""
+    from micdm import inventory, synth
+
+    export = tmp_path / "synth"
+    synth.generate(export, patients=3, pixels="none", max_instances=4)
+    root, held = export / "dicom", tmp_path / "held"
+    held.mkdir()
+    for patient in sorted(root.iterdir())[1:]:
+        shutil.move(patient, held / patient.name)
+    settings = _settings(tmp_path, root)
+    locator = TableLocator.of(settings)
+    new_tables(spark, locator)
+    extract(spark, locator, settings)
+    looked: list[str] = []
+    for name in ("merge_or_delete", "delete_keys"):
+        real = getattr(micdm.extract, name)
+        monkeypatch.setattr(micdm.extract, name,
+                            lambda *args, _real=real, **kwargs: looked.append(args[2]) or _real(*args, **kwargs))
+
+    def stored() -> tuple[int, int, int, int]:
+        instances = read_table(spark, locator, "dicom_instance")
+        items = read_table(spark, locator, "sr_content_item")
+        return (instances.count(), instances.select("path").distinct().count(), items.count(),
+                items.select("path", "position").distinct().count())
+
+    with_report = sorted(held.iterdir())[-1]  # the synthetic archive's third patient has a structured report
+    shutil.move(with_report, root / with_report.name)
+    real_record = inventory.record
+    monkeypatch.setattr(inventory, "record", lambda *args, **kwargs: (_ for _ in ()).throw(RuntimeError("killed")))
+    with pytest.raises(RuntimeError, match="killed"):
+        extract(spark, locator, settings)
+    monkeypatch.setattr(inventory, "record", real_record)
+    crashed = stored()
+    assert crashed[2] > 0, "the killed run wrote the report's content items"
+    assert not looked, "the killed run's files were new after a completed run"
+    again = extract(spark, locator, settings)
+    assert again.to_read == again.instances > 0
+    assert stored() == crashed, "the files read again replaced their rows"
+    assert looked == ["sr_content_item", "dicom_instance", "dicom_quarantine"]
+
+    looked.clear()
+    last = sorted(held.iterdir())[-1]
+    shutil.move(last, root / last.name)
+    arrived = extract(spark, locator, settings)
+    assert arrived.to_read == arrived.instances > 0 and not looked
+    count, paths, items, positions = stored()
+    assert count == paths == crashed[0] + arrived.instances and items == positions == crashed[2]
+
+
 def test_validation_raise_stops_before_writing_and_warn_quarantines(spark, tmp_path: Path) -> None:
     root = tmp_path / "export"
     root.mkdir()
