@@ -141,8 +141,9 @@ class _TableChecks:
     """A table's rows, each lookup left-joined once, and every check read from them in one aggregation."""
 
     def __init__(self, spark: SparkSession, locator: TableLocator, name: str, rows: DataFrame,
-                 concepts: dict[int, Row]) -> None:
+                 concepts: dict[int, Row], lookups: dict[str, DataFrame]) -> None:
         self.spark, self.locator, self.name, self.rows, self.concepts = spark, locator, name, rows, concepts
+        self.lookups = lookups
         self.measures: list[_Measure] = []
         self.special: list[CheckResult] = []
         self._joined: set[str] = set()
@@ -157,20 +158,15 @@ class _TableChecks:
         self.rows = self.rows.join(renamed, F.col(on) == F.col(f"{prefix}{key}"), "left")
 
     def person(self) -> str:
-        self._join("_person_", read_table(self.spark, self.locator, "person").select(
-            "person_id", "birth_datetime", "year_of_birth", "month_of_birth", "day_of_birth", "gender_concept_id"),
-            "person_id", "person_id")
+        self._join("_person_", self.lookups["person"], "person_id", "person_id")
         return "_person_"
 
     def death(self) -> str:
-        deaths = read_table(self.spark, self.locator, "death").groupBy("person_id").agg(
-            F.min(_to_date(F.col("death_date"))).alias("death_date"))
-        self._join("_death_", deaths, "person_id", "person_id")
+        self._join("_death_", self.lookups["death"], "person_id", "person_id")
         return "_death_"
 
     def visit(self) -> str:
-        self._join("_visit_", read_table(self.spark, self.locator, "visit_occurrence").select(
-            "visit_occurrence_id", "visit_start_date", "visit_end_date"), "visit_occurrence_id", "visit_occurrence_id")
+        self._join("_visit_", self.lookups["visit_occurrence"], "visit_occurrence_id", "visit_occurrence_id")
         return "_visit_"
 
     def among_concepts(self, field_name: str, chosen: Callable[[Row], bool]) -> Column:
@@ -375,6 +371,25 @@ def _written_rows(spark: SparkSession, locator: TableLocator, name: str) -> Data
     return table.join(allocated_ids(spark, locator, name, key), key, "left_semi")
 
 
+def _lookups(spark: SparkSession, locator: TableLocator, written: Iterable[DataFrame]) -> dict[str, DataFrame]:
+    """The person, death and visit rows the checked rows name, each read once for every table's checks: few
+    beside a site's whole tables, and a lookup narrowed to the ids present joins as the whole one would."""
+    def named(key: str) -> DataFrame:
+        return functools.reduce(DataFrame.unionByName, [rows.select(key) for rows in written if key in rows.columns])
+
+    persons = named("person_id")
+    person = read_table(spark, locator, "person").select(
+        "person_id", "birth_datetime", "year_of_birth", "month_of_birth", "day_of_birth", "gender_concept_id")
+    death = read_table(spark, locator, "death").groupBy("person_id").agg(
+        F.min(_to_date(F.col("death_date"))).alias("death_date"))
+    visit = read_table(spark, locator, "visit_occurrence").select(
+        "visit_occurrence_id", "visit_start_date", "visit_end_date")
+    narrowed = {"person": person.join(persons, "person_id", "left_semi"),
+                "death": death.join(persons, "person_id", "left_semi"),
+                "visit_occurrence": visit.join(named("visit_occurrence_id"), "visit_occurrence_id", "left_semi")}
+    return dict(zip(narrowed, run_concurrently(*[frame.localCheckpoint for frame in narrowed.values()]), strict=True))
+
+
 def _present_concepts(rows: DataFrame, fields: Iterable[str]) -> set[tuple[str, int]]:
     """(field, concept id) pairs the rows hold, so that concept checks run only for concepts present."""
     fields = sorted(set(fields))
@@ -407,11 +422,12 @@ def evaluate(spark: SparkSession, locator: TableLocator) -> list[CheckResult]:
         *[functools.partial(lambda name: _written_rows(spark, locator, name).localCheckpoint(), name)
           for name in CHECKED_TABLES]), strict=True))
     used = _concepts_used(concept, written.values())
+    lookups = _lookups(spark, locator, written.values())
     completeness = _person_completeness(spark, locator, [c for c in checks if c.level == "TABLE"])
 
     def check(name: str) -> list[CheckResult]:
         rows = written[name]
-        table = _TableChecks(spark, locator, name, rows, used)
+        table = _TableChecks(spark, locator, name, rows, used, lookups)
         kinds = {f.name: f.dataType.typeName() for f in rows.schema.fields}
         present = _present_concepts(rows, {c.field for c in by_table.get(name, []) if c.level == "CONCEPT"
                                            and c.field})
