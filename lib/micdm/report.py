@@ -18,6 +18,7 @@ from typing import Any
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from micdm.concurrency import run_concurrently
 from micdm.tables import TableLocator, read_table
 
 __all__ = ["FIGURE_TABLES", "RunFigures", "bar_chart", "cached_figures", "latest_run_rows", "read_figures",
@@ -130,16 +131,25 @@ FIGURE_TABLES = ("dicom_quarantine", "link_report", "dq_result", "dicom_instance
 
 
 def read_figures(spark: SparkSession, locator: TableLocator) -> RunFigures:
-    quarantine = [(r["reason"], r["count"]) for r in read_table(spark, locator, "dicom_quarantine")
-                  .groupBy("reason").count().orderBy(F.desc("count")).collect()]
-    report = latest_run_rows(read_table(spark, locator, "link_report"), "reported_at")
-    linkage = [(r["kind"], r["name"], r["series"], r["studies"]) for r in report.orderBy("kind", "name").collect()]
-    checks = latest_run_rows(read_table(spark, locator, "dq_result"), "checked_at")
-    quality = [(r["check_name"], r["table_name"], r["field_name"], r["rows_violated"], r["rows_checked"],
-                r["threshold"], r["severity"], r["status"]) for r in checks.collect()]
-    distributions = value_distributions(read_table(spark, locator, "dicom_instance"),
-                                        ("modality", "manufacturer", "body_part_examined"))
-    return RunFigures(quarantine, linkage, quality, distributions)
+    """The report's figures, each table's read at the same time as the others' (their queries are small)."""
+    def quarantine() -> list[tuple[str, int]]:
+        return [(r["reason"], r["count"]) for r in read_table(spark, locator, "dicom_quarantine")
+                .groupBy("reason").count().orderBy(F.desc("count")).collect()]
+
+    def linkage() -> list[tuple[str, str, int, int]]:
+        report = latest_run_rows(read_table(spark, locator, "link_report"), "reported_at")
+        return [(r["kind"], r["name"], r["series"], r["studies"]) for r in report.orderBy("kind", "name").collect()]
+
+    def quality() -> list[tuple[Any, ...]]:
+        checks = latest_run_rows(read_table(spark, locator, "dq_result"), "checked_at")
+        return [(r["check_name"], r["table_name"], r["field_name"], r["rows_violated"], r["rows_checked"],
+                 r["threshold"], r["severity"], r["status"]) for r in checks.collect()]
+
+    def distributions() -> dict[str, list[tuple[str, int]]]:
+        return value_distributions(read_table(spark, locator, "dicom_instance"),
+                                   ("modality", "manufacturer", "body_part_examined"))
+
+    return RunFigures(*run_concurrently(quarantine, linkage, quality, distributions))
 
 
 def cached_figures(spark: SparkSession, locator: TableLocator, cache: Path, state: Mapping[str, Any]) -> RunFigures:
