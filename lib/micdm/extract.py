@@ -365,10 +365,14 @@ def _write_results(spark: SparkSession, locator: TableLocator, verdicts: DataFra
     if locator.header_format == "variant":
         rows = rows.withColumn("header", F.parse_json("header_json"))
     is_instance = F.col("outcome") == Outcome.INSTANCE.value
-    stored = read_table(spark, locator, "dicom_instance").select("path").unionByName(
-        read_table(spark, locator, "dicom_quarantine").select("path"))
+
+    def paths_stored() -> bool:
+        stored = read_table(spark, locator, "dicom_instance").select("path").unionByName(
+            read_table(spark, locator, "dicom_quarantine").select("path"))
+        return has_rows(stored.join(verdicts.select("path"), "path", "left_semi"))
+
     _write_report_content(spark, locator, rows.where(is_instance), verdicts.select("path"), reports, items_stored)
-    if any_stored and has_rows(stored.join(verdicts.select("path"), "path", "left_semi")):
+    if any_stored and paths_stored():  # both tables read only when they may hold these paths
         merge_or_delete(spark, locator, "dicom_instance", rows, ["path"], keep=is_instance)
         merge_or_delete(spark, locator, "dicom_quarantine", rows, ["path"], keep=~is_instance)
     else:
