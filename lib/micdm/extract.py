@@ -276,7 +276,7 @@ def start_readers(spark: SparkSession, locator: TableLocator, full_refresh: bool
     Connect nothing is started: executors come and go, and their workers are theirs to keep.
     """
     if not full_refresh and stored_schema(spark, locator, "file_inventory") is not None \
-            and inventory.settled_listing(spark, locator):
+            and inventory.settled(spark, locator).listing:
         return None  # extract() starts them once the listing shows a change
     return _start_python_workers(spark)
 

@@ -47,8 +47,7 @@ from micdm.tables import (
 )
 
 __all__ = ["FILE_FIELDS", "RETRIED_REASONS", "WRITTEN_TABLES", "Listing", "Plan", "Settled", "State",
-           "autoloader_listing", "driver_listing", "plan", "record", "settle", "settled", "settled_listing",
-           "split_listing"]
+           "autoloader_listing", "driver_listing", "plan", "record", "settle", "settled", "split_listing"]
 
 FILE_FIELDS = ("path", "file_size", "modification_time", "etag")
 #: file_inventory property holding the fingerprint of the last listing that left nothing to do again.
@@ -368,7 +367,3 @@ def settled(spark: SparkSession, locator: TableLocator) -> Settled:
     properties = table_properties(spark, locator, "file_inventory")
     return Settled(properties.get(_SETTLED_LISTING, ""), json.loads(properties.get(_WRITTEN_VERSIONS, "{}")))
 
-
-def settled_listing(spark: SparkSession, locator: TableLocator) -> str:
-    """The fingerprint of the last listing that left nothing to do again ("" when there is none)."""
-    return settled(spark, locator).listing
