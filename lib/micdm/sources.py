@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import fnmatch
 import posixpath
+import types
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -37,9 +38,12 @@ class DiscoveredFile:
     etag: str | None
 
 
+def _protocols(fs: fsspec.AbstractFileSystem) -> set[str]:
+    return set(fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,))
+
+
 def is_local(fs: fsspec.AbstractFileSystem) -> bool:
-    protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
-    return bool(_LOCAL_PROTOCOLS & set(protocols))
+    return bool(_LOCAL_PROTOCOLS & _protocols(fs))
 
 
 def _mtime(info: dict[str, Any]) -> dt.datetime | None:
@@ -70,12 +74,24 @@ def _selected(relative: str, include: tuple[str, ...], exclude: tuple[str, ...])
 _AZURE_RETRY_OPTIONS = ("retry_total", "retry_connect", "retry_read", "retry_status")
 
 
+def _bound_gcs_tries(fs: fsspec.AbstractFileSystem, tries: int) -> None:
+    """Make each of gcsfs's requests try ``tries`` times. gcsfs fixes six tries, backing off for about 30 s,
+    when its class is defined, and takes the number of tries (``retries``, as s3fs names it) among its
+    options without using it; its retrying wrapper is applied again here, with the number given."""
+    from gcsfs.retry import retry_request
+
+    request = type(fs)._request
+    fs._request = types.MethodType(retry_request(retries=tries)(request.__wrapped__), fs)
+
+
 def open_filesystem(url: str, storage_options: dict[str, Any]) -> tuple[fsspec.AbstractFileSystem, str]:
     """The filesystem holding ``url`` and the path within it, with the storage options applied."""
     fs, path = url_to_fs(url, **storage_options)
     per_request = getattr(fs, "_timeout_kwargs", None)  # adlfs: the options it passes to each SDK read
     if isinstance(per_request, dict):
         per_request.update({k: storage_options[k] for k in _AZURE_RETRY_OPTIONS if k in storage_options})
+    if "retries" in storage_options and "gs" in _protocols(fs):
+        _bound_gcs_tries(fs, int(storage_options["retries"]))
     return fs, path
 
 

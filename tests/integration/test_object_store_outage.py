@@ -21,9 +21,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 #: Each client's own retries, bounded so that an outage is seen in seconds: botocore's (one attempt, 2 s to
-#: connect), the Azure SDK's for reads (none). gcsfs has no option for it (six tries per request, ~30 s).
+#: connect), gcsfs's (one try per request), the Azure SDK's for reads (none).
 _BOUNDED_RETRIES = {"s3": {"config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 2}},
-                    "gs": {}, "abfss": {"retry_total": 0}}
+                    "gs": {"retries": 1}, "abfss": {"retry_total": 0}}
 
 #: Stores whose client retries a failed listing for minutes whatever the options: adlfs hands the Azure SDK
 #: no options when it lists, and the SDK retries each of the listing's two requests three times, backing

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -123,3 +124,18 @@ def test_the_azure_sdks_retry_settings_reach_every_read() -> None:
     assert fs._timeout_kwargs["retry_total"] == 0
     plain, _ = open_filesystem("abfs://dicom/x.dcm", {"connection_string": connection})
     assert "retry_total" not in plain._timeout_kwargs
+
+
+def test_a_gcs_source_tries_each_request_as_often_as_its_retries_option_says() -> None:
+    """gcsfs fixes six tries per request (about 30 s of backing off); ``retries`` bounds them."""
+    pytest.importorskip("gcsfs", reason="the gcs extra (gcsfs) is not installed")
+    from micdm.sources import open_filesystem
+
+    closed = {"endpoint_url": "http://127.0.0.1:9", "token": "anon"}  # nothing listens on the discard port
+    fs, _ = open_filesystem("gs://bucket/export/0001.dcm", {**closed, "retries": 1})
+    started = time.monotonic()
+    with pytest.raises(OSError):
+        fs.info("gs://bucket/export/0001.dcm")
+    assert time.monotonic() - started < 1.0, "one try, no backing off"
+    plain, _ = open_filesystem("gs://bucket/export/0001.dcm", closed)
+    assert "_request" not in vars(plain), "without the option, gcsfs's own six tries"
