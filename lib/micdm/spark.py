@@ -182,7 +182,9 @@ def cores(spark: SparkSession) -> int:
 #: the throughput collector leaves the second core to the JIT where G1's concurrent threads compete for it.
 #: Adaptive query execution is off: it runs each shuffle of a query as a job of its own and plans the rest
 #: again after each, driver work that buys nothing on one machine's few partitions. Without it nothing
-#: coalesces Spark's 200 shuffle partitions, so local_conf sets two per core of the master.
+#: coalesces Spark's 200 shuffle partitions, so local_conf sets two per core of the master. It sets as many
+#: for listing folders in parallel, which Spark does in 10,000 tasks: a VACUUM of the smallest Delta table
+#: would otherwise schedule that many to list its folder.
 LOCAL_DEFAULTS: dict[str, str] = {
     "spark.driver.extraJavaOptions": "-XX:+UseParallelGC",
     "spark.sql.codegen.wholeStage": "false",
@@ -206,7 +208,9 @@ def local_conf(settings: SparkSettings, classes: Path | None = None) -> dict[str
 
     ``classes`` (class_archive) joins micdm's default JVM flags; flags of the user's own are left as given.
     """
-    defaults = {**LOCAL_DEFAULTS, "spark.sql.shuffle.partitions": str(2 * _local_cores(settings.master))}
+    partitions = str(2 * _local_cores(settings.master))
+    defaults = {**LOCAL_DEFAULTS, "spark.sql.shuffle.partitions": partitions,
+                "spark.sql.sources.parallelPartitionDiscovery.parallelism": partitions}
     if classes is not None:
         defaults[_JVM_FLAGS] += f' "-XX:SharedArchiveFile={classes}" -Xlog:cds*=off'
     return {**defaults, **settings.conf}

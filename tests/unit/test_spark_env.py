@@ -57,7 +57,9 @@ def test_a_users_setting_replaces_the_local_default_of_its_key() -> None:
 
 
 def test_a_local_session_plans_without_adaptive_execution_and_two_shuffle_partitions_per_core() -> None:
-    assert local_conf(SparkSettings(master="local[3]"))["spark.sql.shuffle.partitions"] == "6"
+    three = local_conf(SparkSettings(master="local[3]"))
+    assert three["spark.sql.shuffle.partitions"] == "6"
+    assert three["spark.sql.sources.parallelPartitionDiscovery.parallelism"] == "6", "a folder listing's tasks too"
     assert local_conf(SparkSettings(master="local"))["spark.sql.shuffle.partitions"] == "2"
     every_core = local_conf(SparkSettings(master="local[*]"))
     assert every_core["spark.sql.shuffle.partitions"] == str(2 * (os.cpu_count() or 1))
