@@ -255,17 +255,23 @@ def reports_to_redo(spark: SparkSession, locator: TableLocator, scope: DataFrame
     """SOP instance UIDs of the reports and segmentations to redo (None: all): every one of a patient one of
     whose series is in ``scope`` (a report names images of its own patient, priors included), every one that
     names a series in ``scope`` (images filed under another PatientID, as after a merge in the PACS), and any
-    that made features or quarantine rows but whose instance row is gone.
+    that made features or quarantine rows but is no longer a stored report or segmentation.
 
     A report names series in its header (``referenced_series``: evidence, referenced series) and in its
     content items: a source series (UIDREF), an image or a segmentation by its SOP instance UID. Each counts.
     """
     if scope is None:
         return None
-    instances = read_table(spark, locator, "dicom_instance").withColumn("_patient",
-                                                                        F.coalesce("patient_id", F.lit("")))
-    in_scope = within(instances, "series_instance_uid", scope)
-    reports = instances.where(is_report_or_segmentation(F.col("sop_class_uid")))
+    # One read of dicom_instance: the instances of the scope and every report, which are few beside it.
+    flagged = read_table(spark, locator, "dicom_instance").select(
+        "sop_instance_uid", "referenced_series", F.coalesce("patient_id", F.lit("")).alias("_patient"),
+        is_report_or_segmentation(F.col("sop_class_uid")).alias("_report"), "series_instance_uid").join(
+        scope.select(F.col(scope.columns[0]).alias("series_instance_uid")).distinct().withColumn(
+            "_in_scope", F.lit(True)), "series_instance_uid", "left")
+    instances = flagged.where(F.col("_report") | F.col("_in_scope").isNotNull()).drop(
+        "series_instance_uid").localCheckpoint()
+    in_scope = instances.where(F.col("_in_scope").isNotNull())
+    reports = instances.where("_report")
     theirs = reports.join(in_scope.select("_patient"), "_patient", "left_semi").select("sop_instance_uid")
     by_header = within(reports.select("sop_instance_uid", F.explode("referenced_series").alias("series_instance_uid")),
                        "series_instance_uid", scope).select("sop_instance_uid")
@@ -279,7 +285,8 @@ def reports_to_redo(spark: SparkSession, locator: TableLocator, scope: DataFrame
     made = read_table(spark, locator, "id_map").where(F.col("natural_key").startswith(_KINDS["structured_report"])) \
         .select(_source_of_key().alias("sop_instance_uid")).unionByName(
         read_table(spark, locator, "feature_quarantine").select("sop_instance_uid"))
-    gone = made.where(F.col("sop_instance_uid").isNotNull()).join(instances, "sop_instance_uid", "left_anti")
+    # their features came from reports: one whose UID no report holds now is gone
+    gone = made.where(F.col("sop_instance_uid").isNotNull()).join(reports, "sop_instance_uid", "left_anti")
     return theirs.unionByName(by_header).unionByName(by_source).unionByName(by_pointer).unionByName(gone) \
         .distinct().localCheckpoint()
 
