@@ -76,8 +76,8 @@ _AZURE_RETRY_OPTIONS = ("retry_total", "retry_connect", "retry_read", "retry_sta
 
 def _bound_gcs_tries(fs: fsspec.AbstractFileSystem, tries: int) -> None:
     """Make each of gcsfs's requests try ``tries`` times. gcsfs fixes six tries, backing off for about 30 s,
-    when its class is defined, and takes the number of tries (``retries``, as s3fs names it) among its
-    options without using it; its retrying wrapper is applied again here, with the number given."""
+    when its class is defined, and accepts a ``retries`` option without using it; its retrying wrapper is
+    applied again here, with the number given."""
     from gcsfs.retry import retry_request
 
     request = type(fs)._request
