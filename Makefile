@@ -14,10 +14,14 @@ $(INSTALLED): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[spark,s3,gcs,azure,dev,synth]"
 	touch $(INSTALLED)
 
-# Azurite, the Azure storage server the abfss:// tests run on (npm; Node.js 18 or newer).
+# Azurite, the Azure storage server the abfss:// tests run on (npm; Node.js 18 or newer). The registry
+# sometimes fails a request: the install is tried three times, and says why it failed.
 AZURITE := build/azurite/node_modules/.bin/azurite-blob
 $(AZURITE):
-	npm install --silent --no-audit --no-fund --prefix build/azurite azurite@3.37.0
+	for attempt in 1 2 3; do \
+	  npm install --loglevel=error --no-audit --no-fund --prefix build/azurite azurite@3.37.0 && exit 0; \
+	  sleep 10; \
+	done; exit 1
 
 setup: $(INSTALLED)
 	$(BIN)/micdm setup -c $(CONFIG)
