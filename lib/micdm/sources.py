@@ -78,6 +78,8 @@ def _bound_gcs_tries(fs: fsspec.AbstractFileSystem, tries: int) -> None:
     """Make each of gcsfs's requests try ``tries`` times. gcsfs fixes six tries, backing off for about 30 s,
     when its class is defined, and accepts a ``retries`` option without using it; its retrying wrapper is
     applied again here, with the number given."""
+    if "_request" in vars(fs):  # fsspec hands back the same instance for the same options, count included
+        return
     from gcsfs.retry import retry_request
 
     request = type(fs)._request
