@@ -63,7 +63,7 @@ def spark() -> Iterator[object]:
 
     session = get_spark(SparkSettings(master="local[2]", conf={
         # One shuffle partition: a test's rows are few, and a second task per shuffle costs the session's JVM
-        # about a third more CPU on a machine the suite keeps busy. Two cores stay for the stages that size
+        # CPU that the suite, which keeps the machine busy, waits for. Two cores stay for the stages that size
         # their own tasks (extract, listing). Shuffles over several partitions are still run: the
         # console-script and spark-submit tests run with micdm's own settings, and the kill test compares
         # what those runs wrote with an uninterrupted run of this session.
