@@ -126,6 +126,10 @@ def _birth_date(prefix: str) -> Column:
         F.coalesce(F.col(f"{prefix}day_of_birth"), F.lit(1))))
 
 
+#: The lowest and highest value a field holds (None when it holds none).
+_Span = tuple[int, int] | None
+
+
 @dataclass
 class _Measure:
     """A check as two aggregate expressions over the table's rows (after its lookups are joined)."""
@@ -141,9 +145,9 @@ class _TableChecks:
     """A table's rows, each lookup left-joined once, and every check read from them in one aggregation."""
 
     def __init__(self, spark: SparkSession, locator: TableLocator, name: str, rows: DataFrame,
-                 concepts: dict[int, Row], lookups: dict[str, DataFrame]) -> None:
+                 concepts: dict[int, Row], lookups: dict[str, DataFrame], spans: dict[str, _Span]) -> None:
         self.spark, self.locator, self.name, self.rows, self.concepts = spark, locator, name, rows, concepts
-        self.lookups = lookups
+        self.lookups, self.spans, self._checked = lookups, spans, rows
         self.measures: list[_Measure] = []
         self.special: list[CheckResult] = []
         self._joined: set[str] = set()
@@ -185,8 +189,19 @@ class _TableChecks:
                 self._joined.add(prefix)
                 self.rows = self.rows.withColumn(prefix + key, F.lit(None).cast("int"))
             return prefix + key
-        self._join(prefix, read_table(self.spark, self.locator, table).select(key), key, field_name)
+        self._join(prefix, self._referenced(table, key, field_name), key, field_name)
         return prefix + key
+
+    def _referenced(self, table: str, key: str, field_name: str) -> DataFrame:
+        """The ``key`` values of ``table`` that the field names: the rows within the field's lowest and highest
+        value (so Delta skips the other files by their statistics), then only the values named. A site's
+        measurement table is read for micdm's few ids, never shuffled whole."""
+        span = self.spans.get(field_name)
+        if span is None:  # the field is never filled: nothing to look up
+            return read_table(self.spark, self.locator, table).select(key).where(F.lit(False))
+        named = self._checked.select(F.col(field_name).alias(key)).distinct()
+        return read_table(self.spark, self.locator, table).select(key).where(F.col(key).between(*span)).join(
+            F.broadcast(named), key, "left_semi")
 
     def add(self, control: Control, fails: Column, applies: Column | None = None) -> None:
         applies = F.lit(True) if applies is None else applies
@@ -361,14 +376,25 @@ def _person_completeness(spark: SparkSession, locator: TableLocator,
             for index, control in enumerate(checks)}
 
 
-def _written_rows(spark: SparkSession, locator: TableLocator, name: str) -> DataFrame:
+def _allocated_spans(spark: SparkSession, locator: TableLocator, names: Sequence[str]) -> dict[str, _Span]:
+    """The lowest and highest id micdm allocated in each of the site's tables ``names``, from id_map."""
+    spans = read_table(spark, locator, "id_map").where(F.col("namespace").isin(*names)).groupBy("namespace").agg(
+        F.min("id").alias("low"), F.max("id").alias("high")).collect()
+    found = {row["namespace"]: (row["low"], row["high"]) for row in spans}
+    return {name: found.get(name) for name in names}
+
+
+def _written_rows(spark: SparkSession, locator: TableLocator, name: str, span: _Span) -> DataFrame:
     """The rows of a checked table that micdm wrote: all of its own tables; in the site's CDM tables, the
-    ids micdm allocated (id_map), so a site's own rows are neither checked nor scanned by every check."""
+    ids micdm allocated (id_map, within their ``span``), so a site's own rows are neither checked nor read:
+    Delta skips the files outside micdm's block by their statistics."""
     table = read_table(spark, locator, name)
     if name in _OWN_TABLES:
         return table
     key = f"{name}_id"
-    return table.join(allocated_ids(spark, locator, name, key), key, "left_semi")
+    if span is None:
+        return table.where(F.lit(False))
+    return table.where(F.col(key).between(*span)).join(allocated_ids(spark, locator, name, key), key, "left_semi")
 
 
 def _lookups(spark: SparkSession, locator: TableLocator, written: Iterable[DataFrame]) -> dict[str, DataFrame]:
@@ -390,13 +416,21 @@ def _lookups(spark: SparkSession, locator: TableLocator, written: Iterable[DataF
     return dict(zip(narrowed, run_concurrently(*[frame.localCheckpoint for frame in narrowed.values()]), strict=True))
 
 
-def _present_concepts(rows: DataFrame, fields: Iterable[str]) -> set[tuple[str, int]]:
-    """(field, concept id) pairs the rows hold, so that concept checks run only for concepts present."""
-    fields = sorted(set(fields))
-    if not fields:
-        return set()
-    collected = aggregate(rows, *[F.collect_set(f).alias(f) for f in fields])
-    return {(f, int(c)) for f in fields for c in (collected[f] or [])}
+def _row_facts(rows: DataFrame, concept_fields: Iterable[str], key_fields: Iterable[str]
+               ) -> tuple[set[tuple[str, int]], dict[str, _Span]]:
+    """In one aggregation: the (field, concept id) pairs the rows hold, so that concept checks run only for
+    concepts present, and each foreign-key field's span, which bounds what its lookup reads."""
+    concept_fields, key_fields = sorted(set(concept_fields)), sorted(set(key_fields))
+    if not concept_fields and not key_fields:
+        return set(), {}
+    collected = aggregate(rows, *[F.collect_set(f).alias(f"c_{f}") for f in concept_fields],
+                          *[F.min(f).alias(f"low_{f}") for f in key_fields],
+                          *[F.max(f).alias(f"high_{f}") for f in key_fields])
+    present = {(f, int(c)) for f in concept_fields for c in (collected[f"c_{f}"] or [])}
+    spans: dict[str, _Span] = {f: None if collected[f"low_{f}"] is None else (collected[f"low_{f}"],
+                                                                                collected[f"high_{f}"])
+                               for f in key_fields}
+    return present, spans
 
 
 def _concepts_used(concept: DataFrame, tables: Iterable[DataFrame]) -> dict[int, Row]:
@@ -418,20 +452,22 @@ def evaluate(spark: SparkSession, locator: TableLocator) -> list[CheckResult]:
     by_table: dict[str, list[Control]] = {}
     for control in checks:
         by_table.setdefault(control.table, []).append(control)
+    spans = _allocated_spans(spark, locator, [name for name in CHECKED_TABLES if name not in _OWN_TABLES])
     written = dict(zip(CHECKED_TABLES, run_concurrently(
-        *[functools.partial(lambda name: _written_rows(spark, locator, name).localCheckpoint(), name)
+        *[functools.partial(lambda name: _written_rows(spark, locator, name, spans.get(name)).localCheckpoint(), name)
           for name in CHECKED_TABLES]), strict=True))
     used = _concepts_used(concept, written.values())
     lookups = _lookups(spark, locator, written.values())
     completeness = _person_completeness(spark, locator, [c for c in checks if c.level == "TABLE"])
 
     def check(name: str) -> list[CheckResult]:
-        rows = written[name]
-        table = _TableChecks(spark, locator, name, rows, used, lookups)
+        rows, controlled = written[name], by_table.get(name, [])
+        present, spans = _row_facts(rows, {c.field for c in controlled if c.level == "CONCEPT" and c.field},
+                                    {c.field for c in controlled if c.check == "isForeignKey" and c.field
+                                     and c.params["fk_table"] != "concept"})
+        table = _TableChecks(spark, locator, name, rows, used, lookups, spans)
         kinds = {f.name: f.dataType.typeName() for f in rows.schema.fields}
-        present = _present_concepts(rows, {c.field for c in by_table.get(name, []) if c.level == "CONCEPT"
-                                           and c.field})
-        for control in by_table.get(name, []):
+        for control in controlled:
             if control.level == "TABLE":
                 table.special.append(completeness[control])
             elif control.level == "CONCEPT":

@@ -78,6 +78,30 @@ def test_only_the_rows_micdm_wrote_are_checked_in_the_sites_tables(spark, empty)
     assert results.loc[("isPrimaryKey", "procedure_occurrence", "procedure_occurrence_id")]["rows_checked"] == 1
 
 
+def test_foreign_keys_into_the_sites_tables_count_as_the_dashboard_counts(spark, empty) -> None:
+    """A lookup into a site table reads only the span of ids the field names, yet any row there counts: a
+    feature on the site's own measurement row (id 3) is linked, one on an id nobody holds is not."""
+    settings, locator = empty
+    block = settings.storage.site_id_block("measurement")
+    day = dt.date(2024, 1, 2)
+    overwrite(locator, "measurement", spark.createDataFrame(
+        [(3, 5, 0, day, 32817), (4, 5, 0, day, 32817), (block, 5, 0, day, 32817)],
+        "measurement_id int, person_id int, measurement_concept_id int, measurement_date date, "
+        "measurement_type_concept_id int"))
+    measurement = quality.table_concept_id("measurement")
+    overwrite(locator, "image_feature", spark.createDataFrame(
+        [(feature, 5, 1, measurement, row, 0, 32817) for feature, row in enumerate((3, block, block + 7, 2))],
+        "image_feature_id int, person_id int, image_occurrence_id int, table_concept_id int, table_row_id int, "
+        "image_feature_concept_id int, image_feature_type_concept_id int"))
+    with pytest.raises(QualityError):
+        quality.run(spark, locator, settings, "links")
+    results = read_table(spark, locator, "dq_result").toPandas().set_index(["check_name", "table_name", "field_name"])
+    links = results.loc[("isForeignKey", "image_feature", "table_row_id")]
+    assert (links["rows_violated"], links["rows_checked"]) == (2, 4)  # ids block + 7 and 2 are nobody's
+    occurrences = results.loc[("isForeignKey", "image_feature", "image_occurrence_id")]
+    assert (occurrences["rows_violated"], occurrences["rows_checked"]) == (4, 4)  # image_occurrence is empty
+
+
 def test_concept_checks_count_what_the_dashboards_sql_counts(spark, empty, shared: Path, tmp_path: Path) -> None:
     """Measurements naming a good concept, one of another domain, a non-standard one, an invalid one, concept 0,
     an id CONCEPT lacks and none: micdm's counts of every concept check are the ones DQD's own SQL gives."""
