@@ -201,7 +201,7 @@ class _TableChecks:
             return read_table(self.spark, self.locator, table).select(key).where(F.lit(False))
         named = self._checked.select(F.col(field_name).alias(key)).distinct()
         return read_table(self.spark, self.locator, table).select(key).where(F.col(key).between(*span)).join(
-            F.broadcast(named), key, "left_semi")
+            named, key, "left_semi")
 
     def add(self, control: Control, fails: Column, applies: Column | None = None) -> None:
         applies = F.lit(True) if applies is None else applies
