@@ -7,8 +7,10 @@ Per size, a new warehouse whose measurement table holds that many of the site's 
 written in one append) and micdm's rows in its own id block. In one warm Spark session, each operation
 runs ``--repeats`` times: `write` is ``write_site_rows`` with every value changed (so each run compares and
 MERGEs them all), `check` is ``release_clashing_ids`` over their ids, `quality` is the quality stage's
-checks (``quality.evaluate``) with an image_feature row on each of micdm's measurements, `remove` is
-``remove_site_rows`` (then the rows are written again for the next repeat). If the site's rows were
+checks (``quality.evaluate``) with an image_feature row on each of micdm's measurements, `changes` reads
+what changed in the table since a watermark after the site's ETL appended ten rows (``Changes.rows``, as
+an incremental link reads the site's tables), `remove` is ``remove_site_rows`` (then the rows are
+written again for the next repeat). If the site's rows were
 read, the seconds would grow with them; measurePersonCompleteness alone reads the whole table, by design.
 """
 
@@ -41,7 +43,8 @@ def _timed(repeats: int, run: Callable[[int], object], after: Callable[[], objec
 def _measure(spark: Any, site_rows: int, ours: int, repeats: int) -> dict[str, Any]:
     from pyspark.sql import functions as F
 
-    from micdm import quality
+    from micdm import quality, watermark
+    from micdm.changes import Changes
     from micdm.config import load_settings
     from micdm.ownership import release_clashing_ids, remove_site_rows, write_site_rows
     from micdm.tables import TableLocator, append, init_tables
@@ -52,6 +55,12 @@ def _measure(spark: Any, site_rows: int, ours: int, repeats: int) -> dict[str, A
             F.col("id").cast("int").alias("measurement_id"), (F.col("id") % 1000).cast("int").alias("person_id"),
             F.lit(0).alias("measurement_concept_id"), F.lit("2026-01-02").cast("date").alias("measurement_date"),
             F.lit(32817).alias("measurement_type_concept_id"), F.lit(value).cast("double").alias("value_as_number"))
+
+    def changed_after_the_sites_etl(locator: Any, settings: Any, first: int) -> int:
+        since = watermark.current(spark, locator, settings, ["measurement"])
+        append(locator, "measurement", measurements(first, 10, 1.0))
+        changes = Changes(since, watermark.current(spark, locator, settings, ["measurement"]))
+        return changes.rows(spark, locator, "measurement").count()  # type: ignore[union-attr]
 
     with tempfile.TemporaryDirectory() as tmp:
         settings = load_settings(REPO / "conf" / "local.yml", [f"storage.warehouse={tmp}/warehouse"])
@@ -75,6 +84,8 @@ def _measure(spark: Any, site_rows: int, ours: int, repeats: int) -> dict[str, A
                                                                measurements(_BLOCK, ours, float(r)))),
             "check": _timed(repeats, lambda r: release_clashing_ids(spark, locator, "measurement", ids)),
             "quality": _timed(repeats, lambda r: quality.evaluate(spark, locator)),
+            "changes": _timed(repeats, lambda r: changed_after_the_sites_etl(locator, settings,
+                                                                             site_rows + 1 + 10 * r)),
             "remove": _timed(repeats, lambda r: remove_site_rows(spark, locator, "measurement", ids),
                              lambda: write_site_rows(spark, locator, "measurement", measurements(_BLOCK, ours, 9.0))),
         }
@@ -86,10 +97,11 @@ def _markdown(results: dict[str, Any]) -> str:
     lines = ["# micdm's rows in a growing site table", "",
              f"Measured {results['date']} on {results['machine']}; reproduce with `{results['command']}`. Median "
              f"of {results['repeats']} runs in a warm session, seconds.", "",
-             "| site rows | micdm rows | write | check | quality | remove |", "|---|---|---|---|---|---|"]
+             "| site rows | micdm rows | write | check | quality | changes | remove |", "|---|---|---|---|---|---|---|"]
     for r in results["sizes"]:
         lines.append(f"| {r['site_rows']:,} | {r['micdm_rows']:,} | {r['write']['seconds_median']} | "
                      f"{r['check']['seconds_median']} | {r['quality']['seconds_median']} | "
+                     f"{r['changes']['seconds_median']} | "
                      f"{r['remove']['seconds_median']} |")
     return "\n".join(lines) + "\n"
 

@@ -3,8 +3,11 @@
 A stage's stored watermark holds the Delta version of each table it read; the current one holds the
 versions now. micdm's own tables keep a Change Data Feed, so the rows written between the two versions
 can be read back, and a stage maps them to the keys it must redo (the series whose instances changed,
-say). The site's tables keep none (micdm never alters them): where one is Delta, its two versions are
-read by time travel and compared row by row. Whenever the change cannot be told (no earlier run, a full
+say). The site's tables keep none (micdm never alters them): where one is Delta, the commits between its
+two versions name the data files added and removed, and only those files' rows are compared, so a day's
+new rows cost what they hold, not what the table holds. Where those files cannot be read as they are
+(partitions, deletion vectors, column mapping, a schema change, commits no longer kept), the two versions
+are read whole by time travel and compared row by row. Whenever the change cannot be told (no earlier run, a full
 refresh, changed settings or micdm version, a changed table the stage cannot key, a feed that was not
 kept, a site version vacuumed or a site table that is not Delta), the stage rebuilds in full.
 """
@@ -15,10 +18,11 @@ import functools
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from urllib.parse import unquote
 
 from py4j.protocol import Py4JJavaError
 from pyspark.errors import PySparkException
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 
 from micdm.tables import CHANGE_FEED_LAYERS, TableLocator, keep_change_feed
@@ -63,16 +67,58 @@ class Changes:
         if start is None or end is None or end < start:
             return None
         if locator.definition(name).layer not in CHANGE_FEED_LAYERS:
-            # each version read once, in one aggregation: a row counts +1 in the new, -1 in the old
+            sides = _changed_file_rows(spark, locator.ref(name), start, end) or [
+                spark.sql(f"SELECT * FROM {locator.ref(name)} VERSION AS OF {version}") for version in (start, end)]
+            # each side read once, in one aggregation: a row counts +1 in the new, -1 in the old
             both = functools.reduce(DataFrame.unionByName, (
-                spark.sql(f"SELECT * FROM {locator.ref(name)} VERSION AS OF {version}").withColumn("_side", F.lit(side))
-                for version, side in ((start, -1), (end, 1))))
+                rows.withColumn("_side", F.lit(side)) for rows, side in zip(sides, (-1, 1), strict=True)))
             return both.groupBy(*[c for c in both.columns if c != "_side"]).agg(F.sum("_side").alias("_side")) \
                 .where(F.col("_side") != 0).drop("_side")
         reader = (spark.read.format("delta").option("readChangeFeed", "true")
                   .option("startingVersion", start + 1).option("endingVersion", end))
         path = locator.path(name)
         return reader.load(path) if path is not None else reader.table(locator.ref(name))
+
+
+#: What a Delta commit says of the files it adds and removes, and whether it changes the table's metadata.
+_FILE_ACTION = "struct<path: string, partitionValues: map<string, string>, deletionVector: struct<storageType: string>>"
+_COMMIT = f"add {_FILE_ACTION}, remove {_FILE_ACTION}, metaData struct<id: string>"
+
+
+def _changed_file_rows(spark: SparkSession, ref: str, start: int, end: int) -> list[DataFrame] | None:
+    """The rows of the data files that the commits after version ``start`` up to ``end`` of a Delta table
+    removed, and of those they added; None when those files cannot be read as plain Parquet (a partitioned
+    table, column mapping, deletion vectors, a schema change) or the commits are no longer kept."""
+    detail = spark.sql(f"DESCRIBE DETAIL {ref}").first()
+    if detail is None or detail["partitionColumns"] or (detail["properties"] or {}).get(
+            "delta.columnMapping.mode", "none") != "none":
+        return None
+    location = str(detail["location"]).rstrip("/")
+    commits = [f"{location}/_delta_log/{version:020d}.json" for version in range(start + 1, end + 1)]
+    try:
+        actions = spark.read.schema(_COMMIT).json(commits).collect()
+    except (Py4JJavaError, PySparkException) as error:  # a commit cleaned from the log
+        log.info("%s: commits %d to %d not read (%s)", ref, start + 1, end, type(error).__name__)
+        return None
+    removed: list[str] = []
+    added: list[str] = []
+    for action in actions:
+        if action["metaData"] is not None:
+            return None
+        for file, files in ((action["remove"], removed), (action["add"], added)):
+            if file is not None:
+                if file["partitionValues"] or file["deletionVector"] is not None:
+                    return None
+                files.append(_data_file(location, file))
+    schema = spark.sql(f"SELECT * FROM {ref} VERSION AS OF {end}").schema  # the same at both: no metaData
+    return [spark.read.schema(schema).parquet(*files) if files else spark.createDataFrame([], schema)
+            for files in (removed, added)]
+
+
+def _data_file(location: str, file: Row) -> str:
+    """The full path of a commit's file: the log holds it relative to the table (URI-encoded), or whole."""
+    path = unquote(file["path"])
+    return path if "://" in path or path.startswith("/") else f"{location}/{path}"
 
 
 def changed_keys(spark: SparkSession, locator: TableLocator, changes: Changes | None,

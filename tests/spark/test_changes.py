@@ -135,3 +135,40 @@ def test_a_table_without_a_key_is_synced_by_all_its_columns_duplicates_included(
     assert sync(twice.unionByName(other)) == 0, "the same rows again: nothing written"
     assert sync(other) == 1, "the repeated row goes, both copies"
     assert [row.series_instance_uid for row in read_table(spark, locator, "feature_quarantine").collect()] == ["1.2"]
+
+
+def test_a_site_tables_change_is_read_from_the_files_its_commits_name(spark, empty) -> None:
+    """A site's ETL appends, deletes and updates: only the data files those commits removed or added are
+    read, and the rows found are those a comparison of the whole versions finds. Where deletion vectors
+    hide rows inside a file, the whole versions are compared."""
+    settings, locator = empty
+    path = locator.path("person")
+    schema = "person_id int, gender_concept_id int, year_of_birth int, race_concept_id int, " \
+             "ethnicity_concept_id int, person_source_value string"
+
+    def append_persons(*persons: tuple[int, int]) -> None:
+        spark.createDataFrame([(i, 8507, year, 0, 0, f"MRN{i}") for i, year in persons], schema).coalesce(1) \
+            .write.format("delta").mode("append").save(path)
+
+    def changed_since(since: watermark.Watermark) -> tuple[list[tuple[int, int]], set[str]]:
+        append_persons((5, 1990))
+        spark.sql(f"DELETE FROM delta.`{path}` WHERE person_id = 3")
+        spark.sql(f"UPDATE delta.`{path}` SET year_of_birth = 1999 WHERE person_id = 4")
+        rows = Changes(since, watermark.current(spark, locator, settings, ["person"])).rows(spark, locator, "person")
+        assert rows is not None
+        return sorted((row.person_id, row.year_of_birth) for row in rows.collect()), set(rows.inputFiles())
+
+    for persons in [(1, 1950), (2, 1960)], [(3, 1970)], [(4, 1980)]:
+        append_persons(*persons)
+    untouched = spark.read.format("delta").load(path).where("person_id = 1").select(F.input_file_name()).first()[0]
+    expected = [(3, 1970), (4, 1980), (4, 1999), (5, 1990)]
+    found, read = changed_since(watermark.current(spark, locator, settings, ["person"]))
+    assert found == expected
+    assert untouched not in read and read, "only the files of the commits in between are read"
+
+    spark.sql(f"DELETE FROM delta.`{path}` WHERE person_id >= 3")
+    append_persons((3, 1970), (4, 1980))
+    spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ('delta.enableDeletionVectors' = 'true')")
+    found, read = changed_since(watermark.current(spark, locator, settings, ["person"]))
+    assert found == expected
+    assert untouched in read, "deletion vectors: the two versions are compared whole"
