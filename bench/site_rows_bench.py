@@ -10,8 +10,8 @@ MERGEs them all), `check` is ``release_clashing_ids`` over their ids, `quality` 
 checks (``quality.evaluate``) with an image_feature row on each of micdm's measurements, `changes` reads
 what changed in the table since a watermark after the site's ETL appended ten rows (``Changes.rows``, as
 an incremental link reads the site's tables), `remove` is ``remove_site_rows`` (then the rows are
-written again for the next repeat). If the site's rows were
-read, the seconds would grow with them; measurePersonCompleteness alone reads the whole table, by design.
+written again for the next repeat). If the site's rows were read, the seconds would grow with them;
+measurePersonCompleteness alone reads the whole table, by design.
 """
 
 from __future__ import annotations
@@ -101,8 +101,7 @@ def _markdown(results: dict[str, Any]) -> str:
     for r in results["sizes"]:
         lines.append(f"| {r['site_rows']:,} | {r['micdm_rows']:,} | {r['write']['seconds_median']} | "
                      f"{r['check']['seconds_median']} | {r['quality']['seconds_median']} | "
-                     f"{r['changes']['seconds_median']} | "
-                     f"{r['remove']['seconds_median']} |")
+                     f"{r['changes']['seconds_median']} | {r['remove']['seconds_median']} |")
     return "\n".join(lines) + "\n"
 
 

@@ -7,9 +7,9 @@ say). The site's tables keep none (micdm never alters them): where one is Delta,
 two versions name the data files added and removed, and only those files' rows are compared, so a day's
 new rows cost what they hold, not what the table holds. Where those files cannot be read as they are
 (partitions, deletion vectors, column mapping, a schema change, commits no longer kept), the two versions
-are read whole by time travel and compared row by row. Whenever the change cannot be told (no earlier run, a full
-refresh, changed settings or micdm version, a changed table the stage cannot key, a feed that was not
-kept, a site version vacuumed or a site table that is not Delta), the stage rebuilds in full.
+are read whole by time travel and compared row by row. Whenever the change cannot be told (no earlier
+run, a full refresh, changed settings or micdm version, a changed table the stage cannot key, a feed
+that was not kept, a site version vacuumed or a site table that is not Delta), the stage rebuilds in full.
 """
 
 from __future__ import annotations
