@@ -175,9 +175,10 @@ class _TableChecks:
 
     def among_concepts(self, field_name: str, chosen: Callable[[Row], bool]) -> Column:
         """Whether the field names a concept that ``chosen`` picks: a set lookup, where a join with CONCEPT
-        would broadcast a pruned copy of it for every concept field."""
+        would broadcast a pruned copy of it for every concept field. The set is written as SQL: ``isin``
+        builds one literal per id through the JVM gateway, hundreds of round trips per check."""
         ids = sorted(concept_id for concept_id, row in self.concepts.items() if chosen(row))
-        return F.col(field_name).isin(ids) if ids else F.lit(False)
+        return F.expr(f"`{field_name}` IN ({', '.join(str(int(i)) for i in ids)})") if ids else F.lit(False)
 
     def foreign(self, field_name: str, table: str, key: str) -> str:
         prefix = f"_fk_{field_name}_{table}_"

@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pyspark import SparkContext
+from pyspark import SparkConf, SparkContext
 from pyspark.sql import SparkSession
 
 from micdm.config import SparkSettings
@@ -175,6 +175,13 @@ def cores(spark: SparkSession) -> int:
         return _CONNECT_CORES
 
 
+#: PySpark 4 records, for every Column and DataFrame function called, the Python line that called it, so
+#: that an error names it: a walk of the Python stack and several JVM round trips per call, where
+#: building a column costs one. micdm builds tens of thousands of columns per run, so it is off in the
+#: sessions micdm starts, unless the user's own setting says otherwise. An error still names the query
+#: and its plan, not micdm's line.
+_ORIGINS = "spark.python.sql.dataFrameDebugging.enabled"
+
 #: Defaults of a local session, each replaced by the same key in ``spark.conf``. A micdm run is hundreds of
 #: small queries, so a cold JVM spends most of its CPU compiling them: expressions are interpreted rather
 #: than compiled to Java classes (compiling each new query shape with Janino, then with the JIT, costs
@@ -184,7 +191,8 @@ def cores(spark: SparkSession) -> int:
 #: again after each, driver work that buys nothing on one machine's few partitions. Without it nothing
 #: coalesces Spark's 200 shuffle partitions, so local_conf sets two per core of the master. It sets as many
 #: for listing folders in parallel, which Spark does in 10,000 tasks: a VACUUM of the smallest Delta table
-#: would otherwise schedule that many to list its folder.
+#: would otherwise schedule that many to list its folder. PySpark's DataFrame debugging context is off (see
+#: _ORIGINS).
 LOCAL_DEFAULTS: dict[str, str] = {
     "spark.driver.extraJavaOptions": "-XX:+UseParallelGC",
     "spark.sql.codegen.wholeStage": "false",
@@ -192,6 +200,7 @@ LOCAL_DEFAULTS: dict[str, str] = {
     "spark.sql.adaptive.enabled": "false",
     "spark.databricks.delta.snapshotPartitions": "2",
     "spark.ui.showConsoleProgress": "false",
+    _ORIGINS: "false",
 }
 
 
@@ -325,7 +334,9 @@ def get_spark(settings: SparkSettings | None = None, app_name: str = "micdm") ->
     if is_databricks():
         return SparkSession.builder.getOrCreate()
     if is_submitted():
-        return SparkSession.builder.appName(app_name).config(map=_DELTA_SESSION).getOrCreate()
+        # Set before the context starts (Spark refuses it later); a --conf of the user's own stays.
+        origins = {} if SparkConf().contains(_ORIGINS) else {_ORIGINS: "false"}
+        return SparkSession.builder.appName(app_name).config(map={**_DELTA_SESSION, **origins}).getOrCreate()
     settings = settings or SparkSettings()
     check_java()
     jars = resolve_delta_jars()

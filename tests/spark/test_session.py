@@ -91,3 +91,25 @@ def test_the_local_session_maps_the_class_archive_setup_made(spark: Any) -> None
     assert mapped is not None, "class data sharing is off"
     # The JDK's own archive alone maps ~12 MB; with micdm's on top the mapping is larger than micdm's file.
     assert int(mapped.group(1)) > archive.stat().st_size, "the JVM ignored micdm's archive"
+
+
+def test_building_a_column_does_not_record_its_python_call_site(spark: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """PySpark's DataFrame debugging context walks the Python stack and calls the JVM several times for
+    every column function; micdm's session turns it off, so a column costs about one round trip per part."""
+    import py4j.clientserver
+    from pyspark.sql import functions as F
+
+    sent: list[str] = []
+    original = py4j.clientserver.JavaClient.send_command
+
+    def counted(self: Any, command: str, *args: Any, **kwargs: Any) -> Any:
+        sent.append(command)
+        return original(self, command, *args, **kwargs)
+
+    F.when(F.col("a").isNull(), F.lit(1)).otherwise(F.col("b")).alias("c")  # functions resolved once
+    monkeypatch.setattr(py4j.clientserver.JavaClient, "send_command", counted)
+    F.when(F.col("a").isNull(), F.lit(1)).otherwise(F.col("b")).alias("c")
+    monkeypatch.undo()
+    assert not any("PySparkCurrentOrigin" in command for command in sent), "a call site was recorded"
+    assert 0 < len(sent) <= 20, len(sent)
+    assert spark.conf.get("spark.python.sql.dataFrameDebugging.enabled") == "false"
