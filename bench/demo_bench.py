@@ -10,7 +10,8 @@ The demo's archive and site CDM (``micdm synth`` with conf/local.yml, as ``make 
 once; each run is ``micdm run`` on a fresh copy of that warehouse, the demo's first run. The settings
 alternate so that a machine's drift falls on each. "Code generation" gives back Spark's own values of the
 two settings by which a local micdm session interprets expressions (whole-stage code generation, generated
-expression classes), "adaptive execution" Spark's adaptive query execution, and nothing else.
+expression classes), "adaptive execution" Spark's adaptive query execution, "call-site capture" PySpark's
+DataFrame debugging context, and nothing else.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ SETTINGS = {
     "micdm's defaults": [],
     "code generation": ["spark.conf={spark.sql.codegen.wholeStage: 'true', spark.sql.codegen.factoryMode: FALLBACK}"],
     "adaptive execution": ["spark.conf={spark.sql.adaptive.enabled: 'true'}"],
+    "call-site capture": ["spark.conf={spark.python.sql.dataFrameDebugging.enabled: 'true'}"],
 }
 #: Stages before the ones the demo's target counts: the vocabulary load and reading the files.
 _BEFORE = ("vocabulary", "extract")
