@@ -20,6 +20,7 @@ from micdm.tables import (
     aggregate,
     append,
     as_stored,
+    column_ceiling,
     conform,
     delta_table,
     has_rows,
@@ -40,8 +41,8 @@ def _fingerprint(table: str) -> Column:
 
 def site_floor(spark: SparkSession, locator: TableLocator, table: str) -> int:
     """The id above which micdm allocates in ``table``: its block, or the table's highest id when the
-    site's own ids have reached the block."""
-    highest = aggregate(read_table(spark, locator, table), F.max(f"{table}_id"))[0] or 0
+    site's own ids have reached the block (from the table's statistics where they tell it, column_ceiling)."""
+    highest = column_ceiling(spark, locator, table, f"{table}_id") or 0
     return max(locator.storage.site_id_block(table) - 1, highest)
 
 

@@ -33,11 +33,11 @@ from micdm.schema import CDM_TABLES, TABLES, TableDef, with_header_format
 if TYPE_CHECKING:
     from deltalake import DeltaTable as RustDeltaTable
 
-__all__ = ["TableLocator", "aggregate", "append", "as_stored", "clustering_clause", "conform", "create_table",
-           "delete_keys", "delta_table", "has_rows", "init_tables", "keep_change_feed", "load_csv", "may_have_rows",
-           "merge_into", "merge_or_delete", "overwrite", "read_table", "row_count", "row_digest", "schema_problems",
-           "site_table", "small_table_rows", "stored_schema", "sync_rows", "table_problems", "table_properties",
-           "within"]
+__all__ = ["TableLocator", "aggregate", "append", "as_stored", "clustering_clause", "column_ceiling", "conform",
+           "create_table", "delete_keys", "delta_table", "has_rows", "init_tables", "keep_change_feed", "load_csv",
+           "may_have_rows", "merge_into", "merge_or_delete", "overwrite", "read_table", "row_count", "row_digest",
+           "schema_problems", "site_table", "small_table_rows", "stored_schema", "sync_rows", "table_problems",
+           "table_properties", "within"]
 
 log = logging.getLogger(__name__)
 
@@ -366,6 +366,22 @@ def row_count(spark: SparkSession, locator: TableLocator, name: str) -> int:
         if records.null_count == 0:
             return int(pc.sum(records).as_py() or 0)
     return read_table(spark, locator, name).count()
+
+
+def column_ceiling(spark: SparkSession, locator: TableLocator, name: str, column: str) -> Any:
+    """A value that no row's ``column`` (a number) exceeds, None for an empty table: the highest of the Delta
+    log's file statistics where delta-rs reads a local table, so that a site's table of billions of rows is
+    not scanned for it, else the column's maximum as Spark counts it. A file's statistics still count rows a
+    deletion vector removed, so the value can lie above every row left: a bound, not always the maximum."""
+    local = _local_delta_log(locator, name)
+    if local is not None:
+        files = pa.table(local.get_add_actions(flatten=True))
+        if not files.num_rows:
+            return None
+        highest = f"max.{column}"
+        if highest in files.column_names and files.column(highest).null_count == 0:  # else a file lacks them
+            return pc.max(files.column(highest)).as_py()
+    return aggregate(read_table(spark, locator, name), F.max(column))[0]
 
 
 def conform(df: DataFrame, table: TableDef, carry: Sequence[str] = ()) -> DataFrame:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
+import pytest
+
 
 def test_an_id_the_site_table_holds_twice_is_merged_once(spark, empty) -> None:
     """A reload that copied one of micdm's rows twice leaves its id twice in the table: micdm's next
@@ -61,3 +63,38 @@ def test_micdm_reads_none_of_the_site_files_beside_its_rows(spark, empty) -> Non
     assert release_clashing_ids(spark, locator, "measurement", ids) == 0
     assert remove_site_rows(spark, locator, "measurement", ids) == 1
     assert read_table(spark, locator, "measurement").where("measurement_id > 10").count() == 0
+
+
+@pytest.mark.parametrize("delta_rs", [True, False], ids=["delta-rs", "spark"])
+def test_the_sites_highest_id_is_read_from_its_tables_statistics(spark, empty, monkeypatch, delta_rs: bool) -> None:
+    """Where the site's ids have passed micdm's block, micdm allocates above the site's highest id. delta-rs
+    reads it from the Delta log's file statistics, without a Spark job: the site's data files are deleted
+    here (standing for a table too large to scan each night) and the floor is still found. Without
+    delta-rs, Spark counts it from the rows."""
+    import sys
+    from urllib.parse import unquote, urlparse
+
+    from pyspark.sql import functions as F
+
+    from micdm.ownership import site_floor
+    from micdm.tables import append, read_table
+
+    if not delta_rs:
+        monkeypatch.setitem(sys.modules, "deltalake", None)  # as if it were not installed
+    _, locator = empty
+    block = locator.storage.site_id_block("observation")
+    assert site_floor(spark, locator, "observation") == block - 1  # an empty table: the block
+    columns = "observation_id int, person_id int, observation_concept_id int, observation_date date, " \
+              "observation_type_concept_id int"
+    day = dt.date(2026, 1, 2)
+    for ids in ((7, block + 40), (block + 12,)):  # two files, the highest in the first
+        append(locator, "observation", spark.createDataFrame([(i, 1, 0, day, 32817) for i in ids], columns))
+    if delta_rs:
+        for row in read_table(spark, locator, "observation").select(F.input_file_name().alias("f")).distinct() \
+                .collect():
+            Path(unquote(urlparse(row.f).path)).unlink()
+    context = spark.sparkContext
+    jobs_before = context._jsc.sc().dagScheduler().nextJobId()
+    assert site_floor(spark, locator, "observation") == block + 40
+    jobs = context._jsc.sc().dagScheduler().nextJobId() - jobs_before
+    assert (jobs == 0) if delta_rs else (jobs > 0)
