@@ -167,10 +167,12 @@ def report_features(spark: SparkSession, locator: TableLocator, instances: DataF
     items = analysed.select("sop_instance_uid", F.explode("a.items").alias("i")).select(
         "sop_instance_uid", "i.*").withColumn("group", F.coalesce("finding_group", F.lit(0)))
     placed, unplaced = _placements(analysed, groups, items, instances, occurrences)
+    # Kept: the features and two of the SR tables read it, each of which would join it again.
     located = items.join(placed, ["sop_instance_uid", "group"]).join(reports, "sop_instance_uid").withColumns({
         "natural_key": F.concat_ws("|", F.lit("sr"), "sop_instance_uid", F.regexp_replace("position", r"^1\.", "")),
         "finding_key": F.when(F.col("finding_group").isNotNull(),
-                              F.concat_ws("|", "sop_instance_uid", F.col("finding_group").cast("string")))})
+                              F.concat_ws("|", "sop_instance_uid", F.col("finding_group").cast("string")))}
+    ).localCheckpoint(eager=False)
     vocabulary = coding_scheme_vocabularies()
     is_num = F.col("value_type") == "NUM"
     features = conform(located.select(
@@ -194,7 +196,9 @@ def report_features(spark: SparkSession, locator: TableLocator, instances: DataF
         F.when(F.col("algorithm").isNotNull(), F.col("created")).alias("alg_datetime"),
     ), FEATURE_ROW)
     sr_reports = analysed.where("is_sr").select("sop_instance_uid")
-    sr_groups = groups.join(placed, ["sop_instance_uid", "group"], "left").join(reports, "sop_instance_uid")
+    # Kept: sr_measurement_group and both item tables read it.
+    sr_groups = groups.join(placed, ["sop_instance_uid", "group"], "left").join(reports, "sop_instance_uid") \
+        .localCheckpoint(eager=False)
     return ReportFeatures(features, _quarantine(analysed, unplaced), sr_groups,
                           located.join(sr_reports, "sop_instance_uid", "left_semi"))
 
@@ -225,7 +229,8 @@ def write_sr_tables(spark: SparkSession, locator: TableLocator, reported: Report
                                   *[F.col(c).alias(f"_group_{c}") for c in ("finding_scheme", "finding_code")],
                                   "finding_meaning", *context[5:])
     items = reported.items.drop("tracking_id").join(group_context, ["sop_instance_uid", "finding_group"], "left") \
-        .join(ids.select("natural_key", "measurement_id", "observation_id", "image_finding_id"), "natural_key")
+        .join(ids.select("natural_key", "measurement_id", "observation_id", "image_finding_id"), "natural_key") \
+        .localCheckpoint(eager=False)  # both item tables read it
     item_columns: list[Column | str] = [
         "sop_instance_uid", "finding_group", "image_finding_id", *placement, "tracking_id", "tracking_uid",
         F.col("_group_finding_scheme").alias("finding_scheme"), F.col("_group_finding_code").alias("finding_code"),
