@@ -15,7 +15,7 @@ import functools
 from dataclasses import dataclass
 from typing import Any
 
-from pyspark.sql import Column, DataFrame, Row, SparkSession
+from pyspark.sql import Column, DataFrame, Row, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, StructType
 
@@ -81,7 +81,12 @@ class ReportFeatures:
 def _analysed(spark: SparkSession, locator: TableLocator, instances: DataFrame, redone: DataFrame | None
               ) -> DataFrame:
     is_report = F.col("sop_class_uid").startswith(SR_CLASS_PREFIX)
-    reports = within(instances.where(is_report_or_segmentation(F.col("sop_class_uid"))), "sop_instance_uid", redone)
+    keep = ["path", "sop_instance_uid", "series_instance_uid", "study_instance_uid", "referenced_series",
+            "content_date", "content_time"]
+    # kept: the reports' content, their analysis and the segmentations' all start from them
+    reports = within(instances.where(is_report_or_segmentation(F.col("sop_class_uid"))), "sop_instance_uid",
+                     redone).select(*keep, "sop_class_uid", "header_json", "sr_content_reason",
+                                    "sr_content_message").localCheckpoint(eager=False)
     content = read_table(spark, locator, "sr_content_item").join(
         reports.where(is_report).select("path", "sop_instance_uid"), ["path", "sop_instance_uid"], "left_semi")
     columns = [c for c in content.columns if c not in ("path", "sop_instance_uid", "run_id")]
@@ -89,9 +94,7 @@ def _analysed(spark: SparkSession, locator: TableLocator, instances: DataFrame, 
     reported = reports.where(is_report).join(trees, ["path", "sop_instance_uid"], "left").withColumns({
         "a": _analyse("content", "sr_content_reason", "sr_content_message"), "is_sr": F.lit(True)})
     segmented = reports.where(~is_report).withColumns({"a": _segments("header_json"), "is_sr": F.lit(False)})
-    keep = ["path", "sop_instance_uid", "series_instance_uid", "study_instance_uid", "referenced_series",
-            "content_date", "content_time", "is_sr", "a"]
-    return reported.select(*keep).unionByName(segmented.select(*keep)).localCheckpoint()
+    return reported.select(*keep, "is_sr", "a").unionByName(segmented.select(*keep, "is_sr", "a")).localCheckpoint()
 
 
 def _candidates(analysed: DataFrame, groups: DataFrame, keys: DataFrame, instances: DataFrame) -> DataFrame:
@@ -120,8 +123,10 @@ def _placements(analysed: DataFrame, groups: DataFrame, items: DataFrame, instan
     key = ["sop_instance_uid", "group"]
     keys = groups.select(*key).unionByName(items.select(*key)).distinct()
     candidates = _candidates(analysed, groups, keys, instances)
-    decisive = candidates.groupBy(*key).agg(F.min("tier").alias("tier"))
-    named = candidates.join(decisive, [*key, "tier"]).localCheckpoint()
+    # the candidates of each group's lowest tier, in one pass over them (a join with their minima reads them twice)
+    decisive = F.min("tier").over(Window.partitionBy(*key))
+    named = candidates.where(F.col("sop_instance_uid").isNotNull() & F.col("group").isNotNull()).withColumn(
+        "_decisive", decisive).where(F.col("tier") == F.col("_decisive")).drop("_decisive").localCheckpoint()
     placed = named.join(occurrences, F.col("series") == F.col("image_series_uid")).groupBy(*key).agg(
         F.min_by(F.struct("tier", *[F.col(c) for c in occurrences.columns]), "rank").alias("o")) \
         .select(*key, "o.*").withColumn("placed_by", _placed_by(F.col("tier"))).drop("tier").localCheckpoint()
