@@ -121,9 +121,11 @@ def _resolve_persons(studies: DataFrame, persons: DataFrame) -> DataFrame:
         (F.col("patient_id") == F.col("c_patient"))
         & (F.col("c_issuer").isNull() | (F.col("c_issuer") == F.col("issuer_of_patient_id"))),
     ).withColumn("_specific", F.col("c_issuer").isNotNull().cast("int"))
-    best = candidates.groupBy("study_instance_uid").agg(F.max("_specific").alias("_specific"))
-    matched = candidates.join(best, ["study_instance_uid", "_specific"]).groupBy("study_instance_uid").agg(
-        F.count_distinct("person_id").alias("person_matches"), F.min("person_id").alias("_person"))
+    # the candidates of each study's most specific kind, in one pass over them
+    best = F.max("_specific").over(Window.partitionBy("study_instance_uid"))
+    matched = candidates.where(F.col("study_instance_uid").isNotNull()).withColumn("_best", best) \
+        .where(F.col("_specific") == F.col("_best")).groupBy("study_instance_uid").agg(
+            F.count_distinct("person_id").alias("person_matches"), F.min("person_id").alias("_person"))
     return studies.join(matched, "study_instance_uid", "left").withColumns({
         "person_matches": F.coalesce("person_matches", F.lit(0)),
         "person_id": F.when(F.col("person_matches") == 1, F.col("_person")),
