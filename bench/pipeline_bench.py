@@ -178,20 +178,22 @@ def _size(name: str, patients: int, cap: int, work: Path) -> dict:
     moved = subprocess.run([sys.executable, __file__, "--shift-procedures", str(folder / "warehouse")],
                            check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
     runs["1% procedures changed"] = run_cli("run", *common, cwd=folder)
-    return {"patients": patients, "max_instances_per_series": cap, "files_first_run": files,
+    return {"date": dt.date.today().isoformat(), "patients": patients, "max_instances_per_series": cap,
+            "files_first_run": files,
             "files_arriving": arriving, "procedures_moved": int(moved), "synth_seconds": round(synth_seconds, 1),
             "runs": runs}
 
 
 def _markdown(results: dict) -> str:
-    lines = [f"# Pipeline benchmark ({results['date']})", "",
+    lines = [f"# Pipeline benchmark ({results['date']}: the last size measured)", "",
              f"Command: `{results['command']}`. Machine: {results['machine']}. Every run is a fresh `micdm run` "
              "process; seconds per stage as the CLI prints them (jobs: Spark jobs the stage started); speed probe: "
              "seconds one core took for a fixed Python loop just before the run (bench/figures.py).", ""]
     stages = ("vocabulary", "extract", "series", "link", "occurrence", "features", "publish", "quality")
     for name, size in results["sizes"].items():
         lines += [f"## {name}: {size['files_first_run'] + size['files_arriving']:,} files, {size['patients']:,} "
-                  f"patients (max {size['max_instances_per_series']} instances per series)", "",
+                  f"patients (max {size['max_instances_per_series']} instances per series)"
+                  + (f", measured {size['date']}" if "date" in size else ""), "",
                   "| run | wall s | " + " | ".join(stages)
                   + " | stages s | JVM peak MB | worker peak MB | speed probe s |",
                   "|---|---|" + "---|" * len(stages) + "---|---|---|---|"]
