@@ -192,8 +192,8 @@ def _markdown(results: dict) -> str:
     stages = ("vocabulary", "extract", "series", "link", "occurrence", "features", "publish", "quality")
     for name, size in results["sizes"].items():
         lines += [f"## {name}: {size['files_first_run'] + size['files_arriving']:,} files, {size['patients']:,} "
-                  f"patients (max {size['max_instances_per_series']} instances per series)"
-                  + (f", measured {size['date']}" if "date" in size else ""), "",
+                  f"patients (max {size['max_instances_per_series']} instances per series), measured {size['date']}",
+                  "",
                   "| run | wall s | " + " | ".join(stages)
                   + " | stages s | JVM peak MB | worker peak MB | speed probe s |",
                   "|---|---|" + "---|" * len(stages) + "---|---|---|---|"]

@@ -8,6 +8,18 @@ from pathlib import Path
 import pytest
 
 
+def _delete_data_files(rows) -> int:
+    """Delete the Parquet files ``rows`` (a frame read from a local Delta table) come from; returns how many."""
+    from urllib.parse import unquote, urlparse
+
+    from pyspark.sql import functions as F
+
+    files = {row.file for row in rows.select(F.input_file_name().alias("file")).distinct().collect()}
+    for file in files:
+        Path(unquote(urlparse(file).path)).unlink()
+    return len(files)
+
+
 def test_an_id_the_site_table_holds_twice_is_merged_once(spark, empty) -> None:
     """A reload that copied one of micdm's rows twice leaves its id twice in the table: micdm's next
     write updates both copies (one source row per id) instead of failing its MERGE."""
@@ -34,10 +46,6 @@ def test_micdm_reads_none_of_the_site_files_beside_its_rows(spark, empty) -> Non
     """micdm's rows live in an id block of their own, so writing, checking and removing them opens only the
     files whose statistics can hold those ids. The site's data file is deleted here (standing for the
     billions of rows a site's table holds): every operation on micdm's rows still succeeds."""
-    from urllib.parse import unquote, urlparse
-
-    from pyspark.sql import functions as F
-
     from micdm.ownership import release_clashing_ids, remove_site_rows, write_site_rows
     from micdm.tables import append, read_table
 
@@ -51,11 +59,7 @@ def test_micdm_reads_none_of_the_site_files_beside_its_rows(spark, empty) -> Non
         return spark.createDataFrame([(2_000_000_001, 1, 0, day, 32817, value)], columns)
 
     assert write_site_rows(spark, locator, "measurement", ours(1.0)) == 0
-    site_files = {row.file for row in read_table(spark, locator, "measurement").where("measurement_id < 10")
-                  .select(F.input_file_name().alias("file")).distinct().collect()}
-    assert site_files
-    for file in site_files:
-        Path(unquote(urlparse(file).path)).unlink()
+    assert _delete_data_files(read_table(spark, locator, "measurement").where("measurement_id < 10"))
 
     assert write_site_rows(spark, locator, "measurement", ours(2.0)) == 0
     assert read_table(spark, locator, "measurement").where("measurement_id > 10").first().value_as_number == 2.0
@@ -72,9 +76,6 @@ def test_the_sites_highest_id_is_read_from_its_tables_statistics(spark, empty, m
     here (standing for a table too large to scan each night) and the floor is still found. Without
     delta-rs, Spark counts it from the rows."""
     import sys
-    from urllib.parse import unquote, urlparse
-
-    from pyspark.sql import functions as F
 
     from micdm.ownership import site_floor
     from micdm.tables import append, read_table
@@ -90,11 +91,14 @@ def test_the_sites_highest_id_is_read_from_its_tables_statistics(spark, empty, m
     for ids in ((7, block + 40), (block + 12,)):  # two files, the highest in the first
         append(locator, "observation", spark.createDataFrame([(i, 1, 0, day, 32817) for i in ids], columns))
     if delta_rs:
-        for row in read_table(spark, locator, "observation").select(F.input_file_name().alias("f")).distinct() \
-                .collect():
-            Path(unquote(urlparse(row.f).path)).unlink()
-    context = spark.sparkContext
-    jobs_before = context._jsc.sc().dagScheduler().nextJobId()
-    assert site_floor(spark, locator, "observation") == block + 40
-    jobs = context._jsc.sc().dagScheduler().nextJobId() - jobs_before
-    assert (jobs == 0) if delta_rs else (jobs > 0)
+        assert _delete_data_files(read_table(spark, locator, "observation"))
+    context, group = spark.sparkContext, f"site-floor-{delta_rs}"
+    context.setJobGroup(group, "site floor")
+    try:
+        floor = site_floor(spark, locator, "observation")
+        jobs = context.statusTracker().getJobIdsForGroup(group)
+    finally:
+        context.setLocalProperty("spark.jobGroup.id", None)
+        context.setLocalProperty("spark.job.description", None)
+    assert floor == block + 40
+    assert (jobs == []) if delta_rs else (jobs != [])
