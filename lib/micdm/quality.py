@@ -53,6 +53,7 @@ _VOCABULARY_CHECKS = frozenset({"fkDomain", "fkClass", "isStandardValidConcept"}
 _NULL_SOURCE = "\u0000"  # stands for NULL where distinct source values are counted (NULL counts as one)
 _PAIR_KEY = "(table_concept_id)"  # image_feature.table_row_id: the table is named by table_concept_id
 _GENDERS = {"Male": 8507, "Female": 8532}
+_INTEGER_TYPES = frozenset({"byte", "short", "integer", "long"})  # Spark's names for them (DataType.typeName)
 
 
 @dataclass(frozen=True)
@@ -139,38 +140,44 @@ class _Measure:
     denominator: Column
     field_filled: Column | None
     """Rows where the checked field holds a value (None for table- and concept-level checks)."""
+    distinct: bool = False
+    """Counts of distinct values: aggregated apart, as Spark copies every row once per distinct aggregate
+    in a query and would carry all the other checks' inputs along."""
 
 
 class _TableChecks:
-    """A table's rows, each lookup left-joined once, and every check read from them in one aggregation."""
+    """A table's rows, each lookup left-joined once, and every check read from them in one aggregation.
+    ``checked`` stays the rows without their lookups, for what reads none of them."""
 
     def __init__(self, spark: SparkSession, locator: TableLocator, name: str, rows: DataFrame,
                  concepts: dict[int, Row], lookups: dict[str, DataFrame], spans: dict[str, _Span]) -> None:
         self.spark, self.locator, self.name, self.rows, self.concepts = spark, locator, name, rows, concepts
-        self.lookups, self.spans, self._checked = lookups, spans, rows
+        self.lookups, self.spans, self.checked = lookups, spans, rows
         self.measures: list[_Measure] = []
         self.special: list[CheckResult] = []
         self._joined: set[str] = set()
 
-    def _join(self, prefix: str, other: DataFrame, key: str, on: str) -> None:
-        """Left-join ``other`` (one row per ``key``, columns renamed ``prefix<column>``) on ``on``, once."""
+    def _join(self, prefix: str, other: DataFrame, key: str, on: str, unique: bool = False) -> None:
+        """Left-join ``other`` (one row per ``key``, columns renamed ``prefix<column>``) on ``on``, once.
+        ``unique``: ``other`` holds one row per ``key`` already, so it is broadcast as it is."""
         if prefix in self._joined:
             return
         self._joined.add(prefix)
-        deduplicated = other.dropDuplicates([key])
+        deduplicated = other if unique else other.dropDuplicates([key])
         renamed = deduplicated.select(*(F.col(c).alias(f"{prefix}{c}") for c in other.columns))
         self.rows = self.rows.join(renamed, F.col(on) == F.col(f"{prefix}{key}"), "left")
 
     def person(self) -> str:
-        self._join("_person_", self.lookups["person"], "person_id", "person_id")
+        self._join("_person_", self.lookups["person"], "person_id", "person_id", unique=True)
         return "_person_"
 
     def death(self) -> str:
-        self._join("_death_", self.lookups["death"], "person_id", "person_id")
+        self._join("_death_", self.lookups["death"], "person_id", "person_id", unique=True)
         return "_death_"
 
     def visit(self) -> str:
-        self._join("_visit_", self.lookups["visit_occurrence"], "visit_occurrence_id", "visit_occurrence_id")
+        self._join("_visit_", self.lookups["visit_occurrence"], "visit_occurrence_id", "visit_occurrence_id",
+                   unique=True)
         return "_visit_"
 
     def among_concepts(self, field_name: str, chosen: Callable[[Row], bool]) -> Column:
@@ -200,7 +207,7 @@ class _TableChecks:
         span = self.spans.get(field_name)
         if span is None:  # the field is never filled: nothing to look up
             return read_table(self.spark, self.locator, table).select(key).where(F.lit(False))
-        named = self._checked.select(F.col(field_name).alias(key)).distinct()
+        named = self.checked.select(F.col(field_name).alias(key)).distinct()
         return read_table(self.spark, self.locator, table).select(key).where(F.col(key).between(*span)).join(
             named, key, "left_semi")
 
@@ -212,10 +219,15 @@ class _TableChecks:
     def results(self, vocabulary_empty: bool) -> list[CheckResult]:
         """One aggregation: the table's rows, each field's filled rows, each check's counts."""
         fields = sorted({m.control.field for m in self.measures if m.field_filled is not None and m.control.field})
-        aggregates = [F.count(F.lit(1)).alias("rows"), *(F.count(F.col(f)).alias(f"filled_{f}") for f in fields)]
+        aggregates: dict[bool, list[Column]] = {
+            False: [F.count(F.lit(1)).alias("rows"), *(F.count(F.col(f)).alias(f"filled_{f}") for f in fields)],
+            True: []}
         for index, measure in enumerate(self.measures):
-            aggregates += [measure.numerator.alias(f"n{index}"), measure.denominator.alias(f"d{index}")]
-        counts = aggregate(self.rows, *aggregates)
+            aggregates[measure.distinct] += [measure.numerator.alias(f"n{index}"),
+                                             measure.denominator.alias(f"d{index}")]
+        counts = aggregate(self.rows, *aggregates[False]).asDict()
+        if aggregates[True]:
+            counts.update(aggregate(self.rows, *aggregates[True]).asDict())
         results = []
         for index, measure in enumerate(self.measures):
             control = measure.control
@@ -258,10 +270,11 @@ def _field_check(table: _TableChecks, control: Control, kinds: dict[str, str]) -
     column, params, check = F.col(name), control.params, control.check
     if check == "isRequired" or check == "measureValueCompleteness":
         table.add(control, column.isNull())
-    elif check == "cdmDatatype":
-        table.add(control, column.isNotNull() & ~column.cast("string").rlike(r"^-?[0-9]+$"))
+    elif check == "cdmDatatype":  # an integer column holds integers only: no value needs reading
+        table.add(control, F.lit(False) if kinds[name] in _INTEGER_TYPES
+                  else column.isNotNull() & ~column.cast("string").rlike(r"^-?[0-9]+$"))
     elif check in ("isPrimaryKey", "isUnique"):
-        repeated, rows = _repeated(table.rows.select(name), name)
+        repeated, rows = _repeated(table.checked.select(name), name)
         table.special.append(CheckResult(control, repeated, rows, "not_evaluated" if rows == 0 else
                                          _verdict(control, repeated, rows), None if rows else "no row to check"))
     elif check == "isForeignKey" and params["fk_table"] == _PAIR_KEY:
@@ -295,7 +308,7 @@ def _field_check(table: _TableChecks, control: Control, kinds: dict[str, str]) -
         value = F.coalesce(column.cast("string"), F.lit(_NULL_SOURCE))
         standard = F.col(params["standard_concept_field"])
         table.measures.append(_Measure(control, F.count_distinct(F.when(standard == 0, value)),
-                                       F.count_distinct(value), column.isNotNull()))
+                                       F.count_distinct(value), column.isNotNull(), distinct=True))
     elif check in ("plausibleValueLow", "plausibleValueHigh"):
         kind = kinds[name]
         value = _to_date(column) if kind in ("date", "timestamp") else column
@@ -399,18 +412,20 @@ def _written_rows(spark: SparkSession, locator: TableLocator, name: str, span: _
 
 
 def _lookups(spark: SparkSession, locator: TableLocator, written: Iterable[DataFrame]) -> dict[str, DataFrame]:
-    """The person, death and visit rows the checked rows name, each read once for every table's checks: few
-    beside a site's whole tables, and a lookup narrowed to the ids present joins as the whole one would."""
+    """The person, death and visit rows the checked rows name, one per id, each read and deduplicated once for
+    every table's checks: few beside a site's whole tables, and a lookup narrowed to the ids present joins as
+    the whole one would."""
     def named(key: str) -> DataFrame:
         return functools.reduce(DataFrame.unionByName, [rows.select(key) for rows in written if key in rows.columns])
 
     persons = named("person_id")
     person = read_table(spark, locator, "person").select(
-        "person_id", "birth_datetime", "year_of_birth", "month_of_birth", "day_of_birth", "gender_concept_id")
+        "person_id", "birth_datetime", "year_of_birth", "month_of_birth", "day_of_birth", "gender_concept_id"
+    ).dropDuplicates(["person_id"])
     death = read_table(spark, locator, "death").groupBy("person_id").agg(
         F.min(_to_date(F.col("death_date"))).alias("death_date"))
     visit = read_table(spark, locator, "visit_occurrence").select(
-        "visit_occurrence_id", "visit_start_date", "visit_end_date")
+        "visit_occurrence_id", "visit_start_date", "visit_end_date").dropDuplicates(["visit_occurrence_id"])
     narrowed = {"person": person.join(persons, "person_id", "left_semi"),
                 "death": death.join(persons, "person_id", "left_semi"),
                 "visit_occurrence": visit.join(named("visit_occurrence_id"), "visit_occurrence_id", "left_semi")}
