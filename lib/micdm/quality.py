@@ -140,9 +140,6 @@ class _Measure:
     denominator: Column
     field_filled: Column | None
     """Rows where the checked field holds a value (None for table- and concept-level checks)."""
-    distinct: bool = False
-    """Counts of distinct values: aggregated apart, as Spark copies every row once per distinct aggregate
-    in a query and would carry all the other checks' inputs along."""
 
 
 class _TableChecks:
@@ -219,15 +216,10 @@ class _TableChecks:
     def results(self, vocabulary_empty: bool) -> list[CheckResult]:
         """One aggregation: the table's rows, each field's filled rows, each check's counts."""
         fields = sorted({m.control.field for m in self.measures if m.field_filled is not None and m.control.field})
-        aggregates: dict[bool, list[Column]] = {
-            False: [F.count(F.lit(1)).alias("rows"), *(F.count(F.col(f)).alias(f"filled_{f}") for f in fields)],
-            True: []}
+        aggregates = [F.count(F.lit(1)).alias("rows"), *(F.count(F.col(f)).alias(f"filled_{f}") for f in fields)]
         for index, measure in enumerate(self.measures):
-            aggregates[measure.distinct] += [measure.numerator.alias(f"n{index}"),
-                                             measure.denominator.alias(f"d{index}")]
-        counts = aggregate(self.rows, *aggregates[False]).asDict()
-        if aggregates[True]:
-            counts.update(aggregate(self.rows, *aggregates[True]).asDict())
+            aggregates += [measure.numerator.alias(f"n{index}"), measure.denominator.alias(f"d{index}")]
+        counts = aggregate(self.rows, *aggregates)
         results = []
         for index, measure in enumerate(self.measures):
             control = measure.control
@@ -253,6 +245,13 @@ def _repeated(frame: DataFrame, key: str) -> tuple[int, int]:
     row = aggregate(frame.groupBy(key).count(), F.sum(F.when(F.col("count") > 1, F.col("count"))).alias("repeated"),
                     F.sum("count").alias("rows"))
     return int(row["repeated"] or 0), int(row["rows"] or 0)
+
+
+def _distinct_count(column: Column) -> Column:
+    """COUNT(DISTINCT column) as a set's size: Spark computes a distinct aggregate by copying every row once
+    per distinct argument, with the inputs of every other check in the same aggregation; a set is one pass.
+    The values counted are source values of micdm's features: few, whatever the rows."""
+    return F.size(F.collect_set(column))
 
 
 def _limit(value: str, kind: str) -> Column:
@@ -307,8 +306,8 @@ def _field_check(table: _TableChecks, control: Control, kinds: dict[str, str]) -
     elif check == "sourceValueCompleteness":
         value = F.coalesce(column.cast("string"), F.lit(_NULL_SOURCE))
         standard = F.col(params["standard_concept_field"])
-        table.measures.append(_Measure(control, F.count_distinct(F.when(standard == 0, value)),
-                                       F.count_distinct(value), column.isNotNull(), distinct=True))
+        table.measures.append(_Measure(control, _distinct_count(F.when(standard == 0, value)), _distinct_count(value),
+                                       column.isNotNull()))
     elif check in ("plausibleValueLow", "plausibleValueHigh"):
         kind = kinds[name]
         value = _to_date(column) if kind in ("date", "timestamp") else column
