@@ -154,27 +154,25 @@ class _TableChecks:
         self.special: list[CheckResult] = []
         self._joined: set[str] = set()
 
-    def _join(self, prefix: str, other: DataFrame, key: str, on: str, unique: bool = False) -> None:
-        """Left-join ``other`` (one row per ``key``, columns renamed ``prefix<column>``) on ``on``, once.
-        ``unique``: ``other`` holds one row per ``key`` already, so it is broadcast as it is."""
+    def _join(self, prefix: str, other: DataFrame, key: str, on: str) -> None:
+        """Left-join ``other`` (one row per ``key``, columns renamed ``prefix<column>``) on ``on``, once."""
         if prefix in self._joined:
             return
         self._joined.add(prefix)
-        deduplicated = other if unique else other.dropDuplicates([key])
+        deduplicated = other.dropDuplicates([key])
         renamed = deduplicated.select(*(F.col(c).alias(f"{prefix}{c}") for c in other.columns))
         self.rows = self.rows.join(renamed, F.col(on) == F.col(f"{prefix}{key}"), "left")
 
     def person(self) -> str:
-        self._join("_person_", self.lookups["person"], "person_id", "person_id", unique=True)
+        self._join("_person_", self.lookups["person"], "person_id", "person_id")
         return "_person_"
 
     def death(self) -> str:
-        self._join("_death_", self.lookups["death"], "person_id", "person_id", unique=True)
+        self._join("_death_", self.lookups["death"], "person_id", "person_id")
         return "_death_"
 
     def visit(self) -> str:
-        self._join("_visit_", self.lookups["visit_occurrence"], "visit_occurrence_id", "visit_occurrence_id",
-                   unique=True)
+        self._join("_visit_", self.lookups["visit_occurrence"], "visit_occurrence_id", "visit_occurrence_id")
         return "_visit_"
 
     def among_concepts(self, field_name: str, chosen: Callable[[Row], bool]) -> Column:
@@ -411,20 +409,18 @@ def _written_rows(spark: SparkSession, locator: TableLocator, name: str, span: _
 
 
 def _lookups(spark: SparkSession, locator: TableLocator, written: Iterable[DataFrame]) -> dict[str, DataFrame]:
-    """The person, death and visit rows the checked rows name, one per id, each read and deduplicated once for
-    every table's checks: few beside a site's whole tables, and a lookup narrowed to the ids present joins as
-    the whole one would."""
+    """The person, death and visit rows the checked rows name, each read once for every table's checks: few
+    beside a site's whole tables, and a lookup narrowed to the ids present joins as the whole one would."""
     def named(key: str) -> DataFrame:
         return functools.reduce(DataFrame.unionByName, [rows.select(key) for rows in written if key in rows.columns])
 
     persons = named("person_id")
     person = read_table(spark, locator, "person").select(
-        "person_id", "birth_datetime", "year_of_birth", "month_of_birth", "day_of_birth", "gender_concept_id"
-    ).dropDuplicates(["person_id"])
+        "person_id", "birth_datetime", "year_of_birth", "month_of_birth", "day_of_birth", "gender_concept_id")
     death = read_table(spark, locator, "death").groupBy("person_id").agg(
         F.min(_to_date(F.col("death_date"))).alias("death_date"))
     visit = read_table(spark, locator, "visit_occurrence").select(
-        "visit_occurrence_id", "visit_start_date", "visit_end_date").dropDuplicates(["visit_occurrence_id"])
+        "visit_occurrence_id", "visit_start_date", "visit_end_date")
     narrowed = {"person": person.join(persons, "person_id", "left_semi"),
                 "death": death.join(persons, "person_id", "left_semi"),
                 "visit_occurrence": visit.join(named("visit_occurrence_id"), "visit_occurrence_id", "left_semi")}
