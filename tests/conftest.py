@@ -155,14 +155,11 @@ def demo(spark, tmp_path_factory):
 
 def _marker_job(spark) -> int:
     """The id of a job started now: Spark numbers jobs in order, so two markers bound the jobs between them."""
-    context, group = spark.sparkContext, "micdm-test-marker"
-    context.setJobGroup(group, "marker")
-    try:
+    from support.jobs import jobs_started
+
+    with jobs_started(spark, "micdm-test-marker") as jobs:
         spark.range(1).collect()
-        return max(context.statusTracker().getJobIdsForGroup(group))
-    finally:
-        context.setLocalProperty("spark.jobGroup.id", None)
-        context.setLocalProperty("spark.job.description", None)
+    return max(jobs)
 
 
 def _concepts_missing(spark, locator) -> set[tuple[str, str, int]]:

@@ -6,16 +6,14 @@ import pytest
 
 from micdm.concurrency import run_concurrently
 
+from support.jobs import jobs_started
+
 
 def test_results_come_back_in_order_and_jobs_count_in_the_callers_group(spark) -> None:
-    context = spark.sparkContext
-    context.setJobGroup("micdm-test-concurrency", "concurrency test")
-    try:
+    with jobs_started(spark, "micdm-test-concurrency") as jobs:
         counts = run_concurrently(*[lambda n=n: spark.range(n).count() for n in (3, 1, 4, 1, 5)])
-    finally:
-        context.setLocalProperty("spark.jobGroup.id", None)
     assert counts == [3, 1, 4, 1, 5]
-    assert len(context.statusTracker().getJobIdsForGroup("micdm-test-concurrency")) >= 5
+    assert len(jobs) >= 5
 
 
 def test_an_error_in_one_call_is_raised_after_the_others_finish(spark) -> None:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from support.jobs import jobs_started
+
 
 def _delete_data_files(rows) -> int:
     """Delete the Parquet files ``rows`` (a frame read from a local Delta table) come from; returns how many."""
@@ -92,13 +94,7 @@ def test_the_sites_highest_id_is_read_from_its_tables_statistics(spark, empty, m
         append(locator, "observation", spark.createDataFrame([(i, 1, 0, day, 32817) for i in ids], columns))
     if delta_rs:
         assert _delete_data_files(read_table(spark, locator, "observation"))
-    context, group = spark.sparkContext, f"site-floor-{delta_rs}"
-    context.setJobGroup(group, "site floor")
-    try:
+    with jobs_started(spark, f"site-floor-{delta_rs}") as jobs:
         floor = site_floor(spark, locator, "observation")
-        jobs = context.statusTracker().getJobIdsForGroup(group)
-    finally:
-        context.setLocalProperty("spark.jobGroup.id", None)
-        context.setLocalProperty("spark.job.description", None)
     assert floor == block + 40
     assert (jobs == []) if delta_rs else (jobs != [])

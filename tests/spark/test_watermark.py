@@ -10,6 +10,8 @@ from micdm import watermark
 from micdm.pipeline import run_stage
 from micdm.tables import append, delta_table
 
+from support.jobs import jobs_started
+
 
 def _ran(spark, settings, stage: str, **options) -> bool:
     return "skipped" not in run_stage(spark, settings, stage, init=False, **options).counts
@@ -65,17 +67,11 @@ def test_a_local_results_folder_is_versioned_from_the_file_system(spark, empty, 
     folder = tmp_path / "results"
     (folder / "day1").mkdir(parents=True)
     (folder / "day1" / "a.csv").write_text("a,b\n1,2\n")
-    context, group = spark.sparkContext, "watermark-of-local-files"
-    context.setJobGroup(group, "local files")
-    try:
+    with jobs_started(spark, "watermark-of-local-files") as jobs:
         before = watermark.current(spark, locator, settings, ["image_occurrence"], files=[str(folder)])
         (folder / "day2").mkdir()
         (folder / "day2" / "b.csv").write_text("a,b\n3,4\n")
         after = watermark.current(spark, locator, settings, ["image_occurrence"], files=[str(folder)])
-        jobs = context.statusTracker().getJobIdsForGroup(group)
-    finally:
-        context.setLocalProperty("spark.jobGroup.id", None)
-        context.setLocalProperty("spark.job.description", None)
     assert after.changes_from(before) == [f"file:{folder}"]
     assert jobs == []
     missing = watermark.current(spark, locator, settings, [], files=[str(tmp_path / "nowhere")])
