@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 CONFIG ?= conf/local.yml
 
-.PHONY: demo test test-fast lint bench bench-acquisition bench-header bench-listing bench-pipeline bench-startup bench-site-rows bench-new-keys bench-demo bench-settings-large bench-cold-extract setup clean
+.PHONY: demo test test-fast lint bench bench-acquisition bench-header bench-listing bench-pipeline bench-startup bench-site-rows bench-new-keys bench-demo bench-settings-large bench-cold-extract bench-jit setup clean
 
 $(INSTALLED): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "micdm needs Python 3.11 or newer, found " + sys.version.split()[0])'
@@ -76,3 +76,6 @@ bench-settings-large: setup
 
 bench-cold-extract: setup
 	$(BIN)/python bench/cold_extract_bench.py
+
+bench-jit: setup
+	$(BIN)/python bench/jit_bench.py

@@ -8,7 +8,7 @@ Two measures, each a new process, the two ways alternating so that a machine's d
 a session started and one Delta table counted (``session``), and ``micdm run`` on a small warehouse where
 nothing is new (``nothing new``: Spark's start, the listing and the stage watermarks, no Spark job).
 Without the archive means micdm's JVM flags given as the user's own (``spark.driver.extraJavaOptions``
-= ``-XX:+UseParallelGC``), so nothing else differs.
+= ``LOCAL_DEFAULTS``' flags), so nothing else differs.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 MICDM = [sys.executable, "-m", "micdm.cli"]
-WITHOUT_ARCHIVE = "spark.conf={spark.driver.extraJavaOptions: -XX:+UseParallelGC}"
 #: A session started and one Delta table counted: argv is the table, the settings file, then overrides.
 _SESSION = """
 import sys
@@ -45,7 +44,7 @@ def _seconds(command: list[str]) -> float:
 
 
 def main() -> None:
-    from micdm.spark import class_archive
+    from micdm.spark import LOCAL_DEFAULTS, class_archive
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
@@ -64,12 +63,14 @@ def main() -> None:
     subprocess.run([*MICDM, "run", *common], check=True, capture_output=True)
     person = str(work / "warehouse" / "micdm" / "person")
     session = [sys.executable, "-c", _SESSION, person, str(REPO / "conf" / "local.yml")]
+    flags = LOCAL_DEFAULTS["spark.driver.extraJavaOptions"]
+    without_archive = f"spark.conf={{spark.driver.extraJavaOptions: '{flags}'}}"
     measures = {"session": session, "nothing new": [*MICDM, "run", *common]}
     figures: dict[str, dict[str, list[float]]] = {name: {"with archive": [], "without": []} for name in measures}
     for _ in range(args.repeats):
         for name, command in measures.items():
             figures[name]["with archive"].append(_seconds(command))
-            figures[name]["without"].append(_seconds([*command, WITHOUT_ARCHIVE]))
+            figures[name]["without"].append(_seconds([*command, without_archive]))
     results = {"date": dt.date.today().isoformat(), "command": "python bench/startup_bench.py",
                "machine": f"{os.cpu_count()} cores, {platform.system()} {platform.machine()}",
                "archive_mb": round(archive.stat().st_size / 2**20), "seconds": figures}

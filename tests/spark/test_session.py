@@ -9,13 +9,22 @@ from typing import Any
 
 import pytest
 
-from micdm.spark import class_archive
+from micdm.spark import SHALLOW_INLINING, class_archive
 
 
 def test_the_local_session_runs_the_parallel_collector(spark: Any) -> None:
     beans = spark._jvm.java.lang.management.ManagementFactory.getGarbageCollectorMXBeans()
     collectors = {bean.getName() for bean in beans}
     assert collectors == {"PS Scavenge", "PS MarkSweep"}, collectors
+
+
+def test_the_local_session_inlines_shallowly(spark: Any) -> None:
+    """The running JVM reports the inlining limits of SHALLOW_INLINING, not its own defaults."""
+    jvm = spark._jvm
+    bean = jvm.java.lang.management.ManagementFactory.getPlatformMXBean(
+        jvm.java.lang.Class.forName("com.sun.management.HotSpotDiagnosticMXBean"))
+    wanted = dict(flag.removeprefix("-XX:").split("=") for flag in SHALLOW_INLINING.split())
+    assert {name: bean.getVMOption(name).getValue() for name in wanted} == wanted
 
 
 def _compiled_by(spark: Any, workload: Callable[[], object]) -> int:

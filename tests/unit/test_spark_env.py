@@ -13,6 +13,7 @@ from micdm.errors import EnvironmentProblem
 from micdm.spark import (
     ARCHIVES_KEPT,
     LOCAL_DEFAULTS,
+    SHALLOW_INLINING,
     _archive_path,
     check_java,
     class_archive,
@@ -53,7 +54,7 @@ def test_a_users_setting_replaces_the_local_default_of_its_key() -> None:
     assert conf["spark.driver.extraJavaOptions"] == flags
     assert conf["spark.sql.shuffle.partitions"] == "3"
     assert conf["spark.sql.codegen.factoryMode"] == LOCAL_DEFAULTS["spark.sql.codegen.factoryMode"]
-    assert local_conf(SparkSettings())["spark.driver.extraJavaOptions"] == "-XX:+UseParallelGC"
+    assert local_conf(SparkSettings())["spark.driver.extraJavaOptions"] == f"-XX:+UseParallelGC {SHALLOW_INLINING}"
 
 
 def test_a_local_session_plans_without_adaptive_execution_and_two_shuffle_partitions_per_core() -> None:
@@ -72,6 +73,7 @@ def test_the_class_archive_joins_micdms_flags_only(tmp_path: Path) -> None:
     archive = tmp_path / "classes.jsa"
     flags = local_conf(SparkSettings(), archive)["spark.driver.extraJavaOptions"].split()
     assert flags[0] == "-XX:+UseParallelGC" and f'"-XX:SharedArchiveFile={archive}"' in flags
+    assert set(SHALLOW_INLINING.split()) <= set(flags), "the archive joins micdm's flags, it replaces none"
     assert local_conf(SparkSettings(conf={"spark.driver.extraJavaOptions": "-Xss4m"}), archive)[
         "spark.driver.extraJavaOptions"] == "-Xss4m", "a user's flags are theirs: no archive added"
 
