@@ -6,6 +6,8 @@ import datetime as dt
 import json
 import os
 import platform
+import shutil
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +27,24 @@ def machine_speed() -> float:
     for number in range(10_000_000):
         total += number
     return round(time.perf_counter() - started, 2)
+
+
+def scratch(given: str | None, name: str) -> Path:
+    """The benchmark's scratch folder, emptied: ``given``, else ``name`` under the system's temp folder."""
+    folder = Path(given or Path(os.environ.get("TMPDIR", "/tmp")) / name)
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    return folder
+
+
+def made_class_archive() -> Path:
+    """The class archive `micdm setup` made for this runtime; exits when there is none."""
+    from micdm.spark import class_archive
+
+    archive = class_archive()
+    if archive is None:
+        sys.exit("no class archive: run `micdm setup` first")
+    return archive
 
 
 def write(out: Path, name: str, results: dict[str, Any], markdown: Callable[[dict[str, Any]], str]) -> None:

@@ -13,13 +13,10 @@ Spark tasks, the rest), sampled as pipeline_bench.py samples them.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
-import sys
-from pathlib import Path
 
-from figures import stamp, write
+from figures import made_class_archive, scratch, stamp, write
 from pipeline_bench import REPO, run_cli
 
 WAYS = ("micdm's flags", "default inlining")
@@ -47,19 +44,15 @@ def _markdown(results: dict) -> str:
 
 
 def main() -> None:
-    from micdm.spark import LOCAL_DEFAULTS, SHALLOW_INLINING, class_archive
+    from micdm.spark import LOCAL_DEFAULTS, SHALLOW_INLINING
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--patients", type=int, default=4)
     parser.add_argument("--work", default=None, help="scratch folder (default: a folder under the system temp)")
     args = parser.parse_args()
-    archive = class_archive()
-    if archive is None:
-        sys.exit("no class archive: run `micdm setup` first")
-    work = Path(args.work or Path(os.environ.get("TMPDIR", "/tmp")) / "micdm-jit-bench")
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    archive = made_class_archive()
+    work = scratch(args.work, "micdm-jit-bench")
     ours = LOCAL_DEFAULTS["spark.driver.extraJavaOptions"]
     default_inlining = " ".join(flag for flag in ours.split() if flag not in SHALLOW_INLINING.split())
     flags = {WAYS[0]: ours, WAYS[1]: default_inlining}

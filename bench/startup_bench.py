@@ -18,12 +18,13 @@ import datetime as dt
 import json
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from figures import made_class_archive, scratch
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
@@ -44,18 +45,14 @@ def _seconds(command: list[str]) -> float:
 
 
 def main() -> None:
-    from micdm.spark import LOCAL_DEFAULTS, class_archive
+    from micdm.spark import LOCAL_DEFAULTS
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--work", default=None, help="scratch folder (default: a folder under the system temp)")
     args = parser.parse_args()
-    archive = class_archive()
-    if archive is None:
-        sys.exit("no class archive: run `micdm setup` first")
-    work = Path(args.work or Path(os.environ.get("TMPDIR", "/tmp")) / "micdm-startup-bench")
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    archive = made_class_archive()
+    work = scratch(args.work, "micdm-startup-bench")
     common = ["--config", str(REPO / "conf" / "local.yml"), f"storage.warehouse={work / 'warehouse'}",
               f"synth.out={work / 'export'}", "synth.patients=4", "synth.pixels=none",
               f"sources.roots=[{work / 'export' / 'dicom'}]", "report.enabled=false"]
