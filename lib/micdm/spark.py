@@ -183,21 +183,23 @@ def cores(spark: SparkSession) -> int:
 #: and its plan, not micdm's line.
 _ORIGINS = "spark.python.sql.dataFrameDebugging.enabled"
 
+#: The JIT's inlining limits in a local session. Interpreted expressions, the planner and Delta are deep
+#: chains of small virtual calls; C2 inlining them to the JVM's default depth spent more CPU compiling
+#: than the compiled code gave back in a run (bench/jit_bench.py).
+SHALLOW_INLINING = "-XX:MaxInlineLevel=5 -XX:MaxInlineSize=20 -XX:FreqInlineSize=50 -XX:InlineSmallCode=500"
+
 #: Defaults of a local session, each replaced by the same key in ``spark.conf``. A micdm run is hundreds of
 #: small queries, so a cold JVM spends most of its CPU compiling them: expressions are interpreted rather
 #: than compiled to Java classes (compiling each new query shape with Janino, then with the JIT, costs
 #: more than it saves on the rows a local machine holds, the benchmark's largest archive included), and
 #: the throughput collector leaves the second core to the JIT where G1's concurrent threads compete for it.
-#: The JIT inlines shallowly (SHALLOW_INLINING): interpreted expressions, the planner and Delta are deep
-#: chains of small virtual calls, and C2 inlining them to the JVM's default depth spent more CPU compiling
-#: than the compiled code gave back in a run (bench/jit_bench.py).
+#: The JIT inlines shallowly (SHALLOW_INLINING).
 #: Adaptive query execution is off: it runs each shuffle of a query as a job of its own and plans the rest
 #: again after each, driver work that buys nothing on one machine's few partitions. Without it nothing
 #: coalesces Spark's 200 shuffle partitions, so local_conf sets two per core of the master. It sets as many
 #: for listing folders in parallel, which Spark does in 10,000 tasks: a VACUUM of the smallest Delta table
 #: would otherwise schedule that many to list its folder. PySpark's DataFrame debugging context is off (see
 #: _ORIGINS).
-SHALLOW_INLINING = "-XX:MaxInlineLevel=5 -XX:MaxInlineSize=20 -XX:FreqInlineSize=50 -XX:InlineSmallCode=500"
 LOCAL_DEFAULTS: dict[str, str] = {
     "spark.driver.extraJavaOptions": f"-XX:+UseParallelGC {SHALLOW_INLINING}",
     "spark.sql.codegen.wholeStage": "false",
