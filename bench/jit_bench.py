@@ -44,7 +44,8 @@ def _markdown(results: dict) -> str:
 
 
 def main() -> None:
-    from micdm.spark import LOCAL_DEFAULTS, SHALLOW_INLINING
+    from micdm.config import SparkSettings
+    from micdm.spark import LOCAL_DEFAULTS, SHALLOW_INLINING, local_conf
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -53,10 +54,15 @@ def main() -> None:
     args = parser.parse_args()
     archive = made_class_archive()
     work = scratch(args.work, "micdm-jit-bench")
-    ours = LOCAL_DEFAULTS["spark.driver.extraJavaOptions"]
-    default_inlining = " ".join(flag for flag in ours.split() if flag not in SHALLOW_INLINING.split())
-    flags = {WAYS[0]: ours, WAYS[1]: default_inlining}
-    archived = f' "-XX:SharedArchiveFile={archive}" -Xlog:cds*=off'
+    def without_inlining(flags: str) -> str:
+        return " ".join(flag for flag in flags.split() if flag not in SHALLOW_INLINING.split())
+
+    key = "spark.driver.extraJavaOptions"
+    # given: the flags a local session starts with, the archive's included (local_conf); shown: without the
+    # archive, whose path is this machine's
+    given = {WAYS[0]: local_conf(SparkSettings(), archive)[key]}
+    given[WAYS[1]] = without_inlining(given[WAYS[0]])
+    flags = {WAYS[0]: LOCAL_DEFAULTS[key], WAYS[1]: without_inlining(LOCAL_DEFAULTS[key])}
     common = ["--config", str(REPO / "conf" / "local.yml"), f"synth.out={work / 'export'}",
               f"synth.patients={args.patients}", "synth.pixels=none", f"sources.roots=[{work / 'export' / 'dicom'}]",
               "report.enabled=false"]
@@ -67,7 +73,7 @@ def main() -> None:
             warehouse = work / "warehouse"
             shutil.rmtree(warehouse, ignore_errors=True)
             figures = run_cli("run", *common, f"storage.warehouse={warehouse}",
-                              f"spark.conf={{spark.driver.extraJavaOptions: '{flags[way]}{archived}'}}", cwd=work)
+                              f"spark.conf={{{key}: '{given[way]}'}}", cwd=work)
             runs[way].append({"wall_seconds": figures["wall_seconds"],
                               "stage_seconds": round(sum(s["seconds"] for s in figures["stages"].values()), 1),
                               **figures["jvm_cpu_seconds"], "machine_speed_seconds": figures["machine_speed_seconds"]})
