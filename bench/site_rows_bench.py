@@ -68,7 +68,7 @@ def _measure(spark: Any, site_rows: int, ours: int, repeats: int) -> dict[str, A
         init_tables(spark, locator)
         if site_rows:
             append(locator, "measurement", measurements(1, site_rows, 1.0))
-        write_site_rows(spark, locator, "measurement", measurements(_BLOCK, ours, -1.0))
+        write_site_rows(spark, locator, {"measurement": measurements(_BLOCK, ours, -1.0)})
         ids = spark.range(_BLOCK, _BLOCK + ours).select(F.col("id").cast("int")).localCheckpoint()
         # micdm's rows as a run leaves them: allocated in id_map, each the clinical row of an image feature
         append(locator, "id_map", ids.select(F.lit("measurement").alias("namespace"),
@@ -80,14 +80,14 @@ def _measure(spark: Any, site_rows: int, ours: int, repeats: int) -> dict[str, A
             F.col("id").alias("table_row_id"), F.lit(0).alias("image_feature_concept_id"),
             F.lit(32817).alias("image_feature_type_concept_id")))
         times = {
-            "write": _timed(repeats, lambda r: write_site_rows(spark, locator, "measurement",
-                                                               measurements(_BLOCK, ours, float(r)))),
-            "check": _timed(repeats, lambda r: release_clashing_ids(spark, locator, "measurement", ids)),
+            "write": _timed(repeats, lambda r: write_site_rows(spark, locator, {
+                "measurement": measurements(_BLOCK, ours, float(r))})),
+            "check": _timed(repeats, lambda r: release_clashing_ids(spark, locator, {"measurement": ids})),
             "quality": _timed(repeats, lambda r: quality.evaluate(spark, locator)),
             "changes": _timed(repeats, lambda r: changed_after_the_sites_etl(locator, settings,
                                                                              site_rows + 1 + 10 * r)),
             "remove": _timed(repeats, lambda r: remove_site_rows(spark, locator, "measurement", ids),
-                             lambda: write_site_rows(spark, locator, "measurement", measurements(_BLOCK, ours, 9.0))),
+                             lambda: write_site_rows(spark, locator, {"measurement": measurements(_BLOCK, ours, 9.0)})),
         }
     return {"site_rows": site_rows, "micdm_rows": ours,
             **{op: {"seconds_median": statistics.median(s), "seconds": s} for op, s in times.items()}}

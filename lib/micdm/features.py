@@ -199,7 +199,7 @@ def _with_ids(spark: SparkSession, locator: TableLocator, features: DataFrame) -
         return assign_ids_by_namespace(spark, locator, requests)
 
     ids = allocate()
-    reallocated = sum(release_clashing_ids(spark, locator, domain, ids[domain]) for domain in _CLINICAL)
+    reallocated = release_clashing_ids(spark, locator, {domain: ids[domain] for domain in _CLINICAL})
     if reallocated:
         ids = allocate()
     rows = features
@@ -376,11 +376,9 @@ def run(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: 
         F.coalesce("site_site", "occurrence_site_concept_id").alias("anatomic_site_concept_id"),
         "alg_system", "alg_datetime",
     )
-    # Tables apart are written side by side; the two clinical tables one after the other, as each
-    # write reads and appends to site_row.
+    # Tables apart are written side by side (the clinical ones record their rows in site_row together).
     restored, _, _, sr_counts = run_concurrently(
-        lambda: write_site_rows(spark, locator, "measurement", measurements) + write_site_rows(
-            spark, locator, "observation", observations),
+        lambda: write_site_rows(spark, locator, {"measurement": measurements, "observation": observations}),
         lambda: merge_into(spark, locator, "image_feature", features_rows, ["image_feature_id"]),
         lambda: sync_rows(spark, locator, "feature_quarantine", quarantine.withColumn(
             "quarantined_at", F.current_timestamp()), None, _quarantine_scope(spark, locator, redone),

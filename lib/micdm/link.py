@@ -186,7 +186,7 @@ def _create_procedures(spark: SparkSession, locator: TableLocator, cfg: Occurren
     keys = unlinked.select(F.col("study_instance_uid").alias("natural_key"))
     ids = assign_ids(spark, locator, "procedure_occurrence", keys, floor=site_floor(spark, locator,
                                                                                    "procedure_occurrence"))
-    if release_clashing_ids(spark, locator, "procedure_occurrence", ids):  # logged with its count
+    if release_clashing_ids(spark, locator, {"procedure_occurrence": ids}):  # logged with its count
         ids = assign_ids(spark, locator, "procedure_occurrence", keys,
                          floor=site_floor(spark, locator, "procedure_occurrence"))
     created = unlinked.join(ids, unlinked["study_instance_uid"] == ids["natural_key"]).join(
@@ -202,7 +202,7 @@ def _create_procedures(spark: SparkSession, locator: TableLocator, cfg: Occurren
         F.coalesce(F.substring("accession_number", 1, 50), F.expr("right(study_instance_uid, 50)"))
         .alias("procedure_source_value"),
     )
-    restored = write_site_rows(spark, locator, "procedure_occurrence", rows)
+    restored = write_site_rows(spark, locator, {"procedure_occurrence": rows})
     return created.select("study_instance_uid", F.col("id").alias("_created")), restored
 
 

@@ -10,20 +10,21 @@ row of micdm's that a reload dropped is simply written again, with the same id, 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from functools import partial, reduce
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from micdm.concurrency import run_concurrently
 from micdm.schema import TABLES
 from micdm.tables import (
     TableLocator,
-    aggregate,
     append,
     as_stored,
     column_ceiling,
     conform,
     delta_table,
-    has_rows,
     merge_into,
     read_table,
     row_digest,
@@ -50,10 +51,15 @@ def _recorded(spark: SparkSession, locator: TableLocator, table: str) -> DataFra
     return read_table(spark, locator, "site_row").where(F.col("table_name") == table).select("id", "fingerprint")
 
 
-def _id_range(ids: DataFrame) -> tuple[int, int] | None:
-    """The lowest and highest of ``ids`` (one column), None when there is none."""
-    low, high = aggregate(ids, F.min(ids.columns[0]), F.max(ids.columns[0]))
-    return None if low is None else (low, high)
+def _id_ranges(ids: Mapping[str, DataFrame]) -> dict[str, tuple[int, int]]:
+    """The lowest and highest id of each frame (one column), by table, in one query; a frame with no id is left
+    out."""
+    if not ids:
+        return {}
+    spans = reduce(DataFrame.unionByName, [frame.agg(
+        F.lit(table).alias("table"), F.min(frame.columns[0]).cast("long").alias("low"),
+        F.max(frame.columns[0]).cast("long").alias("high")) for table, frame in ids.items()])
+    return {row.table: (row.low, row.high) for row in spans.collect() if row.low is not None}
 
 
 def _in_range(table: str, bounds: tuple[int, int], alias: str = "") -> str:
@@ -72,78 +78,104 @@ def _stored_at(spark: SparkSession, locator: TableLocator, table: str, ids: Data
     return stored.select(F.col(key).alias("id"), _fingerprint(table).alias("fingerprint"))
 
 
-def release_clashing_ids(spark: SparkSession, locator: TableLocator, table: str, ids: DataFrame) -> int:
-    """Forget (in id_map) every id among ``ids`` (one column ``id``) whose row in ``table`` is none of the
+def _recorded_tables(spark: SparkSession, locator: TableLocator, tables: list[str]) -> set[str]:
+    """Those of ``tables`` for which site_row holds a fingerprint, in one query that stops at the first of each."""
+    if not tables:
+        return set()
+    site_row = read_table(spark, locator, "site_row")
+    probes = [site_row.where(F.col("table_name") == table).select("table_name").limit(1) for table in tables]
+    return {row.table_name for row in reduce(DataFrame.unionByName, probes).collect()}
+
+
+def release_clashing_ids(spark: SparkSession, locator: TableLocator, ids: Mapping[str, DataFrame]) -> int:
+    """Forget (in id_map) every id among ``ids[table]`` (one column ``id``) whose row in ``table`` is none of the
     versions micdm wrote, so that the next allocation gives its key a new id. Returns how many.
 
-    A table for which micdm has recorded nothing yet (a warehouse from before fingerprints) is trusted as is.
+    The tables are checked together, so that a stage with two of them pays for one query, not two. A table
+    for which micdm has recorded nothing yet (a warehouse from before fingerprints) is trusted as is.
     """
-    recorded = _recorded(spark, locator, table)
-    if not has_rows(recorded):
+    spans = _id_ranges({table: ids[table].select("id") for table in _recorded_tables(spark, locator, list(ids))})
+    if not spans:
         return 0
-    bounds = _id_range(ids.select("id"))
-    if bounds is None:
-        return 0
-    clashing = _stored_at(spark, locator, table, ids, bounds).join(recorded, ["id", "fingerprint"], "left_anti") \
-        .select("id")
-    count = clashing.count()
-    if count:  # rare: only then are the ids kept, for the MERGE that changes what they were read from
-        log.warning("%s: %d id(s) micdm had allocated now hold rows micdm did not write (the site reused them); "
-                    "their rows get new ids", table, count)
+    clashing = reduce(DataFrame.unionByName, [
+        _stored_at(spark, locator, table, ids[table], span).join(
+            _recorded(spark, locator, table), ["id", "fingerprint"], "left_anti").select(
+            F.lit(table).alias("namespace"), "id") for table, span in spans.items()])
+    counts = {row.namespace: row["count"] for row in clashing.groupBy("namespace").count().collect()}
+    if counts:  # rare: only then are the ids kept, for the MERGE that changes what they were read from
+        for table, count in counts.items():
+            log.warning("%s: %d id(s) micdm had allocated now hold rows micdm did not write (the site reused "
+                        "them); their rows get new ids", table, count)
         delta_table(spark, locator, "id_map").alias("t").merge(
-            clashing.localCheckpoint().withColumn("namespace", F.lit(table)).alias("s"),
-            "t.namespace = s.namespace AND t.id = s.id").whenMatchedDelete().execute()
-    return count
+            clashing.localCheckpoint().alias("s"), "t.namespace = s.namespace AND t.id = s.id").whenMatchedDelete() \
+            .execute()
+    return sum(counts.values())
 
 
-def write_site_rows(spark: SparkSession, locator: TableLocator, table: str, rows: DataFrame) -> int:
-    """MERGE micdm's rows into a site table by id, after recording their fingerprints; returns how many of
-    them were missing although micdm had written them before (a reload dropped them) and are restored.
-
-    The fingerprints are appended before the MERGE, so a crash between the two leaves rows that a re-run
-    still recognises as micdm's. Each row is compared once with what site_row recorded and what the table
-    holds; only rows the table lacks or holds otherwise are merged.
-    """
+def _marked(spark: SparkSession, locator: TableLocator, table: str, rows: DataFrame, span: tuple[int, int]
+            ) -> DataFrame:
+    """``rows`` as stored, each with its fingerprint, the fingerprints site_row recorded at its id and those the
+    table holds there (sets: an id the site's table holds twice still gives one row to merge)."""
     key = f"{table}_id"
-    bounds = _id_range(rows.select(key))
-    if bounds is None:
-        return 0
     recorded = _recorded(spark, locator, table).groupBy(F.col("id").alias(key)).agg(
         F.collect_set("fingerprint").alias("_recorded"))
-    # Fingerprints as sets per id: an id the site's table holds twice still gives one row to merge.
-    stored = read_table(spark, locator, table).where(_in_range(table, bounds)).groupBy(key).agg(
+    stored = read_table(spark, locator, table).where(_in_range(table, span)).groupBy(key).agg(
         F.collect_set(_fingerprint(table)).alias("_stored"))
-    marked = as_stored(spark, locator, table, conform(rows, TABLES[table])).withColumn(
+    return as_stored(spark, locator, table, conform(rows, TABLES[table])).withColumn(
         "_fingerprint", _fingerprint(table)).join(recorded, key, "left").join(stored, key, "left").localCheckpoint(
-        eager=False)  # kept by the counts just below
+        eager=False)  # kept by the counts that read it first
 
-    def lacking(fingerprints: str) -> Column:
-        return ~F.coalesce(F.array_contains(fingerprints, F.col("_fingerprint")), F.lit(False))
 
-    unrecorded, changed = lacking("_recorded"), lacking("_stored")
-    counts = aggregate(marked, F.count_if(F.col("_recorded").isNotNull() & F.col("_stored").isNull()).alias("restored"),
-                       F.count_if(unrecorded).alias("unrecorded"), F.count_if(changed).alias("changed"),
-                       F.count_if(changed & F.col("_stored").isNotNull()).alias("replacing"))
-    if counts["unrecorded"]:
-        append(locator, "site_row", marked.where(unrecorded).select(
-            F.lit(table).alias("table_name"), F.col(key).alias("id"), F.col("_fingerprint").alias("fingerprint"),
-            F.current_timestamp().alias("written_at")))
-    if counts["replacing"]:
-        merge_into(spark, locator, table, marked.where(changed), [key], compared=True,
-                   target_only=_in_range(table, bounds, "t"))
-    elif counts["changed"]:  # only ids the table lacks: appended, with no MERGE to read its files for matches
-        append(locator, table, marked.where(changed))
-    restored: int = counts["restored"]
-    if restored:
-        log.info("%s: %d row(s) micdm wrote before were missing (the site reloaded its table) and are restored",
-                 table, restored)
-    return restored
+def _lacking(fingerprints: str) -> Column:
+    return ~F.coalesce(F.array_contains(fingerprints, F.col("_fingerprint")), F.lit(False))
+
+
+def write_site_rows(spark: SparkSession, locator: TableLocator, rows: Mapping[str, DataFrame]) -> int:
+    """MERGE micdm's rows into site tables by id (``rows`` by table), after recording their fingerprints;
+    returns how many of them were missing although micdm had written them before (a reload dropped them) and
+    are restored.
+
+    The fingerprints are appended before the MERGEs, in one commit for every table, so a crash between the two
+    leaves rows that a re-run still recognises as micdm's. Each row is compared once with what site_row
+    recorded and what its table holds; only rows the table lacks or holds otherwise are written, each table
+    beside the others.
+    """
+    spans = _id_ranges({table: frame.select(f"{table}_id") for table, frame in rows.items()})
+    marked = {table: _marked(spark, locator, table, rows[table], span) for table, span in spans.items()}
+    if not marked:
+        return 0
+    unrecorded, changed = _lacking("_recorded"), _lacking("_stored")
+    counts = {row.table: row for row in reduce(DataFrame.unionByName, [frame.agg(
+        F.lit(table).alias("table"),
+        F.count_if(F.col("_recorded").isNotNull() & F.col("_stored").isNull()).alias("restored"),
+        F.count_if(unrecorded).alias("unrecorded"), F.count_if(changed).alias("changed"),
+        F.count_if(changed & F.col("_stored").isNotNull()).alias("replacing")) for table, frame in marked.items()
+    ]).collect()}
+    fingerprints = [frame.where(unrecorded).select(
+        F.lit(table).alias("table_name"), F.col(f"{table}_id").alias("id"), F.col("_fingerprint").alias("fingerprint"),
+        F.current_timestamp().alias("written_at")) for table, frame in marked.items() if counts[table].unrecorded]
+    if fingerprints:
+        append(locator, "site_row", reduce(DataFrame.unionByName, fingerprints))
+
+    def write(table: str) -> None:
+        if counts[table].replacing:
+            merge_into(spark, locator, table, marked[table].where(changed), [f"{table}_id"], compared=True,
+                       target_only=_in_range(table, spans[table], "t"))
+        elif counts[table].changed:  # only ids the table lacks: appended, with no MERGE to read its files
+            append(locator, table, marked[table].where(changed))
+
+    run_concurrently(*[partial(write, table) for table in marked])
+    for table, found in counts.items():
+        if found.restored:
+            log.info("%s: %d row(s) micdm wrote before were missing (the site reloaded its table) and are "
+                     "restored", table, found.restored)
+    return sum(found.restored for found in counts.values())
 
 
 def remove_site_rows(spark: SparkSession, locator: TableLocator, table: str, ids: DataFrame) -> int:
     """Delete the rows of ``table`` at ``ids`` (one column ``id``) that are still as micdm wrote them; a row
     the site has put at such an id stays. Returns how many were deleted."""
-    bounds = _id_range(ids.select("id"))
+    bounds = _id_ranges({table: ids.select("id")}).get(table)
     if bounds is None:
         return 0
     ours = _stored_at(spark, locator, table, ids, bounds).join(_recorded(spark, locator, table),

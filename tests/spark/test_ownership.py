@@ -36,10 +36,10 @@ def test_an_id_the_site_table_holds_twice_is_merged_once(spark, empty) -> None:
     def rows(value: float):
         return spark.createDataFrame([(2_000_000_001, 1, 0, dt.date(2026, 1, 2), 32817, value)], columns)
 
-    assert write_site_rows(spark, locator, "measurement", rows(1.0)) == 0
+    assert write_site_rows(spark, locator, {"measurement": rows(1.0)}) == 0
     copy = read_table(spark, locator, "measurement").select(*TABLES["measurement"].schema.fieldNames())
     append(locator, "measurement", copy.localCheckpoint())
-    assert write_site_rows(spark, locator, "measurement", rows(2.0)) == 0
+    assert write_site_rows(spark, locator, {"measurement": rows(2.0)}) == 0
     stored = read_table(spark, locator, "measurement").select("measurement_id", "value_as_number").collect()
     assert sorted(tuple(row) for row in stored) == [(2_000_000_001, 2.0)] * 2
 
@@ -60,13 +60,13 @@ def test_micdm_reads_none_of_the_site_files_beside_its_rows(spark, empty) -> Non
     def ours(value: float):
         return spark.createDataFrame([(2_000_000_001, 1, 0, day, 32817, value)], columns)
 
-    assert write_site_rows(spark, locator, "measurement", ours(1.0)) == 0
+    assert write_site_rows(spark, locator, {"measurement": ours(1.0)}) == 0
     assert _delete_data_files(read_table(spark, locator, "measurement").where("measurement_id < 10"))
 
-    assert write_site_rows(spark, locator, "measurement", ours(2.0)) == 0
+    assert write_site_rows(spark, locator, {"measurement": ours(2.0)}) == 0
     assert read_table(spark, locator, "measurement").where("measurement_id > 10").first().value_as_number == 2.0
     ids = spark.createDataFrame([(2_000_000_001,)], "id long")
-    assert release_clashing_ids(spark, locator, "measurement", ids) == 0
+    assert release_clashing_ids(spark, locator, {"measurement": ids}) == 0
     assert remove_site_rows(spark, locator, "measurement", ids) == 1
     assert read_table(spark, locator, "measurement").where("measurement_id > 10").count() == 0
 
@@ -98,3 +98,43 @@ def test_the_sites_highest_id_is_read_from_its_tables_statistics(spark, empty, m
         floor = site_floor(spark, locator, "observation")
     assert floor == block + 40
     assert (jobs == []) if delta_rs else (jobs != [])
+
+
+def test_two_tables_are_recorded_in_one_commit_and_a_clash_releases_only_its_own_id(spark, empty) -> None:
+    """measurement and observation rows written in one call: site_row gains one commit holding both tables'
+    fingerprints. Then the site takes the observation's id for a row of its own: that id alone is forgotten
+    in id_map, and the measurement's is kept."""
+    from pyspark.sql import functions as F
+
+    from micdm.ownership import release_clashing_ids, write_site_rows
+    from micdm.tables import append, delta_table, read_table
+
+    _, locator = empty
+    day = dt.date(2026, 1, 2)
+    measurement_id, observation_id = (locator.storage.site_id_block(t) + 1 for t in ("measurement", "observation"))
+    measurements = spark.createDataFrame(
+        [(measurement_id, 1, 0, day, 32817, 1.5)], "measurement_id int, person_id int, measurement_concept_id int, "
+        "measurement_date date, measurement_type_concept_id int, value_as_number double")
+    observation_columns = "observation_id int, person_id int, observation_concept_id int, observation_date date, " \
+                          "observation_type_concept_id int"
+    observations = spark.createDataFrame([(observation_id, 1, 0, day, 32817)], observation_columns)
+    commits = len(delta_table(spark, locator, "site_row").history().collect())
+    assert write_site_rows(spark, locator, {"measurement": measurements, "observation": observations}) == 0
+    assert len(delta_table(spark, locator, "site_row").history().collect()) == commits + 1
+    recorded = read_table(spark, locator, "site_row").groupBy("table_name").agg(F.collect_list("id").alias("ids"))
+    assert {row.table_name: row.ids for row in recorded.collect()} == \
+        {"measurement": [measurement_id], "observation": [observation_id]}
+    assert read_table(spark, locator, "measurement").first().value_as_number == 1.5
+    assert read_table(spark, locator, "observation").first().observation_id == observation_id
+
+    append(locator, "id_map", spark.createDataFrame(
+        [("measurement", "m", measurement_id), ("observation", "o", observation_id)],
+        "namespace string, natural_key string, id int").withColumn("assigned_at", F.current_timestamp()))
+    site = spark.createDataFrame([(observation_id, 2, 0, day, 32817)], observation_columns)
+    delta_table(spark, locator, "observation").delete(f"observation_id = {observation_id}")
+    append(locator, "observation", site)  # the site's row at micdm's id
+    ids = {table: spark.createDataFrame([(i,)], "id int") for table, i in
+           (("measurement", measurement_id), ("observation", observation_id))}
+    assert release_clashing_ids(spark, locator, ids) == 1
+    assert {(row.namespace, row.id) for row in read_table(spark, locator, "id_map").collect()} == \
+        {("measurement", measurement_id)}
