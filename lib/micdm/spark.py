@@ -26,9 +26,9 @@ from pyspark.sql import SparkSession
 from micdm.config import SparkSettings
 from micdm.errors import EnvironmentProblem
 
-__all__ = ["DELTA_PACKAGES", "LOCAL_DEFAULTS", "SHALLOW_INLINING", "cache_dir", "check_java", "class_archive",
-           "classic_context", "cores", "get_spark", "is_databricks", "is_submitted", "local_conf", "make_class_archive",
-           "resolve_delta_jars"]
+__all__ = ["DELTA_PACKAGES", "LOCAL_DEFAULTS", "SHALLOW_INLINING", "SUBMIT_CONF", "cache_dir", "check_java",
+           "class_archive", "classic_context", "cores", "get_spark", "is_databricks", "is_submitted", "local_conf",
+           "make_class_archive", "resolve_delta_jars"]
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +188,17 @@ _ORIGINS = "spark.python.sql.dataFrameDebugging.enabled"
 #: than the compiled code gave back in a run (bench/jit_bench.py).
 SHALLOW_INLINING = "-XX:MaxInlineLevel=5 -XX:MaxInlineSize=20 -XX:FreqInlineSize=50 -XX:InlineSmallCode=500"
 
+#: A cold JVM's flags for a micdm run: the throughput collector and shallow inlining (see LOCAL_DEFAULTS).
+_RUN_JVM_FLAGS = f"-XX:+UseParallelGC {SHALLOW_INLINING}"
+
+#: What a spark-submit of micdm's jobs should pass (README, "spark-submit"): a submitted driver's JVM is
+#: running before micdm's code starts, so micdm cannot set them itself. The application's driver and
+#: executors start cold for each run, as a local session does, and spend the same CPU compiling.
+SUBMIT_CONF: dict[str, str] = {
+    "spark.driver.extraJavaOptions": _RUN_JVM_FLAGS,
+    "spark.executor.extraJavaOptions": _RUN_JVM_FLAGS,
+}
+
 #: Defaults of a local session, each replaced by the same key in ``spark.conf``. A micdm run is hundreds of
 #: small queries, so a cold JVM spends most of its CPU compiling them: expressions are interpreted rather
 #: than compiled to Java classes (compiling each new query shape with Janino, then with the JIT, costs
@@ -201,7 +212,7 @@ SHALLOW_INLINING = "-XX:MaxInlineLevel=5 -XX:MaxInlineSize=20 -XX:FreqInlineSize
 #: would otherwise schedule that many to list its folder. PySpark's DataFrame debugging context is off (see
 #: _ORIGINS).
 LOCAL_DEFAULTS: dict[str, str] = {
-    "spark.driver.extraJavaOptions": f"-XX:+UseParallelGC {SHALLOW_INLINING}",
+    "spark.driver.extraJavaOptions": _RUN_JVM_FLAGS,
     "spark.sql.codegen.wholeStage": "false",
     "spark.sql.codegen.factoryMode": "NO_CODEGEN",
     "spark.sql.adaptive.enabled": "false",

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import csv
-import os
 import subprocess
-import sys
-import zipfile
 from pathlib import Path
 
 import pytest
 
-from micdm.spark import resolve_delta_jars
+from micdm.spark import SHALLOW_INLINING, SUBMIT_CONF
 from micdm.synth import generate
 from micdm.tables import TableLocator, load_csv, read_table
 
-from support.servers import SparkStandalone, spark_home
+from support.servers import SparkStandalone
+from support.submit import package_zip, submit_command
 from support.warehouse import new_tables
 
 REPO = Path(__file__).resolve().parents[2]
@@ -24,26 +22,13 @@ _PROBE = '''
 from pyspark.sql import SparkSession
 spark = SparkSession.builder.getOrCreate()
 print("EXECUTOR_MICDM", spark.sparkContext.parallelize([0], 1).map(lambda _: __import__("micdm").__file__).first())
+print("DRIVER_JVM", " ".join(spark.sparkContext._jvm.java.lang.management.ManagementFactory.getRuntimeMXBean()
+                                 .getInputArguments()))
 '''
 
 
-def _package(target: Path) -> Path:
-    """micdm as a zip for --py-files (what a wheel holds: the package and its resources)."""
-    with zipfile.ZipFile(target, "w") as archive:
-        for path in sorted((REPO / "lib" / "micdm").rglob("*")):
-            if path.is_file() and "__pycache__" not in path.parts:
-                archive.write(path, path.relative_to(REPO / "lib"))
-    return target
-
-
 def _submit(cluster: SparkStandalone, package: Path, script: Path, *arguments: str) -> str:
-    command = [str(spark_home() / "bin" / "spark-submit"), "--master", cluster.url,
-               "--jars", ",".join(resolve_delta_jars()), "--py-files", str(package),
-               "--conf", f"spark.pyspark.python={sys.executable}", "--conf", "spark.executor.memory=1g",
-               "--conf", "spark.driver.memory=1g", "--conf", "spark.sql.shuffle.partitions=4",
-               "--conf", "spark.databricks.delta.snapshotPartitions=2",
-               str(script), *arguments]
-    environment = {**os.environ, "SPARK_HOME": str(spark_home()), "PYSPARK_PYTHON": sys.executable}
+    command, environment = submit_command(cluster, package, script, *arguments, conf=SUBMIT_CONF)
     done = subprocess.run(command, capture_output=True, text=True, timeout=900, env=environment, check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done.stdout
@@ -58,9 +43,14 @@ def cluster(tmp_path_factory):
 def test_micdm_runs_from_the_shipped_package_on_the_executors(cluster, tmp_path: Path) -> None:
     probe = tmp_path / "probe.py"
     probe.write_text(_PROBE, encoding="utf-8")
-    output = _submit(cluster, _package(tmp_path / "micdm.zip"), probe)
+    output = _submit(cluster, package_zip(tmp_path / "micdm.zip"), probe)
     location = next(line.split(" ", 1)[1] for line in output.splitlines() if line.startswith("EXECUTOR_MICDM"))
     assert "micdm.zip" in location, location
+    # the README's settings reach both JVMs: the driver's own arguments, the worker's launch of the executor
+    driver = next(line for line in output.splitlines() if line.startswith("DRIVER_JVM"))
+    assert set(SHALLOW_INLINING.split()) | {"-XX:+UseParallelGC"} <= set(driver.split()), driver
+    launched = [path.read_text(errors="replace") for path in (cluster.data / "worker" / "work").rglob("stderr")]
+    assert any(all(flag in text for flag in SHALLOW_INLINING.split()) for text in launched), "executor flags"
 
 
 def test_whole_pipeline_on_a_standalone_cluster(spark, cluster, tmp_path: Path) -> None:
@@ -75,7 +65,7 @@ def test_whole_pipeline_on_a_standalone_cluster(spark, cluster, tmp_path: Path) 
     for name in ("person", "visit_occurrence", "procedure_occurrence"):
         load_csv(spark, locator, name, str(export / "cdm" / f"{name}.csv"))
 
-    output = _submit(cluster, _package(tmp_path / "micdm.zip"), REPO / "jobs" / "run_pipeline.py",
+    output = _submit(cluster, package_zip(tmp_path / "micdm.zip"), REPO / "jobs" / "run_pipeline.py",
                      "--config", str(REPO / "conf" / "local.yml"), *overrides)
     assert "image_occurrence" in output
 

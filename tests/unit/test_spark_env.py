@@ -14,6 +14,7 @@ from micdm.spark import (
     ARCHIVES_KEPT,
     LOCAL_DEFAULTS,
     SHALLOW_INLINING,
+    SUBMIT_CONF,
     _archive_path,
     check_java,
     class_archive,
@@ -55,6 +56,18 @@ def test_a_users_setting_replaces_the_local_default_of_its_key() -> None:
     assert conf["spark.sql.shuffle.partitions"] == "3"
     assert conf["spark.sql.codegen.factoryMode"] == LOCAL_DEFAULTS["spark.sql.codegen.factoryMode"]
     assert local_conf(SparkSettings())["spark.driver.extraJavaOptions"] == f"-XX:+UseParallelGC {SHALLOW_INLINING}"
+
+
+def test_the_readmes_spark_submit_example_passes_micdms_submit_settings() -> None:
+    """A submitted run's driver and executors take a local session's JVM flags, and the README's example
+    command carries them as they are in the code."""
+    expected = dict.fromkeys(("spark.driver.extraJavaOptions", "spark.executor.extraJavaOptions"),
+                             LOCAL_DEFAULTS["spark.driver.extraJavaOptions"])
+    assert expected == SUBMIT_CONF
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    example = readme[readme.index("$SPARK_HOME/bin/spark-submit"):readme.index("jobs/run_pipeline.py --config")]
+    for key, value in SUBMIT_CONF.items():
+        assert f'--conf "{key}={value}"' in example, key
 
 
 def test_a_local_session_plans_without_adaptive_execution_and_two_shuffle_partitions_per_core() -> None:
