@@ -6,6 +6,7 @@ DataQualityDashboard's own check SQL (run by ../shared/tools/dqd/run_dqd.py in D
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import logging
 import re
@@ -20,6 +21,7 @@ from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pyspark.sql import functions as F
 
+from micdm.concurrency import run_concurrently
 from micdm.config import Settings, load_settings
 from micdm.ids import allocated_ids
 from micdm.link import WARNING_CREATED_ON_PROCEDURE_DAY
@@ -67,16 +69,20 @@ def _official_ddl(shared: Path) -> dict[str, str]:
 
 
 def _create_site(spark, shared: Path, folder: Path) -> None:
-    """Every CDM table micdm reads, created with the official DDL and loaded from the Synthea27Nj CSVs."""
+    """Every CDM table micdm reads, created with the official DDL and loaded from the Synthea27Nj CSVs (the
+    tables side by side, as they do not depend on each other)."""
     ddl = _official_ddl(shared)
-    for table in CDM_TABLES:
-        path = folder / table.name
-        spark.sql(ddl[table.name].replace(f"@cdmDatabaseSchema.{table.name}", f"delta.`{path}`", 1))
+
+    def create(name: str) -> None:
+        path = folder / name
+        spark.sql(ddl[name].replace(f"@cdmDatabaseSchema.{name}", f"delta.`{path}`", 1))
         stored = spark.read.format("delta").load(str(path)).schema
         rows = spark.read.option("header", True).csv(str(shared / "data" / "omop" / "synthea27nj" /
-                                                         f"{table.name.upper()}.csv"))
+                                                         f"{name.upper()}.csv"))
         rows.select(*[F.col(f.name).cast(f.dataType).alias(f.name) for f in stored.fields]) \
             .write.format("delta").mode("append").save(str(path))
+
+    run_concurrently(*[functools.partial(create, table.name) for table in CDM_TABLES])
 
 
 def _write_series(folder: Path, patient_id: str, date: str, modality: str, body_part: str | None,
