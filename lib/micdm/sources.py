@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import datetime as dt
 import fnmatch
+import os
 import posixpath
+import stat
 import types
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -135,9 +137,54 @@ def _listed(root: str, settings: SourceSettings) -> tuple[fsspec.AbstractFileSys
         raise _cannot_list(root, error) from None
 
 
+def _find_local(path: str) -> dict[str, dict[str, Any]] | None:
+    """What fsspec's local ``find(path, detail=True)`` gives discovery (type, islink, size, mtime), None when
+    ``path`` is no folder. It walks with os.scandir and one lstat per entry, as fsspec does, without fsspec's
+    second stat of every folder and its info dictionaries, in about a third of the time. As in fsspec, a
+    linked folder is an entry, not walked; a link's size is its target's (0 when dangling) and its mtime the
+    link's own; a folder that cannot be listed is left out."""
+    try:
+        if not stat.S_ISDIR(os.stat(path).st_mode):
+            return None
+    except OSError:
+        return None
+    found: dict[str, dict[str, Any]] = {}
+    folders = [path]
+    while folders:
+        folder = folders.pop()
+        listed: dict[str, dict[str, Any]] = {}
+        below: list[str] = []
+        try:
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            below.append(entry.path)
+                            continue
+                        own = entry.stat(follow_symlinks=False)
+                        link = entry.is_symlink()
+                        size = own.st_size
+                        if link:
+                            try:
+                                size = entry.stat(follow_symlinks=True).st_size
+                            except OSError:
+                                size = 0
+                        kind = "file" if entry.is_file(follow_symlinks=False) else "other"
+                    except FileNotFoundError:  # gone since the folder was read
+                        continue
+                    listed[entry.path] = {"name": entry.path, "size": size, "type": kind, "islink": link,
+                                          "mtime": own.st_mtime}
+        except OSError:
+            continue
+        found.update(listed)
+        folders += below
+    return found
+
+
 def _find(fs: fsspec.AbstractFileSystem, path: str, root: str) -> dict[str, dict[str, Any]]:
     try:
-        found: dict[str, dict[str, Any]] = fs.find(path, detail=True)
+        local = _find_local(path) if is_local(fs) else None
+        found: dict[str, dict[str, Any]] = fs.find(path, detail=True) if local is None else local
         if not found and not fs.exists(path):
             raise FileNotFoundError(f"no such folder or prefix: {path}")
     except Exception as error:
