@@ -69,7 +69,9 @@ def main() -> None:
                     cluster, package, REPO / "jobs" / "run_pipeline.py", *config, f"storage.warehouse={warehouse}",
                     roots, "report.enabled=false", conf=SUBMIT_CONF if way == WAYS[0] else {})
                 speed, started = machine_speed(), time.monotonic()
-                subprocess.run(command, env=environment, cwd=work, check=True, capture_output=True)
+                done = subprocess.run(command, env=environment, cwd=work, capture_output=True, text=True, check=False)
+                if done.returncode != 0:
+                    raise RuntimeError(f"spark-submit failed ({done.returncode}):\n{done.stderr[-3000:]}")
                 runs[way].append({"wall_seconds": round(time.monotonic() - started, 1),
                                   "machine_speed_seconds": speed})
                 print(way, runs[way][-1], flush=True)

@@ -140,7 +140,7 @@ def _listed(root: str, settings: SourceSettings) -> tuple[fsspec.AbstractFileSys
 def _find_local(path: str) -> dict[str, dict[str, Any]] | None:
     """What fsspec's local ``find(path, detail=True)`` gives discovery (type, islink, size, mtime), None when
     ``path`` is no folder. It walks with os.scandir and one lstat per entry, as fsspec does, without fsspec's
-    second stat of every folder and its info dictionaries, in about a third of the time. As in fsspec, a
+    second stat of every folder and its info dictionaries. As in fsspec, a
     linked folder is an entry, not walked; a link's size is its target's (0 when dangling) and its mtime the
     link's own; a folder that cannot be listed is left out."""
     try:
