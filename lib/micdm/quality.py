@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pyspark.sql import Column, DataFrame, Row, SparkSession
+from pyspark.sql import Column, DataFrame, Row, SparkSession, Window
 from pyspark.sql import functions as F
 
 from micdm.changes import Changes
@@ -54,6 +54,7 @@ _NULL_SOURCE = "\u0000"  # stands for NULL where distinct source values are coun
 _PAIR_KEY = "(table_concept_id)"  # image_feature.table_row_id: the table is named by table_concept_id
 _GENDERS = {"Male": 8507, "Female": 8532}
 _INTEGER_TYPES = frozenset({"byte", "short", "integer", "long"})  # Spark's names for them (DataType.typeName)
+_KEY_CHECKS = frozenset({"isPrimaryKey", "isUnique"})
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,19 @@ def _birth_date(prefix: str) -> Column:
 _Span = tuple[int, int] | None
 
 
+@dataclass(frozen=True)
+class _RowFacts:
+    """What one aggregation of a table's checked rows tells before its checks are built."""
+
+    rows: int
+    present: set[tuple[str, int]]
+    """The (field, concept id) pairs the rows hold: concept checks run only for the concepts present."""
+    spans: dict[str, _Span]
+    """Each foreign-key field's span, which bounds what its lookup reads."""
+    repeated: dict[str, int]
+    """Per key field (isPrimaryKey, isUnique): the rows whose value another row holds too."""
+
+
 @dataclass
 class _Measure:
     """A check as two aggregate expressions over the table's rows (after its lookups are joined)."""
@@ -147,9 +161,9 @@ class _TableChecks:
     ``checked`` stays the rows without their lookups, for what reads none of them."""
 
     def __init__(self, spark: SparkSession, locator: TableLocator, name: str, rows: DataFrame,
-                 concepts: dict[int, Row], lookups: dict[str, DataFrame], spans: dict[str, _Span]) -> None:
+                 concepts: dict[int, Row], lookups: dict[str, DataFrame], facts: _RowFacts) -> None:
         self.spark, self.locator, self.name, self.rows, self.concepts = spark, locator, name, rows, concepts
-        self.lookups, self.spans, self.checked = lookups, spans, rows
+        self.lookups, self.facts, self.checked = lookups, facts, rows
         self.measures: list[_Measure] = []
         self.special: list[CheckResult] = []
         self._joined: set[str] = set()
@@ -199,7 +213,7 @@ class _TableChecks:
         """The ``key`` values of ``table`` that the field names: the rows within the field's lowest and highest
         value (so Delta skips the other files by their statistics), then only the values named. A site's
         measurement table is read for micdm's few ids, never shuffled whole."""
-        span = self.spans.get(field_name)
+        span = self.facts.spans.get(field_name)
         if span is None:  # the field is never filled: nothing to look up
             return read_table(self.spark, self.locator, table).select(key).where(F.lit(False))
         named = self.checked.select(F.col(field_name).alias(key)).distinct()
@@ -238,13 +252,6 @@ class _TableChecks:
         return results + self.special
 
 
-def _repeated(frame: DataFrame, key: str) -> tuple[int, int]:
-    """(rows whose ``key`` another row shares, rows)."""
-    row = aggregate(frame.groupBy(key).count(), F.sum(F.when(F.col("count") > 1, F.col("count"))).alias("repeated"),
-                    F.sum("count").alias("rows"))
-    return int(row["repeated"] or 0), int(row["rows"] or 0)
-
-
 def _distinct_count(column: Column) -> Column:
     """COUNT(DISTINCT column) as a set's size: Spark computes a distinct aggregate by copying every row once
     per distinct argument, with the inputs of every other check in the same aggregation; a set is one pass.
@@ -270,8 +277,8 @@ def _field_check(table: _TableChecks, control: Control, kinds: dict[str, str]) -
     elif check == "cdmDatatype":  # an integer column holds integers only: no value needs reading
         table.add(control, F.lit(False) if kinds[name] in _INTEGER_TYPES
                   else column.isNotNull() & ~column.cast("string").rlike(r"^-?[0-9]+$"))
-    elif check in ("isPrimaryKey", "isUnique"):
-        repeated, rows = _repeated(table.checked.select(name), name)
+    elif check in _KEY_CHECKS:
+        repeated, rows = table.facts.repeated[name], table.facts.rows
         table.special.append(CheckResult(control, repeated, rows, "not_evaluated" if rows == 0 else
                                          _verdict(control, repeated, rows), None if rows else "no row to check"))
     elif check == "isForeignKey" and params["fk_table"] == _PAIR_KEY:
@@ -427,21 +434,25 @@ def _lookups(spark: SparkSession, locator: TableLocator, written: Iterable[DataF
     return dict(zip(narrowed, run_concurrently(*[frame.localCheckpoint for frame in narrowed.values()]), strict=True))
 
 
-def _row_facts(rows: DataFrame, concept_fields: Iterable[str], key_fields: Iterable[str]
-               ) -> tuple[set[tuple[str, int]], dict[str, _Span]]:
-    """In one aggregation: the (field, concept id) pairs the rows hold, so that concept checks run only for
-    concepts present, and each foreign-key field's span, which bounds what its lookup reads."""
+def _row_facts(rows: DataFrame, concept_fields: Iterable[str], key_fields: Iterable[str],
+               unique_fields: Iterable[str]) -> _RowFacts:
+    """_RowFacts in one aggregation. A repeated value is counted as the DataQualityDashboard's SQL counts it
+    (``field IN (values held more than once)``): NULL is never one."""
     concept_fields, key_fields = sorted(set(concept_fields)), sorted(set(key_fields))
-    if not concept_fields and not key_fields:
-        return set(), {}
-    collected = aggregate(rows, *[F.collect_set(f).alias(f"c_{f}") for f in concept_fields],
+    unique_fields = sorted(set(unique_fields))
+    for field in unique_fields:
+        rows = rows.withColumn(f"_held_{field}", F.count(F.lit(1)).over(Window.partitionBy(field)))
+    collected = aggregate(rows, F.count(F.lit(1)).alias("_rows"),
+                          *[F.collect_set(f).alias(f"c_{f}") for f in concept_fields],
                           *[F.min(f).alias(f"low_{f}") for f in key_fields],
-                          *[F.max(f).alias(f"high_{f}") for f in key_fields])
+                          *[F.max(f).alias(f"high_{f}") for f in key_fields],
+                          *[F.count_if(F.col(f).isNotNull() & (F.col(f"_held_{f}") > 1)).alias(f"r_{f}")
+                            for f in unique_fields])
     present = {(f, int(c)) for f in concept_fields for c in (collected[f"c_{f}"] or [])}
     spans: dict[str, _Span] = {f: None if collected[f"low_{f}"] is None else (collected[f"low_{f}"],
                                                                                 collected[f"high_{f}"])
                                for f in key_fields}
-    return present, spans
+    return _RowFacts(int(collected["_rows"]), present, spans, {f: int(collected[f"r_{f}"]) for f in unique_fields})
 
 
 def _concepts_used(concept: DataFrame, tables: Iterable[DataFrame]) -> dict[int, Row]:
@@ -455,7 +466,7 @@ def _concepts_used(concept: DataFrame, tables: Iterable[DataFrame]) -> dict[int,
 
 
 def evaluate(spark: SparkSession, locator: TableLocator) -> list[CheckResult]:
-    """Every shipped check on the rows micdm wrote, one aggregation per table plus one per unique key."""
+    """Every shipped check on the rows micdm wrote: per table, one aggregation for its facts, one for its checks."""
     concept = read_table(spark, locator, "concept").select(
         "concept_id", "domain_id", "concept_class_id", "standard_concept", "invalid_reason")
     vocabulary_empty = not has_rows(concept)
@@ -473,16 +484,17 @@ def evaluate(spark: SparkSession, locator: TableLocator) -> list[CheckResult]:
 
     def check(name: str) -> list[CheckResult]:
         rows, controlled = written[name], by_table.get(name, [])
-        present, spans = _row_facts(rows, {c.field for c in controlled if c.level == "CONCEPT" and c.field},
-                                    {c.field for c in controlled if c.check == "isForeignKey" and c.field
-                                     and c.params["fk_table"] != "concept"})
-        table = _TableChecks(spark, locator, name, rows, used, lookups, spans)
+        facts = _row_facts(rows, {c.field for c in controlled if c.level == "CONCEPT" and c.field},
+                           {c.field for c in controlled if c.check == "isForeignKey" and c.field
+                            and c.params["fk_table"] != "concept"},
+                           {c.field for c in controlled if c.check in _KEY_CHECKS and c.field})
+        table = _TableChecks(spark, locator, name, rows, used, lookups, facts)
         kinds = {f.name: f.dataType.typeName() for f in rows.schema.fields}
         for control in controlled:
             if control.level == "TABLE":
                 table.special.append(completeness[control])
             elif control.level == "CONCEPT":
-                if (control.field, control.concept_id) in present:
+                if (control.field, control.concept_id) in facts.present:
                     _concept_check(table, control)
             else:
                 _field_check(table, control, kinds)

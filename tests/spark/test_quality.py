@@ -104,7 +104,8 @@ def test_foreign_keys_into_the_sites_tables_count_as_the_dashboard_counts(spark,
 
 def test_concept_checks_count_what_the_dashboards_sql_counts(spark, empty, shared: Path, tmp_path: Path) -> None:
     """Measurements naming a good concept, one of another domain, a non-standard one, an invalid one, concept 0,
-    an id CONCEPT lacks and none: micdm's counts of every concept check are the ones DQD's own SQL gives."""
+    an id CONCEPT lacks and none, one of them under an id another row holds too: micdm's counts of every
+    concept check and of the primary key are the ones DQD's own SQL gives."""
     pytest.importorskip("duckdb", reason="the DataQualityDashboard runner needs duckdb, deltalake and sqlglot")
     settings, locator = empty
     day = dt.date(2020, 1, 1)
@@ -126,9 +127,11 @@ def test_concept_checks_count_what_the_dashboards_sql_counts(spark, empty, share
                                                        "ethnicity_concept_id int"))
     named = [3000001, 3000002, 3000003, 3000004, 0, 4999999, 3000001]
     units = [8582, 3000001, None, 3000004, 8582, 0, 4999999]
+    repeated_id = 2
     overwrite(locator, "measurement", spark.createDataFrame(
         [(index + 1, 1, concept, day, 32817, unit, 1.0)
-         for index, (concept, unit) in enumerate(zip(named, units, strict=True))],
+         for index, (concept, unit) in enumerate(zip(named, units, strict=True))]
+        + [(repeated_id, 1, 3000001, day, 32817, 8582, 2.0)],
         "measurement_id int, person_id int, measurement_concept_id int, measurement_date date, "
         "measurement_type_concept_id int, unit_concept_id int, value_as_number double"))
     overwrite(locator, "id_map", spark.createDataFrame(
@@ -146,8 +149,10 @@ def test_concept_checks_count_what_the_dashboards_sql_counts(spark, empty, share
     theirs = {(c["checkName"], (c["cdmFieldName"] or "").lower()): c for c in json.loads(report.read_text())["checks"]
               if not c.get("conceptId")}
     ours = read_table(spark, locator, "dq_result").where(
-        "table_name = 'measurement' AND check_name IN ('isForeignKey', 'fkDomain', 'isStandardValidConcept') "
-        "AND field_name IN ('measurement_concept_id', 'unit_concept_id', 'measurement_type_concept_id')").collect()
+        "table_name = 'measurement' AND (check_name IN ('isForeignKey', 'fkDomain', 'isStandardValidConcept') "
+        "AND field_name IN ('measurement_concept_id', 'unit_concept_id', 'measurement_type_concept_id') "
+        "OR check_name = 'isPrimaryKey')").collect()
     compared = {(row.check_name, row.field_name): (row.rows_violated, row.rows_checked) for row in ours}
     assert compared == {key: (theirs[key]["numViolatedRows"], theirs[key]["numDenominatorRows"]) for key in compared}
-    assert len(compared) == 9 and sum(violated > 0 for violated, _ in compared.values()) >= 5, compared
+    assert len(compared) == 10 and sum(violated > 0 for violated, _ in compared.values()) >= 6, compared
+    assert compared[("isPrimaryKey", "measurement_id")] == (2, len(named) + 1)
