@@ -434,24 +434,24 @@ def _lookups(spark: SparkSession, locator: TableLocator, written: Iterable[DataF
     return dict(zip(narrowed, run_concurrently(*[frame.localCheckpoint for frame in narrowed.values()]), strict=True))
 
 
-def _row_facts(rows: DataFrame, concept_fields: Iterable[str], key_fields: Iterable[str],
+def _row_facts(rows: DataFrame, concept_fields: Iterable[str], foreign_key_fields: Iterable[str],
                unique_fields: Iterable[str]) -> _RowFacts:
     """_RowFacts in one aggregation. A repeated value is counted as the DataQualityDashboard's SQL counts it
     (``field IN (values held more than once)``): NULL is never one."""
-    concept_fields, key_fields = sorted(set(concept_fields)), sorted(set(key_fields))
+    concept_fields, foreign_key_fields = sorted(set(concept_fields)), sorted(set(foreign_key_fields))
     unique_fields = sorted(set(unique_fields))
     for field in unique_fields:
         rows = rows.withColumn(f"_held_{field}", F.count(F.lit(1)).over(Window.partitionBy(field)))
     collected = aggregate(rows, F.count(F.lit(1)).alias("_rows"),
                           *[F.collect_set(f).alias(f"c_{f}") for f in concept_fields],
-                          *[F.min(f).alias(f"low_{f}") for f in key_fields],
-                          *[F.max(f).alias(f"high_{f}") for f in key_fields],
+                          *[F.min(f).alias(f"low_{f}") for f in foreign_key_fields],
+                          *[F.max(f).alias(f"high_{f}") for f in foreign_key_fields],
                           *[F.count_if(F.col(f).isNotNull() & (F.col(f"_held_{f}") > 1)).alias(f"r_{f}")
                             for f in unique_fields])
     present = {(f, int(c)) for f in concept_fields for c in (collected[f"c_{f}"] or [])}
     spans: dict[str, _Span] = {f: None if collected[f"low_{f}"] is None else (collected[f"low_{f}"],
                                                                                 collected[f"high_{f}"])
-                               for f in key_fields}
+                               for f in foreign_key_fields}
     return _RowFacts(int(collected["_rows"]), present, spans, {f: int(collected[f"r_{f}"]) for f in unique_fields})
 
 
