@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
 
 #: Tables a run rewrites to the same content; link_report and dq_result gain rows per run by design.
 COMPARED = ("dicom_instance", "dicom_quarantine", "file_inventory", "dicom_series", "series_link", "link_exception",
@@ -27,7 +28,16 @@ def comparable(df: DataFrame) -> DataFrame:
 
 
 def difference(expected: DataFrame, actual: DataFrame, name: str) -> tuple[int, int, int]:
-    """(rows missing from ``actual``, rows only in it, rows repeating a key of table ``name``)."""
+    """(rows missing from ``actual``, rows only in it, rows repeating a key of table ``name``), in one query.
+
+    Each distinct row's count in ``expected`` less its count in ``actual``: above zero, that many copies
+    are missing; below, that many are extra (so a row held twice where once is expected is one extra)."""
     expected, actual = comparable(expected), comparable(actual)
-    duplicated = actual.count() - actual.select(*KEYS[name]).distinct().count() if name in KEYS else 0
-    return expected.exceptAll(actual).count(), actual.exceptAll(expected).count(), duplicated
+    balance = expected.withColumn("_held", F.lit(1)).unionByName(actual.withColumn("_held", F.lit(-1))).groupBy(
+        *expected.columns).agg(F.sum("_held").alias("_balance"))
+    counts = balance.agg(F.coalesce(F.sum(F.greatest("_balance", F.lit(0))), F.lit(0)).alias("missing"),
+                         F.coalesce(F.sum(F.greatest(-F.col("_balance"), F.lit(0))), F.lit(0)).alias("extra"))
+    repeats = actual.groupBy(*KEYS.get(name, actual.columns)).count().agg(
+        F.coalesce(F.sum(F.col("count") - 1), F.lit(0)).alias("duplicated"))
+    found = counts.crossJoin(repeats).first()
+    return found.missing, found.extra, found.duplicated if name in KEYS else 0
