@@ -1,16 +1,24 @@
 """Incremental runs end where a full rebuild ends: after each change to the export or to the site's CDM,
-a pipeline run that does only what changed leaves every table as `--full-refresh` then rebuilds it."""
+a pipeline run that does only what changed leaves every table as a full rebuild (`--full-refresh`) of a
+copy of the same warehouse makes it."""
 
 from __future__ import annotations
 
 import csv
+import dataclasses
+import os
+import random
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pydicom
+import pytest
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from micdm.config import load_settings
+from micdm.ids import allocated_ids
 from micdm.pipeline import StageResult, run_pipeline, run_stage
 from micdm.reports import is_report_or_segmentation
 from micdm.synth import ALGORITHM_RESULTS, generate, load_site
@@ -25,16 +33,17 @@ MISSING_PERSON = "MRN000005"  # patient index 5: the synthetic CDM lacks this pe
 ONE_DAY_OFF = "procedure_one_day_off"  # patient index 4: micdm creates the study's procedure
 
 
-def _versions(spark, locator) -> dict[str, int]:
-    return {name: delta_table(spark, locator, name).history(1).first()["version"] for name in COMPARED}
+def _differences_from_a_rebuilt_copy(spark, settings, copy: Path) -> dict[str, tuple[int, int, int]]:
+    """Copy the warehouse an incremental run has just left, rebuild the copy in full; what differs, by table.
 
-
-def _rebuild_differences(spark, locator, settings) -> dict[str, tuple[int, int, int]]:
-    """Run a full rebuild on the tables an incremental run has just left; what differs, by table."""
-    versions = _versions(spark, locator)
-    run_pipeline(spark, settings, full_refresh=True)
-    found = {name: difference(spark.read.format("delta").option("versionAsOf", version).load(locator.path(name)),
-                              read_table(spark, locator, name), name) for name, version in versions.items()}
+    The incremental warehouse itself is left as it is, so the next run goes on from an incremental run's
+    tables; the copy keeps its id_map, so a rebuild gives every key the id the incremental runs gave it."""
+    shutil.copytree(settings.storage.warehouse, copy)
+    rebuilt = dataclasses.replace(settings, storage=dataclasses.replace(settings.storage, warehouse=str(copy)))
+    run_pipeline(spark, rebuilt, full_refresh=True)
+    incremental, full = TableLocator.of(settings), TableLocator.of(rebuilt)
+    found = {name: difference(read_table(spark, full, name), read_table(spark, incremental, name), name)
+             for name in COMPARED}
     return {name: counts for name, counts in found.items() if any(counts)}
 
 
@@ -103,7 +112,8 @@ def test_each_incremental_run_equals_a_full_rebuild(spark, tmp_path: Path) -> No
     assert read_table(spark, locator, "image_occurrence").join(
         instances.where(F.col("patient_id") == HELD_BACK).select(F.col("series_instance_uid").alias(
             "image_series_uid")), "image_series_uid", "left_semi").count() > 0, "the new patient's series linked"
-    assert _rebuild_differences(spark, locator, settings) == {}, "(missing, extra, duplicated) after new files"
+    assert _differences_from_a_rebuilt_copy(spark, settings, tmp_path / "rebuilt_1") == {}, \
+        "(missing, extra, duplicated) after new files"
 
     # 2. the site's CDM changes: the missing person is added, and a procedure now carries the accession
     #    number of a study micdm had created a procedure for
@@ -136,7 +146,8 @@ def test_each_incremental_run_equals_a_full_rebuild(spark, tmp_path: Path) -> No
         F.col("procedure_occurrence_id") == created).count() == 0, "the procedure micdm created is gone"
     missing = {row["series_instance_uid"] for row in truth if row["patient_id"] == MISSING_PERSON}
     assert {row.person_id for row in links.collect() if row.image_series_uid in missing} == {person_id}
-    assert _rebuild_differences(spark, locator, settings) == {}, "(missing, extra, duplicated) after the CDM changed"
+    assert _differences_from_a_rebuilt_copy(spark, settings, tmp_path / "rebuilt_2") == {}, \
+        "(missing, extra, duplicated) after the CDM changed"
 
     # 3. an algorithm result is withdrawn from the results file: its features go (the stage alone)
     results = (export / ALGORITHM_RESULTS).read_text().splitlines()
@@ -148,3 +159,208 @@ def test_each_incremental_run_equals_a_full_rebuild(spark, tmp_path: Path) -> No
     counts = run_stage(spark, settings, "features").counts
     assert counts["algorithm"] == len(results) - 3, counts  # the header, the withdrawn row, an unknown series
     assert _features_from(spark, locator, result_features) == 0, "the withdrawn result's features are gone"
+
+
+# --- random sequences of changes ------------------------------------------------------------------------
+
+#: The change sequences `make test` runs, by seed; MICDM_CHANGE_SEEDS=4,5,6 runs others (README, "Tests").
+CHANGE_SEEDS = [int(seed) for seed in os.environ.get("MICDM_CHANGE_SEEDS", "1").split(",")]
+#: Changes applied together before each run: every kind of change once per sequence, in the seed's order.
+CHANGES_PER_RUN = 8
+
+
+class _Site:
+    """An export and a site CDM to change at random: each change returns what it did, or None when it has
+    nothing to act on (no patient left to arrive, no person missing)."""
+
+    def __init__(self, spark, locator: TableLocator, export: Path, held: Path, rng: random.Random) -> None:
+        self.spark, self.locator, self.export, self.held, self.rng = spark, locator, export, held, rng
+        self._next_site_id = 9001  # above the synthetic CDM's own ids, below micdm's block
+        self._damaged: set[Path] = set()
+
+    def _files(self) -> list[Path]:
+        """The export's files but those cut short (a change rewrites only a file it can read)."""
+        return sorted(set((self.export / "dicom").rglob("*.dcm")) - self._damaged)
+
+    def _file(self) -> Path:
+        return self.rng.choice(self._files())
+
+    def _series_folder(self) -> Path:
+        return self.rng.choice(sorted({path.parent for path in self._files()}))
+
+    def _site_id(self) -> int:
+        self._next_site_id += 1
+        return self._next_site_id
+
+    def _name(self, path: Path) -> str:
+        return str(path.relative_to(self.export))
+
+    def arrive(self) -> str | None:
+        """A patient's studies arrive."""
+        waiting = sorted(self.held.iterdir())
+        if not waiting:
+            return None
+        patient = self.rng.choice(waiting)
+        shutil.move(patient, self.export / "dicom" / patient.name)
+        return f"{patient.name} arrives"
+
+    def _rewrite(self, path: Path, **attributes: object) -> None:
+        dataset = pydicom.dcmread(path)
+        for keyword, value in attributes.items():
+            setattr(dataset, keyword, value)
+        dataset.save_as(path)
+
+    def redescribe(self) -> str:
+        """A file is sent again with a new series description."""
+        path = self._file()
+        self._rewrite(path, SeriesDescription=f"re-sent {self.rng.randrange(1000)}")
+        return f"{self._name(path)} re-described"
+
+    def reacquire(self) -> str:
+        """An image is sent again with another slice thickness (an acquisition feature)."""
+        path = self.rng.choice([p for p in self._files()
+                                if pydicom.dcmread(p, stop_before_pixels=True).Modality not in ("SR", "SEG")])
+        self._rewrite(path, SliceThickness=str(self.rng.choice((1.0, 2.5, 7.0))))
+        return f"{self._name(path)} re-acquired"
+
+    def redate(self) -> str:
+        """A series is corrected to another date: it may now fall outside its procedure's window."""
+        folder = self._series_folder()
+        day = f"2019{self.rng.randint(1, 12):02d}{self.rng.randint(1, 28):02d}"
+        for path in sorted(folder.glob("*.dcm")):
+            dates = {k: day for k in ("StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate")
+                     if k in pydicom.dcmread(path, stop_before_pixels=True)}
+            self._rewrite(path, **dates)
+        return f"{self._name(folder)} re-dated {day}"
+
+    def delete_file(self) -> str:
+        path = self._file()
+        path.unlink()
+        return f"{self._name(path)} deleted"
+
+    def delete_series(self) -> str:
+        folder = self._series_folder()
+        shutil.rmtree(folder)
+        return f"{self._name(folder)} deleted"
+
+    def copy_file(self) -> str:
+        """The same instance at a second path."""
+        path = self._file()
+        shutil.copy(path, path.with_name(f"copy_{path.name}"))
+        return f"{self._name(path)} copied"
+
+    def move_file(self) -> str:
+        path = self._file()
+        path.rename(path.with_name(f"moved_{path.name}"))
+        return f"{self._name(path)} moved"
+
+    def truncate_file(self) -> str:
+        """A file damaged in place: its header cut short."""
+        path = self._file()
+        path.write_bytes(path.read_bytes()[:200])
+        self._damaged.add(path)
+        return f"{self._name(path)} truncated"
+
+    def withdraw_result(self) -> str | None:
+        """An algorithm result leaves the results file."""
+        results = self.export / ALGORITHM_RESULTS
+        lines = results.read_text().splitlines()
+        if len(lines) < 2:
+            return None
+        line = self.rng.randrange(1, len(lines))
+        results.write_text("\n".join(lines[:line] + lines[line + 1:]) + "\n")
+        return f"result {line} withdrawn"
+
+    def add_person(self) -> str | None:
+        """The site adds the person of a patient it lacked."""
+        known = {row.person_source_value for row in read_table(self.spark, self.locator, "person").collect()}
+        missing = sorted({path.name for path in (self.export / "dicom").iterdir()} - known)
+        if not missing:
+            return None
+        person_id = self._site_id()
+        append(self.locator, "person", self.spark.createDataFrame(
+            [(person_id, 8507, 1950, 0, 0, missing[0])],
+            "person_id int, gender_concept_id int, year_of_birth int, race_concept_id int, "
+            "ethnicity_concept_id int, person_source_value string"))
+        return f"person {person_id} added for {missing[0]}"
+
+    def remove_person(self) -> str:
+        row = self.rng.choice(read_table(self.spark, self.locator, "person").collect())
+        delta_table(self.spark, self.locator, "person").delete(F.col("person_id") == row.person_id)
+        return f"person {row.person_id} removed"
+
+    def _site_procedures(self) -> DataFrame:
+        """The site's own procedures, not those micdm created."""
+        return read_table(self.spark, self.locator, "procedure_occurrence").join(
+            allocated_ids(self.spark, self.locator, "procedure_occurrence", "procedure_occurrence_id"),
+            "procedure_occurrence_id", "left_anti")
+
+    def add_procedure(self) -> str | None:
+        """The site records a procedure carrying the accession number of a study none of its procedures is
+        linked to (micdm created one, or the study is an exception); of any linked study when there is none."""
+        studies = read_table(self.spark, self.locator, "dicom_series").where(
+            F.col("accession_number").isNotNull()).join(
+            read_table(self.spark, self.locator, "series_link").where(F.col("person_id").isNotNull()),
+            F.col("series_instance_uid") == F.col("image_series_uid"))
+        unclaimed = studies.join(self._site_procedures(), "procedure_occurrence_id", "left_anti")
+        candidates = sorted(unclaimed.collect() or studies.collect(), key=lambda row: row.series_instance_uid)
+        if not candidates:
+            return None
+        study = self.rng.choice(candidates)
+        procedure_id = self._site_id()
+        append(self.locator, "procedure_occurrence", self.spark.createDataFrame(
+            [(procedure_id, study.person_id, 4056681, study.image_date, 32817, study.accession_number)],
+            "procedure_occurrence_id int, person_id int, procedure_concept_id int, procedure_date date, "
+            "procedure_type_concept_id int, procedure_source_value string"))
+        return f"procedure {procedure_id} added for {study.accession_number}"
+
+    def remove_procedure(self) -> str:
+        """The site removes one of its own procedures (never one micdm created)."""
+        row = self.rng.choice(self._site_procedures().orderBy("procedure_occurrence_id").collect())
+        delta_table(self.spark, self.locator, "procedure_occurrence").delete(
+            F.col("procedure_occurrence_id") == row.procedure_occurrence_id)
+        return f"procedure {row.procedure_occurrence_id} removed"
+
+    def widen_visit(self) -> str:
+        """A visit's dates are corrected: it may now contain other studies."""
+        row = self.rng.choice(read_table(self.spark, self.locator, "visit_occurrence").orderBy(
+            "visit_occurrence_id").collect())
+        delta_table(self.spark, self.locator, "visit_occurrence").update(
+            F.col("visit_occurrence_id") == row.visit_occurrence_id,
+            {"visit_start_date": F.date_sub("visit_start_date", 3), "visit_end_date": F.date_add("visit_end_date", 3)})
+        return f"visit {row.visit_occurrence_id} widened"
+
+    def changes(self) -> list[Callable[[], str | None]]:
+        return [self.arrive, self.redescribe, self.reacquire, self.redate, self.delete_file, self.delete_series,
+                self.copy_file, self.move_file, self.truncate_file, self.withdraw_result, self.add_person,
+                self.remove_person, self.add_procedure, self.remove_procedure, self.widen_visit]
+
+
+@pytest.mark.parametrize("seed", CHANGE_SEEDS)
+def test_random_changes_then_incremental_runs_equal_a_full_rebuild(spark, tmp_path: Path, seed: int) -> None:
+    """Every kind of change to the export and to the site's CDM, in an order and on targets the seed draws,
+    several at a time, each set followed by an incremental run: after each run, the tables equal what a full
+    rebuild of the same warehouse makes."""
+    rng = random.Random(seed)
+    export, held = tmp_path / "export", tmp_path / "held"
+    generate(export, patients=6, seed=seed, pixels="none")
+    held.mkdir()
+    for patient in ("MRN000001", "MRN000003"):
+        shutil.move(export / "dicom" / patient, held / patient)
+    policy = rng.choice(("create", "exception"))
+    settings = load_settings(REPO / "conf" / "local.yml", [
+        f"storage.warehouse={tmp_path / 'warehouse'}", f"sources.roots=[{export / 'dicom'}]",
+        f"features.algorithm_results={export / ALGORITHM_RESULTS}", f"occurrence.missing_procedure={policy}"])
+    locator = TableLocator.of(settings)
+    new_tables(spark, locator)
+    load_site(spark, locator, export)
+    run_pipeline(spark, settings)
+    site = _Site(spark, locator, export, held, rng)
+    changes = site.changes()
+    rng.shuffle(changes)
+    done: list[str] = []
+    for first in range(0, len(changes), CHANGES_PER_RUN):
+        done += [what for change in changes[first:first + CHANGES_PER_RUN] if (what := change()) is not None]
+        run_pipeline(spark, settings)
+        assert _differences_from_a_rebuilt_copy(spark, settings, tmp_path / f"rebuilt_{first}") == {}, \
+            f"(missing, extra, duplicated) for seed {seed}, missing_procedure={policy}, after: {'; '.join(done)}"
