@@ -17,7 +17,7 @@ import pytest
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from micdm.config import load_settings
+from micdm.config import Settings, load_settings
 from micdm.ids import allocated_ids
 from micdm.pipeline import StageResult, run_pipeline, run_stage
 from micdm.reports import is_report_or_segmentation
@@ -31,6 +31,24 @@ REPO = Path(__file__).resolve().parents[2]
 HELD_BACK = "MRN000001"  # its files arrive in the first step
 MISSING_PERSON = "MRN000005"  # patient index 5: the synthetic CDM lacks this person (see synth._case_of)
 ONE_DAY_OFF = "procedure_one_day_off"  # patient index 4: micdm creates the study's procedure
+
+
+def _export_and_site(spark, tmp_path: Path, seed: int, held_back: list[str], *overrides: str
+                     ) -> tuple[Settings, TableLocator, Path, Path]:
+    """A six-patient export whose ``held_back`` patients wait in a folder of their own to arrive later, and a
+    warehouse holding the site's CDM; returns the settings reading both, the locator, the export, that folder."""
+    export, held = tmp_path / "export", tmp_path / "held"
+    generate(export, patients=6, seed=seed, pixels="none")
+    held.mkdir()
+    for patient in held_back:
+        shutil.move(export / "dicom" / patient, held / patient)
+    settings = load_settings(REPO / "conf" / "local.yml", [
+        f"storage.warehouse={tmp_path / 'warehouse'}", f"sources.roots=[{export / 'dicom'}]",
+        f"features.algorithm_results={export / ALGORITHM_RESULTS}", *overrides])
+    locator = TableLocator.of(settings)
+    new_tables(spark, locator)
+    load_site(spark, locator, export)
+    return settings, locator, export, held
 
 
 def _differences_from_a_rebuilt_copy(spark, settings, copy: Path) -> dict[str, tuple[int, int, int]]:
@@ -60,22 +78,13 @@ def _counts(results: list[StageResult]) -> dict[str, dict]:
 
 
 def test_each_incremental_run_equals_a_full_rebuild(spark, tmp_path: Path) -> None:
-    export = tmp_path / "export"
-    generate(export, patients=6, seed=5, pixels="none")
-    held = tmp_path / "held" / HELD_BACK
-    shutil.move(export / "dicom" / HELD_BACK, held)
-    settings = load_settings(REPO / "conf" / "local.yml", [
-        f"storage.warehouse={tmp_path / 'warehouse'}", f"sources.roots=[{export / 'dicom'}]",
-        f"features.algorithm_results={export / ALGORITHM_RESULTS}"])
-    locator = TableLocator.of(settings)
-    new_tables(spark, locator)
-    load_site(spark, locator, export)
+    settings, locator, export, held = _export_and_site(spark, tmp_path, 5, [HELD_BACK])
     with (export / "truth.csv").open(newline="") as handle:
         truth = list(csv.DictReader(handle))
     run_pipeline(spark, settings)
 
     # 1. new files (a patient's studies arrive), a changed file, a deleted image and a deleted report
-    shutil.move(held, export / "dicom" / HELD_BACK)
+    shutil.move(held / HELD_BACK, export / "dicom" / HELD_BACK)
     files = sorted((export / "dicom" / "MRN000000").rglob("*.dcm"))
     changed, deleted = files[0], files[-1]
     dataset = pydicom.dcmread(changed)
@@ -383,18 +392,9 @@ def test_random_changes_then_incremental_runs_equal_a_full_rebuild(spark, tmp_pa
     several at a time, each set followed by an incremental run: after each run, the tables equal what a full
     rebuild of the same warehouse makes."""
     rng = random.Random(seed)
-    export, held = tmp_path / "export", tmp_path / "held"
-    generate(export, patients=6, seed=seed, pixels="none")
-    held.mkdir()
-    for patient in ("MRN000001", "MRN000003"):
-        shutil.move(export / "dicom" / patient, held / patient)
     policy = rng.choice(("create", "exception"))
-    settings = load_settings(REPO / "conf" / "local.yml", [
-        f"storage.warehouse={tmp_path / 'warehouse'}", f"sources.roots=[{export / 'dicom'}]",
-        f"features.algorithm_results={export / ALGORITHM_RESULTS}", f"occurrence.missing_procedure={policy}"])
-    locator = TableLocator.of(settings)
-    new_tables(spark, locator)
-    load_site(spark, locator, export)
+    settings, locator, export, held = _export_and_site(spark, tmp_path, seed, ["MRN000001", "MRN000003"],
+                                                       f"occurrence.missing_procedure={policy}")
     site = _Site(spark, locator, export, held, rng)
     site.hold_late_arrivals()
     run_pipeline(spark, settings)

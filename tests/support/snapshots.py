@@ -37,7 +37,8 @@ def difference(expected: DataFrame, actual: DataFrame, name: str) -> tuple[int, 
         *expected.columns).agg(F.sum("_held").alias("_balance"))
     counts = balance.agg(F.coalesce(F.sum(F.greatest("_balance", F.lit(0))), F.lit(0)).alias("missing"),
                          F.coalesce(F.sum(F.greatest(-F.col("_balance"), F.lit(0))), F.lit(0)).alias("extra"))
-    repeats = actual.groupBy(*KEYS.get(name, actual.columns)).count().agg(
-        F.coalesce(F.sum(F.col("count") - 1), F.lit(0)).alias("duplicated"))
-    found = counts.crossJoin(repeats).first()
-    return found.missing, found.extra, found.duplicated if name in KEYS else 0
+    if name in KEYS:
+        counts = counts.crossJoin(actual.groupBy(*KEYS[name]).count().agg(
+            F.coalesce(F.sum(F.col("count") - 1), F.lit(0)).alias("duplicated")))
+    found = counts.first()
+    return found.missing, found.extra, found["duplicated"] if name in KEYS else 0
