@@ -14,6 +14,7 @@ them comes with a commit to the table the ids belong to, which is an input where
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import hashlib
 import json
 import logging
@@ -28,7 +29,7 @@ from pyspark.sql import functions as F
 
 from micdm import __version__
 from micdm.config import Settings
-from micdm.tables import TableLocator, aggregate, merge_into, row_digest, small_table_rows
+from micdm.tables import TableLocator, aggregate, overwrite, row_digest, small_table_rows
 
 __all__ = ["Watermark", "current", "record", "refreshed", "stored", "versions"]
 
@@ -159,11 +160,17 @@ def stored(spark: SparkSession, locator: TableLocator) -> dict[str, tuple[Waterm
 
 
 def record(spark: SparkSession, locator: TableLocator, marks: dict[str, tuple[Watermark, str]]) -> None:
-    """Store the watermarks of stages that have just succeeded (one row per stage, one commit)."""
+    """Store the watermarks of stages that have just succeeded (one row per stage, one commit).
+
+    The table holds a row per stage, so it is written whole: one overwrite of a few rows from the driver
+    costs a fraction of the jobs a MERGE plans to find the rows it replaces."""
     if not marks:
         return
-    rows = spark.createDataFrame([(stage, run_id, json.dumps(mark.inputs, sort_keys=True), mark.settings_digest,
-                                   mark.micdm_version) for stage, (mark, run_id) in sorted(marks.items())],
-                                 "stage string, run_id string, inputs string, settings_digest string, "
-                                 "micdm_version string").withColumn("finished_at", F.current_timestamp())
-    merge_into(spark, locator, "stage_state", rows, ["stage"])
+    now = dt.datetime.now()  # naive local time, as small_table_rows gives the rows kept
+    rows = [row for row in small_table_rows(spark, locator, "stage_state") if row["stage"] not in marks] + [
+        {"stage": stage, "run_id": run_id, "inputs": json.dumps(mark.inputs, sort_keys=True),
+         "settings_digest": mark.settings_digest, "micdm_version": mark.micdm_version, "finished_at": now}
+        for stage, (mark, run_id) in sorted(marks.items())]
+    table = locator.definition("stage_state").schema
+    overwrite(locator, "stage_state", spark.createDataFrame(
+        [tuple(row[f.name] for f in table.fields) for row in rows], table))
