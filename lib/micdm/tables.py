@@ -333,7 +333,34 @@ def aggregate(frame: DataFrame, *columns: Column) -> Row:
 
 
 def read_table(spark: SparkSession, locator: TableLocator, name: str) -> DataFrame:
-    return spark.table(locator.ref(name))
+    """A table's rows as its current version holds them.
+
+    One of micdm's own tables (not the site's CDM) in a local folder, whose files hold its rows as they are
+    (reader version 1: no deletion vectors, column mapping or other reader feature; no partition columns),
+    is read as those Parquet files, listed from its log by delta-rs: Delta's own read lists them in a Spark
+    job for every scan of every query, which costs more than the scan of a small table
+    (bench/results/query_cost.md). The frame keeps the files of the version it was made at, so a frame
+    read before its table is written reads what the table held then; micdm checkpoints what it reads
+    before writing the same table. The site's tables are read by Delta, whose file statistics spare the
+    files that cannot hold micdm's rows (ownership.py), as is any table in a catalog or object store.
+    """
+    local = None if TABLES[name].layer == "cdm" else _local_delta_log(locator, name)
+    files = None if local is None else _plain_files(local, locator.path(name) or "")
+    if local is None or files is None:
+        return spark.table(locator.ref(name))
+    schema = StructType.fromJson(json.loads(local.schema().to_json()))
+    if not files:
+        return spark.createDataFrame(spark.sparkContext.emptyRDD(), schema)
+    return spark.read.schema(schema).parquet(*files)
+
+
+def _plain_files(local: RustDeltaTable, folder: str) -> list[str] | None:
+    """The data files of the table's current version, when reading them as plain Parquet gives its rows;
+    None when it does not, or when Spark would take the folder's name for a pattern."""
+    if local.protocol().min_reader_version != 1 or local.metadata().partition_columns \
+            or any(character in folder for character in "*?[{\\"):
+        return None
+    return local.file_uris()
 
 
 def small_table_rows(spark: SparkSession, locator: TableLocator, name: str) -> list[dict[str, Any]]:
