@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 CONFIG ?= conf/local.yml
 
-.PHONY: demo test test-fast lint bench bench-acquisition bench-header bench-listing bench-pipeline bench-startup bench-site-rows bench-new-keys bench-demo bench-settings-large bench-cold-extract bench-jit bench-submit setup clean
+.PHONY: demo test test-fast lint bench bench-acquisition bench-header bench-listing bench-pipeline bench-startup bench-site-rows bench-new-keys bench-demo bench-settings-large bench-cold-extract bench-jit bench-submit bench-query-cost setup clean
 
 $(INSTALLED): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "micdm needs Python 3.11 or newer, found " + sys.version.split()[0])'
@@ -82,3 +82,6 @@ bench-jit: setup
 
 bench-submit: setup
 	$(BIN)/python bench/submit_bench.py
+
+bench-query-cost: setup
+	$(BIN)/python bench/query_cost_bench.py

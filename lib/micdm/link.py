@@ -327,9 +327,10 @@ def run(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: 
                            & F.col("image_date").isNotNull())
     restored, same_day = 0, 0
     if cfg.missing_procedure == "create" and has_rows(unlinked):
-        created, restored = _create_procedures(spark, locator, cfg, unlinked)
+        # counted before micdm's procedures join the site's table, so none of them counts as the site's
         same_day = unlinked.join(site_procedures.select("person_id", F.col("procedure_date").alias("image_date")),
                                  ["person_id", "image_date"], "left_semi").count()
+        created, restored = _create_procedures(spark, locator, cfg, unlinked)
         links = links.join(created, "study_instance_uid", "left").withColumns({
             "link_rule": F.coalesce("link_rule", F.when(F.col("_created").isNotNull(),
                                                         F.lit(LinkRule.CREATED.value))),

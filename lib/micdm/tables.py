@@ -349,9 +349,17 @@ def read_table(spark: SparkSession, locator: TableLocator, name: str) -> DataFra
     if local is None or files is None:
         return spark.table(locator.ref(name))
     schema = StructType.fromJson(json.loads(local.schema().to_json()))
-    if not files:
-        return spark.createDataFrame(spark.sparkContext.emptyRDD(), schema)
+    if not files:  # as Spark reads files: every column nullable
+        return spark.createDataFrame(spark.sparkContext.emptyRDD(), _nullable(schema))
     return spark.read.schema(schema).parquet(*files)
+
+
+def _nullable(schema: StructType) -> StructType:
+    """``schema`` with every field, element and value nullable, as Spark makes a file's schema."""
+    text = schema.json()
+    for flag in ("nullable", "containsNull", "valueContainsNull"):
+        text = text.replace(f'"{flag}":false', f'"{flag}":true')
+    return StructType.fromJson(json.loads(text))
 
 
 def _plain_files(local: RustDeltaTable, folder: str) -> list[str] | None:

@@ -27,7 +27,7 @@ def test_init_creates_every_table_with_its_schema(spark, settings) -> None:
     created = init_tables(spark, locator)
     assert set(created) == set(TABLES) and all(created.values())
     for name, table in TABLES.items():
-        actual = read_table(spark, locator, name).schema
+        actual = spark.table(locator.ref(name)).schema  # as Delta keeps it (read_table's columns are nullable)
         assert [(f.name, f.dataType, f.nullable) for f in actual] == [
             (f.name, f.dataType, f.nullable) for f in table.schema.fields], name
     again = init_tables(spark, locator)
@@ -148,7 +148,7 @@ def test_a_local_table_read_without_spark_is_what_spark_reads(spark, empty, monk
     assert small_table_rows(spark, locator, "stage_state") == spark_rows and len(spark_rows) == 1
     assert [row_count(spark, locator, name) for name in ("stage_state", "person")] == [1, 0]
     for name in ("dicom_instance", "person", "stage_state"):
-        spark_schema = read_table(spark, locator, name).schema
+        spark_schema = spark.table(locator.ref(name)).schema
         assert [(f.name, f.dataType.simpleString(), f.nullable) for f in stored_schema(spark, locator, name)] == [
             (f.name, f.dataType.simpleString(), f.nullable) for f in spark_schema], name
     shown = {r.key: r.value for r in spark.sql(f"SHOW TBLPROPERTIES {locator.ref('dicom_instance')}").collect()}
@@ -174,6 +174,56 @@ def test_a_small_table_with_deletion_vectors_is_read_by_spark(spark, empty) -> N
     spark.sql(f"DELETE FROM {locator.ref('stage_state')} WHERE stage = 'link'")
     assert [row["stage"] for row in small_table_rows(spark, locator, "stage_state")] == ["series"]
     assert row_count(spark, locator, "stage_state") == 1
+
+def test_micdm_tables_are_read_from_the_files_their_version_holds(spark, empty) -> None:
+    """micdm's local tables are read as the Parquet files of their current version (no Delta job listing
+    them): after an append, a MERGE that rewrote a file and a delete, the rows and files are Delta's own. A
+    table whose files no longer hold its rows as they are (deletion vectors) and the site's tables are read
+    by Delta."""
+    import datetime as dt
+
+    from pyspark.sql import functions as F
+
+    from micdm.tables import append, delete_keys, merge_into
+
+    _, locator = empty
+    marks = TABLES["stage_state"].schema
+
+    def marked(*stages: str, run: str = "r1") -> object:
+        return spark.createDataFrame([(stage, run, "{}", "abc", "0.1.0", dt.datetime(2026, 1, 2, tzinfo=dt.UTC))
+                                      for stage in stages], marks)
+
+    def rows(frame) -> list[tuple]:
+        return sorted(tuple(row) for row in frame.collect())
+
+    assert read_table(spark, locator, "stage_state").count() == 0 and all(
+        f.nullable for f in read_table(spark, locator, "stage_state").schema), "an empty table reads as files do"
+    append(locator, "stage_state", marked("series", "link"))
+    append(locator, "stage_state", marked("occurrence"))
+    merge_into(spark, locator, "stage_state", marked("link", run="r2"), ["stage"])
+    delete_keys(spark, locator, "stage_state", marked("occurrence").select("stage"), ["stage"])
+    read, by_delta = read_table(spark, locator, "stage_state"), spark.table(locator.ref("stage_state"))
+    assert rows(read) == rows(by_delta) and {r.stage: r.run_id for r in read.collect()} == {"series": "r1",
+                                                                                           "link": "r2"}
+    assert sorted(f.rsplit("/", 1)[1] for f in read.inputFiles()) == sorted(
+        f.rsplit("/", 1)[1] for f in by_delta.inputFiles()), "the files of the current version, no other"
+    assert _file_index(read) == "InMemoryFileIndex"
+    spark.sql(f"ALTER TABLE {locator.ref('stage_state')} SET TBLPROPERTIES ('delta.enableDeletionVectors' = true)")
+    spark.sql(f"DELETE FROM {locator.ref('stage_state')} WHERE stage = 'link'")
+    assert [r.stage for r in read_table(spark, locator, "stage_state").collect()] == ["series"]
+    append(locator, "person", spark.createDataFrame([(1, 8507, 1950, 0, 0)], "person_id int, gender_concept_id int, "
+                                                    "year_of_birth int, race_concept_id int, ethnicity_concept_id int"))
+    site = read_table(spark, locator, "person")
+    assert site.where(F.col("person_id") == 1).count() == 1
+    assert _file_index(site) != "InMemoryFileIndex"
+
+
+def _file_index(frame) -> str:
+    """The kind of file index the frame's scan lists its files with (Delta's or plain Parquet's)."""
+    import re
+
+    return re.search(r"Location: (\w+)", frame._jdf.queryExecution().executedPlan().toString()).group(1)
+
 
 _READ_AND_EXIT = """
 import sys
