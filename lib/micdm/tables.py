@@ -147,11 +147,16 @@ def stored_schema(spark: SparkSession, locator: TableLocator, name: str) -> Stru
     except _Absent:
         return None
     if local is not None:
-        return StructType.fromJson(json.loads(local.schema().to_json()))
+        return _logged_schema(local)
     path = locator.path(name)
     exists = DeltaTable.isDeltaTable(spark, path) if path is not None else \
         spark.catalog.tableExists(locator.where(name))
     return spark.table(locator.ref(name)).schema if exists else None
+
+
+def _logged_schema(local: RustDeltaTable) -> StructType:
+    """The table's schema as its Delta log holds it, in Spark's types."""
+    return StructType.fromJson(json.loads(local.schema().to_json()))
 
 
 def delta_table(spark: SparkSession, locator: TableLocator, name: str) -> DeltaTable:
@@ -348,7 +353,7 @@ def read_table(spark: SparkSession, locator: TableLocator, name: str) -> DataFra
     files = None if local is None else _plain_files(local, locator.path(name) or "")
     if local is None or files is None:
         return spark.table(locator.ref(name))
-    schema = StructType.fromJson(json.loads(local.schema().to_json()))
+    schema = _logged_schema(local)
     if not files:  # as Spark reads files: every column nullable
         return spark.createDataFrame(spark.sparkContext.emptyRDD(), _nullable(schema))
     return spark.read.schema(schema).parquet(*files)
