@@ -210,11 +210,15 @@ SUBMIT_CONF: dict[str, str] = {
 #: coalesces Spark's 200 shuffle partitions, so local_conf sets two per core of the master. It sets as many
 #: for listing folders in parallel, which Spark does in 10,000 tasks: a VACUUM of the smallest Delta table
 #: would otherwise schedule that many to list its folder. PySpark's DataFrame debugging context is off (see
-#: _ORIGINS).
+#: _ORIGINS). upper() and lower() map case with the JVM, not ICU: Spark's ICU case mapping first builds a
+#: title-case table of every Unicode code point, about a second of a cold JVM's CPU, in a task of the
+#: first query that changes a string's case; micdm changes the case of DICOM codes, whose characters are
+#: ASCII.
 LOCAL_DEFAULTS: dict[str, str] = {
     "spark.driver.extraJavaOptions": _RUN_JVM_FLAGS,
     "spark.sql.codegen.wholeStage": "false",
     "spark.sql.codegen.factoryMode": "NO_CODEGEN",
+    "spark.sql.icu.caseMappings.enabled": "false",
     "spark.sql.adaptive.enabled": "false",
     "spark.databricks.delta.snapshotPartitions": "2",
     "spark.ui.showConsoleProgress": "false",

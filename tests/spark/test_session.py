@@ -27,6 +27,33 @@ def test_the_local_session_inlines_shallowly(spark: Any) -> None:
     assert {name: bean.getVMOption(name).getValue() for name in wanted} == wanted
 
 
+#: Lower-case letters of Unicode 14 (Glagolitic, Latin): ICU upper-cases them, a JVM whose Unicode tables
+#: are older leaves them as they are.
+_NEWER_LETTERS = ("\u2c5f", "\ua7c1", "\ua7d1")
+
+
+def test_the_local_session_maps_case_as_the_jvm_does_not_as_icu(spark: Any) -> None:
+    """upper() gives the JVM's mapping where the JVM's and ICU's differ: the session does not build ICU's
+    title-case table of every code point that Spark's default way costs a cold JVM. ASCII and Latin-1, the
+    characters of DICOM codes, map alike either way."""
+    from pyspark.sql import functions as F
+
+    jvm = spark._jvm
+
+    def by_the_jvm(word: str) -> str:  # Spark's own mapping without ICU
+        return str(jvm.org.apache.spark.unsafe.types.UTF8String.fromString(word).toUpperCase().toString())
+
+    telling = [c for c in _NEWER_LETTERS if by_the_jvm(c) != jvm.com.ibm.icu.lang.UCharacter.toUpperCase(c)]
+    if not telling:
+        pytest.skip("this JVM's Unicode tables upper-case the probe letters as ICU does: nothing tells them apart")
+    words = [*telling, "ct abdomen", "tête"]
+    row = spark.createDataFrame([(w,) for w in words], "word string").agg(
+        F.collect_list(F.upper("word")).alias("upper")).first()
+    assert row is not None
+    assert row.upper == [by_the_jvm(w) for w in words]
+    assert row.upper[-2:] == ["CT ABDOMEN", "TÊTE"]
+
+
 def _compiled_by(spark: Any, workload: Callable[[], object]) -> int:
     """Classes Janino compiled while ``workload`` ran (Spark's own count of code generation)."""
     compilations = spark._jvm.org.apache.spark.metrics.source.CodegenMetrics.METRIC_COMPILATION_TIME()
