@@ -1,5 +1,6 @@
 """What a cold `micdm run` spends on the JIT: micdm's JVM flags against the same flags without the inlining
-limits (the JVM's own inlining).
+limits (the JVM's own inlining), and against two ways of compiling less: higher compile thresholds, and the
+quick compiler alone.
 
 Reproduce with ``make bench-jit`` (or ``.venv/bin/python bench/jit_bench.py``, after ``micdm setup``).
 Figures go to bench/results/jit.json and bench/results/jit.md; nothing here passes or fails a test.
@@ -19,7 +20,9 @@ import statistics
 from figures import made_class_archive, scratch, stamp, write
 from pipeline_bench import REPO, run_cli
 
-WAYS = ("micdm's flags", "default inlining")
+WAYS = ("micdm's flags", "default inlining", "compile thresholds x4", "quick compiler only")
+#: What each way after the first adds to micdm's flags (the first two differ by what they leave out).
+_ADDED = {"compile thresholds x4": "-XX:CompileThresholdScaling=4", "quick compiler only": "-XX:TieredStopAtLevel=1"}
 
 
 def _median(runs: list[dict], figure: str) -> float:
@@ -38,8 +41,8 @@ def _markdown(results: dict) -> str:
         lines.append(f"| {way} | " + " | ".join(str(_median(runs, figure)) for figure in (
             "wall_seconds", "stage_seconds", "jit", "tasks", "driver", "gc"))
             + f" | {', '.join(str(run['wall_seconds']) for run in runs)} |")
-    lines += ["", "Medians. micdm's flags: " + f"`{results['flags'][WAYS[0]]}`; default inlining: "
-              f"`{results['flags'][WAYS[1]]}` (plus the class archive either way).", ""]
+    lines += ["", "Medians. " + "; ".join(f"{way}: `{results['flags'][way]}`" for way in WAYS)
+              + " (plus the class archive each way).", ""]
     return "\n".join(lines)
 
 
@@ -63,6 +66,8 @@ def main() -> None:
     given = {WAYS[0]: local_conf(SparkSettings(), archive)[key]}
     given[WAYS[1]] = without_inlining(given[WAYS[0]])
     flags = {WAYS[0]: LOCAL_DEFAULTS[key], WAYS[1]: without_inlining(LOCAL_DEFAULTS[key])}
+    for way, added in _ADDED.items():
+        given[way], flags[way] = f"{given[WAYS[0]]} {added}", f"{flags[WAYS[0]]} {added}"
     common = ["--config", str(REPO / "conf" / "local.yml"), f"synth.out={work / 'export'}",
               f"synth.patients={args.patients}", "synth.pixels=none", f"sources.roots=[{work / 'export' / 'dicom'}]",
               "report.enabled=false"]
