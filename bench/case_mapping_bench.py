@@ -19,7 +19,7 @@ import sys
 import time
 
 from figures import stamp, write
-from pipeline_bench import REPO
+from pipeline_bench import RESULTS
 
 WAYS = {"micdm's default (the JVM maps case)": "false", "Spark's default (ICU maps case)": "true"}
 
@@ -72,7 +72,7 @@ def main() -> None:
                                  text=True).stdout
             probes[way].append(json.loads(out.strip().splitlines()[-1]))
             print(way, probes[way][-1], flush=True)
-    write(REPO / "bench" / "results", "case_mapping",
+    write(RESULTS, "case_mapping",
           stamp("python bench/case_mapping_bench.py", repeats=args.repeats, probes=probes), _markdown)
 
 

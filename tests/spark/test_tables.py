@@ -175,6 +175,7 @@ def test_a_small_table_with_deletion_vectors_is_read_by_spark(spark, empty) -> N
     assert [row["stage"] for row in small_table_rows(spark, locator, "stage_state")] == ["series"]
     assert row_count(spark, locator, "stage_state") == 1
 
+
 def test_micdm_tables_are_read_from_the_files_their_version_holds(spark, empty) -> None:
     """micdm's local tables are read as the Parquet files of their current version (no Delta job listing
     them): after an append, a MERGE that rewrote a file and a delete, the rows and files are Delta's own. A
