@@ -207,9 +207,11 @@ SUBMIT_CONF: dict[str, str] = {
 #: The JIT inlines shallowly (SHALLOW_INLINING).
 #: Adaptive query execution is off: it runs each shuffle of a query as a job of its own and plans the rest
 #: again after each, driver work that buys nothing on one machine's few partitions. Without it nothing
-#: coalesces Spark's 200 shuffle partitions, so local_conf sets two per core of the master. It sets as many
-#: for listing folders in parallel, which Spark does in 10,000 tasks: a VACUUM of the smallest Delta table
-#: would otherwise schedule that many to list its folder. PySpark's DataFrame debugging context is off (see
+#: coalesces Spark's 200 shuffle partitions, so local_conf sets one per core of the master: each shuffle is one
+#: wave of tasks, and most of a run's shuffles carry a few rows, whose every extra task costs the driver and
+#: the cores as much as a task with rows does. It sets two per core for listing folders in parallel, which
+#: Spark does in 10,000 tasks: a VACUUM of the smallest Delta table would otherwise schedule that many to
+#: list its folder. PySpark's DataFrame debugging context is off (see
 #: _ORIGINS). upper() and lower() map case with the JVM, not ICU: Spark's ICU case mapping first builds a
 #: title-case table of every Unicode code point, about a second of a cold JVM's CPU, in a task of the
 #: first query that changes a string's case; micdm changes the case of DICOM codes, whose characters are
@@ -239,9 +241,9 @@ def local_conf(settings: SparkSettings, classes: Path | None = None) -> dict[str
 
     ``classes`` (class_archive) joins micdm's default JVM flags; flags of the user's own are left as given.
     """
-    partitions = str(2 * _local_cores(settings.master))
-    defaults = {**LOCAL_DEFAULTS, "spark.sql.shuffle.partitions": partitions,
-                "spark.sql.sources.parallelPartitionDiscovery.parallelism": partitions}
+    cores = _local_cores(settings.master)
+    defaults = {**LOCAL_DEFAULTS, "spark.sql.shuffle.partitions": str(cores),
+                "spark.sql.sources.parallelPartitionDiscovery.parallelism": str(2 * cores)}
     if classes is not None:
         defaults[_JVM_FLAGS] += f' "-XX:SharedArchiveFile={classes}" -Xlog:cds*=off'
     return {**defaults, **settings.conf}

@@ -70,13 +70,13 @@ def test_the_readmes_spark_submit_example_passes_micdms_submit_settings() -> Non
         assert f'--conf "{key}={value}"' in example, key
 
 
-def test_a_local_session_plans_without_adaptive_execution_and_two_shuffle_partitions_per_core() -> None:
+def test_a_local_session_plans_without_adaptive_execution_and_one_shuffle_partition_per_core() -> None:
     three = local_conf(SparkSettings(master="local[3]"))
-    assert three["spark.sql.shuffle.partitions"] == "6"
-    assert three["spark.sql.sources.parallelPartitionDiscovery.parallelism"] == "6", "a folder listing's tasks too"
-    assert local_conf(SparkSettings(master="local"))["spark.sql.shuffle.partitions"] == "2"
+    assert three["spark.sql.shuffle.partitions"] == "3"
+    assert three["spark.sql.sources.parallelPartitionDiscovery.parallelism"] == "6", "a folder listing's: two per core"
+    assert local_conf(SparkSettings(master="local"))["spark.sql.shuffle.partitions"] == "1"
     every_core = local_conf(SparkSettings(master="local[*]"))
-    assert every_core["spark.sql.shuffle.partitions"] == str(2 * (os.cpu_count() or 1))
+    assert every_core["spark.sql.shuffle.partitions"] == str(os.cpu_count() or 1)
     assert every_core["spark.sql.adaptive.enabled"] == "false"
     adaptive = {"spark.sql.adaptive.enabled": "true"}
     assert local_conf(SparkSettings(conf=adaptive))["spark.sql.adaptive.enabled"] == "true", "the user's value wins"
