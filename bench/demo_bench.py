@@ -11,7 +11,8 @@ once; each run is ``micdm run`` on a fresh copy of that warehouse, the demo's fi
 alternate so that a machine's drift falls on each. "Code generation" gives back Spark's own values of the
 two settings by which a local micdm session interprets expressions (whole-stage code generation, generated
 expression classes), "adaptive execution" Spark's adaptive query execution, "call-site capture" PySpark's
-DataFrame debugging context, and nothing else.
+DataFrame debugging context, "two shuffle partitions per core" the count micdm set before one per core,
+and nothing else.
 """
 
 from __future__ import annotations
@@ -26,11 +27,18 @@ from typing import Any
 from figures import stamp, write
 from pipeline_bench import REPO, RESULTS, SIZES, run_cli
 
+from micdm.config import load_settings
+from micdm.spark import local_conf
+
+#: Twice the shuffle partitions micdm's local session sets for conf/local.yml's master (one per core).
+_TWO_PER_CORE = 2 * int(local_conf(load_settings(REPO / "conf" / "local.yml").spark)["spark.sql.shuffle.partitions"])
+
 SETTINGS = {
     "micdm's defaults": [],
     "code generation": ["spark.conf={spark.sql.codegen.wholeStage: 'true', spark.sql.codegen.factoryMode: FALLBACK}"],
     "adaptive execution": ["spark.conf={spark.sql.adaptive.enabled: 'true'}"],
     "call-site capture": ["spark.conf={spark.python.sql.dataFrameDebugging.enabled: 'true'}"],
+    "two shuffle partitions per core": [f"spark.conf={{spark.sql.shuffle.partitions: '{_TWO_PER_CORE}'}}"],
 }
 #: Stages before the ones the demo's target counts: the vocabulary load and reading the files.
 _BEFORE = ("vocabulary", "extract")
