@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -68,3 +69,32 @@ def measure_sizes(name: str, command: str, sizes: list[int], repeats: int, out: 
         measured.append(measure(spark, size))
         print(measured[-1], flush=True)
     write(out, name, stamp(command, repeats=repeats, sizes=measured), markdown)
+
+
+def warm_session(app_name: str = "bench") -> Any:
+    """A local session started as micdm starts one (its defaults, two cores), without the web UI."""
+    from micdm.config import SparkSettings
+    from micdm.spark import get_spark
+
+    return get_spark(SparkSettings(master="local[2]", conf={"spark.ui.enabled": "false"}), app_name=app_name)
+
+
+def measure_operation(spark: Any, operation: Callable[[], object], repeats: int, group: str) -> dict[str, Any]:
+    """Median milliseconds of ``repeats`` runs of ``operation`` after as many unmeasured ones, and the
+    Spark jobs one run starts (counted under the job group ``group``, which must be new)."""
+    context = spark.sparkContext
+    for _ in range(repeats):
+        operation()
+    milliseconds = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        operation()
+        milliseconds.append((time.perf_counter() - started) * 1000)
+    context.setJobGroup(group, group)
+    try:
+        operation()
+    finally:
+        context.setLocalProperty("spark.jobGroup.id", None)
+    jobs = len(context.statusTracker().getJobIdsForGroup(group))
+    return {"milliseconds_median": round(statistics.median(milliseconds), 1),
+            "milliseconds": [round(m, 1) for m in milliseconds], "jobs": jobs}

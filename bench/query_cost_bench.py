@@ -15,8 +15,6 @@ gives what the run costs even with a JVM that has compiled everything already.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -50,26 +48,6 @@ def _operations(spark: Any, table: str, appended: str) -> dict[str, Callable[[],
     }
 
 
-def _measure(spark: Any, operation: Callable[[], object], repeats: int, group: str) -> dict[str, Any]:
-    """Median milliseconds of ``repeats`` runs after as many unmeasured ones; Spark jobs of one run."""
-    context = spark.sparkContext
-    for _ in range(repeats):
-        operation()
-    milliseconds = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        operation()
-        milliseconds.append((time.perf_counter() - started) * 1000)
-    context.setJobGroup(group, group)
-    try:
-        operation()
-    finally:
-        context.setLocalProperty("spark.jobGroup.id", None)
-    jobs = len(context.statusTracker().getJobIdsForGroup(group))
-    return {"milliseconds_median": round(statistics.median(milliseconds), 1),
-            "milliseconds": [round(m, 1) for m in milliseconds], "jobs": jobs}
-
-
 def _markdown(results: dict[str, Any]) -> str:
     lines = [f"# Query cost benchmark ({results['date']})", "",
              f"Command: `{results['command']}`. Machine: {results['machine']}. One warm local session with "
@@ -82,23 +60,20 @@ def _markdown(results: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    from micdm.config import SparkSettings
-    from micdm.spark import get_spark
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=40)
     parser.add_argument("--work", default=None, help="scratch folder (default: a folder under the system temp)")
     args = parser.parse_args()
     work = figures.scratch(args.work, "micdm-query-cost-bench")
     speed = figures.machine_speed()
-    spark = get_spark(SparkSettings(master="local[2]", conf={"spark.ui.enabled": "false"}), app_name="bench")
+    spark = figures.warm_session()
     table, appended, rows, files = str(work / "table"), str(work / "appended"), 400, 4
     for folder in (table, appended):
         spark.range(rows).selectExpr("CAST(id AS INT) AS id", "CONCAT('value ', id) AS value").repartition(files) \
             .write.format("delta").save(folder)
     measured = {}
     for number, (name, operation) in enumerate(_operations(spark, table, appended).items()):
-        measured[name] = _measure(spark, operation, args.repeats, f"bench-{number}")
+        measured[name] = figures.measure_operation(spark, operation, args.repeats, f"bench-{number}")
         print(name, measured[name]["milliseconds_median"], "ms,", measured[name]["jobs"], "jobs", flush=True)
     results = figures.stamp("python bench/query_cost_bench.py", rows=rows, files=files, repeats=args.repeats,
                             machine_speed_seconds=speed, operations=measured)

@@ -17,7 +17,7 @@ from micdm.config import Settings
 from micdm.report import FIGURE_TABLES, RunFigures, cached_figures, latest_run_rows, write_report
 from micdm.spark import classic_context
 from micdm.stage import Stage, StageCounts
-from micdm.tables import TableLocator, init_tables, read_table, row_count
+from micdm.tables import TableLocator, compact_small_files, init_tables, read_table, row_count
 
 __all__ = ["STAGES", "STAGE_TABLES", "StageResult", "latest_link_report", "report_folder", "run_pipeline", "run_stage",
            "table_counts"]
@@ -130,7 +130,9 @@ def _run_unless_unchanged(spark: SparkSession, locator: TableLocator, settings: 
         if full_refresh:
             settings = dataclasses.replace(settings, extract=dataclasses.replace(settings.extract, full_refresh=True))
         log.info("extract starting%s", " (full refresh)" if full_refresh else "")
-        return STAGES[stage](spark, locator, settings, run_id)
+        counts = STAGES[stage](spark, locator, settings, run_id)
+        compact_small_files(spark, locator, STAGE_TABLES[stage][1])
+        return counts
     before = _inputs(spark, locator, settings, stage)
     last = marks.get(stage)
     changes = before.changes_from(last[0] if last else None)
@@ -141,6 +143,7 @@ def _run_unless_unchanged(spark: SparkSession, locator: TableLocator, settings: 
     counts = STAGES[stage](spark, locator, settings, run_id,
                            None if last is None or full_refresh else Changes(last[0], before))
     reads, writes = STAGE_TABLES[stage]
+    compact_small_files(spark, locator, writes)  # before the versions are read again, here and downstream
     done[stage] = (watermark.refreshed(spark, locator, before, set(reads) & set(writes)), run_id)
     return counts
 

@@ -33,11 +33,11 @@ from micdm.schema import CDM_TABLES, TABLES, TableDef, with_header_format
 if TYPE_CHECKING:
     from deltalake import DeltaTable as RustDeltaTable
 
-__all__ = ["TableLocator", "aggregate", "append", "as_stored", "clustering_clause", "column_ceiling", "conform",
-           "create_table", "delete_keys", "delta_table", "has_rows", "init_tables", "keep_change_feed", "load_csv",
-           "may_have_rows", "merge_into", "merge_or_delete", "overwrite", "read_table", "row_count", "row_digest",
-           "schema_problems", "site_table", "small_table_rows", "stored_schema", "sync_rows", "table_problems",
-           "table_properties", "within"]
+__all__ = ["COMPACT_ABOVE_FILES", "TableLocator", "aggregate", "append", "as_stored", "clustering_clause",
+           "column_ceiling", "compact_small_files", "conform", "create_table", "delete_keys", "delta_table",
+           "has_rows", "init_tables", "keep_change_feed", "load_csv", "may_have_rows", "merge_into",
+           "merge_or_delete", "overwrite", "read_table", "row_count", "row_digest", "schema_problems", "site_table",
+           "small_table_rows", "stored_schema", "sync_rows", "table_problems", "table_properties", "within"]
 
 log = logging.getLogger(__name__)
 
@@ -204,6 +204,33 @@ def keep_change_feed(spark: SparkSession, locator: TableLocator, name: str) -> b
         return False
     spark.sql(f"ALTER TABLE {locator.ref(name)} SET TBLPROPERTIES ('{_CHANGE_FEED}' = 'true')")
     return True
+
+
+#: micdm compacts one of its own local tables once it holds more data files than this. Every incremental run
+#: adds a file or two to each table it writes, and read_table gives a local table's files to Spark, which
+#: lists more than 32 of them in a job of its own, in every scan of every later run.
+COMPACT_ABOVE_FILES = 32
+
+
+def compact_small_files(spark: SparkSession, locator: TableLocator, names: Iterable[str]) -> list[str]:
+    """Compact those of ``names`` that are micdm's own local tables holding more than COMPACT_ABOVE_FILES
+    files (Delta's OPTIMIZE); returns the tables compacted.
+
+    The compaction's commit changes no row (its files are marked dataChange false), so the change feed
+    holds nothing for it. A stage compacts what it wrote before any later stage reads the tables' versions,
+    so no watermark takes the compaction for a change. The site's tables are never compacted by micdm, nor
+    is a table in a catalog or an object store, whose files Delta itself tracks (Databricks compacts them).
+    Delta's own auto compaction is not used: in a new process it compacts after every write.
+    """
+    compacted = []
+    for name in names:
+        local = None if locator.definition(name).layer == "cdm" else _local_delta_log(locator, name)
+        files = 0 if local is None else len(local.file_uris())
+        if files > COMPACT_ABOVE_FILES:
+            delta_table(spark, locator, name).optimize().executeCompaction()
+            log.info("%s compacted: it held %d files", name, files)
+            compacted.append(name)
+    return compacted
 
 
 def clustering_clause(clustering: str, table: TableDef) -> str:

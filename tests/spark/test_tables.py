@@ -299,3 +299,42 @@ def test_rows_for_new_keys_are_appended_and_a_changed_row_is_merged(spark, empty
     assert last_operation() == "MERGE" and sorted(
         (r.image_series_uid, r.image_study_uid) for r in read_table(spark, locator, "image_occurrence").collect()) == [
         ("1.2.3.4", "1.2.3"), ("1.2.3.5", "9.9"), ("1.2.3.6", "1.2.3")]
+
+
+
+def test_micdm_tables_are_compacted_past_the_threshold_and_the_sites_never(spark, empty, monkeypatch) -> None:
+    """One of micdm's tables holding more files than the threshold is compacted in a commit that changes no
+    row: the change feed holds each appended row once. One at the threshold, and a table of the site's
+    whatever its files, are left as written."""
+    from micdm.tables import append, compact_small_files, delta_table
+
+    _, locator = empty
+    monkeypatch.setattr("micdm.tables.COMPACT_ABOVE_FILES", 3)
+    occurrence = TABLES["image_occurrence"].schema
+    person = "person_id int, gender_concept_id int, year_of_birth int, race_concept_id int, " \
+             "ethnicity_concept_id int, person_source_value string"
+
+    def files(name: str) -> int:
+        return spark.sql(f"DESCRIBE DETAIL {locator.ref(name)}").first()["numFiles"]
+
+    def versions(name: str) -> int:
+        return delta_table(spark, locator, name).history().count()
+
+    for number in range(1, 5):
+        append(locator, "image_occurrence", spark.createDataFrame(
+            [_occurrence_row(image_occurrence_id=number, image_series_uid=f"1.2.3.{number}")], occurrence))
+        append(locator, "person", spark.createDataFrame([(number, 8507, 1950, 0, 0, f"P{number}")], person))
+        if number == 3:
+            assert compact_small_files(spark, locator, ["image_occurrence", "person"]) == []
+    kept = {name: versions(name) for name in ("image_occurrence", "person")}
+    assert (files("image_occurrence"), files("person")) == (4, 4)
+    assert compact_small_files(spark, locator, ["image_occurrence", "person"]) == ["image_occurrence"]
+    assert (files("image_occurrence"), files("person")) == (1, 4)
+    assert versions("image_occurrence") == kept["image_occurrence"] + 1 and versions("person") == kept["person"]
+    assert delta_table(spark, locator, "image_occurrence").history(1).first()["operation"] == "OPTIMIZE"
+    assert sorted(r.image_occurrence_id for r in read_table(spark, locator, "image_occurrence").collect()) == \
+        [1, 2, 3, 4]
+    feed = spark.read.format("delta").option("readChangeFeed", "true").option("startingVersion", 1) \
+        .load(locator.path("image_occurrence"))
+    assert sorted((r.image_occurrence_id, r._change_type) for r in feed.collect()) == \
+        [(number, "insert") for number in range(1, 5)]
