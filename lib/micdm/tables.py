@@ -206,15 +206,18 @@ def keep_change_feed(spark: SparkSession, locator: TableLocator, name: str) -> b
     return True
 
 
-#: micdm compacts one of its own local tables once it holds more data files than this. Every incremental run
-#: adds a file or two to each table it writes, and read_table gives a local table's files to Spark, which
-#: lists more than 32 of them in a job of its own, in every scan of every later run.
+#: micdm compacts one of its own local tables once it holds more small data files than this. Every
+#: incremental run adds a file or two to each table it writes, and read_table gives a local table's files to
+#: Spark, which lists more than 32 of them in a job of its own, in every scan of every later run.
 COMPACT_ABOVE_FILES = 32
+#: Files OPTIMIZE rewrites are those smaller than this Delta setting (its default: 1 GiB).
+_OPTIMIZE_MIN_FILE_SIZE = ("spark.databricks.delta.optimize.minFileSize", str(1 << 30))
 
 
 def compact_small_files(spark: SparkSession, locator: TableLocator, names: Iterable[str]) -> list[str]:
     """Compact those of ``names`` that are micdm's own local tables holding more than COMPACT_ABOVE_FILES
-    files (Delta's OPTIMIZE); returns the tables compacted.
+    files that OPTIMIZE would rewrite (Delta's OPTIMIZE); returns the tables compacted. Files large enough
+    to be left by OPTIMIZE do not count, so a table of many large files is not rewritten at every run.
 
     The compaction's commit changes no row (its files are marked dataChange false), so the change feed
     holds nothing for it. A stage compacts what it wrote before any later stage reads the tables' versions,
@@ -225,10 +228,13 @@ def compact_small_files(spark: SparkSession, locator: TableLocator, names: Itera
     compacted = []
     for name in names:
         local = None if locator.definition(name).layer == "cdm" else _local_delta_log(locator, name)
-        files = 0 if local is None else len(local.file_uris())
-        if files > COMPACT_ABOVE_FILES:
+        if local is None or len(local.file_uris()) <= COMPACT_ABOVE_FILES:
+            continue
+        below = int(spark.conf.get(*_OPTIMIZE_MIN_FILE_SIZE) or _OPTIMIZE_MIN_FILE_SIZE[1])
+        small = sum(size < below for size in pa.table(local.get_add_actions()).column("size_bytes").to_pylist())
+        if small > COMPACT_ABOVE_FILES:
             delta_table(spark, locator, name).optimize().executeCompaction()
-            log.info("%s compacted: it held %d files", name, files)
+            log.info("%s compacted: it held %d small files", name, small)
             compacted.append(name)
     return compacted
 

@@ -303,9 +303,9 @@ def test_rows_for_new_keys_are_appended_and_a_changed_row_is_merged(spark, empty
 
 
 def test_micdm_tables_are_compacted_past_the_threshold_and_the_sites_never(spark, empty, monkeypatch) -> None:
-    """One of micdm's tables holding more files than the threshold is compacted in a commit that changes no
-    row: the change feed holds each appended row once. One at the threshold, and a table of the site's
-    whatever its files, are left as written."""
+    """One of micdm's tables holding more small files than the threshold is compacted in a commit that
+    changes no row: the change feed holds each appended row once. One at the threshold, one whose files are
+    all too large for OPTIMIZE to rewrite, and a table of the site's whatever its files, are left as written."""
     from micdm.tables import append, compact_small_files, delta_table
 
     _, locator = empty
@@ -328,6 +328,12 @@ def test_micdm_tables_are_compacted_past_the_threshold_and_the_sites_never(spark
             assert compact_small_files(spark, locator, ["image_occurrence", "person"]) == []
     kept = {name: versions(name) for name in ("image_occurrence", "person")}
     assert (files("image_occurrence"), files("person")) == (4, 4)
+    smallest = "spark.databricks.delta.optimize.minFileSize"
+    spark.conf.set(smallest, "1")  # no file is small enough for OPTIMIZE to rewrite: none counts
+    try:
+        assert compact_small_files(spark, locator, ["image_occurrence"]) == []
+    finally:
+        spark.conf.unset(smallest)
     assert compact_small_files(spark, locator, ["image_occurrence", "person"]) == ["image_occurrence"]
     assert (files("image_occurrence"), files("person")) == (1, 4)
     assert versions("image_occurrence") == kept["image_occurrence"] + 1 and versions("person") == kept["person"]
