@@ -1,4 +1,4 @@
-"""What a scan of one of micdm's tables costs after months of nightly runs, with and without auto compaction.
+"""What a scan of one of micdm's tables costs after months of nightly runs, with and without compaction.
 
 Reproduce with ``make bench-compaction`` (or ``.venv/bin/python bench/compaction_bench.py``). Figures go to
 bench/results/compaction.json and .md; nothing here passes or fails a test.
@@ -59,7 +59,7 @@ def _nights(spark: Any, work: Path, args: argparse.Namespace) -> dict[str, list[
                 return read_table(spark, locator, "id_map").where(F.col("id") < 5).collect()
 
             cost = figures.measure_operation(spark, read, args.repeats, f"{way}-{night}")
-            files = len(RustDeltaTable(str(work / way / "micdm" / "id_map")).file_uris())
+            files = len(RustDeltaTable(locators[way].path("id_map")).file_uris())
             measured[way].append({"night": night, "files": files, "read_ms_median": cost["milliseconds_median"],
                                   "read_jobs": cost["jobs"], "writing_seconds_so_far": round(writing[way], 1)})
             print(way, measured[way][-1], flush=True)
