@@ -12,6 +12,10 @@ warehouse), nothing new, 1 % new files (the held-back folders arrive), 1 % of th
 the CLI's stage table), wall time of the process, and the peak resident memory of the JVM (driver and
 local executor) and of the largest Python worker, and the JVM's CPU seconds by kind of thread, sampled
 from /proc every half second (Linux only).
+
+Beside the fresh processes, the 1 % run is replayed in one process, twice, each time on a copy of the
+warehouse as it was before that run: the second replay's stage seconds are the work a warm JVM still does,
+and their difference from the fresh process's is what the cold JVM costs that run.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ MICDM = [sys.executable, "-m", "micdm.cli"]
 #: name -> (patients, max_instances_per_series)
 SIZES = {"small": (300, 16), "medium": (1000, 24), "large": (3000, 24)}
 RUNS = ("full", "nothing new", "1% new files", "1% procedures changed")
+#: The 1 % run replayed in a warm process (replay_warm): no wall time or memory of its own.
+_WARM = "1% new files, warm process"
 _STAGE_LINE = re.compile(r"^(\w+)\s+([\d.]+)s\s+(\d+)\s")
 
 
@@ -154,6 +160,26 @@ def shift_procedures(warehouse: str) -> int:
     return moved
 
 
+def replay_warm(folder: str) -> dict:
+    """The 1 % run again, twice in this process, each on a copy of the warehouse saved before it
+    (``before_new``); the second run's stages, as the CLI's table gives them."""
+    from micdm.config import load_settings
+    from micdm.pipeline import run_pipeline
+    from micdm.spark import get_spark
+
+    base = Path(folder)
+    replay = base / "replay"
+    settings = load_settings(REPO / "conf" / "local.yml", [
+        f"storage.warehouse={replay}", f"sources.roots=[{base / 'export' / 'dicom'}]", "report.enabled=false"])
+    spark = get_spark(settings.spark)
+    for _ in range(2):
+        shutil.rmtree(replay, ignore_errors=True)
+        shutil.copytree(base / "before_new", replay)
+        stages = run_pipeline(spark, settings)
+    shutil.rmtree(replay)
+    return {"stages": {r.stage: {"seconds": round(r.seconds, 1), "jobs": r.spark_jobs} for r in stages}}
+
+
 def _size(name: str, patients: int, cap: int, work: Path) -> dict:
     folder = work / name
     shutil.rmtree(folder, ignore_errors=True)
@@ -174,21 +200,27 @@ def _size(name: str, patients: int, cap: int, work: Path) -> dict:
     runs = {"full": run_cli("run", *common, cwd=folder), "nothing new": run_cli("run", *common, cwd=folder)}
     for path in held:
         shutil.move(folder / path.name, path)
+    shutil.copytree(folder / "warehouse", folder / "before_new")
     runs["1% new files"] = run_cli("run", *common, cwd=folder)
+    replayed = subprocess.run([sys.executable, __file__, "--warm-replay", str(folder)], check=True,
+                              capture_output=True, text=True).stdout.strip().splitlines()[-1]
+    shutil.rmtree(folder / "before_new")
     moved = subprocess.run([sys.executable, __file__, "--shift-procedures", str(folder / "warehouse")],
                            check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
     runs["1% procedures changed"] = run_cli("run", *common, cwd=folder)
     return {"date": dt.date.today().isoformat(), "patients": patients, "max_instances_per_series": cap,
             "files_first_run": files,
             "files_arriving": arriving, "procedures_moved": int(moved), "synth_seconds": round(synth_seconds, 1),
-            "runs": runs}
+            "runs": runs, _WARM: json.loads(replayed)}
 
 
 def _markdown(results: dict) -> str:
     lines = [f"# Pipeline benchmark ({results['date']}: the last size measured)", "",
              f"Command: `{results['command']}`. Machine: {results['machine']}. Every run is a fresh `micdm run` "
              "process; seconds per stage as the CLI prints them (jobs: Spark jobs the stage started); speed probe: "
-             "seconds one core took for a fixed Python loop just before the run (bench/figures.py).", ""]
+             "seconds one core took for a fixed Python loop just before the run (bench/figures.py). "
+             f"{_WARM}: the 1 % run again in one process after the same run on a copy of the same warehouse, "
+             "so the JVM is warm: what a run costs without the cold JVM's toll.", ""]
     stages = ("vocabulary", "extract", "series", "link", "occurrence", "features", "publish", "quality")
     for name, size in results["sizes"].items():
         lines += [f"## {name}: {size['files_first_run'] + size['files_arriving']:,} files, {size['patients']:,} "
@@ -197,16 +229,18 @@ def _markdown(results: dict) -> str:
                   "| run | wall s | " + " | ".join(stages)
                   + " | stages s | JVM peak MB | worker peak MB | speed probe s |",
                   "|---|---|" + "---|" * len(stages) + "---|---|---|---|"]
-        for run, figures in size["runs"].items():
+        runs = {**size["runs"], **({_WARM: size[_WARM]} if _WARM in size else {})}
+        for run, figures in runs.items():
             cells = [f"{figures['stages'][s]['seconds']:.1f} ({figures['stages'][s]['jobs']})"
                      if s in figures["stages"] else "-" for s in stages]
             total = sum(stage["seconds"] for stage in figures["stages"].values())
-            lines.append(f"| {run} | {figures['wall_seconds']} | " + " | ".join(cells)
-                         + f" | {total:.1f} | {figures['jvm_peak_mb']} | {figures['python_worker_peak_mb']} | "
-                         + f"{figures.get('machine_speed_seconds', '-')} |")
+            measured = [figures.get(key, "-") for key in ("jvm_peak_mb", "python_worker_peak_mb",
+                                                           "machine_speed_seconds")]
+            lines.append(f"| {run} | {figures.get('wall_seconds', '-')} | " + " | ".join(cells)
+                         + f" | {total:.1f} | " + " | ".join(map(str, measured)) + " |")
         full = sum(s["seconds"] for s in size["runs"]["full"]["stages"].values())
-        shares = ", ".join(f"{run}: {sum(s['seconds'] for s in size['runs'][run]['stages'].values()) / full:.0%}"
-                           for run in RUNS[1:] if run in size["runs"])
+        shares = ", ".join(f"{run}: {sum(s['seconds'] for s in runs[run]['stages'].values()) / full:.0%}"
+                           for run in (*RUNS[1:], _WARM) if run in runs)
         lines += ["", f"Share of the full run's stage seconds: {shares}.", ""]
     return "\n".join(lines) + "\n"
 
@@ -216,9 +250,13 @@ def main() -> None:
     parser.add_argument("--sizes", default=",".join(SIZES), help=f"comma-separated, of {', '.join(SIZES)}")
     parser.add_argument("--work", default=None, help="scratch folder (default: a folder under the system temp)")
     parser.add_argument("--shift-procedures", metavar="WAREHOUSE", help=argparse.SUPPRESS)
+    parser.add_argument("--warm-replay", metavar="FOLDER", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.shift_procedures:
         print(shift_procedures(args.shift_procedures))
+        return
+    if args.warm_replay:
+        print(json.dumps(replay_warm(args.warm_replay)))
         return
     work = Path(args.work or Path(os.environ.get("TMPDIR", "/tmp")) / "micdm-pipeline-bench")
     stored = RESULTS / "pipeline.json"
