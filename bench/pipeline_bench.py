@@ -180,6 +180,14 @@ def replay_warm(folder: str) -> dict:
     return {"stages": {r.stage: {"seconds": round(r.seconds, 1), "jobs": r.spark_jobs} for r in stages}}
 
 
+def _helper(*args: str) -> str:
+    """The last line this script prints when run as a helper process with ``args``."""
+    done = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{Path(__file__).name} {' '.join(args)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return done.stdout.strip().splitlines()[-1]
+
+
 def _size(name: str, patients: int, cap: int, work: Path) -> dict:
     folder = work / name
     shutil.rmtree(folder, ignore_errors=True)
@@ -202,11 +210,9 @@ def _size(name: str, patients: int, cap: int, work: Path) -> dict:
         shutil.move(folder / path.name, path)
     shutil.copytree(folder / "warehouse", folder / "before_new")
     runs["1% new files"] = run_cli("run", *common, cwd=folder)
-    replayed = subprocess.run([sys.executable, __file__, "--warm-replay", str(folder)], check=True,
-                              capture_output=True, text=True).stdout.strip().splitlines()[-1]
+    replayed = _helper("--warm-replay", str(folder))
     shutil.rmtree(folder / "before_new")
-    moved = subprocess.run([sys.executable, __file__, "--shift-procedures", str(folder / "warehouse")],
-                           check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+    moved = _helper("--shift-procedures", str(folder / "warehouse"))
     runs["1% procedures changed"] = run_cli("run", *common, cwd=folder)
     return {"date": dt.date.today().isoformat(), "patients": patients, "max_instances_per_series": cap,
             "files_first_run": files,
