@@ -301,7 +301,6 @@ def test_rows_for_new_keys_are_appended_and_a_changed_row_is_merged(spark, empty
         ("1.2.3.4", "1.2.3"), ("1.2.3.5", "9.9"), ("1.2.3.6", "1.2.3")]
 
 
-
 def test_micdm_tables_are_compacted_past_the_threshold_and_the_sites_never(spark, empty, monkeypatch) -> None:
     """One of micdm's tables holding more small files than the threshold is compacted in a commit that
     changes no row: the change feed holds each appended row once. One at the threshold, one whose files are
