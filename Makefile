@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 CONFIG ?= conf/local.yml
 
-.PHONY: demo test test-fast lint bench bench-acquisition bench-header bench-listing bench-pipeline bench-startup bench-site-rows bench-new-keys bench-demo bench-settings-large bench-cold-extract bench-jit bench-submit bench-query-cost bench-case-mapping bench-compaction setup clean
+.PHONY: demo test test-fast lint bench bench-acquisition bench-header bench-listing bench-pipeline bench-startup bench-site-rows bench-new-keys bench-demo bench-settings-large bench-cold-extract bench-jit bench-submit bench-query-cost bench-case-mapping bench-compaction bench-quality-scope setup clean
 
 $(INSTALLED): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "micdm needs Python 3.11 or newer, found " + sys.version.split()[0])'
@@ -88,6 +88,9 @@ bench-query-cost: setup
 
 bench-case-mapping: setup
 	$(BIN)/python bench/case_mapping_bench.py
+
+bench-quality-scope: setup
+	$(BIN)/python bench/quality_scope_bench.py
 
 bench-compaction: setup
 	$(BIN)/python bench/compaction_bench.py
