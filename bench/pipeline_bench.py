@@ -188,26 +188,42 @@ def _helper(*args: str) -> str:
     return done.stdout.strip().splitlines()[-1]
 
 
+def cli_arguments(folder: Path, patients: int, cap: int) -> list[str]:
+    """The CLI's arguments for a size's synthetic export, warehouse and reports, all under ``folder``."""
+    return ["--config", str(REPO / "conf" / "local.yml"), f"storage.warehouse={folder / 'warehouse'}",
+            f"synth.out={folder / 'export'}", f"synth.patients={patients}", "synth.pixels=none",
+            f"synth.max_instances_per_series={cap}", f"sources.roots=[{folder / 'export' / 'dicom'}]",
+            f"report.folder={folder / 'reports'}"]
+
+
+def hold_back(folder: Path) -> list[Path]:
+    """Move every hundredth patient's folder out of the export under ``folder``, beside it; their places."""
+    held = sorted((folder / "export" / "dicom").iterdir())[::100]
+    for path in held:
+        shutil.move(path, folder / path.name)
+    return held
+
+
+def bring_back(folder: Path, held: list[Path]) -> int:
+    """Return the folders hold_back moved to their places; the files they bring."""
+    arriving = sum(1 for path in held for _ in (folder / path.name).rglob("*.dcm"))
+    for path in held:
+        shutil.move(folder / path.name, path)
+    return arriving
+
+
 def _size(name: str, patients: int, cap: int, work: Path) -> dict:
     folder = work / name
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    common = ["--config", str(REPO / "conf" / "local.yml"), f"storage.warehouse={folder / 'warehouse'}",
-              f"synth.out={folder / 'export'}", f"synth.patients={patients}", "synth.pixels=none",
-              f"synth.max_instances_per_series={cap}", f"sources.roots=[{folder / 'export' / 'dicom'}]",
-              f"report.folder={folder / 'reports'}"]
+    common = cli_arguments(folder, patients, cap)
     started = time.monotonic()
     run_cli("synth", *common, cwd=folder)
     synth_seconds = time.monotonic() - started
-    patient_folders = sorted((folder / "export" / "dicom").iterdir())
-    held = patient_folders[::100]
-    for path in held:
-        shutil.move(path, folder / path.name)
+    held = hold_back(folder)
     files = sum(1 for _ in (folder / "export" / "dicom").rglob("*.dcm"))
-    arriving = sum(1 for path in held for _ in (folder / path.name).rglob("*.dcm"))
     runs = {"full": run_cli("run", *common, cwd=folder), "nothing new": run_cli("run", *common, cwd=folder)}
-    for path in held:
-        shutil.move(folder / path.name, path)
+    arriving = bring_back(folder, held)
     shutil.copytree(folder / "warehouse", folder / "before_new")
     runs["1% new files"] = run_cli("run", *common, cwd=folder)
     replayed = _helper("--warm-replay", str(folder))

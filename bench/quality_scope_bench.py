@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from figures import machine_speed, scratch, stamp, write
-from pipeline_bench import SIZES, run_cli
+from pipeline_bench import SIZES, bring_back, cli_arguments, hold_back, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
@@ -34,20 +34,11 @@ WAYS = ("every row", "the arriving persons' rows")
 def _archive(size: str, folder: Path) -> tuple[list[str], int]:
     """The archive's warehouse after the run that adds the held-back patients; their PatientIDs and the
     files they brought."""
-    patients, cap = SIZES[size]
-    common = ["--config", str(REPO / "conf" / "local.yml"), f"storage.warehouse={folder / 'warehouse'}",
-              f"synth.out={folder / 'export'}", f"synth.patients={patients}", "synth.pixels=none",
-              f"synth.max_instances_per_series={cap}", f"sources.roots=[{folder / 'export' / 'dicom'}]",
-              "report.enabled=false"]
+    common = cli_arguments(folder, *SIZES[size])
     run_cli("synth", *common, cwd=folder)
-    held = sorted((folder / "export" / "dicom").iterdir())[::100]
-    for path in held:
-        shutil.move(path, folder / path.name)
+    held = hold_back(folder)
     run_cli("run", *common, cwd=folder)
-    arriving = 0
-    for path in held:
-        arriving += sum(1 for _ in (folder / path.name).rglob("*.dcm"))
-        shutil.move(folder / path.name, path)
+    arriving = bring_back(folder, held)
     run_cli("run", *common, cwd=folder)
     return [path.name for path in held], arriving
 
