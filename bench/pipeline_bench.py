@@ -16,12 +16,17 @@ from /proc every half second (Linux only).
 Beside the fresh processes, the 1 % run is replayed in one process, twice, each time on a copy of the
 warehouse as it was before that run: the second replay's stage seconds are the work a warm JVM still does,
 and their difference from the fresh process's is what the cold JVM costs that run.
+
+The report ends with how each run's stages grow from one measured size to the next: the ratio, and the
+seconds added per 10,000 files, whose share of what the full run adds is the run's share of a full run
+at an archive large enough that no fixed cost counts.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import itertools
 import json
 import os
 import platform
@@ -264,7 +269,47 @@ def _markdown(results: dict) -> str:
         shares = ", ".join(f"{run}: {sum(s['seconds'] for s in runs[run]['stages'].values()) / full:.0%}"
                            for run in (*RUNS[1:], _WARM) if run in runs)
         lines += ["", f"Share of the full run's stage seconds: {shares}.", ""]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _growth(results["sizes"])) + "\n"
+
+
+def _stage_seconds(size: dict, run: str) -> dict[str, float]:
+    figures = size[_WARM] if run == _WARM else size["runs"][run]
+    return {stage: values["seconds"] for stage, values in figures["stages"].items()}
+
+
+def _growth(sizes: dict) -> list[str]:
+    """How each run's stages grow from one measured size to the next, against the files: the issue's linear
+    growth, and the seconds a run adds per 10,000 files, which decide its share of a full run at a site's
+    scale, where the fixed cost no longer counts."""
+    lines: list[str] = []
+    measured = [name for name in SIZES if name in sizes]
+    for smaller, larger in itertools.pairwise(measured):
+        low, high = sizes[smaller], sizes[larger]
+        files = [size["files_first_run"] + size["files_arriving"] for size in (low, high)]
+        runs = [run for run in (*RUNS, _WARM) if all(run in size["runs"] or run in size for size in (low, high))]
+        stages = [stage for stage in _stage_seconds(high, "full") if any(
+            _stage_seconds(size, run).get(stage) for size in (low, high) for run in runs)]
+        lines += [f"## Growth from {smaller} to {larger}: {files[1] / files[0]:.2f}x the files "
+                  f"({files[0]:,} to {files[1]:,})", "",
+                  "Each cell: the larger size's seconds over the smaller's, and the seconds added per 10,000 more "
+                  "files.", "",
+                  "| run | " + " | ".join(stages) + " | stages | share of the full run's added seconds |",
+                  "|---|" + "---|" * (len(stages) + 2)]
+        added_by_full = sum(_stage_seconds(high, "full").values()) - sum(_stage_seconds(low, "full").values())
+        for run in runs:
+            before, after = _stage_seconds(low, run), _stage_seconds(high, run)
+            cells = [_grown(before.get(stage, 0.0), after.get(stage, 0.0), files) for stage in stages]
+            total = _grown(sum(before.values()), sum(after.values()), files)
+            added = sum(after.values()) - sum(before.values())
+            lines.append(f"| {run} | " + " | ".join(cells) + f" | {total} | {added / added_by_full:.0%} |")
+        lines.append("")
+    return lines
+
+
+def _grown(before: float, after: float, files: list[int]) -> str:
+    per_ten_thousand = (after - before) / (files[1] - files[0]) * 10_000
+    ratio = f"{after / before:.2f}x" if before else "-"
+    return f"{ratio}, {per_ten_thousand:+.1f}"
 
 
 def main() -> None:
