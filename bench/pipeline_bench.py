@@ -301,7 +301,8 @@ def _growth(sizes: dict) -> list[str]:
             cells = [_grown(before.get(stage, 0.0), after.get(stage, 0.0), files) for stage in stages]
             total = _grown(sum(before.values()), sum(after.values()), files)
             added = sum(after.values()) - sum(before.values())
-            lines.append(f"| {run} | " + " | ".join(cells) + f" | {total} | {added / added_by_full:.0%} |")
+            share = f"{added / added_by_full:.0%}" if added_by_full > 0 else "-"
+            lines.append(f"| {run} | " + " | ".join(cells) + f" | {total} | {share} |")
         lines.append("")
     return lines
 
