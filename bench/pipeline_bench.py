@@ -256,7 +256,7 @@ def _markdown(results: dict) -> str:
                   "| run | wall s | " + " | ".join(stages)
                   + " | stages s | JVM peak MB | worker peak MB | speed probe s |",
                   "|---|---|" + "---|" * len(stages) + "---|---|---|---|"]
-        runs = {**size["runs"], **({_WARM: size[_WARM]} if _WARM in size else {})}
+        runs = _runs_of(size)
         for run, figures in runs.items():
             cells = [f"{figures['stages'][s]['seconds']:.1f} ({figures['stages'][s]['jobs']})"
                      if s in figures["stages"] else "-" for s in stages]
@@ -265,16 +265,20 @@ def _markdown(results: dict) -> str:
                                                            "machine_speed_seconds")]
             lines.append(f"| {run} | {figures.get('wall_seconds', '-')} | " + " | ".join(cells)
                          + f" | {total:.1f} | " + " | ".join(map(str, measured)) + " |")
-        full = sum(s["seconds"] for s in size["runs"]["full"]["stages"].values())
-        shares = ", ".join(f"{run}: {sum(s['seconds'] for s in runs[run]['stages'].values()) / full:.0%}"
+        full = sum(_stage_seconds(size, "full").values())
+        shares = ", ".join(f"{run}: {sum(_stage_seconds(size, run).values()) / full:.0%}"
                            for run in (*RUNS[1:], _WARM) if run in runs)
         lines += ["", f"Share of the full run's stage seconds: {shares}.", ""]
     return "\n".join(lines + _growth(results["sizes"])) + "\n"
 
 
+def _runs_of(size: dict) -> dict[str, dict]:
+    """A size's runs by name, the warm replay (stored beside them) last."""
+    return {**size["runs"], **({_WARM: size[_WARM]} if _WARM in size else {})}
+
+
 def _stage_seconds(size: dict, run: str) -> dict[str, float]:
-    figures = size[_WARM] if run == _WARM else size["runs"][run]
-    return {stage: values["seconds"] for stage, values in figures["stages"].items()}
+    return {stage: values["seconds"] for stage, values in _runs_of(size)[run]["stages"].items()}
 
 
 def _growth(sizes: dict) -> list[str]:
@@ -286,7 +290,7 @@ def _growth(sizes: dict) -> list[str]:
     for smaller, larger in itertools.pairwise(measured):
         low, high = sizes[smaller], sizes[larger]
         files = [size["files_first_run"] + size["files_arriving"] for size in (low, high)]
-        runs = [run for run in (*RUNS, _WARM) if all(run in size["runs"] or run in size for size in (low, high))]
+        runs = [run for run in (*RUNS, _WARM) if all(run in _runs_of(size) for size in (low, high))]
         stages = [stage for stage in _stage_seconds(high, "full") if any(
             _stage_seconds(size, run).get(stage) for size in (low, high) for run in runs)]
         lines += [f"## Growth from {smaller} to {larger}: {files[1] / files[0]:.2f}x the files "
