@@ -458,9 +458,10 @@ def _row_facts(rows: DataFrame, concept_fields: Iterable[str], foreign_key_field
 def _concepts_used(concept: DataFrame, tables: Iterable[DataFrame]) -> dict[int, Row]:
     """The CONCEPT rows that the checked rows' *_concept_id fields name, by id: few (the concepts of
     micdm's features, units, anatomy and types), so every concept check reads them on the driver instead of
-    joining the site's whole vocabulary."""
-    ids = [rows.select(F.col(f.name).alias("concept_id")) for rows in tables for f in rows.schema.fields
-           if f.name.endswith("concept_id")]
+    joining the site's whole vocabulary. Each table's fields are read in one pass over its rows, not one
+    pass per field."""
+    ids = [rows.select(F.explode(F.array(*names)).alias("concept_id")) for rows in tables
+           if (names := [f.name for f in rows.schema.fields if f.name.endswith("concept_id")])]
     named = functools.reduce(DataFrame.unionByName, ids).distinct()
     return {row.concept_id: row for row in concept.join(named, "concept_id", "left_semi").collect()}
 
