@@ -138,7 +138,8 @@ class _RowFacts:
 
     rows: int
     present: set[tuple[str, int]]
-    """The (field, concept id) pairs the rows hold: concept checks run only for the concepts present."""
+    """The (field, concept id) pairs the rows hold in their concept fields: the concepts the checks look up,
+    and the concept checks run only for those present."""
     spans: dict[str, _Span]
     """Each foreign-key field's span, which bounds what its lookup reads."""
     repeated: dict[str, int]
@@ -455,15 +456,15 @@ def _row_facts(rows: DataFrame, concept_fields: Iterable[str], foreign_key_field
     return _RowFacts(int(collected["_rows"]), present, spans, {f: int(collected[f"r_{f}"]) for f in unique_fields})
 
 
-def _concepts_used(concept: DataFrame, tables: Iterable[DataFrame]) -> dict[int, Row]:
+def _concepts_used(concept: DataFrame, facts: Iterable[_RowFacts]) -> dict[int, Row]:
     """The CONCEPT rows that the checked rows' *_concept_id fields name, by id: few (the concepts of
     micdm's features, units, anatomy and types), so every concept check reads them on the driver instead of
-    joining the site's whole vocabulary. Each table's fields are read in one pass over its rows, not one
-    pass per field."""
-    ids = [rows.select(F.explode(F.array(*names)).alias("concept_id")) for rows in tables
-           if (names := [f.name for f in rows.schema.fields if f.name.endswith("concept_id")])]
-    named = functools.reduce(DataFrame.unionByName, ids).distinct()
-    return {row.concept_id: row for row in concept.join(named, "concept_id", "left_semi").collect()}
+    joining the site's whole vocabulary. The ids come from the tables' facts, which hold them already."""
+    ids = sorted({concept_id for table in facts for _, concept_id in table.present})
+    if not ids:
+        return {}
+    named = F.expr(f"concept_id IN ({', '.join(str(int(i)) for i in ids)})")  # one expression, not a literal each
+    return {row.concept_id: row for row in concept.where(named).collect()}
 
 
 def evaluate(spark: SparkSession, locator: TableLocator) -> list[CheckResult]:
@@ -479,16 +480,22 @@ def evaluate(spark: SparkSession, locator: TableLocator) -> list[CheckResult]:
     written = dict(zip(CHECKED_TABLES, run_concurrently(
         *[functools.partial(lambda name: _written_rows(spark, locator, name, spans.get(name)).localCheckpoint(), name)
           for name in CHECKED_TABLES]), strict=True))
-    used = _concepts_used(concept, written.values())
+
+    def facts_of(name: str) -> _RowFacts:
+        rows, controlled = written[name], by_table.get(name, [])
+        return _row_facts(rows, [f.name for f in rows.schema.fields if f.name.endswith("concept_id")],
+                          {c.field for c in controlled if c.check == "isForeignKey" and c.field
+                           and c.params["fk_table"] != "concept"},
+                          {c.field for c in controlled if c.check in _KEY_CHECKS and c.field})
+
+    facts_by_table = dict(zip(CHECKED_TABLES, run_concurrently(
+        *[functools.partial(facts_of, name) for name in CHECKED_TABLES]), strict=True))
+    used = _concepts_used(concept, facts_by_table.values())
     lookups = _lookups(spark, locator, written.values())
     completeness = _person_completeness(spark, locator, [c for c in checks if c.level == "TABLE"])
 
     def check(name: str) -> list[CheckResult]:
-        rows, controlled = written[name], by_table.get(name, [])
-        facts = _row_facts(rows, {c.field for c in controlled if c.level == "CONCEPT" and c.field},
-                           {c.field for c in controlled if c.check == "isForeignKey" and c.field
-                            and c.params["fk_table"] != "concept"},
-                           {c.field for c in controlled if c.check in _KEY_CHECKS and c.field})
+        rows, controlled, facts = written[name], by_table.get(name, []), facts_by_table[name]
         table = _TableChecks(spark, locator, name, rows, used, lookups, facts)
         kinds = {f.name: f.dataType.typeName() for f in rows.schema.fields}
         for control in controlled:
