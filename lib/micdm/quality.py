@@ -192,10 +192,8 @@ class _TableChecks:
 
     def among_concepts(self, field_name: str, chosen: Callable[[Row], bool]) -> Column:
         """Whether the field names a concept that ``chosen`` picks: a set lookup, where a join with CONCEPT
-        would broadcast a pruned copy of it for every concept field. The set is written as SQL: ``isin``
-        builds one literal per id through the JVM gateway, hundreds of round trips per check."""
-        ids = sorted(concept_id for concept_id, row in self.concepts.items() if chosen(row))
-        return F.expr(f"`{field_name}` IN ({', '.join(str(int(i)) for i in ids)})") if ids else F.lit(False)
+        would broadcast a pruned copy of it for every concept field."""
+        return _among(field_name, {concept_id for concept_id, row in self.concepts.items() if chosen(row)})
 
     def foreign(self, field_name: str, table: str, key: str) -> str:
         prefix = f"_fk_{field_name}_{table}_"
@@ -456,15 +454,19 @@ def _row_facts(rows: DataFrame, concept_fields: Iterable[str], foreign_key_field
     return _RowFacts(int(collected["_rows"]), present, spans, {f: int(collected[f"r_{f}"]) for f in unique_fields})
 
 
+def _among(field_name: str, ids: Iterable[int]) -> Column:
+    """Whether the field holds one of ``ids``, written as SQL: ``isin`` builds one literal per id through the
+    JVM gateway, hundreds of round trips for a set of concepts."""
+    listed = ", ".join(str(int(i)) for i in sorted(ids))
+    return F.expr(f"`{field_name}` IN ({listed})") if listed else F.lit(False)
+
+
 def _concepts_used(concept: DataFrame, facts: Iterable[_RowFacts]) -> dict[int, Row]:
     """The CONCEPT rows that the checked rows' *_concept_id fields name, by id: few (the concepts of
     micdm's features, units, anatomy and types), so every concept check reads them on the driver instead of
     joining the site's whole vocabulary. The ids come from the tables' facts, which hold them already."""
-    ids = sorted({concept_id for table in facts for _, concept_id in table.present})
-    if not ids:
-        return {}
-    named = F.expr(f"concept_id IN ({', '.join(str(int(i)) for i in ids)})")  # one expression, not a literal each
-    return {row.concept_id: row for row in concept.where(named).collect()}
+    ids = {concept_id for table in facts for _, concept_id in table.present}
+    return {row.concept_id: row for row in concept.where(_among("concept_id", ids)).collect()} if ids else {}
 
 
 def evaluate(spark: SparkSession, locator: TableLocator) -> list[CheckResult]:
