@@ -59,7 +59,8 @@ def _by_folder(tests: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     folders: dict[str, list[dict[str, Any]]] = {}
     for test in tests:
         folders.setdefault(test["test"].split("/")[1], []).append(test)
-    return {name: _totals(found) for name, found in sorted(folders.items(), key=lambda kv: -_totals(kv[1])["cpu_s"])}
+    totals = {name: _totals(found) for name, found in folders.items()}
+    return dict(sorted(totals.items(), key=lambda kv: -kv[1]["cpu_s"]))
 
 
 def _markdown(results: dict[str, Any]) -> str:
@@ -98,7 +99,7 @@ def main() -> None:
     os.chdir(REPO)
     recorder = Recorder()
     cpu, started = busy_cpu_seconds(), time.monotonic()
-    code = pytest.main(args.pytest_args, plugins=[recorder])
+    code = pytest.main(list(args.pytest_args), plugins=[recorder])  # pytest adds its ini options to the list
     wall, spent = time.monotonic() - started, busy_cpu_seconds() - cpu
     cores = os.cpu_count() or 1
     command = "python bench/suite_bench.py" + (" -- " + " ".join(args.pytest_args) if args.pytest_args else "")
