@@ -3,7 +3,7 @@
 Reproduce with ``make bench-suite`` (or ``.venv/bin/python bench/suite_bench.py``; arguments after ``--``
 go to pytest, e.g. ``-- tests/unit``). Figures go to bench/results/suite.{json,md}; nothing here passes or
 fails a test. The suite runs in this process as ``make test`` runs it (``python -m pytest`` with the
-project's options, ``MICDM_SHARED`` as .ci/run sets it), and the machine's busy CPU is read from
+project's options; the tests find ../shared as they do under ``make test``), and the machine's busy CPU is read from
 /proc/stat around each test: every process counts, the session's JVM and the processes a test starts
 (``micdm`` runs, a standalone cluster, servers), so the machine should be otherwise idle. The CPU seconds
 over the cores give a floor: the suite cannot take less wall time on this machine unless it does less work.
@@ -92,9 +92,6 @@ def main() -> None:
     args = parser.parse_args()
     if not Path("/proc/stat").is_file():
         sys.exit("the suite bench reads the machine's CPU from /proc/stat (Linux)")
-    shared = REPO.parent / "shared"
-    if "MICDM_SHARED" not in os.environ and shared.is_dir():
-        os.environ["MICDM_SHARED"] = str(shared)
     speed = machine_speed()
     os.chdir(REPO)
     recorder = Recorder()
