@@ -183,6 +183,13 @@ def cores(spark: SparkSession) -> int:
 #: and its plan, not micdm's line.
 _ORIGINS = "spark.python.sql.dataFrameDebugging.enabled"
 
+#: Parquet timestamps as 64-bit microseconds, not Spark's default INT96, in the sessions micdm starts: a
+#: file's footer holds the lowest and highest value of an INT64 column and none of an INT96 one, and micdm
+#: reads its local tables as their Parquet files (tables.read_table), where a filter skips only the files
+#: whose footers rule it out. The features stage reads the headers extracted since a time; with
+#: statistics it opens the files written since then, not the archive's.
+_TIMESTAMPS = "spark.sql.parquet.outputTimestampType"
+
 #: The JIT's inlining limits in a local session. Interpreted expressions, the planner and Delta are deep
 #: chains of small virtual calls; C2 inlining them to the JVM's default depth spent more CPU compiling
 #: than the compiled code gave back in a run (bench/jit_bench.py).
@@ -225,6 +232,7 @@ LOCAL_DEFAULTS: dict[str, str] = {
     "spark.databricks.delta.snapshotPartitions": "2",
     "spark.ui.showConsoleProgress": "false",
     _ORIGINS: "false",
+    _TIMESTAMPS: "TIMESTAMP_MICROS",
 }
 
 
@@ -358,9 +366,10 @@ def get_spark(settings: SparkSettings | None = None, app_name: str = "micdm") ->
     if is_databricks():
         return SparkSession.builder.getOrCreate()
     if is_submitted():
-        # Set before the context starts (Spark refuses it later); a --conf of the user's own stays.
-        origins = {} if SparkConf().contains(_ORIGINS) else {_ORIGINS: "false"}
-        return SparkSession.builder.appName(app_name).config(map={**_DELTA_SESSION, **origins}).getOrCreate()
+        # Set before the context starts (Spark refuses the first later); a --conf of the user's own stays.
+        given = SparkConf()
+        ours = {key: LOCAL_DEFAULTS[key] for key in (_ORIGINS, _TIMESTAMPS) if not given.contains(key)}
+        return SparkSession.builder.appName(app_name).config(map={**_DELTA_SESSION, **ours}).getOrCreate()
     settings = settings or SparkSettings()
     check_java()
     jars = resolve_delta_jars()

@@ -226,6 +226,45 @@ def _file_index(frame) -> str:
     return re.search(r"Location: (\w+)", frame._jdf.queryExecution().executedPlan().toString()).group(1)
 
 
+def _rows_scanned(frame) -> int:
+    """Rows the file scans of the frame's last action read: those of the row groups no footer ruled out."""
+    plan = frame._jdf.queryExecution().executedPlan()
+    leaves = plan.collectLeaves()
+    return sum(leaves.apply(i).metrics().apply("numOutputRows").value() for i in range(leaves.size()))
+
+
+def test_a_read_filtered_on_a_time_opens_only_the_files_that_can_hold_it(spark, empty) -> None:
+    """micdm writes timestamps as 64-bit microseconds, whose Parquet footers hold their lowest and highest
+    value (Spark's default INT96 has none), so its local tables, read as their files, skip the files a time
+    filter rules out: the features stage asks dicom_instance for the headers extracted since a time."""
+    import datetime as dt
+
+    import pyarrow.parquet as pq
+    from pyspark.sql import functions as F
+
+    from micdm.tables import append
+
+    _, locator = empty
+
+    def finished(stages: list[str], at: dt.datetime) -> object:
+        return spark.createDataFrame([(stage, "r", "{}", "abc", "0.1.0", at) for stage in stages],
+                                     TABLES["stage_state"].schema)
+
+    append(locator, "stage_state", finished(["series", "link", "occurrence"], dt.datetime(2026, 1, 2, tzinfo=dt.UTC)))
+    append(locator, "stage_state", finished(["features"], dt.datetime(2026, 3, 4, tzinfo=dt.UTC)))
+    table = read_table(spark, locator, "stage_state")
+    for file in table.inputFiles():
+        footer = pq.ParquetFile(file.removeprefix("file:")).metadata.row_group(0)
+        column = next(footer.column(i) for i in range(footer.num_columns)
+                      if footer.column(i).path_in_schema == "finished_at")
+        assert column.physical_type == "INT64" and column.statistics.has_min_max, file
+    since = table.where(F.col("finished_at") >= dt.datetime(2026, 2, 1, tzinfo=dt.UTC))
+    assert [row.stage for row in since.collect()] == ["features"]
+    assert _rows_scanned(since) == 1, "the earlier file's three rows were read"
+    every = table.where(F.col("finished_at") >= dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
+    assert len(every.collect()) == 4 and _rows_scanned(every) == 4, "a filter both files pass reads both"
+
+
 _READ_AND_EXIT = """
 import sys
 from micdm.config import StorageSettings
