@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlparse
+
+import pyarrow.parquet as pq
 import pytest
 from pyspark.sql import Row
 from pyspark.sql.types import StructType
@@ -239,7 +242,6 @@ def test_a_read_filtered_on_a_time_opens_only_the_files_that_can_hold_it(spark, 
     filter rules out: the features stage asks dicom_instance for the headers extracted since a time."""
     import datetime as dt
 
-    import pyarrow.parquet as pq
     from pyspark.sql import functions as F
 
     from micdm.tables import append
@@ -254,15 +256,53 @@ def test_a_read_filtered_on_a_time_opens_only_the_files_that_can_hold_it(spark, 
     append(locator, "stage_state", finished(["features"], dt.datetime(2026, 3, 4, tzinfo=dt.UTC)))
     table = read_table(spark, locator, "stage_state")
     for file in table.inputFiles():
-        footer = pq.ParquetFile(file.removeprefix("file:")).metadata.row_group(0)
-        column = next(footer.column(i) for i in range(footer.num_columns)
-                      if footer.column(i).path_in_schema == "finished_at")
-        assert column.physical_type == "INT64" and column.statistics.has_min_max, file
+        footer = _finished_at(file)
+        assert footer.physical_type == "INT64" and footer.statistics.has_min_max, file
     since = table.where(F.col("finished_at") >= dt.datetime(2026, 2, 1, tzinfo=dt.UTC))
     assert [row.stage for row in since.collect()] == ["features"]
     assert _rows_scanned(since) == 1, "the earlier file's three rows were read"
     every = table.where(F.col("finished_at") >= dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
     assert len(every.collect()) == 4 and _rows_scanned(every) == 4, "a filter both files pass reads both"
+
+
+def test_a_table_written_before_with_int96_times_reads_as_delta_reads_it(spark, empty) -> None:
+    """A warehouse from before micdm wrote 64-bit times holds INT96 files; its later files hold the new
+    kind. Read as files or by Delta, filtered on the time, or merged into, the table gives the same rows."""
+    import datetime as dt
+
+    from pyspark.sql import functions as F
+
+    from micdm.tables import append, merge_into
+
+    _, locator = empty
+    earlier, later = dt.datetime(2026, 1, 2, 3, 4, 5, 678901), dt.datetime(2026, 3, 4, 5, 6, 7, 123456)
+
+    def finished(stage: str, at: dt.datetime, run: str = "r1") -> object:
+        return spark.createDataFrame([(stage, run, "{}", "abc", "0.1.0", at)], TABLES["stage_state"].schema)
+
+    setting = "spark.sql.parquet.outputTimestampType"
+    ours = spark.conf.get(setting)
+    spark.conf.set(setting, "INT96")
+    try:
+        for stage in ("series", "link"):  # a file each: the MERGE below rewrites the first, the second stays
+            append(locator, "stage_state", finished(stage, earlier))
+    finally:
+        spark.conf.set(setting, ours)
+    append(locator, "stage_state", finished("features", later))
+    merge_into(spark, locator, "stage_state", finished("series", earlier, run="r2"), ["stage"])
+    as_files, by_delta = read_table(spark, locator, "stage_state"), spark.table(locator.ref("stage_state"))
+    assert {_finished_at(file).physical_type for file in as_files.inputFiles()} == {"INT96", "INT64"}
+    assert sorted(map(tuple, as_files.collect())) == sorted(map(tuple, by_delta.collect()))
+    assert {(r.stage, r.run_id, r.finished_at) for r in as_files.collect()} == {
+        ("series", "r2", earlier), ("link", "r1", earlier), ("features", "r1", later)}
+    since = as_files.where(F.col("finished_at") > dt.datetime(2026, 2, 1))
+    assert [r.stage for r in since.collect()] == ["features"]
+
+
+def _finished_at(file: str) -> pq.ColumnChunkMetaData:
+    """What the footer of a data file of stage_state records of its finished_at column (first row group)."""
+    group = pq.ParquetFile(urlparse(file).path).metadata.row_group(0)
+    return next(group.column(i) for i in range(group.num_columns) if group.column(i).path_in_schema == "finished_at")
 
 
 _READ_AND_EXIT = """
