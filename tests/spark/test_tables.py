@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from urllib.parse import urlparse
 
 import pyarrow.parquet as pq
 import pytest
-from pyspark.sql import Row
+from pyspark.sql import DataFrame, Row
 from pyspark.sql.types import StructType
 
 from micdm import schema
@@ -179,33 +180,34 @@ def test_a_small_table_with_deletion_vectors_is_read_by_spark(spark, empty) -> N
     assert row_count(spark, locator, "stage_state") == 1
 
 
+def _finished(spark, *stages: str, run: str = "r1",
+              at: dt.datetime = dt.datetime(2026, 1, 2, tzinfo=dt.UTC)) -> DataFrame:
+    """stage_state rows of ``stages`` finished by ``run`` at ``at``."""
+    return spark.createDataFrame([(stage, run, "{}", "abc", "0.1.0", at) for stage in stages],
+                                 TABLES["stage_state"].schema)
+
+
 def test_micdm_tables_are_read_from_the_files_their_version_holds(spark, empty) -> None:
     """micdm's local tables are read as the Parquet files of their current version (no Delta job listing
     them): after an append, a MERGE that rewrote a file and a delete, the rows and files are Delta's own. A
     table whose files no longer hold its rows as they are (deletion vectors) and the site's tables are read
     by Delta."""
-    import datetime as dt
 
     from pyspark.sql import functions as F
 
     from micdm.tables import append, delete_keys, merge_into
 
     _, locator = empty
-    marks = TABLES["stage_state"].schema
-
-    def marked(*stages: str, run: str = "r1") -> object:
-        return spark.createDataFrame([(stage, run, "{}", "abc", "0.1.0", dt.datetime(2026, 1, 2, tzinfo=dt.UTC))
-                                      for stage in stages], marks)
 
     def rows(frame) -> list[tuple]:
         return sorted(tuple(row) for row in frame.collect())
 
     assert read_table(spark, locator, "stage_state").count() == 0 and all(
         f.nullable for f in read_table(spark, locator, "stage_state").schema), "an empty table reads as files do"
-    append(locator, "stage_state", marked("series", "link"))
-    append(locator, "stage_state", marked("occurrence"))
-    merge_into(spark, locator, "stage_state", marked("link", run="r2"), ["stage"])
-    delete_keys(spark, locator, "stage_state", marked("occurrence").select("stage"), ["stage"])
+    append(locator, "stage_state", _finished(spark, "series", "link"))
+    append(locator, "stage_state", _finished(spark, "occurrence"))
+    merge_into(spark, locator, "stage_state", _finished(spark, "link", run="r2"), ["stage"])
+    delete_keys(spark, locator, "stage_state", _finished(spark, "occurrence").select("stage"), ["stage"])
     read, by_delta = read_table(spark, locator, "stage_state"), spark.table(locator.ref("stage_state"))
     assert rows(read) == rows(by_delta) and {r.stage: r.run_id for r in read.collect()} == {"series": "r1",
                                                                                            "link": "r2"}
@@ -240,20 +242,13 @@ def test_a_read_filtered_on_a_time_opens_only_the_files_that_can_hold_it(spark, 
     """micdm writes timestamps as 64-bit microseconds, whose Parquet footers hold their lowest and highest
     value (Spark's default INT96 has none), so its local tables, read as their files, skip the files a time
     filter rules out: the features stage asks dicom_instance for the headers extracted since a time."""
-    import datetime as dt
-
     from pyspark.sql import functions as F
 
     from micdm.tables import append
 
     _, locator = empty
-
-    def finished(stages: list[str], at: dt.datetime) -> object:
-        return spark.createDataFrame([(stage, "r", "{}", "abc", "0.1.0", at) for stage in stages],
-                                     TABLES["stage_state"].schema)
-
-    append(locator, "stage_state", finished(["series", "link", "occurrence"], dt.datetime(2026, 1, 2, tzinfo=dt.UTC)))
-    append(locator, "stage_state", finished(["features"], dt.datetime(2026, 3, 4, tzinfo=dt.UTC)))
+    append(locator, "stage_state", _finished(spark, "series", "link", "occurrence"))
+    append(locator, "stage_state", _finished(spark, "features", at=dt.datetime(2026, 3, 4, tzinfo=dt.UTC)))
     table = read_table(spark, locator, "stage_state")
     for file in table.inputFiles():
         footer = _finished_at(file)
@@ -268,28 +263,22 @@ def test_a_read_filtered_on_a_time_opens_only_the_files_that_can_hold_it(spark, 
 def test_a_table_written_before_with_int96_times_reads_as_delta_reads_it(spark, empty) -> None:
     """A warehouse from before micdm wrote 64-bit times holds INT96 files; its later files hold the new
     kind. Read as files or by Delta, filtered on the time, or merged into, the table gives the same rows."""
-    import datetime as dt
-
     from pyspark.sql import functions as F
 
     from micdm.tables import append, merge_into
 
     _, locator = empty
     earlier, later = dt.datetime(2026, 1, 2, 3, 4, 5, 678901), dt.datetime(2026, 3, 4, 5, 6, 7, 123456)
-
-    def finished(stage: str, at: dt.datetime, run: str = "r1") -> object:
-        return spark.createDataFrame([(stage, run, "{}", "abc", "0.1.0", at)], TABLES["stage_state"].schema)
-
     setting = "spark.sql.parquet.outputTimestampType"
     ours = spark.conf.get(setting)
     spark.conf.set(setting, "INT96")
     try:
         for stage in ("series", "link"):  # a file each: the MERGE below rewrites the first, the second stays
-            append(locator, "stage_state", finished(stage, earlier))
+            append(locator, "stage_state", _finished(spark, stage, at=earlier))
     finally:
         spark.conf.set(setting, ours)
-    append(locator, "stage_state", finished("features", later))
-    merge_into(spark, locator, "stage_state", finished("series", earlier, run="r2"), ["stage"])
+    append(locator, "stage_state", _finished(spark, "features", at=later))
+    merge_into(spark, locator, "stage_state", _finished(spark, "series", run="r2", at=earlier), ["stage"])
     as_files, by_delta = read_table(spark, locator, "stage_state"), spark.table(locator.ref("stage_state"))
     assert {_finished_at(file).physical_type for file in as_files.inputFiles()} == {"INT96", "INT64"}
     assert sorted(map(tuple, as_files.collect())) == sorted(map(tuple, by_delta.collect()))
