@@ -41,13 +41,13 @@ def _measure(spark, name: str, root: Path, work: Path, selection: list[str]) -> 
     attributes = select_attributes(selection)
     instances = present_instances(spark, locator)
     started = time.monotonic()
-    read = refresh_instance_attributes(spark, locator, instances, attributes)
+    read, _ = refresh_instance_attributes(spark, locator, instances, attributes)
     first = time.monotonic() - started
     started = time.monotonic()
-    again = refresh_instance_attributes(spark, locator, present_instances(spark, locator), attributes)
+    again, stored = refresh_instance_attributes(spark, locator, present_instances(spark, locator), attributes)
     second = time.monotonic() - started
     modality = instances.groupBy("series_instance_uid").agg(F.first("modality", ignorenulls=True).alias("modality"))
-    rows = series_values(spark, locator, attributes, settings.features.max_distinct_values).join(
+    rows = series_values(spark, stored, attributes, settings.features.max_distinct_values).join(
         modality, "series_instance_uid")
     per_series = rows.groupBy("series_instance_uid", "modality").agg(
         F.countDistinct("source").alias("attributes"), F.count("*").alias("rows")).collect()

@@ -84,24 +84,30 @@ def _read_values(instances: DataFrame, attributes: tuple[Attribute, ...], select
 
 
 def refresh_instance_attributes(spark: SparkSession, locator: TableLocator, instances: DataFrame,
-                                attributes: tuple[Attribute, ...], series: DataFrame | None = None) -> int:
+                                attributes: tuple[Attribute, ...], series: DataFrame | None = None
+                                ) -> tuple[int, DataFrame]:
     """Bring instance_attribute in line with the present instances of ``series`` (a frame of
-    series_instance_uid; every series when None); returns how many headers were read.
+    series_instance_uid; every series when None); returns how many headers were read and the rows of those
+    series as the table now holds them.
 
     Only those series are compared, both sides: a nightly run whose new, changed and vanished files
     belong to a few series compares those, not the archive. Rows of vanished or changed files go first,
     then the new values are appended: a crash in between leaves those instances unread, and the next run
-    (whose changes still name those series) reads them.
+    (whose changes still name those series) reads them. The series' rows are read once: those kept and
+    those appended are returned as held, where reading them back would scan the whole table again (series
+    UIDs are random, so no file statistics narrow it). Every series' rows are read back instead, not held.
     """
     selection = selection_id(attributes)
     stored = read_table(spark, locator, "instance_attribute")
     if has_rows(stored.where(F.col("selection") != selection)):
         log.info("features: the attribute selection changed; reading every header again")
         overwrite(locator, "instance_attribute", _read_values(instances, attributes, selection))
-        return read_table(spark, locator, "instance_attribute").select("path").distinct().count()
+        now = read_table(spark, locator, "instance_attribute")
+        return now.select("path").distinct().count(), within(now, "series_instance_uid", series)
+    scoped = stored if series is None else within(stored, "series_instance_uid", series).localCheckpoint()
     present = within(instances, "series_instance_uid", series).select(
         "path", "header_digest", "extracted_at").alias("p")
-    held = within(stored, "series_instance_uid", series).select("path", "header_digest").distinct().alias("h")
+    held = scoped.select("path", "header_digest").distinct().alias("h")
     same = (F.col("p.path") == F.col("h.path")) & F.col("p.header_digest").eqNullSafe(F.col("h.header_digest"))
     unread_now = F.col("h.path").isNull()
     # One pass finds both sides: the instances not read yet and the rows of files no longer present.
@@ -112,16 +118,21 @@ def refresh_instance_attributes(spark: SparkSession, locator: TableLocator, inst
                         F.min(F.when(F.col("unread"), F.col("extracted_at"))).alias("since"))
     unread, since = counted["unread"], counted["since"]
     if not unread and not counted["gone"]:
-        return 0
+        return 0, scoped
     if counted["gone"]:  # stored rows of vanished or changed files; new files alone have none to delete
         delete_keys(spark, locator, "instance_attribute", differing.select("path"), ["path"])
+    kept = scoped.join(differing.select("path"), "path", "left_anti")
     if unread:
         todo = differing.where("unread")
         wanted = instances.where(F.col("extracted_at") >= since).alias("i").join(
             todo.alias("t"), (F.col("i.path") == F.col("t.path"))
             & F.col("i.header_digest").eqNullSafe(F.col("t.header_digest")), "left_semi")
-        append(locator, "instance_attribute", _read_values(wanted, attributes, selection))
-    return unread
+        read = _read_values(wanted, attributes, selection)
+        if series is not None:
+            read = read.localCheckpoint()
+            kept = kept.unionByName(read)
+        append(locator, "instance_attribute", read)
+    return unread, read_table(spark, locator, "instance_attribute") if series is None else kept
 
 
 def _rows(rule: Column, kind: Column, cap: int) -> Column:
@@ -141,18 +152,18 @@ def _rows(rule: Column, kind: Column, cap: int) -> Column:
             .otherwise(F.when(F.size("values") <= cap, each).otherwise(overflow)))
 
 
-def series_values(spark: SparkSession, locator: TableLocator, attributes: tuple[Attribute, ...], cap: int,
+def series_values(spark: SparkSession, stored: DataFrame, attributes: tuple[Attribute, ...], cap: int,
                   series: DataFrame | None = None) -> DataFrame:
-    """(series_instance_uid, source, tag, kind, unit, label, text, number): each series' rows by rule, for
-    every series or those in ``series`` (a frame with series_instance_uid).
+    """(series_instance_uid, source, tag, kind, unit, label, text, number): each series' rows by rule, from
+    ``stored`` instance_attribute rows, for every series or those in ``series`` (a frame with
+    series_instance_uid).
 
     Values are first made distinct (numbers by value, other values by text), keeping the first
     instance's text of each; ``first``, ``min``, ``max`` and the distinct list are taken from those.
     """
     described = spark.createDataFrame([(a.source, a.tag, a.rule.value, a.kind, a.unit) for a in attributes],
                                       "source string, tag string, rule string, kind string, unit string")
-    values = read_table(spark, locator, "instance_attribute").where(
-        (F.col("selection") == selection_id(attributes)) & F.col("source").isNotNull())
+    values = stored.where((F.col("selection") == selection_id(attributes)) & F.col("source").isNotNull())
     if series is not None:
         values = values.join(series.select("series_instance_uid"), "series_instance_uid", "left_semi")
     values = values.join(F.broadcast(described), "source")
@@ -177,9 +188,9 @@ def acquisition_features(spark: SparkSession, locator: TableLocator, instances: 
     """FEATURE_ROW rows of the selected attributes for every series with an image_occurrence; the headers
     of the ``changed`` series (every series when None) are compared with instance_attribute first."""
     attributes = select_attributes(settings.acquisition_attributes)
-    read = refresh_instance_attributes(spark, locator, instances, attributes, changed)
+    read, stored = refresh_instance_attributes(spark, locator, instances, attributes, changed)
     log.info("features: %d header(s) read for %d acquisition attribute(s)", read, len(attributes))
-    rows = series_values(spark, locator, attributes, settings.max_distinct_values, occurrences.select(
+    rows = series_values(spark, stored, attributes, settings.max_distinct_values, occurrences.select(
         F.col("image_series_uid").alias("series_instance_uid"))).join(
         occurrences, F.col("series_instance_uid") == F.col("image_series_uid"))
     coded = F.col("kind") == "code"

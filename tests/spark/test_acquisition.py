@@ -53,9 +53,18 @@ def extracted(spark, tmp_path: Path):
     return root, settings, locator
 
 
+def _refreshed(spark, locator, attributes, series=None) -> int:
+    """Headers read by a refresh of the present instances."""
+    return refresh_instance_attributes(spark, locator, present_instances(spark, locator), attributes, series)[0]
+
+
+def _stored(spark, locator):
+    return read_table(spark, locator, "instance_attribute")
+
+
 def _rows(spark, locator, attributes) -> dict[tuple[str, str], list[tuple[str, float | None, str]]]:
     found: dict[tuple[str, str], list] = {}
-    for row in series_values(spark, locator, attributes, cap=16).collect():
+    for row in series_values(spark, _stored(spark, locator), attributes, cap=16).collect():
         found.setdefault((row.series_instance_uid, row.source), []).append((row.label, row.number, row.text))
     return {key: sorted(values, key=lambda v: (v[0], v[1] or 0, v[2])) for key, values in found.items()}
 
@@ -63,7 +72,7 @@ def _rows(spark, locator, attributes) -> dict[tuple[str, str], list[tuple[str, f
 def test_dose_modulation_keeps_min_and_max_and_both_echo_times(spark, extracted) -> None:
     _, _, locator = extracted
     attributes = select_attributes(["default"])
-    assert refresh_instance_attributes(spark, locator, present_instances(spark, locator), attributes) == 14
+    assert _refreshed(spark, locator, attributes) == 14
     rows = _rows(spark, locator, attributes)
     assert rows[(CT_SERIES, "00181151")] == [("max", 310.0, "310"), ("min", 98.0, "98")], "XRayTubeCurrent:min_max"
     assert rows[(CT_SERIES, "00189345")] == [("max", 15.5, "15.5")], "CTDIvol:max"
@@ -77,31 +86,36 @@ def test_dose_modulation_keeps_min_and_max_and_both_echo_times(spark, extracted)
 def test_past_the_cap_distinct_numbers_keep_their_min_and_max(spark, extracted) -> None:
     _, _, locator = extracted
     attributes = select_attributes(["XRayTubeCurrent:distinct"])
-    refresh_instance_attributes(spark, locator, present_instances(spark, locator), attributes)
-    all_values = [r for r in series_values(spark, locator, attributes, cap=16).collect()]
+    _refreshed(spark, locator, attributes)
+    all_values = [r for r in series_values(spark, _stored(spark, locator), attributes, cap=16).collect()]
     assert sorted(r.number for r in all_values) == sorted(TUBE_CURRENTS)
-    capped = series_values(spark, locator, attributes, cap=4).collect()
+    capped = series_values(spark, _stored(spark, locator), attributes, cap=4).collect()
     assert sorted((r.label, r.number) for r in capped) == [("max", 310.0), ("min", 98.0)]
 
 
 def test_headers_are_read_again_only_where_a_file_changed_or_the_selection_did(spark, extracted) -> None:
     root, settings, locator = extracted
     attributes = select_attributes(["default"])
-    assert refresh_instance_attributes(spark, locator, present_instances(spark, locator), attributes) == 14
-    assert refresh_instance_attributes(spark, locator, present_instances(spark, locator), attributes) == 0
+    assert _refreshed(spark, locator, attributes) == 14
+    assert _refreshed(spark, locator, attributes) == 0
     changed = dcmread(root / "ct3.dcm")
     changed.XRayTubeCurrent = 400
     changed.save_as(root / "ct3.dcm")
     (root / "mr6.dcm").unlink()
     extract(spark, locator, settings)
     ct_only = spark.createDataFrame([(CT_SERIES,)], "series_instance_uid string")
-    assert refresh_instance_attributes(spark, locator, present_instances(spark, locator), attributes, ct_only) == 1
+    read, held = refresh_instance_attributes(spark, locator, present_instances(spark, locator), attributes, ct_only)
+    assert read == 1
+    ct_rows = _stored(spark, locator).where(F.col("series_instance_uid") == CT_SERIES)
+    assert held.count() == ct_rows.count() > 0 and held.select(*ct_rows.columns).exceptAll(ct_rows).isEmpty(), \
+        "the series' rows come back as the table holds them: the changed file's old values gone, its new ones in"
+    assert held.where(F.col("path").endswith("ct3.dcm") & (F.col("value_number") == 400)).count() == 1
     assert read_table(spark, locator, "instance_attribute").where(F.col("path").endswith("mr6.dcm")).count() > 0, \
         "a series out of the changed ones is not compared"
-    assert refresh_instance_attributes(spark, locator, present_instances(spark, locator), attributes) == 0
+    assert _refreshed(spark, locator, attributes) == 0
     stored = read_table(spark, locator, "instance_attribute")
     assert stored.select("path").distinct().count() == 13, "the deleted file's values went"
     assert _rows(spark, locator, attributes)[(CT_SERIES, "00181151")] == [("max", 400.0, "400"), ("min", 98.0, "98")]
     assert stored.where(F.col("path").endswith("ct3.dcm")).select("header_digest").distinct().count() == 1
     wider = select_attributes(["default", "SliceLocation"])
-    assert refresh_instance_attributes(spark, locator, present_instances(spark, locator), wider) == 13
+    assert _refreshed(spark, locator, wider) == 13
