@@ -30,6 +30,7 @@ from micdm.tables import (
     conform,
     delete_keys,
     has_rows,
+    listed,
     overwrite,
     read_table,
     within,
@@ -93,9 +94,10 @@ def refresh_instance_attributes(spark: SparkSession, locator: TableLocator, inst
     Only those series are compared, both sides: a nightly run whose new, changed and vanished files
     belong to a few series compares those, not the archive. Rows of vanished or changed files go first,
     then the new values are appended: a crash in between leaves those instances unread, and the next run
-    (whose changes still name those series) reads them. The series' rows are read once: those kept and
-    those appended are returned as held, where reading them back would scan the whole table again (series
-    UIDs are random, so no file statistics narrow it). Every series' rows are read back instead, not held.
+    (whose changes still name those series) reads them. A few series are looked up by their list
+    (tables.listed), so the files of earlier runs that hold none of them are not read; their stored rows
+    are read once, and those kept with those appended are returned as held rather than read again. Every
+    series' rows are read back instead, not held.
     """
     selection = selection_id(attributes)
     stored = read_table(spark, locator, "instance_attribute")
@@ -104,8 +106,9 @@ def refresh_instance_attributes(spark: SparkSession, locator: TableLocator, inst
         overwrite(locator, "instance_attribute", _read_values(instances, attributes, selection))
         now = read_table(spark, locator, "instance_attribute")
         return now.select("path").distinct().count(), within(now, "series_instance_uid", series)
-    scoped = stored if series is None else within(stored, "series_instance_uid", series).localCheckpoint()
-    present = within(instances, "series_instance_uid", series).select(
+    keys = None if series is None else listed(series)
+    scoped = stored if keys is None else within(stored, "series_instance_uid", keys).localCheckpoint()
+    present = within(instances, "series_instance_uid", keys).select(
         "path", "header_digest", "extracted_at").alias("p")
     held = scoped.select("path", "header_digest").distinct().alias("h")
     same = (F.col("p.path") == F.col("h.path")) & F.col("p.header_digest").eqNullSafe(F.col("h.header_digest"))

@@ -10,7 +10,7 @@ from pyspark.sql import functions as F
 from micdm.changes import Changes, KeyOf, changed_keys
 from micdm.config import OccurrenceSettings, Settings
 from micdm.stage import StageCounts
-from micdm.tables import TableLocator, read_table, row_count, sync_rows, within
+from micdm.tables import TableLocator, listed, read_table, row_count, sync_rows, within
 
 __all__ = ["build_series", "changed_series", "image_date", "present_instances", "rewrite_prefix", "run",
            "series_of_paths"]
@@ -103,8 +103,8 @@ def series_of_paths(spark: SparkSession, locator: TableLocator,
     """A change feed -> the series of the instances at the paths ``paths`` picks from it (by default
     file_inventory's files that went missing or came back)."""
     def series(feed: DataFrame) -> DataFrame:
-        return read_table(spark, locator, "dicom_instance").join(paths(feed).select("path"), "path",
-                                                                 "left_semi").select("series_instance_uid")
+        return within(read_table(spark, locator, "dicom_instance"), "path", listed(paths(feed).select("path"))
+                      ).select("series_instance_uid")
     return series
 
 
@@ -120,8 +120,9 @@ def run(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: 
     """Bring dicom_series in line with the present instances of the series that changed (every series
     without ``changes``), in one commit; counts the series and the rows written."""
     scope = changed_series(spark, locator, changes)
-    instances = within(present_instances(spark, locator), "series_instance_uid", scope)
+    keys = None if scope is None else listed(scope)
+    instances = within(present_instances(spark, locator), "series_instance_uid", keys)
     written = sync_rows(spark, locator, "dicom_series", build_series(instances, settings.occurrence),
-                        ["series_instance_uid"], None if scope is None else ("series_instance_uid", scope),
+                        ["series_instance_uid"], None if keys is None else ("series_instance_uid", keys),
                         ignored=("updated_at",))
     return {"series": row_count(spark, locator, "dicom_series"), "series written": written}

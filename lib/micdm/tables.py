@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = ["COMPACT_ABOVE_FILES", "TableLocator", "aggregate", "append", "as_stored", "clustering_clause",
            "column_ceiling", "compact_small_files", "conform", "create_table", "delete_keys", "delta_table",
-           "has_rows", "init_tables", "keep_change_feed", "load_csv", "may_have_rows", "merge_into",
+           "has_rows", "init_tables", "keep_change_feed", "listed", "load_csv", "may_have_rows", "merge_into",
            "merge_or_delete", "overwrite", "read_table", "row_count", "row_digest", "schema_problems", "site_table",
            "small_table_rows", "stored_schema", "sync_rows", "table_problems", "table_properties", "within"]
 
@@ -548,11 +548,26 @@ def _matching(columns: Sequence[str]) -> Column:
     return reduce(lambda a, b: a & b, [F.col(f"s.`{c}`").eqNullSafe(F.col(f"t.`{c}`")) for c in columns])
 
 
-def within(frame: DataFrame, column: str, keys: DataFrame | None) -> DataFrame:
-    """The rows of ``frame`` whose ``column`` is one of ``keys`` (a one-column frame); all when None."""
+def within(frame: DataFrame, column: str, keys: DataFrame | list[Any] | None) -> DataFrame:
+    """The rows of ``frame`` whose ``column`` is one of ``keys`` (a one-column frame, or its values as
+    ``listed`` gives them); all when None."""
     if keys is None:
         return frame
+    if isinstance(keys, list):
+        return frame.where(F.col(column).isin(keys))
     return frame.join(keys.select(F.col(keys.columns[0]).alias(column)), column, "left_semi")
+
+
+def listed(keys: DataFrame, most: int = 10_000) -> DataFrame | list[Any]:
+    """The values of ``keys`` (a one-column frame) where there are at most ``most``, else the frame.
+
+    ``within`` reads a table by a list of values as a filter that the Parquet reader also checks against
+    each row group's dictionary and statistics: the files of the runs before a night's series or paths
+    were first seen hold none of them and are not read, where a semi-join reads every row of the table
+    (UIDs are random, so no statistics narrow it). The list costs a Spark job to collect.
+    """
+    values = [row[0] for row in keys.distinct().limit(most + 1).collect()]
+    return keys if len(values) > most else sorted(value for value in values if value is not None)
 
 
 def delete_keys(spark: SparkSession, locator: TableLocator, name: str, keys: DataFrame, on: Sequence[str]) -> None:
@@ -582,10 +597,10 @@ def merge_or_delete(spark: SparkSession, locator: TableLocator, name: str, rows:
 
 
 def sync_rows(spark: SparkSession, locator: TableLocator, name: str, rows: DataFrame, keys: Sequence[str] | None,
-              scope: tuple[str, DataFrame] | None = None, ignored: Sequence[str] = ()) -> int:
+              scope: tuple[str, DataFrame | list[Any]] | None = None, ignored: Sequence[str] = ()) -> int:
     """Make a table hold exactly ``rows``, writing only what differs, in one MERGE; returns the rows written.
 
-    With ``scope`` (a column and a one-column frame of its values) only the stored rows with one of those
+    With ``scope`` (a column and a one-column frame of its values, or their list) only the stored rows with one of those
     values are compared, so a stage redoing some series leaves every other row alone. Rows that are new or
     differ (outside the ``ignored`` columns, such as a timestamp) are upserted and stored rows ``rows``
     lacks are deleted; an unchanged row is not rewritten, so the table's change feed holds real changes

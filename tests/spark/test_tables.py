@@ -251,13 +251,42 @@ def test_a_read_filtered_on_a_time_opens_only_the_files_that_can_hold_it(spark, 
     append(locator, "stage_state", _finished(spark, "features", at=dt.datetime(2026, 3, 4, tzinfo=dt.UTC)))
     table = read_table(spark, locator, "stage_state")
     for file in table.inputFiles():
-        footer = _finished_at(file)
+        footer = _column_chunk(file, "finished_at")
         assert footer.physical_type == "INT64" and footer.statistics.has_min_max, file
     since = table.where(F.col("finished_at") >= dt.datetime(2026, 2, 1, tzinfo=dt.UTC))
     assert [row.stage for row in since.collect()] == ["features"]
     assert _rows_scanned(since) == 1, "the earlier file's three rows were read"
     every = table.where(F.col("finished_at") >= dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
     assert len(every.collect()) == 4 and _rows_scanned(every) == 4, "a filter both files pass reads both"
+
+
+def test_a_read_within_listed_keys_skips_the_files_that_hold_none_of_them(spark, empty) -> None:
+    """A night's few series are looked up in a large table by their list: the reader checks it against
+    each file's dictionary, so a file whose lowest and highest value straddle a key but that holds none is
+    not read (a semi-join on the same keys reads every row). Past ``most`` keys, the frame itself serves."""
+    from micdm.tables import append, listed, within
+
+    _, locator = empty
+    stages = [f"stage{index}" for index in range(40)]  # each run's id repeats: the writer keeps a dictionary
+    append(locator, "stage_state", _finished(spark, *stages, run="a1").unionByName(
+        _finished(spark, *stages, run="a9")).coalesce(1))
+    append(locator, "stage_state", _finished(spark, "features", run="a5"))
+    table = read_table(spark, locator, "stage_state")
+    earlier = [file for file in table.inputFiles() if pq.ParquetFile(urlparse(file).path).metadata.num_rows == 80]
+    assert len(table.inputFiles()) == 2 and len(earlier) == 1
+    run_ids = _column_chunk(earlier[0], "run_id")
+    assert "PLAIN_DICTIONARY" in run_ids.encodings and (run_ids.statistics.min, run_ids.statistics.max) == (
+        "a1", "a9"), "the file's statistics alone cannot rule a5 out"
+    night = spark.createDataFrame([("a5",), ("a5",), ("a7",), (None,)], "run_id string")
+    keys = listed(night)
+    assert keys == ["a5", "a7"]
+    found = within(table, "run_id", keys)
+    assert [row.stage for row in found.collect()] == ["features"]
+    assert _rows_scanned(found) == 1, "the file of runs a1 and a9 was read"
+    joined = within(table, "run_id", night)
+    assert [row.stage for row in joined.collect()] == ["features"]
+    assert _rows_scanned(joined) == 81 + 4, "a semi-join reads both files whole (and its four keys)"
+    assert listed(night, most=1) is night
 
 
 def test_a_table_written_before_with_int96_times_reads_as_delta_reads_it(spark, empty) -> None:
@@ -280,7 +309,7 @@ def test_a_table_written_before_with_int96_times_reads_as_delta_reads_it(spark, 
     append(locator, "stage_state", _finished(spark, "features", at=later))
     merge_into(spark, locator, "stage_state", _finished(spark, "series", run="r2", at=earlier), ["stage"])
     as_files, by_delta = read_table(spark, locator, "stage_state"), spark.table(locator.ref("stage_state"))
-    assert {_finished_at(file).physical_type for file in as_files.inputFiles()} == {"INT96", "INT64"}
+    assert {_column_chunk(file, "finished_at").physical_type for file in as_files.inputFiles()} == {"INT96", "INT64"}
     assert sorted(map(tuple, as_files.collect())) == sorted(map(tuple, by_delta.collect()))
     assert {(r.stage, r.run_id, r.finished_at) for r in as_files.collect()} == {
         ("series", "r2", earlier), ("link", "r1", earlier), ("features", "r1", later)}
@@ -288,10 +317,10 @@ def test_a_table_written_before_with_int96_times_reads_as_delta_reads_it(spark, 
     assert [r.stage for r in since.collect()] == ["features"]
 
 
-def _finished_at(file: str) -> pq.ColumnChunkMetaData:
-    """What the footer of a data file of stage_state records of its finished_at column (first row group)."""
+def _column_chunk(file: str, column: str) -> pq.ColumnChunkMetaData:
+    """What the footer of a data file records of one of its columns (first row group)."""
     group = pq.ParquetFile(urlparse(file).path).metadata.row_group(0)
-    return next(group.column(i) for i in range(group.num_columns) if group.column(i).path_in_schema == "finished_at")
+    return next(group.column(i) for i in range(group.num_columns) if group.column(i).path_in_schema == column)
 
 
 _READ_AND_EXIT = """
