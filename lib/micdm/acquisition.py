@@ -106,7 +106,7 @@ def refresh_instance_attributes(spark: SparkSession, locator: TableLocator, inst
         overwrite(locator, "instance_attribute", _read_values(instances, attributes, selection))
         now = read_table(spark, locator, "instance_attribute")
         return now.select("path").distinct().count(), within(now, "series_instance_uid", series)
-    keys = None if series is None else listed(series)
+    keys = listed(series)
     scoped = stored if keys is None else within(stored, "series_instance_uid", keys).localCheckpoint()
     present = within(instances, "series_instance_uid", keys).select(
         "path", "header_digest", "extracted_at").alias("p")

@@ -32,6 +32,7 @@ from micdm.tables import (
     aggregate,
     conform,
     delete_keys,
+    listed,
     merge_into,
     read_table,
     row_count,
@@ -275,13 +276,16 @@ def reports_to_redo(spark: SparkSession, locator: TableLocator, scope: DataFrame
     theirs = reports.join(in_scope.select("_patient"), "_patient", "left_semi").select("sop_instance_uid")
     by_header = within(reports.select("sop_instance_uid", F.explode("referenced_series").alias("series_instance_uid")),
                        "series_instance_uid", scope).select("sop_instance_uid")
+    # A night's series and instances are few: content items are looked up by their list, which the bloom
+    # filters of sr_content_item's values and references rule out of the files of earlier runs.
     items = read_table(spark, locator, "sr_content_item")
     by_source = within(items.where(F.col("value_type") == "UIDREF").select(
-        "sop_instance_uid", F.col("text_value").alias("series_instance_uid")), "series_instance_uid", scope
+        "sop_instance_uid", F.col("text_value").alias("series_instance_uid")), "series_instance_uid", listed(scope)
     ).select("sop_instance_uid")
     # Images of the scope, and segmentations naming it: a report pointing at one is placed through it.
     by_pointer = within(items.select("sop_instance_uid", F.col("referenced_sop_instance_uid").alias("_named")),
-                        "_named", in_scope.select("sop_instance_uid").unionByName(by_header)).select("sop_instance_uid")
+                        "_named", listed(in_scope.select("sop_instance_uid").unionByName(by_header))
+                        ).select("sop_instance_uid")
     made = read_table(spark, locator, "id_map").where(F.col("natural_key").startswith(_KINDS["structured_report"])) \
         .select(_source_of_key().alias("sop_instance_uid")).unionByName(
         read_table(spark, locator, "feature_quarantine").select("sop_instance_uid"))

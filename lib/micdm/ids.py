@@ -13,7 +13,7 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from micdm.errors import IdOverflowError
-from micdm.tables import TableLocator, merge_into, read_table
+from micdm.tables import TableLocator, listed, merge_into, narrowed, read_table
 
 __all__ = ["MAX_ID", "allocated_ids", "assign_ids", "assign_ids_by_namespace"]
 
@@ -55,9 +55,12 @@ def assign_ids_by_namespace(
     known = read_table(spark, locator, "id_map").where(F.col("namespace").isin(*namespaces))
     every_key = reduce(DataFrame.unionByName, (keys.select(F.lit(namespace).alias("namespace"), "natural_key")
                                                for namespace, keys in wanted.items()))
+    # A night's few keys are looked up by their list: id_map's row groups whose bloom filter holds none of
+    # them (every one written before those keys were first seen) are not read.
+    stored = narrowed(known, "natural_key", listed(every_key.select("natural_key")))
     # One pass over the callers' keys and id_map: every key with its stored id, NULL for a key id_map lacks.
     # The counts, the new ids and the ids returned all come from it, not from id_map read again.
-    held = every_key.join(known.select("namespace", "natural_key", "id"), ["namespace", "natural_key"],
+    held = every_key.join(stored.select("namespace", "natural_key", "id"), ["namespace", "natural_key"],
                           "left").localCheckpoint()
     fresh = held.where(F.col("id").isNull()).drop("id")
     counts = {row["namespace"]: row["count"] for row in fresh.groupBy("namespace").count().collect()}

@@ -25,7 +25,9 @@ from micdm.tables import (
     column_ceiling,
     conform,
     delta_table,
+    listed,
     merge_into,
+    narrowed,
     read_table,
     row_digest,
 )
@@ -117,8 +119,10 @@ def _marked(spark: SparkSession, locator: TableLocator, table: str, rows: DataFr
     """``rows`` as stored, each with its fingerprint, the fingerprints site_row recorded at its id and those the
     table holds there (sets: an id the site's table holds twice still gives one row to merge)."""
     key = f"{table}_id"
-    recorded = _recorded(spark, locator, table).groupBy(F.col("id").alias(key)).agg(
-        F.collect_set("fingerprint").alias("_recorded"))
+    # site_row holds every table's ids, so no file's lowest and highest id rule a night's ids out: they are
+    # looked up by their list, which site_row's bloom filters of ids rule out of the earlier files.
+    recorded = narrowed(_recorded(spark, locator, table), "id", listed(rows.select(key))).groupBy(
+        F.col("id").alias(key)).agg(F.collect_set("fingerprint").alias("_recorded"))
     stored = read_table(spark, locator, table).where(_in_range(table, span)).groupBy(key).agg(
         F.collect_set(_fingerprint(table)).alias("_stored"))
     return as_stored(spark, locator, table, conform(rows, TABLES[table])).withColumn(

@@ -26,7 +26,7 @@ from micdm.dicom.sr import analyse_report
 from micdm.dicom.sr_content import SR_CLASS_PREFIX
 from micdm.reasons import FeatureDomain, FeatureReason
 from micdm.schema import FEATURE_ROW, REPORT_GROUP, REPORT_ITEM, REPORT_PROBLEM
-from micdm.tables import TableLocator, conform, read_table, row_count, sync_rows, within
+from micdm.tables import TableLocator, conform, listed, narrowed, read_table, row_count, sync_rows, within
 from micdm.vocab import coding_scheme_vocabularies
 
 __all__ = ["SEG_CLASSES", "ReportFeatures", "is_report_or_segmentation", "report_features", "write_sr_tables"]
@@ -84,10 +84,11 @@ def _analysed(spark: SparkSession, locator: TableLocator, instances: DataFrame, 
     keep = ["path", "sop_instance_uid", "series_instance_uid", "study_instance_uid", "referenced_series",
             "content_date", "content_time"]
     # kept: the reports' content, their analysis and the segmentations' all start from them
+    few = listed(redone)
     reports = within(instances.where(is_report_or_segmentation(F.col("sop_class_uid"))), "sop_instance_uid",
-                     redone).select(*keep, "sop_class_uid", "header_json", "sr_content_reason",
-                                    "sr_content_message").localCheckpoint(eager=False)
-    content = read_table(spark, locator, "sr_content_item").join(
+                     few).select(*keep, "sop_class_uid", "header_json", "sr_content_reason",
+                                 "sr_content_message").localCheckpoint(eager=False)
+    content = narrowed(read_table(spark, locator, "sr_content_item"), "sop_instance_uid", few).join(
         reports.where(is_report).select("path", "sop_instance_uid"), ["path", "sop_instance_uid"], "left_semi")
     columns = [c for c in content.columns if c not in ("path", "sop_instance_uid", "run_id")]
     trees = content.groupBy("path", "sop_instance_uid").agg(F.collect_list(F.struct(*columns)).alias("content"))
@@ -99,8 +100,10 @@ def _analysed(spark: SparkSession, locator: TableLocator, instances: DataFrame, 
 
 def _candidates(analysed: DataFrame, groups: DataFrame, keys: DataFrame, instances: DataFrame) -> DataFrame:
     """(sop_instance_uid, group, tier, rank, series) for every series a group could be put on."""
-    known = instances.select(F.col("sop_instance_uid").alias("_ref"), F.col("series_instance_uid").alias("_series"),
-                             F.col("referenced_series").alias("_sources"))
+    named = groups.select(F.explode("image_sops")).unionByName(groups.select(F.explode("seg_sops")))
+    known = narrowed(instances, "sop_instance_uid", listed(named)).select(
+        F.col("sop_instance_uid").alias("_ref"), F.col("series_instance_uid").alias("_series"),
+        F.col("referenced_series").alias("_sources"))
     key = ["sop_instance_uid", "group"]
     images = groups.select(*key, F.posexplode(F.arrays_zip("image_sops", "image_series")).alias("rank", "r")) \
         .join(known, F.col("r.image_sops") == F.col("_ref"), "left") \

@@ -88,6 +88,10 @@ class TableDef:
     """
     cluster_by: tuple[str, ...] = ()
     """Liquid clustering keys: the columns users filter on and micdm MERGEs on, so those read few files."""
+    bloom_columns: tuple[str, ...] = ()
+    """Columns of values held once each (paths, UIDs, natural keys) that micdm looks up by a night's few
+    values: Parquet keeps a bloom filter of each row group's values, so such a lookup skips the row groups
+    that hold none of them, where no statistics or dictionary can tell (tables.within)."""
 
     @property
     def required_columns(self) -> list[str]:
@@ -110,7 +114,7 @@ class TableDef:
 
 
 def table(name: str, layer: str, columns: str, stats_columns: tuple[str, ...] = (),
-          cluster_by: tuple[str, ...] = ()) -> TableDef:
+          cluster_by: tuple[str, ...] = (), bloom_columns: tuple[str, ...] = ()) -> TableDef:
     """Declare a table from lines of ``name  type  [required]``."""
     fields = []
     for line in columns.strip().splitlines():
@@ -128,12 +132,15 @@ def table(name: str, layer: str, columns: str, stats_columns: tuple[str, ...] = 
     unknown = set(stats_columns) - set(schema.fieldNames())
     if unknown:
         raise ValueError(f"table {name!r}: statistics on unknown columns {sorted(unknown)}")
+    unfiltered = set(bloom_columns) - set(schema.fieldNames())
+    if unfiltered:
+        raise ValueError(f"table {name!r}: bloom filters on unknown columns {sorted(unfiltered)}")
     # Delta clusters by a column's min/max statistics, which it keeps for neither VARCHAR nor unlisted columns.
     unclusterable = [c for c in cluster_by if c not in schema.fieldNames() or max_length(schema[c]) is not None
                      or (stats_columns and c not in stats_columns)]
     if unclusterable:
         raise ValueError(f"table {name!r}: cannot cluster by {unclusterable} (unknown, varchar, or without statistics)")
-    return TableDef(name, layer, schema, stats_columns, cluster_by)
+    return TableDef(name, layer, schema, stats_columns, cluster_by, bloom_columns)
 
 
 def max_length(field: StructField) -> int | None:
@@ -493,7 +500,7 @@ DICOM_INSTANCE = table("dicom_instance", "bronze", _FILE_COLUMNS + """
     sr_content_message   string
     header_digest        string
 """, stats_columns=("path", "sop_instance_uid", "study_instance_uid", "series_instance_uid", "extracted_at"),
-   cluster_by=("series_instance_uid",))
+   cluster_by=("series_instance_uid",), bloom_columns=("path", "sop_instance_uid"))
 
 DICOM_QUARANTINE = table("dicom_quarantine", "bronze", _FILE_COLUMNS + """
     bytes_read           bigint
@@ -533,7 +540,7 @@ SR_CONTENT_ITEM = table("sr_content_item", "bronze", """
     frame_of_reference_uid        string
     referenced_content            string
     run_id                        string          required
-""", stats_columns=("path", "sop_instance_uid"))
+""", stats_columns=("path", "sop_instance_uid"), bloom_columns=("text_value", "referenced_sop_instance_uid"))
 
 #: The values of the selected acquisition attributes in each present instance (dicom/attributes.py), read
 #: from its header once per header_digest and selection; an instance holding none has one row of NULLs.
@@ -802,7 +809,7 @@ ID_MAP = table("id_map", "bookkeeping", """
     natural_key   string     required
     id            integer    required
     assigned_at   datetime   required
-""")
+""", bloom_columns=("natural_key",))
 
 #: What micdm wrote into the site's tables (procedure_occurrence, measurement, observation): a fingerprint
 #: per row version, so that a row is updated only while it is still the one micdm wrote.
@@ -811,7 +818,7 @@ SITE_ROW = table("site_row", "bookkeeping", """
     id            integer    required
     fingerprint   bigint     required
     written_at    datetime   required
-""")
+""", bloom_columns=("id",))
 
 #: Each stage's watermark after its last successful run (micdm.watermark): one row per stage.
 #: Files a streaming discovery (sources.listing: autoloader) found and the inventory does not hold yet:

@@ -120,7 +120,7 @@ def run(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: 
     """Bring dicom_series in line with the present instances of the series that changed (every series
     without ``changes``), in one commit; counts the series and the rows written."""
     scope = changed_series(spark, locator, changes)
-    keys = None if scope is None else listed(scope)
+    keys = listed(scope)
     instances = within(present_instances(spark, locator), "series_instance_uid", keys)
     written = sync_rows(spark, locator, "dicom_series", build_series(instances, settings.occurrence),
                         ["series_instance_uid"], None if keys is None else ("series_instance_uid", keys),

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial, reduce
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -33,11 +33,12 @@ from micdm.schema import CDM_TABLES, TABLES, TableDef, with_header_format
 if TYPE_CHECKING:
     from deltalake import DeltaTable as RustDeltaTable
 
-__all__ = ["COMPACT_ABOVE_FILES", "TableLocator", "aggregate", "append", "as_stored", "clustering_clause",
-           "column_ceiling", "compact_small_files", "conform", "create_table", "delete_keys", "delta_table",
-           "has_rows", "init_tables", "keep_change_feed", "listed", "load_csv", "may_have_rows", "merge_into",
-           "merge_or_delete", "overwrite", "read_table", "row_count", "row_digest", "schema_problems", "site_table",
-           "small_table_rows", "stored_schema", "sync_rows", "table_problems", "table_properties", "within"]
+__all__ = ["COMPACT_ABOVE_FILES", "TableLocator", "aggregate", "append", "as_stored", "bloom_filter_properties",
+           "clustering_clause", "column_ceiling", "compact_small_files", "conform", "create_table", "delete_keys",
+           "delta_table", "has_rows", "init_tables", "keep_change_feed", "listed", "load_csv", "may_have_rows",
+           "merge_into", "merge_or_delete", "narrowed", "overwrite", "read_table", "row_count", "row_digest",
+           "schema_problems", "site_table", "small_table_rows", "stored_schema", "sync_rows", "table_problems",
+           "table_properties", "within"]
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +176,7 @@ def create_table(spark: SparkSession, locator: TableLocator, table: TableDef) ->
     stored = stored_schema(spark, locator, table.name)
     if stored is None:
         settings = {_CHANGE_FEED: "true"} if table.layer in CHANGE_FEED_LAYERS else {}
+        settings.update(bloom_filter_properties(table))
         if table.stats_columns:
             settings["delta.dataSkippingStatsColumns"] = ",".join(table.stats_columns)
         properties = f" TBLPROPERTIES ({', '.join(f'{k!r} = {v!r}' for k, v in settings.items())})" if settings else ""
@@ -187,6 +189,26 @@ def create_table(spark: SparkSession, locator: TableLocator, table: TableDef) ->
     if problems:
         raise SchemaMismatchError(_mismatch_message(locator, table, problems))
     return False
+
+
+#: A bloom filter's false positive rate per value looked up: a night's list of thousands of keys still
+#: rules out most row groups that hold none of them (at Parquet's 1 %, a list of a few hundred reads them).
+_BLOOM_FPP = "0.00001"
+#: The largest filter per column and row group, and how many sizes below it the writer tries (each half the
+#: one before), keeping the smallest that holds the values written: 16 KB for a few, 2 MB for about 700,000.
+_BLOOM_MAX_BYTES, _BLOOM_SIZES = str(2 << 20), "8"
+
+
+def bloom_filter_properties(table: TableDef) -> dict[str, str]:
+    """The table properties that make Delta's Parquet writer keep a bloom filter of each of the table's
+    ``bloom_columns`` per row group (Delta passes a table's properties to its writer, in every write and
+    compaction), sized to the values each row group holds."""
+    if not table.bloom_columns:
+        return {}
+    per_column = {"enabled": "true", "fpp": _BLOOM_FPP, "candidates.number": _BLOOM_SIZES}
+    return {**{f"parquet.bloom.filter.{name}#{column}": value for column in table.bloom_columns
+               for name, value in per_column.items()},
+            "parquet.bloom.filter.adaptive.enabled": "true", "parquet.bloom.filter.max.bytes": _BLOOM_MAX_BYTES}
 
 
 #: The layers of micdm's own tables that keep a Change Data Feed, so the stages reading them redo only
@@ -204,6 +226,15 @@ def keep_change_feed(spark: SparkSession, locator: TableLocator, name: str) -> b
         return False
     spark.sql(f"ALTER TABLE {locator.ref(name)} SET TBLPROPERTIES ('{_CHANGE_FEED}' = 'true')")
     return True
+
+
+def _keep_bloom_filters(spark: SparkSession, locator: TableLocator, name: str, configuration: dict[str, str]) -> None:
+    """Give a table created by an older micdm its bloom filter properties, before a compaction rewrites its
+    files with them."""
+    wanted = {k: v for k, v in bloom_filter_properties(locator.definition(name)).items() if configuration.get(k) != v}
+    if wanted:
+        pairs = ", ".join(f"{k!r} = {v!r}" for k, v in wanted.items())
+        spark.sql(f"ALTER TABLE {locator.ref(name)} SET TBLPROPERTIES ({pairs})")
 
 
 #: micdm compacts one of its own local tables once it holds more small data files than this. Every
@@ -233,6 +264,7 @@ def compact_small_files(spark: SparkSession, locator: TableLocator, names: Itera
         below = int(spark.conf.get(*_OPTIMIZE_MIN_FILE_SIZE) or _OPTIMIZE_MIN_FILE_SIZE[1])
         small = sum(size < below for size in pa.table(local.get_add_actions()).column("size_bytes").to_pylist())
         if small > COMPACT_ABOVE_FILES:
+            _keep_bloom_filters(spark, locator, name, local.metadata().configuration)
             delta_table(spark, locator, name).optimize().executeCompaction()
             log.info("%s compacted: it held %d small files", name, small)
             compacted.append(name)
@@ -558,15 +590,31 @@ def within(frame: DataFrame, column: str, keys: DataFrame | list[Any] | None) ->
     return frame.join(keys.select(F.col(keys.columns[0]).alias(column)), column, "left_semi")
 
 
-def listed(keys: DataFrame, most: int = 10_000) -> DataFrame | list[Any]:
-    """The values of ``keys`` (a one-column frame) where there are at most ``most``, else the frame.
+def narrowed(frame: DataFrame, column: str, keys: DataFrame | list[Any] | None) -> DataFrame:
+    """The rows of ``frame`` whose ``column`` is one of ``keys`` when they are a list (``listed``), else every
+    row: for a read whose rows are joined with the keys anyway, which a list narrows in the Parquet reader
+    and a frame of many keys would only join twice."""
+    return within(frame, column, keys) if isinstance(keys, list) else frame
+
+
+@overload
+def listed(keys: DataFrame, most: int = ...) -> DataFrame | list[Any]: ...
+@overload
+def listed(keys: None, most: int = ...) -> None: ...
+def listed(keys: DataFrame | None, most: int = 10_000) -> DataFrame | list[Any] | None:
+    """The values of ``keys`` (a one-column frame) where there are at most ``most``, else the frame (None
+    stays None: every key).
 
     ``within`` reads a table by a list of values as a filter that the Parquet reader also checks against
-    each row group's dictionary and statistics: the files of the runs before a night's series or paths
-    were first seen hold none of them and are not read, where a semi-join reads every row of the table
-    (UIDs are random, so no statistics narrow it). The list costs a Spark job to collect.
+    each row group's dictionary, bloom filter (schema.TableDef.bloom_columns) and statistics: the files of
+    the runs before a night's series, paths or natural keys were first seen hold none of them and are not
+    read, where a semi-join reads every row of the table (UIDs are random, so no statistics narrow it). The
+    list costs a Spark job to collect.
     """
-    values = [row[0] for row in keys.distinct().limit(most + 1).collect()]
+    if keys is None:
+        return None
+    # one partition: a limit over several collects them one job at a time until it has enough
+    values = [row[0] for row in keys.distinct().coalesce(1).limit(most + 1).collect()]
     return keys if len(values) > most else sorted(value for value in values if value is not None)
 
 

@@ -289,6 +289,72 @@ def test_a_read_within_listed_keys_skips_the_files_that_hold_none_of_them(spark,
     assert listed(night, most=1) is night
 
 
+def _id_map_rows(spark, keys: list[str], first_id: int = 1) -> DataFrame:
+    at = dt.datetime(2026, 1, 2, tzinfo=dt.UTC)
+    return spark.createDataFrame([("image_feature", key, first_id + index, at) for index, key in enumerate(keys)],
+                                 TABLES["id_map"].schema)
+
+
+def _feature_keys(seed: int, count: int) -> list[str]:
+    """Natural keys as the features stage writes them: a random series UID each, none repeated."""
+    import random
+
+    draw = random.Random(seed)
+    return [f"header|2.25.{draw.randrange(10**55, 10**56)}|00180050" for _ in range(count)]
+
+
+#: More distinct keys than a column chunk's dictionary holds (1 MB): the writer falls back to plain pages,
+#: so the reader has no dictionary to rule a key out and needs the bloom filter.
+_MANY = 16_000
+
+
+def test_a_lookup_by_listed_natural_keys_skips_the_row_groups_their_bloom_filters_rule_out(spark, empty) -> None:
+    """Natural keys are held once each, so no dictionary or statistics tell which file holds one: id_map keeps
+    a bloom filter of them per row group, and a night's keys looked up by their list (a thousand here) skip
+    the files written before those keys were first seen."""
+    from micdm.tables import append, listed, within
+
+    _, locator = empty
+    earlier, night = _feature_keys(1, _MANY), _feature_keys(2, 1000)
+    append(locator, "id_map", _id_map_rows(spark, earlier).coalesce(1))
+    append(locator, "id_map", _id_map_rows(spark, night, first_id=_MANY + 1).coalesce(1))
+    table = read_table(spark, locator, "id_map")
+    earlier_file = next(f for f in table.inputFiles() if pq.ParquetFile(urlparse(f).path).metadata.num_rows == _MANY)
+    chunk = _column_chunk(earlier_file, "natural_key")
+    assert "PLAIN" in chunk.encodings, "the dictionary did not overflow: it, not the bloom filter, would skip"
+    assert chunk.statistics.min < min(night) and max(night) < chunk.statistics.max, "statistics cannot rule out"
+    keys = listed(spark.createDataFrame([(key,) for key in night], "natural_key string"))
+    found = within(table, "natural_key", keys)
+    assert sorted(row.id for row in found.collect()) == list(range(_MANY + 1, _MANY + 1001))
+    assert _rows_scanned(found) == 1000, "the earlier file was read"
+    present = within(table, "natural_key", [earlier[7]])
+    assert [row.id for row in present.collect()] == [8]
+    assert _rows_scanned(present) == _MANY, "a key the earlier file holds reads it"
+
+
+def test_a_table_made_before_bloom_filters_gains_them_when_compacted(spark, empty, monkeypatch) -> None:
+    """A table an older micdm created has no bloom filter properties: the compaction that rewrites its files
+    sets them first, so the files it writes carry the filters."""
+    from micdm.tables import append, bloom_filter_properties, compact_small_files, table_properties, within
+
+    _, locator = empty
+    made = bloom_filter_properties(locator.definition("id_map"))
+    spark.sql(f"ALTER TABLE {locator.ref('id_map')} UNSET TBLPROPERTIES ({', '.join(map(repr, made))})")
+    earlier = _feature_keys(3, _MANY)
+    append(locator, "id_map", _id_map_rows(spark, earlier).coalesce(1))
+    for index, key in enumerate(_feature_keys(4, 2)):
+        append(locator, "id_map", _id_map_rows(spark, [key], first_id=_MANY + 1 + index))
+    absent = _feature_keys(5, 3)
+    before = within(read_table(spark, locator, "id_map"), "natural_key", absent)
+    assert before.collect() == [] and _rows_scanned(before) == _MANY, "without bloom filters the large file is read"
+    monkeypatch.setattr("micdm.tables.COMPACT_ABOVE_FILES", 2)
+    assert compact_small_files(spark, locator, ["id_map"]) == ["id_map"]
+    assert made.items() <= table_properties(spark, locator, "id_map").items()
+    after = within(read_table(spark, locator, "id_map"), "natural_key", absent)
+    assert len(after.inputFiles()) == 1 and after.collect() == []
+    assert _rows_scanned(after) == 0, "the compacted file's bloom filter rules the keys out"
+
+
 def test_a_table_written_before_with_int96_times_reads_as_delta_reads_it(spark, empty) -> None:
     """A warehouse from before micdm wrote 64-bit times holds INT96 files; its later files hold the new
     kind. Read as files or by Delta, filtered on the time, or merged into, the table gives the same rows."""
