@@ -195,7 +195,7 @@ def create_table(spark: SparkSession, locator: TableLocator, table: TableDef) ->
 #: rules out most row groups that hold none of them (at Parquet's 1 %, a list of a few hundred reads them).
 _BLOOM_FPP = "0.00001"
 #: The largest filter per column and row group, and how many sizes below it the writer tries (each half the
-#: one before), keeping the smallest that holds the values written: 16 KB for a few, 2 MB for about 700,000.
+#: one before), keeping the smallest that holds the values written: 16 KB for a few, 2 MB for about 570,000.
 _BLOOM_MAX_BYTES, _BLOOM_SIZES = str(2 << 20), "8"
 
 
