@@ -43,6 +43,7 @@ from micdm.tables import (
     delta_table,
     may_have_rows,
     read_table,
+    set_table_properties,
     table_properties,
 )
 
@@ -348,8 +349,7 @@ def settle(spark: SparkSession, locator: TableLocator, fingerprint: str | None, 
     if written is not None:
         values[_WRITTEN_VERSIONS] = json.dumps(written, sort_keys=True)
     if values:
-        pairs = ", ".join(f"'{key}' = '{value}'" for key, value in values.items())
-        spark.sql(f"ALTER TABLE {locator.ref('file_inventory')} SET TBLPROPERTIES ({pairs})")
+        set_table_properties(spark, locator, "file_inventory", values)
 
 
 @dataclass(frozen=True)

@@ -37,8 +37,8 @@ __all__ = ["COMPACT_ABOVE_FILES", "TableLocator", "aggregate", "append", "as_sto
            "clustering_clause", "column_ceiling", "compact_small_files", "conform", "create_table", "delete_keys",
            "delta_table", "has_rows", "init_tables", "keep_change_feed", "listed", "load_csv", "may_have_rows",
            "merge_into", "merge_or_delete", "narrowed", "overwrite", "read_table", "row_count", "row_digest",
-           "schema_problems", "site_table", "small_table_rows", "stored_schema", "sync_rows", "table_problems",
-           "table_properties", "within"]
+           "schema_problems", "set_table_properties", "site_table", "small_table_rows", "stored_schema", "sync_rows",
+           "table_problems", "table_properties", "within"]
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +179,7 @@ def create_table(spark: SparkSession, locator: TableLocator, table: TableDef) ->
         settings.update(bloom_filter_properties(table))
         if table.stats_columns:
             settings["delta.dataSkippingStatsColumns"] = ",".join(table.stats_columns)
-        properties = f" TBLPROPERTIES ({', '.join(f'{k!r} = {v!r}' for k, v in settings.items())})" if settings else ""
+        properties = f" TBLPROPERTIES ({_property_list(settings)})" if settings else ""
         layout = clustering_clause(locator.storage.clustering, table)
         spark.sql(f"CREATE TABLE IF NOT EXISTS {ref} ({table.ddl_columns()}) USING DELTA{layout}{properties}")
         return True
@@ -224,7 +224,7 @@ def keep_change_feed(spark: SparkSession, locator: TableLocator, name: str) -> b
     if locator.definition(name).layer not in CHANGE_FEED_LAYERS or \
             table_properties(spark, locator, name).get(_CHANGE_FEED) == "true":
         return False
-    spark.sql(f"ALTER TABLE {locator.ref(name)} SET TBLPROPERTIES ('{_CHANGE_FEED}' = 'true')")
+    set_table_properties(spark, locator, name, {_CHANGE_FEED: "true"})
     return True
 
 
@@ -233,8 +233,17 @@ def _keep_bloom_filters(spark: SparkSession, locator: TableLocator, name: str, c
     files with them."""
     wanted = {k: v for k, v in bloom_filter_properties(locator.definition(name)).items() if configuration.get(k) != v}
     if wanted:
-        pairs = ", ".join(f"{k!r} = {v!r}" for k, v in wanted.items())
-        spark.sql(f"ALTER TABLE {locator.ref(name)} SET TBLPROPERTIES ({pairs})")
+        set_table_properties(spark, locator, name, wanted)
+
+
+def _property_list(properties: dict[str, str]) -> str:
+    """``'key' = 'value', ...`` as TBLPROPERTIES takes them."""
+    return ", ".join(f"{k!r} = {v!r}" for k, v in properties.items())
+
+
+def set_table_properties(spark: SparkSession, locator: TableLocator, name: str, properties: dict[str, str]) -> None:
+    """Set properties on one of micdm's tables (one Delta commit that changes no row)."""
+    spark.sql(f"ALTER TABLE {locator.ref(name)} SET TBLPROPERTIES ({_property_list(properties)})")
 
 
 #: micdm compacts one of its own local tables once it holds more small data files than this. Every
