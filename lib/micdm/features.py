@@ -383,7 +383,7 @@ def run(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: 
     # Tables apart are written side by side (the clinical ones record their rows in site_row together).
     restored, _, _, sr_counts = run_concurrently(
         lambda: write_site_rows(spark, locator, {"measurement": measurements, "observation": observations}),
-        lambda: merge_into(spark, locator, "image_feature", features_rows, ["image_feature_id"]),
+        lambda: merge_into(spark, locator, "image_feature", features_rows, ["image_feature_id"], by_list=True),
         lambda: sync_rows(spark, locator, "feature_quarantine", quarantine.withColumn(
             "quarantined_at", F.current_timestamp()), None, _quarantine_scope(spark, locator, redone),
             ignored=("quarantined_at",)),

@@ -525,6 +525,7 @@ def merge_into(
     delete_unmatched: bool = False,
     compared: bool = False,
     target_only: str | None = None,
+    by_list: bool = False,
 ) -> int:
     """MERGE ``updates`` into a table on natural ``keys``: re-running with the same input changes nothing.
 
@@ -535,15 +536,20 @@ def merge_into(
     ``update_existing`` False: only keys the table lacks). ``delete_unmatched`` makes the table equal
     ``updates``: rows no update matches are deleted (every update is then merged). ``target_only``, a
     condition on the table's columns alone (``t.<column>``), is added to the keys' so that Delta reads only
-    the files whose statistics can match it. Returns the number of rows inserted (from the commit's metrics).
+    the files whose statistics can match it. ``by_list`` (``updates`` are a night's few keys, cheap to read
+    twice) compares them with the stored rows of the listed values of the first key (``listed``): the files
+    whose statistics, dictionaries or bloom filters hold none of them are not read. Returns the number of
+    rows inserted (from the commit's metrics).
     """
     source = as_stored(spark, locator, name, conform(updates, locator.definition(name)))
     if _empty_by_its_log(locator, name):
         return _fill(locator, name, source.localCheckpoint(eager=False))  # kept by _fill's count
     if not delete_unmatched and not compared:
+        stored = read_table(spark, locator, name)
+        if by_list:
+            stored = narrowed(stored, keys[0], listed(source.select(keys[0])))
         # Kept by the counts, the one job before the write.
-        source = _changed_rows(source, read_table(spark, locator, name), keys, update_existing).localCheckpoint(
-            eager=False)
+        source = _changed_rows(source, stored, keys, update_existing).localCheckpoint(eager=False)
         counted = aggregate(source, F.count(F.lit(1)).alias("rows"), F.count_if(~F.col("_new")).alias("held"))
         if not counted["held"]:
             return _fill(locator, name, source.drop("_new"), counted["rows"])

@@ -289,6 +289,41 @@ def test_a_read_within_listed_keys_skips_the_files_that_hold_none_of_them(spark,
     assert listed(night, most=1) is night
 
 
+def test_a_merge_by_list_reads_none_of_the_files_that_hold_none_of_its_keys(spark, empty) -> None:
+    """A night's features are compared with image_feature's rows of their listed ids: ids new to the table
+    lie above every earlier file's highest, so the comparison reads none of them; a changed row's file is
+    read and the row merged. Compared with the whole table, the same new rows read the earlier file."""
+    from micdm.tables import append, merge_into
+
+    from support.scans import rows_read
+
+    _, locator = empty
+    folder = locator.path("image_feature")
+
+    def features(first: int, count: int, concept: int = 3) -> DataFrame:
+        return spark.createDataFrame([(first + index, 1, 1, 1147330, first + index, concept, 32817, None, None,
+                                       None, None, None) for index in range(count)],
+                                     TABLES["image_feature"].schema).coalesce(1)
+
+    def stored() -> dict[int, int]:
+        return {row.image_feature_id: row.image_feature_concept_id for row in
+                read_table(spark, locator, "image_feature").collect()}
+
+    append(locator, "image_feature", features(1, 2000))
+    with rows_read(spark, folder) as scans:
+        assert merge_into(spark, locator, "image_feature", features(2001, 3), ["image_feature_id"],
+                          by_list=True) == 3
+    assert sum(scans) == 0, f"the earlier file was read: {scans}"
+    with rows_read(spark, folder) as scans:
+        merge_into(spark, locator, "image_feature", features(5, 1, concept=4).unionByName(features(2004, 1)),
+                   ["image_feature_id"], by_list=True)
+    assert sum(scans) > 0, "the changed row's file is compared"
+    assert len(stored()) == 2004 and stored()[5] == 4 and stored()[6] == 3
+    with rows_read(spark, folder) as scans:
+        merge_into(spark, locator, "image_feature", features(2005, 3), ["image_feature_id"])
+    assert sum(scans) >= 2000, "compared with the whole table, the new rows read every file"
+
+
 def _id_map_rows(spark, keys: list[str], first_id: int = 1) -> DataFrame:
     at = dt.datetime(2026, 1, 2, tzinfo=dt.UTC)
     return spark.createDataFrame([("image_feature", key, first_id + index, at) for index, key in enumerate(keys)],
