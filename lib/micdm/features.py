@@ -218,22 +218,36 @@ def _source_of_key() -> Column:
 
 
 def _drop_stale(spark: SparkSession, locator: TableLocator, rows: DataFrame, scope: DataFrame | None,
-                reports: DataFrame | None) -> int:
+                reports: DataFrame | None, algorithm: bool) -> int:
     """Remove the features this run no longer makes among those it redid: acquisition parameters of the
     series in ``scope`` (every series when None; an attribute left the selection, a value left its series,
     the series went), those of the reports in ``reports`` (every report when None; a report went, a group
-    lost its series, a value moved between measurement and observation) and every algorithm feature (a
-    result row went). Their image_feature rows go, and their measurement and observation rows where those
-    are still as micdm wrote them; their ids stay in id_map for a feature that comes back. Returns how many
-    features went."""
+    lost its series, a value moved between measurement and observation) and, when ``algorithm`` results
+    are read, every algorithm feature (a result row went). Their image_feature rows go, and their
+    measurement and observation rows where those are still as micdm wrote them; their ids stay in id_map
+    for a feature that comes back. Returns how many features went.
+
+    Without results to read, no algorithm feature is left from earlier runs: reading them was a setting,
+    and a change of settings redoes every series (scope None), which drops them all."""
     made = read_table(spark, locator, "id_map").where(F.col("namespace").isin("image_feature", *_CLINICAL))
     key = F.col("natural_key")
-    acquired = made.where(key.startswith(_KINDS["acquisition"]))
+    by_source = made
+    if scope is not None and reports is not None:
+        # A night's series and reports are few: the rows made from them are looked up by their list, which
+        # id_map.source's bloom filters rule out of the files of earlier runs. Rows an older micdm stored
+        # without a source (none once the column is filled in) are read besides.
+        sources = listed(scope.select(F.col("key").alias("source")).unionByName(
+            reports.select(F.col("sop_instance_uid").alias("source"))))
+        if isinstance(sources, list):
+            by_source = made.where(F.col("source").isin(sources)).unionByName(made.where(F.col("source").isNull()))
+    acquired = by_source.where(key.startswith(_KINDS["acquisition"]))
     if scope is not None:
         acquired = acquired.join(scope, _source_of_key() == F.col("key"), "left_semi")
-    reported = within(made.where(key.startswith(_KINDS["structured_report"])).withColumn(
+    reported = within(by_source.where(key.startswith(_KINDS["structured_report"])).withColumn(
         "sop_instance_uid", _source_of_key()), "sop_instance_uid", reports).drop("sop_instance_uid")
-    redone = acquired.unionByName(reported).unionByName(made.where(key.startswith(_KINDS["algorithm"])))
+    redone = acquired.unionByName(reported)
+    if algorithm or scope is None:
+        redone = redone.unionByName(made.where(key.startswith(_KINDS["algorithm"])))
     kept = rows.select("natural_key", F.col("domain").alias("namespace")).unionByName(
         rows.select("natural_key", F.lit("image_feature").alias("namespace")))
     stale = redone.join(kept, ["namespace", "natural_key"], "left_anti").select("namespace", "id").localCheckpoint()
@@ -389,7 +403,7 @@ def run(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: 
             ignored=("quarantined_at",)),
         lambda: write_sr_tables(spark, locator, reported, rows.select(
             "natural_key", "finding_key", "measurement_id", "observation_id", "image_finding_id"), redone))
-    dropped = _drop_stale(spark, locator, rows, scope, redone)
+    dropped = _drop_stale(spark, locator, rows, scope, redone, bool(settings.features.algorithm_results))
     counts = {**_by_kind(rows), "image_feature": row_count(spark, locator, "image_feature"),
               "feature_quarantine": row_count(spark, locator, "feature_quarantine"), **sr_counts}
     events = {"restored": restored, "reallocated": reallocated, "dropped": dropped,

@@ -13,6 +13,7 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from micdm.errors import IdOverflowError
+from micdm.schema import KEY_SOURCE
 from micdm.tables import TableLocator, listed, merge_into, narrowed, read_table
 
 __all__ = ["MAX_ID", "allocated_ids", "assign_ids", "assign_ids_by_namespace"]
@@ -81,11 +82,12 @@ def assign_ids_by_namespace(
             (start + F.row_number().over(Window.partitionBy("namespace").orderBy("natural_key"))).cast("int")
             .alias("id"),
             F.current_timestamp().alias("assigned_at"),
+            F.expr(KEY_SOURCE).alias("source"),
         ).localCheckpoint()  # the rows written are the ids returned
         # ``fresh`` holds only keys id_map lacks: appended as they are, nothing to compare.
         merge_into(spark, locator, "id_map", numbered, ["namespace", "natural_key"], update_existing=False,
                    compared=True)
-        ids = held.where(F.col("id").isNotNull()).unionByName(numbered.drop("assigned_at"))
+        ids = held.where(F.col("id").isNotNull()).unionByName(numbered.select("namespace", "natural_key", "id"))
     return {namespace: ids.where(F.col("namespace") == namespace).select("natural_key", "id") for namespace in wanted}
 
 

@@ -92,6 +92,9 @@ class TableDef:
     """Columns of values held once each (paths, UIDs, natural keys) that micdm looks up by a night's few
     values: Parquet keeps a bloom filter of each row group's values, so such a lookup skips the row groups
     that hold none of them, where no statistics or dictionary can tell (tables.within)."""
+    filled_from: tuple[tuple[str, str], ...] = ()
+    """(column, SQL expression of the other columns) for a column a newer micdm adds that its writers fill
+    from the others: the rows an older micdm stored get it when the column is added (tables.create_table)."""
 
     @property
     def required_columns(self) -> list[str]:
@@ -114,7 +117,8 @@ class TableDef:
 
 
 def table(name: str, layer: str, columns: str, stats_columns: tuple[str, ...] = (),
-          cluster_by: tuple[str, ...] = (), bloom_columns: tuple[str, ...] = ()) -> TableDef:
+          cluster_by: tuple[str, ...] = (), bloom_columns: tuple[str, ...] = (),
+          filled_from: tuple[tuple[str, str], ...] = ()) -> TableDef:
     """Declare a table from lines of ``name  type  [required]``."""
     fields = []
     for line in columns.strip().splitlines():
@@ -140,7 +144,10 @@ def table(name: str, layer: str, columns: str, stats_columns: tuple[str, ...] = 
                      or (stats_columns and c not in stats_columns)]
     if unclusterable:
         raise ValueError(f"table {name!r}: cannot cluster by {unclusterable} (unknown, varchar, or without statistics)")
-    return TableDef(name, layer, schema, stats_columns, cluster_by, bloom_columns)
+    unfilled = [column for column, _ in filled_from if column not in schema.fieldNames() or not schema[column].nullable]
+    if unfilled:
+        raise ValueError(f"table {name!r}: cannot fill {unfilled} in stored rows (unknown, or required)")
+    return TableDef(name, layer, schema, stats_columns, cluster_by, bloom_columns, filled_from)
 
 
 def max_length(field: StructField) -> int | None:
@@ -804,12 +811,17 @@ DQ_RESULT = table("dq_result", "bookkeeping", """
     note                 string
 """)
 
+#: What a natural key was made from: its second part, where a feature's key names its series or report
+#: (features.py), else the key itself. A run's stale features are looked up by their sources' list.
+KEY_SOURCE = "coalesce(get(split(natural_key, '[|]'), 1), natural_key)"
+
 ID_MAP = table("id_map", "bookkeeping", """
     namespace     string     required
     natural_key   string     required
     id            integer    required
     assigned_at   datetime   required
-""", bloom_columns=("natural_key",))
+    source        string
+""", bloom_columns=("natural_key", "source"), filled_from=(("source", KEY_SOURCE),))
 
 #: What micdm wrote into the site's tables (procedure_occurrence, measurement, observation): a fingerprint
 #: per row version, so that a row is updated only while it is still the one micdm wrote.

@@ -183,8 +183,12 @@ def create_table(spark: SparkSession, locator: TableLocator, table: TableDef) ->
         layout = clustering_clause(locator.storage.clustering, table)
         spark.sql(f"CREATE TABLE IF NOT EXISTS {ref} ({table.ddl_columns()}) USING DELTA{layout}{properties}")
         return True
-    if _add_new_columns(spark, ref, table, stored):
+    added = _add_new_columns(spark, ref, table, stored)
+    if added:
         stored = spark.table(ref).schema
+        for column, expression in table.filled_from:
+            if column in added:
+                spark.sql(f"UPDATE {ref} SET `{column}` = {expression} WHERE `{column}` IS NULL")
     problems = schema_problems(table, stored)
     if problems:
         raise SchemaMismatchError(_mismatch_message(locator, table, problems))
@@ -289,18 +293,18 @@ def clustering_clause(clustering: str, table: TableDef) -> str:
     return f" CLUSTER BY ({', '.join(f'`{c}`' for c in table.cluster_by)})"
 
 
-def _add_new_columns(spark: SparkSession, ref: str, table: TableDef, schema: StructType) -> bool:
+def _add_new_columns(spark: SparkSession, ref: str, table: TableDef, schema: StructType) -> list[str]:
     """Columns a newer micdm appends to one of its own tables (nullable, after the stored ones) are added
     to an existing table in place, so an upgrade keeps the rows; the site's tables are never altered.
-    True when columns were added."""
+    Returns the columns added."""
     stored = [f.name for f in schema.fields]
     declared = table.schema.fields
     new = declared[len(stored):]
     if table.layer == "cdm" or not new or [f.name for f in declared[:len(stored)]] != stored \
             or not all(f.nullable for f in new):
-        return False
+        return []
     spark.sql(f"ALTER TABLE {ref} ADD COLUMNS ({', '.join(f'`{f.name}` {f.dataType.simpleString()}' for f in new)})")
-    return True
+    return [f.name for f in new]
 
 
 #: Stored types micdm reads and writes in place of its own: the widths a site's DDL may choose (the

@@ -115,6 +115,23 @@ def test_a_column_a_newer_micdm_appends_is_added_in_place(spark, settings) -> No
     assert [(r.path, *(r[c] for c in added)) for r in stored.collect()] == [("/data/a.dcm", *[None] * len(added))]
 
 
+def test_a_column_filled_from_the_others_is_filled_in_the_rows_an_older_micdm_stored(spark, settings) -> None:
+    """id_map.source, added by an upgrade, is filled in the stored rows as the writer fills it in new ones: a
+    feature key's series or report, or the key itself."""
+    from micdm.ids import assign_ids
+
+    locator = TableLocator.of(settings)
+    table = TABLES["id_map"]
+    older = schema.TableDef(table.name, table.layer, StructType(table.schema.fields[:-1]))
+    spark.sql(f"CREATE TABLE {locator.ref(table.name)} ({older.ddl_columns()}) USING DELTA")
+    spark.sql(f"INSERT INTO {locator.ref(table.name)} VALUES ('image_feature', 'header|1.2.3|00180050', 1, "
+              "current_timestamp()), ('image_occurrence', '1.2.4', 1, current_timestamp())")
+    assert init_tables(spark, locator, ["id_map"]) == {"id_map": False}
+    assign_ids(spark, locator, "image_feature", spark.createDataFrame([("sr|1.2.5|1.1",)], "natural_key string"))
+    assert sorted((row.natural_key, row.id, row.source) for row in read_table(spark, locator, "id_map").collect()) \
+        == [("1.2.4", 1, "1.2.4"), ("header|1.2.3|00180050", 1, "1.2.3"), ("sr|1.2.5|1.1", 2, "1.2.5")]
+
+
 def test_the_header_format_decides_the_header_column_and_a_mismatch_says_which(spark, settings) -> None:
     import dataclasses
 
@@ -326,8 +343,8 @@ def test_a_merge_by_list_reads_none_of_the_files_that_hold_none_of_its_keys(spar
 
 def _id_map_rows(spark, keys: list[str], first_id: int = 1) -> DataFrame:
     at = dt.datetime(2026, 1, 2, tzinfo=dt.UTC)
-    return spark.createDataFrame([("image_feature", key, first_id + index, at) for index, key in enumerate(keys)],
-                                 TABLES["id_map"].schema)
+    return spark.createDataFrame([("image_feature", key, first_id + index, at, key.split("|")[1])
+                                  for index, key in enumerate(keys)], TABLES["id_map"].schema)
 
 
 def _feature_keys(seed: int, count: int) -> list[str]:
@@ -344,27 +361,34 @@ _MANY = 16_000
 
 
 def test_a_lookup_by_listed_natural_keys_skips_the_row_groups_their_bloom_filters_rule_out(spark, empty) -> None:
-    """Natural keys are held once each, so no dictionary or statistics tell which file holds one: id_map keeps
-    a bloom filter of them per row group, and a night's keys looked up by their list (a thousand here) skip
-    the files written before those keys were first seen."""
-    from micdm.tables import append, listed, within
+    """Natural keys and their sources are held once each, so no dictionary or statistics tell which file holds
+    one: id_map keeps a bloom filter of each per row group, and a night's keys or the series they were made
+    from, looked up by their list (a thousand here), skip the files written before those were first seen."""
+    from micdm.ids import assign_ids
+    from micdm.tables import listed, within
 
     _, locator = empty
     earlier, night = _feature_keys(1, _MANY), _feature_keys(2, 1000)
-    append(locator, "id_map", _id_map_rows(spark, earlier).coalesce(1))
-    append(locator, "id_map", _id_map_rows(spark, night, first_id=_MANY + 1).coalesce(1))
+    for keys in (earlier, night):  # as the features stage allocates them: each night's ids in one file
+        requested = spark.createDataFrame([(key,) for key in keys], "natural_key string")
+        assign_ids(spark, locator, "image_feature", requested)
     table = read_table(spark, locator, "id_map")
     earlier_file = next(f for f in table.inputFiles() if pq.ParquetFile(urlparse(f).path).metadata.num_rows == _MANY)
-    chunk = _column_chunk(earlier_file, "natural_key")
-    assert "PLAIN" in chunk.encodings, "the dictionary did not overflow: it, not the bloom filter, would skip"
-    assert chunk.statistics.min < min(night) and max(night) < chunk.statistics.max, "statistics cannot rule out"
+    series = [key.split("|")[1] for key in night]
+    for column, values in (("natural_key", night), ("source", series)):
+        chunk = _column_chunk(earlier_file, column)
+        assert "PLAIN" in chunk.encodings, f"{column}: the dictionary, not the bloom filter, would skip"
+        assert chunk.statistics.min < min(values) and max(values) < chunk.statistics.max, "statistics cannot rule out"
     keys = listed(spark.createDataFrame([(key,) for key in night], "natural_key string"))
     found = within(table, "natural_key", keys)
     assert sorted(row.id for row in found.collect()) == list(range(_MANY + 1, _MANY + 1001))
     assert _rows_scanned(found) == 1000, "the earlier file was read"
+    made = within(table, "source", listed(spark.createDataFrame([(uid,) for uid in series], "source string")))
+    assert sorted(row.natural_key for row in made.collect()) == sorted(night)
+    assert _rows_scanned(made) == 1000, "the earlier file was read for the night's series"
     present = within(table, "natural_key", [earlier[7]])
-    assert [row.id for row in present.collect()] == [8]
-    assert _rows_scanned(present) == _MANY, "a key the earlier file holds reads it"
+    assert [row.source for row in present.collect()] == [earlier[7].split("|")[1]]
+    assert 0 < _rows_scanned(present) <= _MANY, "a key the earlier file holds reads it"
 
 
 def test_a_table_made_before_bloom_filters_gains_them_when_compacted(spark, empty, monkeypatch) -> None:
