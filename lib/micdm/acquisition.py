@@ -24,6 +24,7 @@ from micdm.dicom.attributes import Attribute, Rule, select_attributes, values_of
 from micdm.reasons import FeatureDomain
 from micdm.schema import FEATURE_ROW, INSTANCE_ATTRIBUTE
 from micdm.tables import (
+    Keys,
     TableLocator,
     aggregate,
     append,
@@ -85,7 +86,7 @@ def _read_values(instances: DataFrame, attributes: tuple[Attribute, ...], select
 
 
 def refresh_instance_attributes(spark: SparkSession, locator: TableLocator, instances: DataFrame,
-                                attributes: tuple[Attribute, ...], series: DataFrame | None = None
+                                attributes: tuple[Attribute, ...], series: Keys | None = None
                                 ) -> tuple[int, DataFrame]:
     """Bring instance_attribute in line with the present instances of ``series`` (a frame of
     series_instance_uid; every series when None); returns how many headers were read and the rows of those
@@ -187,7 +188,7 @@ def series_values(spark: SparkSession, stored: DataFrame, attributes: tuple[Attr
 
 
 def acquisition_features(spark: SparkSession, locator: TableLocator, instances: DataFrame, occurrences: DataFrame,
-                         settings: FeatureSettings, changed: DataFrame | None = None) -> DataFrame:
+                         settings: FeatureSettings, changed: Keys | None = None) -> DataFrame:
     """FEATURE_ROW rows of the selected attributes for every series with an image_occurrence; the headers
     of the ``changed`` series (every series when None) are compared with instance_attribute first."""
     attributes = select_attributes(settings.acquisition_attributes)

@@ -28,10 +28,13 @@ from micdm.schema import FEATURE_ROW
 from micdm.series import present_instances, series_of_paths
 from micdm.stage import StageCounts
 from micdm.tables import (
+    Keys,
     TableLocator,
     aggregate,
+    as_frame,
     conform,
     delete_keys,
+    key_count,
     listed,
     merge_into,
     read_table,
@@ -217,8 +220,8 @@ def _source_of_key() -> Column:
     return F.split("natural_key", r"\|")[1]
 
 
-def _drop_stale(spark: SparkSession, locator: TableLocator, rows: DataFrame, scope: DataFrame | None,
-                reports: DataFrame | None, algorithm: bool) -> int:
+def _drop_stale(spark: SparkSession, locator: TableLocator, rows: DataFrame, scope: Keys | None,
+                reports: Keys | None, algorithm: bool) -> int:
     """Remove the features this run no longer makes among those it redid: acquisition parameters of the
     series in ``scope`` (every series when None; an attribute left the selection, a value left its series,
     the series went), those of the reports in ``reports`` (every report when None; a report went, a group
@@ -232,17 +235,16 @@ def _drop_stale(spark: SparkSession, locator: TableLocator, rows: DataFrame, sco
     made = read_table(spark, locator, "id_map").where(F.col("namespace").isin("image_feature", *_CLINICAL))
     key = F.col("natural_key")
     by_source = made
-    if scope is not None and reports is not None:
+    if isinstance(scope, list) and isinstance(reports, list):
         # A night's series and reports are few: the rows made from them are looked up by their list, which
         # id_map.source's bloom filters rule out of the files of earlier runs. Rows an older micdm stored
         # without a source (none once the column is filled in) are read besides.
-        sources = listed(scope.select(F.col("key").alias("source")).unionByName(
-            reports.select(F.col("sop_instance_uid").alias("source"))))
-        if isinstance(sources, list):
-            by_source = made.where(F.col("source").isin(sources)).unionByName(made.where(F.col("source").isNull()))
+        by_source = made.where(F.col("source").isin(scope + reports)).unionByName(
+            made.where(F.col("source").isNull()))
     acquired = by_source.where(key.startswith(_KINDS["acquisition"]))
     if scope is not None:
-        acquired = acquired.join(scope, _source_of_key() == F.col("key"), "left_semi")
+        acquired = acquired.join(as_frame(spark, scope, "_series"), _source_of_key() == F.col("_series"),
+                                 "left_semi")
     reported = within(by_source.where(key.startswith(_KINDS["structured_report"])).withColumn(
         "sop_instance_uid", _source_of_key()), "sop_instance_uid", reports).drop("sop_instance_uid")
     redone = acquired.unionByName(reported)
@@ -266,7 +268,7 @@ def _drop_stale(spark: SparkSession, locator: TableLocator, rows: DataFrame, sco
     return held
 
 
-def reports_to_redo(spark: SparkSession, locator: TableLocator, scope: DataFrame | None) -> DataFrame | None:
+def reports_to_redo(spark: SparkSession, locator: TableLocator, scope: Keys | None) -> DataFrame | None:
     """SOP instance UIDs of the reports and segmentations to redo (None: all): every one of a patient one of
     whose series is in ``scope`` (a report names images of its own patient, priors included), every one that
     names a series in ``scope`` (images filed under another PatientID, as after a merge in the PACS), and any
@@ -281,8 +283,8 @@ def reports_to_redo(spark: SparkSession, locator: TableLocator, scope: DataFrame
     flagged = read_table(spark, locator, "dicom_instance").select(
         "sop_instance_uid", "referenced_series", F.coalesce("patient_id", F.lit("")).alias("_patient"),
         is_report_or_segmentation(F.col("sop_class_uid")).alias("_report"), "series_instance_uid").join(
-        scope.select(F.col(scope.columns[0]).alias("series_instance_uid")).distinct().withColumn(
-            "_in_scope", F.lit(True)), "series_instance_uid", "left")
+        as_frame(spark, scope, "series_instance_uid").distinct().withColumn("_in_scope", F.lit(True)),
+        "series_instance_uid", "left")
     instances = flagged.where(F.col("_report") | F.col("_in_scope").isNotNull()).drop(
         "series_instance_uid").localCheckpoint()
     in_scope = instances.where(F.col("_in_scope").isNotNull())
@@ -309,7 +311,7 @@ def reports_to_redo(spark: SparkSession, locator: TableLocator, scope: DataFrame
         .distinct().localCheckpoint()
 
 
-def _quarantine_scope(spark: SparkSession, locator: TableLocator, reports: DataFrame | None
+def _quarantine_scope(spark: SparkSession, locator: TableLocator, reports: Keys | None
                       ) -> tuple[str, DataFrame] | None:
     """The feature_quarantine rows a run redoes, by path: the reports' and every algorithm result's."""
     if reports is None:
@@ -329,14 +331,15 @@ def run(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: 
     """
     instances = present_instances(spark, locator)
     occurrences = read_table(spark, locator, "image_occurrence")
-    scope = changed_keys(spark, locator, changes, {
+    # Listed once (a night's few series, then its reports), for every lookup and join that follows.
+    scope = listed(changed_keys(spark, locator, changes, {
         "image_occurrence": lambda feed: feed.select("image_series_uid"),
         "dicom_instance": lambda feed: feed.select("series_instance_uid"),
         "file_inventory": series_of_paths(spark, locator),
         "instance_attribute": lambda feed: feed.select("series_instance_uid"),
-        "sr_content_item": series_of_paths(spark, locator, paths=lambda feed: feed)})  # the reports' series
+        "sr_content_item": series_of_paths(spark, locator, paths=lambda feed: feed)}))  # the reports' series
     acquired = within(occurrences, "image_series_uid", scope)
-    redone = reports_to_redo(spark, locator, scope)
+    redone = listed(reports_to_redo(spark, locator, scope))
     acquisition: DataFrame
     reported: ReportFeatures
     acquisition, reported = run_concurrently(
@@ -407,6 +410,6 @@ def run(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: 
     counts = {**_by_kind(rows), "image_feature": row_count(spark, locator, "image_feature"),
               "feature_quarantine": row_count(spark, locator, "feature_quarantine"), **sr_counts}
     events = {"restored": restored, "reallocated": reallocated, "dropped": dropped,
-              "series redone": "all" if scope is None else scope.count(),
-              "reports redone": "all" if redone is None else redone.count()}
+              "series redone": "all" if scope is None else key_count(scope),
+              "reports redone": "all" if redone is None else key_count(redone)}
     return {**counts, **{k: v for k, v in events.items() if v}}

@@ -26,7 +26,7 @@ from micdm.dicom.sr import analyse_report
 from micdm.dicom.sr_content import SR_CLASS_PREFIX
 from micdm.reasons import FeatureDomain, FeatureReason
 from micdm.schema import FEATURE_ROW, REPORT_GROUP, REPORT_ITEM, REPORT_PROBLEM
-from micdm.tables import TableLocator, conform, listed, narrowed, read_table, row_count, sync_rows, within
+from micdm.tables import Keys, TableLocator, conform, listed, narrowed, read_table, row_count, sync_rows, within
 from micdm.vocab import coding_scheme_vocabularies
 
 __all__ = ["SEG_CLASSES", "ReportFeatures", "is_report_or_segmentation", "report_features", "write_sr_tables"]
@@ -78,7 +78,7 @@ class ReportFeatures:
     """The placed values of structured reports (not segmentations), with their natural and finding keys."""
 
 
-def _analysed(spark: SparkSession, locator: TableLocator, instances: DataFrame, redone: DataFrame | None
+def _analysed(spark: SparkSession, locator: TableLocator, instances: DataFrame, redone: Keys | None
               ) -> DataFrame:
     is_report = F.col("sop_class_uid").startswith(SR_CLASS_PREFIX)
     keep = ["path", "sop_instance_uid", "series_instance_uid", "study_instance_uid", "referenced_series",
@@ -163,7 +163,7 @@ def _quarantine(analysed: DataFrame, unplaced: DataFrame) -> DataFrame:
 
 
 def report_features(spark: SparkSession, locator: TableLocator, instances: DataFrame, occurrences: DataFrame,
-                    cfg: FeatureSettings, redone: DataFrame | None = None) -> ReportFeatures:
+                    cfg: FeatureSettings, redone: Keys | None = None) -> ReportFeatures:
     """Features, quarantine rows and SR-table parts from the structured reports and segmentations whose SOP
     instance UID is in ``redone`` (every one when None); ``instances`` and ``occurrences`` whole, as a
     report may name any of them."""
@@ -212,7 +212,7 @@ def report_features(spark: SparkSession, locator: TableLocator, instances: DataF
 
 
 def write_sr_tables(spark: SparkSession, locator: TableLocator, reported: ReportFeatures, ids: DataFrame,
-                    redone: DataFrame | None = None) -> dict[str, int]:
+                    redone: Keys | None = None) -> dict[str, int]:
     """Bring sr_measurement_group, sr_quantitative and sr_qualitative in line (rows that changed only) for
     the reports in ``redone`` (every report when None); ``ids`` maps natural_key to the measurement_id /
     observation_id and finding_key to the image_finding_id the features got."""

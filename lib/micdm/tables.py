@@ -33,9 +33,10 @@ from micdm.schema import CDM_TABLES, TABLES, TableDef, with_header_format
 if TYPE_CHECKING:
     from deltalake import DeltaTable as RustDeltaTable
 
-__all__ = ["COMPACT_ABOVE_FILES", "TableLocator", "aggregate", "append", "as_stored", "bloom_filter_properties",
-           "clustering_clause", "column_ceiling", "compact_small_files", "conform", "create_table", "delete_keys",
-           "delta_table", "has_rows", "init_tables", "keep_change_feed", "listed", "load_csv", "may_have_rows",
+__all__ = ["COMPACT_ABOVE_FILES", "Keys", "TableLocator", "aggregate", "append", "as_frame", "as_stored",
+           "bloom_filter_properties", "clustering_clause", "column_ceiling", "compact_small_files", "conform",
+           "create_table", "delete_keys", "delta_table", "has_rows", "init_tables", "keep_change_feed", "key_count",
+           "listed", "load_csv", "may_have_rows",
            "merge_into", "merge_or_delete", "narrowed", "overwrite", "read_table", "row_count", "row_digest",
            "schema_problems", "set_table_properties", "site_table", "small_table_rows", "stored_schema", "sync_rows",
            "table_problems", "table_properties", "within"]
@@ -599,7 +600,11 @@ def _matching(columns: Sequence[str]) -> Column:
     return reduce(lambda a, b: a & b, [F.col(f"s.`{c}`").eqNullSafe(F.col(f"t.`{c}`")) for c in columns])
 
 
-def within(frame: DataFrame, column: str, keys: DataFrame | list[Any] | None) -> DataFrame:
+#: Keys to look up: a one-column frame, or its values as ``listed`` gives them.
+Keys = DataFrame | list[Any]
+
+
+def within(frame: DataFrame, column: str, keys: Keys | None) -> DataFrame:
     """The rows of ``frame`` whose ``column`` is one of ``keys`` (a one-column frame, or its values as
     ``listed`` gives them); all when None."""
     if keys is None:
@@ -609,7 +614,7 @@ def within(frame: DataFrame, column: str, keys: DataFrame | list[Any] | None) ->
     return frame.join(keys.select(F.col(keys.columns[0]).alias(column)), column, "left_semi")
 
 
-def narrowed(frame: DataFrame, column: str, keys: DataFrame | list[Any] | None) -> DataFrame:
+def narrowed(frame: DataFrame, column: str, keys: Keys | None) -> DataFrame:
     """The rows of ``frame`` whose ``column`` is one of ``keys`` when they are a list (``listed``), else every
     row: for a read whose rows are joined with the keys anyway, which a list narrows in the Parquet reader
     and a frame of many keys would only join twice."""
@@ -617,12 +622,14 @@ def narrowed(frame: DataFrame, column: str, keys: DataFrame | list[Any] | None) 
 
 
 @overload
-def listed(keys: DataFrame, most: int = ...) -> DataFrame | list[Any]: ...
+def listed(keys: DataFrame, most: int = ...) -> Keys: ...
+@overload
+def listed(keys: list[Any], most: int = ...) -> list[Any]: ...
 @overload
 def listed(keys: None, most: int = ...) -> None: ...
-def listed(keys: DataFrame | None, most: int = 10_000) -> DataFrame | list[Any] | None:
+def listed(keys: Keys | None, most: int = 10_000) -> Keys | None:
     """The values of ``keys`` (a one-column frame) where there are at most ``most``, else the frame (None
-    stays None: every key).
+    stays None: every key; a list, listed already, stays as it is).
 
     ``within`` reads a table by a list of values as a filter that the Parquet reader also checks against
     each row group's dictionary, bloom filter (schema.TableDef.bloom_columns) and statistics: the files of
@@ -630,11 +637,23 @@ def listed(keys: DataFrame | None, most: int = 10_000) -> DataFrame | list[Any] 
     read, where a semi-join reads every row of the table (UIDs are random, so no statistics narrow it). The
     list costs a Spark job to collect.
     """
-    if keys is None:
-        return None
+    if keys is None or isinstance(keys, list):
+        return keys
     # one partition: a limit over several collects them one job at a time until it has enough
     values = [row[0] for row in keys.distinct().coalesce(1).limit(most + 1).collect()]
     return keys if len(values) > most else sorted(value for value in values if value is not None)
+
+
+def as_frame(spark: SparkSession, keys: Keys, column: str) -> DataFrame:
+    """``keys`` as a one-column frame named ``column``, for a join: a list becomes rows of the plan (no job)."""
+    if isinstance(keys, list):
+        return spark.createDataFrame([(key,) for key in keys], f"`{column}` string")
+    return keys.select(F.col(keys.columns[0]).alias(column))
+
+
+def key_count(keys: Keys) -> int:
+    """How many ``keys`` there are: a list's length, a frame's rows (a Spark job)."""
+    return len(keys) if isinstance(keys, list) else keys.count()
 
 
 def delete_keys(spark: SparkSession, locator: TableLocator, name: str, keys: DataFrame, on: Sequence[str]) -> None:
