@@ -36,10 +36,9 @@ if TYPE_CHECKING:
 __all__ = ["COMPACT_ABOVE_FILES", "Keys", "TableLocator", "aggregate", "append", "as_frame", "as_stored",
            "bloom_filter_properties", "clustering_clause", "column_ceiling", "compact_small_files", "conform",
            "create_table", "delete_keys", "delta_table", "has_rows", "init_tables", "keep_change_feed", "key_count",
-           "listed", "load_csv", "may_have_rows",
-           "merge_into", "merge_or_delete", "narrowed", "overwrite", "read_table", "row_count", "row_digest",
-           "schema_problems", "set_table_properties", "site_table", "small_table_rows", "stored_schema", "sync_rows",
-           "table_problems", "table_properties", "within"]
+           "listed", "load_csv", "may_have_rows", "merge_into", "merge_or_delete", "narrowed", "overwrite",
+           "read_table", "row_count", "row_digest", "schema_problems", "set_table_properties", "site_table",
+           "small_table_rows", "stored_schema", "sync_rows", "table_problems", "table_properties", "within"]
 
 log = logging.getLogger(__name__)
 
@@ -611,7 +610,7 @@ def within(frame: DataFrame, column: str, keys: Keys | None) -> DataFrame:
         return frame
     if isinstance(keys, list):
         return frame.where(F.col(column).isin(keys))
-    return frame.join(keys.select(F.col(keys.columns[0]).alias(column)), column, "left_semi")
+    return frame.join(as_frame(frame.sparkSession, keys, column), column, "left_semi")
 
 
 def narrowed(frame: DataFrame, column: str, keys: Keys | None) -> DataFrame:
