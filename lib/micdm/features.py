@@ -24,7 +24,7 @@ from micdm.ids import assign_ids_by_namespace
 from micdm.ownership import release_clashing_ids, remove_site_rows, site_floor, write_site_rows
 from micdm.reasons import FeatureDomain, FeatureReason
 from micdm.reports import ReportFeatures, is_report_or_segmentation, report_features, write_sr_tables
-from micdm.schema import FEATURE_ROW
+from micdm.schema import FEATURE_ROW, KEY_SOURCE
 from micdm.series import present_instances, series_of_paths
 from micdm.stage import StageCounts
 from micdm.tables import (
@@ -216,8 +216,9 @@ def _with_ids(spark: SparkSession, locator: TableLocator, features: DataFrame) -
 
 def _source_of_key() -> Column:
     """The second part of a feature's natural key: the series of an acquisition parameter
-    (header|<series UID>|<attribute>...), the report of a report's value (sr|<SOP instance UID>|<position>)."""
-    return F.split("natural_key", r"\|")[1]
+    (header|<series UID>|<attribute>...), the report of a report's value (sr|<SOP instance UID>|<position>):
+    what id_map.source holds, computed as its writer computes it for rows stored without one."""
+    return F.expr(KEY_SOURCE)
 
 
 def _drop_stale(spark: SparkSession, locator: TableLocator, rows: DataFrame, scope: Keys | None,
