@@ -2,7 +2,8 @@
 samples of one run, by thread and by the work on each sample's stack, and the processes the JVM started.
 
 Reproduce with ``make bench-run-profile`` (or ``.venv/bin/python bench/run_profile_bench.py``, after
-``micdm setup``; it needs the JDK's ``jfr`` tool). Figures go to bench/results/run_profile.{json,md};
+``micdm setup``; it needs the JDK's ``jfr`` tool). Figures go to bench/results/run_profile.{json,md}
+(run_profile_<size> for ``--size`` medium or large);
 nothing here passes or fails a test.
 
 The archive and the runs are bench/pipeline_bench.py's: ``micdm synth`` with every hundredth patient's folder
@@ -134,7 +135,7 @@ def main() -> None:
     results = stamp(command, size=args.size, files=files, files_arriving=arriving, run=measured,
                     stage_seconds=round(sum(stage["seconds"] for stage in measured["stages"].values()), 1),
                     **profile(recording))
-    write(Path(args.out), "run_profile", results, _markdown)
+    write(Path(args.out), "run_profile" if args.size == "small" else f"run_profile_{args.size}", results, _markdown)
     shutil.rmtree(folder)
 
 
