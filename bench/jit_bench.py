@@ -18,7 +18,7 @@ import shutil
 import statistics
 
 from figures import made_class_archive, scratch, stamp, write
-from pipeline_bench import REPO, run_cli
+from pipeline_bench import REPO, run_cli, stages_total
 
 WAYS = ("micdm's flags", "default inlining", "compile thresholds x4", "quick compiler only")
 #: What each way after the first adds to micdm's flags (the first two differ by what they leave out).
@@ -80,7 +80,7 @@ def main() -> None:
             figures = run_cli("run", *common, f"storage.warehouse={warehouse}",
                               f"spark.conf={{{key}: '{given[way]}'}}", cwd=work)
             runs[way].append({"wall_seconds": figures["wall_seconds"],
-                              "stage_seconds": round(sum(s["seconds"] for s in figures["stages"].values()), 1),
+                              "stage_seconds": stages_total(figures),
                               **figures["jvm_cpu_seconds"], "machine_speed_seconds": figures["machine_speed_seconds"]})
             print(way, runs[way][-1], flush=True)
     files = sum(1 for _ in (work / "export" / "dicom").rglob("*.dcm"))

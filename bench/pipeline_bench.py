@@ -148,6 +148,11 @@ def run_cli(*args: str, cwd: Path) -> dict:
             "jvm_cpu_seconds": sampler.jvm_cpu(), "machine_speed_seconds": speed}
 
 
+def stages_total(figures: dict) -> float:
+    """A run's seconds over all its stages (run_cli's ``stages``), to a tenth."""
+    return round(sum(stage["seconds"] for stage in figures["stages"].values()), 1)
+
+
 def shift_procedures(warehouse: str) -> int:
     """Move 1 % of the site's procedures (every hundredth id below micdm's block) by a day, as the site's
     ETL would; returns how many moved. micdm's own rows stay as micdm wrote them."""
@@ -260,11 +265,10 @@ def _markdown(results: dict) -> str:
         for run, figures in runs.items():
             cells = [f"{figures['stages'][s]['seconds']:.1f} ({figures['stages'][s]['jobs']})"
                      if s in figures["stages"] else "-" for s in stages]
-            total = sum(stage["seconds"] for stage in figures["stages"].values())
             measured = [figures.get(key, "-") for key in ("jvm_peak_mb", "python_worker_peak_mb",
                                                            "machine_speed_seconds")]
             lines.append(f"| {run} | {figures.get('wall_seconds', '-')} | " + " | ".join(cells)
-                         + f" | {total:.1f} | " + " | ".join(map(str, measured)) + " |")
+                         + f" | {stages_total(figures):.1f} | " + " | ".join(map(str, measured)) + " |")
         full = sum(_stage_seconds(size, "full").values())
         shares = ", ".join(f"{run}: {sum(_stage_seconds(size, run).values()) / full:.0%}"
                            for run in (*RUNS[1:], _WARM) if run in runs)

@@ -23,7 +23,7 @@ import subprocess
 from pathlib import Path
 
 from figures import made_class_archive, scratch, stamp, write
-from pipeline_bench import REPO, SIZES, bring_back, cli_arguments, hold_back, run_cli
+from pipeline_bench import REPO, SIZES, bring_back, cli_arguments, hold_back, run_cli, stages_total
 
 #: Kinds of thread by name: the driver's threads that run Python's calls (py4j gives them Thread-<n>), the
 #: executor's task threads, and Spark's own (scheduler, listeners, block manager, broadcasts).
@@ -133,7 +133,7 @@ def main() -> None:
     files = sum(1 for _ in (folder / "export" / "dicom").rglob("*.dcm"))
     command = "python bench/run_profile_bench.py" + (f" --size {args.size}" if args.size != "small" else "")
     results = stamp(command, size=args.size, files=files, files_arriving=arriving, run=measured,
-                    stage_seconds=round(sum(stage["seconds"] for stage in measured["stages"].values()), 1),
+                    stage_seconds=stages_total(measured),
                     **profile(recording))
     write(Path(args.out), "run_profile" if args.size == "small" else f"run_profile_{args.size}", results, _markdown)
     shutil.rmtree(folder)
