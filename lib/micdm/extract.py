@@ -44,10 +44,12 @@ from micdm.tables import (
     append,
     delete_keys,
     has_rows,
+    listed,
     may_have_rows,
     merge_or_delete,
     read_table,
     stored_schema,
+    within,
 )
 from micdm.transport import opener, read_first_blocks, with_first_block
 
@@ -310,10 +312,11 @@ def _with_duplicates(spark: SparkSession, locator: TableLocator, results: DataFr
     dicom_instance may hold rows.
     """
     fresh = results.where(F.col("outcome") == Outcome.INSTANCE.value)
-    stored_table = read_table(spark, locator, "dicom_instance")
+    uids = fresh.select("sop_instance_uid")
+    # A night's UIDs are looked up by their list, which dicom_instance's bloom filters rule out of the files
+    # of earlier runs; with nothing stored, no job lists them.
     stored = (
-        stored_table
-        .join(fresh.select("sop_instance_uid").distinct(), "sop_instance_uid", "left_semi")
+        within(read_table(spark, locator, "dicom_instance"), "sop_instance_uid", listed(uids) if any_stored else uids)
         .join(results.select("path"), "path", "left_anti")
         .withColumn("outcome", F.lit(Outcome.INSTANCE.value))
     )

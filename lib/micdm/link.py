@@ -30,7 +30,7 @@ from micdm.config import OccurrenceSettings, Settings
 from micdm.ids import allocated_ids, assign_ids
 from micdm.ownership import release_clashing_ids, remove_site_rows, site_floor, write_site_rows
 from micdm.stage import StageCounts
-from micdm.tables import TableLocator, append, has_rows, read_table, site_table, sync_rows, within
+from micdm.tables import TableLocator, append, has_rows, listed, read_table, site_table, sync_rows, within
 from micdm.vocab import compatible_procedures, modality_procedures
 
 __all__ = ["WARNING_CREATED_ON_PROCEDURE_DAY", "ExceptionReason", "LinkInputs", "LinkRule", "link_studies",
@@ -307,12 +307,13 @@ def run(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: 
     cfg = settings.occurrence
     every_series = read_table(spark, locator, "dicom_series").withColumn("patient_id", _patient_key(cfg))
     persons = _site_persons(spark, locator, cfg)
-    studies = studies_to_relink(every_series, persons, changed_keys(spark, locator, changes, {
+    # listed once: dicom_series and series_link are read by the night's studies, not joined with them whole
+    studies = listed(studies_to_relink(every_series, persons, changed_keys(spark, locator, changes, {
         "dicom_series": lambda feed: _keys_of_series(feed.withColumn("patient_id", _patient_key(cfg))),
         # the site's rows that changed, by their person (and its source value: the key it was found by)
         "person": lambda rows: rows.select(F.explode(F.array(F.col("person_id").cast("string"),
                                                              "person_source_value"))),
-        "procedure_occurrence": _persons_of, "visit_occurrence": _persons_of}))
+        "procedure_occurrence": _persons_of, "visit_occurrence": _persons_of})))
     series = within(every_series, "study_instance_uid", studies)
     scope = None if studies is None else ("image_study_uid", studies)
     site_procedures = _site_procedures(spark, locator, cfg)

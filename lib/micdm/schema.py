@@ -169,7 +169,7 @@ IMAGE_OCCURRENCE = table("image_occurrence", "gold", """
     image_study_uid            varchar(250)  required
     image_series_uid           varchar(250)  required
     modality                   varchar(250)  required
-""", cluster_by=("person_id", "image_occurrence_id"))
+""", cluster_by=("person_id", "image_occurrence_id"), bloom_columns=("image_series_uid",))
 
 IMAGE_FEATURE = table("image_feature", "gold", """
     image_feature_id                integer       required
@@ -585,7 +585,7 @@ DICOM_SERIES = table("dicom_series", "silver", """
     manufacturer_model_name    string
     local_path                 string
     updated_at                 datetime       required
-""")
+""", bloom_columns=("series_instance_uid", "study_instance_uid"))
 
 SERIES_LINK = table("series_link", "silver", """
     image_series_uid           string     required
@@ -596,7 +596,7 @@ SERIES_LINK = table("series_link", "silver", """
     link_rule                  string
     exception_reason           string
     updated_at                 datetime   required
-""")
+""", bloom_columns=("image_series_uid", "image_study_uid"))
 
 #: One value of a structured report or segmentation, as dicom/sr.py and dicom/seg.py give it (internal).
 REPORT_ITEM = table("report_item", "internal", """

@@ -703,11 +703,15 @@ def sync_rows(spark: SparkSession, locator: TableLocator, name: str, rows: DataF
                                                            "left_anti")
     changed = upserts.withColumn("_keep", F.lit(True)).unionByName(
         gone.withColumn("_keep", F.lit(False)), allowMissingColumns=True).localCheckpoint(eager=False)
+    # A key a scope by that key lists is compared above already: only keys beyond the list are looked for
+    # elsewhere in the table (counted here, in the same job).
+    listed_keys = scope[1] if scope is not None and [scope[0]] == keys and isinstance(scope[1], list) else None
+    beyond = [] if listed_keys is None else [F.count_if(~F.col(keys[0]).isin(listed_keys)).alias("beyond")]
     # kept by the counts; a stored row to replace or delete needs the MERGE, new rows alone an append
     counted = aggregate(changed, F.count(F.lit(1)).alias("rows"),
-                        F.count_if(~F.coalesce("_new", F.lit(False))).alias("merged"))
-    if not counted["merged"] and not (keyed and scope is not None and _held_outside(
-            spark, locator, name, changed.select(*keys), keys)):
+                        F.count_if(~F.coalesce("_new", F.lit(False))).alias("merged"), *beyond)
+    unseen = keyed and scope is not None and (listed_keys is None or counted["beyond"] > 0)
+    if not counted["merged"] and not (unseen and _held_outside(spark, locator, name, changed.select(*keys), keys)):
         return _fill(locator, name, changed.drop("_keep", "_new"), counted["rows"])
     merge_or_delete(spark, locator, name, changed, keys, F.col("_keep"))
     written: int = counted["rows"]
@@ -719,6 +723,8 @@ def _held_outside(spark: SparkSession, locator: TableLocator, name: str, keys: D
     """Whether the table holds any of ``keys`` at all: a key new to a sync's scope may be stored outside it
     (a series filed under another study until now), and its row is then merged, never added twice."""
     stored = read_table(spark, locator, name).select(*columns)
+    if len(columns) == 1:  # a night's few keys: read by their list, as within() reads them
+        stored = narrowed(stored, columns[0], listed(keys))
     return has_rows(stored.alias("t").join(keys.alias("s"), _matching(columns), "left_semi"))
 
 

@@ -341,6 +341,48 @@ def test_a_merge_by_list_reads_none_of_the_files_that_hold_none_of_its_keys(spar
     assert sum(scans) >= 2000, "compared with the whole table, the new rows read every file"
 
 
+def test_a_scoped_sync_of_a_nights_series_reads_none_of_the_files_written_before(spark, empty) -> None:
+    """A stage that redoes a night's series syncs image_occurrence by their list: the stored rows it compares
+    and the check that a new series is not filed elsewhere read only row groups whose bloom filter may hold
+    one. A series the table holds outside the scope is still found there, and moved, not added twice."""
+    from pyspark.sql import functions as F
+
+    from micdm.tables import append, sync_rows
+
+    from support.scans import rows_read
+
+    _, locator = empty
+    earlier = [key.split("|")[1] for key in _feature_keys(6, _MANY)]
+    append(locator, "image_occurrence", spark.createDataFrame(
+        [_occurrence_row(image_occurrence_id=index + 1, image_series_uid=uid) for index, uid in enumerate(earlier)],
+        TABLES["image_occurrence"].schema).coalesce(1))
+    chunk = _column_chunk(read_table(spark, locator, "image_occurrence").inputFiles()[0], "image_series_uid")
+    night = [key.split("|")[1] for key in _feature_keys(7, 3)]
+    assert "PLAIN" in chunk.encodings and chunk.statistics.min < min(night) and max(night) < chunk.statistics.max, \
+        "neither the dictionary nor the statistics could rule the night's series out"
+    rows = spark.createDataFrame([_occurrence_row(image_occurrence_id=_MANY + 1 + index, image_series_uid=uid)
+                                  for index, uid in enumerate(night)], TABLES["image_occurrence"].schema)
+    with rows_read(spark, locator.path("image_occurrence")) as scans:
+        assert sync_rows(spark, locator, "image_occurrence", rows, ["image_series_uid"],
+                         ("image_series_uid", night)) == 3
+    assert sum(scans) == 0, f"the earlier file was read: {scans}"
+    newcomer = spark.createDataFrame([_occurrence_row(image_occurrence_id=_MANY + 4, image_series_uid=night[0] + "9",
+                                                      image_study_uid="9.8")], TABLES["image_occurrence"].schema)
+    with rows_read(spark, locator.path("image_occurrence")) as scans:  # by study: is it filed under another?
+        assert sync_rows(spark, locator, "image_occurrence", newcomer, ["image_series_uid"],
+                         ("image_study_uid", ["9.8"])) == 1
+    assert sum(scans) == 0, f"the earlier file was read for a series new to the table: {scans}"
+    moved = spark.createDataFrame([_occurrence_row(image_occurrence_id=8, image_series_uid=earlier[7],
+                                                   image_study_uid="9.9")], TABLES["image_occurrence"].schema)
+    with rows_read(spark, locator.path("image_occurrence")) as scans:
+        assert sync_rows(spark, locator, "image_occurrence", moved, ["image_series_uid"],
+                         ("image_study_uid", ["9.9"])) == 1
+    assert sum(scans) >= _MANY, "the series filed under another study is looked for where it is"
+    stored = read_table(spark, locator, "image_occurrence")
+    assert stored.count() == _MANY + 4
+    assert [row.image_study_uid for row in stored.where(F.col("image_series_uid") == earlier[7]).collect()] == ["9.9"]
+
+
 def _id_map_rows(spark, keys: list[str], first_id: int = 1) -> DataFrame:
     at = dt.datetime(2026, 1, 2, tzinfo=dt.UTC)
     return spark.createDataFrame([("image_feature", key, first_id + index, at, key.split("|")[1])
