@@ -25,7 +25,7 @@ from pyspark.errors import PySparkException
 from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 
-from micdm.tables import CHANGE_FEED_LAYERS, TableLocator, keep_change_feed
+from micdm.tables import CHANGE_FEED_LAYERS, Keys, TableLocator, keep_change_feed, listed_or_kept
 from micdm.watermark import Watermark
 
 __all__ = ["Changes", "KeyOf", "changed_keys"]
@@ -122,12 +122,13 @@ def _data_file(location: str, file: Row) -> str:
 
 
 def changed_keys(spark: SparkSession, locator: TableLocator, changes: Changes | None,
-                 keyed: Mapping[str, KeyOf]) -> DataFrame | None:
+                 keyed: Mapping[str, KeyOf]) -> Keys | None:
     """The keys a stage must redo, from the changes of the tables in ``keyed``; None means everything.
 
     Every other changed input (a vocabulary table, a site table the stage does not key) makes the stage
     redo everything, as does a change that cannot be read (a feed turned off by an older micdm, which
-    turns it on, or versions vacuumed). The keys are checkpointed: the stage reads them more than once.
+    turns it on, or versions vacuumed). The keys come listed (``tables.listed``: one job reads every
+    feed), or, beyond the list's size, checkpointed: the stage reads them more than once.
     """
     if changes is None:
         return None
@@ -146,10 +147,22 @@ def changed_keys(spark: SparkSession, locator: TableLocator, changes: Changes | 
             if feed is None:
                 log.info("redoing everything: %s has no Delta versions to compare", name)
                 return None
-            keys.append(keyed[name](feed).toDF("key").where(F.col("key").isNotNull()).localCheckpoint())
-        except (Py4JJavaError, PySparkException) as error:  # off, or its files vacuumed
-            log.info("redoing everything: %s's changes cannot be read (%s)", name, str(error).splitlines()[0][:160])
-            if keep_change_feed(spark, locator, name):
-                log.info("%s: its change feed is on from now", name)
+            keys.append(keyed[name](feed).toDF("key").where(F.col("key").isNotNull()))
+        except (Py4JJavaError, PySparkException) as error:  # a feed turned off
+            _unreadable(spark, locator, [name], error)
             return None
-    return functools.reduce(DataFrame.unionByName, keys).distinct().localCheckpoint()
+    try:
+        return listed_or_kept(functools.reduce(DataFrame.unionByName, keys).distinct())
+    except (Py4JJavaError, PySparkException) as error:  # a feed read only now: which one is not told
+        _unreadable(spark, locator, changed, error)
+        return None
+
+
+def _unreadable(spark: SparkSession, locator: TableLocator, names: list[str], error: Exception) -> None:
+    """Say why everything is redone when a change cannot be read (a feed off, or its files vacuumed); a feed an older
+    micdm left off is turned on for the next run."""
+    log.info("redoing everything: %s's changes cannot be read (%s)", ", ".join(names), str(error).splitlines()[0][:160])
+    for name in names:
+        if keep_change_feed(spark, locator, name):
+            log.info("%s: its change feed is on from now", name)
+    return None

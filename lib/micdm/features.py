@@ -333,12 +333,12 @@ def run(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: 
     instances = present_instances(spark, locator)
     occurrences = read_table(spark, locator, "image_occurrence")
     # Listed once (a night's few series, then its reports), for every lookup and join that follows.
-    scope = listed(changed_keys(spark, locator, changes, {
+    scope = changed_keys(spark, locator, changes, {
         "image_occurrence": lambda feed: feed.select("image_series_uid"),
         "dicom_instance": lambda feed: feed.select("series_instance_uid"),
         "file_inventory": series_of_paths(spark, locator),
         "instance_attribute": lambda feed: feed.select("series_instance_uid"),
-        "sr_content_item": series_of_paths(spark, locator, paths=lambda feed: feed)}))  # the reports' series
+        "sr_content_item": series_of_paths(spark, locator, paths=lambda feed: feed)})  # the reports' series
     acquired = within(occurrences, "image_series_uid", scope)
     redone = listed(reports_to_redo(spark, locator, scope))
     acquisition: DataFrame

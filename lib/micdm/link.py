@@ -30,7 +30,18 @@ from micdm.config import OccurrenceSettings, Settings
 from micdm.ids import allocated_ids, assign_ids
 from micdm.ownership import release_clashing_ids, remove_site_rows, site_floor, write_site_rows
 from micdm.stage import StageCounts
-from micdm.tables import TableLocator, append, has_rows, listed, read_table, site_table, sync_rows, within
+from micdm.tables import (
+    Keys,
+    TableLocator,
+    append,
+    as_frame,
+    has_rows,
+    listed_or_kept,
+    read_table,
+    site_table,
+    sync_rows,
+    within,
+)
 from micdm.vocab import compatible_procedures, modality_procedures
 
 __all__ = ["WARNING_CREATED_ON_PROCEDURE_DAY", "ExceptionReason", "LinkInputs", "LinkRule", "link_studies",
@@ -223,9 +234,10 @@ def _persons_of(rows: DataFrame) -> DataFrame:
     return rows.select(F.col("person_id").cast("string"))
 
 
-def studies_to_relink(series: DataFrame, persons: DataFrame, keys: DataFrame | None) -> DataFrame | None:
+def studies_to_relink(series: DataFrame, persons: DataFrame, keys: Keys | None) -> Keys | None:
     """The studies to link again (None: all), from ``keys``, study UIDs, patient keys and person ids alike:
-    each study named, and every study of a patient key named or of a person named or resolved to.
+    each study named, and every study of a patient key named or of a person named or resolved to. Listed
+    (``tables.listed_or_kept``): dicom_series and series_link are then read by the list.
 
     A person's studies are linked together (a procedure one claims by accession is not the window rule's
     for another), so a change to one study relinks all of them; a key that names more than one thing
@@ -233,14 +245,13 @@ def studies_to_relink(series: DataFrame, persons: DataFrame, keys: DataFrame | N
     """
     if keys is None:
         return None
-    named = keys.select(F.col(keys.columns[0]).alias("key"))
+    named = as_frame(series.sparkSession, keys, "key")
     people = within(persons, "patient_id", named).select("person_id").unionByName(
         within(persons.select(F.col("person_id").cast("string").alias("_person"), "person_id"), "_person", named)
         .select("person_id"))
     keys_of_people = persons.join(people, "person_id", "left_semi").select(F.col("patient_id").alias("key"))
     of_patients = within(series, "patient_id", named.unionByName(keys_of_people))
-    return of_patients.select(F.col("study_instance_uid").alias("key")).unionByName(named).distinct() \
-        .localCheckpoint()
+    return listed_or_kept(of_patients.select(F.col("study_instance_uid").alias("key")).unionByName(named).distinct())
 
 
 def _site_persons(spark: SparkSession, locator: TableLocator, cfg: OccurrenceSettings) -> DataFrame:
@@ -307,13 +318,12 @@ def run(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: 
     cfg = settings.occurrence
     every_series = read_table(spark, locator, "dicom_series").withColumn("patient_id", _patient_key(cfg))
     persons = _site_persons(spark, locator, cfg)
-    # listed once: dicom_series and series_link are read by the night's studies, not joined with them whole
-    studies = listed(studies_to_relink(every_series, persons, changed_keys(spark, locator, changes, {
+    studies = studies_to_relink(every_series, persons, changed_keys(spark, locator, changes, {
         "dicom_series": lambda feed: _keys_of_series(feed.withColumn("patient_id", _patient_key(cfg))),
         # the site's rows that changed, by their person (and its source value: the key it was found by)
         "person": lambda rows: rows.select(F.explode(F.array(F.col("person_id").cast("string"),
                                                              "person_source_value"))),
-        "procedure_occurrence": _persons_of, "visit_occurrence": _persons_of})))
+        "procedure_occurrence": _persons_of, "visit_occurrence": _persons_of}))
     series = within(every_series, "study_instance_uid", studies)
     scope = None if studies is None else ("image_study_uid", studies)
     site_procedures = _site_procedures(spark, locator, cfg)

@@ -9,7 +9,7 @@ from micdm.changes import Changes, changed_keys
 from micdm.config import OccurrenceSettings, Settings
 from micdm.ids import assign_ids
 from micdm.stage import StageCounts
-from micdm.tables import TableLocator, listed, read_table, row_count, sync_rows, within
+from micdm.tables import TableLocator, read_table, row_count, sync_rows, within
 from micdm.vocab import anatomy_sites, normalise_body_part
 
 __all__ = ["build_image_occurrence", "run"]
@@ -59,11 +59,11 @@ def run(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: 
     A series that lost its link (its person left the CDM, say) is removed, so the table always equals
     what the current links give.
     """
-    # A night's few series are listed once: dicom_series, series_link and image_occurrence are then read by
-    # that list, which their bloom filters rule out of the files of earlier runs.
-    scope = listed(changed_keys(spark, locator, changes, {
+    # A night's few series come listed: dicom_series, series_link and image_occurrence are read by the list,
+    # which their bloom filters rule out of the files of earlier runs.
+    scope = changed_keys(spark, locator, changes, {
         "dicom_series": lambda feed: feed.select("series_instance_uid"),
-        "series_link": lambda feed: feed.select("image_series_uid")}))
+        "series_link": lambda feed: feed.select("image_series_uid")})
     series = within(read_table(spark, locator, "dicom_series"), "series_instance_uid", scope)
     links = within(read_table(spark, locator, "series_link"), "image_series_uid", scope)
     linked_series = series.join(links.where(F.col("exception_reason").isNull()).select(

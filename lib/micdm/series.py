@@ -10,7 +10,7 @@ from pyspark.sql import functions as F
 from micdm.changes import Changes, KeyOf, changed_keys
 from micdm.config import OccurrenceSettings, Settings
 from micdm.stage import StageCounts
-from micdm.tables import TableLocator, listed, read_table, row_count, sync_rows, within
+from micdm.tables import Keys, TableLocator, listed, read_table, row_count, sync_rows, within
 
 __all__ = ["build_series", "changed_series", "image_date", "present_instances", "rewrite_prefix", "run",
            "series_of_paths"]
@@ -108,8 +108,8 @@ def series_of_paths(spark: SparkSession, locator: TableLocator,
     return series
 
 
-def changed_series(spark: SparkSession, locator: TableLocator, changes: Changes | None) -> DataFrame | None:
-    """The series whose instances changed since ``changes`` was taken (None: every series)."""
+def changed_series(spark: SparkSession, locator: TableLocator, changes: Changes | None) -> Keys | None:
+    """The series whose instances changed since ``changes`` was taken (None: every series), listed."""
     return changed_keys(spark, locator, changes, {
         "dicom_instance": lambda feed: feed.select("series_instance_uid"),
         "file_inventory": series_of_paths(spark, locator)})
@@ -119,8 +119,7 @@ def run(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: 
         changes: Changes | None = None) -> StageCounts:
     """Bring dicom_series in line with the present instances of the series that changed (every series
     without ``changes``), in one commit; counts the series and the rows written."""
-    scope = changed_series(spark, locator, changes)
-    keys = listed(scope)
+    keys = changed_series(spark, locator, changes)
     instances = within(present_instances(spark, locator), "series_instance_uid", keys)
     written = sync_rows(spark, locator, "dicom_series", build_series(instances, settings.occurrence),
                         ["series_instance_uid"], None if keys is None else ("series_instance_uid", keys),

@@ -36,9 +36,10 @@ if TYPE_CHECKING:
 __all__ = ["COMPACT_ABOVE_FILES", "Keys", "TableLocator", "aggregate", "append", "as_frame", "as_stored",
            "bloom_filter_properties", "clustering_clause", "column_ceiling", "compact_small_files", "conform",
            "create_table", "delete_keys", "delta_table", "has_rows", "init_tables", "keep_change_feed", "key_count",
-           "listed", "load_csv", "may_have_rows", "merge_into", "merge_or_delete", "narrowed", "overwrite",
-           "read_table", "row_count", "row_digest", "schema_problems", "set_table_properties", "site_table",
-           "small_table_rows", "stored_schema", "sync_rows", "table_problems", "table_properties", "within"]
+           "listed", "listed_or_kept", "load_csv", "may_have_rows", "merge_into", "merge_or_delete", "narrowed",
+           "overwrite", "read_table", "row_count", "row_digest", "schema_problems", "set_table_properties",
+           "site_table", "small_table_rows", "stored_schema", "sync_rows", "table_problems", "table_properties",
+           "within"]
 
 log = logging.getLogger(__name__)
 
@@ -641,6 +642,13 @@ def listed(keys: Keys | None, most: int = 10_000) -> Keys | None:
     # one partition: a limit over several collects them one job at a time until it has enough
     values = [row[0] for row in keys.distinct().coalesce(1).limit(most + 1).collect()]
     return keys if len(values) > most else sorted(value for value in values if value is not None)
+
+
+def listed_or_kept(keys: DataFrame, most: int = 10_000) -> Keys:
+    """``listed`` for keys computed from other tables, in the one job that lists them; beyond ``most`` the
+    frame is checkpointed instead, so the stage's later reads do not compute it again."""
+    found = listed(keys, most)
+    return found if isinstance(found, list) else keys.localCheckpoint()
 
 
 def as_frame(spark: SparkSession, keys: Keys, column: str) -> DataFrame:

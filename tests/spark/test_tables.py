@@ -281,7 +281,7 @@ def test_a_read_within_listed_keys_skips_the_files_that_hold_none_of_them(spark,
     """A night's few series are looked up in a large table by their list: the reader checks it against
     each file's dictionary, so a file whose lowest and highest value straddle a key but that holds none is
     not read (a semi-join on the same keys reads every row). Past ``most`` keys, the frame itself serves."""
-    from micdm.tables import append, listed, within
+    from micdm.tables import append, listed, listed_or_kept, within
 
     _, locator = empty
     stages = [f"stage{index}" for index in range(40)]  # each run's id repeats: the writer keeps a dictionary
@@ -304,6 +304,9 @@ def test_a_read_within_listed_keys_skips_the_files_that_hold_none_of_them(spark,
     assert [row.stage for row in joined.collect()] == ["features"]
     assert _rows_scanned(joined) == 81 + 4, "a semi-join reads both files whole (and its four keys)"
     assert listed(night, most=1) is night
+    kept = listed_or_kept(night, most=1)  # computed from other tables: checkpointed rather than computed again
+    assert kept is not night and sorted(row.run_id or "" for row in kept.collect()) == ["", "a5", "a5", "a7"]
+    assert listed_or_kept(night) == ["a5", "a7"]
 
 
 def test_a_merge_by_list_reads_none_of_the_files_that_hold_none_of_its_keys(spark, empty) -> None:
