@@ -127,8 +127,8 @@ def changed_keys(spark: SparkSession, locator: TableLocator, changes: Changes | 
 
     Every other changed input (a vocabulary table, a site table the stage does not key) makes the stage
     redo everything, as does a change that cannot be read (a feed turned off by an older micdm, which
-    turns it on, or versions vacuumed). The keys come listed (``tables.listed``: one job reads every
-    feed), or, beyond the list's size, checkpointed: the stage reads them more than once.
+    turns it on, or versions vacuumed). The keys come listed in the one job that reads every feed
+    (``tables.listed_or_kept``), or, beyond the list's size, checkpointed: the stage reads them more than once.
     """
     if changes is None:
         return None
@@ -159,10 +159,9 @@ def changed_keys(spark: SparkSession, locator: TableLocator, changes: Changes | 
 
 
 def _unreadable(spark: SparkSession, locator: TableLocator, names: list[str], error: Exception) -> None:
-    """Say why everything is redone when a change cannot be read (a feed off, or its files vacuumed); a feed an older
-    micdm left off is turned on for the next run."""
+    """Say why everything is redone when a change cannot be read (a feed off, or its files vacuumed); a feed
+    an older micdm left off is turned on for the next run."""
     log.info("redoing everything: %s's changes cannot be read (%s)", ", ".join(names), str(error).splitlines()[0][:160])
     for name in names:
         if keep_change_feed(spark, locator, name):
             log.info("%s: its change feed is on from now", name)
-    return None
