@@ -713,7 +713,7 @@ def sync_rows(spark: SparkSession, locator: TableLocator, name: str, rows: DataF
         gone.withColumn("_keep", F.lit(False)), allowMissingColumns=True).localCheckpoint(eager=False)
     # A key a scope by that key lists is compared above already: only keys beyond the list are looked for
     # elsewhere in the table (counted here, in the same job).
-    listed_keys = scope[1] if scope is not None and [scope[0]] == keys and isinstance(scope[1], list) else None
+    listed_keys = scope[1] if scope is not None and list(keys) == [scope[0]] and isinstance(scope[1], list) else None
     beyond = [] if listed_keys is None else [F.count_if(~F.col(keys[0]).isin(listed_keys)).alias("beyond")]
     # kept by the counts; a stored row to replace or delete needs the MERGE, new rows alone an append
     counted = aggregate(changed, F.count(F.lit(1)).alias("rows"),
