@@ -269,11 +269,13 @@ def _drop_stale(spark: SparkSession, locator: TableLocator, rows: DataFrame, sco
     return held
 
 
-def reports_to_redo(spark: SparkSession, locator: TableLocator, scope: Keys | None) -> DataFrame | None:
+def reports_to_redo(spark: SparkSession, locator: TableLocator, scope: Keys | None,
+                    changes: Changes | None = None) -> DataFrame | None:
     """SOP instance UIDs of the reports and segmentations to redo (None: all): every one of a patient one of
     whose series is in ``scope`` (a report names images of its own patient, priors included), every one that
     names a series in ``scope`` (images filed under another PatientID, as after a merge in the PACS), and any
-    that made features or quarantine rows but is no longer a stored report or segmentation.
+    whose instance row ``changes`` removed or rewrote (a report deleted, damaged or re-sent as another
+    instance: its features go).
 
     A report names series in its header (``referenced_series``: evidence, referenced series) and in its
     content items: a source series (UIDREF), an image or a segmentation by its SOP instance UID. Each counts.
@@ -303,13 +305,23 @@ def reports_to_redo(spark: SparkSession, locator: TableLocator, scope: Keys | No
     by_pointer = within(items.select("sop_instance_uid", F.col("referenced_sop_instance_uid").alias("_named")),
                         "_named", listed(in_scope.select("sop_instance_uid").unionByName(by_header))
                         ).select("sop_instance_uid")
-    made = read_table(spark, locator, "id_map").where(F.col("natural_key").startswith(_KINDS["structured_report"])) \
-        .select(_source_of_key().alias("sop_instance_uid")).unionByName(
-        read_table(spark, locator, "feature_quarantine").select("sop_instance_uid"))
-    # their features came from reports: one whose UID no report holds now is gone
-    gone = made.where(F.col("sop_instance_uid").isNotNull()).join(reports, "sop_instance_uid", "left_anti")
-    return theirs.unionByName(by_header).unionByName(by_source).unionByName(by_pointer).unionByName(gone) \
-        .distinct().localCheckpoint()
+    return theirs.unionByName(by_header).unionByName(by_source).unionByName(by_pointer).unionByName(
+        _reports_removed(spark, locator, changes)).distinct().localCheckpoint()
+
+
+def _reports_removed(spark: SparkSession, locator: TableLocator, changes: Changes | None) -> DataFrame:
+    """The reports and segmentations whose dicom_instance row a change since the stage's last run deleted or
+    replaced, as the feed holds them before the change: what a report made stays until it is redone, and
+    its old row is all that names it. Read from the night's commits, where looking for every report that
+    made a feature would read each one id_map holds."""
+    removed = spark.createDataFrame([], "sop_instance_uid string")
+    if changes is None or "dicom_instance" not in changes.changed_tables():
+        return removed
+    feed = changes.rows(spark, locator, "dicom_instance")
+    if feed is None:  # the scope would be None too: every report is redone
+        return removed
+    return feed.where(F.col("_change_type").isin("delete", "update_preimage")
+                      & is_report_or_segmentation(F.col("sop_class_uid"))).select("sop_instance_uid")
 
 
 def _quarantine_scope(spark: SparkSession, locator: TableLocator, reports: Keys | None
@@ -340,7 +352,7 @@ def run(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: 
         "instance_attribute": lambda feed: feed.select("series_instance_uid"),
         "sr_content_item": series_of_paths(spark, locator, paths=lambda feed: feed)})  # the reports' series
     acquired = within(occurrences, "image_series_uid", scope)
-    redone = listed(reports_to_redo(spark, locator, scope))
+    redone = listed(reports_to_redo(spark, locator, scope, changes))
     acquisition: DataFrame
     reported: ReportFeatures
     acquisition, reported = run_concurrently(

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from micdm.config import Settings, load_settings
@@ -103,28 +103,44 @@ def test_each_incremental_run_equals_a_full_rebuild(spark, tmp_path: Path, monke
     report_features = f"sr|{pydicom.dcmread(report, stop_before_pixels=True).SOPInstanceUID}|"
     assert _features_from(spark, locator, report_features) > 0
     report.unlink()
+    # a report sent again as another instance at the same path: what the old one made goes
+    resent = next((export / "dicom" / "MRN000002").rglob("*_SR/*.dcm"))
+    dataset = pydicom.dcmread(resent)
+    new_uid = pydicom.uid.generate_uid()
+    old_report, new_report = f"sr|{dataset.SOPInstanceUID}|", f"sr|{new_uid}|"
+    assert _features_from(spark, locator, old_report) > 0
+    dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID = new_uid
+    dataset.save_as(resent)
     arrived = sorted((export / "dicom" / HELD_BACK).rglob("*.dcm"))
     with monkeypatch.context() as compacting:
         compacting.setattr("micdm.tables.COMPACT_ABOVE_FILES", 1)
         counts = _counts(run_pipeline(spark, settings))
-    assert counts["extract"]["read"] == len(arrived) + 1 and counts["extract"]["missing"] == 2
+    assert counts["extract"]["read"] == len(arrived) + 2 and counts["extract"]["missing"] == 2
     assert delta_table(spark, locator, "image_feature").history(1).first()["operation"] == "OPTIMIZE"
     assert _features_from(spark, locator, report_features) == 0, "the deleted report's features are gone"
+    assert _features_from(spark, locator, old_report) == 0 < _features_from(spark, locator, new_report), \
+        "the re-sent report's features are those of its new instance"
     every_series = counts["series"]["series"]
-    touched = read_table(spark, locator, "dicom_instance").where(
-        (F.col("patient_id") == HELD_BACK) | F.col("path").endswith(f"/{changed.relative_to(export)}")
-        | F.col("path").endswith(f"/{deleted.relative_to(export)}")
-        | F.col("path").endswith(f"/{report.relative_to(export)}")).select("series_instance_uid").distinct().count()
-    # only the series the new, changed and deleted files belong to are grouped and featured again
-    assert counts["series"]["series written"] == touched < every_series, counts["series"]
-    assert counts["features"]["series redone"] == touched, counts["features"]
+    def series_of(where: Column) -> set[str]:
+        return {row.series_instance_uid for row in read_table(spark, locator, "dicom_instance").where(where).collect()}
+
+    touched = series_of((F.col("patient_id") == HELD_BACK) | F.col("path").endswith(f"/{changed.relative_to(export)}")
+                        | F.col("path").endswith(f"/{deleted.relative_to(export)}")
+                        | F.col("path").endswith(f"/{report.relative_to(export)}"))
+    # only the series the new, changed and deleted files belong to are grouped again (the re-sent report's
+    # series row is as it was), and featured again with the re-sent report's
+    assert counts["series"]["series written"] == len(touched) < every_series, counts["series"]
+    resent_series = series_of(F.col("path").endswith(f"/{resent.relative_to(export)}"))
+    assert counts["features"]["series redone"] == len(touched | resent_series), counts["features"]
     # linkage is redone for the studies of the patients whose series changed
     studies = read_table(spark, locator, "dicom_series").select("study_instance_uid").distinct().count()
     assert 0 < counts["link"]["studies redone"] < studies, counts["link"]
     reports = read_table(spark, locator, "dicom_instance").where(is_report_or_segmentation(F.col("sop_class_uid")))
-    of_touched_patients = reports.where(F.col("patient_id").isin(HELD_BACK, "MRN000000", "MRN000003")).count()
-    # reports and segmentations are redone for the patients of those series
-    assert counts["features"]["reports redone"] == of_touched_patients < reports.count(), counts["features"]
+    of_touched_patients = reports.where(F.col("patient_id").isin(HELD_BACK, "MRN000000", "MRN000003", "MRN000002")
+                                        ).count()
+    # reports and segmentations are redone for the patients of those series, and the re-sent report's old
+    # instance, which no row names now
+    assert counts["features"]["reports redone"] == of_touched_patients + 1 < reports.count(), counts["features"]
     instances = read_table(spark, locator, "dicom_instance")
     # The file's own path: its name alone (0001.dcm) ends a path in every series.
     assert instances.where(F.col("path").endswith(f"/{changed.relative_to(export)}")).first().series_description \
