@@ -121,6 +121,7 @@ def test_each_incremental_run_equals_a_full_rebuild(spark, tmp_path: Path, monke
     assert _features_from(spark, locator, old_report) == 0 < _features_from(spark, locator, new_report), \
         "the re-sent report's features are those of its new instance"
     every_series = counts["series"]["series"]
+
     def series_of(where: Column) -> set[str]:
         return {row.series_instance_uid for row in read_table(spark, locator, "dicom_instance").where(where).collect()}
 
