@@ -66,7 +66,7 @@ STAGE_TABLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
                   "sr_measurement_group", "sr_quantitative", "sr_qualitative", "id_map")),
     "publish": (("image_occurrence", "image_feature"), ()),
     "quality": (("image_occurrence", "image_feature", "measurement", "observation", "procedure_occurrence", "person",
-                 "death", "visit_occurrence", "concept", "id_map"), ("dq_result",)),
+                 "death", "visit_occurrence", "concept", "id_map", "dq_tally"), ("dq_result", "dq_tally")),
 }
 
 

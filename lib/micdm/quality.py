@@ -11,7 +11,13 @@ QualityError after dq_result is written, so a scheduled run fails.
 
 In the site's tables only the rows micdm allocated ids for (id_map) are checked: the site's own rows
 are the site's business, and a site runs the DataQualityDashboard on its whole CDM itself. The one
-exception is measurePersonCompleteness, a property of the whole table (see _person_completeness).
+exception is measurePersonCompleteness, a property of the whole table (see _completeness_tallies).
+
+Each check's counts are kept per person (dq_tally: one map of named counters per person, and their sum),
+so a run re-counts only the persons whose rows changed since the stage's last run and moves the sum by
+the difference (see _counted). What changes a person's counts: micdm's rows and the site's rows of them in
+the checked tables, their person and death rows. A change the persons cannot key (the vocabulary, the
+site's visits, a settings or micdm version change) re-counts everyone, as does a key held twice.
 """
 
 from __future__ import annotations
@@ -21,21 +27,34 @@ import dataclasses
 import datetime as dt
 import functools
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from pyspark.sql import Column, DataFrame, Row, SparkSession, Window
 from pyspark.sql import functions as F
 
-from micdm.changes import Changes
+from micdm.changes import Changes, changed_keys
 from micdm.concurrency import run_concurrently
 from micdm.config import Settings
 from micdm.errors import QualityError
 from micdm.ids import allocated_ids
 from micdm.schema import TABLES
 from micdm.stage import StageCounts
-from micdm.tables import TableLocator, aggregate, append, has_rows, read_table
+from micdm.tables import (
+    Keys,
+    TableLocator,
+    aggregate,
+    append,
+    as_frame,
+    has_rows,
+    key_count,
+    listed,
+    merge_or_delete,
+    overwrite,
+    read_table,
+    within,
+)
 from micdm.vocab import resource_rows, table_concept_id
 
 __all__ = ["CHECKED_TABLES", "CheckResult", "Control", "controls", "evaluate", "export_dqd_thresholds", "run"]
@@ -55,6 +74,11 @@ _PAIR_KEY = "(table_concept_id)"  # image_feature.table_row_id: the table is nam
 _GENDERS = {"Male": 8507, "Female": 8532}
 _INTEGER_TYPES = frozenset({"byte", "short", "integer", "long"})  # Spark's names for them (DataType.typeName)
 _KEY_CHECKS = frozenset({"isPrimaryKey", "isUnique"})
+#: dq_tally's row that holds the sum of every person's counters, and the tally of rows without a person_id.
+_TOTAL, _NO_PERSON = "*", ""
+#: The tables whose changed rows name the persons to count again (by their person_id).
+_PERSON_KEYED = ("image_occurrence", "image_feature", "measurement", "observation", "procedure_occurrence",
+                 "person", "death")
 
 
 @dataclass(frozen=True)
@@ -77,6 +101,13 @@ class Control:
     @property
     def unit_concept_id(self) -> int | None:
         return int(self.params["unit_concept_id"]) if self.params.get("unit_concept_id") else None
+
+    @property
+    def key(self) -> str:
+        """The check's name in the counters dq_tally keeps: one per check of the shipped file."""
+        return "|".join(str(part) for part in (self.level, self.table, self.field or "", self.check,
+                                               self.params.get("concept_id", ""),
+                                               self.params.get("unit_concept_id", "")))
 
 
 def controls() -> tuple[Control, ...]:
@@ -142,19 +173,19 @@ class _RowFacts:
     and the concept checks run only for those present."""
     spans: dict[str, _Span]
     """Each foreign-key field's span, which bounds what its lookup reads."""
-    repeated: dict[str, int]
-    """Per key field (isPrimaryKey, isUnique): the rows whose value another row holds too."""
 
 
 @dataclass
 class _Measure:
-    """A check as two aggregate expressions over the table's rows (after its lookups are joined)."""
+    """A check as two counts over the table's rows (after its lookups are joined): of the rows where
+    ``numerator`` and ``denominator`` hold, or, ``distinct``, of the distinct values those columns hold."""
 
     control: Control
     numerator: Column
     denominator: Column
     field_filled: Column | None
     """Rows where the checked field holds a value (None for table- and concept-level checks)."""
+    distinct: bool = False
 
 
 class _TableChecks:
@@ -166,7 +197,8 @@ class _TableChecks:
         self.spark, self.locator, self.name, self.rows, self.concepts = spark, locator, name, rows, concepts
         self.lookups, self.facts, self.checked = lookups, facts, rows
         self.measures: list[_Measure] = []
-        self.special: list[CheckResult] = []
+        self.counters: list[tuple[str, Column]] = []
+        """Further counters by name: the rows holding each concept whose concept-level checks run."""
         self._joined: set[str] = set()
 
     def _join(self, prefix: str, other: DataFrame, key: str, on: str) -> None:
@@ -177,6 +209,13 @@ class _TableChecks:
         deduplicated = other.dropDuplicates([key])
         renamed = deduplicated.select(*(F.col(c).alias(f"{prefix}{c}") for c in other.columns))
         self.rows = self.rows.join(renamed, F.col(on) == F.col(f"{prefix}{key}"), "left")
+
+    def held(self, field_name: str) -> str:
+        """A column of how many of the rows hold the field's value."""
+        column = f"_held_{field_name}"
+        if column not in self.rows.columns:
+            self.rows = self.rows.withColumn(column, F.count(F.lit(1)).over(Window.partitionBy(field_name)))
+        return column
 
     def person(self) -> str:
         self._join("_person_", self.lookups["person"], "person_id", "person_id")
@@ -224,38 +263,35 @@ class _TableChecks:
         filled = F.col(control.field).isNotNull() if control.level == "FIELD" and control.field else None
         self.measures.append(_Measure(control, F.count_if(applies & fails), F.count_if(applies), filled))
 
-    def results(self, vocabulary_empty: bool) -> list[CheckResult]:
-        """One aggregation: the table's rows, each field's filled rows, each check's counts."""
+    def tallies(self) -> DataFrame:
+        """Each person's counters (``tally_key``, ``counts``): the table's rows, each field's filled rows, each
+        check's two counts, and a counter of 1 per distinct value for a distinct count; zeros are left out."""
         fields = sorted({m.control.field for m in self.measures if m.field_filled is not None and m.control.field})
-        aggregates = [F.count(F.lit(1)).alias("rows"), *(F.count(F.col(f)).alias(f"filled_{f}") for f in fields)]
-        for index, measure in enumerate(self.measures):
-            aggregates += [measure.numerator.alias(f"n{index}"), measure.denominator.alias(f"d{index}")]
-        counts = aggregate(self.rows, *aggregates)
-        results = []
-        for index, measure in enumerate(self.measures):
-            control = measure.control
-            violated, checked = int(counts[f"n{index}"] or 0), int(counts[f"d{index}"] or 0)
-            note = None
-            if counts["rows"] == 0 and control.check != "measurePersonCompleteness":
-                note = f"{self.name} holds no row micdm wrote"
-            elif measure.field_filled is not None and control.check not in _EVALUATED_WHEN_EMPTY \
-                    and counts[f"filled_{control.field}"] == 0:
-                note = f"{self.name}.{control.field} is never filled"
-            elif vocabulary_empty and (control.check in _VOCABULARY_CHECKS
-                                       or control.params.get("fk_table") == "concept"):
-                note = "CONCEPT is empty: no vocabulary to check against"
-            elif checked == 0:
-                note = "no row to check" if control.concept_id is None else f"no row with concept {control.concept_id}"
-            status = "not_evaluated" if note else _verdict(control, violated, checked)
-            results.append(CheckResult(control, violated, checked, status, note))
-        return results + self.special
+        counted = [(f"rows|{self.name}", F.count(F.lit(1))),
+                   *((f"filled|{self.name}|{f}", F.count(F.col(f))) for f in fields), *self.counters]
+        distinct: list[tuple[str, Column]] = []
+        for measure in self.measures:
+            names = (f"n|{measure.control.key}", f"d|{measure.control.key}")
+            pairs = list(zip(names, (measure.numerator, measure.denominator), strict=True))
+            if measure.distinct:
+                distinct += pairs
+            else:
+                counted += pairs
+        grouped = self.rows.groupBy(_person_key().alias("tally_key")).agg(
+            *[column.alias(f"c{index}") for index, (_, column) in enumerate(counted)],
+            *[F.collect_set(column).alias(f"s{index}") for index, (_, column) in enumerate(distinct)])
+        counts = F.create_map(*[part for index, (name, _) in enumerate(counted)
+                                for part in (F.lit(name), F.col(f"c{index}").cast("bigint"))])
+        values = [_value_counters(f"{name}|", F.col(f"s{index}")) for index, (name, _) in enumerate(distinct)]
+        return grouped.select("tally_key", F.map_filter(F.map_concat(counts, *values), lambda _, count: count != 0)
+                              .alias("counts"))
 
 
-def _distinct_count(column: Column) -> Column:
-    """COUNT(DISTINCT column) as a set's size: Spark computes a distinct aggregate by copying every row once
-    per distinct argument, with the inputs of every other check in the same aggregation; a set is one pass.
-    The values counted are source values of micdm's features: few, whatever the rows."""
-    return F.size(F.collect_set(column))
+def _value_counters(prefix: str, values: Column) -> Column:
+    """A counter of 1 for each of a set's values, named ``prefix`` and the value: summed over persons, the
+    persons holding each value, so the values held are the counters above zero."""
+    return F.map_from_arrays(F.transform(values, lambda value: F.concat(F.lit(prefix), value)),
+                             F.transform(values, lambda _: F.lit(1).cast("bigint")))
 
 
 def _limit(value: str, kind: str) -> Column:
@@ -276,10 +312,8 @@ def _field_check(table: _TableChecks, control: Control, kinds: dict[str, str]) -
     elif check == "cdmDatatype":  # an integer column holds integers only: no value needs reading
         table.add(control, F.lit(False) if kinds[name] in _INTEGER_TYPES
                   else column.isNotNull() & ~column.cast("string").rlike(r"^-?[0-9]+$"))
-    elif check in _KEY_CHECKS:
-        repeated, rows = table.facts.repeated[name], table.facts.rows
-        table.special.append(CheckResult(control, repeated, rows, "not_evaluated" if rows == 0 else
-                                         _verdict(control, repeated, rows), None if rows else "no row to check"))
+    elif check in _KEY_CHECKS:  # as the DataQualityDashboard's SQL counts it (IN values held twice): NULL never
+        table.add(control, column.isNotNull() & (F.col(table.held(name)) > 1))
     elif check == "isForeignKey" and params["fk_table"] == _PAIR_KEY:
         pairs = {clinical: table.foreign(name, clinical, f"{clinical}_id")
                  for clinical in ("measurement", "observation")}
@@ -310,8 +344,7 @@ def _field_check(table: _TableChecks, control: Control, kinds: dict[str, str]) -
     elif check == "sourceValueCompleteness":
         value = F.coalesce(column.cast("string"), F.lit(_NULL_SOURCE))
         standard = F.col(params["standard_concept_field"])
-        table.measures.append(_Measure(control, _distinct_count(F.when(standard == 0, value)), _distinct_count(value),
-                                       column.isNotNull()))
+        table.measures.append(_Measure(control, F.when(standard == 0, value), value, column.isNotNull(), distinct=True))
     elif check in ("plausibleValueLow", "plausibleValueHigh"):
         kind = kinds[name]
         value = _to_date(column) if kind in ("date", "timestamp") else column
@@ -370,27 +403,51 @@ def _concept_check(table: _TableChecks, control: Control) -> None:
         raise ValueError(f"resources/dqd_checks.csv names a concept check micdm does not know: {control.check}")
 
 
-def _person_completeness(spark: SparkSession, locator: TableLocator,
-                         checks: Sequence[Control]) -> dict[Control, CheckResult]:
-    """measurePersonCompleteness: persons with no row in the table, of all persons; every table's in one
-    query, so that the person table is read once for all of them.
+def _person_key(column: str = "person_id") -> Column:
+    """A row's tally key: its person_id as text, or _NO_PERSON."""
+    return F.coalesce(F.col(column).cast("string"), F.lit(_NO_PERSON))
 
-    A property of the whole table, so it is read whole (the site's rows included): micdm's rows can only
-    lower it, and on micdm's rows alone it would count every person never imaged.
+
+def _of_persons(rows: DataFrame, persons: Keys | None) -> DataFrame:
+    """The rows of ``persons`` (tally keys; every row when None): a list is a filter on person_id that the
+    Parquet reader checks against each row group's statistics."""
+    if persons is None:
+        return rows
+    if isinstance(persons, list):
+        ids = [int(key) for key in persons if key not in (_NO_PERSON, _TOTAL)]
+        held = F.col("person_id").isin(ids) if ids else F.lit(False)
+        return rows.where(held | F.col("person_id").isNull() if _NO_PERSON in persons else held)
+    keys = as_frame(rows.sparkSession, persons, "_tally_key")
+    return rows.join(keys, _person_key() == F.col("_tally_key"), "left_semi")
+
+
+def _persons_named(rows: DataFrame) -> DataFrame:
+    return rows.select(_person_key())
+
+
+def _nobody(rows: DataFrame) -> DataFrame:
+    """id_map's changes name no person: the rows its ids were allocated for changed in their own tables."""
+    return rows.select(F.lit(None).cast("string"))
+
+
+def _completeness_tallies(spark: SparkSession, locator: TableLocator, checks: Sequence[Control],
+                          persons: Keys | None) -> DataFrame:
+    """measurePersonCompleteness per person of the person table: a counter ``persons`` of 1, and a counter
+    of 1 for each table the person has no row in.
+
+    A property of the whole table, so the site's rows count too: micdm's rows can only lower it, and on
+    micdm's rows alone it would count every person never imaged.
     """
-    persons = read_table(spark, locator, "person").select("person_id").distinct()
+    people = _of_persons(read_table(spark, locator, "person"), persons).select(
+        _person_key().alias("tally_key")).distinct()
     for index, control in enumerate(checks):
-        seen = read_table(spark, locator, control.table).select("person_id").distinct()
-        persons = persons.join(seen.withColumn(f"_seen{index}", F.lit(True)), "person_id", "left")
-    counted = aggregate(persons, F.count(F.lit(1)).alias("persons"),
-                        *[F.count_if(F.col(f"_seen{index}").isNull()).alias(f"missing{index}")
-                          for index in range(len(checks))])
-    total = int(counted["persons"])
-    if total == 0:
-        return {control: CheckResult(control, 0, 0, "not_evaluated", "person is empty") for control in checks}
-    return {control: CheckResult(control, int(counted[f"missing{index}"]), total,
-                                 _verdict(control, int(counted[f"missing{index}"]), total), "the whole table")
-            for index, control in enumerate(checks)}
+        seen = _of_persons(read_table(spark, locator, control.table), persons).select(
+            _person_key().alias("tally_key")).distinct().withColumn(f"_seen{index}", F.lit(True))
+        people = people.join(seen, "tally_key", "left")
+    counts = F.create_map(F.lit("persons"), F.lit(1).cast("bigint"), *[
+        part for index, control in enumerate(checks)
+        for part in (F.lit(f"n|{control.key}"), F.col(f"_seen{index}").isNull().cast("bigint"))])
+    return people.select("tally_key", F.map_filter(counts, lambda _, count: count != 0).alias("counts"))
 
 
 def _allocated_spans(spark: SparkSession, locator: TableLocator, names: Sequence[str]) -> dict[str, _Span]:
@@ -401,11 +458,12 @@ def _allocated_spans(spark: SparkSession, locator: TableLocator, names: Sequence
     return {name: found.get(name) for name in names}
 
 
-def _written_rows(spark: SparkSession, locator: TableLocator, name: str, span: _Span) -> DataFrame:
-    """The rows of a checked table that micdm wrote: all of its own tables; in the site's CDM tables, the
-    ids micdm allocated (id_map, within their ``span``), so a site's own rows are neither checked nor read:
-    Delta skips the files outside micdm's block by their statistics."""
-    table = read_table(spark, locator, name)
+def _written_rows(spark: SparkSession, locator: TableLocator, name: str, span: _Span,
+                  persons: Keys | None = None) -> DataFrame:
+    """The rows of a checked table that micdm wrote, of ``persons`` (all when None): all of its own tables;
+    in the site's CDM tables, the ids micdm allocated (id_map, within their ``span``), so a site's own rows
+    are neither checked nor read: Delta skips the files outside micdm's block by their statistics."""
+    table = _of_persons(read_table(spark, locator, name), persons)
     if name in _OWN_TABLES:
         return table
     key = f"{name}_id"
@@ -433,25 +491,18 @@ def _lookups(spark: SparkSession, locator: TableLocator, written: Iterable[DataF
     return dict(zip(narrowed, run_concurrently(*[frame.localCheckpoint for frame in narrowed.values()]), strict=True))
 
 
-def _row_facts(rows: DataFrame, concept_fields: Iterable[str], foreign_key_fields: Iterable[str],
-               unique_fields: Iterable[str]) -> _RowFacts:
-    """_RowFacts in one aggregation. A repeated value is counted as the DataQualityDashboard's SQL counts it
-    (``field IN (values held more than once)``): NULL is never one."""
+def _row_facts(rows: DataFrame, concept_fields: Iterable[str], foreign_key_fields: Iterable[str]) -> _RowFacts:
+    """_RowFacts in one aggregation."""
     concept_fields, foreign_key_fields = sorted(set(concept_fields)), sorted(set(foreign_key_fields))
-    unique_fields = sorted(set(unique_fields))
-    for field in unique_fields:
-        rows = rows.withColumn(f"_held_{field}", F.count(F.lit(1)).over(Window.partitionBy(field)))
     collected = aggregate(rows, F.count(F.lit(1)).alias("_rows"),
                           *[F.collect_set(f).alias(f"c_{f}") for f in concept_fields],
                           *[F.min(f).alias(f"low_{f}") for f in foreign_key_fields],
-                          *[F.max(f).alias(f"high_{f}") for f in foreign_key_fields],
-                          *[F.count_if(F.col(f).isNotNull() & (F.col(f"_held_{f}") > 1)).alias(f"r_{f}")
-                            for f in unique_fields])
+                          *[F.max(f).alias(f"high_{f}") for f in foreign_key_fields])
     present = {(f, int(c)) for f in concept_fields for c in (collected[f"c_{f}"] or [])}
     spans: dict[str, _Span] = {f: None if collected[f"low_{f}"] is None else (collected[f"low_{f}"],
                                                                                 collected[f"high_{f}"])
                                for f in foreign_key_fields}
-    return _RowFacts(int(collected["_rows"]), present, spans, {f: int(collected[f"r_{f}"]) for f in unique_fields})
+    return _RowFacts(int(collected["_rows"]), present, spans)
 
 
 def _among(field_name: str, ids: Iterable[int]) -> Column:
@@ -469,55 +520,186 @@ def _concepts_used(concept: DataFrame, facts: Iterable[_RowFacts]) -> dict[int, 
     return {row.concept_id: row for row in concept.where(_among("concept_id", ids)).collect()} if ids else {}
 
 
-def evaluate(spark: SparkSession, locator: TableLocator) -> list[CheckResult]:
-    """Every shipped check on the rows micdm wrote: per table, one aggregation for its facts, one for its checks."""
-    concept = read_table(spark, locator, "concept").select(
+def _concept_table(spark: SparkSession, locator: TableLocator) -> DataFrame:
+    return read_table(spark, locator, "concept").select(
         "concept_id", "domain_id", "concept_class_id", "standard_concept", "invalid_reason")
-    vocabulary_empty = not has_rows(concept)
+
+
+def _tallies(spark: SparkSession, locator: TableLocator,
+             persons: Keys | None) -> tuple[DataFrame, dict[str, DataFrame]]:
+    """Each person's counters (of ``persons``; everyone's when None), one row per person, checkpointed; and
+    the rows counted, by table. Per table, one aggregation for its facts; then one job for every count."""
     checks = controls()
     by_table: dict[str, list[Control]] = {}
     for control in checks:
         by_table.setdefault(control.table, []).append(control)
     spans = _allocated_spans(spark, locator, [name for name in CHECKED_TABLES if name not in _OWN_TABLES])
-    written = dict(zip(CHECKED_TABLES, run_concurrently(
-        *[functools.partial(lambda name: _written_rows(spark, locator, name, spans.get(name)).localCheckpoint(), name)
-          for name in CHECKED_TABLES]), strict=True))
+    written = dict(zip(CHECKED_TABLES, run_concurrently(*[functools.partial(
+        lambda name: _written_rows(spark, locator, name, spans.get(name), persons).localCheckpoint(), name)
+        for name in CHECKED_TABLES]), strict=True))
 
     def facts_of(name: str) -> _RowFacts:
         rows, controlled = written[name], by_table.get(name, [])
         return _row_facts(rows, [f.name for f in rows.schema.fields if f.name.endswith("concept_id")],
                           {c.field for c in controlled if c.check == "isForeignKey" and c.field
-                           and c.params["fk_table"] != "concept"},
-                          {c.field for c in controlled if c.check in _KEY_CHECKS and c.field})
+                           and c.params["fk_table"] != "concept"})
 
     facts_by_table = dict(zip(CHECKED_TABLES, run_concurrently(
         *[functools.partial(facts_of, name) for name in CHECKED_TABLES]), strict=True))
-    used = _concepts_used(concept, facts_by_table.values())
+    used = _concepts_used(_concept_table(spark, locator), facts_by_table.values())
     lookups = _lookups(spark, locator, written.values())
-    completeness = _person_completeness(spark, locator, [c for c in checks if c.level == "TABLE"])
 
-    def check(name: str) -> list[CheckResult]:
-        rows, controlled, facts = written[name], by_table.get(name, []), facts_by_table[name]
+    def tally(name: str) -> DataFrame:
+        rows, facts = written[name], facts_by_table[name]
         table = _TableChecks(spark, locator, name, rows, used, lookups, facts)
         kinds = {f.name: f.dataType.typeName() for f in rows.schema.fields}
-        for control in controlled:
-            if control.level == "TABLE":
-                table.special.append(completeness[control])
-            elif control.level == "CONCEPT":
-                if (control.field, control.concept_id) in facts.present:
-                    _concept_check(table, control)
-            else:
+        for control in by_table.get(name, []):
+            if control.level == "CONCEPT" and (control.field, control.concept_id) in facts.present:
+                _concept_check(table, control)
+                holding = F.col(control.field or "") == F.lit(control.concept_id)
+                table.counters.append((f"p|{control.key}", F.count_if(holding)))
+            elif control.level == "FIELD":
                 _field_check(table, control, kinds)
-        return table.results(vocabulary_empty)
+        return table.tallies()
 
-    return [result for results in run_concurrently(*[functools.partial(check, name) for name in CHECKED_TABLES])
-            for result in results]
+    parts = [*(tally(name) for name in CHECKED_TABLES),
+             _completeness_tallies(spark, locator, [c for c in checks if c.level == "TABLE"], persons)]
+    merged = functools.reduce(DataFrame.unionByName, parts).groupBy("tally_key").agg(
+        F.map_from_entries(F.flatten(F.collect_list(F.map_entries("counts")))).alias("counts"))
+    return merged.localCheckpoint(), written
+
+
+def _summed(tallies: DataFrame) -> dict[str, int]:
+    """Each counter's sum over the tallies."""
+    sums = tallies.select(F.explode("counts")).groupBy("key").agg(F.sum("value").alias("value")).collect()
+    return {row["key"]: int(row["value"]) for row in sums}
+
+
+def _results(totals: Mapping[str, int], vocabulary_empty: bool) -> list[CheckResult]:
+    """Every check's result from the counters summed over every person."""
+    def held(prefix: str) -> int:
+        return sum(1 for counter, count in totals.items() if count > 0 and counter.startswith(prefix))
+
+    results = []
+    for control in controls():
+        key, rows = control.key, totals.get(f"rows|{control.table}", 0)
+        violated = totals.get(f"n|{key}", 0)
+        if control.level == "CONCEPT" and not totals.get(f"p|{key}"):
+            continue  # no row holds the concept
+        if control.level == "TABLE":
+            persons = totals.get("persons", 0)
+            results.append(CheckResult(control, violated, persons, _verdict(control, violated, persons),
+                                       "the whole table") if persons
+                           else CheckResult(control, 0, 0, "not_evaluated", "person is empty"))
+            continue
+        if control.check in _KEY_CHECKS:
+            results.append(CheckResult(control, violated, rows, _verdict(control, violated, rows)) if rows
+                           else CheckResult(control, 0, 0, "not_evaluated", "no row to check"))
+            continue
+        checked = totals.get(f"d|{key}", 0)
+        if control.check == "sourceValueCompleteness":
+            violated, checked = held(f"n|{key}|"), held(f"d|{key}|")
+        note = None
+        if rows == 0:
+            note = f"{control.table} holds no row micdm wrote"
+        elif control.level == "FIELD" and control.field and control.check not in _EVALUATED_WHEN_EMPTY \
+                and not totals.get(f"filled|{control.table}|{control.field}"):
+            note = f"{control.table}.{control.field} is never filled"
+        elif vocabulary_empty and (control.check in _VOCABULARY_CHECKS or control.params.get("fk_table") == "concept"):
+            note = "CONCEPT is empty: no vocabulary to check against"
+        elif checked == 0:
+            note = "no row to check" if control.concept_id is None else f"no row with concept {control.concept_id}"
+        status = "not_evaluated" if note else _verdict(control, violated, checked)
+        results.append(CheckResult(control, violated, checked, status, note))
+    return results
+
+
+def evaluate(spark: SparkSession, locator: TableLocator) -> list[CheckResult]:
+    """Every shipped check on the rows micdm wrote, counted for every person (dq_tally is left as it is)."""
+    tallies, _ = _tallies(spark, locator, None)
+    return _results(_summed(tallies), not has_rows(_concept_table(spark, locator)))
+
+
+def _stored_total(spark: SparkSession, locator: TableLocator) -> dict[str, int] | None:
+    row = read_table(spark, locator, "dq_tally").where(F.col("tally_key") == _TOTAL).select("counts").first()
+    return None if row is None else dict(row["counts"])
+
+
+def _repeats(totals: Mapping[str, int]) -> bool:
+    """Whether a key check counts a value held twice: who holds it is then known only by counting everyone."""
+    return any(totals.get(f"n|{c.key}") for c in controls() if c.check in _KEY_CHECKS)
+
+
+def _with_late_dates(spark: SparkSession, locator: TableLocator, persons: Keys, stored: Mapping[str, int]) -> Keys:
+    """``persons`` and every person with a row dated after tomorrow: such a row passes once its day comes,
+    so it is counted again each run (a row that passed does not fail later: tomorrow only moves on)."""
+    counters = [f"n|{c.key}" for c in controls()
+                if c.params.get("value_high") == "today+1" and stored.get(f"n|{c.key}")]
+    if not counters:
+        return persons
+    late = functools.reduce(Column.__or__, [F.coalesce(F.col("counts").getItem(c), F.lit(0)) > 0 for c in counters])
+    found = [row[0] for row in read_table(spark, locator, "dq_tally").where(
+        (F.col("tally_key") != _TOTAL) & late).select("tally_key").collect()]
+    log.info("quality: %d persons with rows dated after tomorrow are counted again", len(found))
+    if isinstance(persons, list):
+        return sorted(set(persons) | set(found))
+    return persons.unionByName(as_frame(spark, found, persons.columns[0])).distinct()
+
+
+def _held_beyond(spark: SparkSession, locator: TableLocator, written: Mapping[str, DataFrame],
+                 counted: Mapping[str, int]) -> bool:
+    """Whether a row of a person not counted holds a key value (isPrimaryKey, isUnique) that a counted row
+    holds: both rows would then count as repeated, which the counted persons' tallies cannot tell."""
+    keys = [(c.table, c.field) for c in controls() if c.check in _KEY_CHECKS and c.field]
+
+    def beyond(table: str, field: str) -> bool:
+        values = listed(written[table].select(field).where(F.col(field).isNotNull()).distinct())
+        holders = within(read_table(spark, locator, table).select(field), field, values).count()
+        return holders > counted.get(f"filled|{table}|{field}", 0)
+
+    return any(run_concurrently(*[functools.partial(beyond, table, field) for table, field in keys]))
+
+
+def _total_row(spark: SparkSession, totals: Mapping[str, int]) -> DataFrame:
+    return spark.createDataFrame([(_TOTAL, dict(totals))], TABLES["dq_tally"].schema)
+
+
+def _counted(spark: SparkSession, locator: TableLocator, changes: Changes | None) -> tuple[dict[str, int], Keys | None]:
+    """Every counter's sum, dq_tally brought up to date, and the persons counted (None: everyone).
+
+    The persons whose rows changed since the stage's last run are counted again, and the stored sum moves
+    by the difference between their stored and new tallies, in the MERGE that stores both; whatever the
+    persons cannot key (see the module's docstring) rewrites every tally.
+    """
+    persons = changed_keys(spark, locator, changes, {**{name: _persons_named for name in _PERSON_KEYED},
+                                                     "id_map": _nobody})
+    stored = None if persons is None else _stored_total(spark, locator)
+    if persons is not None and stored is not None and not _repeats(stored):
+        persons = _with_late_dates(spark, locator, persons, stored)
+        tallies, written = _tallies(spark, locator, persons)
+        before = _summed(within(read_table(spark, locator, "dq_tally"), "tally_key", persons))
+        after = _summed(tallies)
+        totals = {counter: count for counter in stored.keys() | after.keys()
+                  if (count := stored.get(counter, 0) - before.get(counter, 0) + after.get(counter, 0)) != 0}
+        if not _repeats(totals) and not _held_beyond(spark, locator, written, after):
+            gone = as_frame(spark, persons, "tally_key").join(tallies, "tally_key", "left_anti")
+            merge_or_delete(spark, locator, "dq_tally", functools.reduce(DataFrame.unionByName, [
+                tallies.withColumn("_keep", F.lit(True)), _total_row(spark, totals).withColumn("_keep", F.lit(True)),
+                gone.withColumn("counts", F.lit(None)).withColumn("_keep", F.lit(False))]), ["tally_key"],
+                F.col("_keep"))
+            return totals, persons
+        log.info("quality: a key value is held twice: counting every person")
+    tallies, _ = _tallies(spark, locator, None)
+    totals = _summed(tallies)
+    overwrite(locator, "dq_tally", tallies.unionByName(_total_row(spark, totals)))
+    return totals, None
 
 
 def run(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: str,
         changes: Changes | None = None) -> StageCounts:
     """Run every check, append the results to dq_result; raise QualityError when a fatal one failed."""
-    results = evaluate(spark, locator)
+    totals, persons = _counted(spark, locator, changes)
+    results = _results(totals, not has_rows(_concept_table(spark, locator)))
     now = dt.datetime.now(dt.UTC)
     rows = [(run_id, now, r.control.check, r.control.level, r.control.table, r.control.field, r.control.concept_id,
              r.control.unit_concept_id, r.violated, r.checked, round(r.percent, 4), r.control.threshold,
@@ -532,7 +714,8 @@ def run(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: 
         names = ", ".join(r.name for r in fatal)
         raise QualityError(f"{len(fatal)} fatal quality check(s) failed: {names}; see {locator.where('dq_result')}")
     return {"checks": len(results), "failed": len(failed),
-            "not_evaluated": sum(r.status == "not_evaluated" for r in results)}
+            "not_evaluated": sum(r.status == "not_evaluated" for r in results),
+            "persons counted": "all" if persons is None else key_count(persons)}
 
 
 #: The DataQualityDashboard's threshold-file columns that the imaging tables' checks fill.

@@ -24,6 +24,7 @@ from pyspark.sql.types import (
     DoubleType,
     IntegerType,
     LongType,
+    MapType,
     StringType,
     StructField,
     StructType,
@@ -60,10 +61,12 @@ _SCALAR_TYPES: dict[str, DataType] = {
 }
 _VARCHAR = re.compile(r"varchar\((\d+|max)\)")
 _ARRAY = re.compile(r"array<(\w+)>")
+_MAP = re.compile(r"map<(\w+),(\w+)>")
 
 
 def _parse_type(declared: str) -> tuple[DataType, int | None]:
-    """Turn a declared type (``integer``, ``varchar(250)``, ``array<string>``) into a Spark type."""
+    """Turn a declared type (``integer``, ``varchar(250)``, ``array<string>``, ``map<string,bigint>``) into a
+    Spark type."""
     varchar = _VARCHAR.fullmatch(declared)
     if varchar:
         length = varchar.group(1)
@@ -71,6 +74,9 @@ def _parse_type(declared: str) -> tuple[DataType, int | None]:
     array = _ARRAY.fullmatch(declared)
     if array:
         return ArrayType(_SCALAR_TYPES[array.group(1)], containsNull=True), None
+    mapping = _MAP.fullmatch(declared)
+    if mapping:
+        return MapType(_SCALAR_TYPES[mapping.group(1)], _SCALAR_TYPES[mapping.group(2)], valueContainsNull=True), None
     return _SCALAR_TYPES[declared], None
 
 
@@ -811,6 +817,13 @@ DQ_RESULT = table("dq_result", "bookkeeping", """
     note                 string
 """)
 
+#: The quality stage's counters per person (tally_key: person_id as text; '' for rows without one, '*' for
+#: the sum of all): each check's violated and checked rows, so a run counts only the persons that changed.
+DQ_TALLY = table("dq_tally", "bookkeeping", """
+    tally_key    string               required
+    counts       map<string,bigint>   required
+""")
+
 #: What a natural key was made from: its second part, where a feature's key names its series or report
 #: (features.py), else the key itself. A run's stale features are looked up by their sources' list.
 KEY_SOURCE = "coalesce(get(split(natural_key, '[|]'), 1), natural_key)"
@@ -862,6 +875,7 @@ PIPELINE_TABLES = (
     FEATURE_QUARANTINE,
     *SR_TABLES,
     DQ_RESULT,
+    DQ_TALLY,
     ID_MAP,
     SITE_ROW,
     STAGE_STATE,

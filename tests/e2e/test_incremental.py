@@ -24,7 +24,7 @@ from micdm.reports import is_report_or_segmentation
 from micdm.synth import ALGORITHM_RESULTS, generate, load_site
 from micdm.tables import TableLocator, append, delta_table, read_table
 
-from support.snapshots import COMPARED, difference
+from support.snapshots import COMPARED, difference, latest_run
 from support.warehouse import new_tables
 
 REPO = Path(__file__).resolve().parents[2]
@@ -62,6 +62,8 @@ def _differences_from_a_rebuilt_copy(spark, settings, copy: Path) -> dict[str, t
     incremental, full = TableLocator.of(settings), TableLocator.of(rebuilt)
     found = {name: difference(read_table(spark, full, name), read_table(spark, incremental, name), name)
              for name in COMPARED}
+    found["dq_result"] = difference(*(latest_run(read_table(spark, where, "dq_result"), "checked_at")
+                                      for where in (full, incremental)), "dq_result")
     return {name: counts for name, counts in found.items() if any(counts)}
 
 
@@ -132,6 +134,8 @@ def test_each_incremental_run_equals_a_full_rebuild(spark, tmp_path: Path, monke
     # series row is as it was), and featured again with the re-sent report's
     assert counts["series"]["series written"] == len(touched) < every_series, counts["series"]
     resent_series = series_of(F.col("path").endswith(f"/{resent.relative_to(export)}"))
+    # quality counts again the persons whose rows changed, not everyone
+    assert 0 < counts["quality"]["persons counted"] < read_table(spark, locator, "person").count(), counts["quality"]
     assert counts["features"]["series redone"] == len(touched | resent_series), counts["features"]
     # linkage is redone for the studies of the patients whose series changed
     studies = read_table(spark, locator, "dicom_series").select("study_instance_uid").distinct().count()

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
+from pyspark.sql.types import MapType
 
 #: Tables a run rewrites to the same content; link_report and dq_result gain rows per run by design.
 COMPARED = ("dicom_instance", "dicom_quarantine", "file_inventory", "dicom_series", "series_link", "link_exception",
             "procedure_occurrence", "image_occurrence", "measurement", "observation", "image_feature",
             "feature_quarantine", "id_map", "sr_content_item", "sr_measurement_group", "sr_quantitative",
-            "sr_qualitative")
+            "sr_qualitative", "dq_tally")
 #: Each compared table's key, which no row may repeat (exceptAll below also compares row multiplicity).
 KEYS = {"dicom_instance": ["path"], "dicom_quarantine": ["path"], "file_inventory": ["path"],
         "dicom_series": ["series_instance_uid"], "series_link": ["image_series_uid"],
@@ -18,13 +19,21 @@ KEYS = {"dicom_instance": ["path"], "dicom_quarantine": ["path"], "file_inventor
         "observation": ["observation_id"], "image_feature": ["image_feature_id"],
         "id_map": ["namespace", "natural_key"], "sr_content_item": ["path", "position"],
         "sr_measurement_group": ["sop_instance_uid", "finding_group"],
-        "sr_quantitative": ["sop_instance_uid", "position"], "sr_qualitative": ["sop_instance_uid", "position"]}
+        "sr_quantitative": ["sop_instance_uid", "position"], "sr_qualitative": ["sop_instance_uid", "position"],
+        "dq_tally": ["tally_key"]}
 
 
 def comparable(df: DataFrame) -> DataFrame:
-    """The table without what depends on when or in which run a row was written."""
+    """The table without what depends on when or in which run a row was written; a map as its sorted
+    entries (Spark compares no maps)."""
     volatile = [c for c in df.columns if c == "run_id" or c.endswith("_at") or c == "first_seen"]
-    return df.drop(*volatile)
+    maps = [f.name for f in df.schema.fields if isinstance(f.dataType, MapType)]
+    return df.drop(*volatile).withColumns({name: F.array_sort(F.map_entries(name)) for name in maps})
+
+
+def latest_run(df: DataFrame, stamp: str) -> DataFrame:
+    """The rows of a table that gains rows per run (dq_result) that its latest run wrote."""
+    return df.where(F.col(stamp) == df.agg(F.max(stamp)).first()[0])
 
 
 def difference(expected: DataFrame, actual: DataFrame, name: str) -> tuple[int, int, int]:
