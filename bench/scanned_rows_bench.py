@@ -33,7 +33,7 @@ _TYPE_SETTING = "spark.sql.parquet.outputTimestampType"
 _RUN_GROUP = re.compile(r"(micdm-[0-9a-f]{32})-\w+$")
 
 
-def _input_by_group(event_log: Path) -> dict[str, dict[str, int]]:
+def input_by_group(event_log: Path) -> dict[str, dict[str, int]]:
     """Rows and bytes read from files, by Spark job group (micdm names one per run and stage)."""
     stage_group: dict[int, str] = {}
     read: dict[str, dict[str, int]] = collections.defaultdict(lambda: {"rows": 0, "bytes": 0})
@@ -74,7 +74,7 @@ def _measure(folder: Path, held: list[Path], events: Path) -> dict[str, Any]:
         runs[kind] = {r.stage: {"seconds": round(r.seconds, 1), "jobs": r.spark_jobs}
                       for r in run_pipeline(spark, settings_of(kind))}
     spark.stop()  # the event log is complete once the session has stopped
-    read = _input_by_group(next(events.iterdir()))
+    read = input_by_group(next(events.iterdir()))
     ran = list(dict.fromkeys(found.group(1) for found in map(_RUN_GROUP.match, read) if found))
     for kind, run in zip(TYPES, ran[len(TYPES):], strict=True):  # the runs after the arrival, in order
         for stage, figures in runs[kind].items():
