@@ -664,6 +664,18 @@ def _total_row(spark: SparkSession, totals: Mapping[str, int]) -> DataFrame:
     return spark.createDataFrame([(_TOTAL, dict(totals))], TABLES["dq_tally"].schema)
 
 
+def _store(spark: SparkSession, locator: TableLocator, tallies: DataFrame, persons: Keys,
+           totals: Mapping[str, int]) -> None:
+    """One MERGE into dq_tally: the counted persons' tallies, the new sum, and no tally for a counted person
+    who has no row left."""
+    gone = as_frame(spark, persons, "tally_key").join(tallies, "tally_key", "left_anti").withColumn(
+        "counts", F.lit(None).cast(TABLES["dq_tally"].schema["counts"].dataType))
+    rows = functools.reduce(DataFrame.unionByName, [
+        tallies.withColumn("_keep", F.lit(True)), _total_row(spark, totals).withColumn("_keep", F.lit(True)),
+        gone.withColumn("_keep", F.lit(False))])
+    merge_or_delete(spark, locator, "dq_tally", rows, ["tally_key"], F.col("_keep"))
+
+
 def _counted(spark: SparkSession, locator: TableLocator, changes: Changes | None) -> tuple[dict[str, int], Keys | None]:
     """Every counter's sum, dq_tally brought up to date, and the persons counted (None: everyone).
 
@@ -676,17 +688,15 @@ def _counted(spark: SparkSession, locator: TableLocator, changes: Changes | None
     stored = None if persons is None else _stored_total(spark, locator)
     if persons is not None and stored is not None and not _repeats(stored):
         persons = _with_late_dates(spark, locator, persons, stored)
+        if persons == []:  # only id_map changed: nobody's rows did
+            return stored, persons
         tallies, written = _tallies(spark, locator, persons)
         before = _summed(within(read_table(spark, locator, "dq_tally"), "tally_key", persons))
         after = _summed(tallies)
         totals = {counter: count for counter in stored.keys() | after.keys()
                   if (count := stored.get(counter, 0) - before.get(counter, 0) + after.get(counter, 0)) != 0}
         if not _repeats(totals) and not _held_beyond(spark, locator, written, after):
-            gone = as_frame(spark, persons, "tally_key").join(tallies, "tally_key", "left_anti")
-            merge_or_delete(spark, locator, "dq_tally", functools.reduce(DataFrame.unionByName, [
-                tallies.withColumn("_keep", F.lit(True)), _total_row(spark, totals).withColumn("_keep", F.lit(True)),
-                gone.withColumn("counts", F.lit(None)).withColumn("_keep", F.lit(False))]), ["tally_key"],
-                F.col("_keep"))
+            _store(spark, locator, tallies, persons, totals)
             return totals, persons
         log.info("quality: a key value is held twice: counting every person")
     tallies, _ = _tallies(spark, locator, None)

@@ -12,7 +12,10 @@ import pytest
 
 from micdm import quality
 from micdm.errors import QualityError
-from micdm.tables import overwrite, read_table
+from micdm.pipeline import run_stage
+from micdm.tables import append, overwrite, read_table
+
+from support.snapshots import latest_run
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -156,3 +159,59 @@ def test_concept_checks_count_what_the_dashboards_sql_counts(spark, empty, share
     assert compared == {key: (theirs[key]["numViolatedRows"], theirs[key]["numDenominatorRows"]) for key in compared}
     assert len(compared) == 10 and sum(violated > 0 for violated, _ in compared.values()) >= 6, compared
     assert compared[("isPrimaryKey", "measurement_id")] == (2, len(named) + 1)
+
+
+_OCCURRENCE = ("image_occurrence_id int, person_id int, procedure_occurrence_id int, visit_occurrence_id int, "
+               "anatomic_site_concept_id int, wadors_uri string, local_path string, image_occurrence_date date, "
+               "image_study_uid string, image_series_uid string, modality string")
+
+
+def _results_as_counted(spark, locator) -> set[tuple]:
+    """The latest run's results in dq_result, as comparable tuples."""
+    return {(row.check_name, row.table_name, row.field_name, row.concept_id, row.rows_violated, row.rows_checked,
+             row.status) for row in latest_run(read_table(spark, locator, "dq_result"), "checked_at").collect()}
+
+
+def _results_of_everyone(spark, locator) -> set[tuple]:
+    return {(r.control.check, r.control.table, r.control.field, r.control.concept_id, r.violated, r.checked, r.status)
+            for r in quality.evaluate(spark, locator)}
+
+
+def test_a_run_counts_again_the_changed_persons_and_those_dated_after_tomorrow(spark, empty) -> None:
+    """After a first run counts everyone, a run counts the person whose row changed and the one whose row is
+    dated after tomorrow (it passes once its day comes), and gives what a count of everyone gives; a key
+    value another person's row holds too makes it count everyone, and the key check fails."""
+    settings, locator = empty
+    day, later = dt.date(2024, 1, 2), dt.date.today() + dt.timedelta(days=30)
+    overwrite(locator, "person", spark.createDataFrame(
+        [(person, 8507, 1950, 0, 0) for person in (1, 2, 3)],
+        "person_id int, gender_concept_id int, year_of_birth int, race_concept_id int, ethnicity_concept_id int"))
+    overwrite(locator, "procedure_occurrence", spark.createDataFrame(
+        [(person + 10, person, 4019, day, 32817) for person in (1, 2, 3)],
+        "procedure_occurrence_id int, person_id int, procedure_concept_id int, procedure_date date, "
+        "procedure_type_concept_id int"))
+
+    def occurrence(row_id: int, person: int, when: dt.date, series: str) -> tuple:
+        return (row_id, person, person + 10, None, 0, None, f"/data/{series}", when, "1.2", series, "CT")
+
+    overwrite(locator, "image_occurrence", spark.createDataFrame(
+        [occurrence(1, 1, day, "1.2.1"), occurrence(2, 2, later, "1.2.2"), occurrence(3, 3, day, "1.2.3")],
+        _OCCURRENCE))
+    assert run_stage(spark, settings, "quality").counts["persons counted"] == "all"
+    append(locator, "image_occurrence", spark.createDataFrame([occurrence(4, 3, day, "1.2.4")], _OCCURRENCE))
+    counts = run_stage(spark, settings, "quality").counts
+    assert counts["persons counted"] == 2, counts  # person 3, whose row is new, and person 2, dated later
+    counted = _results_as_counted(spark, locator)
+    assert counted == _results_of_everyone(spark, locator)
+    late = next(result for result in counted if result[:3] == ("plausibleValueHigh", "image_occurrence",
+                                                              "image_occurrence_date"))
+    assert late[4:6] == (1, 4)
+
+    append(locator, "image_occurrence", spark.createDataFrame([occurrence(1, 3, day, "1.2.5")], _OCCURRENCE))
+    with pytest.raises(QualityError, match=r"isPrimaryKey image_occurrence\.image_occurrence_id"):
+        run_stage(spark, settings, "quality")
+    counted = _results_as_counted(spark, locator)
+    assert counted == _results_of_everyone(spark, locator)
+    key = next(result for result in counted if result[:3] == ("isPrimaryKey", "image_occurrence",
+                                                             "image_occurrence_id"))
+    assert key[4:7] == (2, 5, "failed")  # person 1's row and person 3's, though person 1 changed nothing
