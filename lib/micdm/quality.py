@@ -167,7 +167,6 @@ _Span = tuple[int, int] | None
 class _RowFacts:
     """What one aggregation of a table's checked rows tells before its checks are built."""
 
-    rows: int
     present: set[tuple[str, int]]
     """The (field, concept id) pairs the rows hold in their concept fields: the concepts the checks look up,
     and the concept checks run only for those present."""
@@ -494,15 +493,14 @@ def _lookups(spark: SparkSession, locator: TableLocator, written: Iterable[DataF
 def _row_facts(rows: DataFrame, concept_fields: Iterable[str], foreign_key_fields: Iterable[str]) -> _RowFacts:
     """_RowFacts in one aggregation."""
     concept_fields, foreign_key_fields = sorted(set(concept_fields)), sorted(set(foreign_key_fields))
-    collected = aggregate(rows, F.count(F.lit(1)).alias("_rows"),
-                          *[F.collect_set(f).alias(f"c_{f}") for f in concept_fields],
+    collected = aggregate(rows, *[F.collect_set(f).alias(f"c_{f}") for f in concept_fields],
                           *[F.min(f).alias(f"low_{f}") for f in foreign_key_fields],
                           *[F.max(f).alias(f"high_{f}") for f in foreign_key_fields])
     present = {(f, int(c)) for f in concept_fields for c in (collected[f"c_{f}"] or [])}
     spans: dict[str, _Span] = {f: None if collected[f"low_{f}"] is None else (collected[f"low_{f}"],
                                                                                 collected[f"high_{f}"])
                                for f in foreign_key_fields}
-    return _RowFacts(int(collected["_rows"]), present, spans)
+    return _RowFacts(present, spans)
 
 
 def _among(field_name: str, ids: Iterable[int]) -> Column:
