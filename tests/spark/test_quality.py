@@ -177,10 +177,11 @@ def _results_of_everyone(spark, locator) -> set[tuple]:
             for r in quality.evaluate(spark, locator)}
 
 
-def test_a_run_counts_again_the_changed_persons_and_those_dated_after_tomorrow(spark, empty) -> None:
+def test_a_run_counts_again_the_changed_persons_and_those_dated_after_tomorrow(spark, empty, monkeypatch) -> None:
     """After a first run counts everyone, a run counts the person whose row changed and the one whose row is
-    dated after tomorrow (it passes once its day comes), and gives what a count of everyone gives; a key
-    value another person's row holds too makes it count everyone, and the key check fails."""
+    dated after tomorrow (it passes once its day comes), and gives what a count of everyone gives, with the
+    persons as a list or, as beyond 10,000 of them, a frame; a key value another person's row holds too makes
+    it count everyone, and the key check fails."""
     settings, locator = empty
     day, later = dt.date(2024, 1, 2), dt.date.today() + dt.timedelta(days=30)
     overwrite(locator, "person", spark.createDataFrame(
@@ -198,20 +199,25 @@ def test_a_run_counts_again_the_changed_persons_and_those_dated_after_tomorrow(s
         [occurrence(1, 1, day, "1.2.1"), occurrence(2, 2, later, "1.2.2"), occurrence(3, 3, day, "1.2.3")],
         _OCCURRENCE))
     assert run_stage(spark, settings, "quality").counts["persons counted"] == "all"
-    append(locator, "image_occurrence", spark.createDataFrame([occurrence(4, 3, day, "1.2.4")], _OCCURRENCE))
-    counts = run_stage(spark, settings, "quality").counts
-    assert counts["persons counted"] == 2, counts  # person 3, whose row is new, and person 2, dated later
-    counted = _results_as_counted(spark, locator)
-    assert counted == _results_of_everyone(spark, locator)
+    for framed in (False, True):
+        append(locator, "image_occurrence", spark.createDataFrame(
+            [occurrence(4 + framed, 3, day, f"1.2.{4 + framed}")], _OCCURRENCE))
+        with monkeypatch.context() as keys:
+            if framed:
+                keys.setattr("micdm.changes.listed_or_kept", lambda found: found.localCheckpoint())
+            counts = run_stage(spark, settings, "quality").counts
+        assert counts["persons counted"] == 2, counts  # person 3, whose row is new, and person 2, dated later
+        counted = _results_as_counted(spark, locator)
+        assert counted == _results_of_everyone(spark, locator)
     late = next(result for result in counted if result[:3] == ("plausibleValueHigh", "image_occurrence",
                                                               "image_occurrence_date"))
-    assert late[4:6] == (1, 4)
+    assert late[4:6] == (1, 5)
 
-    append(locator, "image_occurrence", spark.createDataFrame([occurrence(1, 3, day, "1.2.5")], _OCCURRENCE))
+    append(locator, "image_occurrence", spark.createDataFrame([occurrence(1, 3, day, "1.2.6")], _OCCURRENCE))
     with pytest.raises(QualityError, match=r"isPrimaryKey image_occurrence\.image_occurrence_id"):
         run_stage(spark, settings, "quality")
     counted = _results_as_counted(spark, locator)
     assert counted == _results_of_everyone(spark, locator)
     key = next(result for result in counted if result[:3] == ("isPrimaryKey", "image_occurrence",
                                                              "image_occurrence_id"))
-    assert key[4:7] == (2, 5, "failed")  # person 1's row and person 3's, though person 1 changed nothing
+    assert key[4:7] == (2, 6, "failed")  # person 1's row and person 3's, though person 1 changed nothing
