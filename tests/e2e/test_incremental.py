@@ -20,11 +20,12 @@ from pyspark.sql import functions as F
 from micdm.config import Settings, load_settings
 from micdm.ids import allocated_ids
 from micdm.pipeline import StageResult, run_pipeline, run_stage
+from micdm.report import latest_run_rows
 from micdm.reports import is_report_or_segmentation
 from micdm.synth import ALGORITHM_RESULTS, generate, load_site
 from micdm.tables import TableLocator, append, delta_table, read_table
 
-from support.snapshots import COMPARED, difference, latest_run
+from support.snapshots import COMPARED, difference
 from support.warehouse import new_tables
 
 REPO = Path(__file__).resolve().parents[2]
@@ -62,7 +63,7 @@ def _differences_from_a_rebuilt_copy(spark, settings, copy: Path) -> dict[str, t
     incremental, full = TableLocator.of(settings), TableLocator.of(rebuilt)
     found = {name: difference(read_table(spark, full, name), read_table(spark, incremental, name), name)
              for name in COMPARED}
-    found["dq_result"] = difference(*(latest_run(read_table(spark, where, "dq_result"), "checked_at")
+    found["dq_result"] = difference(*(latest_run_rows(read_table(spark, where, "dq_result"), "checked_at")
                                       for where in (full, incremental)), "dq_result")
     return {name: counts for name, counts in found.items() if any(counts)}
 

@@ -13,9 +13,8 @@ import pytest
 from micdm import quality
 from micdm.errors import QualityError
 from micdm.pipeline import run_stage
+from micdm.report import latest_run_rows
 from micdm.tables import append, overwrite, read_table
-
-from support.snapshots import latest_run
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -169,7 +168,7 @@ _OCCURRENCE = ("image_occurrence_id int, person_id int, procedure_occurrence_id 
 def _results_as_counted(spark, locator) -> set[tuple]:
     """The latest run's results in dq_result, as comparable tuples."""
     return {(row.check_name, row.table_name, row.field_name, row.concept_id, row.rows_violated, row.rows_checked,
-             row.status) for row in latest_run(read_table(spark, locator, "dq_result"), "checked_at").collect()}
+             row.status) for row in latest_run_rows(read_table(spark, locator, "dq_result"), "checked_at").collect()}
 
 
 def _results_of_everyone(spark, locator) -> set[tuple]:

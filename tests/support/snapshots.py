@@ -31,11 +31,6 @@ def comparable(df: DataFrame) -> DataFrame:
     return df.drop(*volatile).withColumns({name: F.array_sort(F.map_entries(name)) for name in maps})
 
 
-def latest_run(df: DataFrame, stamp: str) -> DataFrame:
-    """The rows of a table that gains rows per run (dq_result) that its latest run wrote."""
-    return df.where(F.col(stamp) == df.agg(F.max(stamp)).first()[0])
-
-
 def difference(expected: DataFrame, actual: DataFrame, name: str) -> tuple[int, int, int]:
     """(rows missing from ``actual``, rows only in it, rows repeating a key of table ``name``), in one query.
 
