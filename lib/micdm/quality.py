@@ -16,8 +16,8 @@ exception is measurePersonCompleteness, a property of the whole table (see _comp
 Each check's counts are kept per person (dq_tally: one map of named counters per person, and their sum),
 so a run re-counts only the persons whose rows changed since the stage's last run and moves the sum by
 the difference (see _counted). What changes a person's counts: micdm's rows and the site's rows of them in
-the checked tables, their person and death rows. A change the persons cannot key (the vocabulary, the
-site's visits, a settings or micdm version change) re-counts everyone, as does a key held twice.
+the checked tables, their person and death rows, and the site's visits their rows name. A change the persons
+cannot key (the vocabulary, a settings or micdm version change) re-counts everyone, as does a key held twice.
 """
 
 from __future__ import annotations
@@ -110,8 +110,9 @@ class Control:
                                                self.params.get("unit_concept_id", "")))
 
 
+@functools.cache
 def controls() -> tuple[Control, ...]:
-    """Every check micdm runs, as shipped."""
+    """Every check micdm runs, as shipped (read once per process)."""
     fixed = ("level", "table", "field", "check", "threshold", "severity")
     return tuple(Control(row["level"], row["table"], row["field"] or None, row["check"], float(row["threshold"]),
                          row["severity"], {k: v for k, v in row.items() if k not in fixed and v})
@@ -424,6 +425,17 @@ def _persons_named(rows: DataFrame) -> DataFrame:
     return rows.select(_person_key())
 
 
+def _persons_naming(spark: SparkSession, locator: TableLocator, spans: Mapping[str, _Span],
+                    visits: DataFrame) -> DataFrame:
+    """The persons of the checked rows that name one of ``visits`` (the site's visit rows that changed): a
+    visit's dates, and its being there at all, decide withinVisitDates and the foreign key of each row that
+    names it, whoever the visit's own person is."""
+    changed = visits.select("visit_occurrence_id")
+    return functools.reduce(DataFrame.unionByName, [
+        _written_rows(spark, locator, name, spans.get(name)).join(changed, "visit_occurrence_id", "left_semi")
+        .select(_person_key()) for name in CHECKED_TABLES if "visit_occurrence_id" in TABLES[name].schema.names])
+
+
 def _nobody(rows: DataFrame) -> DataFrame:
     """id_map's changes name no person: the rows its ids were allocated for changed in their own tables."""
     return rows.select(F.lit(None).cast("string"))
@@ -449,8 +461,9 @@ def _completeness_tallies(spark: SparkSession, locator: TableLocator, checks: Se
     return people.select("tally_key", F.map_filter(counts, lambda _, count: count != 0).alias("counts"))
 
 
-def _allocated_spans(spark: SparkSession, locator: TableLocator, names: Sequence[str]) -> dict[str, _Span]:
-    """The lowest and highest id micdm allocated in each of the site's tables ``names``, from id_map."""
+def _allocated_spans(spark: SparkSession, locator: TableLocator) -> dict[str, _Span]:
+    """The lowest and highest id micdm allocated in each of the site's checked tables, from id_map."""
+    names = [name for name in CHECKED_TABLES if name not in _OWN_TABLES]
     spans = read_table(spark, locator, "id_map").where(F.col("namespace").isin(*names)).groupBy("namespace").agg(
         F.min("id").alias("low"), F.max("id").alias("high")).collect()
     found = {row["namespace"]: (row["low"], row["high"]) for row in spans}
@@ -523,15 +536,14 @@ def _concept_table(spark: SparkSession, locator: TableLocator) -> DataFrame:
         "concept_id", "domain_id", "concept_class_id", "standard_concept", "invalid_reason")
 
 
-def _tallies(spark: SparkSession, locator: TableLocator,
-             persons: Keys | None) -> tuple[DataFrame, dict[str, DataFrame]]:
+def _tallies(spark: SparkSession, locator: TableLocator, persons: Keys | None,
+             spans: Mapping[str, _Span]) -> tuple[DataFrame, dict[str, DataFrame]]:
     """Each person's counters (of ``persons``; everyone's when None), one row per person, checkpointed; and
     the rows counted, by table. Per table, one aggregation for its facts; then one job for every count."""
     checks = controls()
     by_table: dict[str, list[Control]] = {}
     for control in checks:
         by_table.setdefault(control.table, []).append(control)
-    spans = _allocated_spans(spark, locator, [name for name in CHECKED_TABLES if name not in _OWN_TABLES])
     written = dict(zip(CHECKED_TABLES, run_concurrently(*[functools.partial(
         lambda name: _written_rows(spark, locator, name, spans.get(name), persons).localCheckpoint(), name)
         for name in CHECKED_TABLES]), strict=True))
@@ -614,7 +626,7 @@ def _results(totals: Mapping[str, int], vocabulary_empty: bool) -> list[CheckRes
 
 def evaluate(spark: SparkSession, locator: TableLocator) -> list[CheckResult]:
     """Every shipped check on the rows micdm wrote, counted for every person (dq_tally is left as it is)."""
-    tallies, _ = _tallies(spark, locator, None)
+    tallies, _ = _tallies(spark, locator, None, _allocated_spans(spark, locator))
     return _results(_summed(tallies), not has_rows(_concept_table(spark, locator)))
 
 
@@ -681,14 +693,16 @@ def _counted(spark: SparkSession, locator: TableLocator, changes: Changes | None
     by the difference between their stored and new tallies, in the MERGE that stores both; whatever the
     persons cannot key (see the module's docstring) rewrites every tally.
     """
-    persons = changed_keys(spark, locator, changes, {**{name: _persons_named for name in _PERSON_KEYED},
-                                                     "id_map": _nobody})
+    spans = functools.cache(functools.partial(_allocated_spans, spark, locator))
+    persons = changed_keys(spark, locator, changes, {
+        **{name: _persons_named for name in _PERSON_KEYED}, "id_map": _nobody,
+        "visit_occurrence": lambda visits: _persons_naming(spark, locator, spans(), visits)})
     stored = None if persons is None else _stored_total(spark, locator)
     if persons is not None and stored is not None and not _repeats(stored):
         persons = _with_late_dates(spark, locator, persons, stored)
-        if persons == []:  # only id_map changed: nobody's rows did
+        if persons == []:  # no person's rows changed (id_map's did, or a visit no row names)
             return stored, persons
-        tallies, written = _tallies(spark, locator, persons)
+        tallies, written = _tallies(spark, locator, persons, spans())
         before = _summed(within(read_table(spark, locator, "dq_tally"), "tally_key", persons))
         after = _summed(tallies)
         totals = {counter: count for counter in stored.keys() | after.keys()
@@ -697,7 +711,7 @@ def _counted(spark: SparkSession, locator: TableLocator, changes: Changes | None
             _store(spark, locator, tallies, persons, totals)
             return totals, persons
         log.info("quality: a key value is held twice: counting every person")
-    tallies, _ = _tallies(spark, locator, None)
+    tallies, _ = _tallies(spark, locator, None, spans())
     totals = _summed(tallies)
     overwrite(locator, "dq_tally", tallies.unionByName(_total_row(spark, totals)))
     return totals, None

@@ -14,7 +14,7 @@ from micdm import quality
 from micdm.errors import QualityError
 from micdm.pipeline import run_stage
 from micdm.report import latest_run_rows
-from micdm.tables import append, overwrite, read_table
+from micdm.tables import append, delta_table, overwrite, read_table
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -165,6 +165,17 @@ _OCCURRENCE = ("image_occurrence_id int, person_id int, procedure_occurrence_id 
                "image_study_uid string, image_series_uid string, modality string")
 
 
+def _three_persons(spark, locator, day: dt.date) -> None:
+    """Persons 1, 2 and 3 in the site's CDM, each with a procedure (id 10 above the person's) on ``day``."""
+    overwrite(locator, "person", spark.createDataFrame(
+        [(person, 8507, 1950, 0, 0) for person in (1, 2, 3)],
+        "person_id int, gender_concept_id int, year_of_birth int, race_concept_id int, ethnicity_concept_id int"))
+    overwrite(locator, "procedure_occurrence", spark.createDataFrame(
+        [(person + 10, person, 4019, day, 32817) for person in (1, 2, 3)],
+        "procedure_occurrence_id int, person_id int, procedure_concept_id int, procedure_date date, "
+        "procedure_type_concept_id int"))
+
+
 def _results_as_counted(spark, locator) -> set[tuple]:
     """The latest run's results in dq_result, as comparable tuples."""
     return {(row.check_name, row.table_name, row.field_name, row.concept_id, row.rows_violated, row.rows_checked,
@@ -183,13 +194,7 @@ def test_a_run_counts_again_the_changed_persons_and_those_dated_after_tomorrow(s
     it count everyone, and the key check fails."""
     settings, locator = empty
     day, later = dt.date(2024, 1, 2), dt.date.today() + dt.timedelta(days=30)
-    overwrite(locator, "person", spark.createDataFrame(
-        [(person, 8507, 1950, 0, 0) for person in (1, 2, 3)],
-        "person_id int, gender_concept_id int, year_of_birth int, race_concept_id int, ethnicity_concept_id int"))
-    overwrite(locator, "procedure_occurrence", spark.createDataFrame(
-        [(person + 10, person, 4019, day, 32817) for person in (1, 2, 3)],
-        "procedure_occurrence_id int, person_id int, procedure_concept_id int, procedure_date date, "
-        "procedure_type_concept_id int"))
+    _three_persons(spark, locator, day)
 
     def occurrence(row_id: int, person: int, when: dt.date, series: str) -> tuple:
         return (row_id, person, person + 10, None, 0, None, f"/data/{series}", when, "1.2", series, "CT")
@@ -220,3 +225,41 @@ def test_a_run_counts_again_the_changed_persons_and_those_dated_after_tomorrow(s
     key = next(result for result in counted if result[:3] == ("isPrimaryKey", "image_occurrence",
                                                              "image_occurrence_id"))
     assert key[4:7] == (2, 6, "failed")  # person 1's row and person 3's, though person 1 changed nothing
+
+
+def test_a_changed_visit_counts_again_the_persons_whose_rows_name_it(spark, empty) -> None:
+    """A visit decides withinVisitDates and the foreign key of the rows naming it, whoever its own person is: a
+    visit moved counts again the persons of those rows alone, a reload of the same visits counts nobody, and a
+    visit deleted fails its rows' foreign key; each time the results are what a count of everyone gives."""
+    settings, locator = empty
+    day = dt.date(2024, 1, 2)
+    _three_persons(spark, locator, day)
+    visits = spark.createDataFrame(
+        [(100, 1, 9202, day, day, 32817), (200, 2, 9202, day, day, 32817)],
+        "visit_occurrence_id int, person_id int, visit_concept_id int, visit_start_date date, visit_end_date date, "
+        "visit_type_concept_id int")
+    overwrite(locator, "visit_occurrence", visits)
+    # person 3's series was taken during person 1's visit (a mother's and a newborn's, say)
+    overwrite(locator, "image_occurrence", spark.createDataFrame(
+        [(person, person, person + 10, visit, 0, None, f"/data/{person}", day, "1.2", f"1.2.{person}", "CT")
+         for person, visit in ((1, 100), (2, 200), (3, 100))], _OCCURRENCE))
+    assert run_stage(spark, settings, "quality").counts["persons counted"] == "all"
+
+    delta_table(spark, locator, "visit_occurrence").update(
+        "visit_occurrence_id = 100", {"visit_start_date": "date_add(visit_start_date, 30)",
+                                      "visit_end_date": "date_add(visit_end_date, 30)"})
+    assert run_stage(spark, settings, "quality").counts["persons counted"] == 2  # persons 1 and 3, not 2
+    counted = _results_as_counted(spark, locator)
+    assert counted == _results_of_everyone(spark, locator)
+    within = next(result for result in counted
+                  if result[:3] == ("withinVisitDates", "image_occurrence", "image_occurrence_date"))
+    assert within[4:7] == (2, 3, "failed")
+
+    overwrite(locator, "visit_occurrence", read_table(spark, locator, "visit_occurrence").localCheckpoint())
+    assert run_stage(spark, settings, "quality").counts["persons counted"] == 0  # the same rows again
+    assert _results_as_counted(spark, locator) == counted
+
+    delta_table(spark, locator, "visit_occurrence").delete("visit_occurrence_id = 200")
+    with pytest.raises(QualityError, match=r"isForeignKey image_occurrence\.visit_occurrence_id"):
+        run_stage(spark, settings, "quality")
+    assert _results_as_counted(spark, locator) == _results_of_everyone(spark, locator)
