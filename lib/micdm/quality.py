@@ -431,8 +431,9 @@ def _persons_naming(spark: SparkSession, locator: TableLocator, spans: Mapping[s
     visit's dates, and its being there at all, decide withinVisitDates and the foreign key of each row that
     names it, whoever the visit's own person is."""
     changed = visits.select("visit_occurrence_id")
+    # The rows in micdm's span, not looked up in id_map: a site row there only has its person counted again.
     return functools.reduce(DataFrame.unionByName, [
-        _written_rows(spark, locator, name, spans.get(name)).join(changed, "visit_occurrence_id", "left_semi")
+        _in_span(spark, locator, name, spans.get(name)).join(changed, "visit_occurrence_id", "left_semi")
         .select(_person_key()) for name in CHECKED_TABLES if "visit_occurrence_id" in TABLES[name].schema.names])
 
 
@@ -470,18 +471,26 @@ def _allocated_spans(spark: SparkSession, locator: TableLocator) -> dict[str, _S
     return {name: found.get(name) for name in names}
 
 
-def _written_rows(spark: SparkSession, locator: TableLocator, name: str, span: _Span,
-                  persons: Keys | None = None) -> DataFrame:
-    """The rows of a checked table that micdm wrote, of ``persons`` (all when None): all of its own tables;
-    in the site's CDM tables, the ids micdm allocated (id_map, within their ``span``), so a site's own rows
-    are neither checked nor read: Delta skips the files outside micdm's block by their statistics."""
+def _in_span(spark: SparkSession, locator: TableLocator, name: str, span: _Span,
+             persons: Keys | None = None) -> DataFrame:
+    """The rows of a checked table, of ``persons`` (all when None), where micdm's can be: all of its own
+    tables; in the site's CDM tables, the ids within ``span``, so Delta skips the files outside micdm's block
+    by their statistics."""
     table = _of_persons(read_table(spark, locator, name), persons)
     if name in _OWN_TABLES:
         return table
+    return table.where(F.lit(False) if span is None else F.col(f"{name}_id").between(*span))
+
+
+def _written_rows(spark: SparkSession, locator: TableLocator, name: str, span: _Span,
+                  persons: Keys | None = None) -> DataFrame:
+    """The rows of a checked table that micdm wrote, of ``persons`` (all when None): in the site's CDM tables,
+    the ids micdm allocated (id_map), so a site's own rows are neither checked nor read."""
+    rows = _in_span(spark, locator, name, span, persons)
+    if name in _OWN_TABLES:
+        return rows
     key = f"{name}_id"
-    if span is None:
-        return table.where(F.lit(False))
-    return table.where(F.col(key).between(*span)).join(allocated_ids(spark, locator, name, key), key, "left_semi")
+    return rows.join(allocated_ids(spark, locator, name, key), key, "left_semi")
 
 
 def _lookups(spark: SparkSession, locator: TableLocator, written: Iterable[DataFrame]) -> dict[str, DataFrame]:
