@@ -269,6 +269,22 @@ def _drop_stale(spark: SparkSession, locator: TableLocator, rows: DataFrame, sco
     return held
 
 
+def _series_of_site_rows(spark: SparkSession, locator: TableLocator, table: str, rows: DataFrame) -> DataFrame:
+    """The series whose features made micdm's rows among ``rows`` (rows of the site's ``table`` that one of its
+    versions holds and the other does not): a reload of the site's table that dropped or altered micdm's rows,
+    or put a row of the site's at one of micdm's ids, redoes the features made there, which writes micdm's
+    rows again or gives the id up. An acquisition parameter's key names its series, a report's value its
+    instance; algorithm results are read whole in every run."""
+    made = read_table(spark, locator, "id_map").where(F.col("namespace") == table).join(
+        rows.select(F.col(f"{table}_id").alias("id")), "id", "left_semi").select(
+        "natural_key", F.coalesce("source", _source_of_key()).alias("source"))
+    key = F.col("natural_key")
+    reported = made.where(key.startswith(_KINDS["structured_report"])).select(F.col("source").alias("sop_instance_uid"))
+    return made.where(key.startswith(_KINDS["acquisition"])).select("source").unionByName(
+        read_table(spark, locator, "dicom_instance").join(reported, "sop_instance_uid", "left_semi").select(
+            F.col("series_instance_uid").alias("source")))
+
+
 def reports_to_redo(spark: SparkSession, locator: TableLocator, scope: Keys | None,
                     changes: Changes | None = None) -> DataFrame | None:
     """SOP instance UIDs of the reports and segmentations to redo (None: all): every one of a patient one of
@@ -339,8 +355,9 @@ def run(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: 
     """MERGE measurement, observation and image_feature rows for every image_occurrence; rebuild
     feature_quarantine. Returns row counts.
 
-    Acquisition parameters are redone for the series whose occurrence or instances changed (``changes``),
-    reports and segmentations of those series' patients or naming those series, algorithm results whole.
+    Acquisition parameters are redone for the series whose occurrence or instances changed (``changes``), or
+    whose rows micdm wrote in the site's measurement or observation the site changed; reports and
+    segmentations of those series' patients or naming those series; algorithm results whole.
     """
     instances = present_instances(spark, locator)
     occurrences = read_table(spark, locator, "image_occurrence")
@@ -350,7 +367,8 @@ def run(spark: SparkSession, locator: TableLocator, settings: Settings, run_id: 
         "dicom_instance": lambda feed: feed.select("series_instance_uid"),
         "file_inventory": series_of_paths(spark, locator),
         "instance_attribute": lambda feed: feed.select("series_instance_uid"),
-        "sr_content_item": series_of_paths(spark, locator, paths=lambda feed: feed)})  # the reports' series
+        "sr_content_item": series_of_paths(spark, locator, paths=lambda feed: feed),  # the reports' series
+        **{table: functools.partial(_series_of_site_rows, spark, locator, table) for table in _CLINICAL}})
     acquired = within(occurrences, "image_series_uid", scope)
     redone = listed(reports_to_redo(spark, locator, scope, changes))
     acquisition: DataFrame

@@ -23,7 +23,7 @@ from micdm.pipeline import StageResult, run_pipeline, run_stage
 from micdm.report import latest_run_rows
 from micdm.reports import is_report_or_segmentation
 from micdm.synth import ALGORITHM_RESULTS, generate, load_site
-from micdm.tables import TableLocator, append, delta_table, read_table
+from micdm.tables import TableLocator, append, delta_table, overwrite, read_table
 
 from support.snapshots import COMPARED, difference
 from support.warehouse import new_tables
@@ -204,6 +204,29 @@ def test_each_incremental_run_equals_a_full_rebuild(spark, tmp_path: Path, monke
     counts = run_stage(spark, settings, "features").counts
     assert counts["algorithm"] == len(results) - 3, counts  # the header, the withdrawn row, an unknown series
     assert _features_from(spark, locator, result_features) == 0, "the withdrawn result's features are gone"
+
+    # 4. the site's ETL writes its measurement table again whole, without the row of one of micdm's acquisition
+    #    parameters and with a report value's row edited (a row of the site's now, at micdm's id): the features
+    #    of those two series alone are redone (the stage alone)
+    rows = read_table(spark, locator, "measurement").localCheckpoint()
+    # of the ids the table holds: the ids of step 1's deleted report stay in id_map
+    made = read_table(spark, locator, "id_map").where(F.col("namespace") == "measurement").join(
+        rows.select(F.col("measurement_id").alias("id")), "id", "left_semi").orderBy("id")
+    dropped = made.where(F.col("natural_key").startswith("header|")).first()
+    taken = made.where(F.col("natural_key").startswith("sr|")).first()
+    overwrite(locator, "measurement", rows.where(F.col("measurement_id") != dropped.id).withColumn(
+        "value_source_value", F.when(F.col("measurement_id") == taken.id, F.lit("the site's own row"))
+        .otherwise(F.col("value_source_value"))))
+    report = read_table(spark, locator, "dicom_instance").where(F.col("sop_instance_uid") == taken.source).first()
+    counts = run_stage(spark, settings, "features").counts
+    assert (counts["series redone"], counts.get("restored"), counts.get("reallocated")) == \
+        (len({dropped.source, report.series_instance_uid}), 1, 1), counts
+    rows = read_table(spark, locator, "measurement")
+    assert rows.where(F.col("measurement_id") == dropped.id).count() == 1, "the dropped row is written again"
+    assert rows.where(F.col("measurement_id") == taken.id).first().value_source_value == "the site's own row"
+    assert read_table(spark, locator, "id_map").where(
+        (F.col("namespace") == "measurement") & (F.col("natural_key") == taken.natural_key)).first().id > taken.id, \
+        "the id is given up"
 
 
 # --- random sequences of changes ------------------------------------------------------------------------
@@ -409,11 +432,32 @@ class _Site:
             {"visit_start_date": F.date_sub("visit_start_date", 3), "visit_end_date": F.date_add("visit_end_date", 3)})
         return f"visit {row.visit_occurrence_id} widened"
 
+    def reload_clinical(self) -> str | None:
+        """The site's ETL writes its measurement and observation tables again whole: a row micdm wrote in each
+        is gone, and one of micdm's measurement ids now holds a row of the site's (micdm's row, edited)."""
+        done = []
+        for table in ("measurement", "observation"):
+            key = f"{table}_id"
+            rows = read_table(self.spark, self.locator, table).localCheckpoint()
+            ids = sorted(row[0] for row in rows.join(allocated_ids(self.spark, self.locator, table, key), key,
+                                                     "left_semi").select(key).collect())
+            if len(ids) < 2:
+                continue
+            dropped, taken = self.rng.sample(ids, 2)
+            kept = rows.where(F.col(key) != dropped)
+            if table == "measurement":
+                kept = kept.withColumn("value_source_value", F.when(F.col(key) == taken, F.lit("the site's own row"))
+                                       .otherwise(F.col("value_source_value")))
+                done.append(f"measurement {taken} taken")
+            overwrite(self.locator, table, kept)
+            done.append(f"{table} {dropped} dropped in a reload")
+        return "; ".join(done) or None
+
     def changes(self) -> list[Callable[[], str | None]]:
         return [self.arrive, self.report_arrives, self.images_arrive, self.redescribe, self.reacquire, self.redate,
                 self.delete_file, self.delete_series, self.copy_file, self.move_file, self.truncate_file,
                 self.withdraw_result, self.add_person, self.remove_person, self.add_procedure, self.remove_procedure,
-                self.widen_visit]
+                self.widen_visit, self.reload_clinical]
 
 
 @pytest.mark.parametrize("seed", CHANGE_SEEDS)
