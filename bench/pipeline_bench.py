@@ -6,12 +6,14 @@ nothing here passes or fails a test.
 
 Sizes measured in an earlier run stay in the results until measured again. Per size: ``micdm synth``
 (headers only, ``synth.pixels=none``, ``max_instances_per_series`` to get many series cheaply) with 1 %
-of the patients' folders held back, then four runs, each a new process: full (first run on an empty
+of the patients' folders held back, then five runs, each a new process: full (first run on an empty
 warehouse), nothing new, 1 % new files (the held-back folders arrive), 1 % of the site's procedures changed
-(their date moved by a day, as a site reload would). For each run: seconds and Spark jobs per stage (from
-the CLI's stage table), wall time of the process, and the peak resident memory of the JVM (driver and
-local executor) and of the largest Python worker, and the JVM's CPU seconds by kind of thread, sampled
-from /proc every half second (Linux only).
+(their date moved by a day, as a site reload would), and a reload of the site's visit_occurrence,
+measurement and observation (each written again whole: 1 % of the visits three days wider, 1 % of the rows
+micdm wrote in the other two gone, as an ETL that truncates and inserts drops them). For each run: seconds
+and Spark jobs per stage (from the CLI's stage table), wall time of the process, and the peak resident
+memory of the JVM (driver and local executor) and of the largest Python worker, and the JVM's CPU seconds
+by kind of thread, sampled from /proc every half second (Linux only).
 
 Beside the fresh processes, the 1 % run is replayed in one process, twice, each time on a copy of the
 warehouse as it was before that run: the second replay's stage seconds are the work a warm JVM still does,
@@ -45,7 +47,7 @@ RESULTS = REPO / "bench" / "results"
 MICDM = [sys.executable, "-m", "micdm.cli"]
 #: name -> (patients, max_instances_per_series)
 SIZES = {"small": (300, 16), "medium": (1000, 24), "large": (3000, 24)}
-RUNS = ("full", "nothing new", "1% new files", "1% procedures changed")
+RUNS = ("full", "nothing new", "1% new files", "1% procedures changed", "site reload")
 #: The 1 % run replayed in a warm process (replay_warm): no wall time or memory of its own.
 _WARM = "1% new files, warm process"
 _STAGE_LINE = re.compile(r"^(\w+)\s+([\d.]+)s\s+(\d+)\s")
@@ -170,6 +172,35 @@ def shift_procedures(warehouse: str) -> int:
     return moved
 
 
+def reload_site(warehouse: str) -> str:
+    """Write the site's visit_occurrence, measurement and observation again whole, as a site's ETL reloads
+    them: every hundredth visit three days wider, every hundredth row micdm wrote in the other two gone (by
+    id); returns how many of each, as JSON."""
+    from pyspark.sql import functions as F
+
+    from micdm.config import load_settings
+    from micdm.ids import allocated_ids
+    from micdm.spark import get_spark
+    from micdm.tables import TableLocator, overwrite, read_table
+
+    settings = load_settings(REPO / "conf" / "local.yml", [f"storage.warehouse={warehouse}"])
+    spark = get_spark(settings.spark)
+    locator = TableLocator.of(settings)
+    visits = read_table(spark, locator, "visit_occurrence").localCheckpoint()
+    wider = F.col("visit_occurrence_id") % 100 == 0
+    overwrite(locator, "visit_occurrence", visits.withColumns({
+        "visit_start_date": F.when(wider, F.date_sub("visit_start_date", 3)).otherwise(F.col("visit_start_date")),
+        "visit_end_date": F.when(wider, F.date_add("visit_end_date", 3)).otherwise(F.col("visit_end_date"))}))
+    changed = {"visits_widened": visits.where(wider).count()}
+    for table in ("measurement", "observation"):
+        key = f"{table}_id"
+        rows = read_table(spark, locator, table).localCheckpoint()
+        gone = allocated_ids(spark, locator, table, key).where(F.col(key) % 100 == 0)
+        overwrite(locator, table, rows.join(gone, key, "left_anti"))
+        changed[f"{table}_rows_dropped"] = rows.join(gone, key, "left_semi").count()
+    return json.dumps(changed)
+
+
 def replay_warm(folder: str) -> dict:
     """The 1 % run again, twice in this process, each on a copy of the warehouse saved before it
     (``before_new``); the second run's stages, as the CLI's table gives them."""
@@ -240,9 +271,12 @@ def _size(name: str, patients: int, cap: int, work: Path) -> dict:
     shutil.rmtree(folder / "before_new")
     moved = _helper("--shift-procedures", str(folder / "warehouse"))
     runs["1% procedures changed"] = run_cli("run", *common, cwd=folder)
+    reloaded = json.loads(_helper("--reload-site", str(folder / "warehouse")))
+    runs["site reload"] = run_cli("run", *common, cwd=folder)
     return {"date": dt.date.today().isoformat(), "patients": patients, "max_instances_per_series": cap,
             "files_first_run": files,
-            "files_arriving": arriving, "procedures_moved": int(moved), "synth_seconds": round(synth_seconds, 1),
+            "files_arriving": arriving, "procedures_moved": int(moved), **reloaded,
+            "synth_seconds": round(synth_seconds, 1),
             "runs": runs, _WARM: json.loads(replayed)}
 
 
@@ -261,6 +295,10 @@ def _markdown(results: dict) -> str:
                   "| run | wall s | " + " | ".join(stages)
                   + " | stages s | JVM peak MB | worker peak MB | speed probe s |",
                   "|---|---|" + "---|" * len(stages) + "---|---|---|---|"]
+        if "visits_widened" in size:
+            lines[-2:-2] = [f"Site reload: {size['visits_widened']:,} visits wider, "
+                            f"{size['measurement_rows_dropped']:,} measurement and "
+                            f"{size['observation_rows_dropped']:,} observation rows of micdm's gone.", ""]
         runs = _runs_of(size)
         for run, figures in runs.items():
             cells = [f"{figures['stages'][s]['seconds']:.1f} ({figures['stages'][s]['jobs']})"
@@ -327,9 +365,13 @@ def main() -> None:
     parser.add_argument("--work", default=None, help="scratch folder (default: a folder under the system temp)")
     parser.add_argument("--shift-procedures", metavar="WAREHOUSE", help=argparse.SUPPRESS)
     parser.add_argument("--warm-replay", metavar="FOLDER", help=argparse.SUPPRESS)
+    parser.add_argument("--reload-site", metavar="WAREHOUSE", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.shift_procedures:
         print(shift_procedures(args.shift_procedures))
+        return
+    if args.reload_site:
+        print(reload_site(args.reload_site))
         return
     if args.warm_replay:
         print(json.dumps(replay_warm(args.warm_replay)))

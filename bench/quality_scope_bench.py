@@ -1,5 +1,6 @@
 """The quality stage after a run that brings 1 % new files: counting again only the persons whose rows
-changed (as a scheduled run does) against counting every person (``--full-refresh``).
+changed (as a scheduled run does) against counting every person (``--full-refresh``); and after the site
+reloads its visits with 1 % of them moved, counting again the persons whose rows name those.
 
 Reproduce with ``make bench-quality-scope`` (or ``.venv/bin/python bench/quality_scope_bench.py``;
 ``--size small`` for a smaller archive). Figures go to bench/results/quality_scope.{json,md}; nothing here
@@ -9,7 +10,9 @@ The archive is that of bench/pipeline_bench.py: ``micdm synth`` with every hundr
 back and a full ``micdm run``; then the held-back folders arrive, and one warm session runs every stage
 but quality on them. Copies of the warehouse it leaves are then given the quality stage, alternating the
 two ways, each several times after one unmeasured run: each copy is new to the session, as the warehouse
-of a scheduled run is. Rows: Spark's input metrics of the stage's tasks in the last turn, from the
+of a scheduled run is. For the third way, the warehouse gets its quality stage, then the site's
+visit_occurrence is written again whole with every hundredth visit three days wider, and copies of that
+are given the quality stage. Rows: Spark's input metrics of the stage's tasks in the last turn, from the
 session's event log (the same on any machine); seconds: the stage as ``run_stage`` times it, its
 watermark included.
 """
@@ -29,7 +32,9 @@ from scanned_rows_bench import input_by_group
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
-WAYS = ("the changed persons", "every person (--full-refresh)")
+WAYS = ("the changed persons", "every person (--full-refresh)", "after a reload of the visits, 1 % moved")
+#: The visits the reload moves: every hundredth, by id.
+_MOVED = "visit_occurrence_id % 100 = 0"
 
 
 def _archive(size: str, folder: Path) -> int:
@@ -60,13 +65,17 @@ def _measure(folder: Path, size: str, repeats: int) -> dict:
     for stage in STAGES:
         if stage != "quality":
             run_stage(spark, settings_of(folder / "warehouse"), stage)
+    reloaded = folder / "reloaded"
+    shutil.copytree(folder / "warehouse", reloaded)
+    run_stage(spark, settings_of(reloaded), "quality")
+    moved = _reload_visits(spark, settings_of(reloaded))
     seconds: dict[str, list[float]] = {way: [] for way in WAYS}
     persons: dict[str, Any] = {}
     groups: dict[str, str] = {}
     for turn in range(repeats + 1):
         for index, way in enumerate(WAYS):
             copy = folder / f"copy_{turn}_{index}"
-            shutil.copytree(folder / "warehouse", copy)
+            shutil.copytree(reloaded if index == 2 else folder / "warehouse", copy)
             run_id = uuid.uuid4().hex
             result = run_stage(spark, settings_of(copy), "quality", run_id=run_id, full_refresh=index == 1)
             persons[way], groups[way] = result.counts.get("persons counted"), f"micdm-{run_id}-quality"
@@ -76,7 +85,24 @@ def _measure(folder: Path, size: str, repeats: int) -> dict:
     spark.stop()  # the event log is complete once the session has stopped
     read = input_by_group(next(events.iterdir()))
     return {"seconds": seconds, "median_seconds": {way: statistics.median(found) for way, found in seconds.items()},
-            "rows_read": {way: read[group]["rows"] for way, group in groups.items()}, "persons_counted": persons}
+            "rows_read": {way: read[group]["rows"] for way, group in groups.items()}, "persons_counted": persons,
+            "visits_moved": moved}
+
+
+def _reload_visits(spark: Any, settings: Any) -> int:
+    """Write the site's visit_occurrence again whole, as a site's ETL reloads it, with 1 % of the visits three
+    days wider on each side; returns how many moved."""
+    from pyspark.sql import functions as F
+
+    from micdm.tables import TableLocator, overwrite, read_table
+
+    locator = TableLocator.of(settings)
+    visits = read_table(spark, locator, "visit_occurrence").localCheckpoint()
+    moved = F.expr(_MOVED)
+    overwrite(locator, "visit_occurrence", visits.withColumns({
+        "visit_start_date": F.when(moved, F.date_sub("visit_start_date", 3)).otherwise(F.col("visit_start_date")),
+        "visit_end_date": F.when(moved, F.date_add("visit_end_date", 3)).otherwise(F.col("visit_end_date"))}))
+    return visits.where(moved).count()
 
 
 def _markdown(results: dict) -> str:
@@ -85,7 +111,9 @@ def _markdown(results: dict) -> str:
              f"Command: `{results['command']}`. Machine: {results['machine']}. Archive: {results['size']} "
              f"({results['files']:,} files, of which {results['files_arriving']:,} arrive in the measured run). "
              f"One warm session; the quality stage (`run_stage`) on a fresh copy of the warehouse that run leaves, "
-             f"{results['repeats']} times each way, alternating, after one unmeasured run each. "
+             f"{results['repeats']} times each way, alternating, after one unmeasured run each; for the last "
+             f"way, on a copy where quality had run and the site's visits were then written again whole, "
+             f"{results['visits_moved']:,} of them three days wider. "
              f"Speed probe: {results['machine_speed_seconds']} s.", "",
              "| persons counted | rows read | median s | runs s |", "|---|---|---|---|"]
     for way in WAYS:
