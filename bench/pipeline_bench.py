@@ -39,6 +39,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from figures import machine_speed
 
@@ -172,6 +173,21 @@ def shift_procedures(warehouse: str) -> int:
     return moved
 
 
+def widen_visits(spark: Any, locator: Any) -> int:
+    """Write the site's visit_occurrence again whole, as a site's ETL reloads it, with every hundredth visit
+    (by id) three days wider on each side; returns how many."""
+    from pyspark.sql import functions as F
+
+    from micdm.tables import overwrite, read_table
+
+    visits = read_table(spark, locator, "visit_occurrence").localCheckpoint()
+    wider = F.col("visit_occurrence_id") % 100 == 0
+    overwrite(locator, "visit_occurrence", visits.withColumns({
+        "visit_start_date": F.when(wider, F.date_sub("visit_start_date", 3)).otherwise(F.col("visit_start_date")),
+        "visit_end_date": F.when(wider, F.date_add("visit_end_date", 3)).otherwise(F.col("visit_end_date"))}))
+    return visits.where(wider).count()
+
+
 def reload_site(warehouse: str) -> str:
     """Write the site's visit_occurrence, measurement and observation again whole, as a site's ETL reloads
     them: every hundredth visit three days wider, every hundredth row micdm wrote in the other two gone (by
@@ -186,12 +202,7 @@ def reload_site(warehouse: str) -> str:
     settings = load_settings(REPO / "conf" / "local.yml", [f"storage.warehouse={warehouse}"])
     spark = get_spark(settings.spark)
     locator = TableLocator.of(settings)
-    visits = read_table(spark, locator, "visit_occurrence").localCheckpoint()
-    wider = F.col("visit_occurrence_id") % 100 == 0
-    overwrite(locator, "visit_occurrence", visits.withColumns({
-        "visit_start_date": F.when(wider, F.date_sub("visit_start_date", 3)).otherwise(F.col("visit_start_date")),
-        "visit_end_date": F.when(wider, F.date_add("visit_end_date", 3)).otherwise(F.col("visit_end_date"))}))
-    changed = {"visits_widened": visits.where(wider).count()}
+    changed = {"visits_widened": widen_visits(spark, locator)}
     for table in ("measurement", "observation"):
         key = f"{table}_id"
         rows = read_table(spark, locator, table).localCheckpoint()

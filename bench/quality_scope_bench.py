@@ -27,14 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from figures import machine_speed, scratch, stamp, write
-from pipeline_bench import SIZES, bring_back, cli_arguments, hold_back, run_cli
+from pipeline_bench import SIZES, bring_back, cli_arguments, hold_back, run_cli, widen_visits
 from scanned_rows_bench import input_by_group
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 WAYS = ("the changed persons", "every person (--full-refresh)", "after a reload of the visits, 1 % moved")
-#: The visits the reload moves: every hundredth, by id.
-_MOVED = "visit_occurrence_id % 100 = 0"
 
 
 def _archive(size: str, folder: Path) -> int:
@@ -50,6 +48,7 @@ def _measure(folder: Path, size: str, repeats: int) -> dict:
     from micdm.config import load_settings
     from micdm.pipeline import STAGES, run_stage
     from micdm.spark import get_spark
+    from micdm.tables import TableLocator
 
     events = folder / "events"
     events.mkdir()
@@ -68,7 +67,7 @@ def _measure(folder: Path, size: str, repeats: int) -> dict:
     reloaded = folder / "reloaded"
     shutil.copytree(folder / "warehouse", reloaded)
     run_stage(spark, settings_of(reloaded), "quality")
-    moved = _reload_visits(spark, settings_of(reloaded))
+    moved = widen_visits(spark, TableLocator.of(settings_of(reloaded)))
     seconds: dict[str, list[float]] = {way: [] for way in WAYS}
     persons: dict[str, Any] = {}
     groups: dict[str, str] = {}
@@ -88,21 +87,6 @@ def _measure(folder: Path, size: str, repeats: int) -> dict:
             "rows_read": {way: read[group]["rows"] for way, group in groups.items()}, "persons_counted": persons,
             "visits_moved": moved}
 
-
-def _reload_visits(spark: Any, settings: Any) -> int:
-    """Write the site's visit_occurrence again whole, as a site's ETL reloads it, with 1 % of the visits three
-    days wider on each side; returns how many moved."""
-    from pyspark.sql import functions as F
-
-    from micdm.tables import TableLocator, overwrite, read_table
-
-    locator = TableLocator.of(settings)
-    visits = read_table(spark, locator, "visit_occurrence").localCheckpoint()
-    moved = F.expr(_MOVED)
-    overwrite(locator, "visit_occurrence", visits.withColumns({
-        "visit_start_date": F.when(moved, F.date_sub("visit_start_date", 3)).otherwise(F.col("visit_start_date")),
-        "visit_end_date": F.when(moved, F.date_add("visit_end_date", 3)).otherwise(F.col("visit_end_date"))}))
-    return visits.where(moved).count()
 
 
 def _markdown(results: dict) -> str:
