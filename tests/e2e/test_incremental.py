@@ -84,6 +84,15 @@ def _rewrite(path: Path, **attributes: object) -> None:
     dataset.save_as(path)
 
 
+def _reloaded(rows: DataFrame, key: str, dropped: int, taken: int | None = None) -> DataFrame:
+    """A site table's ``rows`` as its ETL writes them again: without the row at ``dropped``, and the row at
+    ``taken`` edited (a row of the site's now, at that id)."""
+    kept = rows.where(F.col(key) != dropped)
+    return kept if taken is None else kept.withColumn(
+        "value_source_value", F.when(F.col(key) == taken, F.lit("the site's own row")).otherwise(
+            F.col("value_source_value")))
+
+
 def _counts(results: list[StageResult]) -> dict[str, dict]:
     return {result.stage: result.counts for result in results}
 
@@ -214,9 +223,7 @@ def test_each_incremental_run_equals_a_full_rebuild(spark, tmp_path: Path, monke
         rows.select(F.col("measurement_id").alias("id")), "id", "left_semi").orderBy("id")
     dropped = made.where(F.col("natural_key").startswith("header|")).first()
     taken = made.where(F.col("natural_key").startswith("sr|")).first()
-    overwrite(locator, "measurement", rows.where(F.col("measurement_id") != dropped.id).withColumn(
-        "value_source_value", F.when(F.col("measurement_id") == taken.id, F.lit("the site's own row"))
-        .otherwise(F.col("value_source_value"))))
+    overwrite(locator, "measurement", _reloaded(rows, "measurement_id", dropped.id, taken.id))
     report = read_table(spark, locator, "dicom_instance").where(F.col("sop_instance_uid") == taken.source).first()
     counts = run_stage(spark, settings, "features").counts
     assert (counts["series redone"], counts.get("restored"), counts.get("reallocated")) == \
@@ -444,12 +451,9 @@ class _Site:
             if len(ids) < 2:
                 continue
             dropped, taken = self.rng.sample(ids, 2)
-            kept = rows.where(F.col(key) != dropped)
             if table == "measurement":
-                kept = kept.withColumn("value_source_value", F.when(F.col(key) == taken, F.lit("the site's own row"))
-                                       .otherwise(F.col("value_source_value")))
                 done.append(f"measurement {taken} taken")
-            overwrite(self.locator, table, kept)
+            overwrite(self.locator, table, _reloaded(rows, key, dropped, taken if table == "measurement" else None))
             done.append(f"{table} {dropped} dropped in a reload")
         return "; ".join(done) or None
 
