@@ -229,7 +229,8 @@ def _drop_stale(spark: SparkSession, locator: TableLocator, rows: DataFrame, sco
     lost its series, a value moved between measurement and observation) and, when ``algorithm`` results
     are read, every algorithm feature (a result row went). Their image_feature rows go, and their
     measurement and observation rows where those are still as micdm wrote them; their ids stay in id_map
-    for a feature that comes back. Returns how many features went.
+    for a feature that comes back, but for an id at which the site has put a row of its own (left to the
+    site, ownership.remove_site_rows). Returns how many features went.
 
     Without results to read, no algorithm feature is left from earlier runs: reading them was a setting,
     and a change of settings redoes every series (scope None), which drops them all."""

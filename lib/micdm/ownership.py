@@ -20,6 +20,7 @@ from micdm.concurrency import run_concurrently
 from micdm.schema import TABLES
 from micdm.tables import (
     TableLocator,
+    aggregate,
     append,
     as_stored,
     column_ceiling,
@@ -105,13 +106,20 @@ def release_clashing_ids(spark: SparkSession, locator: TableLocator, ids: Mappin
             F.lit(table).alias("namespace"), "id") for table, span in spans.items()])
     counts = {row.namespace: row["count"] for row in clashing.groupBy("namespace").count().collect()}
     if counts:  # rare: only then are the ids kept, for the MERGE that changes what they were read from
-        for table, count in counts.items():
-            log.warning("%s: %d id(s) micdm had allocated now hold rows micdm did not write (the site reused "
-                        "them); their rows get new ids", table, count)
-        delta_table(spark, locator, "id_map").alias("t").merge(
-            clashing.localCheckpoint().alias("s"), "t.namespace = s.namespace AND t.id = s.id").whenMatchedDelete() \
-            .execute()
+        _forget(spark, locator, clashing, counts, "their rows get new ids")
     return sum(counts.values())
+
+
+def _forget(spark: SparkSession, locator: TableLocator, clashing: DataFrame, counts: Mapping[str, int],
+            outcome: str) -> None:
+    """Delete from id_map the ids in ``clashing`` (namespace, id): the rows there are the site's, so micdm
+    neither checks nor removes them, and a key of micdm's that needs an id again gets a new one."""
+    for table, count in counts.items():
+        log.warning("%s: %d id(s) micdm had allocated now hold rows micdm did not write (the site reused them); %s",
+                    table, count, outcome)
+    delta_table(spark, locator, "id_map").alias("t").merge(
+        clashing.localCheckpoint().alias("s"), "t.namespace = s.namespace AND t.id = s.id").whenMatchedDelete() \
+        .execute()
 
 
 def _marked(spark: SparkSession, locator: TableLocator, table: str, rows: DataFrame, span: tuple[int, int]
@@ -177,16 +185,22 @@ def write_site_rows(spark: SparkSession, locator: TableLocator, rows: Mapping[st
 
 
 def remove_site_rows(spark: SparkSession, locator: TableLocator, table: str, ids: DataFrame) -> int:
-    """Delete the rows of ``table`` at ``ids`` (one column ``id``) that are still as micdm wrote them; a row
-    the site has put at such an id stays. Returns how many were deleted."""
+    """Delete the rows of ``table`` at ``ids`` (one column ``id``) that are still as micdm wrote them. A row the
+    site has put at such an id stays, and is the site's from then on: its id leaves id_map (as in
+    release_clashing_ids), or the quality stage would check the site's row as micdm's. Returns how many
+    rows were deleted."""
     bounds = _id_ranges({table: ids.select("id")}).get(table)
     if bounds is None:
         return 0
-    ours = _stored_at(spark, locator, table, ids, bounds).join(_recorded(spark, locator, table),
-                                                               ["id", "fingerprint"], "left_semi").select("id")
-    count = ours.count()
-    if count:  # kept first: the MERGE changes the table they were read from
+    recorded = _recorded(spark, locator, table).distinct().withColumn("_ours", F.lit(True))
+    stored = _stored_at(spark, locator, table, ids, bounds).join(recorded, ["id", "fingerprint"], "left").select(
+        "id", F.col("_ours").isNotNull().alias("_ours")).localCheckpoint()  # the MERGEs change what it is read from
+    counts = aggregate(stored, F.count_if("_ours").alias("ours"), F.count_if(~F.col("_ours")).alias("theirs"))
+    if counts.ours:
         delta_table(spark, locator, table).alias("t").merge(
-            ours.localCheckpoint().alias("s"), f"{_in_range(table, bounds, 't')} AND t.`{table}_id` = s.id") \
+            stored.where("_ours").alias("s"), f"{_in_range(table, bounds, 't')} AND t.`{table}_id` = s.id") \
             .whenMatchedDelete().execute()
-    return count
+    if counts.theirs and _recorded_tables(spark, locator, [table]):  # fingerprints to tell the site's rows by
+        _forget(spark, locator, stored.where(~F.col("_ours")).select(F.lit(table).alias("namespace"), "id"),
+                {table: counts.theirs}, "they are left to the site")
+    return int(counts.ours)

@@ -138,3 +138,35 @@ def test_two_tables_are_recorded_in_one_commit_and_a_clash_releases_only_its_own
     assert release_clashing_ids(spark, locator, ids) == 1
     assert {(row.namespace, row.id) for row in read_table(spark, locator, "id_map").collect()} == \
         {("measurement", measurement_id)}
+
+
+def test_removing_a_row_the_site_has_taken_leaves_it_and_forgets_its_id(spark, empty) -> None:
+    """micdm drops a feature the night the site's reload put a row of its own at the feature's id (micdm's row,
+    edited): the site's row stays and its id leaves id_map, so nothing of micdm's claims the row any more (the
+    quality stage would check it as micdm's). micdm's other row at the same call is removed, its id kept for
+    a feature that comes back."""
+    from pyspark.sql import functions as F
+
+    from micdm.ownership import remove_site_rows, write_site_rows
+    from micdm.tables import append, delta_table, read_table
+
+    _, locator = empty
+    block = locator.storage.site_id_block("measurement")
+    columns = "measurement_id int, person_id int, measurement_concept_id int, measurement_date date, " \
+              "measurement_type_concept_id int, value_as_number double"
+    day = dt.date(2026, 1, 2)
+    taken, dropped = block + 1, block + 2
+    write_site_rows(spark, locator, {"measurement": spark.createDataFrame(
+        [(taken, 1, 0, day, 32817, 1.5), (dropped, 1, 0, day, 32817, 2.5)], columns)})
+    append(locator, "id_map", spark.createDataFrame(
+        [("measurement", "a", taken), ("measurement", "b", dropped)],
+        "namespace string, natural_key string, id int").withColumn("assigned_at", F.current_timestamp()))
+    delta_table(spark, locator, "measurement").update(f"measurement_id = {taken}", {"value_as_number": "9.0"})
+
+    ids = spark.createDataFrame([(taken,), (dropped,)], "id int")
+    assert remove_site_rows(spark, locator, "measurement", ids) == 1
+    assert [(row.measurement_id, row.value_as_number) for row in read_table(spark, locator, "measurement").collect()] \
+        == [(taken, 9.0)]
+    assert [row.id for row in read_table(spark, locator, "id_map").collect()] == [dropped]
+    assert remove_site_rows(spark, locator, "measurement", ids) == 0  # nothing more to remove or forget
+    assert read_table(spark, locator, "measurement").count() == 1
