@@ -18,14 +18,13 @@ import functools
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from urllib.parse import unquote
 
 from py4j.protocol import Py4JJavaError
 from pyspark.errors import PySparkException
-from pyspark.sql import DataFrame, Row, SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from micdm.tables import CHANGE_FEED_LAYERS, Keys, TableLocator, keep_change_feed, listed_or_kept
+from micdm.tables import CHANGE_FEED_LAYERS, Keys, TableLocator, data_file, keep_change_feed, listed_or_kept
 from micdm.watermark import Watermark
 
 __all__ = ["Changes", "KeyOf", "changed_keys"]
@@ -109,16 +108,10 @@ def _changed_file_rows(spark: SparkSession, ref: str, start: int, end: int) -> l
             if file is not None:
                 if file["partitionValues"] or file["deletionVector"] is not None:
                     return None
-                files.append(_data_file(location, file))
+                files.append(data_file(location, file["path"]))
     schema = spark.sql(f"SELECT * FROM {ref} VERSION AS OF {end}").schema  # the same at both: no metaData
     return [spark.read.schema(schema).parquet(*files) if files else spark.createDataFrame([], schema)
             for files in (removed, added)]
-
-
-def _data_file(location: str, file: Row) -> str:
-    """The full path of a commit's file: the log holds it relative to the table (URI-encoded), or whole."""
-    path = unquote(file["path"])
-    return path if "://" in path or path.startswith("/") else f"{location}/{path}"
 
 
 def changed_keys(spark: SparkSession, locator: TableLocator, changes: Changes | None,

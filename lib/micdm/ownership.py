@@ -29,6 +29,7 @@ from micdm.tables import (
     listed,
     merge_into,
     narrowed,
+    read_id_span,
     read_table,
     row_digest,
 )
@@ -76,7 +77,7 @@ def _stored_at(spark: SparkSession, locator: TableLocator, table: str, ids: Data
                bounds: tuple[int, int]) -> DataFrame:
     """(id, fingerprint) of the rows ``table`` holds now at ``ids`` (one column ``id``, within ``bounds``)."""
     key = f"{table}_id"
-    stored = read_table(spark, locator, table).where(_in_range(table, bounds)).join(
+    stored = read_id_span(spark, locator, table, bounds).join(
         ids.select(F.col("id").alias(key)).distinct(), key, "left_semi")
     return stored.select(F.col(key).alias("id"), _fingerprint(table).alias("fingerprint"))
 
@@ -131,7 +132,7 @@ def _marked(spark: SparkSession, locator: TableLocator, table: str, rows: DataFr
     # looked up by their list, which site_row's bloom filters of ids rule out of the earlier files.
     recorded = narrowed(_recorded(spark, locator, table), "id", listed(rows.select(key))).groupBy(
         F.col("id").alias(key)).agg(F.collect_set("fingerprint").alias("_recorded"))
-    stored = read_table(spark, locator, table).where(_in_range(table, span)).groupBy(key).agg(
+    stored = read_id_span(spark, locator, table, span).groupBy(key).agg(
         F.collect_set(_fingerprint(table)).alias("_stored"))
     return as_stored(spark, locator, table, conform(rows, TABLES[table])).withColumn(
         "_fingerprint", _fingerprint(table)).join(recorded, key, "left").join(stored, key, "left").localCheckpoint(

@@ -52,6 +52,7 @@ from micdm.tables import (
     listed,
     merge_or_delete,
     overwrite,
+    read_id_span,
     read_table,
     within,
 )
@@ -476,10 +477,11 @@ def _in_span(spark: SparkSession, locator: TableLocator, name: str, span: _Span,
     """The rows of a checked table, of ``persons`` (all when None), where micdm's can be: all of its own
     tables; in the site's CDM tables, the ids within ``span``, so Delta skips the files outside micdm's block
     by their statistics."""
-    table = _of_persons(read_table(spark, locator, name), persons)
     if name in _OWN_TABLES:
-        return table
-    return table.where(F.lit(False) if span is None else F.col(f"{name}_id").between(*span))
+        return _of_persons(read_table(spark, locator, name), persons)
+    if span is None:
+        return _of_persons(read_table(spark, locator, name), persons).where(F.lit(False))
+    return _of_persons(read_id_span(spark, locator, name, span), persons)
 
 
 def _written_rows(spark: SparkSession, locator: TableLocator, name: str, span: _Span,

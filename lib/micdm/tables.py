@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from functools import partial, reduce
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
+from urllib.parse import unquote
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -35,11 +36,11 @@ if TYPE_CHECKING:
 
 __all__ = ["COMPACT_ABOVE_FILES", "Keys", "TableLocator", "aggregate", "append", "as_frame", "as_stored",
            "bloom_filter_properties", "clustering_clause", "column_ceiling", "compact_small_files", "conform",
-           "create_table", "delete_keys", "delta_table", "has_rows", "init_tables", "keep_change_feed", "key_count",
-           "listed", "listed_or_kept", "load_csv", "may_have_rows", "merge_into", "merge_or_delete", "narrowed",
-           "overwrite", "read_table", "row_count", "row_digest", "schema_problems", "set_table_properties",
-           "site_table", "small_table_rows", "stored_schema", "sync_rows", "table_problems", "table_properties",
-           "within"]
+           "create_table", "data_file", "delete_keys", "delta_table", "has_rows", "init_tables", "keep_change_feed",
+           "key_count", "listed", "listed_or_kept", "load_csv", "may_have_rows", "merge_into", "merge_or_delete",
+           "narrowed", "overwrite", "read_id_span", "read_table", "row_count", "row_digest", "schema_problems",
+           "set_table_properties", "site_table", "small_table_rows", "stored_schema", "sync_rows", "table_problems",
+           "table_properties", "within"]
 
 log = logging.getLogger(__name__)
 
@@ -419,19 +420,36 @@ def aggregate(frame: DataFrame, *columns: Column) -> Row:
 def read_table(spark: SparkSession, locator: TableLocator, name: str) -> DataFrame:
     """A table's rows as its current version holds them.
 
-    One of micdm's own tables (not the site's CDM) in a local folder, whose files hold its rows as they are
-    (reader version 1: no deletion vectors, column mapping or other reader feature; no partition columns),
-    is read as those Parquet files, listed from its log by delta-rs: Delta's own read lists them in a Spark
-    job for every scan of every query, which costs more than the scan of a small table
-    (bench/results/query_cost.md). The frame keeps the files of the version it was made at, so a frame
-    read before its table is written reads what the table held then; micdm checkpoints what it reads
-    before writing the same table. The site's tables are read by Delta, whose file statistics spare the
-    files that cannot hold micdm's rows (ownership.py), as is any table in a catalog or object store.
+    A table in a local folder whose files hold its rows as they are (reader version 1: no deletion vectors,
+    column mapping or other reader feature; no partition columns) is read as those Parquet files, listed
+    from its log by delta-rs: Delta's own read lists them in a Spark job for every scan of every query,
+    which costs more than the scan of a small table (bench/results/query_cost.md). The frame keeps the
+    files of the version it was made at, so a frame read before its table is written reads what the table
+    held then; micdm checkpoints what it reads before writing the same table. Any other table (in a
+    catalog or object store) is read by Delta. Where micdm's rows lie in a site's table, read_id_span.
     """
-    local = None if TABLES[name].layer == "cdm" else _local_delta_log(locator, name)
+    local = _local_delta_log(locator, name)
     files = None if local is None else _plain_files(local, locator.path(name) or "")
     if local is None or files is None:
         return spark.table(locator.ref(name))
+    return _parquet_files(spark, local, files)
+
+
+def read_id_span(spark: SparkSession, locator: TableLocator, name: str, span: tuple[int, int]) -> DataFrame:
+    """The rows of one of the site's CDM tables whose ``<name>_id`` lies within ``span`` (both ends included):
+    where micdm's rows are, in a block of ids of their own. Only the files whose statistics can hold such an
+    id are read (delta-rs reads them from the log, as read_table lists files; else Delta skips the others),
+    so a site's table of billions of rows is not read beside micdm's."""
+    column = f"{name}_id"
+    inside = F.col(column).between(*span)
+    local = _local_delta_log(locator, name)
+    files = None if local is None else _plain_files(local, locator.path(name) or "", (column, *span))
+    if local is None or files is None:
+        return spark.table(locator.ref(name)).where(inside)
+    return _parquet_files(spark, local, files).where(inside)
+
+
+def _parquet_files(spark: SparkSession, local: RustDeltaTable, files: list[str]) -> DataFrame:
     schema = _logged_schema(local)
     if not files:  # as Spark reads files: every column nullable
         return spark.createDataFrame(spark.sparkContext.emptyRDD(), _nullable(schema))
@@ -446,13 +464,30 @@ def _nullable(schema: StructType) -> StructType:
     return StructType.fromJson(json.loads(text))
 
 
-def _plain_files(local: RustDeltaTable, folder: str) -> list[str] | None:
+def _plain_files(local: RustDeltaTable, folder: str, span: tuple[str, int, int] | None = None) -> list[str] | None:
     """The data files of the table's current version, when reading them as plain Parquet gives its rows;
-    None when it does not, or when Spark would take the folder's name for a pattern."""
+    None when it does not, or when Spark would take the folder's name for a pattern. With ``span`` (a column,
+    its lowest and highest value wanted), only the files whose statistics can hold such a value."""
     if local.protocol().min_reader_version != 1 or local.metadata().partition_columns \
             or any(character in folder for character in "*?[{\\"):
         return None
-    return local.file_uris()
+    if span is None:
+        return local.file_uris()
+    column, low, high = span
+    actions = pa.table(local.get_add_actions(flatten=True))
+    bounds = [f"min.{column}", f"max.{column}"]
+    if not set(bounds) <= set(actions.column_names):  # no statistics of that column: every file
+        return local.file_uris()
+    return [data_file(folder, path) for path, least, most in zip(
+        *(actions.column(name).to_pylist() for name in ("path", *bounds)), strict=True)
+        if least is None or most is None or (least <= high and most >= low)]
+
+
+def data_file(folder: str, path: str) -> str:
+    """A data file's full path from its Delta log entry, which holds it relative to the table's folder
+    (URI-encoded), or whole."""
+    path = unquote(path)
+    return path if "://" in path or path.startswith("/") else f"{folder.rstrip('/')}/{path}"
 
 
 def small_table_rows(spark: SparkSession, locator: TableLocator, name: str) -> list[dict[str, Any]]:

@@ -44,12 +44,17 @@ def test_an_id_the_site_table_holds_twice_is_merged_once(spark, empty) -> None:
     assert sorted(tuple(row) for row in stored) == [(2_000_000_001, 2.0)] * 2
 
 
-def test_micdm_reads_none_of_the_site_files_beside_its_rows(spark, empty) -> None:
+@pytest.mark.parametrize("delta_rs", [True, False], ids=["delta-rs", "spark"])
+def test_micdm_reads_none_of_the_site_files_beside_its_rows(spark, empty, monkeypatch, delta_rs: bool) -> None:
     """micdm's rows live in an id block of their own, so writing, checking and removing them opens only the
     files whose statistics can hold those ids. The site's data file is deleted here (standing for the
-    billions of rows a site's table holds): every operation on micdm's rows still succeeds."""
+    billions of rows a site's table holds): every operation on micdm's rows still succeeds, whether
+    delta-rs lists the files from the log or Delta reads the table."""
+    import sys
+
+    from micdm.ids import MAX_ID
     from micdm.ownership import release_clashing_ids, remove_site_rows, write_site_rows
-    from micdm.tables import append, read_table
+    from micdm.tables import append, read_id_span, read_table
 
     _, locator = empty
     columns = "measurement_id int, person_id int, measurement_concept_id int, measurement_date date, " \
@@ -60,15 +65,20 @@ def test_micdm_reads_none_of_the_site_files_beside_its_rows(spark, empty) -> Non
     def ours(value: float):
         return spark.createDataFrame([(2_000_000_001, 1, 0, day, 32817, value)], columns)
 
+    def micdms():
+        return read_id_span(spark, locator, "measurement", (locator.storage.site_id_block("measurement"), MAX_ID))
+
     assert write_site_rows(spark, locator, {"measurement": ours(1.0)}) == 0
     assert _delete_data_files(read_table(spark, locator, "measurement").where("measurement_id < 10"))
+    if not delta_rs:
+        monkeypatch.setitem(sys.modules, "deltalake", None)  # as if it were not installed
 
     assert write_site_rows(spark, locator, {"measurement": ours(2.0)}) == 0
-    assert read_table(spark, locator, "measurement").where("measurement_id > 10").first().value_as_number == 2.0
+    assert micdms().first().value_as_number == 2.0
     ids = spark.createDataFrame([(2_000_000_001,)], "id long")
     assert release_clashing_ids(spark, locator, {"measurement": ids}) == 0
     assert remove_site_rows(spark, locator, "measurement", ids) == 1
-    assert read_table(spark, locator, "measurement").where("measurement_id > 10").count() == 0
+    assert micdms().count() == 0
 
 
 @pytest.mark.parametrize("delta_rs", [True, False], ids=["delta-rs", "spark"])

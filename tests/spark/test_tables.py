@@ -12,7 +12,7 @@ from pyspark.sql.types import StructType
 
 from micdm import schema
 from micdm.schema import TABLES
-from micdm.tables import TableLocator, clustering_clause, init_tables, overwrite, read_table
+from micdm.tables import TableLocator, clustering_clause, init_tables, overwrite, read_id_span, read_table
 
 
 def _occurrence_row(**changes: object) -> Row:
@@ -205,10 +205,10 @@ def _finished(spark, *stages: str, run: str = "r1",
 
 
 def test_micdm_tables_are_read_from_the_files_their_version_holds(spark, empty) -> None:
-    """micdm's local tables are read as the Parquet files of their current version (no Delta job listing
-    them): after an append, a MERGE that rewrote a file and a delete, the rows and files are Delta's own. A
-    table whose files no longer hold its rows as they are (deletion vectors) and the site's tables are read
-    by Delta."""
+    """Local tables are read as the Parquet files of their current version (no Delta job listing them):
+    after an append, a MERGE that rewrote a file and a delete, the rows and files are Delta's own. A table
+    whose files no longer hold its rows as they are (deletion vectors) is read by Delta. In a site's table,
+    the rows in micdm's block of ids are read from the files whose statistics can hold them."""
 
     from pyspark.sql import functions as F
 
@@ -234,11 +234,15 @@ def test_micdm_tables_are_read_from_the_files_their_version_holds(spark, empty) 
     spark.sql(f"ALTER TABLE {locator.ref('stage_state')} SET TBLPROPERTIES ('delta.enableDeletionVectors' = true)")
     spark.sql(f"DELETE FROM {locator.ref('stage_state')} WHERE stage = 'link'")
     assert [r.stage for r in read_table(spark, locator, "stage_state").collect()] == ["series"]
-    append(locator, "person", spark.createDataFrame([(1, 8507, 1950, 0, 0)], "person_id int, gender_concept_id int, "
-                                                    "year_of_birth int, race_concept_id int, ethnicity_concept_id int"))
+    persons = "person_id int, gender_concept_id int, year_of_birth int, race_concept_id int, ethnicity_concept_id int"
+    append(locator, "person", spark.createDataFrame([(1, 8507, 1950, 0, 0)], persons))
     site = read_table(spark, locator, "person")
     assert site.where(F.col("person_id") == 1).count() == 1
-    assert _file_index(site) != "InMemoryFileIndex"
+    assert _file_index(site) == "InMemoryFileIndex"
+    append(locator, "person", spark.createDataFrame([(50, 8532, 1960, 0, 0)], persons))
+    micdms = read_id_span(spark, locator, "person", (40, 60))
+    assert [row.person_id for row in micdms.collect()] == [50]
+    assert len(micdms.inputFiles()) == 1 and len(read_table(spark, locator, "person").inputFiles()) == 2
 
 
 def _file_index(frame) -> str:
