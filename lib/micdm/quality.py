@@ -250,14 +250,13 @@ class _TableChecks:
 
     def _referenced(self, table: str, key: str, field_name: str) -> DataFrame:
         """The ``key`` values of ``table`` that the field names: the rows within the field's lowest and highest
-        value (so Delta skips the other files by their statistics), then only the values named. A site's
+        value (only the files whose statistics can hold one are read), then only the values named. A site's
         measurement table is read for micdm's few ids, never shuffled whole."""
         span = self.facts.spans.get(field_name)
         if span is None:  # the field is never filled: nothing to look up
             return read_table(self.spark, self.locator, table).select(key).where(F.lit(False))
         named = self.checked.select(F.col(field_name).alias(key)).distinct()
-        return read_table(self.spark, self.locator, table).select(key).where(F.col(key).between(*span)).join(
-            named, key, "left_semi")
+        return read_id_span(self.spark, self.locator, table, span, key).select(key).join(named, key, "left_semi")
 
     def add(self, control: Control, fails: Column, applies: Column | None = None) -> None:
         applies = F.lit(True) if applies is None else applies
@@ -675,7 +674,10 @@ def _held_beyond(spark: SparkSession, locator: TableLocator, written: Mapping[st
 
     def beyond(table: str, field: str) -> bool:
         values = listed(written[table].select(field).where(F.col(field).isNotNull()).distinct())
-        holders = within(read_table(spark, locator, table).select(field), field, values).count()
+        ids = values if isinstance(values, list) and values and all(isinstance(v, int) for v in values) else None
+        stored = read_table(spark, locator, table) if ids is None else \
+            read_id_span(spark, locator, table, (min(ids), max(ids)), field)
+        holders = within(stored.select(field), field, values).count()
         return holders > counted.get(f"filled|{table}|{field}", 0)
 
     return any(run_concurrently(*[functools.partial(beyond, table, field) for table, field in keys]))

@@ -435,12 +435,13 @@ def read_table(spark: SparkSession, locator: TableLocator, name: str) -> DataFra
     return _parquet_files(spark, local, files)
 
 
-def read_id_span(spark: SparkSession, locator: TableLocator, name: str, span: tuple[int, int]) -> DataFrame:
-    """The rows of one of the site's CDM tables whose ``<name>_id`` lies within ``span`` (both ends included):
-    where micdm's rows are, in a block of ids of their own. Only the files whose statistics can hold such an
-    id are read (delta-rs reads them from the log, as read_table lists files; else Delta skips the others),
-    so a site's table of billions of rows is not read beside micdm's."""
-    column = f"{name}_id"
+def read_id_span(spark: SparkSession, locator: TableLocator, name: str, span: tuple[int, int],
+                 column: str | None = None) -> DataFrame:
+    """The rows of a table whose ``column`` (its id, ``<name>_id``, by default) lies within ``span`` (both ends
+    included): in a site's CDM table, where micdm's rows are, in a block of ids of their own. Only the files
+    whose statistics can hold such a value are read (delta-rs reads them from the log, as read_table lists
+    files; else Delta skips the others), so a site's table of billions of rows is not read beside micdm's."""
+    column = column or f"{name}_id"
     inside = F.col(column).between(*span)
     local = _local_delta_log(locator, name)
     files = None if local is None else _plain_files(local, locator.path(name) or "", (column, *span))
