@@ -474,8 +474,8 @@ def _allocated_spans(spark: SparkSession, locator: TableLocator) -> dict[str, _S
 def _in_span(spark: SparkSession, locator: TableLocator, name: str, span: _Span,
              persons: Keys | None = None) -> DataFrame:
     """The rows of a checked table, of ``persons`` (all when None), where micdm's can be: all of its own
-    tables; in the site's CDM tables, the ids within ``span``, so Delta skips the files outside micdm's block
-    by their statistics."""
+    tables; in the site's CDM tables, the ids within ``span``, read from the files whose statistics can hold
+    one (read_id_span)."""
     if name in _OWN_TABLES:
         return _of_persons(read_table(spark, locator, name), persons)
     if span is None:
