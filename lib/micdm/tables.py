@@ -428,11 +428,7 @@ def read_table(spark: SparkSession, locator: TableLocator, name: str) -> DataFra
     held then; micdm checkpoints what it reads before writing the same table. Any other table (in a
     catalog or object store) is read by Delta. Where micdm's rows lie in a site's table, read_id_span.
     """
-    local = _local_delta_log(locator, name)
-    files = None if local is None else _plain_files(local, locator.path(name) or "")
-    if local is None or files is None:
-        return spark.table(locator.ref(name))
-    return _parquet_files(spark, local, files)
+    return _files_or_delta(spark, locator, name)
 
 
 def read_id_span(spark: SparkSession, locator: TableLocator, name: str, span: tuple[int, int],
@@ -442,15 +438,16 @@ def read_id_span(spark: SparkSession, locator: TableLocator, name: str, span: tu
     whose statistics can hold such a value are read (delta-rs reads them from the log, as read_table lists
     files; else Delta skips the others), so a site's table of billions of rows is not read beside micdm's."""
     column = column or f"{name}_id"
-    inside = F.col(column).between(*span)
+    return _files_or_delta(spark, locator, name, (column, *span)).where(F.col(column).between(*span))
+
+
+def _files_or_delta(spark: SparkSession, locator: TableLocator, name: str,
+                    span: tuple[str, int, int] | None = None) -> DataFrame:
+    """The table read as its Parquet files (those _plain_files gives for ``span``), else by Delta."""
     local = _local_delta_log(locator, name)
-    files = None if local is None else _plain_files(local, locator.path(name) or "", (column, *span))
+    files = None if local is None else _plain_files(local, locator.path(name) or "", span)
     if local is None or files is None:
-        return spark.table(locator.ref(name)).where(inside)
-    return _parquet_files(spark, local, files).where(inside)
-
-
-def _parquet_files(spark: SparkSession, local: RustDeltaTable, files: list[str]) -> DataFrame:
+        return spark.table(locator.ref(name))
     schema = _logged_schema(local)
     if not files:  # as Spark reads files: every column nullable
         return spark.createDataFrame(spark.sparkContext.emptyRDD(), _nullable(schema))
