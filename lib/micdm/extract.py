@@ -303,13 +303,14 @@ def _start_python_workers(spark: SparkSession) -> threading.Thread | None:
 
 
 def _with_duplicates(spark: SparkSession, locator: TableLocator, results: DataFrame, repeats_within: bool,
-                     any_stored: bool) -> DataFrame:
-    """The results, plus stored instances, with every SOPInstanceUID held by one file only.
+                     any_stored: bool, gone: DataFrame) -> DataFrame:
+    """The results, plus stored instances, with every SOPInstanceUID held by one present file only.
 
     The first path (in sort order) of a UID stays an instance; the other files become quarantine rows
-    with reason duplicate_sop_instance, whether they were read now or stored by an earlier run.
-    ``repeats_within`` says whether a UID repeats among the results themselves, ``any_stored`` whether
-    dicom_instance may hold rows.
+    with reason duplicate_sop_instance, whether they were read now or stored by an earlier run. A stored
+    instance at a path in ``gone`` (no longer listed) holds its UID no more: a file moved within the export
+    stays an instance at its new path. ``repeats_within`` says whether a UID repeats among the results
+    themselves, ``any_stored`` whether dicom_instance may hold rows.
     """
     fresh = results.where(F.col("outcome") == Outcome.INSTANCE.value)
     uids = fresh.select("sop_instance_uid")
@@ -330,7 +331,8 @@ def _with_duplicates(spark: SparkSession, locator: TableLocator, results: DataFr
         return results
     shared_uids = shared_uids.localCheckpoint(eager=True)
     candidates = fresh.join(shared_uids, "sop_instance_uid", "left_semi").unionByName(
-        stored.join(shared_uids, "sop_instance_uid", "left_semi"), allowMissingColumns=True)
+        stored.join(shared_uids, "sop_instance_uid", "left_semi").join(gone, "path", "left_anti"),
+        allowMissingColumns=True)
     by_uid = Window.partitionBy("sop_instance_uid").orderBy("path")
     first_of_uid = by_uid.rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
     same = (F.first("file_size").over(first_of_uid) == F.col("file_size")) & (
@@ -444,7 +446,8 @@ def _read_and_write(spark: SparkSession, locator: TableLocator, settings: Settin
             _refuse_invalid(results, read["invalid"])
     with phase("verdicts"):
         verdicts = _with_duplicates(spark, locator, results, repeats_within=read["uids"] < read["instances"],
-                                    any_stored=plan.stored["dicom_instance"])
+                                    any_stored=plan.stored["dicom_instance"], gone=inventory.gone_paths(
+                                        spark, locator, plan))
         instances = read["instances"] if verdicts is results else (
             verdicts.join(results.select("path"), "path", "left_semi").where(is_instance).count())
     log.info("extract: writing %d instances and %d quarantine rows", instances, count - instances)

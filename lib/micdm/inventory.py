@@ -48,7 +48,7 @@ from micdm.tables import (
 )
 
 __all__ = ["FILE_FIELDS", "RETRIED_REASONS", "WRITTEN_TABLES", "Listing", "Plan", "Settled", "State",
-           "autoloader_listing", "driver_listing", "plan", "record", "settle", "settled", "split_listing"]
+           "autoloader_listing", "driver_listing", "gone_paths", "plan", "record", "settle", "settled", "split_listing"]
 
 FILE_FIELDS = ("path", "file_size", "modification_time", "etag")
 #: file_inventory property holding the fingerprint of the last listing that left nothing to do again.
@@ -99,6 +99,12 @@ class Plan:
 
     def files_to_read(self) -> DataFrame:
         return self.frame.where(F.col("state").isin(*TO_READ)).select(*FILE_FIELDS)
+
+
+def gone_paths(spark: SparkSession, locator: TableLocator, plan: Plan) -> DataFrame:
+    """The paths no longer listed: missing in this plan, or since an earlier run (their rows stay, marked)."""
+    earlier = read_table(spark, locator, "file_inventory").where(F.col("missing_since").isNotNull())
+    return plan.frame.where(F.col("state") == State.MISSING.value).select("path").unionByName(earlier.select("path"))
 
 
 _FILE_SCHEMA = StructType([FILE_INVENTORY.schema[c] for c in FILE_FIELDS])

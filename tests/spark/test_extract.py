@@ -18,6 +18,7 @@ from micdm.dicom.reader import ReadOptions, extract_file
 from micdm.errors import InvalidInputError
 from micdm.extract import PYTHON_WORKERS_GROUP, extract, start_readers
 from micdm.inventory import settle
+from micdm.series import present_instances
 from micdm.tables import TableLocator, read_table
 from micdm.transport import opener
 
@@ -100,6 +101,31 @@ def test_duplicates_and_incremental_runs(spark, tmp_path: Path) -> None:
     inventory = {r.path: r.missing_since for r in read_table(spark, locator, "file_inventory").collect()}
     assert inventory[str(root / "mr.dcm")] is not None and inventory[str(root / "a.dcm")] is None
     assert _outcomes(spark, locator)[str(root / "empty.dcm")] == "truncated"
+
+
+def test_a_moved_file_stays_an_instance_at_its_new_path(spark, tmp_path: Path) -> None:
+    """A file renamed in the export is the same instance at a new path, not a duplicate of its old path: the
+    old path is missing, and only a file present holds its SOPInstanceUID (a full refresh agrees)."""
+    root = tmp_path / "export"
+    root.mkdir()
+    for name, source in (("a.dcm", "CT_small.dcm"), ("b.dcm", "MR_small.dcm")):
+        shutil.copy(get_testdata_file(source), root / name)
+    settings = _settings(tmp_path, root)
+    locator = TableLocator.of(settings)
+    new_tables(spark, locator)
+    extract(spark, locator, settings)
+    (root / "a.dcm").rename(root / "z_moved.dcm")  # sorts after the old path, which the inventory remembers
+    moved = extract(spark, locator, settings)
+    assert (moved.to_read, moved.missing, moved.instances) == (1, 1, 1)
+    assert _outcomes(spark, locator)[str(root / "z_moved.dcm")] == "instance"
+    present = {Path(r.path).name for r in present_instances(spark, locator).collect()}
+    assert present == {"b.dcm", "z_moved.dcm"}
+    shutil.copy(root / "z_moved.dcm", root / "zz_copy.dcm")  # a copy of a present file is still a duplicate
+    refreshed = extract(spark, locator, _settings(tmp_path, root, "extract.full_refresh=true"))
+    assert (refreshed.instances, refreshed.quarantined) == (2, 1)
+    outcomes = _outcomes(spark, locator)
+    assert (outcomes[str(root / "z_moved.dcm")], outcomes[str(root / "zz_copy.dcm")]) == (
+        "instance", "duplicate_sop_instance")
 
 
 def test_full_refresh_reads_everything_again(spark, tmp_path: Path) -> None:

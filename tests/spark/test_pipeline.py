@@ -123,8 +123,9 @@ def test_units_and_anatomy_resolve_through_the_demo_vocabulary(spark, demo) -> N
 
 
 def test_a_series_that_gains_or_loses_an_instance_is_updated_not_duplicated(spark, demo, tmp_path) -> None:
-    """The new file joins its series; once deleted, it leaves it again. On a copy of the demo's tables, and
-    the file is gone again when the test ends: other tests read the demo as the fixture left it."""
+    """The new file joins its series, and its tube current, the lowest, becomes the series' minimum; once
+    deleted, it leaves both again. On a copy of the demo's tables, and the file is gone again when the test
+    ends: other tests read the demo as the fixture left it."""
     import dataclasses
     import shutil
 
@@ -152,15 +153,22 @@ def test_a_series_that_gains_or_loses_an_instance_is_updated_not_duplicated(spar
         return read_table(spark, locator, "dicom_series").where(F.col("series_instance_uid") == series_uid).first()[
             "instance_count"]
 
-    count = instances()
+    def lowest_tube_current() -> float:
+        made = read_table(spark, locator, "id_map").where(
+            F.col("natural_key") == f"header|{series_uid}|00181151|min").select(F.col("id").alias("measurement_id"))
+        return read_table(spark, locator, "measurement").join(made, "measurement_id").first().value_as_number
+
+    count, lowest = instances(), lowest_tube_current()
+    dataset.XRayTubeCurrent = 1
     try:
         dataset.save_as(added, enforce_file_format=True)
         run_pipeline(spark, settings)
-        assert occurrence_ids() == before and instances() == count + 1
+        assert occurrence_ids() == before and (instances(), lowest_tube_current()) == (count + 1, 1)
     finally:
         added.unlink(missing_ok=True)
     run_pipeline(spark, settings)
-    assert instances() == count, "a file gone from storage no longer counts in its series"
+    assert (instances(), lowest_tube_current()) == (count, lowest), \
+        "a file gone from storage no longer counts in its series, nor in its features"
     assert occurrence_ids() == before
 
 
