@@ -345,9 +345,7 @@ def _with_duplicates(spark: SparkSession, locator: TableLocator, results: DataFr
             *inventory.FILE_FIELDS, "bytes_read",
             F.lit(Outcome.QUARANTINE.value).alias("outcome"),
             F.lit(QuarantineReason.DUPLICATE_SOP_INSTANCE.value).alias("reason"),
-            F.concat(F.lit("SOPInstanceUID also in "), F.col("_kept"),
-                     F.when(F.col("_same"), F.lit(" (identical copy)")).otherwise(F.lit(" (different content)")))
-            .alias("message"),
+            inventory.duplicate_message(F.col("_kept"), F.col("_same")).alias("message"),
         )
     )
     # Materialised: the MERGEs that follow change dicom_instance, which `stored` reads.

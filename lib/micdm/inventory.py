@@ -15,6 +15,7 @@ import fnmatch
 import hashlib
 import itertools
 import json
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import reduce
@@ -48,7 +49,8 @@ from micdm.tables import (
 )
 
 __all__ = ["FILE_FIELDS", "RETRIED_REASONS", "WRITTEN_TABLES", "Listing", "Plan", "Settled", "State",
-           "autoloader_listing", "driver_listing", "gone_paths", "plan", "record", "settle", "settled", "split_listing"]
+           "autoloader_listing", "driver_listing", "duplicate_message", "gone_paths", "plan", "record", "settle",
+           "settled", "split_listing"]
 
 FILE_FIELDS = ("path", "file_size", "modification_time", "etag")
 #: file_inventory property holding the fingerprint of the last listing that left nothing to do again.
@@ -99,6 +101,43 @@ class Plan:
 
     def files_to_read(self) -> DataFrame:
         return self.frame.where(F.col("state").isin(*TO_READ)).select(*FILE_FIELDS)
+
+
+#: How a duplicate's quarantine message begins: the path holding its SOPInstanceUID follows.
+_DUPLICATE_OF = "SOPInstanceUID also in "
+_SAME, _DIFFERENT = " (identical copy)", " (different content)"
+
+
+def duplicate_message(kept: Column, same: Column) -> Column:
+    """The quarantine message of a duplicate: the path that holds its SOPInstanceUID, and whether the two
+    files hold the same header."""
+    return F.concat(F.lit(_DUPLICATE_OF), kept, F.when(same, F.lit(_SAME)).otherwise(F.lit(_DIFFERENT)))
+
+
+def _duplicate_of(message: Column) -> Column:
+    """The path a duplicate's message names (duplicate_message's inverse)."""
+    return F.regexp_extract(message, rf"^{re.escape(_DUPLICATE_OF)}(.*)(?:{re.escape(_SAME)}|{re.escape(_DIFFERENT)})$",
+                            1)
+
+
+def _with_duplicates_of(spark: SparkSession, locator: TableLocator, frame: DataFrame, states: dict[str, int]
+                        ) -> tuple[DataFrame, dict[str, int]]:
+    """The plan, plus the files quarantined as duplicates of a file the plan acts on (missing, changed, read
+    again), each to read again: the file holding their SOPInstanceUID may hold it no more (deleted, moved,
+    re-sent as another instance), and one of them then does, as a full refresh would find."""
+    gone_earlier = read_table(spark, locator, "file_inventory").where(F.col("missing_since").isNotNull())
+    acted_on = frame.select(F.col("path").alias("kept"))
+    duplicates = (read_table(spark, locator, "dicom_quarantine")
+                  .where(F.col("reason") == QuarantineReason.DUPLICATE_SOP_INSTANCE.value)
+                  .withColumn("kept", _duplicate_of(F.col("message"))).join(acted_on, "kept", "left_semi")
+                  .join(frame.select("path"), "path", "left_anti")
+                  .join(gone_earlier.select("path"), "path", "left_anti")
+                  .select(*FILE_FIELDS, F.lit(State.RETRY.value).alias("state"))).localCheckpoint(eager=True)
+    found = duplicates.count()
+    if not found:
+        return frame, states
+    return frame.unionByName(duplicates, allowMissingColumns=True), {
+        **states, State.RETRY.value: states.get(State.RETRY.value, 0) + found}
 
 
 def gone_paths(spark: SparkSession, locator: TableLocator, plan: Plan) -> DataFrame:
@@ -303,7 +342,11 @@ def plan(spark: SparkSession, locator: TableLocator, listing: Listing, sources: 
     # take them from there rather than joining the whole listing with the whole inventory again.
     frame = _states(spark, locator, listing.frame(), sources, reread_all, listing.complete).where(
         F.col("state") != State.UNCHANGED.value).localCheckpoint(eager=False)
-    return Plan(frame, {row["state"]: row["count"] for row in frame.groupBy("state").count().collect()}, stored)
+    states = {row["state"]: row["count"] for row in frame.groupBy("state").count().collect()}
+    if stored["dicom_quarantine"] and not reread_all and any(
+            states.get(s) for s in (State.CHANGED.value, State.MISSING.value, State.RETRY.value)):
+        frame, states = _with_duplicates_of(spark, locator, frame, states)
+    return Plan(frame, states, stored)
 
 
 def record(spark: SparkSession, locator: TableLocator, plan: Plan, run_id: str) -> None:

@@ -103,9 +103,10 @@ def test_duplicates_and_incremental_runs(spark, tmp_path: Path) -> None:
     assert _outcomes(spark, locator)[str(root / "empty.dcm")] == "truncated"
 
 
-def test_a_moved_file_stays_an_instance_at_its_new_path(spark, tmp_path: Path) -> None:
-    """A file renamed in the export is the same instance at a new path, not a duplicate of its old path: the
-    old path is missing, and only a file present holds its SOPInstanceUID (a full refresh agrees)."""
+def test_a_uid_stays_an_instance_while_one_present_file_holds_it(spark, tmp_path: Path) -> None:
+    """Only a file present holds its SOPInstanceUID: a file renamed in the export is the same instance at a
+    new path, not a duplicate of its old one; a copy kept as a duplicate becomes the instance when the file
+    it duplicated goes, or is sent again as another instance. A full refresh agrees at every step."""
     root = tmp_path / "export"
     root.mkdir()
     for name, source in (("a.dcm", "CT_small.dcm"), ("b.dcm", "MR_small.dcm")):
@@ -114,18 +115,32 @@ def test_a_moved_file_stays_an_instance_at_its_new_path(spark, tmp_path: Path) -
     locator = TableLocator.of(settings)
     new_tables(spark, locator)
     extract(spark, locator, settings)
-    (root / "a.dcm").rename(root / "z_moved.dcm")  # sorts after the old path, which the inventory remembers
-    moved = extract(spark, locator, settings)
-    assert (moved.to_read, moved.missing, moved.instances) == (1, 1, 1)
-    assert _outcomes(spark, locator)[str(root / "z_moved.dcm")] == "instance"
-    present = {Path(r.path).name for r in present_instances(spark, locator).collect()}
-    assert present == {"b.dcm", "z_moved.dcm"}
-    shutil.copy(root / "z_moved.dcm", root / "zz_copy.dcm")  # a copy of a present file is still a duplicate
-    refreshed = extract(spark, locator, _settings(tmp_path, root, "extract.full_refresh=true"))
-    assert (refreshed.instances, refreshed.quarantined) == (2, 1)
-    outcomes = _outcomes(spark, locator)
-    assert (outcomes[str(root / "z_moved.dcm")], outcomes[str(root / "zz_copy.dcm")]) == (
-        "instance", "duplicate_sop_instance")
+
+    def outcomes_after(*, refreshed: bool = False) -> dict[str, str]:
+        extract(spark, locator, _settings(tmp_path, root, f"extract.full_refresh={str(refreshed).lower()}"))
+        present = {Path(r.path).name for r in present_instances(spark, locator).collect()}
+        outcomes = {Path(path).name: outcome for path, outcome in _outcomes(spark, locator).items()
+                    if Path(path).exists()}
+        assert present == {name for name, outcome in outcomes.items() if outcome == "instance"}
+        return outcomes
+
+    def both_ways() -> dict[str, str]:
+        incremental = outcomes_after()
+        assert outcomes_after(refreshed=True) == incremental, "a full refresh decides the same"
+        return incremental
+
+    (root / "a.dcm").rename(root / "m_moved.dcm")  # sorts after the old path, which the inventory remembers
+    assert both_ways() == {"b.dcm": "instance", "m_moved.dcm": "instance"}
+    shutil.copy(root / "m_moved.dcm", root / "x_copy.dcm")
+    assert both_ways() == {"b.dcm": "instance", "m_moved.dcm": "instance", "x_copy.dcm": "duplicate_sop_instance"}
+    (root / "m_moved.dcm").unlink()
+    assert both_ways() == {"b.dcm": "instance", "x_copy.dcm": "instance"}
+    shutil.copy(root / "x_copy.dcm", root / "y_copy.dcm")
+    assert both_ways() == {"b.dcm": "instance", "x_copy.dcm": "instance", "y_copy.dcm": "duplicate_sop_instance"}
+    resent = dcmread(root / "x_copy.dcm")
+    resent.SOPInstanceUID = resent.file_meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.3680043.8.498.99"
+    resent.save_as(root / "x_copy.dcm")
+    assert both_ways() == {"b.dcm": "instance", "x_copy.dcm": "instance", "y_copy.dcm": "instance"}
 
 
 def test_full_refresh_reads_everything_again(spark, tmp_path: Path) -> None:
