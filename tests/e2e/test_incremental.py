@@ -242,7 +242,7 @@ def test_each_incremental_run_equals_a_full_rebuild(spark, tmp_path: Path, monke
 #: MICDM_CHANGE_SEEDS=1,2,3 runs others (README, "Re-runs: what each stage does again").
 CHANGE_SEEDS = [int(seed) for seed in os.environ.get("MICDM_CHANGE_SEEDS", "5").split(",")]
 #: Changes applied together before each run: every kind of change once per sequence, in the seed's order.
-CHANGES_PER_RUN = 9
+CHANGES_PER_RUN = 10
 
 
 class _Site:
@@ -358,6 +358,15 @@ class _Site:
         shutil.copy(path, path.with_name(f"copy_{path.name}"))
         return f"{self._name(path)} copied"
 
+    def delete_copied(self) -> str | None:
+        """A file whose copy was quarantined as its duplicate is deleted: the copy holds the instance now."""
+        copied = [path for path in self._files() if path.with_name(f"copy_{path.name}").exists()]
+        if not copied:
+            return None
+        path = self.rng.choice(copied)
+        path.unlink()
+        return f"{self._name(path)} deleted, its copy kept"
+
     def move_file(self) -> str:
         path = self._file()
         path.rename(path.with_name(f"moved_{path.name}"))
@@ -459,7 +468,8 @@ class _Site:
 
     def changes(self) -> list[Callable[[], str | None]]:
         return [self.arrive, self.report_arrives, self.images_arrive, self.redescribe, self.reacquire, self.redate,
-                self.delete_file, self.delete_series, self.copy_file, self.move_file, self.truncate_file,
+                self.delete_file, self.delete_series, self.copy_file, self.delete_copied, self.move_file,
+                self.truncate_file,
                 self.withdraw_result, self.add_person, self.remove_person, self.add_procedure, self.remove_procedure,
                 self.widen_visit, self.reload_clinical]
 
