@@ -125,13 +125,12 @@ def _with_duplicates_of(spark: SparkSession, locator: TableLocator, frame: DataF
     """The plan, plus the files quarantined as duplicates of a file the plan acts on (missing, changed, read
     again), each to read again: the file holding their SOPInstanceUID may hold it no more (deleted, moved,
     re-sent as another instance), and one of them then does, as a full refresh would find."""
-    gone_earlier = read_table(spark, locator, "file_inventory").where(F.col("missing_since").isNotNull())
     acted_on = frame.select(F.col("path").alias("kept"))
     duplicates = (read_table(spark, locator, "dicom_quarantine")
                   .where(F.col("reason") == QuarantineReason.DUPLICATE_SOP_INSTANCE.value)
                   .withColumn("kept", _duplicate_of(F.col("message"))).join(acted_on, "kept", "left_semi")
                   .join(frame.select("path"), "path", "left_anti")
-                  .join(gone_earlier.select("path"), "path", "left_anti")
+                  .join(_missing_earlier(spark, locator), "path", "left_anti")
                   .select(*FILE_FIELDS, F.lit(State.RETRY.value).alias("state"))).localCheckpoint(eager=True)
     found = duplicates.count()
     if not found:
@@ -140,10 +139,15 @@ def _with_duplicates_of(spark: SparkSession, locator: TableLocator, frame: DataF
         **states, State.RETRY.value: states.get(State.RETRY.value, 0) + found}
 
 
+def _missing_earlier(spark: SparkSession, locator: TableLocator) -> DataFrame:
+    """The paths an earlier listing no longer found (their rows stay, marked)."""
+    return read_table(spark, locator, "file_inventory").where(F.col("missing_since").isNotNull()).select("path")
+
+
 def gone_paths(spark: SparkSession, locator: TableLocator, plan: Plan) -> DataFrame:
-    """The paths no longer listed: missing in this plan, or since an earlier run (their rows stay, marked)."""
-    earlier = read_table(spark, locator, "file_inventory").where(F.col("missing_since").isNotNull())
-    return plan.frame.where(F.col("state") == State.MISSING.value).select("path").unionByName(earlier.select("path"))
+    """The paths no longer listed: missing in this plan, or since an earlier run."""
+    return plan.frame.where(F.col("state") == State.MISSING.value).select("path").unionByName(
+        _missing_earlier(spark, locator))
 
 
 _FILE_SCHEMA = StructType([FILE_INVENTORY.schema[c] for c in FILE_FIELDS])
