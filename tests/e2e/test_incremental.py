@@ -469,9 +469,8 @@ class _Site:
     def changes(self) -> list[Callable[[], str | None]]:
         return [self.arrive, self.report_arrives, self.images_arrive, self.redescribe, self.reacquire, self.redate,
                 self.delete_file, self.delete_series, self.copy_file, self.delete_copied, self.move_file,
-                self.truncate_file,
-                self.withdraw_result, self.add_person, self.remove_person, self.add_procedure, self.remove_procedure,
-                self.widen_visit, self.reload_clinical]
+                self.truncate_file, self.withdraw_result, self.add_person, self.remove_person, self.add_procedure,
+                self.remove_procedure, self.widen_visit, self.reload_clinical]
 
 
 @pytest.mark.parametrize("seed", CHANGE_SEEDS)

@@ -138,6 +138,7 @@ def _tables_each_stage_names(monkeypatch) -> dict[str, set[str]]:
 
     for stage, run in list(STAGES.items()):
         monkeypatch.setitem(STAGES, stage, watched(stage, run))
+
     def spied(real):
         def spy(self, name: str):
             if running:
