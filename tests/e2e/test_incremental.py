@@ -26,6 +26,7 @@ from micdm.synth import ALGORITHM_RESULTS, generate, load_site
 from micdm.tables import TableLocator, append, delta_table, overwrite, read_table
 
 from support.snapshots import COMPARED, difference
+from support.stages import tables_each_stage_names, unwatched
 from support.warehouse import new_tables
 
 REPO = Path(__file__).resolve().parents[2]
@@ -99,7 +100,9 @@ def _counts(results: list[StageResult]) -> dict[str, dict]:
 
 def test_each_incremental_run_equals_a_full_rebuild(spark, tmp_path: Path, monkeypatch) -> None:
     """The first incremental run also compacts each of micdm's tables it leaves in more than one file: what
-    the next run skips is what it would skip after a run that compacts nothing."""
+    the next run skips is what it would skip after a run that compacts nothing. Every table a stage names in
+    these runs is one it watches or writes."""
+    named = tables_each_stage_names(monkeypatch)
     settings, locator, export, held = _export_and_site(spark, tmp_path, 5, [HELD_BACK])
     with (export / "truth.csv").open(newline="") as handle:
         truth = list(csv.DictReader(handle))
@@ -234,6 +237,7 @@ def test_each_incremental_run_equals_a_full_rebuild(spark, tmp_path: Path, monke
     assert read_table(spark, locator, "id_map").where(
         (F.col("namespace") == "measurement") & (F.col("natural_key") == taken.natural_key)).first().id > taken.id, \
         "the id is given up"
+    assert unwatched(named) == {}
 
 
 # --- random sequences of changes ------------------------------------------------------------------------

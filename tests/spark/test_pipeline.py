@@ -7,9 +7,10 @@ from pathlib import Path
 from pyspark.sql import functions as F
 
 from micdm.ids import allocated_ids
-from micdm.pipeline import STAGE_TABLES, STAGES, run_pipeline
+from micdm.pipeline import run_pipeline
 from micdm.tables import TableLocator, read_table
 
+from support.stages import tables_each_stage_names, unwatched
 from support.warehouse import new_tables
 
 REPO = Path(__file__).resolve().parents[2]
@@ -122,35 +123,6 @@ def test_units_and_anatomy_resolve_through_the_demo_vocabulary(spark, demo) -> N
                                                       .select("concept_id").collect()} | {0}
 
 
-def _tables_each_stage_names(monkeypatch) -> dict[str, set[str]]:
-    """From now on, every table a stage names while it runs (to read, write or version it), by stage."""
-    named: dict[str, set[str]] = {}
-    running: list[str] = []
-
-    def watched(stage: str, run):
-        def watched_run(*args, **kwargs):
-            running.append(stage)
-            try:
-                return run(*args, **kwargs)
-            finally:
-                running.pop()
-        return watched_run
-
-    for stage, run in list(STAGES.items()):
-        monkeypatch.setitem(STAGES, stage, watched(stage, run))
-
-    def spied(real):
-        def spy(self, name: str):
-            if running:
-                named.setdefault(running[-1], set()).add(name)
-            return real(self, name)
-        return spy
-
-    for method in ("path", "ref"):
-        monkeypatch.setattr(TableLocator, method, spied(getattr(TableLocator, method)))
-    return named
-
-
 def test_a_series_that_gains_or_loses_an_instance_is_updated_not_duplicated(spark, demo, tmp_path,
                                                                               monkeypatch) -> None:
     """The new file joins its series, and its tube current, the lowest, becomes the series' minimum; once
@@ -162,7 +134,7 @@ def test_a_series_that_gains_or_loses_an_instance_is_updated_not_duplicated(spar
 
     import pydicom
 
-    named = _tables_each_stage_names(monkeypatch)
+    named = tables_each_stage_names(monkeypatch)
     warehouse = tmp_path / "warehouse"
     shutil.copytree(demo["settings"].storage.warehouse, warehouse)
     settings = dataclasses.replace(demo["settings"], storage=dataclasses.replace(
@@ -203,9 +175,7 @@ def test_a_series_that_gains_or_loses_an_instance_is_updated_not_duplicated(spar
         "a file gone from storage no longer counts in its series, nor in its features"
     assert occurrence_ids() == before
     assert {"series", "link", "occurrence", "features", "quality"} <= named.keys()
-    unwatched = {stage: names - set(STAGE_TABLES[stage][0]) - set(STAGE_TABLES[stage][1])
-                 for stage, names in named.items()}
-    assert {stage: names for stage, names in unwatched.items() if names} == {}
+    assert unwatched(named) == {}
 
 
 def test_headers_kept_as_variant_give_the_same_rows(spark, demo, tmp_path) -> None:
