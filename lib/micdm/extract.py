@@ -303,15 +303,16 @@ def _start_python_workers(spark: SparkSession) -> threading.Thread | None:
 
 
 def _with_duplicates(spark: SparkSession, locator: TableLocator, results: DataFrame, repeats_within: bool,
-                     any_stored: bool, gone: DataFrame) -> DataFrame:
+                     plan: inventory.Plan) -> DataFrame:
     """The results, plus stored instances, with every SOPInstanceUID held by one present file only.
 
     The first path (in sort order) of a UID stays an instance; the other files become quarantine rows
     with reason duplicate_sop_instance, whether they were read now or stored by an earlier run. A stored
-    instance at a path in ``gone`` (no longer listed) holds its UID no more: a file moved within the export
-    stays an instance at its new path. ``repeats_within`` says whether a UID repeats among the results
-    themselves, ``any_stored`` whether dicom_instance may hold rows.
+    instance at a path no longer listed (inventory.gone_paths, looked up only when a UID is shared) holds its
+    UID no more: a file moved within the export stays an instance at its new path. ``repeats_within`` says
+    whether a UID repeats among the results themselves; ``plan`` whether dicom_instance may hold rows.
     """
+    any_stored = plan.stored["dicom_instance"]
     fresh = results.where(F.col("outcome") == Outcome.INSTANCE.value)
     uids = fresh.select("sop_instance_uid")
     # A night's UIDs are looked up by their list, which dicom_instance's bloom filters rule out of the files
@@ -331,7 +332,8 @@ def _with_duplicates(spark: SparkSession, locator: TableLocator, results: DataFr
         return results
     shared_uids = shared_uids.localCheckpoint(eager=True)
     candidates = fresh.join(shared_uids, "sop_instance_uid", "left_semi").unionByName(
-        stored.join(shared_uids, "sop_instance_uid", "left_semi").join(gone, "path", "left_anti"),
+        stored.join(shared_uids, "sop_instance_uid", "left_semi").join(
+            inventory.gone_paths(spark, locator, plan), "path", "left_anti"),
         allowMissingColumns=True)
     by_uid = Window.partitionBy("sop_instance_uid").orderBy("path")
     first_of_uid = by_uid.rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
@@ -443,9 +445,7 @@ def _read_and_write(spark: SparkSession, locator: TableLocator, settings: Settin
         if read["invalid"] and settings.validation == "raise":
             _refuse_invalid(results, read["invalid"])
     with phase("verdicts"):
-        verdicts = _with_duplicates(spark, locator, results, repeats_within=read["uids"] < read["instances"],
-                                    any_stored=plan.stored["dicom_instance"], gone=inventory.gone_paths(
-                                        spark, locator, plan))
+        verdicts = _with_duplicates(spark, locator, results, read["uids"] < read["instances"], plan)
         instances = read["instances"] if verdicts is results else (
             verdicts.join(results.select("path"), "path", "left_semi").where(is_instance).count())
     log.info("extract: writing %d instances and %d quarantine rows", instances, count - instances)

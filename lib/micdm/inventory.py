@@ -106,6 +106,7 @@ class Plan:
 #: How a duplicate's quarantine message begins: the path holding its SOPInstanceUID follows.
 _DUPLICATE_OF = "SOPInstanceUID also in "
 _SAME, _DIFFERENT = " (identical copy)", " (different content)"
+_NAMED_PATH = rf"^{re.escape(_DUPLICATE_OF)}(.*)(?:{re.escape(_SAME)}|{re.escape(_DIFFERENT)})$"
 
 
 def duplicate_message(kept: Column, same: Column) -> Column:
@@ -116,8 +117,7 @@ def duplicate_message(kept: Column, same: Column) -> Column:
 
 def _duplicate_of(message: Column) -> Column:
     """The path a duplicate's message names (duplicate_message's inverse)."""
-    return F.regexp_extract(message, rf"^{re.escape(_DUPLICATE_OF)}(.*)(?:{re.escape(_SAME)}|{re.escape(_DIFFERENT)})$",
-                            1)
+    return F.regexp_extract(message, _NAMED_PATH, 1)
 
 
 def _with_duplicates_of(spark: SparkSession, locator: TableLocator, frame: DataFrame, states: dict[str, int]
