@@ -246,7 +246,7 @@ def test_each_incremental_run_equals_a_full_rebuild(spark, tmp_path: Path, monke
 #: MICDM_CHANGE_SEEDS=1,2,3 runs others (README, "Re-runs: what each stage does again").
 CHANGE_SEEDS = [int(seed) for seed in os.environ.get("MICDM_CHANGE_SEEDS", "5").split(",")]
 #: Changes applied together before each run: every kind of change once per sequence, in the seed's order.
-CHANGES_PER_RUN = 10
+CHANGES_PER_RUN = 11
 
 
 class _Site:
@@ -256,18 +256,21 @@ class _Site:
     def __init__(self, spark, locator: TableLocator, export: Path, held: Path, rng: random.Random) -> None:
         self.spark, self.locator, self.export, self.held, self.rng = spark, locator, export, held, rng
         self._next_site_id = 9001  # above the synthetic CDM's own ids, below micdm's block
-        self._damaged: set[Path] = set()
+        self._damaged: dict[Path, bytes] = {}  # a file cut short -> its bytes before
         self._late: dict[str, tuple[Path, Path]] = {}  # kind -> (where it waits, where it arrives)
 
     def _files(self) -> list[Path]:
         """The export's files but those cut short (a change rewrites only a file it can read)."""
-        return sorted(set((self.export / "dicom").rglob("*.dcm")) - self._damaged)
+        return sorted(set((self.export / "dicom").rglob("*.dcm")) - set(self._damaged))
 
     def _file(self) -> Path:
         return self.rng.choice(self._files())
 
     def _series_folder(self) -> Path:
         return self.rng.choice(sorted({path.parent for path in self._files()}))
+
+    def _study_folder(self) -> Path:
+        return self.rng.choice(sorted({path.parent.parent for path in self._files()}))
 
     def _site_id(self) -> int:
         self._next_site_id += 1
@@ -379,9 +382,42 @@ class _Site:
     def truncate_file(self) -> str:
         """A file damaged in place: its header cut short."""
         path = self._file()
-        path.write_bytes(path.read_bytes()[:200])
-        self._damaged.add(path)
+        whole = path.read_bytes()
+        path.write_bytes(whole[:200])
+        self._damaged[path] = whole
         return f"{self._name(path)} truncated"
+
+    def repair_file(self) -> str | None:
+        """A file cut short is sent again whole: the quarantined file becomes an instance."""
+        damaged = sorted(path for path in self._damaged if path.exists())
+        if not damaged:
+            return None
+        path = self.rng.choice(damaged)
+        path.write_bytes(self._damaged.pop(path))
+        return f"{self._name(path)} repaired"
+
+    def refile_study(self) -> str | None:
+        """A study filed under the wrong patient is corrected to another patient's identity, in every file."""
+        study = self._study_folder()
+        others = [path for path in self._files() if path.parent.parent.parent != study.parent]
+        if not others:
+            return None
+        patient = pydicom.dcmread(self.rng.choice(others), stop_before_pixels=True)
+        identity = {keyword: patient.get(keyword) for keyword in ("PatientID", "PatientName", "PatientBirthDate",
+                                                                   "PatientSex")}
+        for path in self._files():
+            if path.parent.parent == study:
+                _rewrite(path, **identity)
+        return f"{self._name(study)} re-filed under {patient.PatientID}"
+
+    def re_accession(self) -> str:
+        """A study's accession number is corrected: the procedure it matched no longer does."""
+        study = self._study_folder()
+        number = f"ACCR{self.rng.randrange(10**6):06d}"
+        for path in self._files():
+            if path.parent.parent == study:
+                _rewrite(path, AccessionNumber=number)
+        return f"{self._name(study)} given accession {number}"
 
     def withdraw_result(self) -> str | None:
         """An algorithm result leaves the results file."""
@@ -473,8 +509,9 @@ class _Site:
     def changes(self) -> list[Callable[[], str | None]]:
         return [self.arrive, self.report_arrives, self.images_arrive, self.redescribe, self.reacquire, self.redate,
                 self.delete_file, self.delete_series, self.copy_file, self.delete_copied, self.move_file,
-                self.truncate_file, self.withdraw_result, self.add_person, self.remove_person, self.add_procedure,
-                self.remove_procedure, self.widen_visit, self.reload_clinical]
+                self.truncate_file, self.repair_file, self.refile_study, self.re_accession, self.withdraw_result,
+                self.add_person, self.remove_person, self.add_procedure, self.remove_procedure, self.widen_visit,
+                self.reload_clinical]
 
 
 @pytest.mark.parametrize("seed", CHANGE_SEEDS)
