@@ -246,7 +246,7 @@ def test_each_incremental_run_equals_a_full_rebuild(spark, tmp_path: Path, monke
 #: MICDM_CHANGE_SEEDS=1,2,3 runs others (README, "Re-runs: what each stage does again").
 CHANGE_SEEDS = [int(seed) for seed in os.environ.get("MICDM_CHANGE_SEEDS", "5").split(",")]
 #: Changes applied together before each run: every kind of change once per sequence, in the seed's order.
-CHANGES_PER_RUN = 11
+CHANGES_PER_RUN = 12
 
 
 class _Site:
@@ -364,6 +364,13 @@ class _Site:
         path = self._file()
         shutil.copy(path, path.with_name(f"copy_{path.name}"))
         return f"{self._name(path)} copied"
+
+    def copy_ahead(self) -> str:
+        """The same instance at a second path that sorts first: the copy holds the instance from now on, and
+        the file that held it becomes its duplicate."""
+        path = self._file()
+        shutil.copy(path, path.with_name(f"0000_{path.name}"))
+        return f"{self._name(path)} copied ahead of itself"
 
     def delete_copied(self) -> str | None:
         """A file whose copy was quarantined as its duplicate is deleted: the copy holds the instance now."""
@@ -508,10 +515,10 @@ class _Site:
 
     def changes(self) -> list[Callable[[], str | None]]:
         return [self.arrive, self.report_arrives, self.images_arrive, self.redescribe, self.reacquire, self.redate,
-                self.delete_file, self.delete_series, self.copy_file, self.delete_copied, self.move_file,
-                self.truncate_file, self.repair_file, self.refile_study, self.re_accession, self.withdraw_result,
-                self.add_person, self.remove_person, self.add_procedure, self.remove_procedure, self.widen_visit,
-                self.reload_clinical]
+                self.delete_file, self.delete_series, self.copy_file, self.copy_ahead, self.delete_copied,
+                self.move_file, self.truncate_file, self.repair_file, self.refile_study, self.re_accession,
+                self.withdraw_result, self.add_person, self.remove_person, self.add_procedure, self.remove_procedure,
+                self.widen_visit, self.reload_clinical]
 
 
 @pytest.mark.parametrize("seed", CHANGE_SEEDS)
