@@ -1,7 +1,7 @@
 # Databricks notebook source
 # MAGIC %md
 # MAGIC # What was ingested
-# MAGIC Modalities, manufacturers and body parts of the instances micdm read, and why files were quarantined.
+# MAGIC Modalities, manufacturers and body parts of the instances in the archive, and why files were quarantined.
 # MAGIC Widgets: the settings file micdm runs with, and `key=value` overrides separated by spaces.
 
 # COMMAND ----------
@@ -15,12 +15,14 @@ import matplotlib.pyplot as plt
 from pyspark.sql import functions as F
 
 from micdm.config import load_settings
+from micdm.inventory import present
 from micdm.tables import TableLocator, read_table
 
 settings = load_settings(dbutils.widgets.get("config"), dbutils.widgets.get("overrides").split())
 locator = TableLocator.of(settings)
-instances = read_table(spark, locator, "dicom_instance")
-quarantine = read_table(spark, locator, "dicom_quarantine")
+# the files the last listing found: a vanished file's rows stay, marked missing in file_inventory
+instances = present(spark, locator, read_table(spark, locator, "dicom_instance"))
+quarantine = present(spark, locator, read_table(spark, locator, "dicom_quarantine"))
 print(f"{instances.count()} instances, {quarantine.count()} files quarantined")
 
 # COMMAND ----------

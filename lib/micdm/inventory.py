@@ -49,8 +49,8 @@ from micdm.tables import (
 )
 
 __all__ = ["FILE_FIELDS", "RETRIED_REASONS", "WRITTEN_TABLES", "Listing", "Plan", "Settled", "State",
-           "autoloader_listing", "driver_listing", "duplicate_message", "gone_paths", "plan", "record", "settle",
-           "settled", "split_listing"]
+           "autoloader_listing", "driver_listing", "duplicate_message", "gone_paths", "plan", "present", "record",
+           "settle", "settled", "split_listing"]
 
 FILE_FIELDS = ("path", "file_size", "modification_time", "etag")
 #: file_inventory property holding the fingerprint of the last listing that left nothing to do again.
@@ -142,6 +142,12 @@ def _with_duplicates_of(spark: SparkSession, locator: TableLocator, frame: DataF
 def _missing_earlier(spark: SparkSession, locator: TableLocator) -> DataFrame:
     """The paths an earlier listing no longer found (their rows stay, marked)."""
     return read_table(spark, locator, "file_inventory").where(F.col("missing_since").isNotNull()).select("path")
+
+
+def present(spark: SparkSession, locator: TableLocator, rows: DataFrame) -> DataFrame:
+    """``rows`` (keyed by path) of the files the last listing found: a vanished file's rows stay in micdm's
+    tables, marked missing in file_inventory, and describe no file of the archive."""
+    return rows.join(_missing_earlier(spark, locator), "path", "left_anti")
 
 
 def gone_paths(spark: SparkSession, locator: TableLocator, plan: Plan) -> DataFrame:

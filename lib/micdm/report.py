@@ -19,6 +19,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from micdm.concurrency import run_concurrently
+from micdm.inventory import present
 from micdm.tables import TableLocator, read_table
 
 __all__ = ["FIGURE_TABLES", "RunFigures", "bar_chart", "cached_figures", "latest_run_rows", "read_figures",
@@ -126,15 +127,17 @@ class RunFigures:
     distributions: dict[str, list[tuple[str, int]]]
 
 
-#: The tables a report's figures come from.
-FIGURE_TABLES = ("dicom_quarantine", "link_report", "dq_result", "dicom_instance")
+#: The tables a report's figures come from (file_inventory: which files are still there).
+FIGURE_TABLES = ("dicom_quarantine", "link_report", "dq_result", "dicom_instance", "file_inventory")
 
 
 def read_figures(spark: SparkSession, locator: TableLocator) -> RunFigures:
-    """The report's figures, each table's read at the same time as the others' (their queries are small)."""
+    """The report's figures, each table's read at the same time as the others' (their queries are small); the
+    instances and quarantined files are those of the files the last listing found."""
     def quarantine() -> list[tuple[str, int]]:
-        return [(r["reason"], r["count"]) for r in read_table(spark, locator, "dicom_quarantine")
-                .groupBy("reason").count().orderBy(F.desc("count")).collect()]
+        quarantined = present(spark, locator, read_table(spark, locator, "dicom_quarantine"))
+        counted = quarantined.groupBy("reason").count().orderBy(F.desc("count"))
+        return [(r["reason"], r["count"]) for r in counted.collect()]
 
     def linkage() -> list[tuple[str, str, int, int]]:
         report = latest_run_rows(read_table(spark, locator, "link_report"), "reported_at")
@@ -146,7 +149,7 @@ def read_figures(spark: SparkSession, locator: TableLocator) -> RunFigures:
                  r["threshold"], r["severity"], r["status"]) for r in checks.collect()]
 
     def distributions() -> dict[str, list[tuple[str, int]]]:
-        return value_distributions(read_table(spark, locator, "dicom_instance"),
+        return value_distributions(present(spark, locator, read_table(spark, locator, "dicom_instance")),
                                    ("modality", "manufacturer", "body_part_examined"))
 
     return RunFigures(*run_concurrently(quarantine, linkage, quality, distributions))

@@ -9,6 +9,7 @@ from pyspark.sql import functions as F
 
 from micdm.changes import Changes, KeyOf, changed_keys
 from micdm.config import OccurrenceSettings, Settings
+from micdm.inventory import present
 from micdm.stage import StageCounts
 from micdm.tables import Keys, TableLocator, listed, read_table, row_count, sync_rows, within
 
@@ -86,8 +87,7 @@ _COMMON_FOLDER_SQL = """
 
 def present_instances(spark: SparkSession, locator: TableLocator) -> DataFrame:
     """dicom_instance without the files the last listing no longer found (their rows stay, marked missing)."""
-    missing = read_table(spark, locator, "file_inventory").where(F.col("missing_since").isNotNull())
-    instances = read_table(spark, locator, "dicom_instance").join(missing.select("path"), "path", "left_anti")
+    instances = present(spark, locator, read_table(spark, locator, "dicom_instance"))
     if "header" in instances.columns:  # kept as a VARIANT (extract.header_format): readers take the JSON text
         instances = instances.withColumn("header_json", F.to_json("header"))
     return instances

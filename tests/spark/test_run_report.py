@@ -40,3 +40,29 @@ def test_figures_are_kept_until_their_state_changes(spark: Any, empty: Any, tmp_
     assert cached_figures(spark, locator, cache, {"tables": {"dicom_quarantine": "v1"}}) == changed
     unwritable = cache / "figures.json"  # under a file: the figures are returned, only not kept
     assert cached_figures(spark, locator, unwritable, {"tables": {"dicom_quarantine": "v1"}}) == changed
+
+
+def test_figures_leave_out_the_files_the_last_listing_no_longer_found(spark: Any, empty: Any) -> None:
+    """A vanished file's rows stay in micdm's tables, marked missing in file_inventory: the report counts the
+    archive as it is, without them."""
+    _, locator = empty
+
+    def rows(*values: tuple[str, str], extra: str) -> Any:
+        listed = ", ".join(f"('{path}', '{value}')" for path, value in values)
+        return spark.sql(f"SELECT *, {extra}, 'r1' AS run_id FROM VALUES {listed} AS t(path, value)")
+
+    append(locator, "dicom_instance", rows(("/a/ct.dcm", "CT"), ("/a/mr.dcm", "MR"), ("/a/gone.dcm", "MR"),
+                                           extra="current_timestamp() AS extracted_at").withColumnRenamed(
+        "value", "modality"))
+    append(locator, "dicom_quarantine", rows(("/a/bad.dcm", "not_dicom"), ("/a/gone_bad.dcm", "not_dicom"),
+                                             ("/a/gone_short.dcm", "truncated"),
+                                             extra="current_timestamp() AS quarantined_at").withColumnRenamed(
+        "value", "reason"))
+    inventory = [(path, "gone" if "gone" in path else "") for path in
+                 ("/a/ct.dcm", "/a/mr.dcm", "/a/gone.dcm", "/a/bad.dcm", "/a/gone_bad.dcm", "/a/gone_short.dcm")]
+    append(locator, "file_inventory", rows(*inventory, extra=(
+        "current_timestamp() AS first_seen, current_timestamp() AS changed_at, "
+        "IF(value = 'gone', current_timestamp(), NULL) AS missing_since")).drop("value"))
+    figures = read_figures(spark, locator)
+    assert figures.quarantine == [("not_dicom", 1)]
+    assert figures.distributions["modality"] == [("CT", 1), ("MR", 1)]
