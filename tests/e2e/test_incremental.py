@@ -253,7 +253,7 @@ def test_each_incremental_run_equals_a_full_rebuild(spark, tmp_path: Path, monke
 #: MICDM_CHANGE_SEEDS=1,2,3 runs others (README, "Re-runs: what each stage does again").
 CHANGE_SEEDS = [int(seed) for seed in os.environ.get("MICDM_CHANGE_SEEDS", "5").split(",")]
 #: Changes applied together before each run: every kind of change once per sequence, in the seed's order.
-CHANGES_PER_RUN = 12
+CHANGES_PER_RUN = 13
 
 
 class _Site:
@@ -372,6 +372,17 @@ class _Site:
                      if k in pydicom.dcmread(path, stop_before_pixels=True)}
             _rewrite(path, **dates)
         return f"{self._name(folder)} re-dated {day}"
+
+    def split_series(self) -> str | None:
+        """A series is split in the PACS: its later files are given a series UID of their own."""
+        files = sorted(self._series_folder().glob("*.dcm"))
+        later = [path for path in files[len(files) // 2:] if path not in self._damaged]
+        if len(files) < 2 or not later:
+            return None
+        uid = pydicom.uid.generate_uid(entropy_srcs=[str(self.rng.random())])
+        for path in later:
+            _rewrite(path, SeriesInstanceUID=uid)
+        return f"{self._name(later[0].parent)} split after {len(files) - len(later)} file(s)"
 
     def delete_file(self) -> str:
         path = self._file()
@@ -539,10 +550,10 @@ class _Site:
 
     def changes(self) -> list[Callable[[], str | None]]:
         return [self.arrive, self.report_arrives, self.images_arrive, self.redescribe, self.reacquire,
-                self.revise_report, self.redate, self.delete_file, self.delete_series, self.copy_file,
-                self.copy_ahead, self.delete_copied, self.move_file, self.truncate_file, self.repair_file,
-                self.refile_study, self.re_accession, self.withdraw_result, self.add_person, self.remove_person,
-                self.add_procedure, self.remove_procedure, self.widen_visit, self.reload_clinical]
+                self.revise_report, self.redate, self.split_series, self.delete_file, self.delete_series,
+                self.copy_file, self.copy_ahead, self.delete_copied, self.move_file, self.truncate_file,
+                self.repair_file, self.refile_study, self.re_accession, self.withdraw_result, self.add_person,
+                self.remove_person, self.add_procedure, self.remove_procedure, self.widen_visit, self.reload_clinical]
 
 
 @pytest.mark.parametrize("seed", CHANGE_SEEDS)
