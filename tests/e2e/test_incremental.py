@@ -279,6 +279,12 @@ class _Site:
     def _study_folder(self) -> Path:
         return self.rng.choice(sorted({path.parent.parent for path in self._files()}))
 
+    def _rewrite_study(self, study: Path, **attributes: object) -> None:
+        """Every readable file of ``study`` sent again with ``attributes`` changed."""
+        for path in self._files():
+            if path.parent.parent == study:
+                _rewrite(path, **attributes)
+
     def _site_id(self) -> int:
         self._next_site_id += 1
         return self._next_site_id
@@ -447,18 +453,14 @@ class _Site:
         patient = pydicom.dcmread(self.rng.choice(others), stop_before_pixels=True)
         identity = {keyword: patient.get(keyword) for keyword in ("PatientID", "PatientName", "PatientBirthDate",
                                                                    "PatientSex")}
-        for path in self._files():
-            if path.parent.parent == study:
-                _rewrite(path, **identity)
+        self._rewrite_study(study, **identity)
         return f"{self._name(study)} re-filed under {patient.PatientID}"
 
     def re_accession(self) -> str:
         """A study's accession number is corrected: the procedure it matched no longer does."""
         study = self._study_folder()
         number = f"ACCR{self.rng.randrange(10**6):06d}"
-        for path in self._files():
-            if path.parent.parent == study:
-                _rewrite(path, AccessionNumber=number)
+        self._rewrite_study(study, AccessionNumber=number)
         return f"{self._name(study)} given accession {number}"
 
     def withdraw_result(self) -> str | None:
