@@ -85,6 +85,11 @@ def _rewrite(path: Path, **attributes: object) -> None:
     dataset.save_as(path)
 
 
+def _modality(path: Path) -> str:
+    """A file's Modality, read from its header."""
+    return str(pydicom.dcmread(path, stop_before_pixels=True).get("Modality", ""))
+
+
 def _content_items(dataset: pydicom.Dataset) -> Iterator[pydicom.Dataset]:
     """A structured report's content items, depth first."""
     for item in dataset.get("ContentSequence", []):
@@ -296,13 +301,10 @@ class _Site:
         """Before the first run: a report series, and the images another study's report refers to, are
         held back to arrive in a later run (a PACS often receives a report after its images, and an
         image series re-sent after its report)."""
-        def modality(folder: Path) -> str:
-            return str(pydicom.dcmread(next(folder.glob("*.dcm")), stop_before_pixels=True).get("Modality", ""))
-
         studies = []
         for study in sorted({path.parent.parent for path in self._files()}):
             series = sorted(study.iterdir())
-            reports = [folder for folder in series if modality(folder) in ("SR", "SEG")]
+            reports = [folder for folder in series if _modality(next(folder.glob("*.dcm"))) in ("SR", "SEG")]
             images = [folder for folder in series if folder not in reports]
             if reports and images:
                 studies.append((reports[0], images[0]))
@@ -347,15 +349,13 @@ class _Site:
 
     def reacquire(self) -> str:
         """An image is sent again with another slice thickness (an acquisition feature)."""
-        path = self.rng.choice([p for p in self._files()
-                                if pydicom.dcmread(p, stop_before_pixels=True).Modality not in ("SR", "SEG")])
+        path = self.rng.choice([p for p in self._files() if _modality(p) not in ("SR", "SEG")])
         _rewrite(path, SliceThickness=str(self.rng.choice((1.0, 2.5, 7.0))))
         return f"{self._name(path)} re-acquired"
 
     def revise_report(self) -> str | None:
         """A structured report is amended: one of its measurements takes another value."""
-        reports = [path for path in self._files()
-                   if pydicom.dcmread(path, stop_before_pixels=True).Modality == "SR"]
+        reports = [path for path in self._files() if _modality(path) == "SR"]
         if not reports:
             return None
         path = self.rng.choice(reports)
