@@ -4,6 +4,7 @@ copy of the same warehouse makes it."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import os
@@ -25,6 +26,7 @@ from micdm.reports import is_report_or_segmentation
 from micdm.synth import ALGORITHM_RESULTS, generate, load_site
 from micdm.tables import TableLocator, append, delta_table, overwrite, read_table
 
+from support.crashes import SimulatedCrash, Stop, stopping_at
 from support.snapshots import COMPARED, difference
 from support.stages import tables_each_stage_names, unwatched
 from support.warehouse import new_tables
@@ -558,6 +560,19 @@ class _Site:
                 self.remove_person, self.add_procedure, self.remove_procedure, self.widen_visit, self.reload_clinical]
 
 
+#: The commits a run may stop before: the sequence's runs make about as many.
+STOP_WITHIN_COMMITS = 30
+
+
+def _stopped(spark, settings: Settings, stop: Stop) -> str:
+    """A run stopped before the commit ``stop`` names (where a crash or a failing write would leave it)."""
+    with stopping_at(stop), contextlib.suppress(SimulatedCrash):
+        run_pipeline(spark, settings)
+    if not stop.stopped:
+        return f"a run of {stop.commits} commits, not stopped"
+    return f"a run {'killed' if stop.dies else 'failed'} before commit {stop.commit}"
+
+
 @pytest.mark.parametrize("seed", CHANGE_SEEDS)
 def test_random_changes_then_incremental_runs_equal_a_full_rebuild(spark, tmp_path: Path, seed: int,
                                                                    monkeypatch) -> None:
@@ -572,13 +587,24 @@ def test_random_changes_then_incremental_runs_equal_a_full_rebuild(spark, tmp_pa
                                                        f"occurrence.missing_procedure={policy}")
     site = _Site(spark, locator, export, held, rng)
     site.hold_late_arrivals()
-    run_pipeline(spark, settings)
     changes = site.changes()
     rng.shuffle(changes)
+    firsts = range(0, len(changes), CHANGES_PER_RUN)
+    # One run of the sequence (the first, full one included) stops at a commit its own draws pick, and the
+    # next run starts from what it left: the sequence's changes are drawn as without it.
+    stops = random.Random(f"stop {seed}")
+    stopped, stop = stops.randrange(1 + len(firsts)), Stop(stops.randint(1, STOP_WITHIN_COMMITS), stops.random() < 0.5)
     done: list[str] = []
-    for first in range(0, len(changes), CHANGES_PER_RUN):
-        done += [what for change in changes[first:first + CHANGES_PER_RUN] if (what := change()) is not None]
+
+    def run(index: int) -> None:
+        if index == stopped:
+            done.append(_stopped(spark, settings, stop))
         run_pipeline(spark, settings)
+
+    run(0)
+    for index, first in enumerate(firsts, start=1):
+        done += [what for change in changes[first:first + CHANGES_PER_RUN] if (what := change()) is not None]
+        run(index)
         assert _differences_from_a_rebuilt_copy(spark, settings, tmp_path / f"rebuilt_{first}") == {}, \
             f"(missing, extra, duplicated) for seed {seed}, missing_procedure={policy}, after: {'; '.join(done)}"
     assert unwatched(named) == {}, f"seed {seed}"
