@@ -241,7 +241,7 @@ def _drop_stale(spark: SparkSession, locator: TableLocator, rows: DataFrame, sco
         # A night's series and reports are few: the rows made from them are looked up by their list, which
         # id_map.source's bloom filters rule out of the files of earlier runs. Rows an older micdm stored
         # without a source (none once the column is filled in) are read besides.
-        by_source = made.where(F.col("source").isin(scope + reports)).unionByName(
+        by_source = within(made, "source", scope + reports).unionByName(
             made.where(F.col("source").isNull()))
     acquired = by_source.where(key.startswith(_KINDS["acquisition"]))
     if scope is not None:

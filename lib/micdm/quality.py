@@ -54,6 +54,9 @@ from micdm.tables import (
     overwrite,
     read_id_span,
     read_table,
+    sql_in,
+    sql_literal,
+    sql_name,
     within,
 )
 from micdm.vocab import resource_rows, table_concept_id
@@ -150,15 +153,17 @@ def _verdict(control: Control, violated: int, checked: int) -> str:
     return "failed" if 100.0 * violated / checked > control.threshold else "passed"
 
 
-def _to_date(column: Column) -> Column:
-    return column.cast("date")
+# The checks are SQL text (tables.sql_name), read once per table in one aggregation: several hundred
+# expressions, each of many functions, operators, names and literals.
+
+def _date(sql: str) -> str:
+    return f"CAST({sql} AS DATE)"
 
 
-def _birth_date(prefix: str) -> Column:
+def _birth_date(prefix: str) -> str:
     """The person's birth date as plausibleAfterBirth reads it: birth_datetime, else year / month / day."""
-    return F.coalesce(_to_date(F.col(f"{prefix}birth_datetime")), F.make_date(
-        F.col(f"{prefix}year_of_birth"), F.coalesce(F.col(f"{prefix}month_of_birth"), F.lit(1)),
-        F.coalesce(F.col(f"{prefix}day_of_birth"), F.lit(1))))
+    return (f"coalesce({_date(sql_name(prefix + 'birth_datetime'))}, make_date({sql_name(prefix + 'year_of_birth')}, "
+            f"coalesce({sql_name(prefix + 'month_of_birth')}, 1), coalesce({sql_name(prefix + 'day_of_birth')}, 1)))")
 
 
 #: The lowest and highest value a field holds (None when it holds none).
@@ -179,13 +184,12 @@ class _RowFacts:
 @dataclass
 class _Measure:
     """A check as two counts over the table's rows (after its lookups are joined): of the rows where
-    ``numerator`` and ``denominator`` hold, or, ``distinct``, of the distinct values those columns hold."""
+    ``numerator`` and ``denominator`` hold, or, ``distinct``, of the distinct values those columns hold
+    (each SQL text)."""
 
     control: Control
-    numerator: Column
-    denominator: Column
-    field_filled: Column | None
-    """Rows where the checked field holds a value (None for table- and concept-level checks)."""
+    numerator: str
+    denominator: str
     distinct: bool = False
 
 
@@ -198,7 +202,7 @@ class _TableChecks:
         self.spark, self.locator, self.name, self.rows, self.concepts = spark, locator, name, rows, concepts
         self.lookups, self.facts, self.checked = lookups, facts, rows
         self.measures: list[_Measure] = []
-        self.counters: list[tuple[str, Column]] = []
+        self.counters: list[tuple[str, str]] = []
         """Further counters by name: the rows holding each concept whose concept-level checks run."""
         self._joined: set[str] = set()
 
@@ -230,10 +234,10 @@ class _TableChecks:
         self._join("_visit_", self.lookups["visit_occurrence"], "visit_occurrence_id", "visit_occurrence_id")
         return "_visit_"
 
-    def among_concepts(self, field_name: str, chosen: Callable[[Row], bool]) -> Column:
+    def among_concepts(self, field_name: str, chosen: Callable[[Row], bool]) -> str:
         """Whether the field names a concept that ``chosen`` picks: a set lookup, where a join with CONCEPT
         would broadcast a pruned copy of it for every concept field."""
-        return _among(field_name, {concept_id for concept_id, row in self.concepts.items() if chosen(row)})
+        return sql_in(field_name, sorted(concept_id for concept_id, row in self.concepts.items() if chosen(row)))
 
     def foreign(self, field_name: str, table: str, key: str) -> str:
         prefix = f"_fk_{field_name}_{table}_"
@@ -258,18 +262,16 @@ class _TableChecks:
         named = self.checked.select(F.col(field_name).alias(key)).distinct()
         return read_id_span(self.spark, self.locator, table, span, key).select(key).join(named, key, "left_semi")
 
-    def add(self, control: Control, fails: Column, applies: Column | None = None) -> None:
-        applies = F.lit(True) if applies is None else applies
-        filled = F.col(control.field).isNotNull() if control.level == "FIELD" and control.field else None
-        self.measures.append(_Measure(control, F.count_if(applies & fails), F.count_if(applies), filled))
+    def add(self, control: Control, fails: str, applies: str = "true") -> None:
+        self.measures.append(_Measure(control, f"count_if(({applies}) AND ({fails}))", f"count_if({applies})"))
 
     def tallies(self) -> DataFrame:
         """Each person's counters (``tally_key``, ``counts``): the table's rows, each field's filled rows, each
         check's two counts, and a counter of 1 per distinct value for a distinct count; zeros are left out."""
-        fields = sorted({m.control.field for m in self.measures if m.field_filled is not None and m.control.field})
-        counted = [(f"rows|{self.name}", F.count(F.lit(1))),
-                   *((f"filled|{self.name}|{f}", F.count(F.col(f))) for f in fields), *self.counters]
-        distinct: list[tuple[str, Column]] = []
+        fields = sorted({m.control.field for m in self.measures if m.control.level == "FIELD" and m.control.field})
+        counted = [(f"rows|{self.name}", "count(1)"),
+                   *((f"filled|{self.name}|{f}", f"count({sql_name(f)})") for f in fields), *self.counters]
+        distinct: list[tuple[str, str]] = []
         for measure in self.measures:
             names = (f"n|{measure.control.key}", f"d|{measure.control.key}")
             pairs = list(zip(names, (measure.numerator, measure.denominator), strict=True))
@@ -277,55 +279,56 @@ class _TableChecks:
                 distinct += pairs
             else:
                 counted += pairs
-        grouped = self.rows.groupBy(_person_key().alias("tally_key")).agg(
-            *[column.alias(f"c{index}") for index, (_, column) in enumerate(counted)],
-            *[F.collect_set(column).alias(f"s{index}") for index, (_, column) in enumerate(distinct)])
-        counts = F.create_map(*[part for index, (name, _) in enumerate(counted)
-                                for part in (F.lit(name), F.col(f"c{index}").cast("bigint"))])
-        values = [_value_counters(f"{name}|", F.col(f"s{index}")) for index, (name, _) in enumerate(distinct)]
-        return grouped.select("tally_key", F.map_filter(F.map_concat(counts, *values), lambda _, count: count != 0)
-                              .alias("counts"))
+        aggregates = [*(f"CAST({sql} AS BIGINT) AS c{index}" for index, (_, sql) in enumerate(counted)),
+                      *(f"collect_set({sql}) AS s{index}" for index, (_, sql) in enumerate(distinct))]
+        counts = "map(" + ", ".join(f"{sql_literal(name)}, c{index}" for index, (name, _) in enumerate(counted)) + ")"
+        values = [_value_counters(f"{name}|", f"s{index}") for index, (name, _) in enumerate(distinct)]
+        query = (f"SELECT tally_key, map_filter(map_concat({', '.join([counts, *values])}), (_, held) -> held != 0)"
+                 f" AS counts FROM (SELECT {_person_key_sql()} AS tally_key, {', '.join(aggregates)}"
+                 " FROM {rows} GROUP BY 1)")
+        return self.spark.sql(query.replace("{", "{{").replace("}", "}}").replace("{{rows}}", "{rows}"),
+                              rows=self.rows)
 
 
-def _value_counters(prefix: str, values: Column) -> Column:
+def _value_counters(prefix: str, values: str) -> str:
     """A counter of 1 for each of a set's values, named ``prefix`` and the value: summed over persons, the
     persons holding each value, so the values held are the counters above zero."""
-    return F.map_from_arrays(F.transform(values, lambda value: F.concat(F.lit(prefix), value)),
-                             F.transform(values, lambda _: F.lit(1).cast("bigint")))
+    return (f"map_from_arrays(transform({values}, value -> concat({sql_literal(prefix)}, value)), "
+            f"transform({values}, value -> CAST(1 AS BIGINT)))")
 
 
-def _limit(value: str, kind: str) -> Column:
+def _limit(value: str, kind: str) -> str:
     """A plausibleValueLow / High bound: a yyyymmdd date, 'today+1', or a number."""
     if value == "today+1":
-        return F.date_add(F.current_date(), 1)
+        return "date_add(current_date(), 1)"
     if kind in ("date", "timestamp"):
-        return F.lit(dt.datetime.strptime(value, "%Y%m%d").date())
-    return F.lit(float(value))
+        return f"DATE'{dt.datetime.strptime(value, '%Y%m%d').date().isoformat()}'"
+    return sql_literal(float(value))
 
 
 def _field_check(table: _TableChecks, control: Control, kinds: dict[str, str]) -> None:  # noqa: C901
     """Numerator and denominator of one field-level check, as the DataQualityDashboard's SQL defines them."""
     name = control.field or ""
-    column, params, check = F.col(name), control.params, control.check
+    column, params, check = sql_name(name), control.params, control.check
+    filled = f"{column} IS NOT NULL"
     if check == "isRequired" or check == "measureValueCompleteness":
-        table.add(control, column.isNull())
+        table.add(control, f"{column} IS NULL")
     elif check == "cdmDatatype":  # an integer column holds integers only: no value needs reading
-        table.add(control, F.lit(False) if kinds[name] in _INTEGER_TYPES
-                  else column.isNotNull() & ~column.cast("string").rlike(r"^-?[0-9]+$"))
+        table.add(control, "false" if kinds[name] in _INTEGER_TYPES
+                  else f"{filled} AND NOT CAST({column} AS STRING) RLIKE '^-?[0-9]+$'")
     elif check in _KEY_CHECKS:  # as the DataQualityDashboard's SQL counts it (IN values held twice): NULL never
-        table.add(control, column.isNotNull() & (F.col(table.held(name)) > 1))
+        table.add(control, f"{filled} AND {sql_name(table.held(name))} > 1")
     elif check == "isForeignKey" and params["fk_table"] == _PAIR_KEY:
-        pairs = {clinical: table.foreign(name, clinical, f"{clinical}_id")
-                 for clinical in ("measurement", "observation")}
-        target = F.col("table_concept_id")
-        table.add(control, column.isNotNull() & ~(
-            ((target == table_concept_id("measurement")) & F.col(pairs["measurement"]).isNotNull())
-            | ((target == table_concept_id("observation")) & F.col(pairs["observation"]).isNotNull())))
+        pairs = " OR ".join(
+            f"(table_concept_id = {table_concept_id(clinical)} AND "
+            f"{sql_name(table.foreign(name, clinical, clinical + '_id'))} IS NOT NULL)"
+            for clinical in ("measurement", "observation"))
+        table.add(control, f"{filled} AND NOT ({pairs})")
     elif check == "isForeignKey" and params["fk_table"] == "concept":
-        table.add(control, column.isNotNull() & ~table.among_concepts(name, lambda concept: True))
+        table.add(control, f"{filled} AND NOT {table.among_concepts(name, lambda concept: True)}")
     elif check == "isForeignKey":
         found = table.foreign(name, params["fk_table"], params["fk_field"])
-        table.add(control, column.isNotNull() & F.col(found).isNull())
+        table.add(control, f"{filled} AND {sql_name(found)} IS NULL")
     elif check in ("fkDomain", "fkClass"):  # concept 0 (no matching concept) is never a wrong domain or class
         attribute, expected = (("domain_id", params["fk_domain"]) if check == "fkDomain"
                                else ("concept_class_id", params["fk_class"]))
@@ -333,79 +336,82 @@ def _field_check(table: _TableChecks, control: Control, kinds: dict[str, str]) -
             name, lambda concept: concept.concept_id != 0 and concept[attribute] not in (None, expected)))
     elif check == "isStandardValidConcept":  # nor a non-standard one
         table.add(control, table.among_concepts(name, lambda concept: concept.concept_id != 0 and (
-            concept.standard_concept != "S" or concept.invalid_reason is not None)), column.isNotNull())
+            concept.standard_concept != "S" or concept.invalid_reason is not None)), filled)
     elif check in ("standardConceptRecordCompleteness", "sourceConceptRecordCompleteness"):
-        unit_source = F.col("unit_source_value") if name in ("unit_concept_id", "unit_source_concept_id") else None
-        if unit_source is None:
-            table.add(control, column == 0, column.isNotNull())
+        if name in ("unit_concept_id", "unit_source_concept_id"):
+            table.add(control, f"{column} = 0 OR ({column} IS NULL AND unit_source_value IS NOT NULL)",
+                      f"{filled} OR unit_source_value IS NOT NULL")
         else:
-            table.add(control, (column == 0) | (column.isNull() & unit_source.isNotNull()),
-                      column.isNotNull() | unit_source.isNotNull())
+            table.add(control, f"{column} = 0", filled)
     elif check == "sourceValueCompleteness":
-        value = F.coalesce(column.cast("string"), F.lit(_NULL_SOURCE))
-        standard = F.col(params["standard_concept_field"])
-        table.measures.append(_Measure(control, F.when(standard == 0, value), value, column.isNotNull(), distinct=True))
+        value = f"coalesce(CAST({column} AS STRING), {sql_literal(_NULL_SOURCE)})"
+        standard = sql_name(params["standard_concept_field"])
+        table.measures.append(_Measure(control, f"CASE WHEN {standard} = 0 THEN {value} END", value, distinct=True))
     elif check in ("plausibleValueLow", "plausibleValueHigh"):
         kind = kinds[name]
-        value = _to_date(column) if kind in ("date", "timestamp") else column
+        value = _date(column) if kind in ("date", "timestamp") else column
         if check == "plausibleValueLow":
-            table.add(control, value < _limit(params["value_low"], kind), column.isNotNull())
+            table.add(control, f"{value} < {_limit(params['value_low'], kind)}", filled)
         else:
-            table.add(control, value > _limit(params["value_high"], kind), column.isNotNull())
+            table.add(control, f"{value} > {_limit(params['value_high'], kind)}", filled)
     elif check == "plausibleTemporalAfter":
         if params["after_table"] == "person":
             person = table.person()
-            after = F.coalesce(_to_date(F.col(f"{person}birth_datetime")),
-                               F.make_date(F.col(f"{person}year_of_birth"), F.lit(6), F.lit(1)))
-            table.add(control, F.col(f"{person}person_id").isNotNull() & (after > _to_date(column)))
+            after = (f"coalesce({_date(sql_name(person + 'birth_datetime'))}, "
+                     f"make_date({sql_name(person + 'year_of_birth')}, 6, 1))")
+            table.add(control, f"{sql_name(person + 'person_id')} IS NOT NULL AND {after} > {_date(column)}")
         else:
-            table.add(control, _to_date(F.col(params["after_field"])) > _to_date(column))
+            table.add(control, f"{_date(sql_name(params['after_field']))} > {_date(column)}")
     elif check in ("plausibleDuringLife", "plausibleBeforeDeath"):
-        death = f"{table.death()}death_date"
-        late = _to_date(column) > F.date_add(F.col(death), 60)
-        has_death = F.col(death).isNotNull()
-        table.add(control, late, has_death if check == "plausibleDuringLife" else has_death & column.isNotNull())
+        death = sql_name(f"{table.death()}death_date")
+        late = f"{_date(column)} > date_add({death}, 60)"
+        has_death = f"{death} IS NOT NULL"
+        table.add(control, late, has_death if check == "plausibleDuringLife" else f"{has_death} AND {filled}")
     elif check == "plausibleAfterBirth":
         person = table.person()
-        table.add(control, F.col(f"{person}person_id").isNotNull() & (_to_date(column) < _birth_date(person)),
-                  column.isNotNull())
+        table.add(control, f"{sql_name(person + 'person_id')} IS NOT NULL AND {_date(column)} < {_birth_date(person)}",
+                  filled)
     elif check == "plausibleStartBeforeEnd":
-        end = F.col(params["end_field"])
-        table.add(control, _to_date(column) > _to_date(end), column.isNotNull() & end.isNotNull())
+        end = sql_name(params["end_field"])
+        table.add(control, f"{_date(column)} > {_date(end)}", f"{filled} AND {end} IS NOT NULL")
     elif check == "withinVisitDates":
         visit = table.visit()
-        start, end = _to_date(F.col(f"{visit}visit_start_date")), _to_date(F.col(f"{visit}visit_end_date"))
-        table.add(control, (_to_date(column) < F.date_sub(start, 7)) | (_to_date(column) > F.date_add(end, 7)),
-                  F.col(f"{visit}visit_occurrence_id").isNotNull())
+        start, end = _date(sql_name(visit + "visit_start_date")), _date(sql_name(visit + "visit_end_date"))
+        table.add(control, f"{_date(column)} < date_sub({start}, 7) OR {_date(column)} > date_add({end}, 7)",
+                  f"{sql_name(visit + 'visit_occurrence_id')} IS NOT NULL")
     else:
         raise ValueError(f"resources/dqd_checks.csv names a check micdm does not know: {check}")
 
 
 def _concept_check(table: _TableChecks, control: Control) -> None:
     """A concept-level check: the rows of one concept (and unit) in the table's concept field."""
-    params, concept = control.params, F.col(control.field or "") == control.concept_id
-    unit, number = F.col("unit_concept_id"), F.col("value_as_number")
+    params, concept = control.params, f"{sql_name(control.field or '')} = {control.concept_id}"
+    unit = "unit_concept_id"
     if control.check in ("plausibleValueLow", "plausibleValueHigh"):
-        applies = concept & (unit == control.unit_concept_id) & number.isNotNull()
-        fails = (number < float(params["value_low"])) if control.check == "plausibleValueLow" \
-            else (number > float(params["value_high"]))
+        wanted = "NULL" if control.unit_concept_id is None else control.unit_concept_id
+        applies = f"{concept} AND {unit} = {wanted} AND value_as_number IS NOT NULL"
+        fails = (f"value_as_number < {_limit(params['value_low'], 'double')}" if control.check == "plausibleValueLow"
+                 else f"value_as_number > {_limit(params['value_high'], 'double')}")
         table.add(control, fails, applies)
     elif control.check == "plausibleGender":
         person = table.person()
-        table.add(control, F.col(f"{person}gender_concept_id") != _GENDERS[params["gender"]],
-                  concept & F.col(f"{person}person_id").isNotNull())
+        table.add(control, f"{sql_name(person + 'gender_concept_id')} != {_GENDERS[params['gender']]}",
+                  f"{concept} AND {sql_name(person + 'person_id')} IS NOT NULL")
     elif control.check == "plausibleUnitConceptIds":
         allowed = [int(u) for u in params.get("unit_concept_ids", "-1").split(",")]
-        none_allowed = allowed == [-1]
-        fails = unit.isNotNull() & ((unit != 0) if none_allowed else ~unit.isin(*allowed, 0))
-        table.add(control, fails, concept & ((unit != 0) | unit.isNull()))
+        held = f"{unit} != 0" if allowed == [-1] else f"NOT {unit} IN ({', '.join(map(str, [*allowed, 0]))})"
+        table.add(control, f"{unit} IS NOT NULL AND {held}", f"{concept} AND ({unit} != 0 OR {unit} IS NULL)")
     else:
         raise ValueError(f"resources/dqd_checks.csv names a concept check micdm does not know: {control.check}")
 
 
-def _person_key(column: str = "person_id") -> Column:
+def _person_key_sql(column: str = "person_id") -> str:
     """A row's tally key: its person_id as text, or _NO_PERSON."""
-    return F.coalesce(F.col(column).cast("string"), F.lit(_NO_PERSON))
+    return f"coalesce(CAST({sql_name(column)} AS STRING), {sql_literal(_NO_PERSON)})"
+
+
+def _person_key(column: str = "person_id") -> Column:
+    return F.expr(_person_key_sql(column))
 
 
 def _of_persons(rows: DataFrame, persons: Keys | None) -> DataFrame:
@@ -415,8 +421,8 @@ def _of_persons(rows: DataFrame, persons: Keys | None) -> DataFrame:
         return rows
     if isinstance(persons, list):
         ids = [int(key) for key in persons if key not in (_NO_PERSON, _TOTAL)]
-        held = F.col("person_id").isin(ids) if ids else F.lit(False)
-        return rows.where(held | F.col("person_id").isNull() if _NO_PERSON in persons else held)
+        held = f"person_id IN ({', '.join(map(str, ids))})" if ids else "false"
+        return rows.where(f"{held} OR person_id IS NULL" if _NO_PERSON in persons else held)
     keys = as_frame(rows.sparkSession, persons, "_tally_key")
     return rows.join(keys, _person_key() == F.col("_tally_key"), "left_semi")
 
@@ -504,7 +510,7 @@ def _lookups(spark: SparkSession, locator: TableLocator, written: Iterable[DataF
     person = read_table(spark, locator, "person").select(
         "person_id", "birth_datetime", "year_of_birth", "month_of_birth", "day_of_birth", "gender_concept_id")
     death = read_table(spark, locator, "death").groupBy("person_id").agg(
-        F.min(_to_date(F.col("death_date"))).alias("death_date"))
+        F.min(F.col("death_date").cast("date")).alias("death_date"))
     visit = read_table(spark, locator, "visit_occurrence").select(
         "visit_occurrence_id", "visit_start_date", "visit_end_date")
     narrowed = {"person": person.join(persons, "person_id", "left_semi"),
@@ -526,19 +532,12 @@ def _row_facts(rows: DataFrame, concept_fields: Iterable[str], foreign_key_field
     return _RowFacts(present, spans)
 
 
-def _among(field_name: str, ids: Iterable[int]) -> Column:
-    """Whether the field holds one of ``ids``, written as SQL: ``isin`` builds one literal per id through the
-    JVM gateway, hundreds of round trips for a set of concepts."""
-    listed = ", ".join(str(int(i)) for i in sorted(ids))
-    return F.expr(f"`{field_name}` IN ({listed})") if listed else F.lit(False)
-
-
 def _concepts_used(concept: DataFrame, facts: Iterable[_RowFacts]) -> dict[int, Row]:
     """The CONCEPT rows that the checked rows' *_concept_id fields name, by id: few (the concepts of
     micdm's features, units, anatomy and types), so every concept check reads them on the driver instead of
     joining the site's whole vocabulary. The ids come from the tables' facts, which hold them already."""
     ids = {concept_id for table in facts for _, concept_id in table.present}
-    return {row.concept_id: row for row in concept.where(_among("concept_id", ids)).collect()} if ids else {}
+    return {row.concept_id: row for row in concept.where(sql_in("concept_id", sorted(ids))).collect()} if ids else {}
 
 
 def _concept_table(spark: SparkSession, locator: TableLocator) -> DataFrame:
@@ -576,8 +575,8 @@ def _tallies(spark: SparkSession, locator: TableLocator, persons: Keys | None,
         for control in by_table.get(name, []):
             if control.level == "CONCEPT" and (control.field, control.concept_id) in facts.present:
                 _concept_check(table, control)
-                holding = F.col(control.field or "") == F.lit(control.concept_id)
-                table.counters.append((f"p|{control.key}", F.count_if(holding)))
+                holding = f"{sql_name(control.field or '')} = {control.concept_id}"
+                table.counters.append((f"p|{control.key}", f"count_if({holding})"))
             elif control.level == "FIELD":
                 _field_check(table, control, kinds)
         return table.tallies()

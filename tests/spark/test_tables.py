@@ -77,6 +77,43 @@ def test_clustering_setting_chooses_the_clause() -> None:
     assert clustering_clause("keys", TABLES["stage_state"]) == ""
 
 
+def test_values_and_names_written_as_sql_read_back_as_themselves(spark) -> None:
+    """Expressions micdm writes as SQL text hold paths, UIDs and codes: quotes, backslashes, braces and
+    control characters come back from Spark's own parser as they went in, with their types."""
+    from micdm.tables import sql_literal, sql_name
+
+    values = ["it's", "C:\\dicom\\a.dcm", "\\'", "\u0000", "line\nbreak", "ünï", "{rows}", 'say "x"', "",
+              0, -7, 2**40, 1.5, float("inf"), True]
+    names = [f"v`{index} {{x}}" for index in range(len(values))]
+    row = spark.sql("SELECT " + ", ".join(f"{sql_literal(value)} AS {sql_name(name)}"
+                                          for value, name in zip(values, names, strict=True))).first()
+    assert list(row) == values and [type(value) for value in row] == [type(value) for value in values]
+    assert row.__fields__ == names
+
+
+def test_a_list_written_as_sql_holds_what_isin_holds(spark) -> None:
+    from pyspark.sql import functions as F
+
+    from micdm.tables import sql_in
+
+    frame = spark.createDataFrame([("a",), ("b'c",), (None,)], "k string")
+    for values in ([], ["b'c"], ["a", "zz"]):
+        assert frame.select(F.expr(sql_in("k", values))).collect() == frame.select(F.col("k").isin(values)).collect()
+
+
+def test_rows_conformed_to_a_table_have_its_columns_and_types(spark) -> None:
+    """Every table's columns, in order and of its types, from a frame holding none of them; a carried
+    column follows them."""
+    from micdm.tables import conform
+
+    unrelated = spark.range(1).withColumnRenamed("id", "_flag")
+    for table in TABLES.values():
+        conformed = conform(unrelated, table, carry=["_flag"])
+        assert [(f.name, f.dataType) for f in conformed.schema.fields][:-1] == \
+            [(f.name, f.dataType) for f in table.schema.fields], table.name
+        assert conformed.columns[-1] == "_flag"
+
+
 def test_delta_rejects_null_in_required_column_and_overlong_uid(spark, settings) -> None:
     locator = TableLocator.of(settings)
     init_tables(spark, locator, ["image_occurrence"])
