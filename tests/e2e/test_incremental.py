@@ -568,6 +568,7 @@ def _stopped(spark, settings: Settings, stop: Stop) -> str:
     """A run stopped before the commit ``stop`` names (where a crash or a failing write would leave it)."""
     with stopping_at(stop), contextlib.suppress(SimulatedCrash):
         run_pipeline(spark, settings)
+    assert stop.commits > 0, "no commit counted: tests/support/crashes.py no longer sees how micdm commits"
     if not stop.stopped:
         return f"a run of {stop.commits} commits, not stopped"
     return f"a run {'killed' if stop.dies else 'failed'} before commit {stop.commit}"

@@ -56,7 +56,8 @@ def stopping_at(stop: Stop) -> Iterator[Stop]:
                 stop.commits += 1
                 refused = stop.commits == stop.commit or (stop.dies and stop.commits > stop.commit)
             if refused:
-                raise SimulatedCrash(f"stopped at commit {stop.commits} (stop at {stop.commit})")
+                raise SimulatedCrash(f"stopped at commit {stop.commit}" if stop.commits == stop.commit
+                                     else f"commit {stop.commits} refused: the process died at commit {stop.commit}")
             return real(*args, **kwargs)
         return commit
 
