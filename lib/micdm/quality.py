@@ -212,8 +212,8 @@ class _TableChecks:
             return
         self._joined.add(prefix)
         deduplicated = other.dropDuplicates([key])
-        renamed = deduplicated.select(*(F.col(c).alias(f"{prefix}{c}") for c in other.columns))
-        self.rows = self.rows.join(renamed, F.col(on) == F.col(f"{prefix}{key}"), "left")
+        renamed = deduplicated.selectExpr(*(f"{sql_name(c)} AS {sql_name(prefix + c)}" for c in other.columns))
+        self.rows = self.rows.join(renamed, F.expr(f"{sql_name(on)} = {sql_name(prefix + key)}"), "left")
 
     def held(self, field_name: str) -> str:
         """A column of how many of the rows hold the field's value."""

@@ -565,6 +565,11 @@ def sql_in(column: str, values: Sequence[str | int | float]) -> str:
     return f"{sql_name(column)} IN ({', '.join(map(sql_literal, values))})"
 
 
+def _selected(frame: DataFrame, columns: Sequence[str]) -> DataFrame:
+    """``frame.select(*columns)``, the names given as SQL text (see sql_name): one call, not one per name."""
+    return frame.selectExpr(*map(sql_name, columns))
+
+
 def conform(df: DataFrame, table: TableDef, carry: Sequence[str] = ()) -> DataFrame:
     """Select and cast ``df`` to the table's columns, in order; missing nullable columns become NULL.
 
@@ -646,10 +651,10 @@ def _changed_rows(source: DataFrame, stored: DataFrame, keys: Sequence[str], com
     Values are compared through row_digest, as ownership.py fingerprints the site's rows.
     """
     if not compare_values:
-        return source.alias("s").join(stored.select(*keys).alias("t"), _matching(keys), "left_anti").withColumn(
+        return source.alias("s").join(_selected(stored, keys).alias("t"), _matching(keys), "left_anti").withColumn(
             "_new", F.lit(True))
     digest = row_digest([c for c in source.columns if c not in ignored])
-    held = stored.select(*source.columns).select(*keys, digest.alias("_held"))
+    held = _selected(stored, source.columns).select(*keys, digest.alias("_held"))
     return source.withColumn("_digest", digest).alias("s").join(held.alias("t"), _matching(keys), "left").where(
         F.col("t._held").isNull() | (F.col("t._held") != F.col("s._digest"))).select(
         "s.*", F.col("t._held").isNull().alias("_new")).drop("_digest")
@@ -767,8 +772,8 @@ def sync_rows(spark: SparkSession, locator: TableLocator, name: str, rows: DataF
     keys = keys if keys is not None else [c for c in source.columns if c not in ignored]
     stored = read_table(spark, locator, name) if scope is None else within(read_table(spark, locator, name), *scope)
     upserts = _changed_rows(source, stored, keys, keyed, ignored)  # keyless: the key is every compared value
-    gone = stored.select(*keys).distinct().alias("t").join(source.select(*keys).alias("s"), _matching(keys),
-                                                           "left_anti")
+    gone = _selected(stored, keys).distinct().alias("t").join(_selected(source, keys).alias("s"), _matching(keys),
+                                                             "left_anti")
     changed = upserts.withColumn("_keep", F.lit(True)).unionByName(
         gone.withColumn("_keep", F.lit(False)), allowMissingColumns=True).localCheckpoint(eager=False)
     # A key a scope by that key lists is compared above already: only keys beyond the list are looked for
@@ -831,8 +836,9 @@ def as_stored(spark: SparkSession, locator: TableLocator, name: str, rows: DataF
     if TABLES[name].layer != "cdm":
         return rows
     stored = {f.name: f.dataType for f in spark.table(locator.ref(name)).schema.fields}
-    return rows.select(*[F.col(f"`{c}`").cast(stored[c]).alias(c) if c in stored and stored[c] != t
-                         else F.col(f"`{c}`") for c, t in ((f.name, f.dataType) for f in rows.schema.fields)])
+    return rows.selectExpr(*(f"CAST({sql_name(f.name)} AS {stored[f.name].simpleString()}) AS {sql_name(f.name)}"
+                             if f.name in stored and stored[f.name] != f.dataType else sql_name(f.name)
+                             for f in rows.schema.fields))
 
 
 def _write(locator: TableLocator, name: str, rows: DataFrame, mode: str, table: TableDef | None = None) -> None:
