@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 CONFIG ?= conf/local.yml
 
-.PHONY: demo test test-fast lint bench bench-acquisition bench-header bench-listing bench-pipeline bench-startup bench-site-rows bench-new-keys bench-demo bench-settings-large bench-cold-extract bench-jit bench-submit bench-query-cost bench-case-mapping bench-compaction bench-quality-scope bench-scanned-rows bench-run-profile bench-suite setup clean
+.PHONY: demo test test-fast lint bench bench-acquisition bench-header bench-listing bench-pipeline bench-startup bench-site-rows bench-new-keys bench-demo bench-settings-large bench-cold-extract bench-jit bench-submit bench-query-cost bench-case-mapping bench-compaction bench-quality-scope bench-scanned-rows bench-run-profile bench-roundtrips bench-suite setup clean
 
 $(INSTALLED): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "micdm needs Python 3.11 or newer, found " + sys.version.split()[0])'
@@ -97,6 +97,9 @@ bench-scanned-rows: setup
 
 bench-run-profile: setup
 	$(BIN)/python bench/run_profile_bench.py
+
+bench-roundtrips: setup
+	$(BIN)/python bench/roundtrips_bench.py
 
 # The whole suite as `make test` runs it, each test's wall and CPU seconds recorded (the machine otherwise idle).
 bench-suite: setup $(AZURITE)
