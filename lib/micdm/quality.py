@@ -383,9 +383,14 @@ def _field_check(table: _TableChecks, control: Control, kinds: dict[str, str]) -
         raise ValueError(f"resources/dqd_checks.csv names a check micdm does not know: {check}")
 
 
+def _holding(control: Control) -> str:
+    """Whether a row holds a concept-level check's concept in its field."""
+    return f"{sql_name(control.field or '')} = {control.concept_id}"
+
+
 def _concept_check(table: _TableChecks, control: Control) -> None:
     """A concept-level check: the rows of one concept (and unit) in the table's concept field."""
-    params, concept = control.params, f"{sql_name(control.field or '')} = {control.concept_id}"
+    params, concept = control.params, _holding(control)
     unit = "unit_concept_id"
     if control.check in ("plausibleValueLow", "plausibleValueHigh"):
         wanted = "NULL" if control.unit_concept_id is None else control.unit_concept_id
@@ -399,7 +404,7 @@ def _concept_check(table: _TableChecks, control: Control) -> None:
                   f"{concept} AND {sql_name(person + 'person_id')} IS NOT NULL")
     elif control.check == "plausibleUnitConceptIds":
         allowed = [int(u) for u in params.get("unit_concept_ids", "-1").split(",")]
-        held = f"{unit} != 0" if allowed == [-1] else f"NOT {unit} IN ({', '.join(map(str, [*allowed, 0]))})"
+        held = f"{unit} != 0" if allowed == [-1] else f"NOT {sql_in(unit, [*allowed, 0])}"
         table.add(control, f"{unit} IS NOT NULL AND {held}", f"{concept} AND ({unit} != 0 OR {unit} IS NULL)")
     else:
         raise ValueError(f"resources/dqd_checks.csv names a concept check micdm does not know: {control.check}")
@@ -421,7 +426,7 @@ def _of_persons(rows: DataFrame, persons: Keys | None) -> DataFrame:
         return rows
     if isinstance(persons, list):
         ids = [int(key) for key in persons if key not in (_NO_PERSON, _TOTAL)]
-        held = f"person_id IN ({', '.join(map(str, ids))})" if ids else "false"
+        held = sql_in("person_id", ids)
         return rows.where(f"{held} OR person_id IS NULL" if _NO_PERSON in persons else held)
     keys = as_frame(rows.sparkSession, persons, "_tally_key")
     return rows.join(keys, _person_key() == F.col("_tally_key"), "left_semi")
@@ -575,8 +580,7 @@ def _tallies(spark: SparkSession, locator: TableLocator, persons: Keys | None,
         for control in by_table.get(name, []):
             if control.level == "CONCEPT" and (control.field, control.concept_id) in facts.present:
                 _concept_check(table, control)
-                holding = f"{sql_name(control.field or '')} = {control.concept_id}"
-                table.counters.append((f"p|{control.key}", f"count_if({holding})"))
+                table.counters.append((f"p|{control.key}", f"count_if({_holding(control)})"))
             elif control.level == "FIELD":
                 _field_check(table, control, kinds)
         return table.tallies()
